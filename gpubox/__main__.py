@@ -1,0 +1,3 @@
+from gpubox.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,536 @@
+"""``hosts.toml`` and ``gpubox.toml`` turned into typed, validated objects.
+
+Both files are read with :mod:`tomllib` (exact TOML semantics); a small line locator maps every dotted key to
+the line it was written on, so each error can say ``hosts.toml:7: hosts.a100.port: expected an integer 1-65535,
+got "22a"``. Unknown keys are errors with a did-you-mean. A file is either wholly valid or rejected: callers
+never see a half-applied configuration.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpubox import paths
+from gpubox.errors import ConfigError
+
+__all__ = [
+    "BUILTIN_LOCAL",
+    "DEFAULT_OUTPUTS",
+    "EnvConfig",
+    "HostConfig",
+    "HostsConfig",
+    "ProjectConfig",
+    "RunConfig",
+    "ServiceConfig",
+    "SyncConfig",
+    "find_project_root",
+    "load_hosts",
+    "load_project",
+]
+
+HOSTS_FILE = "hosts.toml"
+PROJECT_FILE = "gpubox.toml"
+PROVIDERS = ("ssh", "local")
+BUILTIN_LOCAL = "local"
+DEFAULT_OUTPUTS = ("runs/", "checkpoints/", "logs/", "outputs/")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+# --------------------------------------------------------------------------------------------------- objects
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """One host as configured (or the built-in ``local``), with defaults already applied."""
+
+    name: str
+    provider: str = "ssh"
+    hostname: str | None = None
+    """A DNS name, an address, or a ``Host`` alias from ``~/.ssh/config``; for ``ssh`` it defaults to the name."""
+    port: int | None = None
+    user: str | None = None
+    identity_file: str | None = None
+    proxy_jump: str | None = None
+    accept_new: bool = False
+    """Pin an unknown host key on first use without asking (``StrictHostKeyChecking=accept-new``)."""
+    connect_timeout: float = 15.0
+    keepalive_seconds: int = 15
+    remote_dir: str | None = None
+    """The project folder on the host; ``~/gpubox/<project folder name>`` when not set."""
+    python: str = "python3"
+    price_per_hour: float | None = None
+    source: str = "<built-in>"
+
+    def remote_project_dir(self, project_name: str) -> str:
+        return self.remote_dir or f"~/gpubox/{project_name}"
+
+
+@dataclass(frozen=True)
+class HostsConfig:
+    path: Path | None
+    """The file these hosts came from, or None when there is none (only ``local`` then)."""
+    hosts: Mapping[str, HostConfig]
+    default_host: str | None = None
+
+    def names(self) -> list[str]:
+        return list(self.hosts)
+
+    def get(self, name: str) -> HostConfig:
+        from gpubox.errors import UsageError
+
+        try:
+            return self.hosts[name]
+        except KeyError:
+            known = ", ".join(self.hosts) or "none"
+            hint = _did_you_mean(name, self.hosts)
+            raise UsageError(f"unknown host {name!r}{hint} (configured: {known})") from None
+
+    def pick(self, name: str | None) -> HostConfig:
+        """The host a command acts on: the one named, else ``[defaults] host``, else the only one, else local."""
+        from gpubox.errors import UsageError
+
+        if name:
+            return self.get(name)
+        if self.default_host:
+            return self.get(self.default_host)
+        configured = [h for h in self.hosts if h != BUILTIN_LOCAL]
+        if not configured:
+            return self.hosts[BUILTIN_LOCAL]
+        if len(configured) == 1:
+            return self.hosts[configured[0]]
+        raise UsageError(
+            f"several hosts are configured ({', '.join(configured)}): name one, "
+            f'or set [defaults] host = "NAME" in {self.path}'
+        )
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    ignore: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    max_file_size_mb: float = 100.0
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    python: str = "python3"
+    requirements: str | None = None
+    setup: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    command: str | None
+    """None for the built-in jupyter and tensorboard, whose command gpubox knows."""
+    port: int
+    enabled: bool = True
+
+
+BUILTIN_SERVICES = {
+    "jupyter": ServiceConfig("jupyter", None, 8888),
+    "tensorboard": ServiceConfig("tensorboard", None, 6006),
+}
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    root: Path
+    path: Path | None
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    services: Mapping[str, ServiceConfig] = field(default_factory=lambda: dict(BUILTIN_SERVICES))
+
+    @property
+    def name(self) -> str:
+        return self.root.name or "project"
+
+
+# ------------------------------------------------------------------------------------------- value checks
+
+
+def _show(value: Any) -> str:
+    """A TOML value the way the user wrote it, for 'got ...' in messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return str(value)
+
+
+class _Invalid(Exception):
+    """Raised by a check; the message is what was expected."""
+
+
+Check = Callable[[Any], Any]
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("expected a string")
+    return value
+
+
+def _nonempty_string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid("expected a non-empty string")
+    return value
+
+
+def _no_space_string(what: str) -> Check:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+            raise _Invalid(f"expected {what} (a string without spaces)")
+        return value
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("expected true or false")
+    return value
+
+
+def _integer(low: int, high: int | None = None) -> Check:
+    bounds = f"{low}-{high}" if high is not None else f">= {low}"
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            raise _Invalid(f"expected an integer {bounds}")
+        return value
+
+    return check
+
+
+def _number(low: float, *, above: bool = False) -> Check:
+    bounds = f"> {low:g}" if above else f">= {low:g}"
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(f"expected a number {bounds}")
+        number = float(value)
+        if number != number or number in (float("inf"), float("-inf")) or number < low or (above and number == low):
+            raise _Invalid(f"expected a number {bounds}")
+        return number
+
+    return check
+
+
+def _choice(*options: str) -> Check:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise _Invalid("expected one of " + ", ".join(f'"{o}"' for o in options))
+        return str(value)
+
+    return check
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise _Invalid("expected a list of non-empty strings")
+    return tuple(value)
+
+
+def _command(value: Any) -> str:
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        import shlex
+
+        return shlex.join(value)
+    if isinstance(value, str) and value.strip():
+        return value
+    raise _Invalid("expected a command: a non-empty string or a list of strings")
+
+
+def _ssh_target(value: Any) -> str:
+    """A ProxyJump value: [user@]host[:port], comma-separated for a chain."""
+    if not isinstance(value, str) or not value:
+        raise _Invalid('expected "[user@]host[:port]" (several separated by commas)')
+    for hop in value.split(","):
+        if not re.fullmatch(r"(?:[^@\s,]+@)?[A-Za-z0-9._\-\[\]:]+", hop.strip()):
+            raise _Invalid('expected "[user@]host[:port]" (several separated by commas)')
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- schema
+
+HOST_FIELDS: dict[str, Check] = {
+    "provider": _choice(*PROVIDERS),
+    "hostname": _no_space_string("a host name, an address or an ~/.ssh/config alias"),
+    "port": _integer(1, 65535),
+    "user": _no_space_string("a user name"),
+    "identity_file": _nonempty_string,
+    "proxy_jump": _ssh_target,
+    "accept_new": _boolean,
+    "connect_timeout": _number(0, above=True),
+    "keepalive_seconds": _integer(0, 3600),
+    "remote_dir": _nonempty_string,
+    "python": _no_space_string("a python executable"),
+    "price_per_hour": _number(0),
+}
+# Keys that only make sense where gpubox does not run the host itself.
+_SSH_ONLY = ("hostname", "port", "user", "identity_file", "proxy_jump", "accept_new")
+PROVIDER_FIELDS: dict[str, frozenset[str]] = {
+    "ssh": frozenset(HOST_FIELDS),
+    "local": frozenset(HOST_FIELDS) - set(_SSH_ONLY),
+}
+DEFAULTS_FIELDS: dict[str, Check] = {"host": _no_space_string("a host name")} | {
+    key: check for key, check in HOST_FIELDS.items() if key not in ("provider", "hostname")
+}
+
+SYNC_FIELDS: dict[str, Check] = {
+    "ignore": _string_list,
+    "include": _string_list,
+    "outputs": _string_list,
+    "max_file_size_mb": _number(0, above=True),
+}
+ENV_FIELDS: dict[str, Check] = {
+    "python": _no_space_string("a python executable"),
+    "requirements": _nonempty_string,
+    "setup": _string_list,
+}
+RUN_FIELDS: dict[str, Check] = {"command": _command}
+SERVICE_FIELDS: dict[str, Check] = {"command": _command, "port": _integer(1, 65535), "enabled": _boolean}
+
+
+# ----------------------------------------------------------------------------------------- line locator
+
+_BARE_OR_QUOTED = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|\'[^\']*\')'
+_DOTTED = rf"{_BARE_OR_QUOTED}(?:\s*\.\s*{_BARE_OR_QUOTED})*"
+_HEADER = re.compile(rf"^\s*\[\[?\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
+_ASSIGN = re.compile(rf"^\s*({_DOTTED})\s*=")
+_PART = re.compile(_BARE_OR_QUOTED)
+
+
+def _split_dotted(text: str) -> tuple[str, ...]:
+    parts = []
+    for match in _PART.finditer(text):
+        part = match.group(0)
+        if part.startswith('"'):
+            part = json.loads(part)
+        elif part.startswith("'"):
+            part = part[1:-1]
+        parts.append(part)
+    return tuple(parts)
+
+
+def _locate_keys(text: str) -> dict[tuple[str, ...], int]:
+    """Map each table and key path to the 1-based line it was written on (first occurrence)."""
+    where: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    in_multiline: str | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if in_multiline:
+            if line.count(in_multiline) % 2 == 1:
+                in_multiline = None
+            continue
+        header = _HEADER.match(line)
+        if header:
+            table = _split_dotted(header.group(1))
+            where.setdefault(table, number)
+            continue
+        assign = _ASSIGN.match(line)
+        if assign:
+            where.setdefault(table + _split_dotted(assign.group(1)), number)
+            rest = line[assign.end() :]
+            for quote in ('"""', "'''"):
+                if rest.count(quote) % 2 == 1:
+                    in_multiline = quote
+    return where
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f'; did you mean "{close[0]}"?' if close else ""
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(p if re.fullmatch(r"[A-Za-z0-9_-]+", p) else json.dumps(p, ensure_ascii=False) for p in path)
+
+
+class _Reader:
+    """Reads one TOML file and reports problems against its lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.display = _display_path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(self.display, None, None, f"cannot read: {exc.strerror or exc}") from None
+        try:
+            self.text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(self.display, None, None, "is not UTF-8 text") from None
+        try:
+            self.data = tomllib.loads(self.text)
+        except tomllib.TOMLDecodeError as exc:
+            line, problem = _toml_error(str(exc))
+            raise ConfigError(self.display, line, None, f"invalid TOML: {problem}") from None
+        self.lines = _locate_keys(self.text)
+
+    def line(self, path: tuple[str, ...]) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+    def error(self, path: tuple[str, ...], problem: str) -> ConfigError:
+        return ConfigError(self.display, self.line(path), _dotted(path), problem)
+
+    def table(self, path: tuple[str, ...], value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a table, got {_show(value)}")
+        return value
+
+    def check_keys(self, path: tuple[str, ...], table: dict[str, Any], allowed: Any, why: str = "") -> None:
+        for key in table:
+            if key not in allowed:
+                suffix = why or _did_you_mean(key, allowed)
+                raise self.error((*path, key), f"unknown key{suffix}")
+
+    def values(self, path: tuple[str, ...], table: dict[str, Any], checks: dict[str, Check]) -> dict[str, Any]:
+        self.check_keys(path, table, checks)
+        result = {}
+        for key, value in table.items():
+            try:
+                result[key] = checks[key](value)
+            except _Invalid as exc:
+                raise self.error((*path, key), f"{exc}, got {_show(value)}") from None
+        return result
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _toml_error(message: str) -> tuple[int | None, str]:
+    match = re.search(r"\(at line (\d+), column (\d+)\)", message)
+    if not match:
+        return None, message
+    problem = message[: match.start()].strip()
+    return int(match.group(1)), f"{problem} (column {match.group(2)})"
+
+
+# ------------------------------------------------------------------------------------------- hosts.toml
+
+
+def hosts_file_candidates(project_root: Path) -> list[Path]:
+    return [project_root / HOSTS_FILE, paths.config_dir() / HOSTS_FILE]
+
+
+def load_hosts(project_root: Path | None = None, *, path: Path | None = None) -> HostsConfig:
+    """The hosts gpubox knows: the first hosts.toml found (project folder, then user config dir) plus ``local``."""
+    if path is None:
+        root = project_root or find_project_root()
+        path = next((p for p in hosts_file_candidates(root) if p.is_file()), None)
+    local = HostConfig(name=BUILTIN_LOCAL, provider="local")
+    if path is None:
+        return HostsConfig(path=None, hosts={BUILTIN_LOCAL: local})
+    reader = _Reader(path)
+    reader.check_keys((), reader.data, ("defaults", "hosts"))
+    defaults = reader.values(("defaults",), reader.table(("defaults",), reader.data.get("defaults", {})),
+                             DEFAULTS_FIELDS)
+    default_host = defaults.pop("host", None)
+    hosts_table = reader.table(("hosts",), reader.data.get("hosts", {}))
+    hosts: dict[str, HostConfig] = {}
+    for name, raw in hosts_table.items():
+        where = ("hosts", name)
+        if not _HOST_NAME.fullmatch(name):
+            raise reader.error(where, 'host names use letters, digits, ".", "_" and "-" (at most 63)')
+        table = reader.table(where, raw)
+        values = reader.values(where, table, HOST_FIELDS)
+        provider = values.get("provider", "local" if name == BUILTIN_LOCAL else "ssh")
+        allowed = PROVIDER_FIELDS[provider]
+        for key in values:
+            if key not in allowed:
+                raise reader.error((*where, key), f'not used by provider "{provider}" (gpubox runs that host itself)')
+        merged = {k: v for k, v in defaults.items() if k in allowed} | values
+        merged["provider"] = provider
+        if provider == "ssh":
+            merged.setdefault("hostname", name)
+        if "identity_file" in merged:
+            merged["identity_file"] = os.path.expanduser(merged["identity_file"])
+        hosts[name] = HostConfig(name=name, source=f"{reader.display}:{reader.line(where) or 1}", **merged)
+    hosts.setdefault(BUILTIN_LOCAL, local)
+    if default_host is not None and default_host not in hosts:
+        hint = _did_you_mean(default_host, hosts)
+        raise reader.error(("defaults", "host"), f"no host named {json.dumps(default_host)}{hint}")
+    return HostsConfig(path=path, hosts=hosts, default_host=default_host)
+
+
+# ------------------------------------------------------------------------------------------ gpubox.toml
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest folder upwards holding gpubox.toml, else the nearest holding .git, else *start*."""
+    here = (start or Path.cwd()).resolve()
+    chain = [here, *here.parents]
+    for marker in (PROJECT_FILE, ".git"):
+        for folder in chain:
+            if (folder / marker).exists():
+                return folder
+    return here
+
+
+def load_project(root: Path | None = None) -> ProjectConfig:
+    root = root or find_project_root()
+    path = root / PROJECT_FILE
+    if not path.is_file():
+        return ProjectConfig(root=root, path=None)
+    reader = _Reader(path)
+    sections = {"sync", "env", "run", "services"}
+    reader.check_keys((), reader.data, sections)
+    sync = SyncConfig(**reader.values(("sync",), reader.table(("sync",), reader.data.get("sync", {})), SYNC_FIELDS))
+    env = EnvConfig(**reader.values(("env",), reader.table(("env",), reader.data.get("env", {})), ENV_FIELDS))
+    run = RunConfig(**reader.values(("run",), reader.table(("run",), reader.data.get("run", {})), RUN_FIELDS))
+    services = dict(BUILTIN_SERVICES)
+    used_ports: dict[int, str] = {}
+    for name, raw in reader.table(("services",), reader.data.get("services", {})).items():
+        where = ("services", name)
+        if not _HOST_NAME.fullmatch(name):
+            raise reader.error(where, 'service names use letters, digits, ".", "_" and "-"')
+        values = reader.values(where, reader.table(where, raw), SERVICE_FIELDS)
+        builtin = BUILTIN_SERVICES.get(name)
+        if builtin is None:
+            for required in ("command", "port"):
+                if required not in values:
+                    raise reader.error(where, f'a custom service needs "{required}"')
+        base = builtin or ServiceConfig(name, None, 0)
+        services[name] = ServiceConfig(
+            name=name,
+            command=values.get("command", base.command),
+            port=values.get("port", base.port),
+            enabled=values.get("enabled", base.enabled),
+        )
+    for name, service in services.items():
+        if service.enabled and service.port in used_ports:
+            raise reader.error(("services", name, "port"),
+                               f"port {service.port} is already used by service {used_ports[service.port]!r}")
+        if service.enabled:
+            used_ports[service.port] = name
+    return ProjectConfig(root=root, path=path, sync=sync, env=env, run=run, services=services)

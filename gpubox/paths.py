@@ -1,0 +1,56 @@
+"""Where gpubox keeps its files on this machine.
+
+``GPUBOX_HOME`` overrides every location (tests use it, and so can people who want gpubox's files elsewhere);
+otherwise the platform's user config and state folders are used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["config_dir", "gpubox_home", "known_hosts_file", "local_host_dir", "ssh_config_file", "state_dir"]
+
+
+def gpubox_home() -> Path | None:
+    value = os.environ.get("GPUBOX_HOME")
+    return Path(value).expanduser().resolve() if value else None
+
+
+def config_dir() -> Path:
+    home = gpubox_home()
+    if home is not None:
+        return home / "config"
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("gpubox", appauthor=False))
+
+
+def state_dir() -> Path:
+    home = gpubox_home()
+    if home is not None:
+        return home / "state"
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("gpubox", appauthor=False))
+
+
+def known_hosts_file() -> Path:
+    """gpubox's own pins, checked after ``~/.ssh/known_hosts``; the only known-hosts file gpubox writes."""
+    return state_dir() / "known_hosts"
+
+
+def local_host_dir() -> Path:
+    """Keys, config, pid and log of the private sshd behind the built-in ``local`` host."""
+    return state_dir() / "local-sshd"
+
+
+def ssh_config_file() -> Path:
+    """The file ``gpubox ssh-config`` writes, meant to be pulled into ``~/.ssh/config`` with ``Include``."""
+    return config_dir() / "ssh_config"
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create *path* (and parents) readable by this user only, since it may hold keys."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path

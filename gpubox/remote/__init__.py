@@ -1,0 +1,1 @@
+"""Everything that talks to a host: connection, agent, tunnels, GPU facts, providers."""

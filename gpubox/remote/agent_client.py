@@ -1,0 +1,220 @@
+"""The client side of the remote agent: upload by content hash, start, and talk framed JSON over one channel."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shlex
+import struct
+import threading
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from gpubox.errors import AgentError, HostUnreachable, RemoteError
+from gpubox.remote.agent import MAX_FRAME, PROTOCOL
+from gpubox.remote.connection import Connection
+
+__all__ = ["AgentSession", "agent_hash", "agent_source"]
+
+BOOT_TIMEOUT = 30.0
+
+# Runs on the host's python before the agent: it checks the version, receives the agent only when the
+# cached copy is missing (one extra round trip on first use, none after), then execs it on the same pipes.
+# Raw os.read is used on purpose: a buffered stdin could swallow bytes meant for the agent.
+_BOOT = r"""
+import hashlib, os, struct, sys
+h = sys.argv[1]
+if sys.version_info < (3, 8):
+    os.write(1, ("GPUBOX-BOOT old %d.%d\n" % sys.version_info[:2]).encode()); sys.exit(3)
+d = os.path.expanduser("~/.gpubox"); p = os.path.join(d, "agent-%s.py" % h)
+def rd(n):
+    b = b""
+    while len(b) < n:
+        c = os.read(0, n - len(b))
+        if not c: sys.exit(4)
+        b += c
+    return b
+if not os.path.exists(p):
+    os.write(1, b"GPUBOX-BOOT need\n")
+    src = rd(struct.unpack(">I", rd(4))[0])
+    if hashlib.sha256(src).hexdigest()[:16] != h:
+        os.write(1, b"GPUBOX-BOOT corrupt\n"); sys.exit(5)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    t = "%s.%d.tmp" % (p, os.getpid())
+    with open(t, "wb") as f:
+        f.write(src); f.flush(); os.fsync(f.fileno())
+    os.replace(t, p)
+os.write(1, b"GPUBOX-BOOT ok\n")
+os.execv(sys.executable, [sys.executable, "-u", p])
+"""
+
+
+@cache
+def agent_source() -> bytes:
+    return (Path(__file__).parent / "agent.py").read_bytes()
+
+
+def agent_hash() -> str:
+    return hashlib.sha256(agent_source()).hexdigest()[:16]
+
+
+def boot_command(python: str) -> str:
+    script = (
+        f"PY={shlex.quote(python)}; "
+        'command -v "$PY" >/dev/null 2>&1 || { echo "gpubox-boot: $PY not found" >&2; exit 127; }; '
+        f'exec "$PY" -u -c {shlex.quote(_BOOT)} {agent_hash()}'
+    )
+    return f"sh -c {shlex.quote(script)}"
+
+
+class AgentSession:
+    """One running agent on one host; requests are serialised (one in flight at a time)."""
+
+    def __init__(self, connection: Connection, *, python: str = "python3") -> None:
+        self.connection = connection
+        self.python = python
+        self.channel: paramiko.Channel | None = None
+        self.hello: dict[str, Any] = {}
+        self._buffer = bytearray()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    @property
+    def host(self) -> str:
+        return self.connection.endpoint.display
+
+    def start(self) -> AgentSession:
+        channel = self.connection.exec(boot_command(self.python))
+        channel.settimeout(BOOT_TIMEOUT)
+        self.channel = channel
+        while True:
+            line = self._read_line()
+            if line == "GPUBOX-BOOT need":
+                source = agent_source()
+                channel.sendall(struct.pack(">I", len(source)) + source)
+            elif line == "GPUBOX-BOOT ok":
+                break
+            elif line.startswith("GPUBOX-BOOT old"):
+                version = line.rsplit(" ", 1)[-1]
+                raise AgentError(
+                    f"{self.python} on {self.host} is Python {version}; gpubox's agent needs 3.8 or newer "
+                    f"(set python = \"...\" for this host in hosts.toml)"
+                )
+            else:
+                raise AgentError(f"the gpubox agent did not start on {self.host}: unexpected {line[:80]!r}")
+        channel.settimeout(None)
+        self.hello = self.request("hello", {"client_protocol": PROTOCOL})
+        if self.hello.get("protocol") != PROTOCOL:
+            raise AgentError(
+                f"the agent on {self.host} speaks protocol {self.hello.get('protocol')}, this gpubox {PROTOCOL}"
+            )
+        return self
+
+    def _fail_to_start(self) -> AgentError | HostUnreachable:
+        channel = self.channel
+        assert channel is not None
+        if not self.connection.is_alive():
+            return HostUnreachable(f"the connection to {self.host} was lost while starting the agent")
+        detail = b""
+        try:
+            while channel.recv_stderr_ready() or not channel.exit_status_ready():
+                chunk = channel.recv_stderr(4096)
+                if not chunk:
+                    break
+                detail += chunk
+        except (OSError, paramiko.SSHException):
+            pass
+        code = channel.recv_exit_status() if channel.exit_status_ready() else None
+        text = detail.decode(errors="replace").strip().splitlines()
+        if code == 127:
+            return AgentError(
+                f"{self.python} not found on {self.host}: gpubox's agent needs Python >= 3.8 there "
+                f"(set python = \"...\" for this host in hosts.toml)"
+            )
+        last = text[-1] if text else f"exit status {code}"
+        return AgentError(f"the gpubox agent on {self.host} stopped: {last}")
+
+    def _recv_into_buffer(self) -> None:
+        assert self.channel is not None
+        try:
+            chunk = self.channel.recv(1 << 20)
+        except TimeoutError:
+            raise AgentError(f"the gpubox agent on {self.host} did not answer within {BOOT_TIMEOUT:g} s") from None
+        except (OSError, paramiko.SSHException, EOFError):
+            chunk = b""
+        if not chunk:
+            raise self._fail_to_start()
+        self._buffer += chunk
+
+    def _read_line(self) -> str:
+        while b"\n" not in self._buffer:
+            if len(self._buffer) > 4096:
+                raise AgentError(f"the gpubox agent on {self.host} sent an unexpected greeting")
+            self._recv_into_buffer()
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        return line.decode(errors="replace").strip()
+
+    def _read_exact(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            self._recv_into_buffer()
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return data
+
+    def request(self, op: str, args: dict[str, Any] | None = None, blob: bytes = b"") -> dict[str, Any]:
+        result, _ = self.request_with_blob(op, args, blob)
+        return result
+
+    def request_with_blob(
+        self, op: str, args: dict[str, Any] | None = None, blob: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
+        if self.channel is None:
+            raise AgentError("the agent is not started")
+        with self._lock:
+            request_id = next(self._ids)
+            message: dict[str, Any] = {"id": request_id, "op": op, "args": args or {}}
+            if blob:
+                message["blob"] = len(blob)
+            body = json.dumps(message, separators=(",", ":")).encode()
+            try:
+                self.channel.sendall(struct.pack(">I", len(body)) + body + blob)
+            except (OSError, paramiko.SSHException, EOFError):
+                raise self._fail_to_start() from None
+            (length,) = struct.unpack(">I", self._read_exact(4))
+            if length > MAX_FRAME:
+                raise AgentError(f"the agent on {self.host} sent a frame of {length} bytes")
+            try:
+                response = json.loads(self._read_exact(length))
+            except ValueError:
+                raise AgentError(f"the agent on {self.host} sent something that is not JSON") from None
+            reply_blob = b""
+            size = response.get("blob", 0) if isinstance(response, dict) else 0
+            if isinstance(size, int) and 0 < size <= MAX_FRAME:
+                reply_blob = self._read_exact(size)
+        if not isinstance(response, dict) or response.get("id") not in (request_id, None):
+            raise AgentError(f"the agent on {self.host} answered out of turn")
+        if not response.get("ok"):
+            error = response.get("error") or {}
+            kind = error.get("kind", "error")
+            if kind in ("protocol", "unknown-op", "bad-request", "internal"):
+                raise AgentError(f"agent on {self.host}: {error.get('message', kind)}")
+            raise RemoteError(f"{self.host}: {error.get('message', kind)}")
+        result = response.get("result")
+        return (result if isinstance(result, dict) else {}), reply_blob
+
+    def probe(self, project_dir: str) -> dict[str, Any]:
+        return self.request("probe", {"project_dir": project_dir})
+
+    def close(self) -> None:
+        if self.channel is not None:
+            try:
+                self.channel.shutdown_write()
+                self.channel.close()
+            except (OSError, paramiko.SSHException, EOFError):
+                pass
+            self.channel = None

@@ -1,0 +1,189 @@
+"""The built-in ``local`` host: a private OpenSSH sshd that gpubox runs on 127.0.0.1 for this user.
+
+No root is needed: the server runs as the current user with keys generated under gpubox's state folder, so
+it can only log that user in. It is reused while it runs, and stopped by ``gpubox down local``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gpubox import paths
+from gpubox.errors import HostUnreachable
+from gpubox.remote import sshd
+from gpubox.remote.providers.base import ConnectSpec, InstanceStatus, Offer
+from gpubox.state import pid_alive
+
+if TYPE_CHECKING:
+    from gpubox.config import HostConfig
+
+HOST_KEY_ALIAS = "gpubox-local"
+_START_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    pid: int
+    port: int
+    started_at: float
+
+
+class LocalSshd:
+    """The private sshd's files and process, all under one folder."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder or paths.local_host_dir()
+        self.record = self.folder / "server.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Two gpubox commands starting `local` at once must end up sharing one server.
+        paths.ensure_private_dir(self.folder)
+        with open(self.folder / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def files(self) -> sshd.SshdFiles:
+        return sshd.prepare_sshd_files(self.folder, user=getpass.getuser())
+
+    def running(self) -> LocalServer | None:
+        """The server if it runs and answers; stale records are ignored."""
+        try:
+            data = json.loads(self.record.read_text())
+            server = LocalServer(int(data["pid"]), int(data["port"]), float(data["started_at"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not pid_alive(server.pid) or not self._is_ours(server.pid):
+            return None
+        if not sshd.banner_answers("127.0.0.1", server.port):
+            return None
+        return server
+
+    def _is_ours(self, pid: int) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return str(self.folder / "sshd_config").encode() in cmdline
+
+    def _previous_port(self) -> int | None:
+        try:
+            return int(json.loads(self.record.read_text())["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def ensure_running(self) -> LocalServer:
+        with self._locked():
+            server = self.running()
+            if server is not None:
+                return server
+            sshd_path = sshd.find_sshd()
+            files = self.files()
+            sshd.ensure_privsep_dir()
+            # Keep the port stable across restarts when we can: ssh-config entries and habits point at it.
+            port = self._previous_port() or sshd.free_port()
+            for _attempt in range(_START_ATTEMPTS):
+                with contextlib.suppress(OSError):
+                    files.log_file.unlink()
+                proc = subprocess.Popen(
+                    sshd.sshd_command(files, port, sshd=sshd_path),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                try:
+                    sshd.wait_for_banner("127.0.0.1", port, proc, timeout=10)
+                except HostUnreachable:
+                    log = _tail(files.log_file)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    proc.wait()
+                    if "Address already in use" in log or "Cannot bind" in log:
+                        port = sshd.free_port()
+                        continue
+                    raise HostUnreachable(f"the local sshd did not start: {log or 'no log'}") from None
+                server = LocalServer(proc.pid, port, time.time())
+                tmp = self.record.with_suffix(".tmp")
+                tmp.write_text(json.dumps(server.__dict__))
+                os.replace(tmp, self.record)
+                return server
+            raise HostUnreachable("the local sshd found no free port on 127.0.0.1")
+
+    def stop(self) -> bool:
+        """Stop the server; True if one was running."""
+        with self._locked():
+            server = self.running()
+            if server is None:
+                with contextlib.suppress(OSError):
+                    self.record.unlink()
+                return False
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while pid_alive(server.pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if pid_alive(server.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server.pid, signal.SIGKILL)
+            return True
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, server: LocalSshd | None = None) -> None:
+        self.server = server or LocalSshd()
+
+    def offers(self, host: HostConfig) -> list[Offer]:
+        return []
+
+    def launch(self, host: HostConfig) -> InstanceStatus:
+        server = self.server.ensure_running()
+        return InstanceStatus("running", f"sshd pid {server.pid} on 127.0.0.1:{server.port}")
+
+    def status(self, host: HostConfig) -> InstanceStatus:
+        server = self.server.running()
+        if server is None:
+            return InstanceStatus("stopped")
+        return InstanceStatus("running", f"sshd pid {server.pid} on 127.0.0.1:{server.port}")
+
+    def terminate(self, host: HostConfig) -> str:
+        if self.server.stop():
+            return "stopped the local sshd"
+        return "the local sshd was not running"
+
+    def connect_spec(self, host: HostConfig) -> ConnectSpec:
+        from gpubox.remote.connection import Endpoint
+
+        server = self.server.running()
+        if server is None:
+            raise HostUnreachable("the local host is not running: `gpubox up local` starts it")
+        files = sshd.SshdFiles.in_folder(self.server.folder)
+        endpoint = Endpoint(
+            alias="local",
+            hostname="127.0.0.1",
+            port=server.port,
+            user=getpass.getuser(),
+            identity_files=(str(files.client_key),),
+            use_default_keys=False,
+        )
+        return ConnectSpec(endpoint, trusted_host_keys=(files.host_public_key,))

@@ -1,0 +1,31 @@
+"""Hosts you already have: reached over SSH, never started or stopped by gpubox."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gpubox.remote.providers.base import ConnectSpec, InstanceStatus, Offer
+
+if TYPE_CHECKING:
+    from gpubox.config import HostConfig
+
+
+class SshProvider:
+    name = "ssh"
+
+    def offers(self, host: HostConfig) -> list[Offer]:
+        return []
+
+    def launch(self, host: HostConfig) -> InstanceStatus:
+        return InstanceStatus("external", "an ssh host is running whenever its owner keeps it running")
+
+    def status(self, host: HostConfig) -> InstanceStatus:
+        return InstanceStatus("external")
+
+    def terminate(self, host: HostConfig) -> str:
+        return f"{host.name} is an ssh host: gpubox left the machine itself running"
+
+    def connect_spec(self, host: HostConfig) -> ConnectSpec:
+        from gpubox.remote.connection import resolve_endpoint
+
+        return ConnectSpec(resolve_endpoint(host))

@@ -1,0 +1,1 @@
+"""Runs on the host: environments, detached runs, logs, services, multi-host launch."""

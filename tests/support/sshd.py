@@ -1,0 +1,106 @@
+"""A real OpenSSH sshd for tests: loopback (or inside a network namespace), random port, temp keys."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from gpubox.remote.sshd import (
+    SshdFiles,
+    ensure_privsep_dir,
+    find_sshd,
+    free_port,
+    prepare_sshd_files,
+    sshd_command,
+    wait_for_banner,
+)
+
+
+class SshServer:
+    """One sshd process. ``netns`` runs it inside that network namespace (root only)."""
+
+    def __init__(self, folder: Path, *, listen: str = "127.0.0.1", port: int | None = None,
+                 netns: str | None = None) -> None:
+        self.listen = listen
+        self.netns = netns
+        self.user = getpass.getuser()
+        self.files: SshdFiles = prepare_sshd_files(folder, listen=listen, user=self.user)
+        self.port = port or (22 if netns else free_port())
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return self.listen
+
+    @property
+    def client_key(self) -> Path:
+        return self.files.client_key
+
+    @property
+    def host_public_key(self) -> str:
+        return self.files.host_public_key
+
+    def known_hosts_line(self, name: str | None = None) -> str:
+        target = name or (self.listen if self.port == 22 else f"[{self.listen}]:{self.port}")
+        return f"{target} {self.host_public_key}\n"
+
+    def start(self) -> SshServer:
+        ensure_privsep_dir()
+        command = sshd_command(self.files, self.port, sshd=find_sshd())
+        if self.netns:
+            command = ["ip", "netns", "exec", self.netns, *command]
+        for _attempt in range(5):
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                if self.netns:
+                    self._wait_in_netns()
+                else:
+                    wait_for_banner(self.listen, self.port, self.proc, timeout=10)
+                return self
+            except Exception:
+                self.stop()
+                if self.netns or "Address already in use" not in self.log():
+                    raise
+                self.port = free_port()
+        raise RuntimeError(f"sshd could not find a free port:\n{self.log()}")
+
+    def _wait_in_netns(self) -> None:
+        probe = (
+            "import socket,sys,time\n"
+            "end=time.time()+10\n"
+            "while time.time()<end:\n"
+            "  try:\n"
+            f"    s=socket.create_connection(('{self.listen}',{self.port}),1)\n"
+            "    sys.exit(0 if s.recv(8).startswith(b'SSH-2.0') else 1)\n"
+            "  except OSError: time.sleep(0.05)\n"
+            "sys.exit(1)\n"
+        )
+        subprocess.run(["ip", "netns", "exec", str(self.netns), "python3", "-c", probe], check=True, timeout=15)
+
+    def log(self) -> str:
+        try:
+            return self.files.log_file.read_text()
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL the listener and every session it spawned (they share its process group)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                self.kill()
+        self.proc = None
+
+    def restart(self) -> SshServer:
+        self.stop()
+        return self.start()
