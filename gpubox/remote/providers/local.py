@@ -72,12 +72,13 @@ class LocalSshd:
 
     def _is_ours(self, pid: int) -> bool:
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
+        # sshd rewrites its argv into one "sshd: ... [listener]" title, so match a substring, not an argument.
         return str(self.folder / "sshd_config").encode() in cmdline
 
-    def _previous_port(self) -> int | None:
+    def previous_port(self) -> int | None:
         try:
             return int(json.loads(self.record.read_text())["port"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -92,7 +93,7 @@ class LocalSshd:
             files = self.files()
             sshd.ensure_privsep_dir()
             # Keep the port stable across restarts when we can: ssh-config entries and habits point at it.
-            port = self._previous_port() or sshd.free_port()
+            port = self.previous_port() or sshd.free_port()
             for _attempt in range(_START_ATTEMPTS):
                 with contextlib.suppress(OSError):
                     files.log_file.unlink()

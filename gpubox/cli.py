@@ -1,0 +1,488 @@
+"""The ``gpubox`` command line: parse, call into the rooms of the package, print.
+
+Kept light on purpose: ``gpubox --help`` must not import paramiko, textual, watchdog or tensorflow, so every
+heavy import happens inside the command that needs it. argparse (stdlib) rather than click or typer for the
+same reason: it costs nothing at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from gpubox import __version__
+from gpubox.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GpuboxError, UsageError
+
+if TYPE_CHECKING:
+    from gpubox.config import HostConfig, HostsConfig, ProjectConfig
+    from gpubox.remote.session import HostSession
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad usage is one line and exit 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def _project() -> ProjectConfig:
+    from gpubox.config import load_project
+
+    return load_project()
+
+
+def _hosts(project: ProjectConfig | None = None) -> HostsConfig:
+    from gpubox.config import load_hosts
+
+    return load_hosts((project or _project()).root)
+
+
+def _ask_to_pin() -> Callable[[str, str, str], bool] | None:
+    """On a terminal, ask before pinning an unknown host key; elsewhere refuse (the caller says how to accept)."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def ask(host: str, key_type: str, fingerprint: str) -> bool:
+        _err(f"The authenticity of host {host} can't be established.")
+        _err(f"{key_type} key fingerprint is {fingerprint}.")
+        try:
+            answer = input("Pin this key and connect? [y/N] ")
+        except EOFError:
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+    return ask
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    from gpubox.config import HOSTS_FILE, PROJECT_FILE
+
+    folder = os.getcwd()
+    written, kept = [], []
+    for name, template in ((PROJECT_FILE, "gpubox.example.toml"), (HOSTS_FILE, "hosts.example.toml")):
+        target = os.path.join(folder, name)
+        if os.path.exists(target):
+            kept.append(name)
+            continue
+        text = files("gpubox.data").joinpath(template).read_text()
+        tmp = target + ".tmp"
+        with open(tmp, "x") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+        written.append(name)
+    for name in written:
+        _out(f"wrote {name}")
+    for name in kept:
+        _out(f"kept {name} (already there)")
+    if HOSTS_FILE in written:
+        _out("edit hosts.toml to add your machines; `gpubox up` works right away on the built-in local host")
+    return 0
+
+
+def _host_rows(hosts: HostsConfig) -> list[dict[str, Any]]:
+    from gpubox.cost import hourly_price, spent_usd
+    from gpubox.report import short_gpu
+    from gpubox.state import open_state
+
+    rows = []
+    with open_state() as state:
+        for host in hosts.hosts.values():
+            record = state.host(host.name)
+            supervisor = state.supervisor(host.name)
+            price = hourly_price(host)
+            rows.append(
+                {
+                    "name": host.name,
+                    "provider": host.provider,
+                    "target": _target(host),
+                    "up": supervisor is not None,
+                    "supervisor": None
+                    if supervisor is None
+                    else {"pid": supervisor.pid, "detached": supervisor.detached, "since": supervisor.started_at},
+                    "endpoint": record.endpoint if record else None,
+                    "gpu": short_gpu(record.probe if record else None),
+                    "probed_at": record.probed_at if record else None,
+                    "price_per_hour": price.amount,
+                    "price_source": price.source,
+                    "spent_usd": round(spent_usd(state.billing_intervals(host.name)), 4),
+                    "default": host.name == hosts.default_host,
+                }
+            )
+    return rows
+
+
+def _target(host: HostConfig) -> str:
+    if host.provider == "local":
+        return "private sshd on 127.0.0.1"
+    target = host.hostname or host.name
+    if host.user:
+        target = f"{host.user}@{target}"
+    if host.port:
+        target += f":{host.port}"
+    if host.proxy_jump:
+        target += f" via {host.proxy_jump}"
+    return target
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    _out("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in rows:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _price(amount: float | None) -> str:
+    from gpubox.cost import format_usd
+
+    return "?" if amount is None else format_usd(amount)
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    hosts = _hosts()
+    rows = _host_rows(hosts)
+    if args.json:
+        _json({"config": str(hosts.path) if hosts.path else None, "hosts": rows})
+        return 0
+    source = f"from {hosts.path}" if hosts.path else "no hosts.toml found: only the built-in local host"
+    _out(f"hosts ({source})")
+    _table(
+        ["name", "provider", "target", "state", "gpu", "$/h"],
+        [
+            [
+                r["name"] + (" *" if r["default"] else ""),
+                r["provider"],
+                r["target"],
+                "up" if r["up"] else "down",
+                r["gpu"],
+                _price(r["price_per_hour"]),
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gpubox.cost import format_duration, format_usd
+    from gpubox.remote.providers import provider_for
+
+    import time
+
+    hosts = _hosts()
+    rows = _host_rows(hosts)
+    now = time.time()
+    for row in rows:
+        host = hosts.hosts[row["name"]]
+        instance = provider_for(host).status(host)
+        row["instance"] = {"state": instance.state, "detail": instance.detail}
+    if args.json:
+        _json({"hosts": rows})
+        return 0
+    up = [r for r in rows if r["up"] or r["instance"]["state"] == "running"]
+    if not up:
+        _out("nothing is up: `gpubox up` starts the built-in local host, `gpubox up HOST` another")
+        return 0
+    for row in up:
+        sup = row["supervisor"]
+        held = (
+            f"held by gpubox pid {sup['pid']} ({'detached' if sup['detached'] else 'foreground'}) "
+            f"for {format_duration(now - sup['since'])}"
+            if sup
+            else "not held by any gpubox process"
+        )
+        _out(f"{row['name']}  [{row['provider']}]  {held}")
+        if row["instance"]["detail"]:
+            _out(f"    instance  {row['instance']['detail']}")
+        if row["endpoint"]:
+            _out(f"    endpoint  {row['endpoint']}")
+        _out(f"    gpu       {row['gpu']}")
+        price = "?" if row["price_per_hour"] is None else format_usd(row["price_per_hour"])
+        _out(f"    cost      {price}/h ({row['price_source']}) · {format_usd(row['spent_usd'])} so far")
+    return 0
+
+
+def _print_report(session: HostSession, elapsed: float) -> None:
+    from gpubox.cost import hourly_price
+    from gpubox.report import host_report
+
+    endpoint = session.spec.endpoint
+    how = "host key made by gpubox" if session.spec.trusted_host_keys else "host key checked"
+    _out(f"  ✓ connected {endpoint.display} ({how}) in {elapsed:.2f} s")
+    for line in host_report(session.probe, session.agent.hello):
+        _out(line.render())
+    _out(f"    {hourly_price(session.host).label()}")
+
+
+def _record_session(session: HostSession) -> None:
+    from gpubox.state import open_state
+
+    with open_state() as state:
+        state.record_host(session.host.name, session.host.provider, session.spec.endpoint.display)
+        state.record_probe(session.host.name, session.probe)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import time
+
+    from gpubox.remote.session import connect_host
+    from gpubox.supervisor import stop_supervisor
+
+    project = _project()
+    host = _hosts(project).pick(args.host)
+    if args.stop:
+        pid = stop_supervisor(host.name)
+        _out(f"stopped gpubox process {pid} holding {host.name}" if pid else f"nothing was holding {host.name} up")
+        return 0
+    if not args.supervise_child:
+        from gpubox.state import open_state
+
+        with open_state() as state:
+            holder = state.supervisor(host.name)
+        if holder is not None:
+            raise UsageError(
+                f"{host.name} is already up in gpubox process {holder.pid}: `gpubox status` shows it, "
+                f"`gpubox up {host.name} --stop` ends it"
+            )
+    started = time.monotonic()
+    if not args.supervise_child:
+        _out(f"gpubox up {host.name}")
+    session = connect_host(
+        host, project.name, accept_new=args.accept_new, ask=None if args.supervise_child else _ask_to_pin()
+    )
+    try:
+        _record_session(session)
+        _print_report(session, time.monotonic() - started)
+        if args.detach:
+            session.close()
+            return _detach(args, host)
+        return _hold(session, host, detached=args.supervise_child)
+    finally:
+        session.close()
+
+
+def _hold(session: HostSession, host: HostConfig, *, detached: bool) -> int:
+    import threading
+    import time
+
+    from gpubox.cost import format_duration
+    from gpubox.supervisor import claim_host, stop_on_signals, supervise
+
+    stop = threading.Event()
+    started = time.monotonic()
+    with stop_on_signals(stop), claim_host(host, detached=detached):
+        if not detached:
+            _out(f"  holding {host.name}: Ctrl-C leaves it running (`gpubox down {host.name}` stops it)")
+        supervise(session, stop=stop, log=lambda text: _out(f"  · {text}"))
+    _out(f"  left {host.name} after {format_duration(time.monotonic() - started)}; the host keeps running")
+    return 0
+
+
+def _detach(args: argparse.Namespace, host: HostConfig) -> int:
+    import subprocess
+    import time
+
+    from gpubox import paths
+    from gpubox.state import open_state
+
+    log_dir = paths.ensure_private_dir(paths.state_dir() / "logs")
+    log_path = log_dir / f"up-{host.name}.log"
+    command = [sys.executable, "-m", "gpubox", "up", host.name, "--no-tui", "--supervise-child"]
+    if args.accept_new:
+        command.append("--accept-new")
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with open_state() as state:
+            holder = state.supervisor(host.name)
+        if holder is not None and holder.pid == child.pid:
+            _out(f"  running in the background (pid {child.pid}, log {log_path})")
+            _out(f"  `gpubox status` shows it · `gpubox up {host.name} --stop` ends it · `gpubox down {host.name}`")
+            return 0
+        if child.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise GpuboxError(f"the background gpubox for {host.name} exited: {tail[0]}")
+        time.sleep(0.05)
+    raise GpuboxError(f"the background gpubox for {host.name} did not come up within 60 s (log {log_path})")
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from gpubox.remote.providers import provider_for
+    from gpubox.state import open_state
+    from gpubox.supervisor import stop_supervisor
+
+    host = _hosts().pick(args.host)
+    pid = stop_supervisor(host.name)
+    if pid:
+        _out(f"stopped gpubox process {pid} holding {host.name}")
+    if args.keep_instance:
+        _out(f"kept {host.name} running (--keep-instance)")
+    else:
+        _out(provider_for(host).terminate(host))
+    with open_state() as state:
+        state.close_billing(host.name)
+    return 0
+
+
+def _remote_dir_expression(path: str) -> str:
+    """A shell word for *path* that still expands a leading ``~`` on the host."""
+    import shlex
+
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    import shlex
+
+    from gpubox.remote.session import open_connection
+
+    project = _project()
+    host = _hosts(project).get(args.host)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    connection, _spec = open_connection(host, accept_new=args.accept_new, ask=_ask_to_pin())
+    cd = f"cd {_remote_dir_expression(host.remote_project_dir(project.name))} 2>/dev/null; "
+    try:
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        if not command:
+            if not interactive:
+                raise UsageError("an interactive shell needs a terminal: give a command after `--`")
+            result = connection.fabric.run(
+                cd + 'exec "${SHELL:-/bin/sh}" -l', pty=True, warn=True, in_stream=sys.stdin, hide=False
+            )
+            return int(result.exited)
+        # One argument is a shell line (like ssh); several are an exact argv.
+        remote = command[0] if len(command) == 1 else shlex.join(command)
+        if interactive:
+            result = connection.fabric.run(cd + remote, pty=True, warn=True, in_stream=sys.stdin, hide=False)
+            return int(result.exited)
+        stdin = None if sys.stdin is None or sys.stdin.closed else sys.stdin.buffer
+        return connection.stream(cd + remote, stdin, sys.stdout.buffer, sys.stderr.buffer)
+    finally:
+        connection.close()
+
+
+def cmd_ssh_config(args: argparse.Namespace) -> int:
+    from gpubox import paths
+    from gpubox.remote.ssh_config import write_ssh_config
+
+    path, names = write_ssh_config(_hosts())
+    _out(f"wrote {path} ({', '.join('gpubox-' + n for n in names)})")
+    _out("add this line near the top of ~/.ssh/config (before any `Host *` block) to use them from")
+    _out("VS Code Remote-SSH, JetBrains Gateway or plain ssh:")
+    _out(f"    Include {paths.ssh_config_file()}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gpubox",
+        description="A rented GPU machine that feels like part of your laptop.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 bad input, 3 cannot reach or trust the host, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpubox {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("init", cmd_init, "write gpubox.toml and hosts.toml for this project")
+
+    hosts = add("hosts", cmd_hosts, "configured hosts: provider, state, GPU, $/h")
+    hosts.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    status = add("status", cmd_status, "what is up now, and what it costs")
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    up = add("up", cmd_up, "connect to a host (starting it if needed), probe it and hold it")
+    up.add_argument("host", nargs="?", metavar="HOST", help="default: [defaults] host, the only host, or local")
+    up.add_argument("--no-tui", action="store_true", help="plain lines in the foreground until Ctrl-C")
+    up.add_argument("--detach", action="store_true", help="hold the host from a background process")
+    up.add_argument("--no-sync", action="store_true", help="do not mirror the project folder")
+    up.add_argument("--no-services", action="store_true", help="do not start Jupyter and TensorBoard")
+    up.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+    up.add_argument("--stop", action="store_true", help="end the gpubox process holding the host (host keeps running)")
+    up.add_argument("--supervise-child", action="store_true", help=argparse.SUPPRESS)
+
+    down = add("down", cmd_down, "stop holding a host and stop the host where gpubox runs it")
+    down.add_argument("host", nargs="?", metavar="HOST")
+    down.add_argument("--keep-instance", action="store_true", help="leave the machine running")
+    down.add_argument("--yes", action="store_true", help="do not ask before stopping")
+
+    ssh = add("ssh", cmd_ssh, "a shell on the host, or run one command there (its exit code is returned)")
+    ssh.add_argument("host", metavar="HOST")
+    ssh.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD", help="command and arguments")
+    ssh.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    add("ssh-config", cmd_ssh_config, "write `Host gpubox-NAME` entries for VS Code, JetBrains and ssh")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in arguments
+    try:
+        args = build_parser().parse_args(arguments)
+        if not getattr(args, "handler", None):
+            build_parser().print_help()
+            return EXIT_BAD_INPUT if arguments else 0
+        return int(args.handler(args))
+    except GpuboxError as exc:
+        if debug:
+            raise
+        _err(f"gpubox: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _err("gpubox: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`gpubox hosts | head`); point stdout at /dev/null so the exit flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        if debug:
+            raise
+        _err(f"gpubox: internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)")
+        return 1
+

@@ -1,0 +1,90 @@
+"""A live session with one host: provider → SSH transport → agent, and the report of what the host is."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpubox.config import HostConfig
+from gpubox.remote.agent_client import AgentSession
+from gpubox.remote.connection import AskToPin, Backoff, Connection, with_backoff
+from gpubox.remote.providers import ConnectSpec, provider_for
+
+__all__ = ["HostSession", "connect_host", "open_connection"]
+
+
+def open_connection(
+    host: HostConfig, *, accept_new: bool = False, ask: AskToPin | None = None, launch: bool | None = None
+) -> tuple[Connection, ConnectSpec]:
+    """Open the SSH transport to *host*. ``launch`` starts the host first (default: only the free ``local``)."""
+    provider = provider_for(host)
+    if launch if launch is not None else host.provider == "local":
+        provider.launch(host)
+    spec = provider.connect_spec(host)
+    connection = Connection(
+        spec.endpoint,
+        accept_new=accept_new or host.accept_new,
+        ask=ask,
+        trusted_host_keys=spec.trusted_host_keys,
+        connect_timeout=host.connect_timeout,
+        keepalive_seconds=host.keepalive_seconds,
+    )
+    return connection.open(), spec
+
+
+@dataclass
+class HostSession:
+    """A connected host with its agent running."""
+
+    host: HostConfig
+    connection: Connection
+    spec: ConnectSpec
+    agent: AgentSession
+    remote_dir: str
+    probe: dict[str, Any] = field(default_factory=dict)
+
+    def refresh_probe(self) -> dict[str, Any]:
+        self.probe = self.agent.probe(self.remote_dir)
+        return self.probe
+
+    def heartbeat(self) -> None:
+        """One agent round trip: proves the transport, the channel and the agent are all alive."""
+        self.agent.request("hello")
+
+    def reconnect(self, backoff: Backoff, **kwargs: Any) -> None:
+        """Reopen the transport and restart the agent after the link dropped."""
+        self.agent.close()
+
+        def attempt() -> None:
+            self.connection.close()
+            self.connection.open()
+            self.agent = AgentSession(self.connection, python=self.host.python).start()
+
+        with_backoff(attempt, backoff, **kwargs)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.agent.close()
+        self.connection.close()
+
+
+def connect_host(
+    host: HostConfig,
+    project_name: str,
+    *,
+    accept_new: bool = False,
+    ask: AskToPin | None = None,
+    launch: bool = True,
+    probe: bool = True,
+) -> HostSession:
+    connection, spec = open_connection(host, accept_new=accept_new, ask=ask, launch=launch)
+    try:
+        agent = AgentSession(connection, python=host.python).start()
+        session = HostSession(host, connection, spec, agent, host.remote_project_dir(project_name))
+        if probe:
+            session.refresh_probe()
+        return session
+    except BaseException:
+        connection.close()
+        raise

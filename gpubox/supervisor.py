@@ -1,0 +1,111 @@
+"""The ``gpubox up`` process: holds one host's connection, keeps it alive, records itself, reconnects.
+
+It runs in the foreground (``--no-tui``) or detached in its own session (``--detach``); either way it claims the
+host in the state database so ``status`` can show it and ``up --stop`` / ``down`` can end it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+from gpubox.config import HostConfig
+from gpubox.cost import hourly_price
+from gpubox.errors import AgentError, HostUnreachable
+from gpubox.remote.connection import Backoff
+from gpubox.remote.session import HostSession
+from gpubox.state import open_state
+
+__all__ = ["HEARTBEAT_SECONDS", "claim_host", "stop_supervisor", "supervise"]
+
+HEARTBEAT_SECONDS = 5.0
+RECONNECT = Backoff(initial=0.5, maximum=15.0, deadline=None)
+
+
+@contextlib.contextmanager
+def claim_host(host: HostConfig, *, detached: bool, log_file: str | None = None) -> Iterator[None]:
+    """Record this process as the one holding *host* up, with billing running, for as long as the block lasts."""
+    pid = os.getpid()
+    price = hourly_price(host)
+    with open_state() as state:
+        state.claim_supervisor(host.name, pid, detached=detached, log_file=log_file)
+        if price.amount is not None:
+            state.open_billing(host.name, price.amount)
+    try:
+        yield
+    finally:
+        with open_state() as state:
+            state.release_supervisor(host.name, pid)
+            state.close_billing(host.name)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Turn SIGTERM, SIGINT and SIGHUP into a clean stop instead of an exception in the middle of I/O."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def supervise(
+    session: HostSession,
+    *,
+    stop: threading.Event,
+    log: Callable[[str], None],
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
+) -> None:
+    """Keep *session* alive until *stop* is set: heartbeat, and reconnect with backoff when the link drops."""
+    name = session.host.name
+    while not stop.wait(heartbeat_seconds):
+        try:
+            session.heartbeat()
+            continue
+        except (HostUnreachable, AgentError) as exc:
+            log(f"link to {name} lost ({exc}); reconnecting")
+        lost_at = time.monotonic()
+        try:
+            session.reconnect(
+                RECONNECT,
+                retry_on=(HostUnreachable, AgentError),
+                should_stop=stop.is_set,
+                sleep=lambda delay: stop.wait(delay) and None,
+            )
+        except (HostUnreachable, AgentError):
+            if stop.is_set():
+                return
+            raise
+        log(f"reconnected to {name} after {time.monotonic() - lost_at:.1f} s")
+
+
+def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
+    """SIGTERM the process holding *host_name* up and wait for it to go; return its pid, None if none ran."""
+    with open_state() as state:
+        found = state.supervisor(host_name)
+    if found is None:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(found.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not found.alive():
+            break
+        time.sleep(0.05)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(found.pid, signal.SIGKILL)
+    with open_state() as state:
+        state.release_supervisor(host_name, found.pid)
+        state.close_billing(host_name)
+    return found.pid
