@@ -372,9 +372,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
     project = _project()
     host = _hosts(project).get(args.host)
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    command = list(args.command_args)
     connection, _spec = open_connection(host, accept_new=args.accept_new, ask=_ask_to_pin())
     cd = f"cd {_remote_dir_expression(host.remote_project_dir(project.name))} 2>/dev/null; "
     try:
@@ -452,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ssh = add("ssh", cmd_ssh, "a shell on the host, or run one command there (its exit code is returned)")
     ssh.add_argument("host", metavar="HOST")
-    ssh.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD", help="command and arguments")
+    ssh.add_argument("command_args", nargs="*", metavar="CMD", help="after `--`: the command and its arguments")
     ssh.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
 
     add("ssh-config", cmd_ssh_config, "write `Host gpubox-NAME` entries for VS Code, JetBrains and ssh")
@@ -461,9 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` belongs to the remote command, never to gpubox's own options.
+    trailing: list[str] | None = None
+    if "--" in arguments:
+        split = arguments.index("--")
+        arguments, trailing = arguments[:split], arguments[split + 1 :]
     debug = "--debug" in arguments
     try:
         args = build_parser().parse_args(arguments)
+        if trailing is not None:
+            if not hasattr(args, "command_args"):
+                raise UsageError("`--` starts a remote command, which this command does not take")
+            args.command_args = [*args.command_args, *trailing]
         if not getattr(args, "handler", None):
             build_parser().print_help()
             return EXIT_BAD_INPUT if arguments else 0

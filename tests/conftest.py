@@ -15,16 +15,38 @@ pytest_plugins = ["tests.support.netns"]
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Keep tests off the developer's ~/.ssh, ssh-agent and gpubox state."""
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Keep tests off the developer's ~/.ssh, ssh-agent and gpubox state; leave no gpubox process behind."""
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True, mode=0o700)
+    gpubox_home = tmp_path / "gpubox-home"
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GPUBOX_HOME", str(tmp_path / "gpubox-home"))
+    monkeypatch.setenv("GPUBOX_HOME", str(gpubox_home))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)
-    return home
+    yield home
+    _stop_leftovers(gpubox_home)
+
+
+def _stop_leftovers(gpubox_home: Path) -> None:
+    """A failed test must not leave a detached supervisor or the private sshd running."""
+    import signal
+
+    from gpubox.remote.providers.local import LocalSshd
+    from gpubox.state import open_state
+
+    database = gpubox_home / "state" / "gpubox.db"
+    if database.exists():
+        with open_state(database) as state:
+            for supervisor in state.supervisors():
+                try:
+                    os.kill(supervisor.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    local = gpubox_home / "state" / "local-sshd"
+    if (local / "server.json").exists():
+        LocalSshd(local).stop()
 
 
 def _need_sshd() -> None:

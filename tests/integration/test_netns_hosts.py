@@ -44,7 +44,7 @@ def ssh_to(host: NetnsHost, tmp_path: Path) -> Iterator[paramiko.SSHClient]:
 
 def run(client: paramiko.SSHClient, command: str) -> str:
     _stdin, stdout, stderr = client.exec_command(command, timeout=TIMEOUT)
-    output = stdout.read().decode()
+    output: str = stdout.read().decode()
     status = stdout.channel.recv_exit_status()
     assert status == 0, f"{command!r} exited {status}: {stderr.read().decode()}"
     return output
@@ -73,7 +73,7 @@ def test_each_host_runs_its_sshd_in_its_own_namespace(netns_hosts: NetnsHostsFac
         assert f"inet {host.gateway}/" not in addresses
 
 
-def test_labs_alive_at_once_get_separate_subnets(netns_pair: tuple[NetnsHost, NetnsHost]) -> None:
+def test_netns_pair_is_one_lab_with_a_subnet_per_host(netns_pair: tuple[NetnsHost, NetnsHost]) -> None:
     first, second = netns_pair
     subnets = {host.ip.rsplit(".", 1)[0] for host in (first, second)}
     assert len(subnets) == 2
@@ -146,7 +146,6 @@ def test_closing_a_lab_removes_everything_it_made(tmp_path: Path) -> None:
     with ExitStack() as outlives_lab, NetnsLab(2, tmp_path / "lab") as lab:
         first, second = lab.hosts
         names = [*lab.namespaces, *lab.veths]
-        subnets = [host.ip.rsplit(".", 1)[0] + "." for host in lab.hosts]
         assert all(name in root_state() for name in names)
         # Leave it in the worst state a test could: a session still running, one link cut, netem on.
         client = outlives_lab.enter_context(ssh_to(first, tmp_path))
@@ -157,12 +156,11 @@ def test_closing_a_lab_removes_everything_it_made(tmp_path: Path) -> None:
         with suppress(NetemUnavailable):
             second.netem(delay_ms=50, loss_percent=10)
 
+    # Route and qdisc lines name their device, so the names cover those too; the subnets themselves may
+    # already be reused by a lab of a concurrent test.
     state = root_state()
     for name in names:
         assert name not in state
-    for subnet in subnets:
-        assert subnet not in state
-    assert "netem" not in state
 
 
 @pytest.mark.usefixtures("netns_available")

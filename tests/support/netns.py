@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -269,14 +270,13 @@ class NetnsLab:
             attempt(f"stop sshd in {host.netns}", host.server.stop)
             if has_netns:
                 attempt(
-                    f"kill processes left in {host.netns}",
-                    lambda host=host: _kill_namespace_processes(host.netns),
+                    f"kill processes left in {host.netns}", partial(_kill_namespace_processes, host.netns)
                 )
             if has_veth:
                 # Deleting one end deletes the pair, its address, route and qdisc.
-                attempt(f"delete {host.veth}", lambda host=host: _run(["ip", "link", "del", host.veth]))
+                attempt(f"delete {host.veth}", partial(_run, ["ip", "link", "del", host.veth]))
             if has_netns:
-                attempt(f"delete {host.netns}", lambda host=host: _run(["ip", "netns", "del", host.netns]))
+                attempt(f"delete {host.netns}", partial(_run, ["ip", "netns", "del", host.netns]))
         left = self.leftovers()
         if left:
             errors.append(f"still present after cleanup: {', '.join(left)}")
