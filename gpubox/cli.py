@@ -126,7 +126,11 @@ def _host_rows(hosts: HostsConfig) -> list[dict[str, Any]]:
                     "up": supervisor is not None,
                     "supervisor": None
                     if supervisor is None
-                    else {"pid": supervisor.pid, "detached": supervisor.detached, "since": supervisor.started_at},
+                    else {
+                        "pid": supervisor.pid,
+                        "detached": supervisor.detached,
+                        "since": supervisor.started_at,
+                    },
                     "endpoint": record.endpoint if record else None,
                     "gpu": short_gpu(record.probe if record else None),
                     "probed_at": record.probed_at if record else None,
@@ -191,10 +195,10 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
     from gpubox.cost import format_duration, format_usd
     from gpubox.remote.providers import provider_for
-
-    import time
 
     hosts = _hosts()
     rows = _host_rows(hosts)
@@ -259,7 +263,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     host = _hosts(project).pick(args.host)
     if args.stop:
         pid = stop_supervisor(host.name)
-        _out(f"stopped gpubox process {pid} holding {host.name}" if pid else f"nothing was holding {host.name} up")
+        _out(
+            f"stopped gpubox process {pid} holding {host.name}"
+            if pid
+            else f"nothing was holding {host.name} up"
+        )
         return 0
     if not args.supervise_child:
         from gpubox.state import open_state
@@ -327,7 +335,9 @@ def _detach(args: argparse.Namespace, host: HostConfig) -> int:
             holder = state.supervisor(host.name)
         if holder is not None and holder.pid == child.pid:
             _out(f"  running in the background (pid {child.pid}, log {log_path})")
-            _out(f"  `gpubox status` shows it · `gpubox up {host.name} --stop` ends it · `gpubox down {host.name}`")
+            _out(
+                f"  `gpubox status` shows it · `gpubox up {host.name} --stop` ends it · `gpubox down {host.name}`"
+            )
             return 0
         if child.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
@@ -434,13 +444,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     up = add("up", cmd_up, "connect to a host (starting it if needed), probe it and hold it")
-    up.add_argument("host", nargs="?", metavar="HOST", help="default: [defaults] host, the only host, or local")
+    up.add_argument(
+        "host", nargs="?", metavar="HOST", help="default: [defaults] host, the only host, or local"
+    )
     up.add_argument("--no-tui", action="store_true", help="plain lines in the foreground until Ctrl-C")
     up.add_argument("--detach", action="store_true", help="hold the host from a background process")
     up.add_argument("--no-sync", action="store_true", help="do not mirror the project folder")
     up.add_argument("--no-services", action="store_true", help="do not start Jupyter and TensorBoard")
     up.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
-    up.add_argument("--stop", action="store_true", help="end the gpubox process holding the host (host keeps running)")
+    up.add_argument(
+        "--stop", action="store_true", help="end the gpubox process holding the host (host keeps running)"
+    )
     up.add_argument("--supervise-child", action="store_true", help=argparse.SUPPRESS)
 
     down = add("down", cmd_down, "stop holding a host and stop the host where gpubox runs it")
@@ -450,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ssh = add("ssh", cmd_ssh, "a shell on the host, or run one command there (its exit code is returned)")
     ssh.add_argument("host", metavar="HOST")
-    ssh.add_argument("command_args", nargs="*", metavar="CMD", help="after `--`: the command and its arguments")
+    ssh.add_argument(
+        "command_args", nargs="*", metavar="CMD", help="after `--`: the command and its arguments"
+    )
     ssh.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
 
     add("ssh-config", cmd_ssh_config, "write `Host gpubox-NAME` entries for VS Code, JetBrains and ssh")
@@ -490,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        _err(f"gpubox: internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)")
+        _err(
+            f"gpubox: internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)"
+        )
         return 1
-

@@ -245,7 +245,8 @@ class State:
         if host is not None:
             query += " WHERE host = ?"
             args = (host,)
-        return [tuple(row) for row in self.db.execute(query + " ORDER BY started_at", args)]  # type: ignore[misc]
+        rows = self.db.execute(query + " ORDER BY started_at", args)
+        return [(str(h), float(p), float(s), None if e is None else float(e)) for h, p, s, e in rows]
 
 
 def _statements(script: str) -> list[str]:

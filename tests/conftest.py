@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -40,10 +41,8 @@ def _stop_leftovers(gpubox_home: Path) -> None:
     if database.exists():
         with open_state(database) as state:
             for supervisor in state.supervisors():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(supervisor.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
     local = gpubox_home / "state" / "local-sshd"
     if (local / "server.json").exists():
         LocalSshd(local).stop()

@@ -162,15 +162,22 @@ def _nvidia_smi() -> Dict[str, Any]:
             timeout=NVIDIA_SMI_TIMEOUT,
         )
     except subprocess.TimeoutExpired:
-        return {"available": False, "reason": "nvidia-smi did not answer within %d s" % NVIDIA_SMI_TIMEOUT,
-                "output": ""}
+        return {
+            "available": False,
+            "reason": "nvidia-smi did not answer within %d s" % NVIDIA_SMI_TIMEOUT,
+            "output": "",
+        }
     except OSError as exc:
         return {"available": False, "reason": "nvidia-smi could not start: %s" % exc, "output": ""}
     output = done.stdout.decode("utf-8", "replace")
     if done.returncode != 0:
         first = next((line.strip() for line in output.splitlines() if line.strip()), "")
-        return {"available": False, "exit_code": done.returncode, "output": output,
-                "reason": first or "nvidia-smi exited with status %d" % done.returncode}
+        return {
+            "available": False,
+            "exit_code": done.returncode,
+            "output": output,
+            "reason": first or "nvidia-smi exited with status %d" % done.returncode,
+        }
     return {"available": True, "exit_code": 0, "output": output, "path": binary}
 
 
@@ -208,8 +215,11 @@ def handle(message: Dict[str, Any]) -> Dict[str, Any]:
     except RequestError as exc:
         return {"id": request_id, "ok": False, "error": {"kind": exc.kind, "message": str(exc)}}
     except Exception as exc:  # one bad request must not end the session
-        return {"id": request_id, "ok": False,
-                "error": {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, exc)}}
+        return {
+            "id": request_id,
+            "ok": False,
+            "error": {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, exc)},
+        }
 
 
 def serve(fd_in: int = 0, fd_out: int = 1) -> int:

@@ -102,7 +102,7 @@ class AgentSession:
                 version = line.rsplit(" ", 1)[-1]
                 raise AgentError(
                     f"{self.python} on {self.host} is Python {version}; gpubox's agent needs 3.8 or newer "
-                    f"(set python = \"...\" for this host in hosts.toml)"
+                    f'(set python = "..." for this host in hosts.toml)'
                 )
             else:
                 raise AgentError(f"the gpubox agent did not start on {self.host}: unexpected {line[:80]!r}")
@@ -133,7 +133,7 @@ class AgentSession:
         if code == 127:
             return AgentError(
                 f"{self.python} not found on {self.host}: gpubox's agent needs Python >= 3.8 there "
-                f"(set python = \"...\" for this host in hosts.toml)"
+                f'(set python = "..." for this host in hosts.toml)'
             )
         last = text[-1] if text else f"exit status {code}"
         return AgentError(f"the gpubox agent on {self.host} stopped: {last}")
@@ -143,7 +143,9 @@ class AgentSession:
         try:
             chunk = self.channel.recv(1 << 20)
         except TimeoutError:
-            raise AgentError(f"the gpubox agent on {self.host} did not answer within {BOOT_TIMEOUT:g} s") from None
+            raise AgentError(
+                f"the gpubox agent on {self.host} did not answer within {BOOT_TIMEOUT:g} s"
+            ) from None
         except (OSError, paramiko.SSHException, EOFError):
             chunk = b""
         if not chunk:

@@ -150,7 +150,9 @@ def _resolve(
     if depth > _MAX_JUMPS:
         raise HostUnreachable(f"ProxyJump chain for {alias} is longer than {_MAX_JUMPS} hops (a loop?)")
     found = ssh_config.lookup(alias)
-    identity = [identity_file] if identity_file else [os.path.expanduser(p) for p in found.get("identityfile", [])]
+    identity = (
+        [identity_file] if identity_file else [os.path.expanduser(p) for p in found.get("identityfile", [])]
+    )
     jump_spec = proxy_jump if proxy_jump is not None else found.get("proxyjump")
     jumps: list[Endpoint] = []
     if jump_spec and jump_spec.lower() != "none":
@@ -161,11 +163,13 @@ def _resolve(
     return Endpoint(
         alias=alias,
         hostname=found.get("hostname", alias),
-        port=int(port or found.get("port", 22)),
+        port=int(port or str(found.get("port", 22))),
         user=user or found.get("user") or getpass.getuser(),
         identity_files=tuple(identity),
         jumps=tuple(jumps),
-        proxy_command=None if jumps or not proxy_command or proxy_command.lower() == "none" else proxy_command,
+        proxy_command=None
+        if jumps or not proxy_command or proxy_command.lower() == "none"
+        else proxy_command,
     )
 
 
@@ -193,7 +197,9 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 def key_label(key: paramiko.PKey) -> str:
     name = key.get_name()
-    return {"ssh-ed25519": "ED25519", "ssh-rsa": "RSA"}.get(name, "ECDSA" if name.startswith("ecdsa") else name)
+    return {"ssh-ed25519": "ED25519", "ssh-rsa": "RSA"}.get(
+        name, "ECDSA" if name.startswith("ecdsa") else name
+    )
 
 
 class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -207,7 +213,9 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         label, print_ = key_label(key), fingerprint(key)
         # A host we know under another key type is a changed host, not a new one: OpenSSH would refuse too.
-        known = client.get_host_keys().lookup(hostname) or client._system_host_keys.lookup(hostname)
+        # paramiko exposes only the writable key set; the one loaded from ~/.ssh/known_hosts is private.
+        system_keys: paramiko.HostKeys = getattr(client, "_system_host_keys", paramiko.HostKeys())
+        known = client.get_host_keys().lookup(hostname) or system_keys.lookup(hostname)
         if known:
             old = next(iter(known.values()))
             raise HostKeyChanged(
@@ -332,7 +340,9 @@ class Connection:
         self.connect_timeout = connect_timeout
         self.keepalive_seconds = keepalive_seconds
         self.trusted_host_keys = trusted_host_keys
-        self.policy = HostKeyPolicy(accept_new=accept_new, ask=ask, pin_file=pin_file or paths.known_hosts_file())
+        self.policy = HostKeyPolicy(
+            accept_new=accept_new, ask=ask, pin_file=pin_file or paths.known_hosts_file()
+        )
         self._chain: list[fabric.Connection] = []
         self._lock = threading.Lock()
 
@@ -412,8 +422,10 @@ class Connection:
             ) from None
         except socket.gaierror:
             raise HostUnreachable(f"cannot resolve {hop.hostname} (for {what})") from None
-        except (TimeoutError, socket.timeout):
-            raise HostUnreachable(f"cannot reach {what}: timed out after {self.connect_timeout:g} s") from None
+        except TimeoutError:
+            raise HostUnreachable(
+                f"cannot reach {what}: timed out after {self.connect_timeout:g} s"
+            ) from None
         except paramiko.ssh_exception.NoValidConnectionsError as exc:
             reason = _first_reason(exc)
             raise HostUnreachable(f"cannot reach {what}: {reason}") from None
@@ -464,7 +476,7 @@ class Connection:
 
     @property
     def transport(self) -> paramiko.Transport:
-        transport = self.fabric.transport
+        transport: paramiko.Transport | None = self.fabric.transport
         if transport is None or not transport.is_active():
             raise HostUnreachable(f"the connection to {self.endpoint.display} was lost")
         return transport
@@ -495,14 +507,16 @@ class Connection:
         if stdin is None:
             channel.shutdown_write()
         else:
-            feeder = threading.Thread(target=_feed_stdin, args=(stdin, channel), daemon=True, name="ssh-stdin")
+            feeder = threading.Thread(
+                target=_feed_stdin, args=(stdin, channel), daemon=True, name="ssh-stdin"
+            )
             feeder.start()
         return _pump_channel(channel, stdout, stderr, timeout=None, what=command)
 
 
 def _first_reason(exc: paramiko.ssh_exception.NoValidConnectionsError) -> str:
     for error in exc.errors.values():
-        return str(error.strerror or error).lower()
+        return str(getattr(error, "strerror", None) or error).lower()
     return "no address answered"
 
 

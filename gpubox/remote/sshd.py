@@ -178,7 +178,9 @@ def wait_for_banner(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise HostUnreachable(f"sshd exited with status {proc.returncode} before listening on {host}:{port}")
+            raise HostUnreachable(
+                f"sshd exited with status {proc.returncode} before listening on {host}:{port}"
+            )
         if banner_answers(host, port, timeout=0.5):
             return
         time.sleep(0.02)

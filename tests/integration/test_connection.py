@@ -44,7 +44,9 @@ def _endpoint(server: SshServer, key: Path | None = None) -> Endpoint:
 
 def test_unreachable_host_is_exit_3_with_one_line(tmp_path: Path) -> None:
     port = free_port()
-    project = _project(tmp_path, f'[hosts.gone]\nhostname = "127.0.0.1"\nport = {port}\nconnect_timeout = 3\n')
+    project = _project(
+        tmp_path, f'[hosts.gone]\nhostname = "127.0.0.1"\nport = {port}\nconnect_timeout = 3\n'
+    )
     result = run_gpubox("ssh", "gone", "--", "true", cwd=project)
     line = assert_one_line_error(result, 3)
     assert line == f"gpubox: cannot reach {_user()}@127.0.0.1:{port}: connection refused"
@@ -165,7 +167,9 @@ def test_prompt_decides_about_unknown_keys(tmp_path: Path, sshd: SshServer) -> N
     pin_file = tmp_path / "pins"
     with pytest.raises(HostKeyUnknown):
         Connection(_endpoint(sshd), ask=refuse, pin_file=pin_file).open()
-    assert asked == [(f"[127.0.0.1]:{sshd.port}", "ED25519", fingerprint(public_key_from_line(sshd.host_public_key)))]
+    assert asked == [
+        (f"[127.0.0.1]:{sshd.port}", "ED25519", fingerprint(public_key_from_line(sshd.host_public_key)))
+    ]
     assert not pin_file.exists()
     with Connection(_endpoint(sshd), ask=lambda *_: True, pin_file=pin_file) as connection:
         assert connection.run("echo yes").stdout == b"yes\n"
@@ -250,7 +254,9 @@ def test_reconnect_with_backoff_after_sshd_restart(tmp_path: Path, sshd: SshServ
     restarter = threading.Timer(1.0, sshd.start)
     restarter.start()
     try:
-        connection.reconnect(Backoff(initial=0.1, maximum=0.5, deadline=20), on_retry=lambda e, d: retries.append(d))
+        connection.reconnect(
+            Backoff(initial=0.1, maximum=0.5, deadline=20), on_retry=lambda e, d: retries.append(d)
+        )
         assert connection.run("echo back").stdout == b"back\n"
         assert retries, "the first attempts should have failed while sshd was down"
     finally:
@@ -283,3 +289,26 @@ def test_keepalive_is_configured(tmp_path: Path, sshd: SshServer) -> None:
     ) as connection:
         transport: paramiko.Transport = connection.transport
         assert transport.packetizer._Packetizer__keepalive_interval == 7  # type: ignore[attr-defined]
+
+
+def test_keys_held_by_ssh_agent_are_used(tmp_path: Path, sshd: SshServer) -> None:
+    import os
+
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if socket_path.exists():
+                break
+            time.sleep(0.05)
+        env = dict(os.environ, SSH_AUTH_SOCK=str(socket_path))
+        subprocess.run(["ssh-add", "-q", str(sshd.client_key)], env=env, check=True, capture_output=True)
+        hosts = f'[hosts.box]\nhostname = "127.0.0.1"\nport = {sshd.port}\naccept_new = true\n'
+        project = _project(tmp_path, hosts)
+        result = run_gpubox("ssh", "box", "--", "echo", "agent", cwd=project, env=env)
+        assert (result.returncode, result.stdout) == (0, "agent\n"), result.stderr
+        # Without the agent the same host refuses us: the key really came from ssh-agent.
+        assert run_gpubox("ssh", "box", "--", "true", cwd=project).returncode == 3
+    finally:
+        agent.terminate()
+        agent.wait(5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import signal
@@ -22,8 +23,9 @@ from gpubox.remote.sshd import (
 class SshServer:
     """One sshd process. ``netns`` runs it inside that network namespace (root only)."""
 
-    def __init__(self, folder: Path, *, listen: str = "127.0.0.1", port: int | None = None,
-                 netns: str | None = None) -> None:
+    def __init__(
+        self, folder: Path, *, listen: str = "127.0.0.1", port: int | None = None, netns: str | None = None
+    ) -> None:
         self.listen = listen
         self.netns = netns
         self.user = getpass.getuser()
@@ -78,7 +80,9 @@ class SshServer:
             "  except OSError: time.sleep(0.05)\n"
             "sys.exit(1)\n"
         )
-        subprocess.run(["ip", "netns", "exec", str(self.netns), "python3", "-c", probe], check=True, timeout=15)
+        subprocess.run(
+            ["ip", "netns", "exec", str(self.netns), "python3", "-c", probe], check=True, timeout=15
+        )
 
     def log(self) -> str:
         try:
@@ -87,20 +91,48 @@ class SshServer:
             return ""
 
     def kill(self) -> None:
-        """SIGKILL the listener and every session it spawned (they share its process group)."""
+        """SIGKILL the listener and every session it spawned: the host dies, live connections drop."""
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.proc.wait(5)
 
     def stop(self) -> None:
+        """End the listener and its sessions (each session sshd runs in its own session, so not by group)."""
         if self.proc and self.proc.poll() is None:
+            sessions = _descendants(self.proc.pid)
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.terminate()
                 self.proc.wait(5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 self.kill()
+            for pid in sessions:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
         self.proc = None
 
     def restart(self) -> SshServer:
         self.stop()
         return self.start()
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below *root*, found through /proc parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found: list[int] = []
+    queue = [root]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found

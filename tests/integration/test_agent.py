@@ -1,0 +1,199 @@
+"""The remote agent on a real host: upload by hash, hello, probe, old or missing Python, bad requests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from gpubox.errors import AgentError, RemoteError
+from gpubox.remote.agent import PROTOCOL
+from gpubox.remote.agent_client import AgentSession, agent_hash
+from gpubox.remote.connection import Connection, Endpoint
+from gpubox.remote.session import HostSession
+from gpubox.supervisor import supervise
+from tests.support.sshd import SshServer
+
+pytestmark = pytest.mark.integration
+
+PYENV = Path(os.path.expanduser("~root")) / ".pyenv" / "versions"
+
+
+def _connect(server: SshServer, tmp_path: Path) -> Connection:
+    endpoint = Endpoint(
+        alias="t",
+        hostname=server.host,
+        port=server.port,
+        user=server.user,
+        identity_files=(str(server.client_key),),
+        use_default_keys=False,
+    )
+    return Connection(endpoint, accept_new=True, pin_file=tmp_path / "pins").open()
+
+
+def test_agent_is_uploaded_once_then_reused(sshd: SshServer, tmp_path: Path) -> None:
+    agent_file = Path(os.path.expanduser(f"~{sshd.user}")) / ".gpubox" / f"agent-{agent_hash()}.py"
+    agent_file.unlink(missing_ok=True)
+    with _connect(sshd, tmp_path) as connection:
+        first = AgentSession(connection).start()
+        assert agent_file.read_bytes() == (Path(__file__).parents[2] / "gpubox/remote/agent.py").read_bytes()
+        assert oct(agent_file.parent.stat().st_mode & 0o777) == "0o700"
+        stamp = agent_file.stat().st_mtime_ns
+        first.close()
+        second = AgentSession(connection).start()
+        assert second.hello["protocol"] == PROTOCOL
+        assert agent_file.stat().st_mtime_ns == stamp
+        second.close()
+
+
+def test_probe_reports_the_host(sshd: SshServer, tmp_path: Path) -> None:
+    with _connect(sshd, tmp_path) as connection:
+        agent = AgentSession(connection).start()
+        probe = agent.probe(str(tmp_path / "not-yet" / "project"))
+        assert probe["hostname"] and probe["os"]
+        assert probe["cpu_count"] == len(os.sched_getaffinity(0))
+        assert probe["memory"]["total_bytes"] > 0
+        disk = probe["disk"]
+        assert disk["path"] == str(tmp_path / "not-yet" / "project") and disk["exists"] is False
+        assert 0 < disk["free_bytes"] <= disk["total_bytes"]
+        assert probe["nvidia_smi"] == {
+            "available": False,
+            "reason": "nvidia-smi not found on PATH",
+            "output": "",
+        }
+        assert agent.probe("~")["disk"]["exists"] is True
+
+
+def test_probe_carries_raw_nvidia_smi_output(sshd: SshServer, tmp_path: Path) -> None:
+    capture = Path(__file__).parents[1] / "data/nvidia-smi/03_l4_550.txt"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    script = fake_bin / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\ncat '{capture}'\n")
+    script.chmod(0o755)
+    broken = tmp_path / "broken-bin"
+    broken.mkdir()
+    (broken / "nvidia-smi").write_text(
+        '#!/bin/sh\necho "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n'
+    )
+    (broken / "nvidia-smi").chmod(0o755)
+    with _connect(sshd, tmp_path) as connection:
+        agent = AgentSession(connection, python=_python_with_path(tmp_path, fake_bin)).start()
+        smi = agent.probe("~")["nvidia_smi"]
+        assert smi["available"] is True and smi["output"] == capture.read_text()
+        agent.close()
+        agent = AgentSession(connection, python=_python_with_path(tmp_path, broken)).start()
+        smi = agent.probe("~")["nvidia_smi"]
+        assert smi["available"] is False and smi["exit_code"] == 9
+        assert smi["reason"].startswith("NVIDIA-SMI has failed because it couldn't communicate")
+
+
+def _python_with_path(tmp_path: Path, extra: Path) -> str:
+    """A host 'python3' whose PATH starts with *extra*, as when nvidia-smi is installed there."""
+    wrapper = tmp_path / f"python-{extra.name}"
+    wrapper.write_text(f'#!/bin/sh\nPATH="{extra}:$PATH" exec {shutil.which("python3")} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+@pytest.mark.skipif(
+    not (PYENV / "3.8.18" / "bin" / "python3").exists(), reason="no Python 3.8 on this machine"
+)
+def test_agent_runs_on_python_3_8(sshd: SshServer, tmp_path: Path) -> None:
+    with _connect(sshd, tmp_path) as connection:
+        agent = AgentSession(connection, python=str(PYENV / "3.8.18" / "bin" / "python3")).start()
+        assert agent.hello["python"] == "3.8.18"
+        assert agent.probe("~")["python"]["version"] == "3.8.18"
+
+
+@pytest.mark.skipif(
+    not (PYENV / "3.6.15" / "bin" / "python3").exists(), reason="no Python 3.6 on this machine"
+)
+def test_too_old_python_is_a_clear_error(sshd: SshServer, tmp_path: Path) -> None:
+    old = str(PYENV / "3.6.15" / "bin" / "python3")
+    with _connect(sshd, tmp_path) as connection, pytest.raises(AgentError) as caught:
+        AgentSession(connection, python=old).start()
+    assert str(caught.value) == (
+        f"{old} on {sshd.user}@127.0.0.1:{sshd.port} is Python 3.6; gpubox's agent needs 3.8 or newer "
+        '(set python = "...") for this host in hosts.toml)'.replace('")', '"')
+    )
+
+
+def test_missing_python_is_a_clear_error(sshd: SshServer, tmp_path: Path) -> None:
+    with _connect(sshd, tmp_path) as connection, pytest.raises(AgentError) as caught:
+        AgentSession(connection, python="python9.99").start()
+    assert str(caught.value).startswith(f"python9.99 not found on {sshd.user}@127.0.0.1:{sshd.port}")
+
+
+def test_unknown_request_is_refused_and_the_session_goes_on(sshd: SshServer, tmp_path: Path) -> None:
+    with _connect(sshd, tmp_path) as connection:
+        agent = AgentSession(connection).start()
+        with pytest.raises(AgentError, match="unknown op 'format_disk'"):
+            agent.request("format_disk")
+        with pytest.raises(AgentError, match="project_dir must be a string"):
+            agent.request("probe", {"project_dir": 5})
+        assert agent.request("hello")["protocol"] == PROTOCOL
+
+
+def test_agent_death_is_reported(sshd: SshServer, tmp_path: Path) -> None:
+    with _connect(sshd, tmp_path) as connection:
+        agent = AgentSession(connection).start()
+        connection.run(f"kill {agent.hello['pid']}")
+        with pytest.raises((AgentError, RemoteError)):
+            agent.request("hello")
+
+
+def test_supervisor_reconnects_after_sshd_restart(sshd: SshServer, tmp_path: Path) -> None:
+    from gpubox.config import HostConfig
+    from gpubox.remote.providers import ConnectSpec
+
+    connection = _connect(sshd, tmp_path)
+    agent = AgentSession(connection).start()
+    host = HostConfig(name="t", hostname="127.0.0.1", port=sshd.port)
+    session = HostSession(host, connection, ConnectSpec(connection.endpoint), agent, "~")
+    stop = threading.Event()
+    messages: list[str] = []
+    worker = threading.Thread(
+        target=supervise,
+        kwargs={"session": session, "stop": stop, "log": messages.append, "heartbeat_seconds": 0.1},
+    )
+    worker.start()
+    try:
+        first_pid = agent.hello["pid"]
+        sshd.kill()
+        deadline = threading.Event()
+        deadline.wait(1.0)
+        sshd.start()
+        for _ in range(200):
+            if any(m.startswith("reconnected") for m in messages):
+                break
+            deadline.wait(0.05)
+        assert messages[0].startswith("link to t lost")
+        assert any(m.startswith("reconnected to t after") for m in messages), messages
+        assert session.agent.hello["pid"] != first_pid
+        session.heartbeat()
+    finally:
+        stop.set()
+        worker.join(10)
+        session.close()
+    assert not worker.is_alive()
+
+
+def test_agent_file_is_stdlib_only_and_py38_syntax() -> None:
+    import ast
+
+    source = (Path(__file__).parents[2] / "gpubox/remote/agent.py").read_text()
+    tree = ast.parse(source, feature_version=(3, 8))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+    }
+    import sys
+
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+    assert shutil.which("python3")

@@ -1,0 +1,66 @@
+"""The host report's GPU line from real captured nvidia-smi tables, and the money arithmetic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpubox.config import HostConfig
+from gpubox.cost import format_duration, format_usd, hourly_price, spent_usd
+from gpubox.remote.gpu import summarize_nvidia_smi
+from gpubox.report import gpu_line, short_gpu
+
+CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"
+
+
+@pytest.mark.parametrize(
+    ("capture", "driver", "cuda", "count", "first_name"),
+    [
+        ("01_h100-sxm-x8_565.txt", "565.57.01", "12.7", 8, "NVIDIA H100 80GB HBM3"),
+        ("07_a40-x10_550.txt", "550.127.05", "12.4", 10, "NVIDIA A40"),
+        ("09_rtx6000ada-x8_550.txt", "550.127.05", "12.4", 8, "NVIDIA RTX 6000 Ada Gene..."),
+        ("15_wsl-rtx3070_smi530.47-drv531.68.txt", "531.68", "12.1", 1, "NVIDIA GeForce RTX 3070"),
+        ("16_rtx2080super_610-kmd-umd-header.txt", "610.57.04", "13.3", 1, "NVIDIA GeForce RTX 2080 ..."),
+        ("18_windows-rtx2080super-wddm_591.txt", "591.86", "13.1", 1, "NVIDIA GeForce RTX 2080 ..."),
+        ("19_rtx2070-laptop_440.txt", "440.100", "10.2", 1, "GeForce RTX 207..."),
+        ("40_tesla-k80-x2_390.txt", "390.12", None, 2, "Tesla K80"),
+        ("45_mixed-rtx2060-3060x2-3060ti-3070_560.txt", "560.35.03", "12.6", 5, "NVIDIA GeForce RTX 2060"),
+    ],
+)
+def test_summary_from_real_tables(
+    capture: str, driver: str, cuda: str | None, count: int, first_name: str
+) -> None:
+    summary = summarize_nvidia_smi((CAPTURES / capture).read_text())
+    assert summary.driver_version == driver
+    assert summary.cuda_driver_max == cuda
+    assert len(summary.gpu_names) == count
+    assert summary.gpu_names[0] == first_name
+
+
+def test_report_lines_for_gpu_cpu_and_broken_hosts() -> None:
+    table = (CAPTURES / "03_l4_550.txt").read_text()
+    with_gpu = {"nvidia_smi": {"available": True, "output": table}}
+    assert gpu_line(with_gpu).render() == "  ✓ GPU    1× NVIDIA L4 · driver 550.90.07 · CUDA ≤ 12.4"
+    assert short_gpu(with_gpu) == "1× NVIDIA L4"
+    cpu = {"nvidia_smi": {"available": False, "reason": "nvidia-smi not found on PATH"}}
+    assert gpu_line(cpu).text == "no NVIDIA GPU: training runs on CPU (nvidia-smi not found on PATH)"
+    assert short_gpu(cpu) == "none (CPU)"
+    broken = {
+        "nvidia_smi": {"available": False, "reason": "NVIDIA-SMI has failed because it couldn't communicate"}
+    }
+    assert gpu_line(broken).mark == "✗"
+    assert short_gpu(None) == "not probed yet"
+
+
+def test_prices_and_spend() -> None:
+    assert hourly_price(HostConfig(name="l", provider="local")).amount == 0.0
+    assert (
+        hourly_price(HostConfig(name="b", price_per_hour=1.29)).label()
+        == "$1.29/h (price_per_hour in hosts.toml)"
+    )
+    assert hourly_price(HostConfig(name="b")).amount is None
+    intervals = [("b", 1.2, 0.0, 3600.0), ("b", 2.0, 7200.0, None)]
+    assert spent_usd(intervals, now=7200.0 + 1800.0) == pytest.approx(1.2 + 1.0)
+    assert format_usd(1234.5) == "$1,234.50"
+    assert format_duration(12) == "0:00:12" and format_duration(90061) == "1d 1:01:01"

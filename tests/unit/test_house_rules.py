@@ -1,0 +1,121 @@
+"""The rules of the house: light --help, no textual outside tui/, one exception tree, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gpubox import errors
+
+HEAVY = ("paramiko", "textual", "watchdog", "tensorflow", "fabric", "invoke", "rich", "httpx")
+CORE = (
+    "gpubox.remote",
+    "gpubox.remote.connection",
+    "gpubox.remote.agent_client",
+    "gpubox.remote.session",
+    "gpubox.remote.providers.local",
+    "gpubox.remote.ssh_config",
+    "gpubox.sync",
+    "gpubox.train",
+    "gpubox.config",
+    "gpubox.state",
+    "gpubox.cost",
+    "gpubox.supervisor",
+    "gpubox.report",
+    "gpubox.cli",
+)
+
+
+def _loaded_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {name.split(".")[0] for name in out.split()}
+
+
+def test_core_modules_never_load_textual() -> None:
+    loaded = _loaded_after("\n".join(f"import {module}" for module in CORE))
+    assert "textual" not in loaded
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["up", "--help"], ["ssh", "--help"]])
+def test_help_imports_nothing_heavy(argv: list[str]) -> None:
+    code = f"import sys; sys.argv = ['gpubox', *{argv!r}]\nfrom gpubox.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+    loaded = _loaded_after(code)
+    assert not loaded & set(HEAVY), loaded & set(HEAVY)
+
+
+def test_help_through_importtime_lists_no_heavy_module() -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "gpubox", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line
+    }
+    assert not imported & set(HEAVY)
+
+
+def test_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "gpubox", "--version"], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, "gpubox 0.1.0\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bogus"], "gpubox: argument COMMAND: invalid choice: 'bogus'"),
+        (["up", "--frobnicate"], "gpubox: unrecognized arguments: --frobnicate"),
+        (["hosts", "--", "x"], "gpubox: `--` starts a remote command, which this command does not take"),
+        (["ssh"], "gpubox: the following arguments are required: HOST"),
+        (["ssh", "nope", "--", "true"], 'gpubox: unknown host "nope" (configured: local)'),
+        (["up", "nope"], 'gpubox: unknown host "nope" (configured: local)'),
+        (
+            ["ssh", "locl", "--", "true"],
+            'gpubox: unknown host "locl"; did you mean "local"? (configured: local)',
+        ),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(argv: list[str], message: str, tmp_path: object) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpubox", *argv], capture_output=True, text=True, cwd=str(tmp_path)
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(message), result.stderr
+
+
+def test_exception_tree_exit_codes() -> None:
+    assert errors.ConfigError("f", 1, "k", "p").exit_code == 2
+    assert errors.UsageError("x").exit_code == 2
+    assert errors.HostUnreachable("x").exit_code == 3
+    assert errors.HostKeyChanged("x", host="h", expected="a", received="b").exit_code == 3
+    assert errors.HostKeyUnknown("x", host="h", key_type="t", fingerprint="f").exit_code == 3
+    assert errors.AuthenticationFailed("x").exit_code == 3
+    assert errors.RemoteError("x").exit_code == 1
+    assert errors.AgentError("x").exit_code == 1
+    assert errors.StateError("x").exit_code == 1
+    for name in errors.__all__:
+        value = getattr(errors, name)
+        if isinstance(value, type):
+            assert issubclass(value, errors.GpuboxError)
+
+
+def test_only_tui_imports_textual_in_source() -> None:
+    from pathlib import Path
+
+    root = Path(errors.__file__).parent
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "tui" not in path.relative_to(root).parts
+        and "textual" in path.read_text()
+        and ("import textual" in path.read_text() or "from textual" in path.read_text())
+    ]
+    assert offenders == []
