@@ -89,9 +89,13 @@ def main() -> int:
         "| --- | ---: | ---: | ---: |",
     ]
     for label, median, slowest in rows:
-        lines.append(f"| `{label}` | {median * 1000:.0f} ms | {slowest * 1000:.0f} ms | {median / baseline:.2f}× |")
+        lines.append(
+            f"| `{label}` | {median * 1000:.0f} ms | {slowest * 1000:.0f} ms | {median / baseline:.2f}× |"
+        )
     help_median = medians["gpubox --help"]
-    verdict = "met" if help_median < TARGET_HELP_S else f"missed by {(help_median - TARGET_HELP_S) * 1000:.0f} ms"
+    verdict = (
+        "met" if help_median < TARGET_HELP_S else f"missed by {(help_median - TARGET_HELP_S) * 1000:.0f} ms"
+    )
     lines += [
         "",
         f"Target `gpubox --help` < {TARGET_HELP_S * 1000:.0f} ms: {verdict}. For scale (design.md, same kind of "

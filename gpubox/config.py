@@ -1,19 +1,20 @@
 """``hosts.toml`` and ``gpubox.toml`` turned into typed, validated objects.
 
-Both files are read with :mod:`tomllib` (exact TOML semantics); a small line locator maps every dotted key to
-the line it was written on, so each error can say ``hosts.toml:7: hosts.a100.port: expected an integer 1-65535,
-got "22a"``. Unknown keys are errors with a did-you-mean. A file is either wholly valid or rejected: callers
-never see a half-applied configuration.
+Both files are read with :mod:`tomllib` (exact TOML semantics); a small line locator maps every dotted key
+to the line it was written on, so each error can say ``hosts.toml:7: hosts.a100.port: expected an integer
+1-65535, got "22a"``. Unknown keys are errors with a did-you-mean. A file is either wholly valid or rejected:
+callers never see a half-applied configuration.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ PROVIDERS = ("ssh", "local")
 BUILTIN_LOCAL = "local"
 DEFAULT_OUTPUTS = ("runs/", "checkpoints/", "logs/", "outputs/")
 _HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME_RULE = 'use letters, digits, ".", "_" and "-", starting with a letter or digit (at most 63 characters)'
 
 
 # --------------------------------------------------------------------------------------------------- objects
@@ -54,7 +56,8 @@ class HostConfig:
     name: str
     provider: str = "ssh"
     hostname: str | None = None
-    """A DNS name, an address, or a ``Host`` alias from ``~/.ssh/config``; for ``ssh`` it defaults to the name."""
+    """A DNS name, an address, or a ``Host`` alias from ``~/.ssh/config``; for ``ssh`` it defaults to the
+    name."""
     port: int | None = None
     user: str | None = None
     identity_file: str | None = None
@@ -91,10 +94,11 @@ class HostsConfig:
         except KeyError:
             known = ", ".join(self.hosts) or "none"
             hint = _did_you_mean(name, self.hosts)
-            raise UsageError(f"unknown host {name!r}{hint} (configured: {known})") from None
+            raise UsageError(f"unknown host {json.dumps(name)}{hint} (configured: {known})") from None
 
     def pick(self, name: str | None) -> HostConfig:
-        """The host a command acts on: the one named, else ``[defaults] host``, else the only one, else local."""
+        """The host a command acts on: the one named, else ``[defaults] host``, else the only one, else
+        local."""
         from gpubox.errors import UsageError
 
         if name:
@@ -169,10 +173,13 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 60 else text[:56] + '..."'
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):
+        if any(isinstance(item, dict) for item in value):
+            return "an array of tables"
         text = json.dumps(value, ensure_ascii=False, default=str)
         return text if len(text) <= 60 else text[:57] + "..."
     return str(value)
@@ -216,7 +223,12 @@ def _integer(low: int, high: int | None = None) -> Check:
     bounds = f"{low}-{high}" if high is not None else f">= {low}"
 
     def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < low
+            or (high is not None and value > high)
+        ):
             raise _Invalid(f"expected an integer {bounds}")
         return value
 
@@ -230,7 +242,12 @@ def _number(low: float, *, above: bool = False) -> Check:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Invalid(f"expected a number {bounds}")
         number = float(value)
-        if number != number or number in (float("inf"), float("-inf")) or number < low or (above and number == low):
+        if (
+            number != number
+            or number in (float("inf"), float("-inf"))
+            or number < low
+            or (above and number == low)
+        ):
             raise _Invalid(f"expected a number {bounds}")
         return number
 
@@ -238,9 +255,12 @@ def _number(low: float, *, above: bool = False) -> Check:
 
 
 def _choice(*options: str) -> Check:
+    quoted = [f'"{o}"' for o in options]
+    expected = " or ".join(quoted) if len(quoted) <= 2 else "one of " + ", ".join(quoted)
+
     def check(value: Any) -> str:
         if value not in options:
-            raise _Invalid("expected one of " + ", ".join(f'"{o}"' for o in options))
+            raise _Invalid(f"expected {expected}")
         return str(value)
 
     return check
@@ -334,12 +354,13 @@ def _split_dotted(text: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def _locate_keys(text: str) -> dict[tuple[str, ...], int]:
-    """Map each table and key path to the 1-based line it was written on (first occurrence)."""
-    where: dict[tuple[str, ...], int] = {}
+def _key_lines(text: str) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """Each table header and key assignment as (1-based line, full key path)."""
     table: tuple[str, ...] = ()
     in_multiline: str | None = None
-    for number, line in enumerate(text.splitlines(), start=1):
+    # TOML ends lines only at "\n" (so "\r\n" too). str.splitlines() would also split at U+2028, \x1c and
+    # the like, which TOML allows inside strings and comments, and shift every line number after them.
+    for number, line in enumerate(text.split("\n"), start=1):
         if in_multiline:
             if line.count(in_multiline) % 2 == 1:
                 in_multiline = None
@@ -347,25 +368,59 @@ def _locate_keys(text: str) -> dict[tuple[str, ...], int]:
         header = _HEADER.match(line)
         if header:
             table = _split_dotted(header.group(1))
-            where.setdefault(table, number)
+            yield number, table
             continue
         assign = _ASSIGN.match(line)
         if assign:
-            where.setdefault(table + _split_dotted(assign.group(1)), number)
+            yield number, table + _split_dotted(assign.group(1))
             rest = line[assign.end() :]
             for quote in ('"""', "'''"):
                 if rest.count(quote) % 2 == 1:
                     in_multiline = quote
+
+
+def _locate_keys(text: str) -> dict[tuple[str, ...], int]:
+    """Map each table and key path, and every path above it, to the 1-based line that first names it."""
+    where: dict[tuple[str, ...], int] = {}
+    for number, path in _key_lines(text):
+        for end in range(1, len(path) + 1):
+            where.setdefault(path[:end], number)
     return where
 
 
+# Words people write for a key that spelling alone does not lead to (and ~/.ssh/config names, see below).
+_SYNONYMS = {
+    "exclude": "ignore",
+    "address": "hostname",
+    "ip": "hostname",
+    "key": "identity_file",
+    "ssh_key": "identity_file",
+    "bastion": "proxy_jump",
+    "jump": "proxy_jump",
+    "username": "user",
+    "login": "user",
+    "timeout": "connect_timeout",
+    "price": "price_per_hour",
+}
+
+
 def _did_you_mean(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    names = [str(option) for option in options]
+
+    def squash(text: str) -> str:
+        return text.lower().replace("_", "").replace("-", "")
+
+    # ``IdentityFile``, ``ProxyJump``, ``HostName`` as written in ~/.ssh/config; ``A100`` for ``a100``.
+    same = [name for name in names if squash(name) == squash(word)]
+    synonym = _SYNONYMS.get(word.lower())
+    close = same or ([synonym] if synonym in names else []) or difflib.get_close_matches(word, names, n=1)
     return f'; did you mean "{close[0]}"?' if close else ""
 
 
 def _dotted(path: tuple[str, ...]) -> str:
-    return ".".join(p if re.fullmatch(r"[A-Za-z0-9_-]+", p) else json.dumps(p, ensure_ascii=False) for p in path)
+    return ".".join(
+        p if re.fullmatch(r"[A-Za-z0-9_-]+", p) else json.dumps(p, ensure_ascii=False) for p in path
+    )
 
 
 class _Reader:
@@ -380,12 +435,15 @@ class _Reader:
             raise ConfigError(self.display, None, None, f"cannot read: {exc.strerror or exc}") from None
         try:
             self.text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(self.display, None, None, "is not UTF-8 text") from None
+        except UnicodeDecodeError as exc:
+            bad_line = raw.count(b"\n", 0, exc.start) + 1
+            column = exc.start - raw.rfind(b"\n", 0, exc.start)
+            problem = f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} in column {column}); save it as UTF-8"
+            raise ConfigError(self.display, bad_line, None, problem) from None
         try:
             self.data = tomllib.loads(self.text)
         except tomllib.TOMLDecodeError as exc:
-            line, problem = _toml_error(str(exc))
+            line, problem = _toml_error(str(exc), self.text)
             raise ConfigError(self.display, line, None, f"invalid TOML: {problem}") from None
         self.lines = _locate_keys(self.text)
 
@@ -404,14 +462,33 @@ class _Reader:
             raise self.error(path, f"expected a table, got {_show(value)}")
         return value
 
-    def check_keys(self, path: tuple[str, ...], table: dict[str, Any], allowed: Any, why: str = "") -> None:
-        for key in table:
+    def check_keys(
+        self,
+        path: tuple[str, ...],
+        table: dict[str, Any],
+        allowed: Any,
+        *,
+        otherwise: str = "",
+        misplaced: Mapping[str, str] | None = None,
+    ) -> None:
+        """Refuse keys not in *allowed*, with a did-you-mean or else *otherwise*; *misplaced* maps keys that
+        belong somewhere else to what to say about them."""
+        for key, value in table.items():
+            if misplaced and key in misplaced:
+                raise self.error((*path, key), misplaced[key])
             if key not in allowed:
-                suffix = why or _did_you_mean(key, allowed)
-                raise self.error((*path, key), f"unknown key{suffix}")
+                kind = "table" if isinstance(value, dict) else "key"
+                suffix = _did_you_mean(key, allowed) or otherwise
+                raise self.error((*path, key), f"unknown {kind}{suffix}")
 
-    def values(self, path: tuple[str, ...], table: dict[str, Any], checks: dict[str, Check]) -> dict[str, Any]:
-        self.check_keys(path, table, checks)
+    def values(
+        self,
+        path: tuple[str, ...],
+        table: dict[str, Any],
+        checks: dict[str, Check],
+        misplaced: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        self.check_keys(path, table, checks, misplaced=misplaced)
         result = {}
         for key, value in table.items():
             try:
@@ -428,12 +505,55 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def _toml_error(message: str) -> tuple[int | None, str]:
-    match = re.search(r"\(at line (\d+), column (\d+)\)", message)
+def _toml_error(message: str, text: str) -> tuple[int | None, str]:
+    """Line and wording for a tomllib error, without the Python reprs some of its messages hold."""
+    match = re.search(r"\(at (?:line (\d+), column (\d+)|end of document)\)$", message)
     if not match:
         return None, message
     problem = message[: match.start()].strip()
-    return int(match.group(1)), f"{problem} (column {match.group(2)})"
+    if match.group(1):
+        line = int(match.group(1))
+        where = f" (column {match.group(2)})"
+    else:
+        # Point at the last line with something on it: an unclosed string or bracket runs to the end.
+        line = len(text.rstrip().split("\n"))
+        where = " (at the end of the file)"
+    if line == 1 and text.startswith("\ufeff"):
+        return line, "the file starts with a byte order mark (BOM); save it as UTF-8 without one"
+    return line, _toml_problem(problem, text, line, where) or f"{problem[:1].lower()}{problem[1:]}{where}"
+
+
+def _toml_problem(problem: str, text: str, line: int, where: str) -> str | None:
+    """A clearer wording for the tomllib messages that need one, else None."""
+    if problem == "Cannot overwrite a value":
+        path = next((p for number, p in _key_lines(text) if number == line), None)
+        return f"{_dotted(path)} is set twice" if path else "a key is set twice"
+    declared = re.fullmatch(r"Cannot declare (\(.*\)) twice", problem)
+    if declared:
+        return f"table [{_dotted(_literal_path(declared.group(1)))}] is declared twice"
+    immutable = re.fullmatch(r"Cannot (?:mutate immutable|redefine) namespace (\(.*\))", problem)
+    if immutable:
+        return f"{_dotted(_literal_path(immutable.group(1)))} is already complete and cannot be extended here"
+    duplicate = re.fullmatch(r"Duplicate inline table key '(.*)'", problem)
+    if duplicate:
+        return f"{json.dumps(duplicate.group(1), ensure_ascii=False)} is set twice in an inline table"
+    illegal = re.fullmatch(r"(?:Illegal|Found invalid) character ('.*'|\".*\")", problem)
+    if illegal:
+        char = ast.literal_eval(illegal.group(1))
+        if char == "\n":
+            return "string not closed before the end of the line (use triple quotes for several lines)"
+        if isinstance(char, str) and len(char) == 1:
+            return f"control character U+{ord(char):04X} is not allowed here{where}"
+    return None
+
+
+def _literal_path(text: str) -> tuple[str, ...]:
+    """A key path from the tuple repr tomllib puts in some messages."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return (text,)
+    return tuple(str(part) for part in value) if isinstance(value, tuple) else (str(value),)
 
 
 # ------------------------------------------------------------------------------------------- hosts.toml
@@ -444,7 +564,8 @@ def hosts_file_candidates(project_root: Path) -> list[Path]:
 
 
 def load_hosts(project_root: Path | None = None, *, path: Path | None = None) -> HostsConfig:
-    """The hosts gpubox knows: the first hosts.toml found (project folder, then user config dir) plus ``local``."""
+    """The hosts gpubox knows: the first hosts.toml found (project folder, then user config dir), plus
+    ``local``."""
     if path is None:
         root = project_root or find_project_root()
         path = next((p for p in hosts_file_candidates(root) if p.is_file()), None)
@@ -452,23 +573,32 @@ def load_hosts(project_root: Path | None = None, *, path: Path | None = None) ->
     if path is None:
         return HostsConfig(path=None, hosts={BUILTIN_LOCAL: local})
     reader = _Reader(path)
-    reader.check_keys((), reader.data, ("defaults", "hosts"))
-    defaults = reader.values(("defaults",), reader.table(("defaults",), reader.data.get("defaults", {})),
-                             DEFAULTS_FIELDS)
+    reader.check_keys(
+        (), reader.data, ("defaults", "hosts"), otherwise=" (hosts.toml has [defaults] and [hosts.NAME])"
+    )
+    per_host = "only allowed in [hosts.NAME] tables, not in [defaults]"
+    defaults = reader.values(
+        ("defaults",),
+        reader.table(("defaults",), reader.data.get("defaults", {})),
+        DEFAULTS_FIELDS,
+        misplaced={"provider": per_host, "hostname": per_host},
+    )
     default_host = defaults.pop("host", None)
     hosts_table = reader.table(("hosts",), reader.data.get("hosts", {}))
     hosts: dict[str, HostConfig] = {}
     for name, raw in hosts_table.items():
         where = ("hosts", name)
         if not _HOST_NAME.fullmatch(name):
-            raise reader.error(where, 'host names use letters, digits, ".", "_" and "-" (at most 63)')
+            raise reader.error(where, f"invalid host name: {_NAME_RULE}")
         table = reader.table(where, raw)
         values = reader.values(where, table, HOST_FIELDS)
         provider = values.get("provider", "local" if name == BUILTIN_LOCAL else "ssh")
         allowed = PROVIDER_FIELDS[provider]
         for key in values:
             if key not in allowed:
-                raise reader.error((*where, key), f'not used by provider "{provider}" (gpubox runs that host itself)')
+                raise reader.error(
+                    (*where, key), f'not used by provider "{provider}" (gpubox runs that host itself)'
+                )
         merged = {k: v for k, v in defaults.items() if k in allowed} | values
         merged["provider"] = provider
         if provider == "ssh":
@@ -478,7 +608,7 @@ def load_hosts(project_root: Path | None = None, *, path: Path | None = None) ->
         hosts[name] = HostConfig(name=name, source=f"{reader.display}:{reader.line(where) or 1}", **merged)
     hosts.setdefault(BUILTIN_LOCAL, local)
     if default_host is not None and default_host not in hosts:
-        hint = _did_you_mean(default_host, hosts)
+        hint = _did_you_mean(default_host, hosts) or f" (configured: {', '.join(hosts)})"
         raise reader.error(("defaults", "host"), f"no host named {json.dumps(default_host)}{hint}")
     return HostsConfig(path=path, hosts=hosts, default_host=default_host)
 
@@ -503,17 +633,23 @@ def load_project(root: Path | None = None) -> ProjectConfig:
     if not path.is_file():
         return ProjectConfig(root=root, path=None)
     reader = _Reader(path)
-    sections = {"sync", "env", "run", "services"}
-    reader.check_keys((), reader.data, sections)
-    sync = SyncConfig(**reader.values(("sync",), reader.table(("sync",), reader.data.get("sync", {})), SYNC_FIELDS))
-    env = EnvConfig(**reader.values(("env",), reader.table(("env",), reader.data.get("env", {})), ENV_FIELDS))
-    run = RunConfig(**reader.values(("run",), reader.table(("run",), reader.data.get("run", {})), RUN_FIELDS))
+    sections = ("sync", "env", "run", "services")
+    reader.check_keys(
+        (), reader.data, sections, otherwise=" (gpubox.toml has [sync], [env], [run] and [services.NAME])"
+    )
+
+    def section(name: str, checks: dict[str, Check]) -> dict[str, Any]:
+        return reader.values((name,), reader.table((name,), reader.data.get(name, {})), checks)
+
+    sync = SyncConfig(**section("sync", SYNC_FIELDS))
+    env = EnvConfig(**section("env", ENV_FIELDS))
+    run = RunConfig(**section("run", RUN_FIELDS))
     services = dict(BUILTIN_SERVICES)
     used_ports: dict[int, str] = {}
     for name, raw in reader.table(("services",), reader.data.get("services", {})).items():
         where = ("services", name)
         if not _HOST_NAME.fullmatch(name):
-            raise reader.error(where, 'service names use letters, digits, ".", "_" and "-"')
+            raise reader.error(where, f"invalid service name: {_NAME_RULE}")
         values = reader.values(where, reader.table(where, raw), SERVICE_FIELDS)
         builtin = BUILTIN_SERVICES.get(name)
         if builtin is None:
@@ -528,9 +664,16 @@ def load_project(root: Path | None = None) -> ProjectConfig:
             enabled=values.get("enabled", base.enabled),
         )
     for name, service in services.items():
-        if service.enabled and service.port in used_ports:
-            raise reader.error(("services", name, "port"),
-                               f"port {service.port} is already used by service {used_ports[service.port]!r}")
-        if service.enabled:
-            used_ports[service.port] = name
+        if not service.enabled:
+            continue
+        other = used_ports.setdefault(service.port, name)
+        if other == name:
+            continue
+        # Blame the service whose port the file sets: a built-in one not mentioned keeps its usual port.
+        blamed = name
+        if ("services", other, "port") in reader.lines and ("services", name, "port") not in reader.lines:
+            blamed, other = other, name
+        implicit = other in BUILTIN_SERVICES and ("services", other, "port") not in reader.lines
+        by = f'the built-in service "{other}"' if implicit else f'service "{other}"'
+        raise reader.error(("services", blamed, "port"), f"port {service.port} is already used by {by}")
     return ProjectConfig(root=root, path=path, sync=sync, env=env, run=run, services=services)

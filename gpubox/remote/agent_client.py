@@ -121,16 +121,16 @@ class AgentSession:
             return HostUnreachable(f"the connection to {self.host} was lost while starting the agent")
         detail = b""
         try:
-            while channel.recv_stderr_ready() or not channel.exit_status_ready():
-                chunk = channel.recv_stderr(4096)
-                if not chunk:
-                    break
+            while chunk := channel.recv_stderr(4096):
                 detail += chunk
         except (OSError, paramiko.SSHException):
             pass
-        code = channel.recv_exit_status() if channel.exit_status_ready() else None
+        # The exit status may trail the stderr EOF by a moment.
+        code = channel.exit_status if channel.status_event.wait(5) else None
         text = detail.decode(errors="replace").strip().splitlines()
-        if code == 127:
+        if code == 127 or any(
+            line.startswith("gpubox-boot:") and line.endswith("not found") for line in text
+        ):
             return AgentError(
                 f"{self.python} not found on {self.host}: gpubox's agent needs Python >= 3.8 there "
                 f'(set python = "..." for this host in hosts.toml)'

@@ -543,9 +543,10 @@ def _pump_channel(
         while channel.recv_stderr_ready():
             stderr.write(channel.recv_stderr(65536))
             moved = True
-        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-            break
-        if channel.closed and not moved:
+        # OpenSSH may send exit-status before the last output, so only EOF (or close) means "all data is here".
+        if (channel.eof_received or channel.closed) and not (
+            channel.recv_ready() or channel.recv_stderr_ready()
+        ):
             break
         if deadline is not None and time.monotonic() > deadline:
             channel.close()
@@ -555,9 +556,10 @@ def _pump_channel(
     with contextlib.suppress(Exception):
         stdout.flush()
         stderr.flush()
-    if not channel.exit_status_ready():
-        raise HostUnreachable("the connection was lost before the command finished")
+    channel.setblocking(True)
     code: int = channel.recv_exit_status()
     channel.close()
+    if code == -1 and not channel.exit_status_ready():
+        raise HostUnreachable("the connection was lost before the command finished")
     # A command killed by a signal reports -1; say 255 like ssh does.
     return code if code >= 0 else 255

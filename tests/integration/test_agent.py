@@ -22,6 +22,18 @@ pytestmark = pytest.mark.integration
 PYENV = Path(os.path.expanduser("~root")) / ".pyenv" / "versions"
 
 
+def _usable(python: Path) -> bool:
+    """True when this user may run *python* (pyenv under /root is out of reach for others)."""
+    try:
+        return python.exists() and os.access(python, os.X_OK)
+    except OSError:
+        return False
+
+
+PYTHON_38 = PYENV / "3.8.18" / "bin" / "python3"
+PYTHON_36 = PYENV / "3.6.15" / "bin" / "python3"
+
+
 def _connect(server: SshServer, tmp_path: Path) -> Connection:
     endpoint = Endpoint(
         alias="t",
@@ -99,21 +111,17 @@ def _python_with_path(tmp_path: Path, extra: Path) -> str:
     return str(wrapper)
 
 
-@pytest.mark.skipif(
-    not (PYENV / "3.8.18" / "bin" / "python3").exists(), reason="no Python 3.8 on this machine"
-)
+@pytest.mark.skipif(not _usable(PYTHON_38), reason="no Python 3.8 on this machine")
 def test_agent_runs_on_python_3_8(sshd: SshServer, tmp_path: Path) -> None:
     with _connect(sshd, tmp_path) as connection:
-        agent = AgentSession(connection, python=str(PYENV / "3.8.18" / "bin" / "python3")).start()
+        agent = AgentSession(connection, python=str(PYTHON_38)).start()
         assert agent.hello["python"] == "3.8.18"
         assert agent.probe("~")["python"]["version"] == "3.8.18"
 
 
-@pytest.mark.skipif(
-    not (PYENV / "3.6.15" / "bin" / "python3").exists(), reason="no Python 3.6 on this machine"
-)
+@pytest.mark.skipif(not _usable(PYTHON_36), reason="no Python 3.6 on this machine")
 def test_too_old_python_is_a_clear_error(sshd: SshServer, tmp_path: Path) -> None:
-    old = str(PYENV / "3.6.15" / "bin" / "python3")
+    old = str(PYTHON_36)
     with _connect(sshd, tmp_path) as connection, pytest.raises(AgentError) as caught:
         AgentSession(connection, python=old).start()
     assert str(caught.value) == (
