@@ -18,8 +18,12 @@ from gpubox import __version__
 from gpubox.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GpuboxError, UsageError
 
 if TYPE_CHECKING:
+    import threading
+
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
     from gpubox.remote.session import HostSession
+    from gpubox.sync.engine import Syncer, SyncReport
+    from gpubox.sync.watch import LiveSync
 
 __all__ = ["main"]
 
@@ -288,15 +292,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         _record_session(session)
         _print_report(session, time.monotonic() - started)
+        syncer = None
+        if not args.no_sync:
+            syncer = _syncer(session, project)
+            report = _full_sync(syncer, allow_mass_delete=args.allow_mass_delete, quiet=args.supervise_child)
+            _out(f"  ✓ sync   {report.summary()}" + ("" if args.detach else "; watching for changes"))
+            _tell_held_back(report)
         if args.detach:
             session.close()
             return _detach(args, host)
-        return _hold(session, host, detached=args.supervise_child)
+        return _hold(session, host, detached=args.supervise_child, syncer=syncer)
     finally:
         session.close()
 
 
-def _hold(session: HostSession, host: HostConfig, *, detached: bool) -> int:
+def _hold(session: HostSession, host: HostConfig, *, detached: bool, syncer: Syncer | None = None) -> int:
     import threading
     import time
 
@@ -304,13 +314,39 @@ def _hold(session: HostSession, host: HostConfig, *, detached: bool) -> int:
     from gpubox.supervisor import claim_host, stop_on_signals, supervise
 
     stop = threading.Event()
+    wake = threading.Event()
     started = time.monotonic()
-    with stop_on_signals(stop), claim_host(host, detached=detached):
+    with stop_on_signals(stop, wake), claim_host(host, detached=detached):
+        live = _start_live_sync(syncer, session, wake) if syncer is not None else None
         if not detached:
             _out(f"  holding {host.name}: Ctrl-C leaves it running (`gpubox down {host.name}` stops it)")
-        supervise(session, stop=stop, log=lambda text: _out(f"  · {text}"))
+        try:
+            supervise(session, stop=stop, wake=wake, log=lambda text: _out(f"  · {text}"))
+        finally:
+            if live is not None:
+                live.stop()
     _out(f"  left {host.name} after {format_duration(time.monotonic() - started)}; the host keeps running")
     return 0
+
+
+def _start_live_sync(syncer: Syncer, session: HostSession, wake: threading.Event) -> LiveSync:
+    from gpubox.sync.watch import LiveSync
+
+    def reported(report: SyncReport, why: str) -> None:
+        if report.sent or report.deleted or report.conflicts or report.errors or report.kept_on_host:
+            _out(f"  · sync ({why}): {report.summary()}")
+        for conflict in report.conflicts:
+            _out(f"  ! conflict: the host's copy was kept as {conflict}")
+        for error in report.errors:
+            _out(f"  ! sync error: {error}")
+
+    return LiveSync(
+        syncer,
+        on_report=reported,
+        on_problem=lambda text: _out(f"  ! {text}"),
+        on_link_lost=wake.set,
+        link_generation=lambda: session.generation,
+    ).start()
 
 
 def _detach(args: argparse.Namespace, host: HostConfig) -> int:
@@ -325,6 +361,8 @@ def _detach(args: argparse.Namespace, host: HostConfig) -> int:
     command = [sys.executable, "-m", "gpubox", "up", host.name, "--no-tui", "--supervise-child"]
     if args.accept_new:
         command.append("--accept-new")
+    if args.no_sync:
+        command.append("--no-sync")
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
@@ -405,6 +443,203 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         connection.close()
 
 
+def _syncer(session: HostSession, project: ProjectConfig) -> Syncer:
+    from gpubox.sync.engine import Syncer
+
+    settings = project.sync
+    syncer = Syncer(
+        session,
+        project,
+        max_delete_count=settings.max_delete_count,
+        max_delete_share=settings.max_delete_share,
+        trash_days=settings.trash_days,
+    )
+    syncer.prune_trash()
+    return syncer
+
+
+def _progress_bar(enabled: bool) -> Any:
+    """A rich progress bar on a terminal (files, bytes, rate, ETA); nothing elsewhere."""
+    import contextlib
+
+    if not enabled or not sys.stdout.isatty():
+        return contextlib.nullcontext(None)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+
+
+def _full_sync(
+    syncer: Syncer, *, allow_mass_delete: bool, quiet: bool = False, dry_run: bool = False
+) -> SyncReport:
+    from gpubox.sync.engine import BatchProgress, MassDeletionRefused
+
+    with _progress_bar(not quiet and not dry_run) as bar:
+        task = None
+
+        def progress(step: BatchProgress) -> None:
+            nonlocal task
+            if bar is None:
+                return
+            if task is None:
+                task = bar.add_task("sync", total=step.bytes_total or 1)
+            bar.update(task, completed=step.bytes_done, total=step.bytes_total or 1)
+
+        try:
+            return syncer.full(allow_mass_delete=allow_mass_delete, dry_run=dry_run, progress=progress)
+        except MassDeletionRefused as exc:
+            if quiet or not (sys.stdin.isatty() and sys.stdout.isatty()):
+                raise
+            if bar is not None:
+                bar.stop()
+            _err(f"gpubox: {exc}")
+            try:
+                answer = input(
+                    f"Delete those {exc.deleting} files on the host (they go to its trash)? [y/N] "
+                )
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                raise
+            return syncer.full(allow_mass_delete=True, dry_run=dry_run, progress=progress)
+
+
+def _tell_held_back(report: SyncReport) -> None:
+    if report.held_back:
+        shown = ", ".join(report.held_back[:5]) + (" ..." if len(report.held_back) > 5 else "")
+        _out(
+            f"    held back {len(report.held_back)} secret file(s): {shown} (name them in [sync] include to send)"
+        )
+    for path, size in report.too_large[:5]:
+        _out(
+            f"    skipped {path} ({size / 1e6:.0f} MB, over max_file_size_mb; list it in [sync] include to send)"
+        )
+    for path, target in report.outside_links[:5]:
+        _out(f"    skipped symlink {path} -> {target} (points outside the project)")
+    for path, error in report.unreadable[:5]:
+        _out(f"    could not read {path}: {error}")
+    for conflict in report.conflicts:
+        _out(f"  ! conflict: the host's copy was kept as {conflict}")
+    for path in report.host_changed[:10]:
+        _out(
+            f"  ! {path} changed on the host since gpubox wrote it; local is unchanged, so it was left alone"
+        )
+    for error in report.errors:
+        _out(f"  ! sync error: {error}")
+
+
+def _report_document(host: str, report: SyncReport, *, dry_run: bool) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "host": host,
+        "dry_run": dry_run,
+        "sent": report.sent,
+        "bytes_sent": report.bytes_sent,
+        "deleted": report.deleted,
+        "already_there": report.in_sync,
+        "seconds": round(report.seconds, 3),
+        "conflicts": report.conflicts,
+        "host_changed": report.host_changed,
+        "kept_on_host": report.kept_on_host,
+        "errors": report.errors,
+        "held_back": report.held_back,
+        "too_large": [{"path": p, "bytes": n} for p, n in report.too_large],
+        "outside_links": [{"path": p, "target": t} for p, t in report.outside_links],
+        "unreadable": [{"path": p, "error": e} for p, e in report.unreadable],
+    }
+    if dry_run:
+        document["would_send"] = [op.path for op in report.planned if op.kind in ("w", "l", "d")]
+        document["would_delete"] = [op.path for op in report.planned if op.kind in ("rm", "rmdir")]
+    return document
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    import threading
+
+    from gpubox.remote.session import connect_host
+    from gpubox.supervisor import stop_on_signals, supervise
+
+    project = _project()
+    host = _hosts(project).pick(args.host)
+    if args.watch and (args.dry_run or args.json):
+        raise UsageError("--watch keeps running; it cannot be combined with --dry-run or --json")
+    session = connect_host(host, project.name, accept_new=args.accept_new, ask=_ask_to_pin(), probe=False)
+    try:
+        syncer = _syncer(session, project)
+        report = _full_sync(
+            syncer, allow_mass_delete=args.allow_mass_delete, quiet=args.json, dry_run=args.dry_run
+        )
+        if args.json:
+            _json(_report_document(host.name, report, dry_run=args.dry_run))
+            return 0
+        if args.dry_run:
+            for op in report.planned:
+                verb = "delete" if op.kind in ("rm", "rmdir") else "send  "
+                _out(f"{verb} {op.path}{'/' if op.kind in ('d', 'rmdir') else ''}")
+            _out(f"dry run: {len(report.planned)} changes for {host.name}, nothing was sent")
+            _tell_held_back(report)
+            return 0
+        _out(f"sync {host.name}: {report.summary()}")
+        _tell_held_back(report)
+        if not args.watch:
+            return 1 if report.errors else 0
+        stop = threading.Event()
+        wake = threading.Event()
+        with stop_on_signals(stop, wake):
+            live = _start_live_sync(syncer, session, wake)
+            _out(f"watching {project.root} → {host.name}:{session.remote_dir} (Ctrl-C stops)")
+            try:
+                supervise(session, stop=stop, wake=wake, log=lambda text: _out(f"  · {text}"))
+            finally:
+                live.stop()
+        return 0
+    finally:
+        session.close()
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from gpubox.remote.session import connect_host
+    from gpubox.sync.pull import pull
+
+    project = _project()
+    hosts = _hosts(project)
+    paths = list(args.paths)
+    first = args.host
+    # `gpubox pull checkpoints/` names a path, not a host: HOST is optional and comes first.
+    if first and first not in hosts.hosts and ("/" in first or os.path.exists(first)):
+        paths.insert(0, first)
+        first = None
+    host = hosts.pick(first)
+    session = connect_host(host, project.name, accept_new=args.accept_new, ask=_ask_to_pin(), probe=False)
+    try:
+        report = pull(session, project, paths)
+    finally:
+        session.close()
+    _out(f"pull {host.name}: {report.summary()}")
+    for kept in report.kept_local:
+        _out(f"  kept your newer local copy: {kept}")
+    for path in report.skipped_links:
+        _out(f"  skipped symlink {path}")
+    for error in report.errors:
+        _out(f"  ! {error}")
+    return 1 if report.errors else 0
+
+
 def cmd_ssh_config(args: argparse.Namespace) -> int:
     from gpubox import paths
     from gpubox.remote.ssh_config import write_ssh_config
@@ -453,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-services", action="store_true", help="do not start Jupyter and TensorBoard")
     up.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
     up.add_argument(
+        "--allow-mass-delete", action="store_true", help="let the first sync delete many host files at once"
+    )
+    up.add_argument(
         "--stop", action="store_true", help="end the gpubox process holding the host (host keeps running)"
     )
     up.add_argument("--supervise-child", action="store_true", help=argparse.SUPPRESS)
@@ -468,6 +706,25 @@ def build_parser() -> argparse.ArgumentParser:
         "command_args", nargs="*", metavar="CMD", help="after `--`: the command and its arguments"
     )
     ssh.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    sync = add(
+        "sync", cmd_sync, "mirror the project folder to the host now (one-way-safe); --watch keeps going"
+    )
+    sync.add_argument("host", nargs="?", metavar="HOST")
+    sync.add_argument("--watch", action="store_true", help="keep the host in step as you edit, until Ctrl-C")
+    sync.add_argument(
+        "--dry-run", action="store_true", help="list what would be sent and deleted; send nothing"
+    )
+    sync.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    sync.add_argument(
+        "--allow-mass-delete", action="store_true", help="delete many host files without asking"
+    )
+    sync.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    pull = add("pull", cmd_pull, "bring outputs (or the named paths) back from the host, incrementally")
+    pull.add_argument("host", nargs="?", metavar="HOST")
+    pull.add_argument("paths", nargs="*", metavar="PATH", help="default: the [sync] outputs folders")
+    pull.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
 
     add("ssh-config", cmd_ssh_config, "write `Host gpubox-NAME` entries for VS Code, JetBrains and ssh")
     return parser

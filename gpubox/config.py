@@ -122,6 +122,12 @@ class SyncConfig:
     include: tuple[str, ...] = ()
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     max_file_size_mb: float = 100.0
+    max_delete_count: int = 1000
+    """A batch deleting more tracked files than this pauses and asks (like rsync's --max-delete)."""
+    max_delete_share: float = 0.5
+    """...as does one deleting more than this share of them (once more than 10 files go)."""
+    trash_days: float = 7.0
+    """Files sync deleted on the host wait this long in ~/.gpubox/trash before they are pruned."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +260,12 @@ def _number(low: float, *, above: bool = False) -> Check:
     return check
 
 
+def _share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise _Invalid("expected a share: a number above 0 and at most 1")
+    return float(value)
+
+
 def _choice(*options: str) -> Check:
     quoted = [f'"{o}"' for o in options]
     expected = " or ".join(quoted) if len(quoted) <= 2 else "one of " + ", ".join(quoted)
@@ -323,6 +335,9 @@ SYNC_FIELDS: dict[str, Check] = {
     "include": _string_list,
     "outputs": _string_list,
     "max_file_size_mb": _number(0, above=True),
+    "max_delete_count": _integer(0),
+    "max_delete_share": _share,
+    "trash_days": _number(0),
 }
 ENV_FIELDS: dict[str, Check] = {
     "python": _no_space_string("a python executable"),

@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,21 @@ MIGRATIONS: Sequence[str] = (
         ended_at        REAL
     );
     CREATE INDEX billing_host ON billing(host, ended_at);
+    """,
+    # 2: the sync ancestor, the last state each host acknowledged per project (paths as raw bytes, since
+    # file names need not be valid UTF-8)
+    """
+    CREATE TABLE sync_ancestors (
+        host        TEXT NOT NULL,
+        project     TEXT NOT NULL,
+        path        BLOB NOT NULL,
+        kind        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        mtime_ns    INTEGER NOT NULL,
+        executable  INTEGER NOT NULL,
+        target      BLOB NOT NULL,
+        PRIMARY KEY (host, project, path)
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -247,6 +262,54 @@ class State:
             args = (host,)
         rows = self.db.execute(query + " ORDER BY started_at", args)
         return [(str(h), float(p), float(s), None if e is None else float(e)) for h, p, s, e in rows]
+
+    # -- sync ancestors
+
+    def ancestor(self, host: str, project: str) -> dict[str, tuple[str, int, int, bool, str]]:
+        rows = self.db.execute(
+            "SELECT path, kind, size, mtime_ns, executable, target FROM sync_ancestors WHERE host = ? AND project = ?",
+            (host, project),
+        )
+        return {
+            _decode(path): (kind, size, mtime_ns, bool(executable), _decode(target))
+            for path, kind, size, mtime_ns, executable, target in rows
+        }
+
+    def update_ancestor(
+        self,
+        host: str,
+        project: str,
+        upserts: Iterable[tuple[str, tuple[str, int, int, bool, str]]],
+        removals: Iterable[str],
+    ) -> None:
+        """Record what the host acknowledged, in one transaction (all of a batch or none of it)."""
+        with self.transaction():
+            self.db.executemany(
+                "DELETE FROM sync_ancestors WHERE host = ? AND project = ? AND path = ?",
+                ((host, project, _encode(path)) for path in removals),
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO sync_ancestors VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (host, project, _encode(path), kind, size, mtime, int(executable), _encode(target))
+                    for path, (kind, size, mtime, executable, target) in upserts
+                ),
+            )
+
+    def forget_ancestor(self, host: str, project: str | None = None) -> None:
+        with self.transaction():
+            if project is None:
+                self.db.execute("DELETE FROM sync_ancestors WHERE host = ?", (host,))
+            else:
+                self.db.execute("DELETE FROM sync_ancestors WHERE host = ? AND project = ?", (host, project))
+
+
+def _encode(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _decode(raw: bytes) -> str:
+    return bytes(raw).decode("utf-8", "surrogateescape")
 
 
 def _statements(script: str) -> list[str]:

@@ -45,11 +45,15 @@ def claim_host(host: HostConfig, *, detached: bool, log_file: str | None = None)
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Turn SIGTERM, SIGINT and SIGHUP into a clean stop instead of an exception in the middle of I/O."""
+def stop_on_signals(stop: threading.Event, *also: threading.Event) -> Iterator[None]:
+    """Turn SIGTERM, SIGINT and SIGHUP into a clean stop instead of an exception in the middle of I/O.
+
+    *also* are events the stopping loop may be waiting on (set too, so it wakes at once)."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        for event in also:
+            event.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
@@ -65,10 +69,20 @@ def supervise(
     stop: threading.Event,
     log: Callable[[str], None],
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    wake: threading.Event | None = None,
 ) -> None:
-    """Keep *session* alive until *stop* is set: heartbeat, and reconnect with backoff when the link drops."""
+    """Keep *session* alive until *stop* is set: heartbeat, and reconnect with backoff when the link drops.
+
+    *wake* lets another thread (live sync, after a failed batch) ask for a heartbeat now instead of at the next
+    tick, so a dead link is noticed at once.
+    """
     name = session.host.name
-    while not stop.wait(heartbeat_seconds):
+    wake = wake or threading.Event()
+    while not stop.is_set():
+        wake.wait(heartbeat_seconds)
+        wake.clear()
+        if stop.is_set():
+            return
         try:
             session.heartbeat()
             continue

@@ -13,20 +13,28 @@ API newer than 3.8. It is imported by nothing else in gpubox; the client side li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
 import socket
+import stat
 import struct
 import subprocess
 import sys
-from typing import Any, Callable, Dict, Optional, Tuple
+import time
+import zlib
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 PROTOCOL = 1
 AGENT_VERSION = "1"
 MAX_FRAME = 64 * 1024 * 1024
 NVIDIA_SMI_TIMEOUT = 20
+# Importing TensorFlow for the first time on a cold disk can take a minute; a hung import must not hang us.
+FRAMEWORK_TIMEOUT = 120
+MAX_FRAMEWORK_TIMEOUT = 600
+FRAMEWORK_MARK = "GPUBOX-FRAMEWORK "
 
 
 class ProtocolError(Exception):
@@ -198,40 +206,515 @@ def op_probe(args: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-OPS: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {"hello": op_hello, "probe": op_probe}
+# ------------------------------------------------------------------------------------------------- sync
+#
+# The host side of one-way-safe sync. Every path is relative to the project root and checked before use:
+# no absolute paths, no "..", never through a symlinked folder, so nothing is written outside the root.
+# Each write is staged in <root>/.gpubox-staging (same filesystem), made durable with one syncfs per batch,
+# then renamed into place only if the host's copy still matches what the client last saw (just in time).
+
+STAGING = ".gpubox-staging"
+Row = List[Any]
+"""[kind, size, mtime_ns, exec, symlink target]: what sync compares about one path."""
+_libc: Any = None
 
 
-def handle(message: Dict[str, Any]) -> Dict[str, Any]:
+class PathRefused(RequestError):
+    def __init__(self, message: str) -> None:
+        RequestError.__init__(self, "bad-path", message)
+
+
+def _root(args: Dict[str, Any]) -> str:
+    root = args.get("root")
+    if not isinstance(root, str) or not root:
+        raise RequestError("bad-request", "root must be a non-empty string")
+    root = os.path.abspath(os.path.expanduser(root))
+    os.makedirs(root, exist_ok=True)
+    return os.path.realpath(root)
+
+
+def _parts(rel: Any) -> List[str]:
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\0" in rel:
+        raise PathRefused("refusing path %r: not a relative path" % (rel,))
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise PathRefused("refusing path %r: empty, '.' or '..' component" % (rel,))
+    if parts[0] == STAGING:
+        raise PathRefused("refusing path %r: gpubox's staging folder" % (rel,))
+    return parts
+
+
+def _entry(st: os.stat_result, path: str) -> Row:
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        return ["l", 0, 0, False, os.readlink(path)]
+    if stat.S_ISDIR(mode):
+        return ["d", 0, 0, False, ""]
+    if stat.S_ISREG(mode):
+        return ["f", st.st_size, st.st_mtime_ns, bool(mode & 0o100), ""]
+    return ["o", 0, 0, False, ""]
+
+
+def _lentry(path: str) -> Optional[Row]:
+    try:
+        return _entry(os.lstat(path), path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+
+
+def _same(current: Optional[Row], wanted: Optional[Row]) -> bool:
+    if current is None or wanted is None:
+        return current is None and wanted is None
+    if current[0] != wanted[0]:
+        return False
+    if current[0] == "f":
+        return bool(current[1] == wanted[1] and current[2] == wanted[2] and current[3] == wanted[3])
+    if current[0] == "l":
+        return bool(current[4] == wanted[4])
+    return bool(current[0] != "o")
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def _set_aside(path: str, stamp: str) -> str:
+    """Keep the host's copy next to the path as NAME.gpubox-conflict-<UTC time>; return the new name."""
+    candidate = "%s.gpubox-conflict-%s" % (path, stamp)
+    counter = 1
+    while os.path.lexists(candidate):
+        counter += 1
+        candidate = "%s.gpubox-conflict-%s-%d" % (path, stamp, counter)
+    os.rename(path, candidate)
+    return os.path.basename(candidate)
+
+
+def _parent(root: str, parts: List[str], stamp: str, conflicts: List[str]) -> str:
+    """Create the parent folders of a path; a file in the way is set aside, a symlinked folder refused."""
+    current = root
+    for part in parts[:-1]:
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            os.mkdir(current)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise PathRefused("refusing to write through symlinked folder %s" % current[len(root) + 1 :])
+        conflicts.append(current[len(root) + 1 :] + " -> " + _set_aside(current, stamp))
+        os.mkdir(current)
+    return current
+
+
+def _syncfs(path: str) -> None:
+    """Make staged data durable with one syncfs(2) for the whole batch (fsync per file costs ~5x the write)."""
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if _libc.syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        os.sync()
+
+
+def _trash_dir(args: Dict[str, Any]) -> str:
+    slug = args.get("trash")
+    if not isinstance(slug, str) or not slug or "/" in slug or slug in (".", ".."):
+        raise RequestError("bad-request", "trash must be a plain folder name")
+    return os.path.join(os.path.expanduser("~"), ".gpubox", "trash", slug)
+
+
+def _to_trash(path: str, rel: str, trash_batch: str) -> None:
+    destination = os.path.join(trash_batch, rel)
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    try:
+        os.rename(path, destination)
+    except OSError:
+        shutil.move(path, destination)  # the trash is on another filesystem than the project
+
+
+def op_manifest(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
+    """Every entry under the root, skipping gpubox's staging folder and the folders the client names."""
+    root = _root(args)
+    skip = set(args.get("skip") or ())
+    skip.add(STAGING)
+    rows = []
+    only = args.get("only")
+    stack = [""]
+    if only:
+        # Just these subtrees (pull asks for the outputs folders, not the whole project).
+        stack = []
+        for rel in only:
+            parts = _parts(rel)
+            path = os.path.join(root, *parts)
+            row = _lentry(path)
+            if row is None or os.path.realpath(os.path.dirname(path)) != os.path.dirname(path):
+                continue
+            rows.append([rel, *row])
+            if row[0] == "d":
+                stack.append(rel)
+    while stack:
+        folder = stack.pop()
+        try:
+            listing = os.scandir(os.path.join(root, folder) if folder else root)
+        except OSError:
+            continue
+        with listing:
+            for item in listing:
+                rel = folder + "/" + item.name if folder else item.name
+                if rel in skip:
+                    continue
+                try:
+                    row = _entry(item.stat(follow_symlinks=False), item.path)
+                except OSError:
+                    continue
+                rows.append([rel, *row])
+                if row[0] == "d":
+                    stack.append(rel)
+    data = zlib.compress(json.dumps(rows, separators=(",", ":")).encode("utf-8"), 1)
+    return {"count": len(rows), "root": root}, data
+
+
+def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
+    root = _root(args)
+    ops = args.get("ops")
+    if not isinstance(ops, list):
+        raise RequestError("bad-request", "ops must be a list")
+    trash = _trash_dir(args)
+    stamp = _stamp()
+    trash_batch = os.path.join(trash, stamp)
+    staging = os.path.join(root, STAGING)
+    staged: Dict[int, str] = {}
+    offset = 0
+    try:
+        for index, op in enumerate(ops):
+            if op.get("o") != "w":
+                continue
+            _parts(op.get("p"))
+            size = op.get("n")
+            if not isinstance(size, int) or size < 0 or offset + size > len(blob):
+                raise RequestError("bad-request", "write %r has a bad size" % (op.get("p"),))
+            if not staged:
+                os.makedirs(staging, exist_ok=True)
+            temp = os.path.join(staging, "%d-%d" % (os.getpid(), index))
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755 if op.get("x") else 0o644)
+            staged[index] = temp
+            try:
+                view = memoryview(blob)[offset : offset + size]
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.utime(fd, ns=(op["m"], op["m"]))
+            finally:
+                os.close(fd)
+            offset += size
+        if staged:
+            _syncfs(staging)
+    except OSError as exc:
+        for temp in staged.values():
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        raise RequestError(
+            "os-error", "staging on the host failed, nothing was changed: %s" % (exc.strerror or exc)
+        ) from None
+    results = []
+    conflicts: List[str] = []
+    for index, op in enumerate(ops):
+        try:
+            results.append(_apply_one(root, op, staged.get(index), stamp, trash_batch, conflicts))
+        except PathRefused as exc:
+            results.append(["refused", str(exc)])
+        except OSError as exc:
+            results.append(["error", "%s: %s" % (op.get("p"), exc.strerror or exc)])
+        finally:
+            leftover = staged.pop(index) if index in staged else None
+            if leftover is not None and os.path.lexists(leftover):
+                os.unlink(leftover)
+    with contextlib.suppress(OSError):
+        os.rmdir(staging)  # only when empty: another batch may be staging there
+    return {"results": results, "conflicts": conflicts}, b""
+
+
+def _apply_one(
+    root: str, op: Dict[str, Any], temp: Optional[str], stamp: str, trash_batch: str, conflicts: List[str]
+) -> List[str]:
+    kind = op.get("o")
+    parts = _parts(op.get("p"))
+    rel = "/".join(parts)
+    path = _parent(root, parts, stamp, conflicts) + "/" + parts[-1]
+    current = _lentry(path)
+    expect = op.get("e")
+    if kind in ("w", "l"):
+        wanted = (
+            ["f", op.get("n"), op.get("m"), bool(op.get("x")), ""]
+            if kind == "w"
+            else ["l", 0, 0, False, op.get("t")]
+        )
+        if _same(current, wanted):
+            return ["same"]
+        note = ""
+        if current is not None and current[0] == "d":
+            # A folder the client replaced by a file: gone if empty, else it holds host files and is kept aside.
+            try:
+                os.rmdir(path)
+            except OSError:
+                note = _set_aside(path, stamp)
+        elif current is not None and not _same(current, expect):
+            note = _set_aside(path, stamp)
+        if note:
+            conflicts.append(rel + " -> " + note)
+        if kind == "w":
+            if temp is None:
+                raise RequestError("bad-request", "write %r was not staged" % (rel,))
+            os.replace(temp, path)
+        else:
+            target = op.get("t")
+            if not isinstance(target, str) or not target:
+                raise RequestError("bad-request", "symlink %r needs a target" % (rel,))
+            if os.path.lexists(path):
+                os.unlink(path)
+            os.symlink(target, path)
+        return ["conflict", note] if note else ["ok"]
+    if kind == "d":
+        if current is not None and current[0] == "d":
+            return ["same"]
+        note = ""
+        if current is not None:
+            if not _same(current, expect):
+                note = _set_aside(path, stamp)
+                conflicts.append(rel + " -> " + note)
+            else:
+                _to_trash(path, rel, trash_batch)
+        os.mkdir(path)
+        return ["conflict", note] if note else ["ok"]
+    if kind == "rm":
+        if current is None:
+            return ["gone"]
+        if current[0] == "d" or not _same(current, expect):
+            return ["kept"]
+        _to_trash(path, rel, trash_batch)
+        return ["ok"]
+    if kind == "rmdir":
+        if current is None:
+            return ["gone"]
+        if current[0] != "d":
+            return ["kept"]
+        try:
+            os.rmdir(path)
+        except OSError:
+            return ["kept"]
+        return ["ok"]
+    raise RequestError("bad-request", "unknown sync op %r" % (kind,))
+
+
+def op_read(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
+    """Byte ranges of files under the root (for pull), with each file's size and mtime at read time.
+
+    ``files`` is a list of [path, offset, length]; a file that vanished or cannot be read is reported, not
+    fatal. Large files are read in several requests, so no frame has to hold a whole checkpoint.
+    """
+    root = _root(args)
+    wanted = args.get("files")
+    if not isinstance(wanted, list):
+        raise RequestError("bad-request", "files must be a list")
+    found = []
+    chunks = []
+    for item in wanted:
+        if not isinstance(item, list) or len(item) != 3:
+            raise RequestError("bad-request", "each file is [path, offset, length]")
+        rel, offset, length = item
+        parts = _parts(rel)
+        if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0:
+            raise RequestError("bad-request", "bad range for %r" % (rel,))
+        folder = os.path.join(root, *parts[:-1]) if len(parts) > 1 else root
+        if os.path.realpath(folder) != folder:
+            raise PathRefused("refusing to read %r through a symlinked folder" % (rel,))
+        try:
+            fd = os.open(os.path.join(folder, parts[-1]), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            found.append([rel, None, exc.strerror or str(exc), 0])
+            continue
+        try:
+            st = os.fstat(fd)
+            pieces = []
+            remaining = min(length, max(0, st.st_size - offset))
+            position = offset
+            while remaining > 0:
+                piece = os.pread(fd, min(remaining, 1 << 20), position)
+                if not piece:
+                    break
+                pieces.append(piece)
+                position += len(piece)
+                remaining -= len(piece)
+            data = b"".join(pieces)
+        finally:
+            os.close(fd)
+        found.append([rel, [st.st_size, st.st_mtime_ns, bool(st.st_mode & 0o100)], None, len(data)])
+        chunks.append(data)
+    return {"files": found}, b"".join(chunks)
+
+
+def op_prune_trash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
+    trash = _trash_dir(args)
+    days = args.get("days", 7)
+    if not isinstance(days, (int, float)) or days < 0:
+        raise RequestError("bad-request", "days must be a number >= 0")
+    removed = 0
+    cutoff = time.time() - days * 86400
+    try:
+        batches = os.listdir(trash)
+    except OSError:
+        batches = []
+    for name in batches:
+        path = os.path.join(trash, name)
+        try:
+            if os.lstat(path).st_mtime < cutoff:
+                shutil.rmtree(path)
+                removed += 1
+        except OSError:
+            pass
+    return {"removed": removed}, b""
+
+
+BLOB_OPS: Dict[str, Callable[[Dict[str, Any], bytes], Tuple[Dict[str, Any], bytes]]] = {
+    "manifest": op_manifest,
+    "apply": op_apply,
+    "read": op_read,
+    "prune_trash": op_prune_trash,
+}
+
+
+# Runs in the python whose TensorFlow is asked about (any Python 3). It prints one marked JSON line, because
+# TensorFlow and its plugins may print to stdout too. find_spec first: a python without TensorFlow answers
+# in milliseconds instead of paying for a failed import.
+_FRAMEWORK_SCRIPT = r"""
+import json, sys
+def look():
+    try:
+        import importlib.util
+        if importlib.util.find_spec("tensorflow") is None:
+            return {"installed": False, "reason": "tensorflow is not installed"}
+        import tensorflow as tf
+    except Exception as exc:
+        return {"installed": False, "reason": "import tensorflow failed: %s: %s" % (type(exc).__name__, exc)}
+    found = {"installed": True, "version": str(getattr(tf, "__version__", "")) or None}
+    try:
+        found["gpus"] = [str(d.name) for d in tf.config.list_physical_devices("GPU")]
+    except Exception as exc:
+        found["gpus"] = None
+        found["reason"] = "list_physical_devices failed: %s: %s" % (type(exc).__name__, exc)
+    try:
+        found["built_with_cuda"] = bool(tf.test.is_built_with_cuda())
+    except Exception:
+        found["built_with_cuda"] = None
+    return found
+sys.stdout.write("%s%s\n" % (sys.argv[1], json.dumps(look())))
+sys.stdout.flush()
+"""
+
+
+def op_framework(args: Dict[str, Any]) -> Dict[str, Any]:
+    """What TensorFlow installed in a given python reports: its version and the GPUs it can use."""
+    python = args.get("python")
+    name = args.get("name", "tensorflow")
+    timeout = args.get("timeout", FRAMEWORK_TIMEOUT)
+    if not isinstance(python, str) or not python:
+        raise RequestError("bad-request", "python must be a non-empty string")
+    if name != "tensorflow":
+        raise RequestError("bad-request", "only tensorflow can be asked about, not %r" % (name,))
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise RequestError("bad-request", "timeout must be a number of seconds")
+    if not 0 < timeout <= MAX_FRAMEWORK_TIMEOUT:
+        raise RequestError("bad-request", "timeout must be between 0 and %d s" % MAX_FRAMEWORK_TIMEOUT)
+    answer: Dict[str, Any] = {"python": python, "framework": name}
+    executable = python if os.sep in python else shutil.which(python)
+    if executable is None or not os.access(executable, os.X_OK):
+        answer.update(installed=False, reason="%s not found on the host" % python)
+        return answer
+    environment = dict(os.environ)
+    # TensorFlow's C++ start-up banner goes to stderr; only errors are worth reading from it.
+    environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        done = subprocess.run(
+            [executable, "-c", _FRAMEWORK_SCRIPT, FRAMEWORK_MARK],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=environment,
+            # Not the project folder: a stray tensorflow/ folder there would shadow the installed package.
+            cwd=os.path.expanduser("~"),
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        answer.update(installed=None, reason="%s did not answer within %g s" % (python, timeout))
+        return answer
+    except OSError as exc:
+        answer.update(installed=False, reason="%s could not start: %s" % (python, exc))
+        return answer
+    for line in reversed(done.stdout.decode("utf-8", "replace").splitlines()):
+        if line.startswith(FRAMEWORK_MARK):
+            try:
+                found = json.loads(line[len(FRAMEWORK_MARK) :])
+            except ValueError:
+                break
+            if isinstance(found, dict):
+                answer.update(found)
+                return answer
+    errors = [line.strip() for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    last = (": " + errors[-1]) if errors else ""
+    answer.update(installed=None, reason="%s exited with status %d%s" % (python, done.returncode, last))
+    return answer
+
+
+OPS: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
+    "hello": op_hello,
+    "probe": op_probe,
+    "framework": op_framework,
+}
+
+
+def handle(message: Dict[str, Any], blob: bytes = b"") -> Tuple[Dict[str, Any], bytes]:
     request_id = message.get("id")
     op = message.get("op")
     args = message.get("args") or {}
     try:
         if not isinstance(args, dict):
             raise RequestError("bad-request", "args must be an object")
+        if isinstance(op, str) and op in BLOB_OPS:
+            result, reply_blob = BLOB_OPS[op](args, blob)
+            return {"id": request_id, "ok": True, "result": result}, reply_blob
         handler = OPS.get(op) if isinstance(op, str) else None
         if handler is None:
             raise RequestError("unknown-op", "unknown op %r" % (op,))
-        return {"id": request_id, "ok": True, "result": handler(args)}
+        return {"id": request_id, "ok": True, "result": handler(args)}, b""
     except RequestError as exc:
-        return {"id": request_id, "ok": False, "error": {"kind": exc.kind, "message": str(exc)}}
+        return {"id": request_id, "ok": False, "error": {"kind": exc.kind, "message": str(exc)}}, b""
     except Exception as exc:  # one bad request must not end the session
-        return {
-            "id": request_id,
-            "ok": False,
-            "error": {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, exc)},
-        }
+        error = {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, exc)}
+        return {"id": request_id, "ok": False, "error": error}, b""
 
 
 def serve(fd_in: int = 0, fd_out: int = 1) -> int:
     while True:
         try:
-            message, _blob = read_frame(fd_in)
+            message, blob = read_frame(fd_in)
         except EOFError:
             return 0
         except ProtocolError as exc:
             write_frame(fd_out, {"id": None, "ok": False, "error": {"kind": "protocol", "message": str(exc)}})
             return 2
-        write_frame(fd_out, handle(message))
+        response, reply_blob = handle(message, blob)
+        write_frame(fd_out, response, reply_blob)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
 import shlex
 import struct
 import threading
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -175,29 +177,64 @@ class AgentSession:
     def request_with_blob(
         self, op: str, args: dict[str, Any] | None = None, blob: bytes = b""
     ) -> tuple[dict[str, Any], bytes]:
+        with self._lock:
+            request_id = self._send(op, args, blob)
+            return self._receive(request_id)
+
+    def pipeline(
+        self, requests: Iterator[tuple[str, dict[str, Any], bytes]], depth: int = 2
+    ) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """Send up to *depth* requests ahead of their answers, so the host works while the next batch travels.
+
+        Answers come back in request order; the session is held for the whole pipeline.
+        """
+        with self._lock:
+            in_flight: collections.deque[int] = collections.deque()
+            try:
+                for op, args, blob in requests:
+                    in_flight.append(self._send(op, args, blob))
+                    if len(in_flight) >= depth:
+                        yield self._receive(in_flight.popleft())
+                while in_flight:
+                    yield self._receive(in_flight.popleft())
+            finally:
+                # Answers still due must be read, or the next request would get one of them.
+                while in_flight:
+                    try:
+                        self._receive(in_flight.popleft())
+                    except (RemoteError, AgentError):
+                        continue
+                    except HostUnreachable:
+                        break
+
+    def _send(self, op: str, args: dict[str, Any] | None, blob: bytes) -> int:
         if self.channel is None:
             raise AgentError("the agent is not started")
-        with self._lock:
-            request_id = next(self._ids)
-            message: dict[str, Any] = {"id": request_id, "op": op, "args": args or {}}
+        request_id = next(self._ids)
+        message: dict[str, Any] = {"id": request_id, "op": op, "args": args or {}}
+        if blob:
+            message["blob"] = len(blob)
+        body = json.dumps(message, separators=(",", ":")).encode()
+        try:
+            self.channel.sendall(struct.pack(">I", len(body)) + body)
             if blob:
-                message["blob"] = len(blob)
-            body = json.dumps(message, separators=(",", ":")).encode()
-            try:
-                self.channel.sendall(struct.pack(">I", len(body)) + body + blob)
-            except (OSError, paramiko.SSHException, EOFError):
-                raise self._fail_to_start() from None
-            (length,) = struct.unpack(">I", self._read_exact(4))
-            if length > MAX_FRAME:
-                raise AgentError(f"the agent on {self.host} sent a frame of {length} bytes")
-            try:
-                response = json.loads(self._read_exact(length))
-            except ValueError:
-                raise AgentError(f"the agent on {self.host} sent something that is not JSON") from None
-            reply_blob = b""
-            size = response.get("blob", 0) if isinstance(response, dict) else 0
-            if isinstance(size, int) and 0 < size <= MAX_FRAME:
-                reply_blob = self._read_exact(size)
+                self.channel.sendall(blob)
+        except (OSError, paramiko.SSHException, EOFError):
+            raise self._fail_to_start() from None
+        return request_id
+
+    def _receive(self, request_id: int) -> tuple[dict[str, Any], bytes]:
+        (length,) = struct.unpack(">I", self._read_exact(4))
+        if length > MAX_FRAME:
+            raise AgentError(f"the agent on {self.host} sent a frame of {length} bytes")
+        try:
+            response = json.loads(self._read_exact(length))
+        except ValueError:
+            raise AgentError(f"the agent on {self.host} sent something that is not JSON") from None
+        reply_blob = b""
+        size = response.get("blob", 0) if isinstance(response, dict) else 0
+        if isinstance(size, int) and 0 < size <= MAX_FRAME:
+            reply_blob = self._read_exact(size)
         if not isinstance(response, dict) or response.get("id") not in (request_id, None):
             raise AgentError(f"the agent on {self.host} answered out of turn")
         if not response.get("ok"):

@@ -43,6 +43,8 @@ class HostSession:
     agent: AgentSession
     remote_dir: str
     probe: dict[str, Any] = field(default_factory=dict)
+    generation: int = 0
+    """Incremented on every reconnect, so users of the session know to re-check what the host holds."""
 
     def refresh_probe(self) -> dict[str, Any]:
         self.probe = self.agent.probe(self.remote_dir)
@@ -62,6 +64,7 @@ class HostSession:
             self.agent = AgentSession(self.connection, python=self.host.python).start()
 
         with_backoff(attempt, backoff, **kwargs)
+        self.generation += 1
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

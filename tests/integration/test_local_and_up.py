@@ -24,8 +24,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
+    """A project whose host copy lands in this test's temp folder, not in ~/gpubox of the test user."""
     folder = tmp_path / "myproject"
     folder.mkdir()
+    (folder / "hosts.toml").write_text(f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\n')
     return folder
 
 
@@ -41,8 +43,9 @@ def test_up_detach_status_reuse_and_down_on_local(project: Path) -> None:
     assert lines[1].startswith("  ✓ connected ") and "(host key made by gpubox)" in lines[1]
     assert any(line.startswith("  · GPU    no NVIDIA GPU: training runs on CPU") for line in lines)
     assert any(
-        "free for" in line and line.rstrip().endswith("myproject (created on first sync)") for line in lines
+        "free for" in line and line.rstrip().endswith("remote (created on first sync)") for line in lines
     )
+    assert any(line.startswith("  ✓ sync   ") for line in lines)
     assert "running in the background" in up.stdout
     server = _local().running()
     assert server is not None
@@ -213,7 +216,9 @@ def test_up_on_a_configured_ssh_host(tmp_path: Path, project: Path, sshd: SshSer
 
 
 def test_ssh_config_entries_work_with_openssh(tmp_path: Path, project: Path, sshd: SshServer) -> None:
-    (project / "hosts.toml").write_text(host_entry("box", sshd))
+    (project / "hosts.toml").write_text(
+        host_entry("box", sshd) + f'\n[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\n'
+    )
     assert run_gpubox("ssh", "box", "--accept-new", "--", "true", cwd=project).returncode == 0
     assert run_gpubox("up", "local", "--detach", cwd=project).returncode == 0
     written = run_gpubox("ssh-config", cwd=project)
@@ -233,6 +238,7 @@ def test_ssh_config_entries_work_with_openssh(tmp_path: Path, project: Path, ssh
 
 
 def test_init_writes_both_files_once(project: Path) -> None:
+    (project / "hosts.toml").unlink()
     first = run_gpubox("init", cwd=project)
     assert first.returncode == 0
     assert first.stdout.splitlines()[:2] == ["wrote gpubox.toml", "wrote hosts.toml"]

@@ -56,7 +56,9 @@ def test_proxyjump_reaches_a_host_only_the_bastion_can_see(
         )
         project = tmp_path / "project"
         project.mkdir()
-        (project / "hosts.toml").write_text('[hosts.gpu]\nhostname = "hidden-gpu"\naccept_new = true\n')
+        (project / "hosts.toml").write_text(
+            f'[hosts.gpu]\nhostname = "hidden-gpu"\naccept_new = true\nremote_dir = "{tmp_path / "remote"}"\n'
+        )
         result = run_gpubox("ssh", "gpu", "--", "ip -o -4 addr show", cwd=project)
         assert result.returncode == 0, result.stderr
         assert bastion.ip in result.stdout  # it ran inside the bastion's namespace

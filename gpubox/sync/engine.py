@@ -1,0 +1,398 @@
+"""Sync a project folder to one host: scan, plan against the ancestor, send batches, record what was acked."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpubox import paths
+from gpubox.config import ProjectConfig
+from gpubox.errors import GpuboxError, RemoteError
+from gpubox.remote.session import HostSession
+from gpubox.state import open_state
+from gpubox.sync.ignore import IgnoreRules
+from gpubox.sync.plan import MassDeletion, Op, Plan, check_mass_deletion, plan_changes
+from gpubox.sync.scan import Entry, ScanResult, scan_path, scan_tree
+
+__all__ = ["BatchProgress", "MassDeletionRefused", "SyncReport", "Syncer", "rules_for"]
+
+BATCH_BYTES = 8 * 1024 * 1024
+BATCH_OPS = 2000
+PIPELINE_DEPTH = 3
+
+
+def rules_for(project: ProjectConfig) -> IgnoreRules:
+    sync = project.sync
+    return IgnoreRules(
+        project.root,
+        extra_ignores=sync.ignore,
+        includes=sync.include,
+        outputs=sync.outputs,
+        max_file_size=int(sync.max_file_size_mb * 1024 * 1024),
+    )
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+
+
+@dataclass
+class SyncReport:
+    """What one sync pass did; every list is worth telling the user about."""
+
+    sent: int = 0
+    bytes_sent: int = 0
+    deleted: int = 0
+    in_sync: int = 0
+    seconds: float = 0.0
+    conflicts: list[str] = field(default_factory=list)
+    host_changed: list[str] = field(default_factory=list)
+    kept_on_host: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)
+    too_large: list[tuple[str, int]] = field(default_factory=list)
+    outside_links: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    planned: list[Op] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.sent:,} sent ({_size(self.bytes_sent)})", f"{self.deleted:,} deleted"]
+        if self.in_sync:
+            parts.append(f"{self.in_sync:,} already there")
+        for label, items in (
+            ("conflicts kept on the host", self.conflicts),
+            ("changed on the host, left alone", self.host_changed),
+            ("errors", self.errors),
+            ("unreadable", self.unreadable),
+        ):
+            if items:
+                parts.append(f"{len(items)} {label}")
+        return ", ".join(parts) + f" in {self.seconds:.2f} s"
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{count} B"
+
+
+class Syncer:
+    """Keeps one project folder mirrored on one host, one-way-safe."""
+
+    def __init__(
+        self,
+        session: HostSession,
+        project: ProjectConfig,
+        *,
+        max_delete_count: int = 1000,
+        max_delete_share: float = 0.5,
+        trash_days: float = 7.0,
+    ) -> None:
+        self.session = session
+        self.project = project
+        self.root = project.root
+        self.rules = rules_for(project)
+        self.remote_dir = session.remote_dir
+        self.project_key = f"{self.root}|{self.remote_dir}"
+        digest = hashlib.sha1(self.project_key.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+        self.trash = f"{os.path.basename(self.remote_dir.rstrip('/')) or 'project'}-{digest}"
+        self.max_delete_count = max_delete_count
+        self.max_delete_share = max_delete_share
+        self.trash_days = trash_days
+        self._lock_path = paths.state_dir() / "locks" / f"sync-{session.host.name}-{digest}.lock"
+        self._ancestor: dict[str, Entry] | None = None
+        self._told_secrets: set[str] = set()
+        self._mutex = threading.Lock()
+
+    # -- ancestor
+
+    def ancestor(self) -> dict[str, Entry]:
+        if self._ancestor is None:
+            with open_state() as state:
+                rows = state.ancestor(self.session.host.name, self.project_key)
+            self._ancestor = {path: Entry(*row) for path, row in rows.items()}
+        return self._ancestor
+
+    def _record(self, upserts: dict[str, Entry], removals: Iterable[str]) -> None:
+        removals = list(removals)
+        with open_state() as state:
+            state.update_ancestor(
+                self.session.host.name,
+                self.project_key,
+                ((p, (e.kind, e.size, e.mtime_ns, e.executable, e.target)) for p, e in upserts.items()),
+                removals,
+            )
+        ancestor = self.ancestor()
+        ancestor.update(upserts)
+        for path in removals:
+            ancestor.pop(path, None)
+
+    def forget(self) -> None:
+        """Drop the ancestor (the next full sync compares with the host's manifest from scratch)."""
+        with open_state() as state:
+            state.forget_ancestor(self.session.host.name, self.project_key)
+        self._ancestor = None
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One sync at a time per host and project, across threads and gpubox processes."""
+        paths.ensure_private_dir(self._lock_path.parent)
+        with self._mutex, open(self._lock_path, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    # -- host side
+
+    def remote_manifest(self) -> dict[str, Entry]:
+        skip = [output.strip("/") for output in self.project.sync.outputs]
+        _result, blob = self.session.agent.request_with_blob(
+            "manifest", {"root": self.remote_dir, "skip": skip}
+        )
+        rows = json.loads(zlib.decompress(blob)) if blob else []
+        return {row[0]: Entry.from_row(row[1:]) for row in rows}
+
+    def prune_trash(self) -> int:
+        result = self.session.agent.request("prune_trash", {"trash": self.trash, "days": self.trash_days})
+        return int(result.get("removed", 0))
+
+    # -- passes
+
+    def full(
+        self,
+        *,
+        dry_run: bool = False,
+        allow_mass_delete: bool = False,
+        use_manifest: bool = True,
+        progress: Callable[[BatchProgress], None] | None = None,
+    ) -> SyncReport:
+        """Scan everything, compare with the ancestor (and the host's manifest), send what differs."""
+        with self._exclusive():
+            started = time.monotonic()
+            self.rules.forget_all()
+            scanned = scan_tree(self.root, self.rules)
+            ancestor = self.ancestor()
+            remote = self.remote_manifest() if use_manifest else None
+            plan = plan_changes(
+                scanned.entries, ancestor, remote, still_local=self._still_local(scanned, ancestor)
+            )
+            return self._execute(plan, scanned, dry_run, allow_mass_delete, progress, started)
+
+    def paths(
+        self,
+        changed: Iterable[str],
+        *,
+        allow_mass_delete: bool = False,
+        progress: Callable[[BatchProgress], None] | None = None,
+    ) -> SyncReport:
+        """Re-stat just *changed* (and what lies under them) and send what differs from the ancestor."""
+        with self._exclusive():
+            started = time.monotonic()
+            ancestor = self.ancestor()
+            scanned = ScanResult()
+            candidates: set[str] = set()
+            for path in _outermost(changed):
+                scan_path(self.root, self.rules, path, scanned)
+                candidates.add(path)
+                prefix = path + "/"
+                candidates.update(p for p in ancestor if p.startswith(prefix))
+            candidates.update(scanned.entries)
+            plan = plan_changes(
+                scanned.entries,
+                ancestor,
+                None,
+                paths=candidates,
+                still_local=self._still_local(scanned, ancestor, candidates),
+            )
+            return self._execute(plan, scanned, False, allow_mass_delete, progress, started)
+
+    def _still_local(
+        self, scanned: ScanResult, ancestor: dict[str, Entry], candidates: Iterable[str] | None = None
+    ) -> set[str]:
+        """Tracked paths missing from the scan that still exist locally (now ignored): never deleted."""
+        gone = [p for p in (candidates if candidates is not None else ancestor) if p not in scanned.entries]
+        return {p for p in gone if p in scanned.skipped or os.path.lexists(self.root / p)}
+
+    def _execute(
+        self,
+        plan: Plan,
+        scanned: ScanResult,
+        dry_run: bool,
+        allow_mass_delete: bool,
+        progress: Callable[[BatchProgress], None] | None,
+        started: float,
+    ) -> SyncReport:
+        report = SyncReport(
+            held_back=sorted(scanned.held_back),
+            too_large=sorted(scanned.too_large),
+            outside_links=sorted(scanned.outside_links),
+            unreadable=sorted(scanned.unreadable),
+            host_changed=plan.host_changed,
+            planned=plan.ops,
+            in_sync=len(plan.in_sync),
+        )
+        if not allow_mass_delete:
+            tracked = sum(1 for entry in self.ancestor().values() if entry.kind != "d")
+            try:
+                check_mass_deletion(
+                    plan, tracked, max_count=self.max_delete_count, max_share=self.max_delete_share
+                )
+            except MassDeletion as exc:
+                raise MassDeletionRefused(exc.deleting, exc.tracked) from None
+        if dry_run:
+            report.seconds = time.monotonic() - started
+            return report
+        if plan.in_sync or plan.untrack:
+            self._record(plan.in_sync, plan.untrack)
+        if plan.ops:
+            self._send(plan.ops, report, progress)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _batches(
+        self, ops: list[Op], report: SyncReport
+    ) -> Iterator[tuple[list[Op], list[dict[str, Any]], bytes]]:
+        batch: list[Op] = []
+        wire: list[dict[str, Any]] = []
+        chunks: list[bytes] = []
+        size = 0
+        for op in ops:
+            item: dict[str, Any] = {"o": op.kind, "p": op.path, "e": op.expect.row() if op.expect else None}
+            if op.kind == "w":
+                content = self._read(op, report)
+                if content is None:
+                    continue
+                data, entry = content
+                op = Op(op.kind, op.path, entry, op.expect)
+                item.update(n=entry.size, m=entry.mtime_ns, x=entry.executable)
+                chunks.append(data)
+                size += len(data)
+            elif op.kind == "l" and op.entry is not None:
+                item["t"] = op.entry.target
+            batch.append(op)
+            wire.append(item)
+            if size >= BATCH_BYTES or len(batch) >= BATCH_OPS:
+                yield batch, wire, b"".join(chunks)
+                batch, wire, chunks, size = [], [], [], 0
+        if batch:
+            yield batch, wire, b"".join(chunks)
+
+    def _read(self, op: Op, report: SyncReport) -> tuple[bytes, Entry] | None:
+        """The file's bytes and the facts that go with exactly those bytes (it may have changed since the scan)."""
+        try:
+            fd = os.open(self.root / op.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                report.unreadable.append((op.path, exc.strerror or str(exc)))
+            return None
+        try:
+            before = os.fstat(fd)
+            data = _read_all(fd, before.st_size)
+            after = os.fstat(fd)
+        except OSError as exc:
+            report.unreadable.append((op.path, exc.strerror or str(exc)))
+            return None
+        finally:
+            os.close(fd)
+        # Sent with the mtime read after the bytes: a write racing the read shows up as a later change.
+        return data, Entry(
+            "f", len(data), min(before.st_mtime_ns, after.st_mtime_ns), bool(after.st_mode & 0o100)
+        )
+
+    def _send(
+        self, ops: list[Op], report: SyncReport, progress: Callable[[BatchProgress], None] | None
+    ) -> None:
+        files_total = len(ops)
+        bytes_total = sum(op.entry.size for op in ops if op.kind == "w" and op.entry is not None)
+        done_files = 0
+        done_bytes = 0
+        sent_batches: list[list[Op]] = []
+
+        def requests() -> Iterator[tuple[str, dict[str, Any], bytes]]:
+            for batch, wire, blob in self._batches(ops, report):
+                sent_batches.append(batch)
+                yield "apply", {"root": self.remote_dir, "trash": self.trash, "ops": wire}, blob
+
+        for index, (result, _blob) in enumerate(self.session.agent.pipeline(requests(), PIPELINE_DEPTH)):
+            batch = sent_batches[index]
+            upserts, removals = self._absorb(batch, result, report)
+            self._record(upserts, removals)
+            done_files += len(batch)
+            done_bytes += sum(op.entry.size for op in batch if op.kind == "w" and op.entry is not None)
+            if progress is not None:
+                progress(BatchProgress(done_files, files_total, done_bytes, bytes_total))
+
+    def _absorb(
+        self, batch: list[Op], result: dict[str, Any], report: SyncReport
+    ) -> tuple[dict[str, Entry], list[str]]:
+        outcomes = result.get("results")
+        if not isinstance(outcomes, list) or len(outcomes) != len(batch):
+            raise RemoteError("the agent's answer to a sync batch does not match the batch")
+        upserts: dict[str, Entry] = {}
+        removals: list[str] = []
+        report.conflicts += [str(c) for c in result.get("conflicts", [])]
+        for op, outcome in zip(batch, outcomes, strict=True):
+            status = outcome[0] if outcome else "error"
+            if status in ("ok", "same", "conflict") and op.entry is not None:
+                upserts[op.path] = op.entry
+                if status != "same":
+                    report.sent += 1
+                    if op.kind == "w":
+                        report.bytes_sent += op.entry.size
+            elif status in ("ok", "gone") and op.entry is None:
+                removals.append(op.path)
+                report.deleted += status == "ok"
+            elif status == "kept":
+                removals.append(op.path)
+                report.kept_on_host.append(op.path)
+            else:
+                report.errors.append(outcome[1] if len(outcome) > 1 else f"{op.path}: failed")
+        return upserts, removals
+
+
+class MassDeletionRefused(GpuboxError):
+    """Raised instead of deleting many host files at once; the command line asks or says how to go on."""
+
+    def __init__(self, deleting: int, tracked: int) -> None:
+        super().__init__(
+            f"sync paused: it would delete {deleting} of {tracked} tracked files on the host (a wiped folder or "
+            f"a wrong checkout?); check the project folder, then re-run with --allow-mass-delete to go on"
+        )
+        self.deleting = deleting
+        self.tracked = tracked
+
+
+def _read_all(fd: int, expected: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, max(expected, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _outermost(changed: Iterable[str]) -> list[str]:
+    """Drop paths that lie under another changed path: rescanning the folder covers them."""
+    unique = set(changed)
+
+    def covered(path: str) -> bool:
+        parts = path.split("/")
+        return any("/".join(parts[:depth]) in unique for depth in range(1, len(parts)))
+
+    return sorted(path for path in unique if not covered(path))

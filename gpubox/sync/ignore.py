@@ -1,0 +1,189 @@
+"""Which paths of the project go to the host: gitignore semantics, secrets held back, outputs left alone.
+
+Rules, lowest precedence first, each level in gitignore syntax (via pathspec, real gitignore semantics):
+
+1. built-ins (VCS folders, caches, virtualenvs, editor temp files);
+2. per folder, its ``.gitignore`` then its ``.gpuboxignore`` (which may re-include with ``!``); a deeper folder's
+   rules override a shallower one's, as in git; at the root, ``[sync] ignore`` from gpubox.toml comes last;
+3. secrets (``.env``, keys, ``.netrc``) are held back unless ``[sync] include`` names them;
+4. ``[sync] outputs`` folders belong to the host: never pushed, never deleted.
+
+As in git, a file inside an ignored folder cannot be re-included: the walk never enters that folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fnmatch
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pathspec
+
+__all__ = ["BUILTIN_IGNORES", "SECRET_PATTERNS", "Decision", "IgnoreRules"]
+
+# Built-ins and secrets are all plain names or name globs, matched on the last path component with one
+# compiled regex each: pathspec's per-pattern loop would cost more than the stat of every file it checks.
+BUILTIN_IGNORED_DIRS = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        "__pycache__",
+        ".venv",
+        "venv",
+        "node_modules",
+        ".ipynb_checkpoints",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        # Written by gpubox's own agent on the host side; never a project file.
+        ".gpubox-staging",
+    }
+)
+BUILTIN_IGNORED_FILES = (
+    "*.pyc",
+    ".DS_Store",
+    # Editor temp files: vim swap/backup, emacs lock/backup, JetBrains safe-write.
+    "*.swp",
+    "*.swo",
+    "*~",
+    ".#*",
+    "*___jb_tmp___",
+    "*___jb_old___",
+)
+BUILTIN_IGNORES = tuple(f"{name}/" for name in sorted(BUILTIN_IGNORED_DIRS)) + BUILTIN_IGNORED_FILES
+SECRET_PATTERNS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", "id_ecdsa*", ".netrc")
+IGNORE_FILES = (".gitignore", ".gpuboxignore")
+
+
+class Decision(enum.Enum):
+    SEND = "send"
+    IGNORED = "ignored"
+    SECRET = "secret"
+    OUTPUT = "output"
+    TOO_LARGE = "too large"
+
+
+def _spec(lines: Iterable[str]) -> pathspec.GitIgnoreSpec | None:
+    kept = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return pathspec.GitIgnoreSpec.from_lines(kept) if kept else None
+
+
+def _name_matcher(globs: Iterable[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
+
+
+_BUILTIN_FILE_NAMES = _name_matcher(BUILTIN_IGNORED_FILES)
+_SECRET_NAMES = _name_matcher(SECRET_PATTERNS)
+
+
+def _anchored(pattern: str) -> str:
+    """Outputs are folders relative to the project root, whatever their depth in gitignore terms."""
+    pattern = pattern.strip()
+    return pattern if pattern.startswith("/") else "/" + pattern
+
+
+@dataclass
+class IgnoreRules:
+    root: Path
+    extra_ignores: tuple[str, ...] = ()
+    includes: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    max_file_size: int | None = None
+    _levels: dict[str, pathspec.GitIgnoreSpec | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._includes = _spec(self.includes)
+        self._outputs = _spec(_anchored(p) for p in self.outputs)
+
+    # -- rule files
+
+    def _level(self, folder: str) -> pathspec.GitIgnoreSpec | None:
+        """The combined .gitignore + .gpuboxignore of *folder* ('' is the root), read once and cached."""
+        if folder not in self._levels:
+            lines: list[str] = []
+            base = self.root / folder if folder else self.root
+            for name in IGNORE_FILES:
+                with contextlib.suppress(OSError):
+                    lines += (base / name).read_text(errors="replace").splitlines()
+            if not folder:
+                lines += list(self.extra_ignores)
+            self._levels[folder] = _spec(lines)
+        return self._levels[folder]
+
+    def forget(self, folder: str) -> None:
+        """Drop the cached rules of *folder* (its .gitignore or .gpuboxignore changed)."""
+        self._levels.pop(folder, None)
+
+    def forget_all(self) -> None:
+        self._levels.clear()
+
+    # -- decisions
+
+    def is_ignored(self, relpath: str, is_dir: bool) -> bool:
+        """Gitignore verdict for *relpath* alone (its parent folders are assumed not ignored)."""
+        parts = relpath.split("/")
+        name = parts[-1]
+        ignored = name in BUILTIN_IGNORED_DIRS if is_dir else bool(_BUILTIN_FILE_NAMES.match(name))
+        for depth in range(len(parts)):
+            folder = "/".join(parts[:depth])
+            spec = self._level(folder)
+            if spec is None:
+                continue
+            below = "/".join(parts[depth:]) + ("/" if is_dir else "")
+            verdict = spec.check_file(below).include
+            if verdict is not None:
+                ignored = verdict
+        return ignored
+
+    def included(self, relpath: str, is_dir: bool = False) -> bool:
+        if self._includes is None:
+            return False
+        return bool(self._includes.check_file(relpath + "/" if is_dir else relpath).include)
+
+    def is_output(self, relpath: str, is_dir: bool) -> bool:
+        if self._outputs is None:
+            return False
+        return bool(self._outputs.check_file(relpath + "/" if is_dir else relpath).include)
+
+    def decide(self, relpath: str, is_dir: bool, size: int = 0) -> Decision:
+        # Outputs are folders; the walk never enters one, so files need no output check.
+        if is_dir and self.is_output(relpath, is_dir):
+            return Decision.OUTPUT
+        if self.is_ignored(relpath, is_dir) and not self.included(relpath, is_dir):
+            return Decision.IGNORED
+        if not is_dir and _SECRET_NAMES.match(relpath.rpartition("/")[2]) and not self.included(relpath):
+            return Decision.SECRET
+        if (
+            not is_dir
+            and self.max_file_size is not None
+            and size > self.max_file_size
+            and not self.included(relpath)
+        ):
+            return Decision.TOO_LARGE
+        return Decision.SEND
+
+    def decide_path(self, relpath: str, is_dir: bool, size: int = 0) -> Decision:
+        """Like :meth:`decide`, but also checks every parent folder (for a single path from a watch event)."""
+        parts = relpath.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            verdict = self.decide(parent, True)
+            if verdict is not Decision.SEND:
+                return verdict
+        return self.decide(relpath, is_dir, size)
+
+
+def relative(root: Path, path: str | os.PathLike[str]) -> str | None:
+    """*path* relative to *root* in '/' form, or None when it is outside the root (or the root itself)."""
+    try:
+        rel = Path(path).relative_to(root)
+    except ValueError:
+        return None
+    text = rel.as_posix()
+    return None if text in ("", ".") else text

@@ -1,0 +1,162 @@
+"""The local side of sync: what the project folder holds, as the comparable facts sync cares about."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpubox.sync.ignore import Decision, IgnoreRules
+
+__all__ = ["Entry", "ScanResult", "scan_path", "scan_tree"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One path as sync compares it: kind ('f' file, 'd' folder, 'l' symlink), size, mtime, exec bit, target.
+
+    Only the exec bit of the mode travels; the mtime is carried to the host, so a host copy that still has the
+    size and mtime gpubox gave it is the copy gpubox wrote (rsync's quick check, Mutagen's rule).
+    """
+
+    kind: str
+    size: int = 0
+    mtime_ns: int = 0
+    executable: bool = False
+    target: str = ""
+
+    def same(self, other: Entry | None) -> bool:
+        if other is None or other.kind != self.kind:
+            return False
+        if self.kind == "f":
+            return (self.size, self.mtime_ns, self.executable) == (
+                other.size,
+                other.mtime_ns,
+                other.executable,
+            )
+        if self.kind == "l":
+            return self.target == other.target
+        return True
+
+    def row(self) -> list[Any]:
+        """The agent's wire form."""
+        return [self.kind, self.size, self.mtime_ns, self.executable, self.target]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> Entry:
+        return cls(str(row[0]), int(row[1]), int(row[2]), bool(row[3]), str(row[4]))
+
+
+FOLDER = Entry("d")
+
+
+@dataclass
+class ScanResult:
+    entries: dict[str, Entry] = field(default_factory=dict)
+    held_back: list[str] = field(default_factory=list)
+    """Secrets not sent (named once to the user)."""
+    too_large: list[tuple[str, int]] = field(default_factory=list)
+    outside_links: list[tuple[str, str]] = field(default_factory=list)
+    """Symlinks whose target leaves the project: skipped, never followed."""
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    skipped: set[str] = field(default_factory=set)
+    """Paths that exist locally but are not sent (ignored, secret, output, too large, outside link)."""
+
+
+def _link_inside(relpath: str, target: str) -> bool:
+    """A relative link whose target stays inside the project (Mutagen's 'portable' rule)."""
+    if not target or os.path.isabs(target):
+        return False
+    joined = os.path.normpath(os.path.join(os.path.dirname(relpath), target))
+    return joined != ".." and not joined.startswith("../") and not os.path.isabs(joined)
+
+
+def _classify(
+    rules: IgnoreRules, relpath: str, st: os.stat_result, abspath: str, result: ScanResult
+) -> Entry | None:
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        if rules.decide(relpath, True) is not Decision.SEND:
+            result.skipped.add(relpath)
+            return None
+        return FOLDER
+    if stat.S_ISLNK(mode):
+        if rules.decide(relpath, False) is not Decision.SEND:
+            result.skipped.add(relpath)
+            return None
+        try:
+            target = os.readlink(abspath)
+        except OSError as exc:
+            result.unreadable.append((relpath, exc.strerror or str(exc)))
+            return None
+        if not _link_inside(relpath, target):
+            result.outside_links.append((relpath, target))
+            result.skipped.add(relpath)
+            return None
+        return Entry("l", target=target)
+    if not stat.S_ISREG(mode):
+        result.skipped.add(relpath)  # sockets, fifos, devices: nothing a host needs
+        return None
+    decision = rules.decide(relpath, False, st.st_size)
+    if decision is Decision.SEND:
+        return Entry("f", st.st_size, st.st_mtime_ns, bool(mode & 0o100))
+    if decision is Decision.SECRET:
+        result.held_back.append(relpath)
+    elif decision is Decision.TOO_LARGE:
+        result.too_large.append((relpath, st.st_size))
+    result.skipped.add(relpath)
+    return None
+
+
+def scan_tree(root: Path, rules: IgnoreRules, start: str = "", into: ScanResult | None = None) -> ScanResult:
+    """Walk the project (or the folder *start* inside it), never entering ignored or output folders."""
+    result = into if into is not None else ScanResult()
+    base = str(root)
+    stack = [start]
+    while stack:
+        folder = stack.pop()
+        try:
+            listing = os.scandir(os.path.join(base, folder) if folder else base)
+        except OSError as exc:
+            if folder:
+                result.unreadable.append((folder, exc.strerror or str(exc)))
+            continue
+        with listing:
+            for item in listing:
+                relpath = f"{folder}/{item.name}" if folder else item.name
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except OSError as exc:
+                    result.unreadable.append((relpath, exc.strerror or str(exc)))
+                    continue
+                entry = _classify(rules, relpath, st, item.path, result)
+                if entry is None:
+                    continue
+                result.entries[relpath] = entry
+                if entry.kind == "d":
+                    stack.append(relpath)
+    return result
+
+
+def scan_path(root: Path, rules: IgnoreRules, relpath: str, result: ScanResult) -> None:
+    """Add what *relpath* is now (and, for a folder, everything under it) to *result*; nothing if it is gone."""
+    abspath = os.path.join(root, relpath)
+    try:
+        st = os.lstat(abspath)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        result.unreadable.append((relpath, exc.strerror or str(exc)))
+        return
+    parent = relpath.rpartition("/")[0]
+    if parent and rules.decide_path(parent, True) is not Decision.SEND:
+        result.skipped.add(relpath)
+        return
+    entry = _classify(rules, relpath, st, abspath, result)
+    if entry is None:
+        return
+    result.entries[relpath] = entry
+    if entry.kind == "d":
+        scan_tree(root, rules, relpath, result)

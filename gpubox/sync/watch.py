@@ -1,0 +1,251 @@
+"""Live sync: watchdog marks paths dirty, a debounced worker sends them, full rescans catch what it loses.
+
+Events are hints, never data: every batch re-stats the paths it was told about (editor safe-writes, renames and
+branch switches all end as "these paths changed"). A full rescan runs at start, after a reconnect, every
+``rescan_seconds``, and at once when inotify reports a queue overflow; if inotify cannot watch the tree at all
+(out of watches), periodic rescans alone keep the host in step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from gpubox.errors import AgentError, GpuboxError, HostUnreachable
+from gpubox.sync.engine import Syncer, SyncReport
+from gpubox.sync.ignore import IGNORE_FILES, relative
+
+__all__ = ["LiveSync", "WatchSettings"]
+
+_OVERFLOW_TEXT = "queue overflowed"
+_live: weakref.WeakSet[LiveSync] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    quiet_seconds: float = 0.02
+    """Send once the tree has been quiet this long (Mutagen coalesces for 20 ms)."""
+    max_wait_seconds: float = 0.25
+    """...but never hold a change longer than this during a burst."""
+    rescan_seconds: float = 60.0
+    fallback_rescan_seconds: float = 2.0
+    """How often to rescan when inotify cannot watch the tree."""
+
+
+class _OverflowListener(logging.Handler):
+    """watchdog only logs an inotify overflow; turn that log line into a full rescan."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _OVERFLOW_TEXT in record.getMessage():
+            for live in list(_live):
+                live.request_rescan("inotify queue overflowed")
+
+
+_listener = _OverflowListener(level=logging.WARNING)
+for _name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+    logging.getLogger(_name).addHandler(_listener)
+
+
+class _Marker(FileSystemEventHandler):
+    def __init__(self, live: LiveSync) -> None:
+        self.live = live
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        # Folder "modified" events only say a child changed; the child's own event carries the path.
+        if event.is_directory and event.event_type in ("modified", "opened", "closed", "closed_no_write"):
+            return
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        self.live.mark(event.src_path)
+        if event.dest_path:
+            self.live.mark(event.dest_path)
+
+
+class LiveSync:
+    """Keeps a Syncer's host in step with the local folder until stopped."""
+
+    def __init__(
+        self,
+        syncer: Syncer,
+        *,
+        settings: WatchSettings = WatchSettings(),
+        on_report: Callable[[SyncReport, str], None] = lambda report, why: None,
+        on_problem: Callable[[str], None] = lambda text: None,
+        on_link_lost: Callable[[], None] = lambda: None,
+        link_generation: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.syncer = syncer
+        self.root = syncer.root
+        self.settings = settings
+        self.on_report = on_report
+        self.on_problem = on_problem
+        self.on_link_lost = on_link_lost
+        self.link_generation = link_generation
+        self._dirty: set[str] = set()
+        self._deferred: set[str] = set()
+        self._first_dirty = 0.0
+        self._last_dirty = 0.0
+        self._rescan_reason: str | None = None
+        self._cond = threading.Condition()
+        self._stop = False
+        self._observer: BaseObserver | None = None
+        self._worker: threading.Thread | None = None
+        self._polling = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self.last_report: SyncReport | None = None
+        self.batches = 0
+
+    # -- events
+
+    def mark(self, path: str | bytes) -> None:
+        text = path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else path
+        rel = relative(self.root, text)
+        if rel is None:
+            return
+        name = rel.rpartition("/")[2]
+        if name in IGNORE_FILES:
+            # A changed .gitignore can change what is sent anywhere below it.
+            self.request_rescan(f"{rel} changed")
+            return
+        now = time.monotonic()
+        with self._cond:
+            if not self._dirty:
+                self._first_dirty = now
+            self._dirty.add(rel)
+            self._last_dirty = now
+            self._idle.clear()
+            self._cond.notify()
+
+    def request_rescan(self, reason: str) -> None:
+        with self._cond:
+            self._rescan_reason = reason
+            self._idle.clear()
+            self._cond.notify()
+
+    # -- lifecycle
+
+    def start(self) -> LiveSync:
+        _live.add(self)
+        observer = Observer()
+        try:
+            observer.schedule(_Marker(self), str(self.root), recursive=True)
+            observer.start()
+            self._observer = observer
+        except OSError as exc:
+            # Out of inotify watches or instances: keep syncing by scanning instead of watching.
+            self._polling = True
+            self.on_problem(
+                f"cannot watch {self.root} ({exc.strerror or exc}); rescanning every "
+                f"{self.settings.fallback_rescan_seconds:g} s instead"
+            )
+        self._worker = threading.Thread(target=self._run, name="gpubox-live-sync", daemon=True)
+        self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+        if self._worker is not None:
+            self._worker.join(30)
+        _live.discard(self)
+
+    @property
+    def watching(self) -> bool:
+        return self._observer is not None and not self._polling
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until every change seen so far is on the host (the flush barrier)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._idle.wait(max(0.0, deadline - time.monotonic())):
+                with self._cond:
+                    if not self._dirty and self._rescan_reason is None:
+                        return True
+            time.sleep(0.005)
+        return False
+
+    # -- worker
+
+    def _next_job(self) -> tuple[set[str], str | None] | None:
+        """Wait until there is something to do; return (dirty paths, rescan reason), or None to stop."""
+        rescan_every = (
+            self.settings.fallback_rescan_seconds if self._polling else self.settings.rescan_seconds
+        )
+        next_rescan = time.monotonic() + rescan_every
+        with self._cond:
+            while True:
+                if self._stop:
+                    return None
+                now = time.monotonic()
+                if self._rescan_reason is not None:
+                    reason, self._rescan_reason = self._rescan_reason, None
+                    dirty, self._dirty = self._dirty, set()
+                    return dirty, reason
+                if now >= next_rescan:
+                    dirty, self._dirty = self._dirty, set()
+                    return dirty, "periodic rescan"
+                if self._dirty:
+                    quiet_until = self._last_dirty + self.settings.quiet_seconds
+                    cap = self._first_dirty + self.settings.max_wait_seconds
+                    due = min(quiet_until, cap)
+                    if now >= due:
+                        dirty, self._dirty = self._dirty, set()
+                        return dirty, None
+                    self._cond.wait(due - now)
+                else:
+                    self._idle.set()
+                    self._cond.wait(next_rescan - now)
+
+    def _run(self) -> None:
+        generation = self.link_generation()
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            dirty, rescan = job
+            dirty |= self._deferred
+            self._deferred = set()
+            if self.link_generation() != generation:
+                generation = self.link_generation()
+                rescan = rescan or "reconnected"
+            try:
+                if rescan is not None:
+                    report = self.syncer.full()
+                    why = rescan
+                else:
+                    report = self.syncer.paths(dirty)
+                    why = f"{len(dirty)} changed"
+                self.batches += 1
+                self.last_report = report
+                self.on_report(report, why)
+            except (HostUnreachable, AgentError) as exc:
+                # The supervisor owns reconnecting; everything is rescanned once the link is back.
+                self.on_problem(f"sync paused, link lost: {exc}")
+                self.on_link_lost()
+                self._wait_for_new_link(generation)
+                generation = self.link_generation()
+                self.request_rescan("reconnected")
+            except GpuboxError as exc:
+                # Keep the paths for the next batch or rescan (after the cause is fixed), without spinning.
+                self.on_problem(str(exc))
+                self._deferred |= dirty
+
+    def _wait_for_new_link(self, generation: int) -> None:
+        while self.link_generation() == generation:
+            with self._cond:
+                if self._stop:
+                    return
+                self._cond.wait(0.1)
