@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -23,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import machine, write_section  # noqa: E402
+
 SECTION = "## CLI start-up (bench/cli_startup.py)"
 TARGET_HELP_S = 0.15
 
@@ -36,18 +37,6 @@ def time_command(argv: list[str], runs: int, env: dict[str, str], cwd: str) -> l
         subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=True)
         samples.append(time.perf_counter() - started)
     return samples
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
 
 
 def main() -> int:
@@ -105,20 +94,8 @@ def main() -> int:
     report = "\n".join(lines)
     print(report)
     if options.write:
-        write_section(report)
+        write_section(SECTION, report)
     return 0
-
-
-def write_section(report: str) -> None:
-    """Replace this benchmark's section in RESULTS.md, keeping every other benchmark's section."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + report
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + report + ("" if end == -1 else text[end:])
-    RESULTS.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

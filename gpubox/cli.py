@@ -294,8 +294,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         _print_report(session, time.monotonic() - started)
         syncer = None
         if not args.no_sync:
-            syncer = _syncer(session, project)
-            report = _full_sync(syncer, allow_mass_delete=args.allow_mass_delete, quiet=args.supervise_child)
+            syncer = _syncer(session, project, host)
+            report = _full_sync(
+                syncer, allow_mass_delete=args.allow_mass_delete, quiet=args.supervise_child, verify=True
+            )
             _out(f"  ✓ sync   {report.summary()}" + ("" if args.detach else "; watching for changes"))
             _tell_held_back(report)
         if args.detach:
@@ -443,19 +445,20 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         connection.close()
 
 
-def _syncer(session: HostSession, project: ProjectConfig) -> Syncer:
+def _syncer(session: HostSession | Callable[[], HostSession], project: ProjectConfig, host: HostConfig) -> Syncer:
+    """A Syncer for *host*; given a connect callable instead of a session, it connects only if it must."""
     from gpubox.sync.engine import Syncer
 
     settings = project.sync
-    syncer = Syncer(
+    return Syncer(
         session,
         project,
+        host_name=host.name,
+        remote_dir=host.remote_project_dir(project.name),
         max_delete_count=settings.max_delete_count,
         max_delete_share=settings.max_delete_share,
         trash_days=settings.trash_days,
     )
-    syncer.prune_trash()
-    return syncer
 
 
 def _progress_bar(enabled: bool) -> Any:
@@ -486,7 +489,12 @@ def _progress_bar(enabled: bool) -> Any:
 
 
 def _full_sync(
-    syncer: Syncer, *, allow_mass_delete: bool, quiet: bool = False, dry_run: bool = False
+    syncer: Syncer,
+    *,
+    allow_mass_delete: bool,
+    quiet: bool = False,
+    dry_run: bool = False,
+    verify: bool | None = None,
 ) -> SyncReport:
     from gpubox.sync.engine import BatchProgress, MassDeletionRefused
 
@@ -502,7 +510,9 @@ def _full_sync(
             bar.update(task, completed=step.bytes_done, total=step.bytes_total or 1)
 
         try:
-            return syncer.full(allow_mass_delete=allow_mass_delete, dry_run=dry_run, progress=progress)
+            return syncer.full(
+                allow_mass_delete=allow_mass_delete, dry_run=dry_run, verify=verify, progress=progress
+            )
         except MassDeletionRefused as exc:
             if quiet or not (sys.stdin.isatty() and sys.stdout.isatty()):
                 raise
@@ -517,7 +527,7 @@ def _full_sync(
                 answer = ""
             if answer.strip().lower() not in ("y", "yes"):
                 raise
-            return syncer.full(allow_mass_delete=True, dry_run=dry_run, progress=progress)
+            return syncer.full(allow_mass_delete=True, dry_run=dry_run, verify=verify, progress=progress)
 
 
 def _tell_held_back(report: SyncReport) -> None:
@@ -571,18 +581,28 @@ def _report_document(host: str, report: SyncReport, *, dry_run: bool) -> dict[st
 def cmd_sync(args: argparse.Namespace) -> int:
     import threading
 
-    from gpubox.remote.session import connect_host
-    from gpubox.supervisor import stop_on_signals, supervise
-
     project = _project()
     host = _hosts(project).pick(args.host)
     if args.watch and (args.dry_run or args.json):
         raise UsageError("--watch keeps running; it cannot be combined with --dry-run or --json")
-    session = connect_host(host, project.name, accept_new=args.accept_new, ask=_ask_to_pin(), probe=False)
+    sessions: list[HostSession] = []
+
+    def connect() -> HostSession:
+        from gpubox.remote.session import connect_host
+
+        sessions.append(
+            connect_host(host, project.name, accept_new=args.accept_new, ask=_ask_to_pin(), probe=False)
+        )
+        return sessions[-1]
+
     try:
-        syncer = _syncer(session, project)
+        syncer = _syncer(connect, project, host)
         report = _full_sync(
-            syncer, allow_mass_delete=args.allow_mass_delete, quiet=args.json, dry_run=args.dry_run
+            syncer,
+            allow_mass_delete=args.allow_mass_delete,
+            quiet=args.json,
+            dry_run=args.dry_run,
+            verify=True if args.verify else None,
         )
         if args.json:
             _json(_report_document(host.name, report, dry_run=args.dry_run))
@@ -598,6 +618,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
         _tell_held_back(report)
         if not args.watch:
             return 1 if report.errors else 0
+        from gpubox.supervisor import stop_on_signals, supervise
+
+        session = syncer.session
         stop = threading.Event()
         wake = threading.Event()
         with stop_on_signals(stop, wake):
@@ -609,7 +632,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 live.stop()
         return 0
     finally:
-        session.close()
+        for opened in sessions:
+            opened.close()
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -638,6 +662,86 @@ def cmd_pull(args: argparse.Namespace) -> int:
     for error in report.errors:
         _out(f"  ! {error}")
     return 1 if report.errors else 0
+
+
+def _requirements_file(project: ProjectConfig) -> tuple[str, str] | None:
+    """(name, text) of the project's requirements file, when there is one to read a TensorFlow pin from."""
+    from gpubox.errors import BadInput
+
+    name = project.env.requirements or "requirements.txt"
+    path = project.root / name
+    if not path.is_file():
+        return None
+    try:
+        return name, path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _nvidia_smi_file(name: str) -> str:
+    from gpubox.errors import BadInput
+
+    try:
+        from pathlib import Path
+
+        data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read {name}: {exc.strerror or exc}") from None
+    return data.decode("utf-8", errors="replace")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gpubox.errors import EXIT_FAILED, BadInput
+    from gpubox.remote import gpu
+
+    if args.host and args.nvidia_smi:
+        raise UsageError("give a HOST or --nvidia-smi FILE, not both")
+    requested = gpu.parse_framework_spec(args.framework) if args.framework else None
+    project = _project()
+    view: gpu.FrameworkView | None = None
+    if args.nvidia_smi:
+        snapshot = gpu.parse_nvidia_smi(_nvidia_smi_file(args.nvidia_smi))
+        if snapshot.state == "query_rejected":
+            raise BadInput(
+                f"{args.nvidia_smi}: this nvidia-smi refused the query ({snapshot.message}); query again "
+                "without that field (gpubox finds the compute capability from the GPU name)"
+            )
+        if snapshot.state == "unrecognized":
+            raise BadInput(f"{args.nvidia_smi}: {snapshot.message}")
+        host_name = None
+    else:
+        from gpubox.remote.session import connect_host
+
+        host = _hosts(project).pick(args.host)
+        host_name = host.name
+        # Only the free local host is started: renting a machine just to inspect it is `gpubox up`'s call.
+        session = connect_host(
+            host, project.name, accept_new=args.accept_new, ask=_ask_to_pin(), launch=host.provider == "local"
+        )
+        try:
+            _record_session(session)
+            snapshot = gpu.snapshot_from_probe(session.probe.get("nvidia_smi") or {})
+            if requested is None or requested.name == "tensorflow":
+                # Until projects get their own environment on the host, the interpreter gpubox runs there
+                # is where an installed TensorFlow would be.
+                python = (session.probe.get("python") or {}).get("executable") or host.python
+                view = gpu.FrameworkView.from_agent(session.agent.request("framework", {"python": python}))
+        finally:
+            session.close()
+    result = gpu.run_check(
+        snapshot,
+        host=host_name,
+        requested=requested,
+        framework_view=view,
+        requirements=_requirements_file(project),
+    )
+    if args.json:
+        _json(result.document)
+    else:
+        _out(f"gpubox check {host_name or args.nvidia_smi} (nvidia-smi {snapshot.format})")
+        for line in gpu.render_check(result):
+            _out(line)
+    return EXIT_FAILED if result.verdict.level == "fail" else 0
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:
@@ -717,6 +821,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--json", action="store_true", help="one JSON document on stdout")
     sync.add_argument(
+        "--verify", action="store_true", help="also compare with the host's files (finds changes made there)"
+    )
+    sync.add_argument(
         "--allow-mass-delete", action="store_true", help="delete many host files without asking"
     )
     sync.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
@@ -725,6 +832,22 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("host", nargs="?", metavar="HOST")
     pull.add_argument("paths", nargs="*", metavar="PATH", help="default: the [sync] outputs folders")
     pull.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    check = add("check", cmd_check, "can the framework use this host's GPU? exits 1 when it cannot")
+    check.add_argument("host", nargs="?", metavar="HOST", help="default: like `gpubox up`")
+    check.add_argument(
+        "--nvidia-smi",
+        metavar="FILE",
+        help="offline: a saved nvidia-smi table, `-q -x` XML or --query-gpu CSV (- reads stdin)",
+    )
+    check.add_argument(
+        "--framework",
+        metavar="SPEC",
+        help="tensorflow==2.21 or torch==2.10 (default: installed on the host, the requirements pin, "
+        "or the newest release gpubox knows)",
+    )
+    check.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    check.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
 
     add("ssh-config", cmd_ssh_config, "write `Host gpubox-NAME` entries for VS Code, JetBrains and ssh")
     return parser

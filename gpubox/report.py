@@ -25,30 +25,44 @@ def _gib(value: Any) -> str:
 
 
 def gpu_line(probe: dict[str, Any]) -> ReportLine:
-    from gpubox.remote.gpu import summarize_nvidia_smi
+    """What the GPUs are and whether the newest TensorFlow gpubox knows can use them (`gpubox check` has
+    the details, for the release the project actually uses)."""
+    from gpubox.remote.gpu import (
+        MARKS,
+        assess,
+        gpu_line_text,
+        load_rules,
+        snapshot_from_probe,
+        verdict_summary,
+    )
 
-    smi = probe.get("nvidia_smi") or {}
-    if smi.get("available"):
-        return ReportLine(OK, "GPU", summarize_nvidia_smi(smi.get("output", "")).describe())
-    reason = smi.get("reason") or "nvidia-smi gave no answer"
-    if "not found" in reason:
-        return ReportLine(INFO, "GPU", f"no NVIDIA GPU: training runs on CPU ({reason})")
-    return ReportLine(BAD, "GPU", f"no usable NVIDIA GPU: {reason}")
+    snapshot = snapshot_from_probe(probe.get("nvidia_smi") or {})
+    if snapshot.state == "no_nvidia_smi":
+        # A CPU-only host (the built-in local one) is a fine place to run; this is information, not an error.
+        return ReportLine(INFO, "GPU", gpu_line_text(snapshot))
+    if snapshot.state != "gpus":
+        return ReportLine(BAD, "GPU", gpu_line_text(snapshot))
+    release = load_rules().newest("tensorflow")
+    verdict = assess(snapshot, release)
+    summary = verdict_summary(snapshot, release, verdict)
+    return ReportLine(MARKS[verdict.level], "GPU", f"{gpu_line_text(snapshot)} · {summary}")
 
 
 def short_gpu(probe: dict[str, Any] | None) -> str:
-    """A few words for tables: the GPUs, or why there are none."""
+    """A few words for tables: the GPUs and the newest TensorFlow's verdict, or why there are none."""
     if not probe:
         return "not probed yet"
-    smi = probe.get("nvidia_smi") or {}
-    if smi.get("available"):
-        from gpubox.remote.gpu import summarize_nvidia_smi
+    from gpubox.remote.gpu import assess, load_rules, snapshot_from_probe
 
-        summary = summarize_nvidia_smi(smi.get("output", ""))
-        if summary.gpu_names:
-            return f"{len(summary.gpu_names)}× {summary.gpu_names[0]}"
-        return "NVIDIA (unparsed)"
-    return "none (CPU)" if "not found" in (smi.get("reason") or "") else "unusable"
+    snapshot = snapshot_from_probe(probe.get("nvidia_smi") or {})
+    if snapshot.state == "no_nvidia_smi":
+        return "none (CPU)"
+    if snapshot.state != "gpus":
+        return "unusable"
+    names = sorted({gpu.name for gpu in snapshot.gpus})
+    what = names[0] if len(names) == 1 else f"mixed ({len(names)} models)"
+    release = load_rules().newest("tensorflow")
+    return f"{len(snapshot.gpus)}× {what} · TF {release.version} {assess(snapshot, release).level}"
 
 
 def host_report(probe: dict[str, Any], hello: dict[str, Any] | None = None) -> list[ReportLine]:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 PROTOCOL = 1
 AGENT_VERSION = "1"
@@ -282,6 +282,7 @@ def _stamp() -> str:
 
 def _set_aside(path: str, stamp: str) -> str:
     """Keep the host's copy next to the path as NAME.gpubox-conflict-<UTC time>; return the new name."""
+    _verified_folders.clear()  # it may have been a folder the batch already checked
     candidate = "%s.gpubox-conflict-%s" % (path, stamp)
     counter = 1
     while os.path.lexists(candidate):
@@ -291,8 +292,21 @@ def _set_aside(path: str, stamp: str) -> str:
     return os.path.basename(candidate)
 
 
+_verified_folders: Set[str] = set()
+"""Parent folders already checked in this batch (one lstat per folder, not per file and level)."""
+
+
 def _parent(root: str, parts: List[str], stamp: str, conflicts: List[str]) -> str:
     """Create the parent folders of a path; a file in the way is set aside, a symlinked folder refused."""
+    parent = "/".join(parts[:-1])
+    if parent in _verified_folders:
+        return os.path.join(root, parent) if parent else root
+    current = _checked_parent(root, parts, stamp, conflicts)
+    _verified_folders.add(parent)
+    return current
+
+
+def _checked_parent(root: str, parts: List[str], stamp: str, conflicts: List[str]) -> str:
     current = root
     for part in parts[:-1]:
         current = os.path.join(current, part)
@@ -307,6 +321,22 @@ def _parent(root: str, parts: List[str], stamp: str, conflicts: List[str]) -> st
             raise PathRefused("refusing to write through symlinked folder %s" % current[len(root) + 1 :])
         conflicts.append(current[len(root) + 1 :] + " -> " + _set_aside(current, stamp))
         os.mkdir(current)
+    return current
+
+
+def _existing_parent(root: str, parts: List[str]) -> Optional[str]:
+    """The parent folder of a path when it already exists as a real folder (None otherwise); never creates."""
+    current = root
+    for part in parts[:-1]:
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            raise PathRefused("refusing to work through symlinked folder %s" % current[len(root) + 1 :])
+        if not stat.S_ISDIR(st.st_mode):
+            return None
     return current
 
 
@@ -336,6 +366,7 @@ def _trash_dir(args: Dict[str, Any]) -> str:
 
 
 def _to_trash(path: str, rel: str, trash_batch: str) -> None:
+    _verified_folders.clear()
     destination = os.path.join(trash_batch, rel)
     os.makedirs(os.path.dirname(destination), exist_ok=True)
     try:
@@ -394,6 +425,7 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     trash = _trash_dir(args)
     stamp = _stamp()
     trash_batch = os.path.join(trash, stamp)
+    _verified_folders.clear()
     staging = os.path.join(root, STAGING)
     staged: Dict[int, str] = {}
     offset = 0
@@ -420,10 +452,15 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
             offset += size
         if staged:
             _syncfs(staging)
-    except OSError as exc:
+    except Exception as exc:
+        # A refused path or a malformed op fails the whole batch: nothing it staged may stay behind.
         for temp in staged.values():
             with contextlib.suppress(OSError):
                 os.unlink(temp)
+        with contextlib.suppress(OSError):
+            os.rmdir(staging)
+        if not isinstance(exc, OSError):
+            raise
         raise RequestError(
             "os-error", "staging on the host failed, nothing was changed: %s" % (exc.strerror or exc)
         ) from None
@@ -451,7 +488,14 @@ def _apply_one(
     kind = op.get("o")
     parts = _parts(op.get("p"))
     rel = "/".join(parts)
-    path = _parent(root, parts, stamp, conflicts) + "/" + parts[-1]
+    if kind in ("rm", "rmdir"):
+        # A deletion never creates folders nor sets aside a host file standing where a folder was.
+        folder = _existing_parent(root, parts)
+        if folder is None:
+            return ["gone"]
+        path = folder + "/" + parts[-1]
+    else:
+        path = _parent(root, parts, stamp, conflicts) + "/" + parts[-1]
     current = _lentry(path)
     expect = op.get("e")
     if kind in ("w", "l"):
@@ -466,6 +510,7 @@ def _apply_one(
         if current is not None and current[0] == "d":
             # A folder the client replaced by a file: gone if empty, else it holds host files and is kept aside.
             try:
+                _verified_folders.clear()
                 os.rmdir(path)
             except OSError:
                 note = _set_aside(path, stamp)
@@ -510,6 +555,7 @@ def _apply_one(
         if current[0] != "d":
             return ["kept"]
         try:
+            _verified_folders.clear()
             os.rmdir(path)
         except OSError:
             return ["kept"]

@@ -31,6 +31,7 @@ from gpubox.errors import BadInput, UsageError
 __all__ = [
     "NA",
     "Arch",
+    "CheckResult",
     "CompatRules",
     "FrameworkChoice",
     "FrameworkRelease",
@@ -46,9 +47,12 @@ __all__ = [
     "choose_framework",
     "describe_gpus",
     "framework_from_requirements",
+    "gpu_line_text",
     "load_rules",
     "parse_framework_spec",
     "parse_nvidia_smi",
+    "render_check",
+    "run_check",
     "snapshot_from_probe",
     "suggest",
     "verdict_summary",
@@ -175,7 +179,7 @@ _STATE_MESSAGES: tuple[tuple[SmiState, re.Pattern[str]], ...] = (
     ("driver_unreachable", re.compile(r"couldn't communicate with the NVIDIA driver", re.IGNORECASE)),
     ("query_rejected", re.compile(r"is not a valid field to query", re.IGNORECASE)),
 )
-_TABLE_BANNER = re.compile(r"^\|\s*NVIDIA-SMI\s+\S", re.MULTILINE)
+_TABLE_BANNER = re.compile(r"^\s*\|\s*NVIDIA-SMI\s+\S", re.MULTILINE)
 
 
 def parse_nvidia_smi(text: str) -> SmiSnapshot:
@@ -367,6 +371,7 @@ def _parse_xml(text: str) -> SmiSnapshot:
 
 # ------------------------------------------------------------------------------------------------ the CSV
 
+_NOT_NVIDIA_SMI = "not an nvidia-smi table, XML (-q -x) or --query-gpu CSV output"
 # A --query-gpu header cell: a field name, with "[unit]" unless nounits was asked for.
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9_.]*)(?: \[[^\]]+\])?$")
 _KNOWN_FIELDS = frozenset(
@@ -391,13 +396,20 @@ def _parse_csv(text: str) -> SmiSnapshot:
         return SmiSnapshot(
             format="none",
             state="unrecognized",
-            message="not an nvidia-smi table, XML (-q -x) or --query-gpu CSV output",
+            message=_NOT_NVIDIA_SMI,
         )
     header = _csv_header(rows[0])
     if header is not None:
         columns, body = header, rows[1:]
     else:
         columns, body = _infer_columns(rows), rows
+        if "name" not in columns and "uuid" not in columns:
+            # Comma-separated text, but nothing in it names a GPU: not --query-gpu output.
+            return SmiSnapshot(
+                format="none",
+                state="unrecognized",
+                message=_NOT_NVIDIA_SMI,
+            )
 
     def cell(row: Sequence[str], field: str) -> str | None:
         position = columns.get(field)
@@ -442,10 +454,12 @@ def _csv_header(first: Sequence[str]) -> dict[str, int] | None:
 def _infer_columns(rows: Sequence[Sequence[str]]) -> dict[str, int]:
     """Which column is which in ``--format=csv,noheader``, judged by the values (see ``_SHAPES``)."""
     width = min(len(row) for row in rows)
-    column_values = [[row[position] for row in rows] for position in range(width)]
+    columns = [[row[position] for row in rows] for position in range(width)]
     known_capabilities = {cc for cc, _ in load_rules().capability_rows}
+    counting = [str(n) for n in range(len(rows))]
     found: dict[str, int] = {}
-    for position, values in enumerate(column_values):
+    memory_sums: list[tuple[int, int]] = []
+    for position, values in enumerate(columns):
         for field, shape in _SHAPES:
             if field not in found and all(shape.match(value) for value in values):
                 found[field] = position
@@ -453,17 +467,15 @@ def _infer_columns(rows: Sequence[Sequence[str]]) -> dict[str, int]:
             found["name"] = position
         if "compute_cap" not in found and all(value in known_capabilities for value in values):
             found["compute_cap"] = position
-        # The index column counts the rows from 0; nvidia-smi puts it where the query asked for it.
-        if "index" not in found and [value for value in values] == [str(n) for n in range(len(values))]:
+        # The index column counts the rows from 0, wherever the query put it.
+        if "index" not in found and values == counting:
             found["index"] = position
-        with_mib = [_leading_int(value) for value in values if value.endswith(" MiB")]
-        if len(with_mib) == len(values):
-            # memory.total is never below memory.used/free/reserved, so the largest MiB column is the total.
-            best = found.get("memory.total")
-            if best is None or sum(cast(list[int], with_mib)) > sum(
-                cast(int, _leading_int(v)) for v in column_values[best]
-            ):
-                found["memory.total"] = position
+        mebibytes = [_leading_int(value) for value in values if value.endswith(" MiB")]
+        if len(mebibytes) == len(values):
+            memory_sums.append((sum(n for n in mebibytes if isinstance(n, int)), position))
+    if memory_sums:
+        # memory.total is never below memory.used, .free or .reserved: the largest MiB column is the total.
+        found["memory.total"] = max(memory_sums, key=lambda column: column[0])[1]
     return found
 
 
@@ -829,6 +841,8 @@ def _cc_text(cc: tuple[int, int]) -> str:
 
 
 def _driver_fit(snapshot: SmiSnapshot, release: FrameworkRelease, rules: CompatRules) -> _DriverFit:
+    """Whether the driver runs the release's CUDA: natively (nvidia-smi's own "CUDA Version" when it printed
+    one, else the toolkit table), through minor-version compatibility, or not at all."""
     cuda = _version(release.cuda)
     floor = rules.mvc_floor.get(cuda[0])
     native = rules.toolkit_driver(release.cuda)
@@ -892,16 +906,11 @@ def _kernel_fit(gpu: GpuSnapshot, release: FrameworkRelease, snapshot: SmiSnapsh
         return _KernelFit("native", f"runs {release.label}'s {best.sass_label} kernels")
     ptx = [arch for arch in release.archs if arch.ptx and arch.cc <= cc]
     if not ptx:
-        below = cc < release.minimum_cc
-        return _KernelFit(
-            "none",
-            (
-                f"below {release.label}'s minimum compute capability {_cc_text(release.minimum_cc)}"
-                if below
-                else f"no kernels for it in {release.label}"
-            )
-            + f" (its wheels carry {release.arch_list})",
-        )
+        if cc < release.minimum_cc:
+            missing = f"below {release.label}'s minimum compute capability {_cc_text(release.minimum_cc)}"
+        else:
+            missing = f"no kernels for it in {release.label}"
+        return _KernelFit("none", f"{missing} (its wheels carry {release.arch_list})")
     source = max(ptx, key=lambda arch: arch.cc)
     can_jit = snapshot.cuda_driver_max
     if can_jit and _version(can_jit) < _version(release.cuda):
@@ -965,7 +974,12 @@ def assess(
     notes: list[str] = []
 
     driver = _driver_fit(snapshot, release, rules)
-    {"too_old": failures, "unknown": warnings}.get(driver.kind, notes).append(driver.why)
+    if driver.kind == "too_old":
+        failures.append(driver.why)
+    elif driver.kind == "unknown":
+        warnings.append(driver.why)
+    else:
+        notes.append(driver.why)
 
     fits = {gpu.index: _kernel_fit(gpu, release, snapshot) for gpu in snapshot.gpus}
     usable = [gpu for gpu in snapshot.gpus if fits[gpu.index].kind != "none"]
@@ -1250,3 +1264,61 @@ def verdict_summary(snapshot: SmiSnapshot, release: FrameworkRelease, verdict: V
             "unknown": f" (CUDA {release.cuda})",
         }[driver.kind]
     return f"{release.label}{how}: {_SUMMARY[verdict.level]}"
+
+
+# ============================================================================================= the check
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    snapshot: SmiSnapshot
+    choice: FrameworkChoice
+    verdict: Verdict
+    document: dict[str, Any]
+
+
+def run_check(
+    snapshot: SmiSnapshot,
+    *,
+    host: str | None,
+    requested: FrameworkRelease | None = None,
+    framework_view: FrameworkView | None = None,
+    requirements: tuple[str, str] | None = None,
+    rules: CompatRules | None = None,
+) -> CheckResult:
+    """Everything ``gpubox check`` decides, from a snapshot: which release, the verdict, what would work."""
+    rules = rules or load_rules()
+    choice = choose_framework(requested, framework_view, requirements, rules)
+    by_rules = assess(snapshot, choice.release, rules)
+    # Suggestions come from the rules: when TensorFlow itself sees no GPU the cause is on the host (a
+    # CPU-only build, a missing library), not something a different release or driver is known to fix.
+    verdict = replace(by_rules, suggestion=suggest(snapshot, choice.release, by_rules, rules))
+    if snapshot.state == "gpus":
+        # Without a GPU the verdict is already fail; what TensorFlow sees stays in the document only.
+        verdict = with_framework_view(verdict, choice.release, framework_view)
+    document = check_document(snapshot, choice, verdict, host=host, framework_view=framework_view)
+    return CheckResult(snapshot, choice, verdict, document)
+
+
+MARKS: Mapping[str, str] = {"ok": "✓", "warn": "!", "fail": "✗"}
+
+
+def gpu_line_text(snapshot: SmiSnapshot) -> str:
+    """The words after ``GPU`` in the host report: what is there, or why there is no usable GPU."""
+    if snapshot.state == "gpus":
+        return describe_gpus(snapshot)
+    return _NO_GPU_REASONS[snapshot.state].format(message=snapshot.message)
+
+
+def render_check(result: CheckResult) -> list[str]:
+    """``gpubox check`` for people: the GPU line, the verdict line, then the reasons and what would work."""
+    snapshot, verdict, release = result.snapshot, result.verdict, result.choice.release
+    gpu_mark = "·" if snapshot.state == "no_nvidia_smi" else "✓" if snapshot.state == "gpus" else "✗"
+    lines = [
+        f"  {gpu_mark} GPU    {gpu_line_text(snapshot)}",
+        f"  {MARKS[verdict.level]} {verdict_summary(snapshot, release, verdict)}  ({result.choice.chosen_by})",
+    ]
+    lines.extend(f"      · {reason}" for reason in verdict.reasons)
+    if verdict.suggestion is not None:
+        lines.extend(f"      → {option.text}" for option in verdict.suggestion.options)
+    return lines

@@ -12,16 +12,18 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpubox import paths
 from gpubox.config import ProjectConfig
 from gpubox.errors import GpuboxError, RemoteError
-from gpubox.remote.session import HostSession
 from gpubox.state import open_state
 from gpubox.sync.ignore import IgnoreRules
 from gpubox.sync.plan import MassDeletion, Op, Plan, check_mass_deletion, plan_changes
 from gpubox.sync.scan import Entry, ScanResult, scan_path, scan_tree
+
+if TYPE_CHECKING:
+    from gpubox.remote.session import HostSession
 
 __all__ = ["BatchProgress", "MassDeletionRefused", "SyncReport", "Syncer", "rules_for"]
 
@@ -97,35 +99,63 @@ class Syncer:
 
     def __init__(
         self,
-        session: HostSession,
+        session: HostSession | Callable[[], HostSession],
         project: ProjectConfig,
         *,
+        host_name: str | None = None,
+        remote_dir: str | None = None,
         max_delete_count: int = 1000,
         max_delete_share: float = 0.5,
         trash_days: float = 7.0,
     ) -> None:
-        self.session = session
+        """*session* may be a callable that connects: a pass with nothing to send then never connects."""
+        self._session: HostSession | None = None
+        self._connect: Callable[[], HostSession] | None = None
+        # Not isinstance: importing HostSession would load paramiko before a no-op pass needs it.
+        if callable(session):
+            self._connect = session
+            if host_name is None or remote_dir is None:
+                raise TypeError("a lazily connected Syncer needs host_name and remote_dir")
+        else:
+            self._session = session
+            host_name, remote_dir = session.host.name, session.remote_dir
+        self.host_name = host_name
         self.project = project
         self.root = project.root
+        self._root_text = str(project.root)
         self.rules = rules_for(project)
-        self.remote_dir = session.remote_dir
+        self.remote_dir = remote_dir
         self.project_key = f"{self.root}|{self.remote_dir}"
         digest = hashlib.sha1(self.project_key.encode("utf-8", "surrogateescape")).hexdigest()[:10]
         self.trash = f"{os.path.basename(self.remote_dir.rstrip('/')) or 'project'}-{digest}"
         self.max_delete_count = max_delete_count
         self.max_delete_share = max_delete_share
         self.trash_days = trash_days
-        self._lock_path = paths.state_dir() / "locks" / f"sync-{session.host.name}-{digest}.lock"
+        self._lock_path = paths.state_dir() / "locks" / f"sync-{host_name}-{digest}.lock"
         self._ancestor: dict[str, Entry] | None = None
-        self._told_secrets: set[str] = set()
         self._mutex = threading.Lock()
+        self._pruned = False
+
+    @property
+    def session(self) -> HostSession:
+        if self._session is None:
+            assert self._connect is not None
+            self._session = self._connect()
+        if not self._pruned:
+            self._pruned = True
+            self.prune_trash()
+        return self._session
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None
 
     # -- ancestor
 
     def ancestor(self) -> dict[str, Entry]:
         if self._ancestor is None:
             with open_state() as state:
-                rows = state.ancestor(self.session.host.name, self.project_key)
+                rows = state.ancestor(self.host_name, self.project_key)
             self._ancestor = {path: Entry(*row) for path, row in rows.items()}
         return self._ancestor
 
@@ -133,7 +163,7 @@ class Syncer:
         removals = list(removals)
         with open_state() as state:
             state.update_ancestor(
-                self.session.host.name,
+                self.host_name,
                 self.project_key,
                 ((p, (e.kind, e.size, e.mtime_ns, e.executable, e.target)) for p, e in upserts.items()),
                 removals,
@@ -146,7 +176,7 @@ class Syncer:
     def forget(self) -> None:
         """Drop the ancestor (the next full sync compares with the host's manifest from scratch)."""
         with open_state() as state:
-            state.forget_ancestor(self.session.host.name, self.project_key)
+            state.forget_ancestor(self.host_name, self.project_key)
         self._ancestor = None
 
     @contextlib.contextmanager
@@ -168,6 +198,8 @@ class Syncer:
         return {row[0]: Entry.from_row(row[1:]) for row in rows}
 
     def prune_trash(self) -> int:
+        """Remove trash batches older than trash_days on the host (done once per connection)."""
+        self._pruned = True
         result = self.session.agent.request("prune_trash", {"trash": self.trash, "days": self.trash_days})
         return int(result.get("removed", 0))
 
@@ -178,16 +210,23 @@ class Syncer:
         *,
         dry_run: bool = False,
         allow_mass_delete: bool = False,
-        use_manifest: bool = True,
+        verify: bool | None = None,
         progress: Callable[[BatchProgress], None] | None = None,
     ) -> SyncReport:
-        """Scan everything, compare with the ancestor (and the host's manifest), send what differs."""
+        """Scan everything, compare with the ancestor, send what differs.
+
+        *verify* also compares with the host's own manifest (finds files changed or removed on the host behind
+        gpubox's back); by default only when there is no ancestor yet. Without it, a pass that finds nothing to
+        send does not even connect.
+        """
         with self._exclusive():
             started = time.monotonic()
             self.rules.forget_all()
             scanned = scan_tree(self.root, self.rules)
             ancestor = self.ancestor()
-            remote = self.remote_manifest() if use_manifest else None
+            if verify is None:
+                verify = not ancestor
+            remote = self.remote_manifest() if verify else None
             plan = plan_changes(
                 scanned.entries, ancestor, remote, still_local=self._still_local(scanned, ancestor)
             )
@@ -226,7 +265,7 @@ class Syncer:
     ) -> set[str]:
         """Tracked paths missing from the scan that still exist locally (now ignored): never deleted."""
         gone = [p for p in (candidates if candidates is not None else ancestor) if p not in scanned.entries]
-        return {p for p in gone if p in scanned.skipped or os.path.lexists(self.root / p)}
+        return {p for p in gone if p in scanned.skipped or os.path.lexists(os.path.join(self._root_text, p))}
 
     def _execute(
         self,
@@ -295,7 +334,7 @@ class Syncer:
     def _read(self, op: Op, report: SyncReport) -> tuple[bytes, Entry] | None:
         """The file's bytes and the facts that go with exactly those bytes (it may have changed since the scan)."""
         try:
-            fd = os.open(self.root / op.path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(os.path.join(self._root_text, op.path), os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
                 report.unreadable.append((op.path, exc.strerror or str(exc)))

@@ -147,6 +147,8 @@ class LiveSync:
                 f"cannot watch {self.root} ({exc.strerror or exc}); rescanning every "
                 f"{self.settings.fallback_rescan_seconds:g} s instead"
             )
+        # Whatever changed before the observer was watching (even since a full sync just before) is caught here.
+        self.request_rescan("start")
         self._worker = threading.Thread(target=self._run, name="gpubox-live-sync", daemon=True)
         self._worker.start()
         return self
@@ -223,7 +225,8 @@ class LiveSync:
                 rescan = rescan or "reconnected"
             try:
                 if rescan is not None:
-                    report = self.syncer.full()
+                    # After a reconnect the host may have changed meanwhile: compare with its manifest too.
+                    report = self.syncer.full(verify=rescan == "reconnected" or None)
                     why = rescan
                 else:
                     report = self.syncer.paths(dirty)

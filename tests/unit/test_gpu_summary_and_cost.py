@@ -8,7 +8,7 @@ import pytest
 
 from gpubox.config import HostConfig
 from gpubox.cost import format_duration, format_usd, hourly_price, spent_usd
-from gpubox.remote.gpu import summarize_nvidia_smi
+from gpubox.remote.gpu import NA, parse_nvidia_smi
 from gpubox.report import gpu_line, short_gpu
 
 CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"
@@ -24,32 +24,49 @@ CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"
         ("16_rtx2080super_610-kmd-umd-header.txt", "610.57.04", "13.3", 1, "NVIDIA GeForce RTX 2080 ..."),
         ("18_windows-rtx2080super-wddm_591.txt", "591.86", "13.1", 1, "NVIDIA GeForce RTX 2080 ..."),
         ("19_rtx2070-laptop_440.txt", "440.100", "10.2", 1, "GeForce RTX 207..."),
-        ("40_tesla-k80-x2_390.txt", "390.12", None, 2, "Tesla K80"),
+        ("40_tesla-k80-x2_390.txt", "390.12", NA, 2, "Tesla K80"),
         ("45_mixed-rtx2060-3060x2-3060ti-3070_560.txt", "560.35.03", "12.6", 5, "NVIDIA GeForce RTX 2060"),
     ],
 )
-def test_summary_from_real_tables(
-    capture: str, driver: str, cuda: str | None, count: int, first_name: str
-) -> None:
-    summary = summarize_nvidia_smi((CAPTURES / capture).read_text())
-    assert summary.driver_version == driver
-    assert summary.cuda_driver_max == cuda
-    assert len(summary.gpu_names) == count
-    assert summary.gpu_names[0] == first_name
+def test_summary_from_real_tables(capture: str, driver: str, cuda: str, count: int, first_name: str) -> None:
+    snapshot = parse_nvidia_smi((CAPTURES / capture).read_text())
+    assert snapshot.driver_version == driver
+    assert snapshot.cuda_driver_max == cuda
+    assert len(snapshot.gpus) == count
+    assert snapshot.gpus[0].name == first_name
 
 
 def test_report_lines_for_gpu_cpu_and_broken_hosts() -> None:
     table = (CAPTURES / "03_l4_550.txt").read_text()
     with_gpu = {"nvidia_smi": {"available": True, "output": table}}
-    assert gpu_line(with_gpu).render() == "  ✓ GPU    1× NVIDIA L4 · driver 550.90.07 · CUDA ≤ 12.4"
-    assert short_gpu(with_gpu) == "1× NVIDIA L4"
+    assert gpu_line(with_gpu).render() == (
+        "  ✓ GPU    1× NVIDIA L4  cc 8.9  driver 550.90.07 (CUDA ≤ 12.4) · "
+        "TensorFlow 2.21 (CUDA 12.5 via minor-version compatibility): compatible"
+    )
+    assert short_gpu(with_gpu) == "1× NVIDIA L4 · TF 2.21 ok"
+    blackwell = {"nvidia_smi": {"available": True, "output": (CAPTURES / "44_b200-x8_575.txt").read_text()}}
+    assert gpu_line(blackwell).mark == "!"
+    assert short_gpu(blackwell) == "8× NVIDIA B200 · TF 2.21 warn"
+    mixed = (CAPTURES / "45_mixed-rtx2060-3060x2-3060ti-3070_560.txt").read_text()
+    assert (
+        short_gpu({"nvidia_smi": {"available": True, "output": mixed}})
+        == "5× mixed (4 models) · TF 2.21 warn"
+    )
     cpu = {"nvidia_smi": {"available": False, "reason": "nvidia-smi not found on PATH"}}
     assert gpu_line(cpu).text == "no NVIDIA GPU: training runs on CPU (nvidia-smi not found on PATH)"
+    assert gpu_line(cpu).mark == "·"
     assert short_gpu(cpu) == "none (CPU)"
     broken = {
-        "nvidia_smi": {"available": False, "reason": "NVIDIA-SMI has failed because it couldn't communicate"}
+        "nvidia_smi": {
+            "available": False,
+            "exit_code": 9,
+            "output": "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n",
+            "reason": "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.",
+        }
     }
     assert gpu_line(broken).mark == "✗"
+    assert gpu_line(broken).text.startswith("no usable NVIDIA GPU: the NVIDIA driver is not running")
+    assert short_gpu(broken) == "unusable"
     assert short_gpu(None) == "not probed yet"
 
 
