@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, write_section  # noqa: E402
+from _results import machine, write_section
 
 SECTION = "## CLI start-up (bench/cli_startup.py)"
 TARGET_HELP_S = 0.15

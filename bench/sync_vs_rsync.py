@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, write_section  # noqa: E402
+from _results import machine, write_section
 
 SECTION = "## Sync vs rsync (bench/sync_vs_rsync.py)"
 
@@ -190,11 +190,12 @@ def watch_latency(bench: Bench, saves: int, burst: int) -> tuple[list[float], fl
         last = target / "src" / f"f{burst - 1}.py"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if last.exists() and last.read_text() == f"burst {burst - 1}\n":
-                if all(
-                    (target / "src" / f"f{i}.py").read_text() == f"burst {i}\n" for i in range(burst)
-                ):
-                    break
+            if (
+                last.exists()
+                and last.read_text() == f"burst {burst - 1}\n"
+                and all((target / "src" / f"f{i}.py").read_text() == f"burst {i}\n" for i in range(burst))
+            ):
+                break
             time.sleep(0.005)
         burst_seconds = time.perf_counter() - started
     finally:

@@ -112,16 +112,22 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _host_rows(hosts: HostsConfig) -> list[dict[str, Any]]:
-    from gpubox.cost import hourly_price, spent_usd
+    import time
+
+    from gpubox.cost import budgets_for, host_spend, hourly_price
     from gpubox.report import short_gpu
     from gpubox.state import open_state
 
     rows = []
+    now = time.time()
     with open_state() as state:
+        ledger = state.billing()
+        alerts = state.budget_alerts()
         for host in hosts.hosts.values():
             record = state.host(host.name)
             supervisor = state.supervisor(host.name)
-            price = hourly_price(host)
+            price = hourly_price(host, record.probe if record else None)
+            spend = host_spend((i for i in ledger if i.host == host.name), now)
             rows.append(
                 {
                     "name": host.name,
@@ -140,7 +146,14 @@ def _host_rows(hosts: HostsConfig) -> list[dict[str, Any]]:
                     "probed_at": record.probed_at if record else None,
                     "price_per_hour": price.amount,
                     "price_source": price.source,
-                    "spent_usd": round(spent_usd(state.billing_intervals(host.name)), 4),
+                    "price_estimate": price.estimate,
+                    "spent_usd": round(spend.spent_usd, 4),
+                    "hours": round(spend.seconds / 3600, 6),
+                    "billing_now": spend.billing_now,
+                    "budgets": [
+                        {"scope": b.scope} | b.document(alerts) for b in budgets_for(host, hosts, ledger, now)
+                    ],
+                    "on_budget": host.on_budget,
                     "default": host.name == hosts.default_host,
                 }
             )
@@ -190,7 +203,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
                 r["target"],
                 "up" if r["up"] else "down",
                 r["gpu"],
-                _price(r["price_per_hour"]),
+                ("~" if r["price_estimate"] else "") + _price(r["price_per_hour"]),
             ]
             for r in rows
         ],
@@ -203,14 +216,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from gpubox.cost import format_duration, format_usd
     from gpubox.remote.providers import provider_for
+    from gpubox.state import open_state
 
     hosts = _hosts()
     rows = _host_rows(hosts)
     now = time.time()
-    for row in rows:
-        host = hosts.hosts[row["name"]]
-        instance = provider_for(host).status(host)
-        row["instance"] = {"state": instance.state, "detail": instance.detail}
+    with open_state() as state:
+        for row in rows:
+            host = hosts.hosts[row["name"]]
+            instance = provider_for(host).status(host)
+            row["instance"] = {"state": instance.state, "detail": instance.detail}
+            seen = state.monitor(host.name) if row["up"] else None
+            autostop = (seen[1].get("autostop") if seen else None) or None
+            if autostop and autostop.get("stops_at") is not None:
+                # The supervisor wrote this up to a few seconds ago: count down from now.
+                autostop["remaining_seconds"] = round(max(0.0, autostop["stops_at"] - now), 1)
+            row["autostop"] = autostop
+            row["autostop_minutes"] = host.autostop_minutes
     if args.json:
         _json({"hosts": rows})
         return 0
@@ -233,12 +255,45 @@ def cmd_status(args: argparse.Namespace) -> int:
             _out(f"    endpoint  {row['endpoint']}")
         _out(f"    gpu       {row['gpu']}")
         price = "?" if row["price_per_hour"] is None else format_usd(row["price_per_hour"])
-        _out(f"    cost      {price}/h ({row['price_source']}) · {format_usd(row['spent_usd'])} so far")
+        tilde = "~" if row["price_estimate"] else ""
+        line = (
+            f"    cost      {tilde}{price}/h ({row['price_source']}) · {format_usd(row['spent_usd'])} so far"
+        )
+        for budget in row["budgets"]:
+            whose = "total budget" if budget["scope"] == "*" else "budget"
+            line += f" · {budget['percent']:.0f} % of {whose} {format_usd(budget['budget_usd'])}"
+        _out(line)
+        if row["up"]:
+            _out(f"    autostop  {_autostop_text(row['autostop'], row['autostop_minutes'])}")
     return 0
 
 
+def _autostop_text(autostop: dict[str, Any] | None, minutes: float) -> str:
+    from gpubox.cost import format_duration
+
+    if not minutes:
+        return "off (set autostop_minutes in hosts.toml)"
+    if autostop is None:
+        return f"after {minutes:g} min idle (no report from the holding gpubox yet)"
+    phase = autostop["state"]
+    if phase == "busy":
+        return f"waiting: {'; '.join(autostop['busy'])} (after {minutes:g} min idle)"
+    if phase == "starting":
+        return f"after {minutes:g} min idle (first look at the host pending)"
+    if phase == "stopped":
+        return "stopped the host"
+    left = format_duration(autostop["remaining_seconds"] or 0)
+    action = autostop["action"]
+    if phase == "warned":
+        return f"idle for {format_duration(autostop['idle_seconds'])}: {action}"
+    extra = f"; last activity: {autostop['last_activity']}" if autostop.get("last_activity") else ""
+    return (
+        f"in {left} ({autostop['gpu']}, idle {format_duration(autostop['idle_seconds'])}{extra}) → {action}"
+    )
+
+
 def _print_report(session: HostSession, elapsed: float) -> None:
-    from gpubox.cost import hourly_price
+    from gpubox.cost import format_usd, hourly_price
     from gpubox.report import host_report
 
     endpoint = session.spec.endpoint
@@ -246,7 +301,13 @@ def _print_report(session: HostSession, elapsed: float) -> None:
     _out(f"  ✓ connected {endpoint.display} ({how}) in {elapsed:.2f} s")
     for line in host_report(session.probe, session.agent.hello):
         _out(line.render())
-    _out(f"    {hourly_price(session.host).label()}")
+    host = session.host
+    money = [hourly_price(host, session.probe).label()]
+    if host.budget_usd is not None:
+        money.append(f"budget {format_usd(host.budget_usd)} (at 100 %: {host.on_budget})")
+    if host.autostop_minutes:
+        money.append(f"autostop after {host.autostop_minutes:g} min idle")
+    _out("    " + " · ".join(money))
 
 
 def _record_session(session: HostSession) -> None:
@@ -264,7 +325,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from gpubox.supervisor import stop_supervisor
 
     project = _project()
-    host = _hosts(project).pick(args.host)
+    hosts = _hosts(project)
+    host = hosts.pick(args.host)
     if args.stop:
         pid = stop_supervisor(host.name)
         _out(
@@ -283,6 +345,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"{host.name} is already up in gpubox process {holder.pid}: `gpubox status` shows it, "
                 f"`gpubox up {host.name} --stop` ends it"
             )
+        from gpubox.cost import over_budget
+
+        with open_state() as state:
+            spent = over_budget(host, hosts, state)
+        if spent is not None:
+            raise GpuboxError(spent)
     started = time.monotonic()
     if not args.supervise_child:
         _out(f"gpubox up {host.name}")
@@ -303,38 +371,64 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.detach:
             session.close()
             return _detach(args, host)
-        return _hold(session, host, detached=args.supervise_child, syncer=syncer)
+        return _hold(session, host, detached=args.supervise_child, syncer=syncer, hosts=hosts)
     finally:
         session.close()
 
 
-def _hold(session: HostSession, host: HostConfig, *, detached: bool, syncer: Syncer | None = None) -> int:
+def _hold(
+    session: HostSession,
+    host: HostConfig,
+    *,
+    detached: bool,
+    syncer: Syncer | None = None,
+    hosts: HostsConfig | None = None,
+) -> int:
     import threading
     import time
 
     from gpubox.cost import format_duration
+    from gpubox.monitor import HostMonitor, SyncActivity
     from gpubox.supervisor import claim_host, stop_on_signals, supervise
+
+    def log(text: str) -> None:
+        _out(f"  {text}" if text.startswith("! ") else f"  · {text}")
 
     stop = threading.Event()
     wake = threading.Event()
     started = time.monotonic()
-    with stop_on_signals(stop, wake), claim_host(host, detached=detached):
-        live = _start_live_sync(syncer, session, wake) if syncer is not None else None
+    activity = SyncActivity()
+    with stop_on_signals(stop, wake), claim_host(host, detached=detached, probe=session.probe) as billing:
+        live = (
+            _start_live_sync(syncer, session, wake, on_change=activity.touch) if syncer is not None else None
+        )
         if not detached:
             _out(f"  holding {host.name}: Ctrl-C leaves it running (`gpubox down {host.name}` stops it)")
+        monitor = HostMonitor(
+            session, host, stop=stop, log=log, billing=billing, hosts=hosts, activity=activity
+        )
         try:
-            supervise(session, stop=stop, wake=wake, log=lambda text: _out(f"  · {text}"))
+            supervise(session, stop=stop, wake=wake, log=log, monitor=monitor)
         finally:
             if live is not None:
                 live.stop()
-    _out(f"  left {host.name} after {format_duration(time.monotonic() - started)}; the host keeps running")
+    held = format_duration(time.monotonic() - started)
+    if monitor.outcome is not None:
+        _out(f"  left {host.name} after {held}: {monitor.outcome}")
+    else:
+        _out(f"  left {host.name} after {held}; the host keeps running")
     return 0
 
 
-def _start_live_sync(syncer: Syncer, session: HostSession, wake: threading.Event) -> LiveSync:
+def _start_live_sync(
+    syncer: Syncer, session: HostSession, wake: threading.Event, on_change: Callable[[], None] | None = None
+) -> LiveSync:
+    """Live sync for a held host; *on_change* hears of every batch that changed the host (activity)."""
     from gpubox.sync.watch import LiveSync
 
     def reported(report: SyncReport, why: str) -> None:
+        if on_change is not None and (report.sent or report.deleted):
+            on_change()
         if report.sent or report.deleted or report.conflicts or report.errors or report.kept_on_host:
             _out(f"  · sync ({why}): {report.summary()}")
         for conflict in report.conflicts:
@@ -425,8 +519,16 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     command = list(args.command_args)
     connection, _spec = open_connection(host, accept_new=args.accept_new, ask=_ask_to_pin())
     cd = f"cd {_remote_dir_expression(host.remote_project_dir(project.name))} 2>/dev/null; "
+    shell_recorded = False
     try:
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        if interactive:
+            # While it is open, an interactive session keeps the host from idling out (see autostop_minutes).
+            from gpubox.state import open_state
+
+            with open_state() as state:
+                state.add_shell(host.name, os.getpid())
+            shell_recorded = True
         if not command:
             if not interactive:
                 raise UsageError("an interactive shell needs a terminal: give a command after `--`")
@@ -443,9 +545,16 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         return connection.stream(cd + remote, stdin, sys.stdout.buffer, sys.stderr.buffer)
     finally:
         connection.close()
+        if shell_recorded:
+            from gpubox.state import open_state
+
+            with open_state() as state:
+                state.remove_shell(os.getpid())
 
 
-def _syncer(session: HostSession | Callable[[], HostSession], project: ProjectConfig, host: HostConfig) -> Syncer:
+def _syncer(
+    session: HostSession | Callable[[], HostSession], project: ProjectConfig, host: HostConfig
+) -> Syncer:
     """A Syncer for *host*; given a connect callable instead of a session, it connects only if it must."""
     from gpubox.sync.engine import Syncer
 
@@ -744,6 +853,228 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.verdict.level == "fail" else 0
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    from gpubox.cost import cost_report, parse_since, render_cost
+    from gpubox.state import open_state
+
+    since = parse_since(args.since) if args.since is not None else None
+    hosts = _hosts()
+    with open_state() as state:
+        document = cost_report(state, hosts, since=since)
+    if args.json:
+        _json(document)
+        return 0
+    for line in render_cost(document):
+        _out(line)
+    return 0
+
+
+def _run_host(args: argparse.Namespace, project: ProjectConfig) -> HostConfig:
+    return _hosts(project).pick(getattr(args, "host", None))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gpubox.remote.session import connect_host
+    from gpubox.train.runs import start_run
+
+    project = _project()
+    host = _run_host(args, project)
+    argv = list(args.command_args) or ([project.run.command] if project.run.command else [])
+    if not argv:
+        raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
+    session = connect_host(host, project.name, accept_new=args.accept_new, ask=_ask_to_pin(), probe=False)
+    try:
+        if not args.no_sync:
+            # The flush barrier: the run starts only after the host acknowledged the project as it is now.
+            report = _full_sync(_syncer(session, project, host), allow_mass_delete=False, quiet=True)
+            if report.sent or report.deleted:
+                _out(f"synced {host.name}: {report.summary()}")
+        run = start_run(session, argv, name=args.name)
+    finally:
+        session.close()
+    _out(f"started {run.id} on {host.name}: {run.command}")
+    if not args.follow:
+        _out(f"  follow it: gpubox logs {run.id} -f    stop it: gpubox stop {run.id}")
+        return 0
+    return _stream_log(host, project, run.id, follow=True, offset=0)
+
+
+def _stream_log(host: HostConfig, project: ProjectConfig, run_id: str, *, follow: bool, offset: int) -> int:
+    """Copy the run's log to stdout; with *follow*, until the run ends, across dropped links.
+
+    From offset 0 the log goes through a local copy (``state/runs/HOST/RUN.log``): what it holds is printed
+    first and fetching resumes at its size, so a gpubox killed mid-stream and started again neither drops nor
+    repeats a byte.
+    """
+    from gpubox import paths
+    from gpubox.remote.connection import Backoff, with_backoff
+    from gpubox.remote.session import connect_host
+    from gpubox.train.runs import follow_log
+
+    current: list[HostSession] = []
+
+    def session_for() -> HostSession:
+        if current and current[0].connection.is_alive():
+            return current[0]
+        for old in current:
+            old.close()
+        current.clear()
+        current.append(
+            with_backoff(
+                lambda: connect_host(host, project.name, probe=False, launch=False),
+                Backoff(initial=0.5, maximum=5.0, deadline=None if follow else 30.0),
+            )
+        )
+        return current[0]
+
+    def gap(exc: Exception) -> None:
+        _err(f"gpubox: link to {host.name} lost ({exc}); reconnecting, the log resumes where it stopped")
+
+    out = sys.stdout.buffer
+    cache = None
+    if offset == 0:
+        folder = paths.ensure_private_dir(paths.state_dir() / "runs" / host.name)
+        cache = open(folder / f"{run_id}.log", "a+b")  # noqa: SIM115 (closed in finally)
+        cache.seek(0)
+        while chunk := cache.read(1 << 20):
+            out.write(chunk)
+        offset = cache.tell()
+        out.flush()
+    info = None
+    try:
+        for chunk, latest in follow_log(session_for, run_id, offset=offset, follow=follow, on_gap=gap):
+            info = latest
+            if chunk:
+                if cache is not None:
+                    cache.write(chunk)
+                    cache.flush()
+                out.write(chunk)
+                out.flush()
+    finally:
+        if cache is not None:
+            cache.close()
+        for session in current:
+            session.close()
+    if not follow or info is None:
+        return 0
+    if info.state == "lost":
+        _err(f"gpubox: run {run_id} was lost on {host.name} (its process vanished without an exit code)")
+        return 1
+    return info.exit_code if info.exit_code is not None else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from gpubox.train.runs import check_run_id
+
+    project = _project()
+    host = _run_host(args, project)
+    run_id = check_run_id(args.run)
+    if args.tail is not None:
+        return _tail_then_follow(host, project, run_id, max(0, args.tail), args.follow)
+    return _stream_log(host, project, run_id, follow=args.follow, offset=0)
+
+
+def _tail_then_follow(host: HostConfig, project: ProjectConfig, run_id: str, lines: int, follow: bool) -> int:
+    """Print the last *lines* lines (looked for in the last MiB of the log), then follow if asked."""
+    from gpubox.remote.session import connect_host
+
+    window = 1 << 20
+    session = connect_host(host, project.name, probe=False, launch=False)
+    try:
+        head, _ = session.agent.request_with_blob("run_log", {"id": run_id, "offset": 0, "max": 1})
+        size = int(head.get("size", 0))
+        start = max(0, size - window)
+        _, data = session.agent.request_with_blob("run_log", {"id": run_id, "offset": start, "max": window})
+    finally:
+        session.close()
+    kept = b"".join(data.splitlines(keepends=True)[-lines:]) if lines else b""
+    sys.stdout.buffer.write(kept)
+    sys.stdout.buffer.flush()
+    if not follow:
+        return 0
+    return _stream_log(host, project, run_id, follow=True, offset=start + len(data))
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    import time
+
+    from gpubox.cost import format_duration
+    from gpubox.remote.session import connect_host
+    from gpubox.train.runs import list_runs
+
+    project = _project()
+    host = _run_host(args, project)
+    session = connect_host(host, project.name, probe=False, launch=False)
+    try:
+        runs = list_runs(session)
+    finally:
+        session.close()
+    if not args.all:
+        active = [r for r in runs if not r.finished]
+        runs = active + [r for r in runs if r.finished][-10:]
+        runs.sort(key=lambda r: int(r.id[2:]))
+    now = time.time()
+    if args.json:
+        _json(
+            {
+                "runs": [
+                    {
+                        "id": r.id,
+                        "host": r.host,
+                        "name": r.name,
+                        "command": r.command,
+                        "state": r.state,
+                        "started_at": r.started_at,
+                        "ended_at": r.ended_at,
+                        "duration_seconds": r.duration(now),
+                        "exit_code": r.exit_code,
+                        "log_bytes": r.log_bytes,
+                    }
+                    for r in runs
+                ]
+            }
+        )
+        return 0
+    if not runs:
+        _out(f"no runs on {host.name} yet: `gpubox run -- python train.py` starts one")
+        return 0
+    _table(
+        ["id", "host", "state", "started", "duration", "exit", "command"],
+        [
+            [
+                r.id,
+                r.host,
+                r.state,
+                time.strftime("%m-%d %H:%M", time.localtime(r.started_at)) if r.started_at else "",
+                format_duration(r.duration(now) or 0),
+                "" if r.exit_code is None else str(r.exit_code),
+                r.command if len(r.command) <= 60 else r.command[:57] + "...",
+            ]
+            for r in runs
+        ],
+    )
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from gpubox.remote.session import connect_host
+    from gpubox.train.runs import check_run_id, stop_run
+
+    project = _project()
+    host = _run_host(args, project)
+    run_id = check_run_id(args.run)
+    session = connect_host(host, project.name, probe=False, launch=False)
+    try:
+        run = stop_run(session, run_id, grace_seconds=args.grace)
+    finally:
+        session.close()
+    _out(
+        f"{run.id} on {host.name}: {run.state}"
+        + ("" if run.exit_code is None else f" (exit {run.exit_code})")
+    )
+    return 0
+
+
 def cmd_ssh_config(args: argparse.Namespace) -> int:
     from gpubox import paths
     from gpubox.remote.ssh_config import write_ssh_config
@@ -848,6 +1179,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="one JSON document on stdout")
     check.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    cost = add("cost", cmd_cost, "what each host has cost: $/h, hours, spent, budgets; totals")
+    cost.add_argument(
+        "--since",
+        metavar="DATE",
+        help="only time from DATE on: 2026-11-01, 2026-11-01T09:30, or 7d / 12h / 30m",
+    )
+    cost.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    run = add("run", cmd_run, "sync, then start a command on the host, detached; prints its run id")
+    run.add_argument(
+        "command_args", nargs="*", metavar="CMD", help="after `--`: the command and its arguments"
+    )
+    run.add_argument("--host", metavar="HOST", help="default: [defaults] host, the only host, or local")
+    run.add_argument("--name", help="a label for the run")
+    run.add_argument("-f", "--follow", action="store_true", help="stream its log; exit with its exit code")
+    run.add_argument("--no-sync", action="store_true", help="start without syncing first")
+    run.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    runs = add("runs", cmd_runs, "runs on the host: state, duration, exit code")
+    runs.add_argument("--host", metavar="HOST")
+    runs.add_argument("--all", action="store_true", help="every run, not only active and the last 10")
+    runs.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    logs = add("logs", cmd_logs, "a run's log; -f follows it to the end (and survives a dropped link)")
+    logs.add_argument("run", metavar="RUN")
+    logs.add_argument("--host", metavar="HOST")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep streaming until the run ends")
+    logs.add_argument("--tail", type=int, metavar="N", help="start with the last N lines")
+
+    stop = add("stop", cmd_stop, "stop a run: SIGTERM to its process group, SIGKILL after a grace period")
+    stop.add_argument("run", metavar="RUN")
+    stop.add_argument("--host", metavar="HOST")
+    stop.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
 
     add("ssh-config", cmd_ssh_config, "write `Host gpubox-NAME` entries for VS Code, JetBrains and ssh")
     return parser

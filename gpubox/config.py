@@ -70,6 +70,17 @@ class HostConfig:
     """The project folder on the host; ``~/gpubox/<project folder name>`` when not set."""
     python: str = "python3"
     price_per_hour: float | None = None
+    budget_usd: float | None = None
+    """The most this host may cost, over all the time in gpubox's ledger; warnings at 50, 80 and 100 %."""
+    on_budget: str = "stop"
+    """At 100 % of a budget: ``stop`` the host like an idle one, or only ``warn``."""
+    autostop_minutes: float = 0.0
+    """Stop the host after it has been idle this long; 0 never does."""
+    autostop_gpu_percent: float = 5.0
+    """GPU utilisation (of the busiest GPU) below this counts as idle."""
+    stop_command: str | None = None
+    """How to stop an ``ssh`` host when it idles out or spends its budget (run there over SSH), e.g. ``sudo
+    poweroff``; without one gpubox only warns."""
     source: str = "<built-in>"
 
     def remote_project_dir(self, project_name: str) -> str:
@@ -82,6 +93,8 @@ class HostsConfig:
     """The file these hosts came from, or None when there is none (only ``local`` then)."""
     hosts: Mapping[str, HostConfig]
     default_host: str | None = None
+    total_budget_usd: float | None = None
+    """``[defaults] total_budget_usd``: the budget of all hosts together."""
 
     def names(self) -> list[str]:
         return list(self.hosts)
@@ -260,6 +273,18 @@ def _number(low: float, *, above: bool = False) -> Check:
     return check
 
 
+def _percent(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise _Invalid("expected a percentage: a number 0-100")
+    return float(value)
+
+
+def _minutes_or_off(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        raise _Invalid("expected minutes: a number >= 0 (0 turns autostop off)")
+    return float(value)
+
+
 def _share(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
         raise _Invalid("expected a share: a number above 0 and at most 1")
@@ -319,16 +344,22 @@ HOST_FIELDS: dict[str, Check] = {
     "remote_dir": _nonempty_string,
     "python": _no_space_string("a python executable"),
     "price_per_hour": _number(0),
+    "budget_usd": _number(0, above=True),
+    "on_budget": _choice("stop", "warn"),
+    "autostop_minutes": _minutes_or_off,
+    "autostop_gpu_percent": _percent,
+    "stop_command": _command,
 }
 # Keys that only make sense where gpubox does not run the host itself.
-_SSH_ONLY = ("hostname", "port", "user", "identity_file", "proxy_jump", "accept_new")
+_SSH_ONLY = ("hostname", "port", "user", "identity_file", "proxy_jump", "accept_new", "stop_command")
 PROVIDER_FIELDS: dict[str, frozenset[str]] = {
     "ssh": frozenset(HOST_FIELDS),
     "local": frozenset(HOST_FIELDS) - set(_SSH_ONLY),
 }
-DEFAULTS_FIELDS: dict[str, Check] = {"host": _no_space_string("a host name")} | {
-    key: check for key, check in HOST_FIELDS.items() if key not in ("provider", "hostname")
-}
+DEFAULTS_FIELDS: dict[str, Check] = {
+    "host": _no_space_string("a host name"),
+    "total_budget_usd": _number(0, above=True),
+} | {key: check for key, check in HOST_FIELDS.items() if key not in ("provider", "hostname")}
 
 SYNC_FIELDS: dict[str, Check] = {
     "ignore": _string_list,
@@ -416,6 +447,10 @@ _SYNONYMS = {
     "login": "user",
     "timeout": "connect_timeout",
     "price": "price_per_hour",
+    "budget": "budget_usd",
+    "autostop": "autostop_minutes",
+    "idle_minutes": "autostop_minutes",
+    "total_budget": "total_budget_usd",
 }
 
 
@@ -599,6 +634,7 @@ def load_hosts(project_root: Path | None = None, *, path: Path | None = None) ->
         misplaced={"provider": per_host, "hostname": per_host},
     )
     default_host = defaults.pop("host", None)
+    total_budget_usd = defaults.pop("total_budget_usd", None)
     hosts_table = reader.table(("hosts",), reader.data.get("hosts", {}))
     hosts: dict[str, HostConfig] = {}
     for name, raw in hosts_table.items():
@@ -606,7 +642,12 @@ def load_hosts(project_root: Path | None = None, *, path: Path | None = None) ->
         if not _HOST_NAME.fullmatch(name):
             raise reader.error(where, f"invalid host name: {_NAME_RULE}")
         table = reader.table(where, raw)
-        values = reader.values(where, table, HOST_FIELDS)
+        values = reader.values(
+            where,
+            table,
+            HOST_FIELDS,
+            misplaced={"total_budget_usd": "only allowed in [defaults] (the budget of all hosts together)"},
+        )
         provider = values.get("provider", "local" if name == BUILTIN_LOCAL else "ssh")
         allowed = PROVIDER_FIELDS[provider]
         for key in values:
@@ -625,7 +666,7 @@ def load_hosts(project_root: Path | None = None, *, path: Path | None = None) ->
     if default_host is not None and default_host not in hosts:
         hint = _did_you_mean(default_host, hosts) or f" (configured: {', '.join(hosts)})"
         raise reader.error(("defaults", "host"), f"no host named {json.dumps(default_host)}{hint}")
-    return HostsConfig(path=path, hosts=hosts, default_host=default_host)
+    return HostsConfig(path=path, hosts=hosts, default_host=default_host, total_budget_usd=total_budget_usd)
 
 
 # ------------------------------------------------------------------------------------------ gpubox.toml

@@ -23,7 +23,16 @@ from typing import Any
 from gpubox import paths
 from gpubox.errors import StateError
 
-__all__ = ["MIGRATIONS", "HostRecord", "State", "Supervisor", "open_state"]
+__all__ = [
+    "MIGRATIONS",
+    "BillingInterval",
+    "HostRecord",
+    "State",
+    "Supervisor",
+    "holder_alive",
+    "open_state",
+    "process_token",
+]
 
 DB_NAME = "gpubox.db"
 BUSY_TIMEOUT_MS = 10_000
@@ -70,7 +79,64 @@ MIGRATIONS: Sequence[str] = (
         PRIMARY KEY (host, project, path)
     ) WITHOUT ROWID;
     """,
+    # 3: the money ledger. Billing intervals get their holder (pid and process start time), a heartbeat and the
+    # time held as measured by the holder's clock that never jumps; a price may be unknown (hours still count)
+    # or an estimate. Budget warnings given (each once), each supervisor's monitor report (autostop countdown)
+    # and the interactive `gpubox ssh` shells running now. Closed old intervals keep their wall-clock length;
+    # an old open one gets the live supervisor of its host as holder, if any.
+    """
+    CREATE TABLE billing_v3 (
+        id              INTEGER PRIMARY KEY,
+        host            TEXT NOT NULL,
+        price_per_hour  REAL,
+        price_source    TEXT,
+        estimate        INTEGER NOT NULL DEFAULT 0,
+        started_at      REAL NOT NULL,
+        held_seconds    REAL NOT NULL DEFAULT 0,
+        heartbeat_at    REAL,
+        ended_at        REAL,
+        holder_pid      INTEGER,
+        holder_token    TEXT,
+        end_reason      TEXT
+    );
+    INSERT INTO billing_v3(id, host, price_per_hour, price_source, started_at, held_seconds, heartbeat_at,
+                           ended_at, holder_pid)
+        SELECT id, host, price_per_hour, 'recorded by an older gpubox', started_at,
+               CASE WHEN ended_at IS NULL THEN 0 ELSE MAX(0, ended_at - started_at) END,
+               CASE WHEN ended_at IS NULL THEN started_at ELSE ended_at END,
+               ended_at,
+               CASE WHEN ended_at IS NULL THEN (SELECT pid FROM supervisors s WHERE s.host = billing.host) END
+        FROM billing;
+    DROP TABLE billing;
+    ALTER TABLE billing_v3 RENAME TO billing;
+    CREATE INDEX billing_host ON billing(host, ended_at);
+    CREATE TABLE budget_alerts (
+        scope       TEXT NOT NULL,
+        threshold   INTEGER NOT NULL,
+        budget_usd  REAL NOT NULL,
+        spent_usd   REAL NOT NULL,
+        at          REAL NOT NULL,
+        PRIMARY KEY (scope, threshold, budget_usd)
+    );
+    CREATE TABLE monitors (
+        host        TEXT PRIMARY KEY,
+        pid         INTEGER NOT NULL,
+        updated_at  REAL NOT NULL,
+        report      TEXT NOT NULL
+    );
+    CREATE TABLE shells (
+        pid         INTEGER PRIMARY KEY,
+        host        TEXT NOT NULL,
+        token       TEXT,
+        started_at  REAL NOT NULL
+    );
+    """,
 )
+
+EXTRAPOLATE_MAX_SECONDS = 60.0
+"""How far past an open interval's last heartbeat a reader counts while its holder lives (the holder writes one
+every few seconds; a holder that stalls longer catches up at its next heartbeat)."""
+DIED_REASON = "gpubox holding the host died; closed at its last heartbeat"
 
 
 @dataclass(frozen=True)
@@ -92,6 +158,67 @@ class Supervisor:
 
     def alive(self) -> bool:
         return pid_alive(self.pid)
+
+
+@dataclass(frozen=True)
+class BillingInterval:
+    """One stretch of time a host was billing, as the ledger holds it.
+
+    Its length is ``held_seconds``, measured by the holder on a clock that never jumps (wall-clock changes do
+    not stretch, shrink or repeat it); ``started_at``, ``heartbeat_at`` and ``ended_at`` are wall-clock times
+    for showing and for ``--since``.
+    """
+
+    id: int
+    host: str
+    price_per_hour: float | None
+    """US dollars per hour; None when unknown (the hours still count)."""
+    price_source: str | None
+    estimate: bool
+    started_at: float
+    held_seconds: float
+    heartbeat_at: float | None
+    ended_at: float | None
+    holder_pid: int | None
+    end_reason: str | None
+
+    @property
+    def open(self) -> bool:
+        return self.ended_at is None
+
+    def seconds(self, now: float | None = None) -> float:
+        """Billed seconds so far: what the holder measured, plus, while open, the time since its last heartbeat
+        (never negative, and at most :data:`EXTRAPOLATE_MAX_SECONDS` when a holder is known)."""
+        if self.ended_at is not None:
+            return self.held_seconds
+        now = time.time() if now is None else now
+        if self.holder_pid is None:
+            return max(self.held_seconds, now - self.started_at, 0.0)
+        since_beat = now - (self.heartbeat_at if self.heartbeat_at is not None else self.started_at)
+        return self.held_seconds + min(max(0.0, since_beat), EXTRAPOLATE_MAX_SECONDS)
+
+    def spent_usd(self, now: float | None = None) -> float:
+        return (self.price_per_hour or 0.0) * self.seconds(now) / 3600.0
+
+
+def process_token(pid: int) -> str | None:
+    """When process *pid* started (clock ticks since boot), to tell it from a later process given the same pid;
+    None where /proc cannot say."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def holder_alive(pid: int, token: str | None) -> bool:
+    """Whether the process that recorded (*pid*, *token*) still runs (not just some process with that pid)."""
+    if not pid_alive(pid):
+        return False
+    if token is None:
+        return True
+    current = process_token(pid)
+    return current is None or current == token
 
 
 def pid_alive(pid: int) -> bool:
@@ -230,38 +357,227 @@ class State:
         rows = self.db.execute("SELECT host FROM supervisors ORDER BY host").fetchall()
         return [s for (name,) in rows if (s := self.supervisor(name)) is not None]
 
-    # -- billing intervals
+    # -- billing intervals (the ledger)
+    #
+    # A supervisor opens an interval with itself as holder, writes a heartbeat (time held so far, measured on
+    # a clock that never jumps) every few seconds, and closes it with the final time when it lets go. An
+    # interval whose holder died (kill -9, a crash, power loss) is closed at its last heartbeat by whoever sees
+    # it next: nothing stays open forever, and no time is counted twice.
 
-    def open_billing(self, host: str, price_per_hour: float, at: float | None = None) -> int:
-        """Start a billing interval unless one is already open for *host*; return its id."""
+    _BILLING_COLUMNS = (
+        "id, host, price_per_hour, price_source, estimate, started_at, held_seconds, heartbeat_at, ended_at, "
+        "holder_pid, end_reason"
+    )
+
+    def open_billing(
+        self,
+        host: str,
+        price_per_hour: float | None,
+        at: float | None = None,
+        *,
+        holder_pid: int | None = None,
+        holder_token: str | None = None,
+        price_source: str | None = None,
+        estimate: bool = False,
+    ) -> int:
+        """Start a billing interval for *host* held by *holder_pid*, unless one is already open; return its id.
+
+        Intervals left open by a dead holder are closed first (at their last heartbeat); an open interval with
+        no holder (recorded without one) is closed now when a holder takes over."""
+        at = time.time() if at is None else at
         with self.transaction():
+            self._repair_billing(host)
             row = self.db.execute(
-                "SELECT id FROM billing WHERE host = ? AND ended_at IS NULL", (host,)
+                "SELECT id, holder_pid FROM billing WHERE host = ? AND ended_at IS NULL ORDER BY id", (host,)
             ).fetchone()
-            if row:
+            if row and (holder_pid is None or row[1] is not None):
                 return int(row[0])
+            if row:
+                self._close_open(host, at, "taken over by a gpubox process")
             cursor = self.db.execute(
-                "INSERT INTO billing(host, price_per_hour, started_at) VALUES (?, ?, ?)",
-                (host, price_per_hour, at if at is not None else time.time()),
+                "INSERT INTO billing(host, price_per_hour, price_source, estimate, started_at, heartbeat_at, "
+                "holder_pid, holder_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (host, price_per_hour, price_source, int(estimate), at, at, holder_pid, holder_token),
             )
             return int(cursor.lastrowid or 0)
 
-    def close_billing(self, host: str, at: float | None = None) -> None:
+    def heartbeat_billing(self, interval_id: int, held_seconds: float, at: float | None = None) -> bool:
+        """The holder's heartbeat: *held_seconds* so far (never decreases). False when the interval was closed
+        meanwhile (by `gpubox down`, say), so the holder knows to open a new one if it still holds the host."""
+        with self.transaction():
+            cursor = self.db.execute(
+                "UPDATE billing SET held_seconds = MAX(held_seconds, ?), heartbeat_at = ? "
+                "WHERE id = ? AND ended_at IS NULL",
+                (max(0.0, held_seconds), time.time() if at is None else at, interval_id),
+            )
+            return cursor.rowcount == 1
+
+    def end_billing(
+        self, interval_id: int, held_seconds: float, at: float | None = None, reason: str = "released"
+    ) -> None:
+        """The holder closes its own interval with the final time held."""
+        at = time.time() if at is None else at
         with self.transaction():
             self.db.execute(
-                "UPDATE billing SET ended_at = ? WHERE host = ? AND ended_at IS NULL",
-                (at if at is not None else time.time(), host),
+                "UPDATE billing SET held_seconds = MAX(held_seconds, ?), heartbeat_at = ?, ended_at = ?, "
+                "end_reason = ? WHERE id = ? AND ended_at IS NULL",
+                (max(0.0, held_seconds), at, at, reason, interval_id),
             )
 
-    def billing_intervals(self, host: str | None = None) -> list[tuple[str, float, float, float | None]]:
-        """(host, price_per_hour, started_at, ended_at or None while open), oldest first."""
-        query = "SELECT host, price_per_hour, started_at, ended_at FROM billing"
+    def close_billing(self, host: str, at: float | None = None, reason: str = "closed") -> None:
+        """Close *host*'s open intervals from outside their holder (`gpubox down`, after stopping it)."""
+        at = time.time() if at is None else at
+        with self.transaction():
+            self._repair_billing(host)
+            self._close_open(host, at, reason)
+
+    def _close_open(self, host: str, at: float, reason: str) -> None:
+        # No holder: the wall clock is all there is. A live holder (rare: it is normally stopped first): its
+        # time held plus the time since its heartbeat, never negative.
+        self.db.execute(
+            "UPDATE billing SET held_seconds = CASE WHEN holder_pid IS NULL "
+            "THEN MAX(held_seconds, ? - started_at, 0) "
+            "ELSE held_seconds + MIN(MAX(? - COALESCE(heartbeat_at, started_at), 0), ?) END, "
+            "ended_at = ?, end_reason = ? WHERE host = ? AND ended_at IS NULL",
+            (at, at, EXTRAPOLATE_MAX_SECONDS, at, reason, host),
+        )
+
+    def repair_billing(self, host: str | None = None) -> int:
+        """Close intervals whose holder is gone, at their last heartbeat; return how many."""
+        with self.transaction():
+            return self._repair_billing(host)
+
+    def _repair_billing(self, host: str | None) -> int:
+        query = "SELECT id, holder_pid, holder_token FROM billing WHERE ended_at IS NULL AND holder_pid IS NOT NULL"
+        args: tuple[Any, ...] = ()
+        if host is not None:
+            query += " AND host = ?"
+            args = (host,)
+        dead = [row[0] for row in self.db.execute(query, args) if not holder_alive(row[1], row[2])]
+        for interval_id in dead:
+            self.db.execute(
+                "UPDATE billing SET ended_at = COALESCE(heartbeat_at, started_at + held_seconds), end_reason = ? "
+                "WHERE id = ?",
+                (DIED_REASON, interval_id),
+            )
+        return len(dead)
+
+    def billing(self, host: str | None = None, *, repair: bool = True) -> list[BillingInterval]:
+        """The ledger, oldest first; intervals of dead holders are closed on the way (unless *repair* is off)."""
+        if repair and self._has_dead_holders(host):
+            self.repair_billing(host)
+        query = f"SELECT {self._BILLING_COLUMNS} FROM billing"
         args: tuple[Any, ...] = ()
         if host is not None:
             query += " WHERE host = ?"
             args = (host,)
-        rows = self.db.execute(query + " ORDER BY started_at", args)
-        return [(str(h), float(p), float(s), None if e is None else float(e)) for h, p, s, e in rows]
+        return [
+            BillingInterval(
+                id=int(r[0]),
+                host=str(r[1]),
+                price_per_hour=None if r[2] is None else float(r[2]),
+                price_source=r[3],
+                estimate=bool(r[4]),
+                started_at=float(r[5]),
+                held_seconds=float(r[6]),
+                heartbeat_at=None if r[7] is None else float(r[7]),
+                ended_at=None if r[8] is None else float(r[8]),
+                holder_pid=None if r[9] is None else int(r[9]),
+                end_reason=r[10],
+            )
+            for r in self.db.execute(query + " ORDER BY started_at, id", args)
+        ]
+
+    def _has_dead_holders(self, host: str | None) -> bool:
+        query = (
+            "SELECT holder_pid, holder_token FROM billing WHERE ended_at IS NULL AND holder_pid IS NOT NULL"
+        )
+        args: tuple[Any, ...] = ()
+        if host is not None:
+            query += " AND host = ?"
+            args = (host,)
+        return any(not holder_alive(pid, token) for pid, token in self.db.execute(query, args))
+
+    def billing_intervals(self, host: str | None = None) -> list[tuple[str, float, float, float | None]]:
+        """(host, price_per_hour, started_at, ended_at or None while open) of priced intervals, oldest first."""
+        return [
+            (i.host, i.price_per_hour, i.started_at, i.ended_at)
+            for i in self.billing(host)
+            if i.price_per_hour is not None
+        ]
+
+    # -- budget warnings (each threshold of each budget once)
+
+    def record_budget_alert(
+        self, scope: str, threshold: int, budget_usd: float, spent_usd: float, at: float | None = None
+    ) -> bool:
+        """Record that *scope* (a host name, or ``*`` for all hosts) reached *threshold* % of *budget_usd*;
+        True only the first time, so each warning is given once even with several gpubox processes."""
+        with self.transaction():
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO budget_alerts(scope, threshold, budget_usd, spent_usd, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (scope, threshold, budget_usd, spent_usd, time.time() if at is None else at),
+            )
+            return cursor.rowcount == 1
+
+    def budget_alerts(self, scope: str | None = None) -> list[tuple[str, int, float, float, float]]:
+        """(scope, threshold %, budget, spent when reached, when), oldest first."""
+        query = "SELECT scope, threshold, budget_usd, spent_usd, at FROM budget_alerts"
+        args: tuple[Any, ...] = ()
+        if scope is not None:
+            query += " WHERE scope = ?"
+            args = (scope,)
+        return [
+            (str(s), int(t), float(b), float(p), float(a))
+            for s, t, b, p, a in self.db.execute(query + " ORDER BY at, threshold", args)
+        ]
+
+    # -- monitor reports (what a supervisor last saw: idle countdown, budget)
+
+    def record_monitor(self, host: str, pid: int, report: dict[str, Any], at: float | None = None) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO monitors(host, pid, updated_at, report) VALUES (?, ?, ?, ?)",
+                (host, pid, time.time() if at is None else at, json.dumps(report)),
+            )
+
+    def monitor(self, host: str) -> tuple[float, dict[str, Any]] | None:
+        """(when, report) from the live supervisor of *host*; None when none runs."""
+        row = self.db.execute(
+            "SELECT pid, updated_at, report FROM monitors WHERE host = ?", (host,)
+        ).fetchone()
+        if row is None or not pid_alive(int(row[0])):
+            return None
+        return float(row[1]), json.loads(row[2])
+
+    def clear_monitor(self, host: str, pid: int) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM monitors WHERE host = ? AND pid = ?", (host, pid))
+
+    # -- interactive `gpubox ssh` shells (they keep a host from idling out)
+
+    def add_shell(self, host: str, pid: int) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO shells(pid, host, token, started_at) VALUES (?, ?, ?, ?)",
+                (pid, host, process_token(pid), time.time()),
+            )
+
+    def remove_shell(self, pid: int) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM shells WHERE pid = ?", (pid,))
+
+    def shells(self, host: str) -> list[int]:
+        """Pids of the interactive shells open on *host* now; records of dead ones are dropped."""
+        rows = self.db.execute("SELECT pid, token FROM shells WHERE host = ?", (host,)).fetchall()
+        live = [int(pid) for pid, token in rows if holder_alive(int(pid), token)]
+        if len(live) != len(rows):
+            with self.transaction():
+                for pid, _token in rows:
+                    if int(pid) not in live:
+                        self.db.execute("DELETE FROM shells WHERE pid = ?", (pid,))
+        return live
 
     # -- sync ancestors
 

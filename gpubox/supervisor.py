@@ -11,15 +11,19 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from gpubox.config import HostConfig
-from gpubox.cost import hourly_price
+from gpubox.cost import BillingHold, hourly_price, live_price
 from gpubox.errors import AgentError, HostUnreachable
 from gpubox.remote.connection import Backoff
 from gpubox.remote.session import HostSession
 from gpubox.state import open_state
+
+if TYPE_CHECKING:
+    from gpubox.monitor import HostMonitor
 
 __all__ = ["HEARTBEAT_SECONDS", "claim_host", "stop_supervisor", "supervise"]
 
@@ -28,20 +32,31 @@ RECONNECT = Backoff(initial=0.5, maximum=15.0, deadline=None)
 
 
 @contextlib.contextmanager
-def claim_host(host: HostConfig, *, detached: bool, log_file: str | None = None) -> Iterator[None]:
-    """Record this process as the one holding *host* up, with billing running, for as long as the block lasts."""
+def claim_host(
+    host: HostConfig,
+    *,
+    detached: bool,
+    log_file: str | None = None,
+    probe: Mapping[str, Any] | None = None,
+) -> Iterator[BillingHold]:
+    """Record this process as the one holding *host* up, with billing running, for as long as the block lasts.
+
+    The billing interval is held by this process (see :class:`gpubox.cost.BillingHold`): the caller's loop beats
+    it, and it is closed with the exact time held on the way out (at its last heartbeat if the process is
+    killed). *probe* (the host's) lets an ssh host without price_per_hour be billed at a catalog estimate."""
     pid = os.getpid()
-    price = hourly_price(host)
+    price = hourly_price(host, probe, live=live_price(host))
     with open_state() as state:
         state.claim_supervisor(host.name, pid, detached=detached, log_file=log_file)
-        if price.amount is not None:
-            state.open_billing(host.name, price.amount)
+    hold = BillingHold(host.name, price, pid=pid)
     try:
-        yield
+        hold.open()
+        yield hold
     finally:
+        hold.close()
         with open_state() as state:
             state.release_supervisor(host.name, pid)
-            state.close_billing(host.name)
+            state.clear_monitor(host.name, pid)
 
 
 @contextlib.contextmanager
@@ -70,31 +85,38 @@ def supervise(
     log: Callable[[str], None],
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     wake: threading.Event | None = None,
+    monitor: HostMonitor | None = None,
 ) -> None:
     """Keep *session* alive until *stop* is set: heartbeat, and reconnect with backoff when the link drops.
 
     *wake* lets another thread (live sync, after a failed batch) ask for a heartbeat now instead of at the next
-    tick, so a dead link is noticed at once.
+    tick, so a dead link is noticed at once. *monitor* (billing heartbeat, budgets, idle autostop) then paces
+    the loop and does the link check itself; it may stop the host, and *stop* with it.
     """
     name = session.host.name
     wake = wake or threading.Event()
     while not stop.is_set():
-        wake.wait(heartbeat_seconds)
+        woken = wake.wait(heartbeat_seconds if monitor is None else monitor.wait_seconds())
         wake.clear()
         if stop.is_set():
             return
         try:
-            session.heartbeat()
+            if monitor is None:
+                session.heartbeat()
+            else:
+                monitor.tick(check_link=woken)
             continue
         except (HostUnreachable, AgentError) as exc:
             log(f"link to {name} lost ({exc}); reconnecting")
+        if monitor is not None:
+            monitor.link_lost()
         lost_at = time.monotonic()
         try:
             session.reconnect(
                 RECONNECT,
                 retry_on=(HostUnreachable, AgentError),
                 should_stop=stop.is_set,
-                sleep=lambda delay: stop.wait(delay) and None,
+                sleep=(lambda delay: stop.wait(delay) and None) if monitor is None else monitor.sleep,
             )
         except (HostUnreachable, AgentError):
             if stop.is_set():

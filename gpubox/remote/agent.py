@@ -156,23 +156,23 @@ def _cpu_count() -> Optional[int]:
         return os.cpu_count()
 
 
-def _nvidia_smi() -> Dict[str, Any]:
-    """The raw output of ``nvidia-smi``, or why there is none; interpretation happens on the client."""
+def _nvidia_smi(arguments: Tuple[str, ...] = (), timeout: int = NVIDIA_SMI_TIMEOUT) -> Dict[str, Any]:
+    """The raw output of ``nvidia-smi`` (with *arguments*), or why there is none; the client interprets it."""
     binary = shutil.which("nvidia-smi")
     if binary is None:
         return {"available": False, "reason": "nvidia-smi not found on PATH", "output": ""}
     try:
         done = subprocess.run(
-            [binary],
+            [binary, *arguments],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            timeout=NVIDIA_SMI_TIMEOUT,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         return {
             "available": False,
-            "reason": "nvidia-smi did not answer within %d s" % NVIDIA_SMI_TIMEOUT,
+            "reason": "nvidia-smi did not answer within %d s" % timeout,
             "output": "",
         }
     except OSError as exc:
@@ -224,12 +224,14 @@ class PathRefused(RequestError):
         RequestError.__init__(self, "bad-path", message)
 
 
-def _root(args: Dict[str, Any]) -> str:
+def _root(args: Dict[str, Any], create: bool = True) -> str:
+    """The project root, resolved; only a request that writes creates it (a dry run leaves no trace)."""
     root = args.get("root")
     if not isinstance(root, str) or not root:
         raise RequestError("bad-request", "root must be a non-empty string")
     root = os.path.abspath(os.path.expanduser(root))
-    os.makedirs(root, exist_ok=True)
+    if create:
+        os.makedirs(root, exist_ok=True)
     return os.path.realpath(root)
 
 
@@ -365,9 +367,25 @@ def _trash_dir(args: Dict[str, Any]) -> str:
     return os.path.join(os.path.expanduser("~"), ".gpubox", "trash", slug)
 
 
+def _trash_free(batch: str, rel: str) -> bool:
+    """True when *rel* can go into the trash folder *batch* without landing on or under something there."""
+    current = batch
+    for part in rel.split("/")[:-1]:
+        current = os.path.join(current, part)
+        if os.path.islink(current) or (os.path.lexists(current) and not os.path.isdir(current)):
+            return False
+    return not os.path.lexists(os.path.join(batch, rel))
+
+
 def _to_trash(path: str, rel: str, trash_batch: str) -> None:
     _verified_folders.clear()
-    destination = os.path.join(trash_batch, rel)
+    # Batches of the same second share a stamp: a path trashed twice (or a file, then a folder of that name)
+    # goes to a sibling folder instead of failing or overwriting the first copy.
+    batch, counter = trash_batch, 1
+    while not _trash_free(batch, rel):
+        counter += 1
+        batch = "%s-%d" % (trash_batch, counter)
+    destination = os.path.join(batch, rel)
     os.makedirs(os.path.dirname(destination), exist_ok=True)
     try:
         os.rename(path, destination)
@@ -375,9 +393,45 @@ def _to_trash(path: str, rel: str, trash_batch: str) -> None:
         shutil.move(path, destination)  # the trash is on another filesystem than the project
 
 
+def _sweep_staging(staging: str) -> None:
+    """Remove what an agent killed mid-batch left staged (files named <pid>-<n> of a process now gone)."""
+    try:
+        names = os.listdir(staging)
+    except OSError:
+        return
+    for name in names:
+        try:
+            if _alive(int(name.split("-", 1)[0])):
+                continue  # that agent is still at work
+        except ValueError:
+            pass
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(staging, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(staging)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process *pid* still runs; a killed agent not yet reaped (a zombie) does not."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        if os.path.isdir("/proc/self"):
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # alive, another user's
+    return True
+
+
 def op_manifest(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     """Every entry under the root, skipping gpubox's staging folder and the folders the client names."""
-    root = _root(args)
+    root = _root(args, create=False)
+    _sweep_staging(os.path.join(root, STAGING))
     skip = set(args.get("skip") or ())
     skip.add(STAGING)
     rows = []
@@ -427,6 +481,7 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     trash_batch = os.path.join(trash, stamp)
     _verified_folders.clear()
     staging = os.path.join(root, STAGING)
+    _sweep_staging(staging)
     staged: Dict[int, str] = {}
     offset = 0
     try:
@@ -569,7 +624,7 @@ def op_read(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     ``files`` is a list of [path, offset, length]; a file that vanished or cannot be read is reported, not
     fatal. Large files are read in several requests, so no frame has to hold a whole checkpoint.
     """
-    root = _root(args)
+    root = _root(args, create=False)
     wanted = args.get("files")
     if not isinstance(wanted, list):
         raise RequestError("bad-request", "files must be a list")
@@ -722,11 +777,321 @@ def op_framework(args: Dict[str, Any]) -> Dict[str, Any]:
     return answer
 
 
+# ------------------------------------------------------------------------------------------------- idle
+#
+# What the host is doing, for idle autostop: GPU utilisation (nvidia-smi's --query-gpu CSV, parsed on the
+# client like every other nvidia-smi form) and this user's terminals with how long since their last input
+# (a tty's access time moves when someone types, as `w` shows). Runs and Jupyter kernels are reported as
+# None until gpubox runs them.
+
+IDLE_QUERY = ("--query-gpu=index,name,utilization.gpu", "--format=csv")
+IDLE_SMI_TIMEOUT = 10
+
+
+def _ttys() -> List[Dict[str, Any]]:
+    found: List[Dict[str, Any]] = []
+    now = time.time()
+    try:
+        names = os.listdir("/dev/pts")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            st = os.stat(os.path.join("/dev/pts", name))
+        except OSError:
+            continue
+        if st.st_uid == os.getuid():
+            found.append({"tty": "pts/" + name, "idle_seconds": round(max(0.0, now - st.st_atime), 1)})
+    return found
+
+
+def op_idle(args: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "time": time.time(),
+        "nvidia_smi": _nvidia_smi(IDLE_QUERY, IDLE_SMI_TIMEOUT) if args.get("gpu", True) else None,
+        "ttys": _ttys() if args.get("ttys", True) else [],
+        "runs": None,
+        "kernels": None,
+    }
+
+
 OPS: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
     "hello": op_hello,
     "probe": op_probe,
     "framework": op_framework,
+    "idle": op_idle,
 }
+
+
+# ------------------------------------------------------------------------------------------------- runs
+#
+# Each run lives in ~/.gpubox/runs/<id>/: spec.json, log (stdout and stderr together), pid, started_at,
+# ended_at, exit_code, and "stopped" when gpubox stopped it. A waiter process, in its own session, starts the
+# command in another new session (so stop can signal the command's whole process group without the waiter),
+# and records how it ended. Neither needs the agent, the SSH link or gpubox once started.
+
+_RUN_WAITER = r"""
+import json, os, signal, subprocess, sys, time
+d = sys.argv[1]
+def put(name, text):
+    tmp = os.path.join(d, "." + name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, os.path.join(d, name))
+with open(os.path.join(d, "spec.json")) as handle:
+    spec = json.load(handle)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+env = dict(os.environ)
+env.update(spec["env"])
+with open(os.path.join(d, "log"), "ab", buffering=0) as log:
+    try:
+        child = subprocess.Popen(["/bin/sh", "-c", spec["shell"]], cwd=spec["cwd"], env=env,
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    except OSError as exc:
+        log.write(("gpubox: the run could not start: %s\n" % exc).encode())
+        put("ended_at", repr(time.time()))
+        put("exit_code", "127")
+        sys.exit(0)
+    put("pid", str(child.pid))
+    code = child.wait()
+put("ended_at", repr(time.time()))
+put("exit_code", str(code if code >= 0 else 128 - code))
+"""
+
+_run_waiters: List[Any] = []
+
+
+def _runs_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".gpubox", "runs")
+
+
+def _run_dir(run_id: Any) -> str:
+    if (
+        not isinstance(run_id, str)
+        or not run_id.startswith("r-")
+        or not run_id[2:].isdigit()
+        or len(run_id) > 12
+    ):
+        raise RequestError("bad-request", "%r is not a run id" % (run_id,))
+    path = os.path.join(_runs_dir(), run_id)
+    if not os.path.isdir(path):
+        raise RequestError("no-such-run", "no run %s on this host" % run_id)
+    return path
+
+
+def _read_text(folder: str, name: str) -> Optional[str]:
+    try:
+        with open(os.path.join(folder, name)) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _run_row(folder: str) -> Dict[str, Any]:
+    spec: Dict[str, Any] = {}
+    try:
+        with open(os.path.join(folder, "spec.json")) as handle:
+            spec = json.load(handle)
+    except (OSError, ValueError):
+        pass
+    exit_text = _read_text(folder, "exit_code")
+    pid_text = _read_text(folder, "pid")
+    pid = int(pid_text) if pid_text and pid_text.isdigit() else None
+    waiter = spec.get("waiter")
+    if exit_text is not None:
+        code: Optional[int] = int(exit_text) if exit_text.lstrip("-").isdigit() else None
+        if os.path.exists(os.path.join(folder, "stopped")):
+            state = "stopped"
+        else:
+            state = "succeeded" if code == 0 else "failed"
+    else:
+        code = None
+        waiter_alive = isinstance(waiter, int) and _alive(waiter)
+        if pid is not None:
+            # The command may have just ended, its waiter about to record how: still "running" until then.
+            state = "running" if _alive(pid) or waiter_alive else "lost"
+        else:
+            state = "starting" if waiter_alive else "lost"
+    ended = _read_text(folder, "ended_at")
+    try:
+        log_bytes = os.path.getsize(os.path.join(folder, "log"))
+    except OSError:
+        log_bytes = 0
+    return {
+        "id": os.path.basename(folder),
+        "command": spec.get("shell", ""),
+        "name": spec.get("name"),
+        "cwd": spec.get("cwd"),
+        "state": state,
+        "pid": pid,
+        "started_at": spec.get("started_at"),
+        "ended_at": float(ended) if ended else None,
+        "exit_code": code,
+        "log_bytes": log_bytes,
+    }
+
+
+def _reap_waiters() -> None:
+    """The agent is the waiters' parent while it lives: collect the ones that ended, so no zombies pile up."""
+    _run_waiters[:] = [waiter for waiter in _run_waiters if waiter.poll() is None]
+
+
+def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
+    _reap_waiters()
+    project = args.get("project")
+    shell = args.get("shell")
+    env = args.get("env") or {}
+    if not isinstance(shell, str) or not shell.strip():
+        raise RequestError("bad-request", "the run needs a command")
+    if not isinstance(project, str) or not project:
+        raise RequestError("bad-request", "project must be a folder")
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise RequestError("bad-request", "env must map names to strings")
+    cwd = os.path.abspath(os.path.expanduser(project))
+    if not os.path.isdir(cwd):
+        raise RequestError("no-project", "the project folder %s does not exist on the host yet" % cwd)
+    runs = _runs_dir()
+    os.makedirs(runs, mode=0o700, exist_ok=True)
+    numbers = [int(name[2:]) for name in os.listdir(runs) if name.startswith("r-") and name[2:].isdigit()]
+    number = max(numbers, default=0)
+    while True:
+        number += 1
+        folder = os.path.join(runs, "r-%d" % number)
+        try:
+            os.mkdir(folder, 0o700)  # atomic: two gpubox processes never get the same id
+            break
+        except FileExistsError:
+            continue
+    run_id = os.path.basename(folder)
+    run_env = dict(env)
+    run_env.update(
+        {
+            "GPUBOX_RUN_ID": run_id,
+            "GPUBOX_RUN_DIR": folder,
+            "GPUBOX_TB_DIR": os.path.join(cwd, "logs", run_id),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    spec = {"shell": shell, "cwd": cwd, "env": run_env, "name": args.get("name"), "started_at": time.time()}
+    with open(os.path.join(folder, "log"), "wb"):
+        pass
+    waiter = subprocess.Popen(
+        [sys.executable, "-c", _RUN_WAITER, folder],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+    _run_waiters.append(waiter)
+    spec["waiter"] = waiter.pid
+    with open(os.path.join(folder, "spec.json.tmp"), "w") as handle:
+        json.dump(spec, handle)
+    os.replace(os.path.join(folder, "spec.json.tmp"), os.path.join(folder, "spec.json"))
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        if os.path.exists(os.path.join(folder, "pid")) or os.path.exists(os.path.join(folder, "exit_code")):
+            break
+        time.sleep(0.005)
+    return _run_row(folder)
+
+
+def op_run_list(args: Dict[str, Any]) -> Dict[str, Any]:
+    _reap_waiters()
+    ids = args.get("ids")
+    runs = _runs_dir()
+    if ids:
+        folders = [_run_dir(run_id) for run_id in ids]
+    else:
+        try:
+            names = [n for n in os.listdir(runs) if n.startswith("r-") and n[2:].isdigit()]
+        except OSError:
+            names = []
+        folders = [os.path.join(runs, n) for n in sorted(names, key=lambda n: int(n[2:]))]
+    return {"runs": [_run_row(folder) for folder in folders]}
+
+
+def op_run_log(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
+    folder = _run_dir(args.get("id"))
+    offset = args.get("offset", 0)
+    limit = args.get("max", 1 << 20)
+    if not isinstance(offset, int) or offset < 0 or not isinstance(limit, int) or limit <= 0:
+        raise RequestError("bad-request", "offset and max must be non-negative integers")
+    # The row first: if the run has ended, every byte it wrote is already in the file when we read it.
+    row = _run_row(folder)
+    path = os.path.join(folder, "log")
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(min(limit, MAX_FRAME - 4096))
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        data, size = b"", 0
+    return {"run": row, "size": size}, data
+
+
+def op_run_stop(args: Dict[str, Any]) -> Dict[str, Any]:
+    folder = _run_dir(args.get("id"))
+    grace = args.get("grace", 10)
+    if not isinstance(grace, (int, float)) or grace < 0:
+        raise RequestError("bad-request", "grace must be a number of seconds")
+    row = _run_row(folder)
+    if row["state"] not in ("running", "starting"):
+        return row
+    with open(os.path.join(folder, "stopped"), "w") as handle:
+        handle.write(repr(time.time()))
+    pid = row["pid"]
+    if pid:
+        for signum, wait in ((15, grace), (9, 5.0)):
+            try:
+                os.killpg(pid, signum)
+            except ProcessLookupError:
+                break
+            # Done only when the whole process group is gone: a shell may exit on SIGTERM and leave
+            # children that ignore it running.
+            deadline = time.time() + wait
+            while time.time() < deadline and _group_alive(pid):
+                time.sleep(0.02)
+            if not _group_alive(pid):
+                break
+        deadline = time.time() + 5
+        while time.time() < deadline and not os.path.exists(os.path.join(folder, "exit_code")):
+            time.sleep(0.02)
+    return _run_row(folder)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in process group *pgid*."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 3 and fields[3] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+OPS.update({"run_start": op_run_start, "run_list": op_run_list, "run_stop": op_run_stop})
+BLOB_OPS["run_log"] = op_run_log
 
 
 def handle(message: Dict[str, Any], blob: bytes = b"") -> Tuple[Dict[str, Any], bytes]:

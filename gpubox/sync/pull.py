@@ -88,6 +88,9 @@ def pull(
         if _local_entry(local) == entry:
             report.unchanged += 1
             continue
+        if local.is_dir() and not local.is_symlink():
+            report.errors.append(f"{rel}: a folder is in the way of the host's file")
+            continue
         todo.append((rel, entry))
     total_bytes = sum(e.size for _, e in todo)
     done_bytes = 0
@@ -123,6 +126,15 @@ def _ensure_folder(path: Path, report: PullReport, rel: str) -> None:
 
 
 def _fetch(session: HostSession, rel: str, entry: Entry, target: Path, report: PullReport) -> bool:
+    try:
+        return _fetch_into(session, rel, entry, target, report)
+    except OSError as exc:
+        # A local file in the way of a folder, a full disk: this path fails, the pull goes on.
+        report.errors.append(f"{rel}: {exc.strerror or exc}")
+        return False
+
+
+def _fetch_into(session: HostSession, rel: str, entry: Entry, target: Path, report: PullReport) -> bool:
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.gpubox-pull-{os.getpid()}")
     offset = 0

@@ -15,7 +15,20 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirAttribEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
@@ -26,6 +39,20 @@ from gpubox.sync.ignore import IGNORE_FILES, relative
 __all__ = ["LiveSync", "WatchSettings"]
 
 _OVERFLOW_TEXT = "queue overflowed"
+# Only events that can change what is sent. Opens and no-write closes are not even asked of inotify: sync reads
+# every file it sends, and those two events per file would fill the kernel queue and force endless rescans.
+_WATCHED_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileAttribEvent,
+    DirAttribEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+]
 _live: weakref.WeakSet[LiveSync] = weakref.WeakSet()
 
 
@@ -94,6 +121,7 @@ class LiveSync:
         self._first_dirty = 0.0
         self._last_dirty = 0.0
         self._rescan_reason: str | None = None
+        self._rules_changed: str | None = None
         self._cond = threading.Condition()
         self._stop = False
         self._observer: BaseObserver | None = None
@@ -112,12 +140,12 @@ class LiveSync:
         if rel is None:
             return
         name = rel.rpartition("/")[2]
-        if name in IGNORE_FILES:
-            # A changed .gitignore can change what is sent anywhere below it.
-            self.request_rescan(f"{rel} changed")
-            return
         now = time.monotonic()
         with self._cond:
+            if name in IGNORE_FILES:
+                # A changed .gitignore can change what is sent anywhere below it: rescan, but only once the
+                # writes settle (a rescan that read a half-written rule file would send what it must ignore).
+                self._rules_changed = f"{rel} changed"
             if not self._dirty:
                 self._first_dirty = now
             self._dirty.add(rel)
@@ -137,7 +165,7 @@ class LiveSync:
         _live.add(self)
         observer = Observer()
         try:
-            observer.schedule(_Marker(self), str(self.root), recursive=True)
+            observer.schedule(_Marker(self), str(self.root), recursive=True, event_filter=_WATCHED_EVENTS)
             observer.start()
             self._observer = observer
         except OSError as exc:
@@ -194,10 +222,12 @@ class LiveSync:
                 now = time.monotonic()
                 if self._rescan_reason is not None:
                     reason, self._rescan_reason = self._rescan_reason, None
+                    self._rules_changed = None  # this full rescan reads the rule files anew
                     dirty, self._dirty = self._dirty, set()
                     return dirty, reason
                 if now >= next_rescan:
                     dirty, self._dirty = self._dirty, set()
+                    self._rules_changed = None
                     return dirty, "periodic rescan"
                 if self._dirty:
                     quiet_until = self._last_dirty + self.settings.quiet_seconds
@@ -205,7 +235,8 @@ class LiveSync:
                     due = min(quiet_until, cap)
                     if now >= due:
                         dirty, self._dirty = self._dirty, set()
-                        return dirty, None
+                        rules_changed, self._rules_changed = self._rules_changed, None
+                        return dirty, rules_changed
                     self._cond.wait(due - now)
                 else:
                     self._idle.set()

@@ -19,6 +19,11 @@ ALWAYS_LOCAL = (".git", "__pycache__", "*.pyc", "*~", "*.swp", "*___jb_tmp___", 
 def _excluded(rel: str, patterns: Iterable[str]) -> bool:
     name = rel.rpartition("/")[2]
     for pattern in patterns:
+        if pattern.startswith("/"):  # anchored at the root
+            pattern = pattern[1:]
+            if rel == pattern or rel.startswith(pattern + "/") or fnmatch.fnmatchcase(rel, pattern):
+                return True
+            continue
         if rel == pattern or rel.startswith(pattern.rstrip("/") + "/"):
             return True
         if "/" not in pattern and fnmatch.fnmatchcase(name, pattern):
@@ -31,7 +36,8 @@ def _excluded(rel: str, patterns: Iterable[str]) -> bool:
 def snapshot(root: Path, *, exclude: Iterable[str] = ()) -> dict[str, Fact]:
     """Every path under *root* (symlinks never followed) → ('f', sha256, exec) / ('l', target) / ('d',).
 
-    An excluded folder is not entered; *exclude* holds names, name globs, or '/'-paths from the root.
+    An excluded folder is not entered; *exclude* holds names or name globs (matched at any depth), paths with a
+    '/' inside (from the root), or '/'-led paths (anchored at the root).
     """
     patterns = tuple(exclude)
     facts: dict[str, Fact] = {}
@@ -114,7 +120,9 @@ def write(root: Path, rel: str, data: bytes | str = b"", *, executable: bool = F
     return path
 
 
-def make_files(root: Path, count: int, *, folder: str = "bulk", size: int = 64, per_folder: int = 200) -> None:
+def make_files(
+    root: Path, count: int, *, folder: str = "bulk", size: int = 64, per_folder: int = 200
+) -> None:
     """*count* small files with distinct contents, *per_folder* to a sub-folder."""
     for index in range(count):
         path = root / folder / f"d{index // per_folder:03d}" / f"f{index:05d}.txt"

@@ -694,10 +694,13 @@ def test_hosts_example_documents_every_key() -> None:
     data = tomllib.loads(text)
     set_in_hosts = {key for host in data["hosts"].values() for key in host}
     assert set(HOST_FIELDS) <= set_in_hosts
-    # [defaults] takes `host` and any host key but provider and hostname, as the example says.
+    # [defaults] takes `host`, `total_budget_usd` and any host key but provider and hostname, as the example
+    # says.
     assert "host" in data["defaults"]
     assert "Any host key except `provider` and `hostname` may be set here" in text
-    assert set(DEFAULTS_FIELDS) == {"host"} | (set(HOST_FIELDS) - {"provider", "hostname"})
+    assert set(DEFAULTS_FIELDS) == {"host", "total_budget_usd"} | (
+        set(HOST_FIELDS) - {"provider", "hostname"}
+    )
     assert set(DEFAULTS_FIELDS) <= _documented(text)
 
 

@@ -22,6 +22,7 @@ CORE = (
     "gpubox.config",
     "gpubox.state",
     "gpubox.cost",
+    "gpubox.monitor",
     "gpubox.supervisor",
     "gpubox.report",
     "gpubox.cli",

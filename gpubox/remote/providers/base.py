@@ -49,6 +49,10 @@ class Provider(Protocol):
 
     def status(self, host: HostConfig) -> InstanceStatus: ...
 
+    def live_price_per_hour(self, host: HostConfig) -> float | None:
+        """What the provider charges for *host* now, in US dollars per hour (cloud providers read it from their
+        API); None where it does not know, and gpubox falls back to price_per_hour or its catalog."""
+
     def terminate(self, host: HostConfig) -> str:
         """Stop paying for / running the host where gpubox owns it; return what was done, in words."""
 

@@ -167,6 +167,9 @@ class LocalProvider:
             return InstanceStatus("stopped")
         return InstanceStatus("running", f"sshd pid {server.pid} on 127.0.0.1:{server.port}")
 
+    def live_price_per_hour(self, host: HostConfig) -> float | None:
+        return None  # your own machine
+
     def terminate(self, host: HostConfig) -> str:
         if self.server.stop():
             return "stopped the local sshd"

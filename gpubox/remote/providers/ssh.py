@@ -22,6 +22,9 @@ class SshProvider:
     def status(self, host: HostConfig) -> InstanceStatus:
         return InstanceStatus("external")
 
+    def live_price_per_hour(self, host: HostConfig) -> float | None:
+        return None  # paid for elsewhere: price_per_hour in hosts.toml, or the catalog estimate
+
     def terminate(self, host: HostConfig) -> str:
         return f"{host.name} is an ssh host: gpubox left the machine itself running"
 

@@ -1,0 +1,347 @@
+"""The money and idle monitor of a held host, run from the supervisor's loop.
+
+Each tick it may: write the billing heartbeat (every :data:`LEDGER_BEAT_SECONDS`), check budgets (warnings at
+50, 80 and 100 %, each once; at 100 % stop the host unless ``on_budget = "warn"``), sample the host with the
+agent's ``idle`` op (GPU utilisation, terminals) and stop the host once it has been idle for
+``autostop_minutes``, and record what it saw for ``gpubox status`` (the countdown). Every clock is injectable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gpubox.config import HostConfig, HostsConfig
+from gpubox.cost import BillingHold, Budget, IdleTracker, budgets_for, busy_reasons, elapsed, format_duration
+from gpubox.errors import AgentError, HostUnreachable
+from gpubox.state import open_state
+
+if TYPE_CHECKING:
+    from gpubox.remote.session import HostSession
+
+__all__ = ["LEDGER_BEAT_SECONDS", "HostMonitor", "SyncActivity", "gpu_utilization"]
+
+LEDGER_BEAT_SECONDS = 2.0
+"""How often the billing heartbeat is written: a killed gpubox loses at most this much billed time."""
+MIN_SAMPLE_SECONDS = 0.5
+MAX_SAMPLE_SECONDS = 30.0
+STOP_COMMAND_TIMEOUT = 120.0
+
+
+class SyncActivity:
+    """When live sync last changed the host (on the :func:`gpubox.cost.elapsed` clock): activity for autostop."""
+
+    def __init__(self, clock: Callable[[], float] = elapsed) -> None:
+        self.clock = clock
+        self.last: float | None = None
+
+    def touch(self) -> None:
+        self.last = self.clock()
+
+
+def gpu_utilization(smi: Mapping[str, Any] | None) -> tuple[float | None, str]:
+    """(busiest GPU's utilisation in %, or None without a GPU or a figure; a few words for people) from the
+    agent's ``nvidia-smi --query-gpu=index,name,utilization.gpu --format=csv`` answer."""
+    if not smi:
+        return None, "not sampled"
+    if not smi.get("available"):
+        reason = str(smi.get("reason") or "nvidia-smi gave no answer")
+        if "exit_code" not in smi and "not found" in reason:
+            return None, "no GPU"
+        return None, f"no usable GPU ({reason})"
+    from gpubox.remote.gpu import parse_nvidia_smi
+
+    snapshot = parse_nvidia_smi(str(smi.get("output") or ""))
+    if snapshot.state != "gpus":
+        return None, f"no usable GPU ({snapshot.message or snapshot.state})"
+    values = [g.utilization_gpu_percent for g in snapshot.gpus if isinstance(g.utilization_gpu_percent, int)]
+    count = len(snapshot.gpus)
+    if not values:
+        return None, f"{count} GPU{'s' if count > 1 else ''}, utilisation not reported"
+    busiest = float(max(values))
+    return busiest, f"GPU {busiest:g} %" + (f" (busiest of {count})" if count > 1 else "")
+
+
+class HostMonitor:
+    """Ledger heartbeat, budgets and idle autostop for the host *session* is connected to."""
+
+    def __init__(
+        self,
+        session: HostSession,
+        host: HostConfig,
+        *,
+        stop: threading.Event,
+        log: Callable[[str], None],
+        billing: BillingHold | None = None,
+        hosts: HostsConfig | None = None,
+        activity: SyncActivity | None = None,
+        heartbeat_seconds: float = 5.0,
+        ledger_seconds: float = LEDGER_BEAT_SECONDS,
+        clock: Callable[[], float] = elapsed,
+        wall: Callable[[], float] = time.time,
+        state_path: Path | None = None,
+    ) -> None:
+        self.session = session
+        self.host = host
+        self.stop = stop
+        self.log = log
+        self.billing = billing
+        self.hosts = hosts
+        self.activity = activity
+        self.heartbeat_seconds = heartbeat_seconds
+        self.ledger_seconds = ledger_seconds
+        self.clock = clock
+        self.wall = wall
+        self.state_path = state_path
+        self.window = host.autostop_minutes * 60.0
+        self.autostop = self.window > 0
+        self.sample_seconds = min(MAX_SAMPLE_SECONDS, max(MIN_SAMPLE_SECONDS, self.window / 6))
+        self.tracker = IdleTracker(self.window, max_gap=3 * self.sample_seconds + heartbeat_seconds)
+        now = clock()
+        self.next_link = now + heartbeat_seconds
+        self.next_ledger = now
+        self.next_sample = now
+        self.next_budget: float | None = None
+        self.budgets: list[Budget] = []
+        self.gpu_percent: float | None = None
+        self.gpu_note = "not sampled yet"
+        self.last_activity: str | None = None
+        self.outcome: str | None = None
+        """What the monitor did to the host (stopped it, and why); None while it holds it."""
+        self._warned: set[str] = set()
+
+    # -- scheduling
+
+    def wait_seconds(self) -> float:
+        """How long the supervisor may sleep before the next tick is due."""
+        due = [self.next_link, self.next_ledger]
+        if self.autostop:
+            due.append(self.next_sample)
+            # Once the window has run out without a stop (warned instead), only new samples matter.
+            if self.tracker.idle_since is not None and not self._warned & {"autostop", "autostop-failed"}:
+                due.append(self.tracker.idle_since + self.window)
+        if self.next_budget is not None:
+            due.append(self.next_budget)
+        return max(0.05, min(due) - self.clock())
+
+    def tick(self, *, check_link: bool = False) -> None:
+        """One round; raises HostUnreachable / AgentError when the link is gone (the supervisor reconnects)."""
+        now = self.clock()
+        try:
+            if now >= self.next_ledger or (self.next_budget is not None and now >= self.next_budget):
+                self.beat_ledger()
+            if self.stop.is_set():
+                return
+            if self.autostop and (now >= self.next_sample or check_link):
+                self._sample()
+            elif check_link or now >= self.next_link:
+                self.session.heartbeat()
+                self.next_link = self.clock() + self.heartbeat_seconds
+            if self.autostop and self.tracker.due(self.clock()):
+                self._stop_host(
+                    f"idle for {format_duration(self.tracker.idle_seconds(self.clock()))}", "autostop"
+                )
+        finally:
+            self._report()
+
+    def link_lost(self) -> None:
+        """Nobody can see the host while the link is down: the idle window starts again once it is back."""
+        self.tracker.reset()
+        self.gpu_note = "link lost"
+        self._report()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait *seconds* (or until stopped), writing the billing heartbeat meanwhile: the host bills on while
+        the supervisor reconnects."""
+        deadline = self.clock() + seconds
+        while not self.stop.is_set():
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, self.ledger_seconds))
+            if self.clock() >= self.next_ledger:
+                self.beat_ledger()
+
+    # -- money
+
+    def beat_ledger(self) -> None:
+        now = self.clock()
+        self.next_ledger = now + self.ledger_seconds
+        exhausted: list[Budget] = []
+        with open_state(self.state_path) as state:
+            if self.billing is not None:
+                self.billing.beat(state)
+            if self.host.budget_usd is None and (self.hosts is None or self.hosts.total_budget_usd is None):
+                return
+            self.budgets = budgets_for(self.host, self.hosts, state.billing(), self.wall())
+            rate = (self.billing.price.amount or 0.0) if self.billing is not None else 0.0
+            upcoming = []
+            for budget in self.budgets:
+                for threshold in budget.reached:
+                    if state.record_budget_alert(
+                        budget.scope, threshold, budget.budget_usd, budget.spent_usd
+                    ):
+                        self._budget_warning(budget, threshold)
+                if budget.exhausted:
+                    exhausted.append(budget)
+                seconds = budget.seconds_to_next(rate)
+                if seconds is not None:
+                    upcoming.append(seconds)
+            # Wake when the next threshold is due at this host's rate, not only at the next heartbeat.
+            self.next_budget = now + min(upcoming) + 0.01 if upcoming else None
+        if exhausted and self.host.on_budget == "stop":
+            self._stop_host(f"budget: {exhausted[0].describe(100)}", "budget")
+
+    def _budget_warning(self, budget: Budget, threshold: int) -> None:
+        text = f"budget: {budget.describe(threshold)}"
+        if threshold < 100:
+            self.log(f"! {text}")
+        elif self.host.on_budget == "warn":
+            self.log(f'! {text}: {self.host.name} keeps running (on_budget = "warn")')
+        elif self.host.stop_command or self.host.provider != "ssh":
+            self.log(f"! {text}: stopping {self.host.name}")
+        else:
+            self.log(f"! {text}")  # what happens next (it cannot be stopped) follows in its own line
+
+    # -- idle
+
+    def _sample(self) -> None:
+        local = self.host.provider == "local"
+        # The local host's terminals are the laptop's own: they say nothing about using the host.
+        answer = self.session.agent.request("idle", {"gpu": True, "ttys": not local})
+        now = self.clock()
+        self.next_sample = now + self.sample_seconds
+        self.next_link = now + self.heartbeat_seconds
+        self.gpu_percent, self.gpu_note = gpu_utilization(answer.get("nvidia_smi"))
+        with open_state(self.state_path) as state:
+            shells = len(state.shells(self.host.name))
+        reasons = busy_reasons(
+            gpu_percent=self.gpu_percent,
+            gpu_threshold=self.host.autostop_gpu_percent,
+            active_runs=answer.get("runs"),
+            busy_kernels=answer.get("kernels"),
+            shells=shells,
+        )
+        moments: list[tuple[float, str]] = []
+        if self.activity is not None and self.activity.last is not None:
+            moments.append((self.activity.last, "sync"))
+        typed = [t for t in answer.get("ttys") or [] if isinstance(t.get("idle_seconds"), int | float)]
+        if typed:
+            latest = min(typed, key=lambda t: float(t["idle_seconds"]))
+            moments.append((now - float(latest["idle_seconds"]), f"typing on {latest['tty']}"))
+        last = max(moments) if moments else None
+        self.last_activity = (
+            f"{last[1]} {format_duration(now - last[0])} ago"
+            if last is not None and now - last[0] < self.window
+            else None
+        )
+        was_idle = self.tracker.idle_since is not None
+        self.tracker.observe(now, reasons, last[0] if last else None)
+        if reasons or not was_idle:
+            self._warned -= {"autostop", "autostop-failed"}  # a new idle stretch may warn again
+
+    # -- acting
+
+    def stop_action(self) -> str:
+        if self.host.stop_command:
+            return "run stop_command on the host"
+        if self.host.provider == "local":
+            return "stop the local sshd"
+        if self.host.provider == "ssh":
+            return "warn only (no stop_command for this ssh host)"
+        return "terminate the instance"
+
+    def _stop_host(self, why: str, reason: str) -> None:
+        host = self.host
+        if self.host.stop_command:
+            done = self._run_stop_command(why, reason)
+            if done is None:
+                return
+        elif host.provider == "ssh":
+            if reason not in self._warned:
+                self._warned.add(reason)
+                self.log(
+                    f"! {why}: {host.name} is an ssh host without stop_command, so it keeps running (and "
+                    f"billing); set stop_command in hosts.toml, or `gpubox down {host.name}`"
+                )
+            return
+        else:
+            from gpubox.remote.providers import provider_for
+
+            done = provider_for(host).terminate(host)
+        self.outcome = f"{why}: {done}"
+        if self.billing is not None:
+            self.billing.end_reason = reason
+        self.log(f"! {self.outcome}")
+        self.stop.set()
+
+    def _run_stop_command(self, why: str, reason: str) -> str | None:
+        command = self.host.stop_command or ""
+        try:
+            result = self.session.connection.run(command, timeout=STOP_COMMAND_TIMEOUT)
+        except (HostUnreachable, AgentError) as exc:
+            # `sudo poweroff` often takes the connection down before it can answer.
+            return f"ran `{command}` on the host (the connection closed: {exc})"
+        if result.ok:
+            return f"ran `{command}` on the host"
+        if reason + "-failed" not in self._warned:
+            self._warned.add(reason + "-failed")
+            detail = (result.stderr or result.stdout).decode("utf-8", "replace").strip().splitlines()
+            self.log(
+                f"! {why}: `{command}` exited with status {result.exit_code}"
+                f"{': ' + detail[-1] if detail else ''}; {self.host.name} keeps running"
+            )
+        return None
+
+    # -- what `gpubox status` shows
+
+    def report(self) -> dict[str, Any]:
+        now, wall = self.clock(), self.wall()
+        autostop: dict[str, Any] | None = None
+        if self.autostop:
+            remaining = self.tracker.remaining(now)
+            if self.outcome is not None:
+                phase = "stopped"
+            elif self.tracker.busy:
+                phase = "busy"
+            elif remaining is None:
+                phase = "starting"
+            elif "autostop" in self._warned:
+                phase = "warned"
+            else:
+                phase = "counting"
+            autostop = {
+                "minutes": self.host.autostop_minutes,
+                "gpu_percent_below": self.host.autostop_gpu_percent,
+                "state": phase,
+                "busy": list(self.tracker.busy),
+                "gpu": self.gpu_note,
+                "gpu_percent": self.gpu_percent,
+                "last_activity": self.last_activity,
+                "idle_seconds": round(self.tracker.idle_seconds(now), 1),
+                "remaining_seconds": None if remaining is None else round(remaining, 1),
+                "stops_at": None if remaining is None else wall + remaining,
+                "action": self.stop_action(),
+            }
+        return {
+            "autostop": autostop,
+            "budgets": [
+                {
+                    "scope": b.scope,
+                    "budget_usd": b.budget_usd,
+                    "spent_usd": round(b.spent_usd, 4),
+                    "percent": round(b.percent, 1),
+                }
+                for b in self.budgets
+            ],
+            "outcome": self.outcome,
+        }
+
+    def _report(self) -> None:
+        import os
+
+        with open_state(self.state_path) as state:
+            state.record_monitor(self.host.name, os.getpid(), self.report(), self.wall())

@@ -1,0 +1,158 @@
+"""Runs: commands started on the host in their own session, detached, that outlive gpubox and the link.
+
+The host is the source of truth: each run has a folder ``~/.gpubox/runs/<id>/`` holding its spec, its combined
+log, the pid, start and end times and the exit code, written by a small waiter process the agent starts with
+``setsid``. The local state database only caches what the host said, so any gpubox process (or another laptop)
+can reattach.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gpubox.errors import RemoteError, UsageError
+
+if TYPE_CHECKING:
+    from gpubox.remote.session import HostSession
+
+__all__ = ["RunInfo", "follow_log", "list_runs", "run_env", "start_run", "stop_run"]
+
+RUN_ID = re.compile(r"^r-[0-9]{1,9}$")
+TERMINAL = ("succeeded", "failed", "stopped", "lost")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: str
+    host: str
+    command: str
+    state: str
+    """starting, running, succeeded, failed, stopped or lost."""
+    started_at: float | None
+    ended_at: float | None
+    exit_code: int | None
+    log_bytes: int = 0
+    name: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL
+
+    def duration(self, now: float | None = None) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at if self.ended_at is not None else (now if now is not None else time.time())
+        return max(0.0, end - self.started_at)
+
+    @classmethod
+    def from_agent(cls, host: str, row: dict[str, Any]) -> RunInfo:
+        return cls(
+            id=str(row["id"]),
+            host=host,
+            command=str(row.get("command", "")),
+            state=str(row.get("state", "lost")),
+            started_at=row.get("started_at"),
+            ended_at=row.get("ended_at"),
+            exit_code=row.get("exit_code"),
+            log_bytes=int(row.get("log_bytes", 0)),
+            name=row.get("name"),
+        )
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID.match(run_id):
+        raise UsageError(f"{run_id!r} is not a run id (they look like r-7; `gpubox runs` lists them)")
+    return run_id
+
+
+def run_env(run_id: str, run_dir: str, remote_project: str, outputs_logs: str = "logs") -> dict[str, str]:
+    """What every run sees in its environment (TensorBoard finds every run under the project's logs/)."""
+    return {
+        "GPUBOX_RUN_ID": run_id,
+        "GPUBOX_RUN_DIR": run_dir,
+        "GPUBOX_TB_DIR": f"{remote_project.rstrip('/')}/{outputs_logs}/{run_id}",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def start_run(
+    session: HostSession,
+    argv: Sequence[str],
+    *,
+    name: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> RunInfo:
+    """Start *argv* in the host's project folder, detached; return once the host has recorded it."""
+    if not argv:
+        raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
+    command = argv[0] if len(argv) == 1 else shlex.join(argv)
+    result = session.agent.request(
+        "run_start",
+        {
+            "project": session.remote_dir,
+            "shell": command,
+            "name": name,
+            "env": dict(extra_env or {}),
+        },
+    )
+    return RunInfo.from_agent(session.host.name, result)
+
+
+def list_runs(session: HostSession, ids: Sequence[str] | None = None) -> list[RunInfo]:
+    result = session.agent.request("run_list", {"ids": list(ids) if ids else None})
+    return [RunInfo.from_agent(session.host.name, row) for row in result.get("runs", [])]
+
+
+def stop_run(session: HostSession, run_id: str, grace_seconds: float = 10.0) -> RunInfo:
+    result = session.agent.request("run_stop", {"id": check_run_id(run_id), "grace": grace_seconds})
+    return RunInfo.from_agent(session.host.name, result)
+
+
+def follow_log(
+    session_for: Callable[[], HostSession],
+    run_id: str,
+    *,
+    offset: int = 0,
+    follow: bool = False,
+    poll_seconds: float = 0.2,
+    on_gap: Callable[[Exception], None] | None = None,
+) -> Iterator[tuple[bytes, RunInfo]]:
+    """Yield the run's log from byte *offset* on, in order, never twice; with *follow*, until the run ends.
+
+    *session_for* returns a live session (reconnecting when needed): a dropped link only pauses the stream, and
+    it resumes from the last byte received.
+    """
+    check_run_id(run_id)
+    while True:
+        try:
+            session = session_for()
+            result, data = session.agent.request_with_blob(
+                "run_log", {"id": run_id, "offset": offset, "max": 1 << 20}
+            )
+        except RemoteError:
+            raise
+        except Exception as exc:  # the link dropped: wait for it to come back, keep the offset
+            if not follow or on_gap is None:
+                raise
+            on_gap(exc)
+            time.sleep(poll_seconds)
+            continue
+        info = RunInfo.from_agent(session.host.name, result["run"])
+        if data:
+            offset += len(data)
+            yield data, info
+            continue
+        if not follow or (info.finished and offset >= int(result.get("size", offset))):
+            yield b"", info
+            return
+        time.sleep(poll_seconds)
+
+
+def local_log_path(state_dir: str, host: str, run_id: str) -> str:
+    return os.path.join(state_dir, "runs", host, f"{run_id}.log")

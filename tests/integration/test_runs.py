@@ -1,0 +1,157 @@
+"""Detached runs on the real local host: start, follow, exit codes, stop, reattach after gpubox is killed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import assert_one_line_error, run_gpubox
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "hosts.toml").write_text(f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\n')
+    (folder / ".gitignore").write_text("hosts.toml\n")
+    yield folder
+    run_gpubox("down", "local", cwd=folder)
+
+
+def _host_log(run_id: str) -> bytes:
+    return (
+        (Path(os.path.expanduser("~" + os.environ.get("USER", "root"))) / ".gpubox" / "runs")
+        .joinpath(run_id, "log")
+        .read_bytes()
+    )
+
+
+def _runs(project: Path) -> dict[str, dict[str, object]]:
+    listing = run_gpubox("runs", "--all", "--json", cwd=project)
+    assert listing.returncode == 0, listing.stderr
+    return {run["id"]: run for run in json.loads(listing.stdout)["runs"]}
+
+
+def test_run_follow_returns_the_exit_code_and_the_whole_log(project: Path) -> None:
+    (project / "job.py").write_text(
+        "import os, sys\nfor i in range(3):\n    print('step', i)\n"
+        "print('run', os.environ['GPUBOX_RUN_ID'], os.environ['PYTHONUNBUFFERED'], file=sys.stderr)\n"
+        "print('tb', os.environ['GPUBOX_TB_DIR'])\nsys.exit(4)\n"
+    )
+    result = run_gpubox("run", "-f", "--", "python3", "job.py", cwd=project)
+    assert result.returncode == 4, result.stderr
+    first, second = result.stdout.splitlines()[:2]
+    assert first.startswith("synced local:")  # the flush barrier sent job.py first
+    run_id = second.split()[1]
+    assert second == f"started {run_id} on local: python3 job.py"
+    body = result.stdout.split("\n", 2)[2]
+    assert "step 0\nstep 1\nstep 2\n" in body
+    assert f"run {run_id} 1" in body
+    assert f"tb {project.parent / 'remote'}/logs/{run_id}" in body
+    assert _runs(project)[run_id]["state"] == "failed"
+    assert _runs(project)[run_id]["exit_code"] == 4
+
+
+def test_stop_ends_a_sleeping_run(project: Path) -> None:
+    started = run_gpubox("run", "--", "sleep", "60", cwd=project)
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.splitlines()[-2].split()[1]
+    assert _runs(project)[run_id]["state"] == "running"
+    stopped = run_gpubox("stop", run_id, "--grace", "2", cwd=project)
+    assert stopped.stdout.strip() == f"{run_id} on local: stopped (exit 143)"
+    assert _runs(project)[run_id]["state"] == "stopped"
+    # Processes that ignore SIGTERM are killed after the grace period; nothing of the run is left.
+    stubborn = run_gpubox("run", "--", "sh", "-c", "trap '' TERM; sleep 61.5; true", cwd=project)
+    run_id = stubborn.stdout.splitlines()[-2].split()[1]
+    time.sleep(0.3)
+    assert subprocess.run(["pgrep", "-f", "sleep 61.5"], capture_output=True).returncode == 0
+    stopped = run_gpubox("stop", run_id, "--grace", "0.5", cwd=project)
+    assert stopped.stdout.startswith(f"{run_id} on local: stopped")
+    assert subprocess.run(["pgrep", "-f", "sleep 61.5"], capture_output=True).returncode == 1
+
+
+def test_run_survives_the_ssh_link_and_gpubox(project: Path) -> None:
+    started = run_gpubox("run", "--", "sh", "-c", "sleep 1; echo survived", cwd=project)
+    run_id = started.stdout.splitlines()[-2].split()[1]
+    # Drop every SSH session of this test's local host (not the machine's others): the run was started
+    # detached, in its own session, so it must not notice.
+    from gpubox.remote.providers.local import LocalSshd
+    from tests.support.sshd import _descendants
+
+    server = LocalSshd().running()
+    assert server is not None
+    for pid in _descendants(server.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    follow = run_gpubox("logs", run_id, "-f", cwd=project)
+    assert (follow.returncode, follow.stdout) == (0, "survived\n"), follow.stderr
+
+
+def test_logs_tail(project: Path) -> None:
+    done = run_gpubox("run", "-f", "--", "seq", "1", "100", cwd=project)
+    run_id = done.stdout.splitlines()[1].split()[1]
+    tail = run_gpubox("logs", run_id, "--tail", "3", cwd=project)
+    assert tail.stdout == "98\n99\n100\n"
+
+
+def test_reattach_after_sigkill_gives_a_byte_identical_log(project: Path, tmp_path: Path) -> None:
+    (project / "count.py").write_text(
+        "import time\nfor i in range(60):\n    print(f'line {i:04d} ' + 'x' * (i % 37), flush=True)\n    time.sleep(0.05)\n"
+    )
+    started = run_gpubox("run", "--", "python3", "count.py", cwd=project)
+    run_id = started.stdout.splitlines()[-2].split()[1]
+    first_out = tmp_path / "first.out"
+    with open(first_out, "wb") as handle:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "gpubox", "logs", run_id, "-f"],
+            cwd=project,
+            stdout=handle,
+            stderr=subprocess.DEVNULL,
+            env=os.environ.copy(),
+        )
+        time.sleep(1.2)
+        follower.send_signal(signal.SIGKILL)
+        follower.wait()
+    assert first_out.stat().st_size > 0
+    again = run_gpubox("logs", run_id, "-f", cwd=project)
+    assert again.returncode == 0, again.stderr
+    host_log = _host_log(run_id)
+    local_copy = Path(os.environ["GPUBOX_HOME"]) / "state" / "runs" / "local" / f"{run_id}.log"
+    assert local_copy.read_bytes() == host_log
+    assert again.stdout.encode() == host_log
+    assert host_log.count(b"\n") == 60
+
+
+@pytest.mark.parametrize(
+    ("argv", "message", "code"),
+    [
+        (["logs", "r-999"], "gpubox: no run r-999 on this host", 2),
+        (["stop", "r-999"], "gpubox: no run r-999 on this host", 2),
+        (["logs", "seven"], "gpubox: 'seven' is not a run id", 2),
+        (["run"], "gpubox: nothing to run: give a command after `--`", 2),
+    ],
+)
+def test_bad_run_input_is_one_line(project: Path, argv: list[str], message: str, code: int) -> None:
+    run_gpubox("ssh", "local", "--", "true", cwd=project)  # the local host exists, so only the run is wrong
+    line = assert_one_line_error(run_gpubox(*argv, cwd=project), code)
+    assert line.startswith(message), line
+
+
+def test_run_on_a_host_that_is_down_is_exit_3(tmp_path: Path) -> None:
+    from gpubox.remote.sshd import free_port
+
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "hosts.toml").write_text(f'[hosts.gone]\nhostname = "127.0.0.1"\nport = {free_port()}\n')
+    line = assert_one_line_error(run_gpubox("run", "--", "true", cwd=project), 3)
+    assert "connection refused" in line
