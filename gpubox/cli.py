@@ -368,6 +368,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
             _out(f"  ✓ sync   {report.summary()}" + ("" if args.detach else "; watching for changes"))
             _tell_held_back(report)
+            _ensure_env(session, project, quiet=args.supervise_child)
         if args.detach:
             session.close()
             return _detach(args, host)
@@ -499,14 +500,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def _remote_dir_expression(path: str) -> str:
-    """A shell word for *path* that still expands a leading ``~`` on the host."""
-    import shlex
+    from gpubox.remote.session import shell_word
 
-    if path == "~":
-        return '"$HOME"'
-    if path.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(path[2:])
-    return shlex.quote(path)
+    return shell_word(path)
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
@@ -873,6 +869,24 @@ def _run_host(args: argparse.Namespace, project: ProjectConfig) -> HostConfig:
     return _hosts(project).pick(getattr(args, "host", None))
 
 
+def _ensure_env(session: HostSession, project: ProjectConfig, *, quiet: bool) -> str | None:
+    """Build (or reuse) the project's env on the host; return its path, None when the project needs none."""
+    from gpubox.train.env import ensure_env, env_spec
+
+    spec = env_spec(project, str(session.agent.hello.get("python", "")))
+    if spec is None:
+        return None
+    show = None if quiet else sys.stdout.buffer
+    if not quiet:
+        _out(f"  · env    {spec.path} ({spec.requirements or 'setup commands'})")
+    path, cached = ensure_env(session, spec, show=show)
+    if not quiet or not cached:
+        _out(
+            f"  ✓ env    {spec.path} ({spec.requirements or 'setup commands'}{', cached' if cached else ', built'})"
+        )
+    return path
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from gpubox.remote.session import connect_host
     from gpubox.train.runs import start_run
@@ -889,7 +903,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             report = _full_sync(_syncer(session, project, host), allow_mass_delete=False, quiet=True)
             if report.sent or report.deleted:
                 _out(f"synced {host.name}: {report.summary()}")
-        run = start_run(session, argv, name=args.name)
+        venv = _ensure_env(session, project, quiet=True)
+        run = start_run(session, argv, name=args.name, venv=venv)
     finally:
         session.close()
     _out(f"started {run.id} on {host.name}: {run.command}")

@@ -210,13 +210,12 @@ def op_probe(args: Dict[str, Any]) -> Dict[str, Any]:
 #
 # The host side of one-way-safe sync. Every path is relative to the project root and checked before use:
 # no absolute paths, no "..", never through a symlinked folder, so nothing is written outside the root.
-# Each write is staged in <root>/.gpubox-staging (same filesystem), made durable with one syncfs per batch,
+# Each write is staged in <root>/.gpubox-staging (same filesystem), made durable (fdatasync, in parallel),
 # then renamed into place only if the host's copy still matches what the client last saw (just in time).
 
 STAGING = ".gpubox-staging"
 Row = List[Any]
 """[kind, size, mtime_ns, exec, symlink target]: what sync compares about one path."""
-_libc: Any = None
 
 
 class PathRefused(RequestError):
@@ -342,22 +341,36 @@ def _existing_parent(root: str, parts: List[str]) -> Optional[str]:
     return current
 
 
-def _syncfs(path: str) -> None:
-    """Make staged data durable with one syncfs(2) for the whole batch (fsync per file costs ~5x the write)."""
-    global _libc
-    try:
-        if _libc is None:
-            import ctypes
+_STAGING_THREADS = 16
 
-            _libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if _libc.syncfs(fd) != 0:
-                os.sync()
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        os.sync()
+
+def _stage_one(job: Tuple[str, int, int, int, bool], blob: bytes) -> None:
+    """Write one file's bytes to its staging name, with its mtime and mode, durable before it is renamed."""
+    temp, offset, size, mtime, executable = job
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755 if executable else 0o644)
+    try:
+        view = memoryview(blob)[offset : offset + size]
+        while view:
+            view = view[os.write(fd, view) :]
+        os.utime(fd, ns=(mtime, mtime))
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stage_all(jobs: List[Tuple[str, int, int, int, bool]], blob: bytes) -> None:
+    """Stage a batch with several threads: each file is fdatasync'ed (so no renamed file can turn out empty
+    after a crash), and concurrent syncs share journal commits, so this costs a fraction of one-by-one fsync
+    without flushing anyone else's data the way syncfs(2) would."""
+    if len(jobs) < 4:
+        for job in jobs:
+            _stage_one(job, blob)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(_STAGING_THREADS, len(jobs))) as pool:
+        for _ in pool.map(lambda job: _stage_one(job, blob), jobs):
+            pass
 
 
 def _trash_dir(args: Dict[str, Any]) -> str:
@@ -483,6 +496,7 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     staging = os.path.join(root, STAGING)
     _sweep_staging(staging)
     staged: Dict[int, str] = {}
+    jobs = []
     offset = 0
     try:
         for index, op in enumerate(ops):
@@ -490,23 +504,18 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
                 continue
             _parts(op.get("p"))
             size = op.get("n")
+            mtime = op.get("m")
             if not isinstance(size, int) or size < 0 or offset + size > len(blob):
                 raise RequestError("bad-request", "write %r has a bad size" % (op.get("p"),))
-            if not staged:
-                os.makedirs(staging, exist_ok=True)
+            if not isinstance(mtime, int):
+                raise RequestError("bad-request", "write %r has a bad mtime" % (op.get("p"),))
             temp = os.path.join(staging, "%d-%d" % (os.getpid(), index))
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755 if op.get("x") else 0o644)
             staged[index] = temp
-            try:
-                view = memoryview(blob)[offset : offset + size]
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.utime(fd, ns=(op["m"], op["m"]))
-            finally:
-                os.close(fd)
+            jobs.append((temp, offset, size, mtime, bool(op.get("x"))))
             offset += size
-        if staged:
-            _syncfs(staging)
+        if jobs:
+            os.makedirs(staging, exist_ok=True)
+            _stage_all(jobs, blob)
     except Exception as exc:
         # A refused path or a malformed op fails the whole batch: nothing it staged may stay behind.
         for temp in staged.values():
@@ -977,6 +986,12 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    venv = args.get("venv")
+    if isinstance(venv, str) and venv:
+        # Inside the project's env, as `source bin/activate` would do.
+        venv = os.path.expanduser(venv)
+        run_env["VIRTUAL_ENV"] = venv
+        run_env["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
     spec = {"shell": shell, "cwd": cwd, "env": run_env, "name": args.get("name"), "started_at": time.time()}
     with open(os.path.join(folder, "log"), "wb"):
         pass

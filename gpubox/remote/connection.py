@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 import paramiko
 
@@ -57,6 +57,16 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class ByteSink(Protocol):
+    """Where command output goes: a binary file, sys.stdout.buffer, or anything that writes bytes."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
 AskToPin = Callable[[str, str, str], bool]
 """Called with (host as written in known_hosts, key type, SHA256 fingerprint); True pins the key."""
 
@@ -500,7 +510,7 @@ class Connection:
         code = _pump_channel(channel, out, err, timeout=timeout, what=command)
         return CommandResult(code, out.getvalue(), err.getvalue())
 
-    def stream(self, command: str, stdin: IO[bytes] | None, stdout: IO[bytes], stderr: IO[bytes]) -> int:
+    def stream(self, command: str, stdin: IO[bytes] | None, stdout: ByteSink, stderr: ByteSink) -> int:
         """Run *command* with local stdin/stdout/stderr attached (no pty); return its exit code."""
         channel = self.exec(command)
         feeder = None
@@ -531,7 +541,7 @@ def _feed_stdin(source: IO[bytes], channel: paramiko.Channel) -> None:
 
 
 def _pump_channel(
-    channel: paramiko.Channel, stdout: IO[bytes], stderr: IO[bytes], *, timeout: float | None, what: str
+    channel: paramiko.Channel, stdout: ByteSink, stderr: ByteSink, *, timeout: float | None, what: str
 ) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     channel.setblocking(False)

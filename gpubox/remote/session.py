@@ -11,7 +11,18 @@ from gpubox.remote.agent_client import AgentSession
 from gpubox.remote.connection import AskToPin, Backoff, Connection, with_backoff
 from gpubox.remote.providers import ConnectSpec, provider_for
 
-__all__ = ["HostSession", "connect_host", "open_connection"]
+__all__ = ["HostSession", "connect_host", "open_connection", "shell_word"]
+
+
+def shell_word(path: str) -> str:
+    """*path* as one shell word for the host, keeping a leading ``~`` expandable there."""
+    import shlex
+
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
 
 
 def open_connection(

@@ -87,6 +87,7 @@ def start_run(
     *,
     name: str | None = None,
     extra_env: dict[str, str] | None = None,
+    venv: str | None = None,
 ) -> RunInfo:
     """Start *argv* in the host's project folder, detached; return once the host has recorded it."""
     if not argv:
@@ -99,6 +100,7 @@ def start_run(
             "shell": command,
             "name": name,
             "env": dict(extra_env or {}),
+            "venv": venv,
         },
     )
     return RunInfo.from_agent(session.host.name, result)
