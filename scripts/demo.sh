@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# The main job on the built-in `local` host: set up, bring the host up in the background, show what is up.
+# The main job on the built-in `local` host: bring it up (sync, env with TensorFlow), train the digits example
+# as a detached run while following its log, bring the checkpoint back, and show what it cost.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
-.venv/bin/gpubox up local --detach
-.venv/bin/gpubox status
+gpubox=$PWD/.venv/bin/gpubox
+cd examples/digits
+"$gpubox" up local --detach
+"$gpubox" run -f -- python train.py --epochs 8
+"$gpubox" pull
+"$gpubox" runs
+"$gpubox" status
 echo
-echo "local is up. Try: .venv/bin/gpubox ssh local -- uname -a   ·   stop it: .venv/bin/gpubox down local"
+echo "local is still up (TensorBoard logs in examples/digits/logs, the model in examples/digits/checkpoints)."
+echo "Stop it with: .venv/bin/gpubox down local"
