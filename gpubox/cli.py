@@ -905,16 +905,25 @@ def cmd_run(args: argparse.Namespace) -> int:
                 _out(f"synced {host.name}: {report.summary()}")
         venv = _ensure_env(session, project, quiet=True)
         run = start_run(session, argv, name=args.name, venv=venv)
+        _out(f"started {run.id} on {host.name}: {run.command}")
+        if not args.follow:
+            _out(f"  follow it: gpubox logs {run.id} -f    stop it: gpubox stop {run.id}")
+            return 0
+        # Follow on the same connection: the first line shows up without a second SSH handshake.
+        return _stream_log(host, project, run.id, follow=True, offset=0, session=session)
     finally:
         session.close()
-    _out(f"started {run.id} on {host.name}: {run.command}")
-    if not args.follow:
-        _out(f"  follow it: gpubox logs {run.id} -f    stop it: gpubox stop {run.id}")
-        return 0
-    return _stream_log(host, project, run.id, follow=True, offset=0)
 
 
-def _stream_log(host: HostConfig, project: ProjectConfig, run_id: str, *, follow: bool, offset: int) -> int:
+def _stream_log(
+    host: HostConfig,
+    project: ProjectConfig,
+    run_id: str,
+    *,
+    follow: bool,
+    offset: int,
+    session: HostSession | None = None,
+) -> int:
     """Copy the run's log to stdout; with *follow*, until the run ends, across dropped links.
 
     From offset 0 the log goes through a local copy (``state/runs/HOST/RUN.log``): what it holds is printed
@@ -926,7 +935,7 @@ def _stream_log(host: HostConfig, project: ProjectConfig, run_id: str, *, follow
     from gpubox.remote.session import connect_host
     from gpubox.train.runs import follow_log
 
-    current: list[HostSession] = []
+    current: list[HostSession] = [session] if session is not None else []
 
     def session_for() -> HostSession:
         if current and current[0].connection.is_alive():
@@ -968,8 +977,8 @@ def _stream_log(host: HostConfig, project: ProjectConfig, run_id: str, *, follow
     finally:
         if cache is not None:
             cache.close()
-        for session in current:
-            session.close()
+        for opened in current:
+            opened.close()
     if not follow or info is None:
         return 0
     if info.state == "lost":

@@ -1105,7 +1105,18 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-OPS.update({"run_start": op_run_start, "run_list": op_run_list, "run_stop": op_run_stop})
+def op_env_ready(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Whether a project env is already built (its marker is written last), without a shell round trip."""
+    key = args.get("key")
+    if not isinstance(key, str) or not key.isalnum():
+        raise RequestError("bad-request", "key must be alphanumeric")
+    path = os.path.join(os.path.expanduser("~"), ".gpubox", "envs", key)
+    return {"ready": os.path.isfile(os.path.join(path, ".gpubox-ready")), "path": path}
+
+
+OPS.update(
+    {"run_start": op_run_start, "run_list": op_run_list, "run_stop": op_run_stop, "env_ready": op_env_ready}
+)
 BLOB_OPS["run_log"] = op_run_log
 
 

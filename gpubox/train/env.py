@@ -136,6 +136,10 @@ class _Tee:
 
 def ensure_env(session: HostSession, spec: EnvSpec, *, show: IO[bytes] | None = None) -> tuple[str, bool]:
     """Build the env if needed; return (its path on the host, whether it was already built)."""
+    # The common case, a built env, costs one agent round trip instead of a shell on the host.
+    known = session.agent.request("env_ready", {"key": spec.key})
+    if known.get("ready"):
+        return str(known["path"]), True
     tee = _Tee(show)
     command = f"sh -c {shlex.quote(_script(spec, session.remote_dir))}"
     code = session.connection.stream(command, None, tee, tee)
