@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
     from gpubox.sync.engine import Syncer, SyncReport
     from gpubox.sync.watch import LiveSync
+    from gpubox.train.runs import RunInfo
 
 __all__ = ["main"]
 
@@ -865,6 +866,14 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remember_runs(host: str, runs: Sequence[RunInfo]) -> None:
+    """Cache what the host said about these runs, so `gpubox cost` can price them without connecting."""
+    from gpubox.state import cache_runs, open_state
+
+    with open_state() as state:
+        cache_runs(state, host, runs)
+
+
 def _run_host(args: argparse.Namespace, project: ProjectConfig) -> HostConfig:
     return _hosts(project).pick(getattr(args, "host", None))
 
@@ -905,6 +914,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 _out(f"synced {host.name}: {report.summary()}")
         venv = _ensure_env(session, project, quiet=True)
         run = start_run(session, argv, name=args.name, venv=venv)
+        _remember_runs(host.name, [run])
         _out(f"started {run.id} on {host.name}: {run.command}")
         if not args.follow:
             _out(f"  follow it: gpubox logs {run.id} -f    stop it: gpubox stop {run.id}")
@@ -979,6 +989,8 @@ def _stream_log(
             cache.close()
         for opened in current:
             opened.close()
+    if info is not None:
+        _remember_runs(host.name, [info])
     if not follow or info is None:
         return 0
     if info.state == "lost":
@@ -1033,6 +1045,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         runs = list_runs(session)
     finally:
         session.close()
+    _remember_runs(host.name, runs)
     if not args.all:
         active = [r for r in runs if not r.finished]
         runs = active + [r for r in runs if r.finished][-10:]
@@ -1092,6 +1105,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         run = stop_run(session, run_id, grace_seconds=args.grace)
     finally:
         session.close()
+    _remember_runs(host.name, [run])
     _out(
         f"{run.id} on {host.name}: {run.state}"
         + ("" if run.exit_code is None else f" (exit {run.exit_code})")

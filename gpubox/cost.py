@@ -339,9 +339,35 @@ def run_cost(
 
 
 def run_rows(state: State, now: float, since: float | None) -> list[dict[str, Any]]:
-    """Per-run cost rows for `gpubox cost`. Runs are not recorded yet (they arrive with `gpubox run`): then each
-    run's row is ``run_cost(run.started, run.ended or now, {host: state.billing(host) ...})``."""
-    return []
+    """Per-run cost rows for `gpubox cost`, from the runs gpubox has seen (a run still going counts up to now)."""
+    from gpubox.state import cached_runs
+
+    rows = []
+    ledgers: dict[str, Sequence[BillingInterval]] = {}
+    for run in cached_runs(state):
+        started = run["started_at"]
+        if started is None:
+            continue
+        ended = run["ended_at"] if run["ended_at"] is not None else now
+        if since is not None and ended < since:
+            continue
+        host = run["host"]
+        if host not in ledgers:
+            ledgers[host] = state.billing(host, repair=False)
+        cost = run_cost(started, ended, {host: ledgers[host]})
+        share = cost.per_host.get(host)
+        rows.append(
+            {
+                "id": run["id"],
+                "host": host,
+                "command": run["command"],
+                "state": run["state"],
+                "hours": round(cost.seconds / 3600.0, 6),
+                "spent_usd": None if share is None else round(share, 4),
+                "spent_is_estimate": cost.estimate,
+            }
+        )
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------- budgets
@@ -642,8 +668,14 @@ def render_cost(document: Mapping[str, Any]) -> list[str]:
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     for cells in table:
         lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+    if document["runs"]:
+        lines.append("")
+        lines.append("runs:")
     for run in document["runs"]:
-        lines.append(f"run {run['id']}: {money(run['spent_usd'], run.get('estimate', False))}")
+        lines.append(
+            f"  {run['id']} on {run['host']} ({run['state']}, {run['hours']:.2f} h): "
+            f"{money(run['spent_usd'], run['spent_is_estimate'])}  {run['command'][:60]}"
+        )
     if document["catalog"]:
         lines.append(
             f"~ estimated from gpubox's price catalog ({document['catalog']['as_of']}); "

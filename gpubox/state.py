@@ -131,6 +131,21 @@ MIGRATIONS: Sequence[str] = (
         started_at  REAL NOT NULL
     );
     """,
+    # 4: what gpubox last heard about each run (the host's run folder stays the truth), for per-run cost
+    """
+    CREATE TABLE runs (
+        host        TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        command     TEXT NOT NULL,
+        name        TEXT,
+        state       TEXT NOT NULL,
+        started_at  REAL,
+        ended_at    REAL,
+        exit_code   INTEGER,
+        seen_at     REAL NOT NULL,
+        PRIMARY KEY (host, id)
+    );
+    """,
 )
 
 EXTRAPOLATE_MAX_SECONDS = 60.0
@@ -618,6 +633,27 @@ class State:
                 self.db.execute("DELETE FROM sync_ancestors WHERE host = ?", (host,))
             else:
                 self.db.execute("DELETE FROM sync_ancestors WHERE host = ? AND project = ?", (host, project))
+
+
+def cache_runs(state: State, host: str, runs: Iterable[Any]) -> None:
+    """Remember what the host said about these runs (objects with the fields of train.runs.RunInfo)."""
+    with state.transaction():
+        state.db.executemany(
+            "INSERT OR REPLACE INTO runs(host, id, command, name, state, started_at, ended_at, exit_code, seen_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (host, r.id, r.command, r.name, r.state, r.started_at, r.ended_at, r.exit_code, time.time())
+                for r in runs
+            ],
+        )
+
+
+def cached_runs(state: State) -> list[dict[str, Any]]:
+    rows = state.db.execute(
+        "SELECT host, id, command, name, state, started_at, ended_at, exit_code FROM runs ORDER BY started_at"
+    ).fetchall()
+    keys = ("host", "id", "command", "name", "state", "started_at", "ended_at", "exit_code")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def _encode(path: str) -> bytes:

@@ -821,9 +821,26 @@ def op_idle(args: Dict[str, Any]) -> Dict[str, Any]:
         "time": time.time(),
         "nvidia_smi": _nvidia_smi(IDLE_QUERY, IDLE_SMI_TIMEOUT) if args.get("gpu", True) else None,
         "ttys": _ttys() if args.get("ttys", True) else [],
-        "runs": None,
+        "runs": _active_runs(),
         "kernels": None,
     }
+
+
+def _active_runs() -> int:
+    """How many runs are starting or running on this host (any project: a run elsewhere also uses it)."""
+    runs = os.path.join(os.path.expanduser("~"), ".gpubox", "runs")
+    try:
+        names = [n for n in os.listdir(runs) if n.startswith("r-") and n[2:].isdigit()]
+    except OSError:
+        return 0
+    active = 0
+    for name in names:
+        folder = os.path.join(runs, name)
+        if os.path.exists(os.path.join(folder, "exit_code")):
+            continue
+        if _run_row(folder)["state"] in ("starting", "running"):
+            active += 1
+    return active
 
 
 OPS: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {

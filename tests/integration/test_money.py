@@ -388,6 +388,23 @@ def test_autostop_waits_while_the_gpu_is_busy_then_stops_the_idle_local_host(
     assert _ledger()[0].end_reason == "autostop"
 
 
+def test_autostop_waits_while_a_run_is_active(
+    project: Path, tmp_path: Path, stop_processes: list[subprocess.Popen[str]]
+) -> None:
+    _local_hosts(project, tmp_path, "autostop_minutes = 0.05\n")  # a 3 s window
+    process = _up(project)
+    stop_processes.append(process)
+    _held()
+    started = run_gpubox("run", "--no-sync", "--", "sleep", "5", cwd=project)
+    assert started.returncode == 0, started.stderr
+    time.sleep(4)  # longer than the window: the run keeps the host up
+    assert process.poll() is None
+    autostop = _status(project)["autostop"]
+    assert autostop["state"] == "busy" and any("run" in reason for reason in autostop["busy"]), autostop
+    out, _ = process.communicate(timeout=30)  # the run ends after 5 s, then the idle window runs out
+    assert process.returncode == 0 and out.splitlines()[-1].endswith(": stopped the local sshd"), out
+
+
 def test_autostop_waits_while_sync_batches_happen(
     project: Path, tmp_path: Path, stop_processes: list[subprocess.Popen[str]]
 ) -> None:

@@ -155,3 +155,20 @@ def test_run_on_a_host_that_is_down_is_exit_3(tmp_path: Path) -> None:
     (project / "hosts.toml").write_text(f'[hosts.gone]\nhostname = "127.0.0.1"\nport = {free_port()}\n')
     line = assert_one_line_error(run_gpubox("run", "--", "true", cwd=project), 3)
     assert "connection refused" in line
+
+
+def test_cost_prices_each_run_at_its_host_rate(project: Path, tmp_path: Path) -> None:
+    (project / "hosts.toml").write_text(
+        f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\nprice_per_hour = 36.0\n'
+    )
+    assert run_gpubox("up", "--detach", "--no-sync", cwd=project).returncode == 0
+    done = run_gpubox("run", "-f", "--", "sleep", "1", cwd=project)
+    assert done.returncode == 0, done.stderr
+    run_id = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("started "))
+    document = json.loads(run_gpubox("cost", "--json", cwd=project).stdout)
+    (row,) = [r for r in document["runs"] if r["id"] == run_id]
+    assert row["host"] == "local" and row["state"] == "succeeded"
+    # 36 $/h is a cent per second: a 1 s run costs about a cent (start-up time included).
+    assert 0.009 <= row["spent_usd"] <= 0.03, row
+    text = run_gpubox("cost", cwd=project).stdout
+    assert f"{run_id} on local (succeeded" in text
