@@ -1066,6 +1066,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                         "duration_seconds": r.duration(now),
                         "exit_code": r.exit_code,
                         "log_bytes": r.log_bytes,
+                        "progress": r.progress,
                     }
                     for r in runs
                 ]
@@ -1076,7 +1077,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         _out(f"no runs on {host.name} yet: `gpubox run -- python train.py` starts one")
         return 0
     _table(
-        ["id", "host", "state", "started", "duration", "exit", "command"],
+        ["id", "host", "state", "started", "duration", "exit", "progress", "command"],
         [
             [
                 r.id,
@@ -1085,6 +1086,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 time.strftime("%m-%d %H:%M", time.localtime(r.started_at)) if r.started_at else "",
                 format_duration(r.duration(now) or 0),
                 "" if r.exit_code is None else str(r.exit_code),
+                r.progress_text(),
                 r.command if len(r.command) <= 60 else r.command[:57] + "...",
             ]
             for r in runs

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import stat
@@ -957,7 +958,152 @@ def _run_row(folder: str) -> Dict[str, Any]:
         "ended_at": float(ended) if ended else None,
         "exit_code": code,
         "log_bytes": log_bytes,
+        "progress": _progress(folder, spec) if state in ("running", "starting") else None,
     }
+
+
+# -- progress: what Keras already writes. The epoch count comes from its "Epoch i/N" log lines; loss and
+# metrics from the standard TensorBoard callback's event files (TFRecord framing, protobuf by hand: the agent
+# has only the standard library), falling back to the log's own "loss: 0.29" figures.
+
+_EPOCH_LINE = re.compile(rb"Epoch (\d+)/(\d+)")
+_LOG_METRIC = re.compile(rb"(?<![\w.])([a-z_]+): (\d+\.\d+(?:e[-+]?\d+)?)")
+
+
+def _varint(data: bytes, at: int) -> Tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _fields(data: bytes) -> List[Tuple[int, int, Any]]:
+    """(field number, wire type, value) of one protobuf message; unknown wire types end the message."""
+    found: List[Tuple[int, int, Any]] = []
+    at = 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        number, wire = key >> 3, key & 7
+        value: Any
+        if wire == 0:
+            value, at = _varint(data, at)
+        elif wire == 1:
+            value, at = data[at : at + 8], at + 8
+        elif wire == 2:
+            size, at = _varint(data, at)
+            value, at = data[at : at + size], at + size
+        elif wire == 5:
+            value, at = data[at : at + 4], at + 4
+        else:
+            break
+        found.append((number, wire, value))
+    return found
+
+
+def _scalar_of(value_message: bytes) -> Tuple[Optional[str], Optional[float]]:
+    """Tag and number of one Summary.Value: simple_value (field 2) or a scalar tensor (field 8)."""
+    tag, number = None, None
+    for field, wire, value in _fields(value_message):
+        if field == 1 and wire == 2:
+            tag = value.decode("utf-8", "replace")
+        elif field == 2 and wire == 5:
+            number = struct.unpack("<f", value)[0]
+        elif field == 8 and wire == 2:
+            dtype = 1
+            for tfield, twire, tvalue in _fields(value):
+                if tfield == 1 and twire == 0:
+                    dtype = tvalue
+                elif tfield == 4 and twire == 2 and len(tvalue) in (4, 8):  # tensor_content
+                    number = struct.unpack("<f" if len(tvalue) == 4 else "<d", tvalue)[0]
+                elif tfield == 5 and twire == 2 and len(tvalue) >= 4:  # packed float_val
+                    number = struct.unpack("<f", tvalue[:4])[0]
+                elif tfield == 5 and twire == 5:
+                    number = struct.unpack("<f", tvalue)[0]
+                elif tfield == 6 and twire == 2 and len(tvalue) >= 8:  # packed double_val
+                    number = struct.unpack("<d", tvalue[:8])[0]
+            if dtype not in (1, 2, 19):  # float, double, half: anything else is not a curve
+                number = None
+    return tag, number
+
+
+def _event_scalars(path: str) -> Dict[str, Tuple[int, float, float]]:
+    """The last (step, value, wall time) of every scalar tag in one TensorBoard event file."""
+    last: Dict[str, Tuple[int, float, float]] = {}
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return last
+    at = 0
+    while at + 12 <= len(data):
+        (size,) = struct.unpack("<Q", data[at : at + 8])
+        record = data[at + 12 : at + 12 + size]
+        if len(record) < size:
+            break  # the writer is mid-record
+        at += 12 + size + 4
+        wall, step = 0.0, 0
+        try:
+            event = _fields(record)
+        except IndexError:
+            continue
+        for field, wire, value in event:
+            if field == 1 and wire == 1:
+                wall = struct.unpack("<d", value)[0]
+            elif field == 2 and wire == 0:
+                step = value
+        for field, wire, value in event:
+            if field == 5 and wire == 2:
+                for sfield, swire, svalue in _fields(value):
+                    if sfield == 1 and swire == 2:
+                        tag, number = _scalar_of(svalue)
+                        if tag is not None and number is not None:
+                            last[tag] = (step, number, wall)
+    return last
+
+
+def _progress(folder: str, spec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    try:
+        with open(os.path.join(folder, "log"), "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 65536))
+            tail = handle.read()
+    except OSError:
+        tail = b""
+    epochs = _EPOCH_LINE.findall(tail)
+    progress: Dict[str, Any] = {}
+    if epochs:
+        progress["epoch"], progress["epochs"] = int(epochs[-1][0]), int(epochs[-1][1])
+    metrics: Dict[str, float] = {}
+    for line in tail.replace(b"\r", b"\n").splitlines()[-40:]:
+        for name, number in _LOG_METRIC.findall(line):
+            metrics[name.decode()] = float(number)
+    walls: List[float] = []
+    tb_dir = (spec.get("env") or {}).get("GPUBOX_TB_DIR")
+    if isinstance(tb_dir, str) and os.path.isdir(tb_dir):
+        for part in sorted(os.listdir(tb_dir)):
+            sub = os.path.join(tb_dir, part)
+            if not os.path.isdir(sub):
+                continue
+            for name in sorted(os.listdir(sub)):
+                if "tfevents" not in name:
+                    continue
+                for tag, (step, number, wall) in _event_scalars(os.path.join(sub, name)).items():
+                    if tag.startswith("epoch_"):
+                        key = tag[len("epoch_") :] if part == "train" else "%s_%s" % (part[:3], tag[6:])
+                        metrics[key] = number
+                        progress["epochs_logged"] = max(progress.get("epochs_logged", 0), step + 1)
+                        walls.append(wall)
+    if metrics:
+        progress["metrics"] = metrics
+    started = spec.get("started_at")
+    done = progress.get("epochs_logged") or (progress.get("epoch", 1) - 1)
+    if isinstance(started, (int, float)) and progress.get("epochs") and done:
+        per_epoch = ((max(walls) if walls else time.time()) - started) / done
+        progress["eta_seconds"] = max(0.0, per_epoch * (progress["epochs"] - done))
+    return progress or None
 
 
 def _reap_waiters() -> None:

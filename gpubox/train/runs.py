@@ -39,6 +39,26 @@ class RunInfo:
     exit_code: int | None
     log_bytes: int = 0
     name: str | None = None
+    progress: dict[str, Any] | None = None
+    """While it runs: epoch/epochs (from Keras's "Epoch i/N" lines), metrics (from its TensorBoard event files),
+    eta_seconds."""
+
+    def progress_text(self) -> str:
+        """'3/8 · loss 0.2991 · accuracy 0.9109 · ETA 0:00:12', or '' when nothing is known."""
+        if not self.progress:
+            return ""
+        from gpubox.cost import format_duration
+
+        parts = []
+        if "epoch" in self.progress:
+            parts.append(f"{self.progress['epoch']}/{self.progress['epochs']}")
+        metrics = self.progress.get("metrics") or {}
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if key in metrics:
+                parts.append(f"{key} {metrics[key]:.4g}")
+        if "eta_seconds" in self.progress:
+            parts.append(f"ETA {format_duration(self.progress['eta_seconds'])}")
+        return " · ".join(parts)
 
     @property
     def finished(self) -> bool:
@@ -62,6 +82,7 @@ class RunInfo:
             exit_code=row.get("exit_code"),
             log_bytes=int(row.get("log_bytes", 0)),
             name=row.get("name"),
+            progress=row.get("progress") if isinstance(row.get("progress"), dict) else None,
         )
 
 

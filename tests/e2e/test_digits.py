@@ -68,3 +68,28 @@ def test_a_requirement_that_does_not_resolve_is_one_line_and_leaves_no_env(proje
     check = 'for d in "$HOME"/.gpubox/envs/*/; do [ -f "$d/.gpubox-ready" ] || echo "half-built: $d"; done'
     leftovers = run_gpubox("ssh", "local", "--", check, cwd=project)
     assert leftovers.returncode == 0 and "half-built" not in leftovers.stdout, leftovers.stdout
+
+
+def test_runs_shows_live_progress_from_keras_logs_and_tensorboard_events(project: Path) -> None:
+    import time
+
+    started = run_gpubox("run", "--", "python", "train.py", "--epochs", "400", cwd=project, timeout=900)
+    assert started.returncode == 0, started.stderr
+    run_id = next(line.split()[1] for line in started.stdout.splitlines() if line.startswith("started "))
+    progress = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        runs = json.loads(run_gpubox("runs", "--json", cwd=project).stdout)["runs"]
+        (mine,) = [r for r in runs if r["id"] == run_id]
+        progress = mine["progress"] or {}
+        if progress.get("epochs_logged", 0) >= 2 and "eta_seconds" in progress:
+            break
+        time.sleep(0.5)
+    assert progress and progress["epochs"] == 400, progress
+    assert 1 <= progress["epoch"] <= 400
+    metrics = progress["metrics"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(metrics), metrics
+    assert 0 < metrics["loss"] < 10 and 0 <= metrics["accuracy"] <= 1
+    table = run_gpubox("runs", cwd=project).stdout
+    assert "/400 · loss " in table and "ETA " in table
+    assert run_gpubox("stop", run_id, "--grace", "2", cwd=project).returncode == 0
