@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gpubox.sync.engine import Syncer, SyncReport
     from gpubox.sync.watch import LiveSync
     from gpubox.train.runs import RunInfo
+    from gpubox.train.services import ServiceState
 
 __all__ = ["main"]
 
@@ -217,7 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from gpubox.cost import format_duration, format_usd
     from gpubox.remote.providers import provider_for
-    from gpubox.state import open_state
+    from gpubox.state import live_tunnels, open_state
 
     hosts = _hosts()
     rows = _host_rows(hosts)
@@ -234,6 +235,16 @@ def cmd_status(args: argparse.Namespace) -> int:
                 autostop["remaining_seconds"] = round(max(0.0, autostop["stops_at"] - now), 1)
             row["autostop"] = autostop
             row["autostop_minutes"] = host.autostop_minutes
+            row["services"] = [
+                {"name": tunnel["service"], "host_port": tunnel["host_port"], "tunnel": tunnel}
+                for tunnel in live_tunnels(state, host.name)
+            ]
+    project = _project() if args.show_secrets else None
+    for row in rows:
+        for service in row["services"]:
+            tunnel = service.pop("tunnel")
+            host = hosts.hosts[row["name"]]
+            service["url"] = _service_url(host, project, tunnel, show_secret=project is not None)
     if args.json:
         _json({"hosts": rows})
         return 0
@@ -266,6 +277,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         _out(line)
         if row["up"]:
             _out(f"    autostop  {_autostop_text(row['autostop'], row['autostop_minutes'])}")
+        for service in row["services"]:
+            _out(f"    {service['name']:<9} {service['url']}")
     return 0
 
 
@@ -369,13 +382,41 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
             _out(f"  ✓ sync   {report.summary()}" + ("" if args.detach else "; watching for changes"))
             _tell_held_back(report)
-            _ensure_env(session, project, quiet=args.supervise_child)
+        venv = _ensure_env(session, project, quiet=args.supervise_child) if not args.no_sync else None
+        services = []
+        if not args.no_services:
+            services = _start_services(session, project, venv, quiet=args.supervise_child)
         if args.detach:
             session.close()
-            return _detach(args, host)
-        return _hold(session, host, detached=args.supervise_child, syncer=syncer, hosts=hosts)
+            return _detach(args, host, expect_tunnels=bool(services))
+        return _hold(
+            session, host, detached=args.supervise_child, syncer=syncer, hosts=hosts, services=services
+        )
     finally:
         session.close()
+
+
+def _start_services(
+    session: HostSession, project: ProjectConfig, venv: str | None, *, quiet: bool
+) -> list[ServiceState]:
+    """Jupyter, TensorBoard and custom services on the host, inside the env (built for them if need be)."""
+    from gpubox.train.env import ensure_env, tools_spec
+    from gpubox.train.services import ensure_services, ensure_tools
+
+    enabled = [s for s in project.services.values() if s.enabled]
+    if not enabled:
+        return []
+    if venv is None:
+        venv, _cached = ensure_env(session, tools_spec(project, str(session.agent.hello.get("python", ""))))
+    installed = ensure_tools(session, venv, enabled)
+    if installed and not quiet:
+        _out(f"  ✓ tools  installed {', '.join(installed)} into the env")
+    states = ensure_services(session, project, venv)
+    if not quiet:
+        for state in states:
+            how = "reused" if state.reused else "started"
+            _out(f"  ✓ {state.name:<12} {how} on the host's 127.0.0.1:{state.host_port}")
+    return states
 
 
 def _hold(
@@ -385,12 +426,16 @@ def _hold(
     detached: bool,
     syncer: Syncer | None = None,
     hosts: HostsConfig | None = None,
+    services: Sequence[ServiceState] = (),
 ) -> int:
+    import os
     import threading
     import time
 
     from gpubox.cost import format_duration
     from gpubox.monitor import HostMonitor, SyncActivity
+    from gpubox.remote.tunnels import Tunnel
+    from gpubox.state import clear_tunnels, open_state, record_tunnels
     from gpubox.supervisor import claim_host, stop_on_signals, supervise
 
     def log(text: str) -> None:
@@ -404,6 +449,20 @@ def _hold(
         live = (
             _start_live_sync(syncer, session, wake, on_change=activity.touch) if syncer is not None else None
         )
+        tunnels = [
+            (state, Tunnel(lambda: session.connection.transport, state.host_port, name=state.name).start())
+            for state in services
+        ]
+        with open_state() as database:
+            record_tunnels(
+                database,
+                host.name,
+                os.getpid(),
+                [(state.name, tunnel.local_port, state.host_port, state.path) for state, tunnel in tunnels],
+            )
+        for state, tunnel in tunnels:
+            hint = "  (`gpubox open jupyter` opens it with its token)" if state.secret else ""
+            _out(f"  ✓ {state.name:<12} {state.url(tunnel.local_port, show_secret=False)}{hint}")
         if not detached:
             _out(f"  holding {host.name}: Ctrl-C leaves it running (`gpubox down {host.name}` stops it)")
         monitor = HostMonitor(
@@ -414,6 +473,10 @@ def _hold(
         finally:
             if live is not None:
                 live.stop()
+            for _state, tunnel in tunnels:
+                tunnel.stop()
+            with open_state() as database:
+                clear_tunnels(database, host.name, os.getpid())
     held = format_duration(time.monotonic() - started)
     if monitor.outcome is not None:
         _out(f"  left {host.name} after {held}: {monitor.outcome}")
@@ -447,7 +510,34 @@ def _start_live_sync(
     ).start()
 
 
-def _detach(args: argparse.Namespace, host: HostConfig) -> int:
+def _print_tunnels(host: HostConfig, pid: int) -> None:
+    """The background process opens the tunnels; wait briefly for it to record them, then show them."""
+    import time
+
+    from gpubox.state import live_tunnels, open_state
+
+    deadline = time.monotonic() + 30
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        with open_state() as state:
+            rows = [r for r in live_tunnels(state, host.name) if r["pid"] == pid]
+        if rows or not _holder_alive(host, pid):
+            break
+        time.sleep(0.05)
+    for row in rows:
+        hint = "  (`gpubox open jupyter` opens it with its token)" if row["service"] == "jupyter" else ""
+        _out(f"  ✓ {row['service']:<12} {_service_url(host, None, row, show_secret=False)}{hint}")
+
+
+def _holder_alive(host: HostConfig, pid: int) -> bool:
+    from gpubox.state import open_state
+
+    with open_state() as state:
+        holder = state.supervisor(host.name)
+    return holder is not None and holder.pid == pid
+
+
+def _detach(args: argparse.Namespace, host: HostConfig, *, expect_tunnels: bool = False) -> int:
     import subprocess
     import time
 
@@ -461,6 +551,8 @@ def _detach(args: argparse.Namespace, host: HostConfig) -> int:
         command.append("--accept-new")
     if args.no_sync:
         command.append("--no-sync")
+    if args.no_services:
+        command.append("--no-services")
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
@@ -471,6 +563,8 @@ def _detach(args: argparse.Namespace, host: HostConfig) -> int:
             holder = state.supervisor(host.name)
         if holder is not None and holder.pid == child.pid:
             _out(f"  running in the background (pid {child.pid}, log {log_path})")
+            if expect_tunnels:
+                _print_tunnels(host, child.pid)
             _out(
                 f"  `gpubox status` shows it · `gpubox up {host.name} --stop` ends it · `gpubox down {host.name}`"
             )
@@ -487,10 +581,12 @@ def cmd_down(args: argparse.Namespace) -> int:
     from gpubox.state import open_state
     from gpubox.supervisor import stop_supervisor
 
-    host = _hosts().pick(args.host)
+    project = _project()
+    host = _hosts(project).pick(args.host)
     pid = stop_supervisor(host.name)
     if pid:
         _out(f"stopped gpubox process {pid} holding {host.name}")
+    _stop_services(host, project)
     if args.keep_instance:
         _out(f"kept {host.name} running (--keep-instance)")
     else:
@@ -498,6 +594,34 @@ def cmd_down(args: argparse.Namespace) -> int:
     with open_state() as state:
         state.close_billing(host.name)
     return 0
+
+
+def _stop_services(host: HostConfig, project: ProjectConfig) -> None:
+    """Stop this project's services on the host, when it can be reached without starting it."""
+    from gpubox.errors import HostError
+    from gpubox.remote.providers import provider_for
+    from gpubox.remote.session import connect_host
+    from gpubox.train.services import service_key
+
+    if provider_for(host).status(host).state == "stopped":
+        return
+    try:
+        session = connect_host(host, project.name, probe=False, launch=False)
+    except HostError as exc:
+        _out(f"  ! could not reach {host.name} to stop its services: {exc}")
+        return
+    try:
+        key = service_key(session)
+        listed = session.agent.request("service_list", {"key": key}).get("services", [])
+        stopped = []
+        for service in listed:
+            if service.get("state") != "stopped":
+                session.agent.request("service_stop", {"key": key, "name": service["name"]})
+                stopped.append(service["name"])
+    finally:
+        session.close()
+    if stopped:
+        _out(f"stopped {', '.join(stopped)} on {host.name}")
 
 
 def _remote_dir_expression(path: str) -> str:
@@ -1115,6 +1239,59 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _service_url(
+    host: HostConfig, project: ProjectConfig | None, row: dict[str, Any], *, show_secret: bool
+) -> str:
+    """The local URL of a tunnelled service; Jupyter's token is fetched from the host, and shown only if asked."""
+    url = f"http://127.0.0.1:{row['local_port']}{row['path']}"
+    if row["service"] != "jupyter":
+        return url
+    if not show_secret or project is None:
+        return url + "?token=<redacted>"
+    from gpubox.remote.session import connect_host
+    from gpubox.train.services import service_key
+
+    session = connect_host(host, project.name, probe=False, launch=False)
+    try:
+        listed = session.agent.request("service_list", {"key": service_key(session)})
+    finally:
+        session.close()
+    token = next((s.get("secret") for s in listed.get("services", []) if s.get("name") == "jupyter"), None)
+    return url + (f"?token={token}" if token else "")
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from gpubox.state import live_tunnels, open_state
+
+    project = _project()
+    host = _hosts(project).pick(args.host)
+    with open_state() as state:
+        rows = {row["service"]: row for row in live_tunnels(state, host.name)}
+    if args.service not in rows:
+        known = ", ".join(sorted(rows)) or "none"
+        raise GpuboxError(
+            f"{args.service} is not tunnelled from {host.name} (tunnelled now: {known}); "
+            f"`gpubox up {host.name}` starts the services and their tunnels"
+        )
+    url = _service_url(host, project, rows[args.service], show_secret=True)
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        browser = None
+    if (
+        browser is None
+        or args.print_only
+        or (not os.environ.get("DISPLAY") and sys.platform.startswith("linux"))
+    ):
+        _out(url)
+        return 0
+    browser.open(url)
+    _out(f"opened {url.split('?')[0]}")
+    return 0
+
+
 def cmd_ssh_config(args: argparse.Namespace) -> int:
     from gpubox import paths
     from gpubox.remote.ssh_config import write_ssh_config
@@ -1150,8 +1327,11 @@ def build_parser() -> argparse.ArgumentParser:
     hosts = add("hosts", cmd_hosts, "configured hosts: provider, state, GPU, $/h")
     hosts.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
-    status = add("status", cmd_status, "what is up now, and what it costs")
+    status = add("status", cmd_status, "what is up now, its tunnels, and what it costs")
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    status.add_argument(
+        "--show-secrets", action="store_true", help="include Jupyter's token in its URL (asks the host)"
+    )
 
     up = add("up", cmd_up, "connect to a host (starting it if needed), probe it and hold it")
     up.add_argument(
@@ -1253,6 +1433,15 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("run", metavar="RUN")
     stop.add_argument("--host", metavar="HOST")
     stop.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
+
+    open_ = add(
+        "open", cmd_open, "open a tunnelled service (jupyter, tensorboard or a custom one) in the browser"
+    )
+    open_.add_argument(
+        "service", metavar="SERVICE", help="jupyter, tensorboard or a [services.NAME] from gpubox.toml"
+    )
+    open_.add_argument("host", nargs="?", metavar="HOST")
+    open_.add_argument("--print", dest="print_only", action="store_true", help="print the URL instead")
 
     add("ssh-config", cmd_ssh_config, "write `Host gpubox-NAME` entries for VS Code, JetBrains and ssh")
     return parser

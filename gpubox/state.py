@@ -146,6 +146,18 @@ MIGRATIONS: Sequence[str] = (
         PRIMARY KEY (host, id)
     );
     """,
+    # 5: the tunnels a supervisor holds open (no secrets: a Jupyter token is fetched from the host when needed)
+    """
+    CREATE TABLE tunnels (
+        host        TEXT NOT NULL,
+        service     TEXT NOT NULL,
+        local_port  INTEGER NOT NULL,
+        host_port   INTEGER NOT NULL,
+        path        TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        PRIMARY KEY (host, service)
+    );
+    """,
 )
 
 EXTRAPOLATE_MAX_SECONDS = 60.0
@@ -633,6 +645,29 @@ class State:
                 self.db.execute("DELETE FROM sync_ancestors WHERE host = ?", (host,))
             else:
                 self.db.execute("DELETE FROM sync_ancestors WHERE host = ? AND project = ?", (host, project))
+
+
+def record_tunnels(state: State, host: str, pid: int, tunnels: Iterable[tuple[str, int, int, str]]) -> None:
+    """(service, local port, host port, URL path) of the tunnels process *pid* now holds for *host*."""
+    with state.transaction():
+        state.db.execute("DELETE FROM tunnels WHERE host = ?", (host,))
+        state.db.executemany(
+            "INSERT INTO tunnels(host, service, local_port, host_port, path, pid) VALUES (?, ?, ?, ?, ?, ?)",
+            [(host, service, local, remote, path, pid) for service, local, remote, path in tunnels],
+        )
+
+
+def clear_tunnels(state: State, host: str, pid: int) -> None:
+    with state.transaction():
+        state.db.execute("DELETE FROM tunnels WHERE host = ? AND pid = ?", (host, pid))
+
+
+def live_tunnels(state: State, host: str | None = None) -> list[dict[str, Any]]:
+    """Tunnels whose holder still runs (rows a killed supervisor left behind are ignored)."""
+    query = "SELECT host, service, local_port, host_port, path, pid FROM tunnels"
+    rows = state.db.execute(query + (" WHERE host = ?" if host else ""), (host,) if host else ()).fetchall()
+    keys = ("host", "service", "local_port", "host_port", "path", "pid")
+    return [dict(zip(keys, row, strict=True)) for row in rows if pid_alive(row[5])]
 
 
 def cache_runs(state: State, host: str, runs: Iterable[Any]) -> None:

@@ -1283,6 +1283,180 @@ OPS.update(
 BLOB_OPS["run_log"] = op_run_log
 
 
+# --------------------------------------------------------------------------------------------- services
+#
+# Jupyter, TensorBoard and custom servers: detached like runs (own session, log kept), bound to the host's
+# 127.0.0.1 only, reused while their process lives and their port answers, restarted otherwise. Each lives in
+# ~/.gpubox/services/<project key>/<name>/ (mode 0700: a Jupyter token is stored there).
+
+
+def _service_dir(args: Dict[str, Any]) -> str:
+    key, name = args.get("key"), args.get("name")
+    for value in (key, name):
+        if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
+            raise RequestError("bad-request", "key and name must be plain folder names")
+    return os.path.join(os.path.expanduser("~"), ".gpubox", "services", str(key), str(name))
+
+
+def _port_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port(preferred: int) -> int:
+    for port in [preferred + offset for offset in range(20)] + [0]:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.bind(("127.0.0.1", port))
+            return int(probe.getsockname()[1])
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    raise RequestError("no-port", "no free port on the host")
+
+
+def _service_row(folder: str) -> Dict[str, Any]:
+    spec: Dict[str, Any] = {}
+    try:
+        with open(os.path.join(folder, "spec.json")) as handle:
+            spec = json.load(handle)
+    except (OSError, ValueError):
+        pass
+    pid = spec.get("pid")
+    port = spec.get("port")
+    alive = isinstance(pid, int) and _alive(pid)
+    healthy = alive and isinstance(port, int) and _port_answers(port)
+    return {
+        "name": os.path.basename(folder),
+        "state": "running" if healthy else ("starting" if alive else "stopped"),
+        "pid": pid if alive else None,
+        "port": port,
+        "secret": spec.get("secret"),
+        "command": spec.get("command"),
+        "log": os.path.join(folder, "log"),
+    }
+
+
+def _stop_group(pid: Any) -> None:
+    if not isinstance(pid, int) or not _alive(pid):
+        return
+    for signum, wait in ((15, 5.0), (9, 2.0)):
+        try:
+            os.killpg(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.time() + wait
+        while time.time() < deadline and _group_alive(pid):
+            time.sleep(0.05)
+        if not _group_alive(pid):
+            return
+
+
+def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Start the service unless the same one already runs and answers; wait until its port answers."""
+    folder = _service_dir(args)
+    command = args.get("command")
+    preferred = args.get("port")
+    cwd = os.path.abspath(os.path.expanduser(str(args.get("cwd") or "~")))
+    if not isinstance(command, str) or not command.strip():
+        raise RequestError("bad-request", "the service needs a command")
+    if not isinstance(preferred, int) or not 0 < preferred < 65536:
+        raise RequestError("bad-request", "port must be 1-65535")
+    row = _service_row(folder)
+    if row["state"] == "running" and row["command"] == command:
+        row["reused"] = True
+        return row
+    with contextlib.suppress(OSError), open(os.path.join(folder, "spec.json")) as handle:
+        _stop_group(json.load(handle).get("pid"))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    if "{port}" in command:
+        port = _free_port(preferred)
+    elif _port_answers(preferred):
+        # A command with its port written in cannot move: someone else's server holds it.
+        raise RequestError("port-taken", "port %d is already taken on the host" % preferred)
+    else:
+        port = preferred
+    env = dict(os.environ)
+    extra = args.get("env") or {}
+    if isinstance(extra, dict):
+        # Secrets such as JUPYTER_TOKEN travel in the environment, never on a command line `ps` shows.
+        env.update({str(k): str(v) for k, v in extra.items()})
+    venv = args.get("venv")
+    if isinstance(venv, str) and venv:
+        venv = os.path.expanduser(venv)
+        env["VIRTUAL_ENV"] = venv
+        env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+    os.makedirs(cwd, exist_ok=True)
+    with open(os.path.join(folder, "log"), "ab") as log:
+        log.write(("\n--- gpubox: starting at %s on port %d\n" % (time.ctime(), port)).encode())
+        log.flush()
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", command.replace("{port}", str(port))],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _run_waiters.append(process)
+    spec = {"command": command, "port": port, "pid": process.pid, "secret": args.get("secret"), "cwd": cwd}
+    temp = os.path.join(folder, "spec.json.tmp")
+    with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        json.dump(spec, handle)
+    os.replace(temp, os.path.join(folder, "spec.json"))
+    wait = args.get("wait", 60)
+    deadline = time.time() + (wait if isinstance(wait, (int, float)) else 60)
+    while time.time() < deadline:
+        if process.poll() is not None:
+            break
+        if _port_answers(port):
+            row = _service_row(folder)
+            row["reused"] = False
+            return row
+        time.sleep(0.1)
+    _stop_group(process.pid)
+    try:
+        with open(os.path.join(folder, "log"), "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 2000))
+            tail = handle.read().decode("utf-8", "replace").strip().splitlines()[-5:]
+    except OSError:
+        tail = []
+    raise RequestError(
+        "service-failed", "%s did not answer on port %d: %s" % (args.get("name"), port, " | ".join(tail))
+    )
+
+
+def op_service_list(args: Dict[str, Any]) -> Dict[str, Any]:
+    key = args.get("key")
+    if not isinstance(key, str) or not key or "/" in key:
+        raise RequestError("bad-request", "key must be a plain folder name")
+    base = os.path.join(os.path.expanduser("~"), ".gpubox", "services", key)
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        names = []
+    return {"services": [_service_row(os.path.join(base, name)) for name in names]}
+
+
+def op_service_stop(args: Dict[str, Any]) -> Dict[str, Any]:
+    folder = _service_dir(args)
+    row = _service_row(folder)
+    _stop_group(row.get("pid"))
+    return _service_row(folder)
+
+
+OPS.update(
+    {"service_ensure": op_service_ensure, "service_list": op_service_list, "service_stop": op_service_stop}
+)
+
+
 def handle(message: Dict[str, Any], blob: bytes = b"") -> Tuple[Dict[str, Any], bytes]:
     request_id = message.get("id")
     op = message.get("op")

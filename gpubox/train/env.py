@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from gpubox.config import ProjectConfig
     from gpubox.remote.session import HostSession
 
-__all__ = ["EnvSpec", "ensure_env", "env_spec"]
+__all__ = ["EnvSpec", "ensure_env", "env_spec", "tools_spec"]
 
 READY = ".gpubox-ready"
 _FAILED_REQUIREMENT = (
@@ -74,6 +74,13 @@ def env_spec(project: ProjectConfig, host_python_version: str) -> EnvSpec | None
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return EnvSpec(key, settings.python, requirements, settings.setup)
+
+
+def tools_spec(project: ProjectConfig, host_python_version: str) -> EnvSpec:
+    """An env for a project that needs none of its own, to hold Jupyter and TensorBoard."""
+    identity = {"tools": True, "python": project.env.python, "host_python": host_python_version, "layout": 1}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return EnvSpec(key, project.env.python, None, ())
 
 
 def _script(spec: EnvSpec, project_dir: str) -> str:

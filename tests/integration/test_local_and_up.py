@@ -36,7 +36,7 @@ def _local() -> LocalSshd:
 
 
 def test_up_detach_status_reuse_and_down_on_local(project: Path) -> None:
-    up = run_gpubox("up", "--detach", cwd=project)
+    up = run_gpubox("up", "--detach", "--no-services", cwd=project)
     assert up.returncode == 0, up.stderr
     lines = up.stdout.splitlines()
     assert lines[0] == "gpubox up local"
@@ -63,7 +63,7 @@ def test_up_detach_status_reuse_and_down_on_local(project: Path) -> None:
     assert _local().running() == server
 
     # A second `up` of a held host is refused, clearly.
-    again = run_gpubox("up", cwd=project)
+    again = run_gpubox("up", "--no-services", cwd=project)
     assert assert_one_line_error(again, 2).startswith(
         f"gpubox: local is already up in gpubox process {supervisor_pid}"
     )
@@ -93,7 +93,7 @@ def test_ssh_runs_in_the_remote_project_folder_when_it_exists(project: Path) -> 
 
 
 def test_up_stop_ends_only_the_supervisor(project: Path) -> None:
-    assert run_gpubox("up", "--detach", cwd=project).returncode == 0
+    assert run_gpubox("up", "--detach", "--no-services", cwd=project).returncode == 0
     stopped = run_gpubox("up", "--stop", cwd=project)
     assert stopped.returncode == 0 and stopped.stdout.startswith("stopped gpubox process")
     assert _local().running() is not None  # the host keeps running
@@ -108,7 +108,7 @@ def test_up_stop_ends_only_the_supervisor(project: Path) -> None:
 
 def test_foreground_up_holds_until_interrupted(project: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "gpubox", "up", "--no-tui"],
+        [sys.executable, "-m", "gpubox", "up", "--no-tui", "--no-services"],
         cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -197,7 +197,7 @@ def test_up_on_a_configured_ssh_host(tmp_path: Path, project: Path, sshd: SshSer
     (project / "hosts.toml").write_text(
         '[defaults]\nhost = "box"\n\n' + host_entry("box", sshd, accept_new=True, price_per_hour=1.5)
     )
-    up = run_gpubox("up", "--detach", cwd=project)
+    up = run_gpubox("up", "--detach", "--no-services", cwd=project)
     assert up.returncode == 0, up.stderr
     assert f"✓ connected {sshd.user}@127.0.0.1:{sshd.port} (host key checked)" in up.stdout
     assert "$1.50/h (price_per_hour in hosts.toml)" in up.stdout
@@ -220,7 +220,7 @@ def test_ssh_config_entries_work_with_openssh(tmp_path: Path, project: Path, ssh
         host_entry("box", sshd) + f'\n[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\n'
     )
     assert run_gpubox("ssh", "box", "--accept-new", "--", "true", cwd=project).returncode == 0
-    assert run_gpubox("up", "local", "--detach", cwd=project).returncode == 0
+    assert run_gpubox("up", "local", "--detach", "--no-services", cwd=project).returncode == 0
     written = run_gpubox("ssh-config", cwd=project)
     assert written.returncode == 0, written.stderr
     include = Path(os.environ["GPUBOX_HOME"]) / "config" / "ssh_config"

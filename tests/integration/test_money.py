@@ -76,7 +76,7 @@ def _local_hosts(project: Path, tmp_path: Path, extra: str = "", defaults: str =
 def _up(project: Path, *args: str) -> subprocess.Popen[str]:
     """`gpubox up --no-tui` in the foreground, as a user runs it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "gpubox", "up", "--no-tui", *args],
+        [sys.executable, "-m", "gpubox", "up", "--no-tui", "--no-services", *args],
         cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -146,7 +146,7 @@ def test_kill_9_closes_the_interval_at_its_last_heartbeat_and_restarts_add_up(
 ) -> None:
     # $3600/h is $1 a second: the cents are the seconds.
     _local_hosts(project, tmp_path, "price_per_hour = 3600\n")
-    assert run_gpubox("up", "--detach", "--no-sync", cwd=project).returncode == 0
+    assert run_gpubox("up", "--detach", "--no-sync", "--no-services", cwd=project).returncode == 0
     pid = _held()
     _wait(lambda: _ledger(repair=False)[0].held_seconds >= 2, what="a billing heartbeat")
     os.kill(pid, signal.SIGKILL)
@@ -165,7 +165,7 @@ def test_kill_9_closes_the_interval_at_its_last_heartbeat_and_restarts_add_up(
     assert run_gpubox("status", cwd=project).stdout.startswith("  ") is False  # not held any more
 
     # Restart: a new interval, after the first one, closed exactly on `up --stop`.
-    assert run_gpubox("up", "--detach", "--no-sync", cwd=project).returncode == 0
+    assert run_gpubox("up", "--detach", "--no-sync", "--no-services", cwd=project).returncode == 0
     _held()
     _wait(lambda: _ledger()[-1].held_seconds >= 1, what="a billing heartbeat")
     assert run_gpubox("up", "--stop", cwd=project).returncode == 0
@@ -311,7 +311,7 @@ def test_budget_warns_once_per_threshold_and_stops_the_local_host(
             ("local", 100),
         ]
     # Used up: `gpubox up` refuses until the budget is raised (or on_budget = "warn").
-    again = run_gpubox("up", "--no-tui", cwd=project)
+    again = run_gpubox("up", "--no-tui", "--no-services", cwd=project)
     message = assert_one_line_error(again, 1)
     assert message.startswith("gpubox: local used up its $3.00 budget ($3.") and message.endswith(
         ' spent): raise budget_usd in hosts.toml, or set on_budget = "warn" for local'

@@ -62,7 +62,7 @@ def test_proxyjump_reaches_a_host_only_the_bastion_can_see(
         result = run_gpubox("ssh", "gpu", "--", "ip -o -4 addr show", cwd=project)
         assert result.returncode == 0, result.stderr
         assert bastion.ip in result.stdout  # it ran inside the bastion's namespace
-        up = run_gpubox("up", "gpu", "--detach", cwd=project)
+        up = run_gpubox("up", "gpu", "--detach", "--no-services", cwd=project)
         assert up.returncode == 0, up.stderr
         assert "✓ connected" in up.stdout and "no NVIDIA GPU" in up.stdout
         assert run_gpubox("down", "gpu", cwd=project).returncode == 0

@@ -161,7 +161,7 @@ def test_cost_prices_each_run_at_its_host_rate(project: Path, tmp_path: Path) ->
     (project / "hosts.toml").write_text(
         f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\nprice_per_hour = 36.0\n'
     )
-    assert run_gpubox("up", "--detach", "--no-sync", cwd=project).returncode == 0
+    assert run_gpubox("up", "--detach", "--no-sync", "--no-services", cwd=project).returncode == 0
     done = run_gpubox("run", "-f", "--", "sleep", "1", cwd=project)
     assert done.returncode == 0, done.stderr
     run_id = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("started "))

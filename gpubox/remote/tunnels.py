@@ -1,0 +1,155 @@
+"""Local port forwards, bound to 127.0.0.1 only, each connection a ``direct-tcpip`` channel on the host's one SSH
+transport.
+
+A tunnel asks for its transport on every new connection, so after the supervisor reconnects, the same local URL
+simply works again: the listener never goes away with the link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import select
+import socket
+import threading
+from collections.abc import Callable
+
+import paramiko
+
+__all__ = ["Tunnel", "bind_local"]
+
+CHUNK = 64 * 1024
+PORT_TRIES = 20
+
+
+def bind_local(preferred: int) -> socket.socket:
+    """A listening socket on 127.0.0.1: the preferred port when free, else one of the next few, else any."""
+    candidates = [preferred + offset for offset in range(PORT_TRIES) if 0 < preferred + offset < 65536] + [0]
+    last_error: OSError | None = None
+    for port in candidates:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(("127.0.0.1", port))
+        except OSError as exc:
+            listener.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            last_error = exc
+            continue
+        listener.listen(128)
+        return listener
+    raise last_error or OSError(errno.EADDRINUSE, "no free local port")
+
+
+class Tunnel:
+    """127.0.0.1:local_port on this machine → remote_host:remote_port as seen from the host."""
+
+    def __init__(
+        self,
+        transport: Callable[[], paramiko.Transport],
+        remote_port: int,
+        *,
+        local_port: int | None = None,
+        remote_host: str = "127.0.0.1",
+        name: str = "tunnel",
+    ) -> None:
+        self.transport = transport
+        self.remote_port = remote_port
+        self.remote_host = remote_host
+        self.name = name
+        self._preferred = local_port or remote_port
+        self._listener: socket.socket | None = None
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.failures = 0
+        """Connections that could not be forwarded (host unreachable, nothing listening there)."""
+
+    @property
+    def local_port(self) -> int:
+        if self._listener is None:
+            raise RuntimeError("the tunnel is not started")
+        port: int = self._listener.getsockname()[1]
+        return port
+
+    def start(self) -> Tunnel:
+        self._listener = bind_local(self._preferred)
+        threading.Thread(target=self._accept, name=f"gpubox-tunnel-{self.name}", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        with self._lock:
+            for connection in list(self._connections):
+                with contextlib.suppress(OSError):
+                    connection.close()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                client, address = self._listener.accept()
+            except OSError:
+                return
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._connections.add(client)
+            threading.Thread(
+                target=self._forward,
+                args=(client, address),
+                name=f"gpubox-tunnel-{self.name}-conn",
+                daemon=True,
+            ).start()
+
+    def _forward(self, client: socket.socket, address: tuple[str, int]) -> None:
+        channel = None
+        try:
+            try:
+                channel = self.transport().open_channel(
+                    "direct-tcpip", (self.remote_host, self.remote_port), address, timeout=15
+                )
+            except Exception:
+                # The link is down or nothing listens on the host: this browser request fails, the next may not.
+                self.failures += 1
+                return
+            _pump(client, channel)
+        finally:
+            with contextlib.suppress(Exception):
+                if channel is not None:
+                    channel.close()
+            with contextlib.suppress(OSError):
+                client.close()
+            with self._lock:
+                self._connections.discard(client)
+
+
+def _pump(client: socket.socket, channel: paramiko.Channel) -> None:
+    """Copy both ways until either side closes; a half-close is passed on as one."""
+    client_open, channel_open = True, True
+    while client_open or channel_open:
+        waiting = [s for s, is_open in ((client, client_open), (channel, channel_open)) if is_open]
+        readable, _, _ = select.select(waiting, [], [], 30)
+        if not readable and channel.closed:
+            return
+        for source in readable:
+            if source is client:
+                data = client.recv(CHUNK)
+                if data:
+                    channel.sendall(data)
+                else:
+                    client_open = False
+                    channel.shutdown_write()
+            else:
+                data = channel.recv(CHUNK)
+                if data:
+                    client.sendall(data)
+                else:
+                    channel_open = False
+                    with contextlib.suppress(OSError):
+                        client.shutdown(socket.SHUT_WR)
+        if channel.closed and not channel.recv_ready():
+            return

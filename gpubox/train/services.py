@@ -1,0 +1,136 @@
+"""Jupyter, TensorBoard and custom servers on the host, reached through tunnels from this machine.
+
+Every service listens on the host's 127.0.0.1 only (never its public address) and runs inside the project's env;
+Jupyter keeps a random token. The agent starts them detached, reuses one that still runs and answers, restarts
+one that does not, and keeps their logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import shlex
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gpubox.errors import RemoteError
+
+if TYPE_CHECKING:
+    from gpubox.config import ProjectConfig, ServiceConfig
+    from gpubox.remote.session import HostSession
+
+__all__ = ["ServiceState", "ensure_services", "ensure_tools", "local_url", "service_key"]
+
+TOOLS = {"jupyter": ("jupyterlab", "jupyterlab"), "tensorboard": ("tensorboard", "tensorboard")}
+"""For each built-in service: (module to import, package to install) when the env lacks it."""
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    name: str
+    host_port: int
+    state: str
+    reused: bool
+    secret: str | None
+    """Jupyter's token: shown only in the URL `gpubox open` uses."""
+    path: str = "/"
+
+    def url(self, local_port: int, *, show_secret: bool) -> str:
+        query = ""
+        if self.secret:
+            query = f"?token={self.secret if show_secret else '<redacted>'}"
+        return f"http://127.0.0.1:{local_port}{self.path}{query}"
+
+
+def service_key(session: HostSession) -> str:
+    """One folder per project on the host, so two projects' TensorBoards never clash."""
+    digest = hashlib.sha1(session.remote_dir.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    base = session.remote_dir.rstrip("/").rsplit("/", 1)[-1] or "project"
+    return f"{base}-{digest}"
+
+
+def _command(service: ServiceConfig, remote_dir: str) -> str:
+    from gpubox.remote.session import shell_word
+
+    project = shell_word(remote_dir)
+    if service.command is not None:
+        return service.command
+    if service.name == "tensorboard":
+        return f"tensorboard --logdir {project}/logs --host 127.0.0.1 --port {{port}} --reload_interval 2"
+    if service.name == "jupyter":
+        # The token comes from JUPYTER_TOKEN in the environment: the command stays the same across restarts
+        # (so a running Jupyter is recognised and reused) and the token never shows in `ps`.
+        # Rented boxes often log you in as root, which Jupyter refuses without --allow-root.
+        return (
+            f"jupyter lab --no-browser --ip=127.0.0.1 --port={{port}} --port-retries=0 --ServerApp.root_dir={project}"
+            ' $([ "$(id -u)" -eq 0 ] && echo --allow-root)'
+        )
+    raise RemoteError(f"service {service.name} has no command")
+
+
+def ensure_tools(session: HostSession, venv: str, services: list[ServiceConfig]) -> list[str]:
+    """Install the built-in services' packages into the env when it lacks them; return what was installed."""
+    missing = []
+    for service in services:
+        module, package = TOOLS.get(service.name, (None, None))
+        if module is None or package is None:
+            continue
+        probe = session.connection.run(
+            f"{shlex.quote(venv + '/bin/python')} -c 'import {module}'", timeout=120
+        )
+        if not probe.ok:
+            missing.append(package)
+    if missing:
+        install = session.connection.run(
+            f"{shlex.quote(venv + '/bin/python')} -m pip install --disable-pip-version-check --no-input "
+            + " ".join(shlex.quote(p) for p in missing),
+            timeout=900,
+        )
+        if not install.ok:
+            tail = install.stdout.decode(errors="replace").strip().splitlines()[-3:]
+            raise RemoteError(
+                f"could not install {', '.join(missing)} on {session.host.name}: {' | '.join(tail)}"
+            )
+    return missing
+
+
+def ensure_services(
+    session: HostSession, project: ProjectConfig, venv: str | None, names: list[str] | None = None
+) -> list[ServiceState]:
+    """Start (or reuse) every enabled service of the project; return where each listens on the host."""
+    key = service_key(session)
+    chosen = [s for s in project.services.values() if s.enabled and (names is None or s.name in names)]
+    states = []
+    for service in chosen:
+        token = secrets.token_hex(24) if service.name == "jupyter" and service.command is None else None
+        # A reused Jupyter keeps its token: the agent returns the one stored with it on the host.
+        answer: dict[str, Any] = session.agent.request(
+            "service_ensure",
+            {
+                "key": key,
+                "name": service.name,
+                "command": _command(service, session.remote_dir),
+                "port": service.port,
+                "cwd": session.remote_dir,
+                "venv": venv,
+                "secret": token,
+                "env": {"JUPYTER_TOKEN": token} if token else {},
+                "wait": 90,
+            },
+        )
+        path = "/lab" if service.name == "jupyter" and service.command is None else "/"
+        states.append(
+            ServiceState(
+                name=service.name,
+                host_port=int(answer["port"]),
+                state=str(answer["state"]),
+                reused=bool(answer.get("reused")),
+                secret=answer.get("secret"),
+                path=path,
+            )
+        )
+    return states
+
+
+def local_url(state: ServiceState, local_port: int, *, show_secret: bool = False) -> str:
+    return state.url(local_port, show_secret=show_secret)

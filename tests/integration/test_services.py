@@ -1,0 +1,152 @@
+"""Jupyter, TensorBoard and a custom service on the local host, reached only through gpubox's own tunnels."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gpubox.remote.tunnels import bind_local
+from tests.support.cli import run_gpubox
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "digits"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    folder = tmp_path / "digits"
+    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("logs", "checkpoints"))
+    (folder / "hosts.toml").write_text(f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\n')
+    with (folder / "gpubox.toml").open("a") as handle:
+        handle.write(
+            '\n[services.files]\ncommand = "python3 -m http.server {port} --bind 127.0.0.1"\nport = 8123\n'
+        )
+    yield folder
+    down = run_gpubox("down", "local", cwd=folder)
+    assert down.returncode == 0, down.stderr
+
+
+def _services(project: Path, *extra: str) -> dict[str, str]:
+    status = run_gpubox("status", "--json", *extra, cwd=project)
+    assert status.returncode == 0, status.stderr
+    (local,) = [h for h in json.loads(status.stdout)["hosts"] if h["name"] == "local"]
+    return {service["name"]: service["url"] for service in local["services"]}
+
+
+def test_services_through_tunnels(project: Path) -> None:
+    trained = run_gpubox("run", "-f", "--", "python", "train.py", "--epochs", "2", cwd=project, timeout=900)
+    assert trained.returncode == 0, trained.stdout[-1500:] + trained.stderr[-1500:]
+    run_id = next(line.split()[1] for line in trained.stdout.splitlines() if line.startswith("started "))
+    up = run_gpubox("up", "--detach", "--no-sync", cwd=project, timeout=900)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "jupyter      http://127.0.0.1:" in up.stdout and "?token=<redacted>" in up.stdout
+    urls = _services(project)
+    assert set(urls) == {"jupyter", "tensorboard", "files"}
+    assert urls["jupyter"].endswith("/lab?token=<redacted>")  # no secret in --json unless asked
+    secret_urls = _services(project, "--show-secrets")
+    token = secret_urls["jupyter"].split("token=")[1]
+    assert len(token) >= 32
+    opened = run_gpubox("open", "jupyter", "--print", cwd=project)
+    assert opened.stdout.strip() == secret_urls["jupyter"]
+
+    jupyter = urls["jupyter"].split("/lab")[0]
+    with httpx.Client(timeout=30) as client:
+        # Without the token (and without the cookie a tokened request leaves behind): refused.
+        assert httpx.get(f"{jupyter}/api/status", timeout=30).status_code == 403
+        assert client.get(f"{jupyter}/api/status", params={"token": token}).status_code == 200
+        kernel = client.post(f"{jupyter}/api/kernels", params={"token": token}, json={"name": "python3"})
+        assert kernel.status_code == 201, kernel.text
+        tensorboard = urls["tensorboard"].rstrip("/")
+        deadline = time.monotonic() + 60
+        runs: list[str] = []
+        while time.monotonic() < deadline and f"{run_id}/train" not in runs:
+            runs = client.get(f"{tensorboard}/data/runs").json()
+            time.sleep(0.5)
+        assert f"{run_id}/train" in runs, runs
+        scalars = client.get(
+            f"{tensorboard}/data/plugin/scalars/scalars",
+            params={"run": f"{run_id}/train", "tag": "epoch_loss"},
+        )
+        assert scalars.status_code == 200, scalars.text
+        assert [step for _wall, step, _value in scalars.json()] == [0, 1]
+        listing = client.get(urls["files"])
+        assert listing.status_code == 200 and "train.py" in listing.text
+
+        # Many connections at once, as a TensorBoard page makes.
+        answers = [client.get(f"{tensorboard}/data/runs").status_code for _ in range(50)]
+        assert answers == [200] * 50
+
+    # Up again after stopping the supervisor: the host's services are reused, not restarted.
+    assert run_gpubox("up", "--stop", cwd=project).returncode == 0
+    again = run_gpubox("up", "--detach", "--no-sync", cwd=project, timeout=300)
+    assert "jupyter      reused on the host's 127.0.0.1:" in again.stdout, again.stdout
+
+
+def test_tunnels_work_again_after_the_link_drops(project: Path) -> None:
+    from gpubox.remote.providers.local import LocalSshd
+    from tests.support.sshd import _descendants
+
+    (project / "gpubox.toml").write_text(
+        "[services.jupyter]\nenabled = false\n[services.tensorboard]\nenabled = false\n"
+        '[services.files]\ncommand = "python3 -m http.server {port} --bind 127.0.0.1"\nport = 8124\n'
+    )
+    (project / "requirements.txt").unlink()
+    up = run_gpubox("up", "--detach", cwd=project, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    url = _services(project)["files"]
+    with httpx.Client(timeout=10) as client:
+        assert client.get(url).status_code == 200
+        server = LocalSshd().running()
+        assert server is not None
+        for pid in _descendants(server.pid):  # every SSH session of the host drops, the listener stays
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                status = client.get(url).status_code
+                if status == 200:
+                    break
+            time.sleep(0.5)
+        assert status == 200
+    assert _services(project)["files"] == url  # the same local URL
+
+
+def test_a_taken_local_port_moves_to_the_next_free_one() -> None:
+    first = bind_local(0)
+    port = first.getsockname()[1]
+    try:
+        second = bind_local(port)
+        try:
+            assert second.getsockname()[1] != port
+            assert second.getsockname()[0] == "127.0.0.1"
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+def test_tunnels_listen_on_loopback_only() -> None:
+    listener = bind_local(0)
+    try:
+        assert listener.getsockname()[0] == "127.0.0.1"
+        with pytest.raises(OSError):
+            socket.create_connection((_an_outside_address(), listener.getsockname()[1]), timeout=1)
+    finally:
+        listener.close()
+
+
+def _an_outside_address() -> str:
+    """Another loopback address: a listener bound to 127.0.0.1 alone does not answer there."""
+    return "127.0.0.2"
