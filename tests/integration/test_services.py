@@ -150,3 +150,28 @@ def test_tunnels_listen_on_loopback_only() -> None:
 def _an_outside_address() -> str:
     """Another loopback address: a listener bound to 127.0.0.1 alone does not answer there."""
     return "127.0.0.2"
+
+
+@pytest.mark.netns
+def test_nothing_is_reachable_from_another_network_namespace(project: Path, netns_hosts: object) -> None:
+    (outsider,) = netns_hosts(1)  # type: ignore[operator]
+    up = run_gpubox("up", "--detach", "--no-sync", cwd=project, timeout=900)
+    assert up.returncode == 0, up.stdout + up.stderr
+    status = json.loads(run_gpubox("status", "--json", cwd=project).stdout)
+    (local,) = [h for h in status["hosts"] if h["name"] == "local"]
+    ports = set()
+    for service in local["services"]:
+        ports.add(int(service["url"].split(":")[2].split("/")[0]))  # the local tunnel
+        ports.add(int(service["host_port"]))  # the server itself on the (local) host
+    probe = (
+        "import socket, sys\n"
+        "for port in map(int, sys.argv[2:]):\n"
+        "    try:\n"
+        "        socket.create_connection((sys.argv[1], port), timeout=2).close()\n"
+        "        print('open', port)\n"
+        "    except OSError:\n"
+        "        print('closed', port)\n"
+    )
+    # From the namespace, this machine is its gateway address: every port must be closed there.
+    seen = outsider.exec("python3", "-c", probe, outsider.gateway, *map(str, sorted(ports))).stdout
+    assert seen.split("\n")[:-1] == [f"closed {port}" for port in sorted(ports)], seen
