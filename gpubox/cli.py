@@ -1020,10 +1020,107 @@ def _ensure_env(session: HostSession, project: ProjectConfig, *, quiet: bool) ->
     return path
 
 
+# ---------------------------------------------------------------------------------- multi-host runs
+
+
+def _run_on_hosts(args: argparse.Namespace) -> int:
+    """`gpubox run --hosts a,b`: one worker per host with TF_CONFIG set (see gpubox/train/multihost.py)."""
+    from gpubox.train.multihost import pick_hosts, run_on_hosts
+
+    project = _project()
+    hosts = pick_hosts(args.hosts, _hosts(project), single=args.host)
+    argv = list(args.command_args) or ([project.run.command] if project.run.command else [])
+    if not argv:
+        raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
+
+    def prepare(session: HostSession, host: HostConfig) -> str | None:
+        if not args.no_sync:
+            report = _full_sync(_syncer(session, project, host), allow_mass_delete=False, quiet=True)
+            if report.sent or report.deleted:
+                _out(f"synced {host.name}: {report.summary()}")
+        return _ensure_env(session, project, quiet=True)
+
+    return run_on_hosts(
+        hosts,
+        argv,
+        project_name=project.name,
+        project_root=str(project.root),
+        name=args.name,
+        follow=args.follow,
+        accept_new=args.accept_new,
+        ask=_ask_to_pin(),
+        prepare=prepare,
+        out=_out,
+        err=_err,
+        stream=sys.stdout.buffer,
+    )
+
+
+def _multi_logs(args: argparse.Namespace) -> int:
+    from gpubox.train import multihost
+
+    project = _project()
+    run = multihost.load_run(args.run)
+    hosts = _hosts(project)
+    links = multihost.Links(
+        [hosts.get(name) for name in run.hosts], project.name, deadline=None if args.follow else 30.0
+    )
+    try:
+        offsets = None
+        if args.tail is not None:
+            offsets = multihost.tail_offsets(run, links, max(0, args.tail), sys.stdout.buffer)
+            if not args.follow:
+                return 0
+        status = multihost.follow_logs(
+            run, links, sys.stdout.buffer, follow=args.follow, say=_err, offsets=offsets
+        )
+    finally:
+        links.close()
+    return multihost.exit_code(status, _err) if args.follow else 0
+
+
+def _multi_stop(args: argparse.Namespace) -> int:
+    from gpubox.train import multihost
+
+    project = _project()
+    run = multihost.load_run(args.run)
+    hosts = _hosts(project)
+    links = multihost.Links([hosts.get(name) for name in run.hosts], project.name)
+    try:
+        status = multihost.stop_multi(run, links, grace=args.grace)
+    finally:
+        links.close()
+    code = "" if status.exit_code is None else f" (exit {status.exit_code})"
+    _out(f"{run.id} on {', '.join(run.hosts)}: {status.state}{code}")
+    for part, info in zip(run.parts, status.parts, strict=True):
+        state = "unknown" if info is None else info.state
+        code = "" if info is None or info.exit_code is None else f" (exit {info.exit_code})"
+        _out(f"  worker {part.index}: {part.host} {part.run_id} {state}{code}")
+    return 0
+
+
+def _multi_listing(
+    host: HostConfig, runs: list[RunInfo], project: ProjectConfig, everything: bool
+) -> tuple[list[RunInfo], list[Any]]:
+    """The host's own runs without the parts of multi-host runs, and the states of those multi-host runs."""
+    from gpubox.train import multihost
+
+    single, records = multihost.split_listing(host.name, runs)
+    if not records:
+        return single, []
+    found = multihost.statuses(records, host.name, runs, _hosts(project), project.name)
+    if not everything:
+        found = [s for s in found if not s.finished] + [s for s in found if s.finished][-10:]
+        found.sort(key=lambda s: int(s.run.id[2:]))
+    return single, found
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from gpubox.remote.session import connect_host
     from gpubox.train.runs import start_run
 
+    if args.hosts is not None:
+        return _run_on_hosts(args)
     project = _project()
     host = _run_host(args, project)
     argv = list(args.command_args) or ([project.run.command] if project.run.command else [])
@@ -1126,6 +1223,8 @@ def _stream_log(
 def cmd_logs(args: argparse.Namespace) -> int:
     from gpubox.train.runs import check_run_id
 
+    if args.run.startswith("m-"):
+        return _multi_logs(args)
     project = _project()
     host = _run_host(args, project)
     run_id = check_run_id(args.run)
@@ -1170,6 +1269,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     finally:
         session.close()
     _remember_runs(host.name, runs)
+    runs, multi = _multi_listing(host, runs, project, args.all)
     if not args.all:
         active = [r for r in runs if not r.finished]
         runs = active + [r for r in runs if r.finished][-10:]
@@ -1194,10 +1294,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
                     }
                     for r in runs
                 ]
+                + [m.to_json(now) for m in multi]
             }
         )
         return 0
-    if not runs:
+    if not runs and not multi:
         _out(f"no runs on {host.name} yet: `gpubox run -- python train.py` starts one")
         return 0
     _table(
@@ -1216,6 +1317,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
             for r in runs
         ],
     )
+    if multi:
+        from gpubox.train.multihost import table_lines
+
+        _out()
+        for line in table_lines(multi, now):
+            _out(line)
     return 0
 
 
@@ -1223,6 +1330,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from gpubox.remote.session import connect_host
     from gpubox.train.runs import check_run_id, stop_run
 
+    if args.run.startswith("m-"):
+        return _multi_stop(args)
     project = _project()
     host = _run_host(args, project)
     run_id = check_run_id(args.run)
@@ -1413,6 +1522,9 @@ def build_parser() -> argparse.ArgumentParser:
         "command_args", nargs="*", metavar="CMD", help="after `--`: the command and its arguments"
     )
     run.add_argument("--host", metavar="HOST", help="default: [defaults] host, the only host, or local")
+    run.add_argument(
+        "--hosts", metavar="H1,H2", help="one worker per host, TF_CONFIG set (MultiWorkerMirroredStrategy)"
+    )
     run.add_argument("--name", help="a label for the run")
     run.add_argument("-f", "--follow", action="store_true", help="stream its log; exit with its exit code")
     run.add_argument("--no-sync", action="store_true", help="start without syncing first")

@@ -272,13 +272,28 @@ class State:
             paths.ensure_private_dir(path.parent)
             self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self.db.execute("PRAGMA journal_mode = WAL")
+            self._enable_wal()
             self.db.execute("PRAGMA foreign_keys = ON")
             self._migrate(migrations)
         except sqlite3.DatabaseError as exc:
             raise StateError(f"state database {path} cannot be used: {exc}") from None
         except OSError as exc:
             raise StateError(f"state folder {path.parent} cannot be used: {exc.strerror or exc}") from None
+
+    def _enable_wal(self) -> None:
+        """Switch a new file to WAL. SQLite answers "locked" at once, without the busy timeout, when another
+        process opens the same new file at that moment, so retry for as long as the busy timeout would wait."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.005
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     def _migrate(self, migrations: Sequence[str]) -> None:
         current = self.db.execute("PRAGMA user_version").fetchone()[0]

@@ -1283,6 +1283,47 @@ OPS.update(
 BLOB_OPS["run_log"] = op_run_log
 
 
+def op_node_info(args: Dict[str, Any]) -> Dict[str, Any]:
+    """For a multi-host run: the address this host sends from toward ``toward``, and free TCP ports here.
+
+    A UDP connect only looks the route up (nothing is sent); without ``toward``, or when it does not resolve,
+    the default route's source address is used. The ``ports`` ports are held together so they differ.
+    """
+    toward = args.get("toward")
+    count = args.get("ports", 1)
+    if toward is not None and not isinstance(toward, str):
+        raise RequestError("bad-request", "toward must be a host name or address")
+    if not isinstance(count, int) or not 0 <= count <= 16:
+        raise RequestError("bad-request", "ports must be a number from 0 to 16")
+    address = None
+    for target in ([toward] if toward else []) + ["192.0.2.1"]:
+        try:
+            family, kind, proto, _, sockaddr = socket.getaddrinfo(target, 9, 0, socket.SOCK_DGRAM)[0]
+            probe = socket.socket(family, kind, proto)
+            try:
+                probe.connect(sockaddr)
+                address = probe.getsockname()[0]
+            finally:
+                probe.close()
+            break
+        except (OSError, IndexError):
+            continue
+    held = []
+    try:
+        for _ in range(count):
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(listener)
+            listener.bind(("", 0))
+        ports = [listener.getsockname()[1] for listener in held]
+    finally:
+        for listener in held:
+            listener.close()
+    return {"address": address, "ports": ports, "hostname": socket.gethostname()}
+
+
+OPS["node_info"] = op_node_info
+
+
 # --------------------------------------------------------------------------------------------- services
 #
 # Jupyter, TensorBoard and custom servers: detached like runs (own session, log kept), bound to the host's

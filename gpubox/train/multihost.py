@@ -215,6 +215,39 @@ def _stop_requested_at(run: MultiRun) -> float | None:
         return None
 
 
+def _first_failure(run: MultiRun) -> tuple[str, str] | None:
+    """(host, part run id) of the failure gpubox saw first, once one was seen."""
+    try:
+        row = json.loads((records_dir() / f"{run.id}.failure").read_text())
+        return str(row["host"]), str(row["run"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _mark_failure(run: MultiRun, part: Part) -> None:
+    """Remember which failure gpubox saw first (the first to record one wins), so every view agrees on it.
+
+    The hosts' clocks may disagree, so their end times alone cannot order failures on different hosts.
+    """
+    path = records_dir() / f"{run.id}.failure"
+    with contextlib.suppress(FileExistsError):
+        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.write(handle, json.dumps({"host": part.host, "run": part.run_id}).encode())
+        finally:
+            os.close(handle)
+
+
+def status_of(run: MultiRun, infos: Sequence[RunInfo | None]) -> MultiStatus:
+    """:func:`aggregate` with what the run's record adds: a stop the user asked for, the first failure seen."""
+    status = aggregate(run, infos, _stop_requested_at(run), _first_failure(run))
+    if status.failed is not None:
+        _mark_failure(run, status.failed)
+        if _first_failure(run) != (status.failed.host, status.failed.run_id):
+            status = aggregate(run, infos, _stop_requested_at(run), _first_failure(run))
+    return status
+
+
 # ---------------------------------------------------------------------------------------- bad input
 
 
@@ -406,6 +439,12 @@ class MultiStatus:
         end = self.ended_at if self.ended_at is not None else (now if now is not None else time.time())
         return max(0.0, end - start)
 
+    @property
+    def chief_progress(self) -> dict[str, Any] | None:
+        """Worker 0's progress: every worker trains the same model, the chief speaks for them."""
+        chief = self.parts[0] if self.parts else None
+        return None if chief is None else chief.progress
+
     def alive_parts(self) -> list[Part]:
         return [p for p, i in zip(self.run.parts, self.parts, strict=True) if i is None or not i.finished]
 
@@ -422,6 +461,7 @@ class MultiStatus:
             "duration_seconds": self.duration(now),
             "exit_code": self.exit_code,
             "log_bytes": sum(i.log_bytes for i in self.parts if i is not None),
+            "progress": self.chief_progress,
             "failed_part": None if self.failed is None else self.failed.host,
             "parts": [
                 {
@@ -441,7 +481,10 @@ class MultiStatus:
 
 
 def aggregate(
-    run: MultiRun, infos: Sequence[RunInfo | None], stop_requested_at: float | None = None
+    run: MultiRun,
+    infos: Sequence[RunInfo | None],
+    stop_requested_at: float | None = None,
+    first_failure: tuple[str, str] | None = None,
 ) -> MultiStatus:
     """The run's state from its parts' (see the module's docstring).
 
@@ -458,6 +501,9 @@ def aggregate(
         failures = [f for f in failures if f[0] < stop_requested_at]
     if failures:
         _, index = min(failures)
+        seen_first = [i for _, i in failures if (run.parts[i].host, run.parts[i].run_id) == first_failure]
+        if seen_first:
+            index = seen_first[0]
         info = parts[index]
         assert info is not None
         code = info.exit_code if info.exit_code is not None else 1
@@ -521,7 +567,7 @@ def fetch_status(
         thread.join()
     if errors:
         raise errors[0]
-    return aggregate(run, infos, _stop_requested_at(run))
+    return status_of(run, infos)
 
 
 def _remember(parts: Iterable[tuple[str, RunInfo]]) -> None:
@@ -747,7 +793,7 @@ def follow_logs(
                     out.flush()
                     ended.add(part.host)
                 if follow and stopper is None:
-                    status = aggregate(run, [infos.get(p.host) for p in run.parts], _stop_requested_at(run))
+                    status = status_of(run, [infos.get(p.host) for p in run.parts])
                     if status.state == "failed":
                         alive = [p for p in run.parts if p.host not in ended]
                         if alive:
@@ -766,7 +812,7 @@ def follow_logs(
             opened.close()
     final = [infos.get(part.host) for part in run.parts]
     _remember((p.host, i) for p, i in zip(run.parts, final, strict=True) if i is not None)
-    return aggregate(run, final, _stop_requested_at(run))
+    return status_of(run, final)
 
 
 def _pump(
@@ -882,6 +928,12 @@ def run_on_hosts(
         # Connect one by one, so that a host key to accept is asked about one at a time.
         for host in hosts:
             links.get(host.name)
+        # Create (or migrate) the state database before the threads below use it: two connections switching
+        # a new database to WAL at once can fail with "database is locked".
+        from gpubox.state import open_state
+
+        with open_state():
+            pass
         threads = [
             threading.Thread(target=prepare_one, args=(i, h), daemon=True) for i, h in enumerate(hosts)
         ]
@@ -892,7 +944,13 @@ def run_on_hosts(
         if failures:
             raise failures[0]
         run = launch(links, hosts, argv, name=name, venvs=venvs, project_root=project_root)
-        spawn_watcher(run)
+        try:
+            spawn_watcher(run)
+        except OSError as exc:
+            err(
+                f"gpubox: could not leave a watcher for {run.id} ({exc}): if a worker fails, "
+                f"`gpubox logs {run.id} -f` or `gpubox stop {run.id}` stops the others"
+            )
         out(f"started {run.id} on {', '.join(run.hosts)}: {run.command}")
         for part in run.parts:
             out(f"  worker {part.index}: {part.host} {part.run_id} ({part.address})")
@@ -919,10 +977,24 @@ def exit_code(status: MultiStatus, err: Callable[[str], None]) -> int:
 
 
 def split_listing(host: str, runs: Sequence[RunInfo]) -> tuple[list[RunInfo], list[MultiRun]]:
-    """The host's single-host runs, and the multi-host runs that have a part on it (parts taken out)."""
+    """The host's single-host runs, and the multi-host runs that have a part on it (parts taken out).
+
+    Hosts that share a home folder (NFS on a cluster) list each other's runs too: a part of another host
+    is recognised by its id and start time.
+    """
     records = [run for run in all_runs() if host in run.hosts]
+    if not records:
+        return list(runs), []
+    known = _cached_infos()
     parts_here = {p.run_id for run in records for p in run.parts if p.host == host}
-    return [r for r in runs if r.id not in parts_here], records
+    elsewhere = {
+        (p.run_id, info.started_at)
+        for run in records
+        for p in run.parts
+        if p.host != host and (info := known.get((p.host, p.run_id))) is not None
+    }
+    single = [r for r in runs if r.id not in parts_here and (r.id, r.started_at) not in elsewhere]
+    return single, records
 
 
 def statuses(
@@ -944,7 +1016,7 @@ def statuses(
             asked = {p.host for p in run.parts if p.host != host and p.host in links.hosts}
             if not asked:
                 infos = [known.get((p.host, p.run_id)) for p in run.parts]
-                found.append(aggregate(run, infos, _stop_requested_at(run)))
+                found.append(status_of(run, infos))
                 continue
             trusted = [name for name in run.hosts if name not in asked]
             found.append(fetch_status(run, links, known=known, fresh=trusted))
@@ -973,6 +1045,7 @@ def table_lines(found: Sequence[MultiStatus], now: float) -> list[str]:
                 time.strftime("%m-%d %H:%M", time.localtime(started)) if started else "",
                 format_duration(status.duration(now) or 0),
                 "" if status.exit_code is None else str(status.exit_code),
+                status.parts[0].progress_text() if status.parts and status.parts[0] is not None else "",
                 status.run.command if len(status.run.command) <= 60 else status.run.command[:57] + "...",
             ]
         )
@@ -986,10 +1059,11 @@ def table_lines(found: Sequence[MultiStatus], now: float) -> list[str]:
                     "",
                     "" if info is None else format_duration(info.duration(now) or 0),
                     "" if info is None or info.exit_code is None else str(info.exit_code),
+                    "",
                     f"worker {part.index} {part.address}",
                 ]
             )
-    headers = ["multi-host", "hosts", "state", "started", "duration", "exit", "command"]
+    headers = ["MULTI-HOST", "HOSTS", "STATE", "STARTED", "DURATION", "EXIT", "PROGRESS", "COMMAND"]
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
     return [
         "  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip()

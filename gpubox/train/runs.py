@@ -152,6 +152,8 @@ def follow_log(
     it resumes from the last byte received.
     """
     check_run_id(run_id)
+    # Poll quickly while output is fresh (the first line of a new run shows at once), back off when quiet.
+    delay = 0.01
     while True:
         try:
             session = session_for()
@@ -169,12 +171,14 @@ def follow_log(
         info = RunInfo.from_agent(session.host.name, result["run"])
         if data:
             offset += len(data)
+            delay = 0.01
             yield data, info
             continue
         if not follow or (info.finished and offset >= int(result.get("size", offset))):
             yield b"", info
             return
-        time.sleep(poll_seconds)
+        time.sleep(delay)
+        delay = min(poll_seconds, delay * 1.5)
 
 
 def local_log_path(state_dir: str, host: str, run_id: str) -> str:

@@ -132,3 +132,18 @@ def test_host_records_and_probe_cache(tmp_path: Path) -> None:
         assert record is not None
         assert (record.endpoint, record.probe) == ("me@h:22", {"os": "Debian"})
         assert state.host("other") is None
+
+
+def test_many_openers_of_a_brand_new_file_all_succeed(tmp_path: Path) -> None:
+    """Processes racing to create the state file must all get a usable database, none "database is locked"."""
+    opener = "import sys; from pathlib import Path; from gpubox.state import State; State(Path(sys.argv[1])).close()"
+    for attempt in range(5):
+        path = tmp_path / f"fresh-{attempt}.db"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", opener, str(path)], stderr=subprocess.PIPE, text=True)
+            for _ in range(8)
+        ]
+        errors = [err for proc in procs for err in [proc.communicate(timeout=60)[1]] if proc.returncode != 0]
+        assert errors == []
+        with State(path) as state:
+            assert state.schema_version == len(MIGRATIONS)
