@@ -158,6 +158,14 @@ MIGRATIONS: Sequence[str] = (
         PRIMARY KEY (host, service)
     );
     """,
+    # 6: the interpreter a host's configured `python` resolved to, to start the agent without shell wrappers
+    """
+    CREATE TABLE agent_python (
+        host        TEXT PRIMARY KEY,
+        configured  TEXT NOT NULL,
+        executable  TEXT NOT NULL
+    );
+    """,
 )
 
 EXTRAPOLATE_MAX_SECONDS = 60.0
@@ -660,6 +668,21 @@ class State:
                 self.db.execute("DELETE FROM sync_ancestors WHERE host = ?", (host,))
             else:
                 self.db.execute("DELETE FROM sync_ancestors WHERE host = ? AND project = ?", (host, project))
+
+
+def resolved_python(state: State, host: str, configured: str) -> str | None:
+    row = state.db.execute(
+        "SELECT executable FROM agent_python WHERE host = ? AND configured = ?", (host, configured)
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def record_resolved_python(state: State, host: str, configured: str, executable: str) -> None:
+    with state.transaction():
+        state.db.execute(
+            "INSERT OR REPLACE INTO agent_python(host, configured, executable) VALUES (?, ?, ?)",
+            (host, configured, executable),
+        )
 
 
 def record_tunnels(state: State, host: str, pid: int, tunnels: Iterable[tuple[str, int, int, str]]) -> None:

@@ -101,6 +101,7 @@ def op_hello(args: Dict[str, Any]) -> Dict[str, Any]:
         "protocol": PROTOCOL,
         "agent_version": AGENT_VERSION,
         "python": platform.python_version(),
+        "executable": sys.executable,
         "pid": os.getpid(),
         "home": os.path.expanduser("~"),
     }

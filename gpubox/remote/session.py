@@ -72,7 +72,7 @@ class HostSession:
         def attempt() -> None:
             self.connection.close()
             self.connection.open()
-            self.agent = AgentSession(self.connection, python=self.host.python).start()
+            self.agent = start_agent(self.connection, self.host)
 
         with_backoff(attempt, backoff, **kwargs)
         self.generation += 1
@@ -81,6 +81,27 @@ class HostSession:
         with contextlib.suppress(Exception):
             self.agent.close()
         self.connection.close()
+
+
+def start_agent(connection: Connection, host: HostConfig) -> AgentSession:
+    """Start the agent, going straight to the interpreter `python` resolved to last time when it still exists.
+
+    Only a bare command name (found on PATH, possibly through a wrapper such as a pyenv shim) is remembered; a
+    configured path is always used as written, since a wrapper script there may set up what the user needs.
+    """
+    from gpubox.state import open_state, record_resolved_python, resolved_python
+
+    remember = "/" not in host.python
+    prefer = None
+    if remember:
+        with open_state() as state:
+            prefer = resolved_python(state, host.name, host.python)
+    agent = AgentSession(connection, python=host.python, prefer=prefer).start()
+    executable = agent.hello.get("executable")
+    if remember and isinstance(executable, str) and executable and executable != prefer:
+        with open_state() as state:
+            record_resolved_python(state, host.name, host.python, executable)
+    return agent
 
 
 def connect_host(
@@ -94,7 +115,7 @@ def connect_host(
 ) -> HostSession:
     connection, spec = open_connection(host, accept_new=accept_new, ask=ask, launch=launch)
     try:
-        agent = AgentSession(connection, python=host.python).start()
+        agent = start_agent(connection, host)
         session = HostSession(host, connection, spec, agent, host.remote_project_dir(project_name))
         if probe:
             session.refresh_probe()
