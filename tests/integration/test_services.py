@@ -175,3 +175,53 @@ def test_nothing_is_reachable_from_another_network_namespace(project: Path, netn
     # From the namespace, this machine is its gateway address: every port must be closed there.
     seen = outsider.exec("python3", "-c", probe, outsider.gateway, *map(str, sorted(ports))).stdout
     assert seen.split("\n")[:-1] == [f"closed {port}" for port in sorted(ports)], seen
+
+
+def test_a_jupyter_kernel_runs_code_over_its_websocket_through_the_tunnel(project: Path) -> None:
+    import uuid
+
+    import websocket  # websocket-client: a plain client, to talk to Jupyter's kernel channel
+
+    (project / "gpubox.toml").write_text("[services.tensorboard]\nenabled = false\n")
+    up = run_gpubox("up", "--detach", "--no-sync", cwd=project, timeout=900)
+    assert up.returncode == 0, up.stdout + up.stderr
+    url = _services(project, "--show-secrets")["jupyter"]
+    base, token = url.split("/lab?token=")
+    kernel = httpx.post(f"{base}/api/kernels", params={"token": token}, json={"name": "python3"}, timeout=60)
+    assert kernel.status_code == 201, kernel.text
+    channel = websocket.create_connection(
+        f"ws{base[4:]}/api/kernels/{kernel.json()['id']}/channels?token={token}", timeout=60
+    )
+    try:
+        session = uuid.uuid4().hex
+        message_id = uuid.uuid4().hex
+        channel.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": message_id,
+                        "username": "gpubox-test",
+                        "session": session,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": {"code": "1+1", "silent": False, "store_history": False, "allow_stdin": False},
+                    "channel": "shell",
+                    "buffers": [],
+                }
+            )
+        )
+        result = None
+        deadline = time.monotonic() + 60
+        while result is None and time.monotonic() < deadline:
+            reply = json.loads(channel.recv())
+            if (
+                reply.get("parent_header", {}).get("msg_id") == message_id
+                and reply["msg_type"] == "execute_result"
+            ):
+                result = reply["content"]["data"]["text/plain"]
+        assert result == "2"
+    finally:
+        channel.close()
