@@ -31,3 +31,11 @@ def write_section(title: str, report: str) -> None:
         end = text.find("\n## ", start + len(title))
         text = text[:start] + report + ("" if end == -1 else text[end:])
     RESULTS.write_text(text.rstrip("\n") + "\n")
+
+
+def publish(title: str, lines: list[str], write: bool) -> None:
+    """Print a benchmark's section and, with --write, record it in RESULTS.md."""
+    report = "\n".join(lines)
+    print(report)
+    if write:
+        write_section(title, report)

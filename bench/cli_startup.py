@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, write_section
+from _results import machine, publish
 
 SECTION = "## CLI start-up (bench/cli_startup.py)"
 TARGET_HELP_S = 0.15
@@ -91,10 +91,7 @@ def main() -> int:
         "2-core machine): `sky --help` ≈ 1.9 s, `dstack --help` ≈ 1.1 s.",
         "",
     ]
-    report = "\n".join(lines)
-    print(report)
-    if options.write:
-        write_section(SECTION, report)
+    publish(SECTION, lines, options.write)
     return 0
 
 

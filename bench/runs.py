@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, write_section
+from _results import machine, publish
 
 SECTION = "## Runs (bench/runs.py)"
 
@@ -127,10 +127,7 @@ def main() -> int:
         f"{anchor_median:.3f} s | {poll_median / anchor_median:.2f}× | < 0.3 s |",
         "",
     ]
-    report = "\n".join(lines)
-    print(report)
-    if options.write:
-        write_section(SECTION, report)
+    publish(SECTION, lines, options.write)
     return 0
 
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, write_section
+from _results import machine, publish
 
 SECTION = "## Sync vs rsync (bench/sync_vs_rsync.py)"
 
@@ -246,10 +246,7 @@ def main() -> int:
         f"{burst_seconds:.2f} s (target ≤ 2 s).",
         "",
     ]
-    report = "\n".join(lines)
-    print(report)
-    if options.write:
-        write_section(SECTION, report)
+    publish(SECTION, lines, options.write)
     return 0
 
 

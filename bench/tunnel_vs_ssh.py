@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine, write_section
+from _results import machine, publish
 
 SECTION = "## Tunnel vs ssh -L (bench/tunnel_vs_ssh.py)"
 
@@ -176,10 +176,7 @@ def main() -> int:
         f"| 50 concurrent GETs failed | {our_fail} | {ssh_fail} | | 0 |",
         "",
     ]
-    report = "\n".join(lines)
-    print(report)
-    if options.write:
-        write_section(SECTION, report)
+    publish(SECTION, lines, options.write)
     return 0
 
 

@@ -1226,18 +1226,7 @@ def op_run_stop(args: Dict[str, Any]) -> Dict[str, Any]:
         handle.write(repr(time.time()))
     pid = row["pid"]
     if pid:
-        for signum, wait in ((15, grace), (9, 5.0)):
-            try:
-                os.killpg(pid, signum)
-            except ProcessLookupError:
-                break
-            # Done only when the whole process group is gone: a shell may exit on SIGTERM and leave
-            # children that ignore it running.
-            deadline = time.time() + wait
-            while time.time() < deadline and _group_alive(pid):
-                time.sleep(0.02)
-            if not _group_alive(pid):
-                break
+        _stop_group(pid, grace)
         deadline = time.time() + 5
         while time.time() < deadline and not os.path.exists(os.path.join(folder, "exit_code")):
             time.sleep(0.02)
@@ -1383,17 +1372,19 @@ def _service_row(folder: str) -> Dict[str, Any]:
     }
 
 
-def _stop_group(pid: Any) -> None:
-    if not isinstance(pid, int) or not _alive(pid):
+def _stop_group(pid: Any, grace: float = 5.0) -> None:
+    """SIGTERM the process group *pid* leads, SIGKILL it after *grace* seconds. Done only when the whole group is
+    gone: a shell may exit on SIGTERM and leave children that ignore it running."""
+    if not isinstance(pid, int) or not _group_alive(pid):
         return
-    for signum, wait in ((15, 5.0), (9, 2.0)):
+    for signum, wait in ((15, grace), (9, 5.0)):
         try:
             os.killpg(pid, signum)
         except (ProcessLookupError, PermissionError):
             return
         deadline = time.time() + wait
         while time.time() < deadline and _group_alive(pid):
-            time.sleep(0.05)
+            time.sleep(0.02)
         if not _group_alive(pid):
             return
 
