@@ -824,8 +824,36 @@ def op_idle(args: Dict[str, Any]) -> Dict[str, Any]:
         "nvidia_smi": _nvidia_smi(IDLE_QUERY, IDLE_SMI_TIMEOUT) if args.get("gpu", True) else None,
         "ttys": _ttys() if args.get("ttys", True) else [],
         "runs": _active_runs(),
-        "kernels": None,
+        "kernels": _busy_kernels(),
     }
+
+
+def _busy_kernels() -> int:
+    """Jupyter kernels executing right now, across gpubox's Jupyter servers on this host (asked through their
+    own API on loopback, with the token each was started with)."""
+    import urllib.request
+
+    busy = 0
+    base = os.path.join(os.path.expanduser("~"), ".gpubox", "services")
+    try:
+        projects = os.listdir(base)
+    except OSError:
+        return 0
+    for project in projects:
+        row = _service_row(os.path.join(base, project, "jupyter"))
+        if row["state"] != "running" or not row.get("secret"):
+            continue
+        url = "http://127.0.0.1:%d/api/kernels" % row["port"]
+        request = urllib.request.Request(url, headers={"Authorization": "token %s" % row["secret"]})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as answer:
+                kernels = json.loads(answer.read().decode("utf-8"))
+        except (OSError, ValueError):
+            continue
+        busy += sum(
+            1 for kernel in kernels if isinstance(kernel, dict) and kernel.get("execution_state") == "busy"
+        )
+    return busy
 
 
 def _active_runs() -> int:

@@ -225,3 +225,59 @@ def test_a_jupyter_kernel_runs_code_over_its_websocket_through_the_tunnel(projec
         assert result == "2"
     finally:
         channel.close()
+
+
+def test_a_busy_jupyter_kernel_keeps_the_host_from_autostopping(project: Path, tmp_path: Path) -> None:
+    import uuid
+
+    import websocket
+
+    (project / "hosts.toml").write_text(
+        f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\nautostop_minutes = 0.05\n'  # a 3 s window
+    )
+    (project / "gpubox.toml").write_text("[services.tensorboard]\nenabled = false\n")
+    up = run_gpubox("up", "--detach", "--no-sync", cwd=project, timeout=900)
+    assert up.returncode == 0, up.stdout + up.stderr
+    base, token = _services(project, "--show-secrets")["jupyter"].split("/lab?token=")
+    kernel = httpx.post(f"{base}/api/kernels", params={"token": token}, json={"name": "python3"}, timeout=60)
+    channel = websocket.create_connection(
+        f"ws{base[4:]}/api/kernels/{kernel.json()['id']}/channels?token={token}", timeout=60
+    )
+    try:
+        channel.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": uuid.uuid4().hex,
+                        "username": "t",
+                        "session": uuid.uuid4().hex,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": {
+                        "code": "import time; time.sleep(8)",
+                        "silent": False,
+                        "store_history": False,
+                    },
+                    "channel": "shell",
+                    "buffers": [],
+                }
+            )
+        )
+        time.sleep(4.5)  # longer than the window: the busy kernel keeps the host up
+        status = json.loads(run_gpubox("status", "--json", cwd=project).stdout)
+        (local,) = [h for h in status["hosts"] if h["name"] == "local"]
+        assert local["up"], local
+        autostop = local["autostop"]
+        assert autostop["state"] == "busy" and any("Jupyter kernel" in r for r in autostop["busy"]), autostop
+    finally:
+        channel.close()
+    # Once the cell finished, the window runs out and the local host is stopped.
+    from gpubox.remote.providers.local import LocalSshd
+
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and LocalSshd().running() is not None:
+        time.sleep(0.5)
+    assert LocalSshd().running() is None
