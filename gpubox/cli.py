@@ -586,7 +586,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     pid = stop_supervisor(host.name)
     if pid:
         _out(f"stopped gpubox process {pid} holding {host.name}")
-    _stop_services(host, project)
+    # Stopping the local host stops its sshd, but not servers it started: stop every project's then.
+    _stop_services(host, project, every_project=host.provider == "local" and not args.keep_instance)
     if args.keep_instance:
         _out(f"kept {host.name} running (--keep-instance)")
     else:
@@ -596,8 +597,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_services(host: HostConfig, project: ProjectConfig) -> None:
-    """Stop this project's services on the host, when it can be reached without starting it."""
+def _stop_services(host: HostConfig, project: ProjectConfig, *, every_project: bool = False) -> None:
+    """Stop this project's services on the host (every project's, when the host itself is going down), when it
+    can be reached without starting it."""
     from gpubox.errors import HostError
     from gpubox.remote.providers import provider_for
     from gpubox.remote.session import connect_host
@@ -611,12 +613,12 @@ def _stop_services(host: HostConfig, project: ProjectConfig) -> None:
         _out(f"  ! could not reach {host.name} to stop its services: {exc}")
         return
     try:
-        key = service_key(session)
+        key = None if every_project else service_key(session)
         listed = session.agent.request("service_list", {"key": key}).get("services", [])
         stopped = []
         for service in listed:
             if service.get("state") != "stopped":
-                session.agent.request("service_stop", {"key": key, "name": service["name"]})
+                session.agent.request("service_stop", {"key": service["key"], "name": service["name"]})
                 stopped.append(service["name"])
     finally:
         session.close()

@@ -13,4 +13,4 @@ cd examples/digits
 "$gpubox" status
 echo
 echo "local is still up (TensorBoard logs in examples/digits/logs, the model in examples/digits/checkpoints)."
-echo "Stop it with: .venv/bin/gpubox down local"
+echo "Stop it with: (cd examples/digits && ../../.venv/bin/gpubox down local)"

@@ -1495,21 +1495,33 @@ def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def op_service_list(args: Dict[str, Any]) -> Dict[str, Any]:
+    """The services of one project (``key``), or of every project on this host when ``key`` is null."""
     key = args.get("key")
-    if not isinstance(key, str) or not key or "/" in key:
+    if key is not None and (not isinstance(key, str) or not key or "/" in key or key in (".", "..")):
         raise RequestError("bad-request", "key must be a plain folder name")
-    base = os.path.join(os.path.expanduser("~"), ".gpubox", "services", key)
+    root = os.path.join(os.path.expanduser("~"), ".gpubox", "services")
     try:
-        names = sorted(os.listdir(base))
+        keys = [key] if key is not None else sorted(os.listdir(root))
     except OSError:
-        names = []
-    return {"services": [_service_row(os.path.join(base, name)) for name in names]}
+        keys = []
+    rows = []
+    for project in keys:
+        try:
+            names = sorted(os.listdir(os.path.join(root, project)))
+        except OSError:
+            continue
+        for name in names:
+            row = _service_row(os.path.join(root, project, name))
+            row["key"] = project
+            rows.append(row)
+    return {"services": rows}
 
 
 def op_service_stop(args: Dict[str, Any]) -> Dict[str, Any]:
     folder = _service_dir(args)
     row = _service_row(folder)
     _stop_group(row.get("pid"))
+    _reap_waiters()
     return _service_row(folder)
 
 
