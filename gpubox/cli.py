@@ -176,10 +176,10 @@ def _target(host: HostConfig) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    _out("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in rows:
-        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    from gpubox.report import columns
+
+    for line in columns([h.upper() for h in headers], rows):
+        _out(line)
 
 
 def _price(amount: float | None) -> str:
@@ -626,22 +626,16 @@ def _stop_services(host: HostConfig, project: ProjectConfig, *, every_project: b
         _out(f"stopped {', '.join(stopped)} on {host.name}")
 
 
-def _remote_dir_expression(path: str) -> str:
-    from gpubox.remote.session import shell_word
-
-    return shell_word(path)
-
-
 def cmd_ssh(args: argparse.Namespace) -> int:
     import shlex
 
-    from gpubox.remote.session import open_connection
+    from gpubox.remote.session import open_connection, shell_word
 
     project = _project()
     host = _hosts(project).get(args.host)
     command = list(args.command_args)
     connection, _spec = open_connection(host, accept_new=args.accept_new, ask=_ask_to_pin())
-    cd = f"cd {_remote_dir_expression(host.remote_project_dir(project.name))} 2>/dev/null; "
+    cd = f"cd {shell_word(host.remote_project_dir(project.name))} 2>/dev/null; "
     shell_recorded = False
     try:
         interactive = sys.stdin.isatty() and sys.stdout.isatty()

@@ -664,10 +664,9 @@ def render_cost(document: Mapping[str, Any]) -> list[str]:
             budget_cell(document["total_budget"]) + (" (all hosts)" if document["total_budget"] else ""),
         ]
     )
-    widths = [max(len(header[i]), *(len(r[i]) for r in table)) for i in range(len(header))]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-    for cells in table:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+    from gpubox.report import columns
+
+    lines += columns(header, table)
     if document["runs"]:
         lines.append("")
         lines.append("runs:")

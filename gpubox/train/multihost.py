@@ -1064,11 +1064,9 @@ def table_lines(found: Sequence[MultiStatus], now: float) -> list[str]:
                 ]
             )
     headers = ["MULTI-HOST", "HOSTS", "STATE", "STARTED", "DURATION", "EXIT", "PROGRESS", "COMMAND"]
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-    return [
-        "  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
-        for row in [headers, *rows]
-    ]
+    from gpubox.report import columns
+
+    return columns(headers, rows)
 
 
 # ------------------------------------------------------------------------------------------- watcher
