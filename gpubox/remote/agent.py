@@ -14,6 +14,7 @@ API newer than 3.8. It is imported by nothing else in gpubox; the client side li
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -527,6 +528,12 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
             os.rmdir(staging)
         if not isinstance(exc, OSError):
             raise
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # say so plainly, with what the batch needed
+            raise RequestError(
+                "disk-full",
+                "host disk full: no space left in %s for this batch (%d bytes); nothing was changed, and sync "
+                "goes on once space is freed there" % (root, offset),
+            ) from None
         raise RequestError(
             "os-error", "staging on the host failed, nothing was changed: %s" % (exc.strerror or exc)
         ) from None

@@ -142,7 +142,8 @@ class AgentSession:
         channel = self.channel
         assert channel is not None
         if not self.connection.is_alive():
-            return HostUnreachable(f"the connection to {self.host} was lost while starting the agent")
+            during = " while starting the agent" if not self.hello else ""
+            return HostUnreachable(f"the connection to {self.host} was lost{during}")
         detail = b""
         try:
             while chunk := channel.recv_stderr(4096):

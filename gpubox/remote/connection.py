@@ -14,6 +14,7 @@ import getpass
 import glob
 import hashlib
 import io
+import logging
 import os
 import random
 import re
@@ -57,6 +58,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# paramiko's transport thread logs a dropped socket ("Socket exception: Connection reset by peer (104)") at ERROR;
+# with no handler anywhere, Python's last-resort handler printed it to stderr beside gpubox's one-line error.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class ByteSink(Protocol):

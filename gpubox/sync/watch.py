@@ -32,7 +32,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from gpubox.errors import AgentError, GpuboxError, HostUnreachable
+from gpubox.errors import AgentError, GpuboxError, HostUnreachable, RemoteError
 from gpubox.sync.engine import Syncer, SyncReport
 from gpubox.sync.ignore import IGNORE_FILES, relative
 
@@ -65,6 +65,8 @@ class WatchSettings:
     rescan_seconds: float = 60.0
     fallback_rescan_seconds: float = 2.0
     """How often to rescan when inotify cannot watch the tree."""
+    retry_seconds: tuple[float, float] = (1.0, 15.0)
+    """After the host refused a batch (its disk full, say): first retry, doubling up to the second."""
 
 
 class _OverflowListener(logging.Handler):
@@ -118,6 +120,9 @@ class LiveSync:
         self.link_generation = link_generation
         self._dirty: set[str] = set()
         self._deferred: set[str] = set()
+        self._retry_at: float | None = None
+        self._retry_rescan: str | None = None
+        self._retry_delay = settings.retry_seconds[0]
         self._first_dirty = 0.0
         self._last_dirty = 0.0
         self._rescan_reason: str | None = None
@@ -229,6 +234,13 @@ class LiveSync:
                     dirty, self._dirty = self._dirty, set()
                     self._rules_changed = None
                     return dirty, "periodic rescan"
+                if self._retry_at is not None and now >= self._retry_at:
+                    # What the host refused goes again by itself (once its disk has room, say).
+                    self._retry_at = None
+                    dirty, self._dirty = self._dirty, set()
+                    rescan, self._retry_rescan = self._retry_rescan, None
+                    return dirty, rescan
+                wake_at = next_rescan if self._retry_at is None else min(next_rescan, self._retry_at)
                 if self._dirty:
                     quiet_until = self._last_dirty + self.settings.quiet_seconds
                     cap = self._first_dirty + self.settings.max_wait_seconds
@@ -237,10 +249,10 @@ class LiveSync:
                         dirty, self._dirty = self._dirty, set()
                         rules_changed, self._rules_changed = self._rules_changed, None
                         return dirty, rules_changed
-                    self._cond.wait(due - now)
+                    self._cond.wait(min(due, wake_at) - now)
                 else:
                     self._idle.set()
-                    self._cond.wait(next_rescan - now)
+                    self._cond.wait(wake_at - now)
 
     def _run(self) -> None:
         generation = self.link_generation()
@@ -264,6 +276,7 @@ class LiveSync:
                     why = f"{len(dirty)} changed"
                 self.batches += 1
                 self.last_report = report
+                self._retry_delay = self.settings.retry_seconds[0]
                 self.on_report(report, why)
             except (HostUnreachable, AgentError) as exc:
                 # The supervisor owns reconnecting; everything is rescanned once the link is back.
@@ -276,6 +289,13 @@ class LiveSync:
                 # Keep the paths for the next batch or rescan (after the cause is fixed), without spinning.
                 self.on_problem(str(exc))
                 self._deferred |= dirty
+                if isinstance(exc, RemoteError):
+                    # The host refused (disk full, a folder it cannot write): try again with backoff, since no
+                    # local event may come to carry these paths once the host is fixed.
+                    with self._cond:
+                        self._retry_at = time.monotonic() + self._retry_delay
+                        self._retry_rescan = self._retry_rescan or rescan
+                    self._retry_delay = min(self._retry_delay * 2, self.settings.retry_seconds[1])
 
     def _wait_for_new_link(self, generation: int) -> None:
         while self.link_generation() == generation:

@@ -1,0 +1,1 @@
+"""Reliability: faults (links, sshd, killed gpubox, full disks) and bad input, with invariant checks."""
