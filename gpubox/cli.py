@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from gpubox import __version__
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import threading
 
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
+    from gpubox.monitor import SyncStatus
     from gpubox.remote.session import HostSession
     from gpubox.sync.engine import Syncer, SyncReport
     from gpubox.sync.watch import LiveSync
@@ -37,6 +38,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds for an option: finite and not negative (argparse turns the error into usage)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _out(text: str = "") -> None:
@@ -83,6 +95,27 @@ def _ask_to_pin() -> Callable[[str, str, str], bool] | None:
     return ask
 
 
+def _confirm(question: str, *, yes: bool) -> bool:
+    """Ask a yes/no question on the terminal; ``--yes`` answers it. Without a terminal and without ``--yes``,
+    refuse clearly instead of guessing."""
+    from gpubox.errors import UsageError
+
+    if yes:
+        _out(f"  {question} yes (--yes)")
+        return True
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise UsageError(f"{question.rstrip('?')}: asking needs a terminal; pass --yes to go ahead")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _step(text: str) -> None:
+    _out(f"  {text}" if text.startswith("! ") else f"  · {text}")
+
+
 # ------------------------------------------------------------------------------------------ commands
 
 
@@ -114,65 +147,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _host_rows(hosts: HostsConfig) -> list[dict[str, Any]]:
-    import time
+    from gpubox.actions import host_rows
 
-    from gpubox.cost import budgets_for, host_spend, hourly_price
-    from gpubox.report import short_gpu
-    from gpubox.state import open_state
-
-    rows = []
-    now = time.time()
-    with open_state() as state:
-        ledger = state.billing()
-        alerts = state.budget_alerts()
-        for host in hosts.hosts.values():
-            record = state.host(host.name)
-            supervisor = state.supervisor(host.name)
-            price = hourly_price(host, record.probe if record else None)
-            spend = host_spend((i for i in ledger if i.host == host.name), now)
-            rows.append(
-                {
-                    "name": host.name,
-                    "provider": host.provider,
-                    "target": _target(host),
-                    "up": supervisor is not None,
-                    "supervisor": None
-                    if supervisor is None
-                    else {
-                        "pid": supervisor.pid,
-                        "detached": supervisor.detached,
-                        "since": supervisor.started_at,
-                    },
-                    "endpoint": record.endpoint if record else None,
-                    "gpu": short_gpu(record.probe if record else None),
-                    "probed_at": record.probed_at if record else None,
-                    "price_per_hour": price.amount,
-                    "price_source": price.source,
-                    "price_estimate": price.estimate,
-                    "spent_usd": round(spend.spent_usd, 4),
-                    "hours": round(spend.seconds / 3600, 6),
-                    "billing_now": spend.billing_now,
-                    "budgets": [
-                        {"scope": b.scope} | b.document(alerts) for b in budgets_for(host, hosts, ledger, now)
-                    ],
-                    "on_budget": host.on_budget,
-                    "default": host.name == hosts.default_host,
-                }
-            )
-    return rows
+    return host_rows(hosts)
 
 
 def _target(host: HostConfig) -> str:
-    if host.provider == "local":
-        return "private sshd on 127.0.0.1"
-    target = host.hostname or host.name
-    if host.user:
-        target = f"{host.user}@{target}"
-    if host.port:
-        target += f":{host.port}"
-    if host.proxy_jump:
-        target += f" via {host.proxy_jump}"
-    return target
+    from gpubox.actions import target
+
+    return target(host)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -188,11 +171,46 @@ def _price(amount: float | None) -> str:
     return "?" if amount is None else format_usd(amount)
 
 
+def _orphan_check(hosts: HostsConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[str]]:
+    """Ask each configured cloud provider for instances gpubox launched that no gpubox holds: (orphans as
+    JSON, providers that could not be asked, lines to print)."""
+    from gpubox.provision import configured_providers, describe_orphans, find_orphans
+
+    if not configured_providers(hosts):
+        return [], [], []
+    report = find_orphans(hosts)
+    orphans = [
+        {
+            "provider": o.provider,
+            "instance_id": o.instance.instance_id,
+            "name": o.instance.name,
+            "host": o.host,
+            "price_per_hour": o.instance.price_per_hour,
+            "started_at": o.instance.started_at,
+            "gpu": o.instance.gpu,
+            "status": o.instance.status_text,
+            "recorded": o.recorded,
+            "why": o.why,
+        }
+        for o in report.orphans
+    ]
+    problems = [{"provider": name, "problem": problem} for name, problem in report.problems]
+    return orphans, problems, describe_orphans(report)
+
+
 def cmd_hosts(args: argparse.Namespace) -> int:
     hosts = _hosts()
+    orphans, problems, orphan_lines = _orphan_check(hosts)
     rows = _host_rows(hosts)
     if args.json:
-        _json({"config": str(hosts.path) if hosts.path else None, "hosts": rows})
+        _json(
+            {
+                "config": str(hosts.path) if hosts.path else None,
+                "hosts": rows,
+                "orphans": orphans,
+                "provider_problems": problems,
+            }
+        )
         return 0
     source = f"from {hosts.path}" if hosts.path else "no hosts.toml found: only the built-in local host"
     _out(f"hosts ({source})")
@@ -210,6 +228,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
             for r in rows
         ],
     )
+    for line in orphan_lines:
+        _out(line)
     return 0
 
 
@@ -221,6 +241,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from gpubox.state import live_tunnels, open_state
 
     hosts = _hosts()
+    orphans, problems, orphan_lines = _orphan_check(hosts)
     rows = _host_rows(hosts)
     now = time.time()
     with open_state() as state:
@@ -246,11 +267,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             host = hosts.hosts[row["name"]]
             service["url"] = _service_url(host, project, tunnel, show_secret=project is not None)
     if args.json:
-        _json({"hosts": rows})
+        _json({"hosts": rows, "orphans": orphans, "provider_problems": problems})
         return 0
-    up = [r for r in rows if r["up"] or r["instance"]["state"] == "running"]
+    up = [r for r in rows if r["up"] or r["instance"]["state"] in ("running", "unknown")]
     if not up:
         _out("nothing is up: `gpubox up` starts the built-in local host, `gpubox up HOST` another")
+        for line in orphan_lines:
+            _out(line)
         return 0
     for row in up:
         sup = row["supervisor"]
@@ -279,31 +302,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             _out(f"    autostop  {_autostop_text(row['autostop'], row['autostop_minutes'])}")
         for service in row["services"]:
             _out(f"    {service['name']:<9} {service['url']}")
+    for line in orphan_lines:
+        _out(line)
     return 0
 
 
 def _autostop_text(autostop: dict[str, Any] | None, minutes: float) -> str:
-    from gpubox.cost import format_duration
+    from gpubox.actions import autostop_text
 
-    if not minutes:
-        return "off (set autostop_minutes in hosts.toml)"
-    if autostop is None:
-        return f"after {minutes:g} min idle (no report from the holding gpubox yet)"
-    phase = autostop["state"]
-    if phase == "busy":
-        return f"waiting: {'; '.join(autostop['busy'])} (after {minutes:g} min idle)"
-    if phase == "starting":
-        return f"after {minutes:g} min idle (first look at the host pending)"
-    if phase == "stopped":
-        return "stopped the host"
-    left = format_duration(autostop["remaining_seconds"] or 0)
-    action = autostop["action"]
-    if phase == "warned":
-        return f"idle for {format_duration(autostop['idle_seconds'])}: {action}"
-    extra = f"; last activity: {autostop['last_activity']}" if autostop.get("last_activity") else ""
-    return (
-        f"in {left} ({autostop['gpu']}, idle {format_duration(autostop['idle_seconds'])}{extra}) → {action}"
-    )
+    return autostop_text(autostop, minutes)
 
 
 def _print_report(session: HostSession, elapsed: float) -> None:
@@ -368,6 +375,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     if not args.supervise_child:
         _out(f"gpubox up {host.name}")
+        if host.rented:
+            from gpubox.provision import ensure_instance
+
+            ensure_instance(host, confirm=lambda question: _confirm(question, yes=args.yes), progress=_step)
+            started = time.monotonic()
     session = connect_host(
         host, project.name, accept_new=args.accept_new, ask=None if args.supervise_child else _ask_to_pin()
     )
@@ -375,6 +387,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         _record_session(session)
         _print_report(session, time.monotonic() - started)
         syncer = None
+        report = None
         if not args.no_sync:
             syncer = _syncer(session, project, host)
             report = _full_sync(
@@ -390,7 +403,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             session.close()
             return _detach(args, host, expect_tunnels=bool(services))
         return _hold(
-            session, host, detached=args.supervise_child, syncer=syncer, hosts=hosts, services=services
+            session,
+            host,
+            detached=args.supervise_child,
+            syncer=syncer,
+            hosts=hosts,
+            services=services,
+            first_sync=report,
         )
     finally:
         session.close()
@@ -427,13 +446,14 @@ def _hold(
     syncer: Syncer | None = None,
     hosts: HostsConfig | None = None,
     services: Sequence[ServiceState] = (),
+    first_sync: SyncReport | None = None,
 ) -> int:
     import os
     import threading
     import time
 
     from gpubox.cost import format_duration
-    from gpubox.monitor import HostMonitor, SyncActivity
+    from gpubox.monitor import HostMonitor, SyncActivity, SyncStatus
     from gpubox.remote.tunnels import Tunnel
     from gpubox.state import clear_tunnels, open_state, record_tunnels
     from gpubox.supervisor import claim_host, stop_on_signals, supervise
@@ -445,9 +465,14 @@ def _hold(
     wake = threading.Event()
     started = time.monotonic()
     activity = SyncActivity()
+    sync_status = SyncStatus()
+    if first_sync is not None:
+        sync_status.batch(first_sync, "start")
     with stop_on_signals(stop, wake), claim_host(host, detached=detached, probe=session.probe) as billing:
         live = (
-            _start_live_sync(syncer, session, wake, on_change=activity.touch) if syncer is not None else None
+            _start_live_sync(syncer, session, wake, on_change=activity.touch, status=sync_status)
+            if syncer is not None
+            else None
         )
         tunnels = [
             (state, Tunnel(lambda: session.connection.transport, state.host_port, name=state.name).start())
@@ -466,7 +491,14 @@ def _hold(
         if not detached:
             _out(f"  holding {host.name}: Ctrl-C leaves it running (`gpubox down {host.name}` stops it)")
         monitor = HostMonitor(
-            session, host, stop=stop, log=log, billing=billing, hosts=hosts, activity=activity
+            session,
+            host,
+            stop=stop,
+            log=log,
+            billing=billing,
+            hosts=hosts,
+            activity=activity,
+            sync=sync_status,
         )
         try:
             supervise(session, stop=stop, wake=wake, log=log, monitor=monitor)
@@ -486,12 +518,19 @@ def _hold(
 
 
 def _start_live_sync(
-    syncer: Syncer, session: HostSession, wake: threading.Event, on_change: Callable[[], None] | None = None
+    syncer: Syncer,
+    session: HostSession,
+    wake: threading.Event,
+    on_change: Callable[[], None] | None = None,
+    status: SyncStatus | None = None,
 ) -> LiveSync:
-    """Live sync for a held host; *on_change* hears of every batch that changed the host (activity)."""
+    """Live sync for a held host; *on_change* hears of every batch that changed the host (activity), *status*
+    of every batch and problem (the monitor report publishes it for the dashboard)."""
     from gpubox.sync.watch import LiveSync
 
     def reported(report: SyncReport, why: str) -> None:
+        if status is not None:
+            status.batch(report, why)
         if on_change is not None and (report.sent or report.deleted):
             on_change()
         if report.sent or report.deleted or report.conflicts or report.errors or report.kept_on_host:
@@ -501,13 +540,23 @@ def _start_live_sync(
         for error in report.errors:
             _out(f"  ! sync error: {error}")
 
-    return LiveSync(
+    def problem(text: str) -> None:
+        if status is not None:
+            status.problem(text)
+        _out(f"  ! {text}")
+
+    live = LiveSync(
         syncer,
         on_report=reported,
-        on_problem=lambda text: _out(f"  ! {text}"),
+        on_problem=problem,
         on_link_lost=wake.set,
         link_generation=lambda: session.generation,
     ).start()
+    if status is not None:
+        status.watching = live.watching
+        # LiveSync has no public count of the paths waiting for the next batch; these two sets are it.
+        status.pending = lambda: len(live._dirty) + len(live._deferred)
+    return live
 
 
 def _print_tunnels(host: HostConfig, pid: int) -> None:
@@ -538,92 +587,70 @@ def _holder_alive(host: HostConfig, pid: int) -> bool:
 
 
 def _detach(args: argparse.Namespace, host: HostConfig, *, expect_tunnels: bool = False) -> int:
-    import subprocess
-    import time
+    from gpubox.actions import start_supervisor
 
-    from gpubox import paths
-    from gpubox.state import open_state
-
-    log_dir = paths.ensure_private_dir(paths.state_dir() / "logs")
-    log_path = log_dir / f"up-{host.name}.log"
-    command = [sys.executable, "-m", "gpubox", "up", host.name, "--no-tui", "--supervise-child"]
-    if args.accept_new:
-        command.append("--accept-new")
-    if args.no_sync:
-        command.append("--no-sync")
-    if args.no_services:
-        command.append("--no-services")
-    with open(log_path, "ab") as log:
-        child = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with open_state() as state:
-            holder = state.supervisor(host.name)
-        if holder is not None and holder.pid == child.pid:
-            _out(f"  running in the background (pid {child.pid}, log {log_path})")
-            if expect_tunnels:
-                _print_tunnels(host, child.pid)
-            _out(
-                f"  `gpubox status` shows it · `gpubox up {host.name} --stop` ends it · `gpubox down {host.name}`"
-            )
-            return 0
-        if child.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise GpuboxError(f"the background gpubox for {host.name} exited: {tail[0]}")
-        time.sleep(0.05)
-    raise GpuboxError(f"the background gpubox for {host.name} did not come up within 60 s (log {log_path})")
-
-
-def cmd_down(args: argparse.Namespace) -> int:
-    from gpubox.remote.providers import provider_for
-    from gpubox.state import open_state
-    from gpubox.supervisor import stop_supervisor
-
-    project = _project()
-    host = _hosts(project).pick(args.host)
-    pid = stop_supervisor(host.name)
-    if pid:
-        _out(f"stopped gpubox process {pid} holding {host.name}")
-    # Stopping the local host stops its sshd, but not servers it started: stop every project's then.
-    _stop_services(host, project, every_project=host.provider == "local" and not args.keep_instance)
-    if args.keep_instance:
-        _out(f"kept {host.name} running (--keep-instance)")
-    else:
-        _out(provider_for(host).terminate(host))
-    with open_state() as state:
-        state.close_billing(host.name)
+    started = start_supervisor(
+        host, accept_new=args.accept_new, no_sync=args.no_sync, no_services=args.no_services
+    )
+    _out(f"  running in the background (pid {started.pid}, log {started.log_path})")
+    if expect_tunnels:
+        _print_tunnels(host, started.pid)
+    _out(f"  `gpubox status` shows it · `gpubox up {host.name} --stop` ends it · `gpubox down {host.name}`")
     return 0
 
 
-def _stop_services(host: HostConfig, project: ProjectConfig, *, every_project: bool = False) -> None:
-    """Stop this project's services on the host (every project's, when the host itself is going down), when it
-    can be reached without starting it."""
-    from gpubox.errors import HostError
-    from gpubox.remote.providers import provider_for
-    from gpubox.remote.session import connect_host
-    from gpubox.train.services import service_key
+def cmd_down(args: argparse.Namespace) -> int:
+    from gpubox.actions import take_down
 
-    if provider_for(host).status(host).state == "stopped":
-        return
-    try:
-        session = connect_host(host, project.name, probe=False, launch=False)
-    except HostError as exc:
-        _out(f"  ! could not reach {host.name} to stop its services: {exc}")
-        return
-    try:
-        key = None if every_project else service_key(session)
-        listed = session.agent.request("service_list", {"key": key}).get("services", [])
-        stopped = []
-        for service in listed:
-            if service.get("state") != "stopped":
-                session.agent.request("service_stop", {"key": service["key"], "name": service["name"]})
-                stopped.append(service["name"])
-    finally:
-        session.close()
-    if stopped:
-        _out(f"stopped {', '.join(stopped)} on {host.name}")
+    project = _project()
+    hosts = _hosts(project)
+    if args.orphans:
+        if args.host:
+            raise UsageError("give HOST or --orphans, not both")
+        return _down_orphans(hosts, yes=args.yes)
+    host = hosts.pick(args.host)
+    if host.rented:
+        from gpubox.provision import take_down_rented
+        from gpubox.supervisor import stop_supervisor
+
+        pid = stop_supervisor(host.name)
+        if pid:
+            _out(f"stopped gpubox process {pid} holding {host.name}")
+        take_down_rented(
+            host,
+            project,
+            keep_instance=args.keep_instance,
+            pull_outputs=not args.no_pull,
+            confirm=lambda question: _confirm(question, yes=args.yes),
+            say=_out,
+            ask_to_pin=_ask_to_pin(),
+        )
+        return 0
+    take_down(host, project, keep_instance=args.keep_instance, say=_out)
+    return 0
+
+
+def _down_orphans(hosts: HostsConfig, *, yes: bool) -> int:
+    from gpubox.provision import find_orphans, terminate_orphans
+
+    report = find_orphans(hosts)
+    for name, problem in report.problems:
+        _out(f"  ! {name}: {problem}")
+    if not report.asked:
+        _out("no cloud provider is configured: nothing to look for")
+        return 0
+    if not report.orphans:
+        _out(f"no orphaned instances ({', '.join(report.asked)} checked)")
+        return 1 if report.problems else 0
+    _out(f"{len(report.orphans)} instance(s) billing with no gpubox holding them:")
+    for orphan in report.orphans:
+        _out(f"  {orphan.describe()}")
+    if not _confirm(f"terminate these {len(report.orphans)} instance(s)?", yes=yes):
+        raise GpuboxError("nothing terminated")
+    failures = terminate_orphans(hosts, report.orphans, _step)
+    for failure in failures:
+        _err(f"gpubox: could not terminate {failure}")
+    return 1 if failures or report.problems else 0
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
@@ -673,18 +700,9 @@ def _syncer(
     session: HostSession | Callable[[], HostSession], project: ProjectConfig, host: HostConfig
 ) -> Syncer:
     """A Syncer for *host*; given a connect callable instead of a session, it connects only if it must."""
-    from gpubox.sync.engine import Syncer
+    from gpubox.actions import make_syncer
 
-    settings = project.sync
-    return Syncer(
-        session,
-        project,
-        host_name=host.name,
-        remote_dir=host.remote_project_dir(project.name),
-        max_delete_count=settings.max_delete_count,
-        max_delete_share=settings.max_delete_share,
-        trash_days=settings.trash_days,
-    )
+    return make_syncer(session, project, host)
 
 
 def _progress_bar(enabled: bool) -> Any:
@@ -756,28 +774,40 @@ def _full_sync(
             return syncer.full(allow_mass_delete=True, dry_run=dry_run, verify=verify, progress=progress)
 
 
+def _shown(path: str) -> str:
+    """A file name as one printable line: control characters and bytes that are not UTF-8 are escaped (and the
+    name quoted), so a name with a newline cannot pass for two files and an undecodable one cannot crash."""
+    if path.isprintable():
+        return path
+    escaped = "".join(
+        f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c if c.isprintable() else repr(c)[1:-1]
+        for c in path
+    )
+    return f"'{escaped}'"
+
+
 def _tell_held_back(report: SyncReport) -> None:
     if report.held_back:
-        shown = ", ".join(report.held_back[:5]) + (" ..." if len(report.held_back) > 5 else "")
+        shown = ", ".join(map(_shown, report.held_back[:5])) + (" ..." if len(report.held_back) > 5 else "")
         _out(
             f"    held back {len(report.held_back)} secret file(s): {shown} (name them in [sync] include to send)"
         )
     for path, size in report.too_large[:5]:
         _out(
-            f"    skipped {path} ({size / 1e6:.0f} MB, over max_file_size_mb; list it in [sync] include to send)"
+            f"    skipped {_shown(path)} ({size / 1e6:.0f} MB, over max_file_size_mb; list it in [sync] include to send)"
         )
     for path, target in report.outside_links[:5]:
-        _out(f"    skipped symlink {path} -> {target} (points outside the project)")
+        _out(f"    skipped symlink {_shown(path)} -> {_shown(target)} (points outside the project)")
     for path, error in report.unreadable[:5]:
-        _out(f"    could not read {path}: {error}")
+        _out(f"    could not read {_shown(path)}: {error}")
     for conflict in report.conflicts:
-        _out(f"  ! conflict: the host's copy was kept as {conflict}")
+        _out(f"  ! conflict: the host's copy was kept as {_shown(conflict)}")
     for path in report.host_changed[:10]:
         _out(
-            f"  ! {path} changed on the host since gpubox wrote it; local is unchanged, so it was left alone"
+            f"  ! {_shown(path)} changed on the host since gpubox wrote it; local is unchanged, so it was left alone"
         )
     for error in report.errors:
-        _out(f"  ! sync error: {error}")
+        _out(f"  ! sync error: {_shown(error)}")
 
 
 def _report_document(host: str, report: SyncReport, *, dry_run: bool) -> dict[str, Any]:
@@ -836,7 +866,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         if args.dry_run:
             for op in report.planned:
                 verb = "delete" if op.kind in ("rm", "rmdir") else "send  "
-                _out(f"{verb} {op.path}{'/' if op.kind in ('d', 'rmdir') else ''}")
+                _out(f"{verb} {_shown(op.path)}{'/' if op.kind in ('d', 'rmdir') else ''}")
             _out(f"dry run: {len(report.planned)} changes for {host.name}, nothing was sent")
             _tell_held_back(report)
             return 0
@@ -864,7 +894,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from gpubox.remote.session import connect_host
-    from gpubox.sync.pull import pull
+    from gpubox.sync.pull import normalise_paths, pull
 
     project = _project()
     hosts = _hosts(project)
@@ -875,6 +905,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         paths.insert(0, first)
         first = None
     host = hosts.pick(first)
+    normalise_paths(paths, project.root)  # a path outside the project is refused before anything starts
     session = connect_host(host, project.name, accept_new=args.accept_new, ask=_ask_to_pin(), probe=False)
     try:
         report = pull(session, project, paths)
@@ -892,27 +923,25 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def _requirements_file(project: ProjectConfig) -> tuple[str, str] | None:
     """(name, text) of the project's requirements file, when there is one to read a TensorFlow pin from."""
-    from gpubox.errors import BadInput
+    from gpubox.actions import requirements_file
 
-    name = project.env.requirements or "requirements.txt"
-    path = project.root / name
-    if not path.is_file():
-        return None
-    try:
-        return name, path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    return requirements_file(project)
 
 
 def _nvidia_smi_file(name: str) -> str:
     from gpubox.errors import BadInput
 
+    limit = 16 << 20  # nvidia-smi -q -x for 8 GPUs is ~200 KB: more is another file, not to be read whole
     try:
-        from pathlib import Path
-
-        data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        if name == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(name, "rb") as handle:
+                data = handle.read(limit + 1)
     except OSError as exc:
         raise BadInput(f"cannot read {name}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise BadInput(f"{name}: over 16 MiB, far more than any nvidia-smi output (is it the right file?)")
     return data.decode("utf-8", errors="replace")
 
 
@@ -924,7 +953,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError("give a HOST or --nvidia-smi FILE, not both")
     requested = gpu.parse_framework_spec(args.framework) if args.framework else None
     project = _project()
-    view: gpu.FrameworkView | None = None
     if args.nvidia_smi:
         snapshot = gpu.parse_nvidia_smi(_nvidia_smi_file(args.nvidia_smi))
         if snapshot.state == "query_rejected":
@@ -935,32 +963,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         if snapshot.state == "unrecognized":
             raise BadInput(f"{args.nvidia_smi}: {snapshot.message}")
         host_name = None
+        result = gpu.run_check(
+            snapshot, host=None, requested=requested, requirements=_requirements_file(project)
+        )
     else:
-        from gpubox.remote.session import connect_host
+        from gpubox.actions import check_host
 
         host = _hosts(project).pick(args.host)
         host_name = host.name
         # Only the free local host is started: renting a machine just to inspect it is `gpubox up`'s call.
-        session = connect_host(
-            host, project.name, accept_new=args.accept_new, ask=_ask_to_pin(), launch=host.provider == "local"
-        )
-        try:
-            _record_session(session)
-            snapshot = gpu.snapshot_from_probe(session.probe.get("nvidia_smi") or {})
-            if requested is None or requested.name == "tensorflow":
-                # Until projects get their own environment on the host, the interpreter gpubox runs there
-                # is where an installed TensorFlow would be.
-                python = (session.probe.get("python") or {}).get("executable") or host.python
-                view = gpu.FrameworkView.from_agent(session.agent.request("framework", {"python": python}))
-        finally:
-            session.close()
-    result = gpu.run_check(
-        snapshot,
-        host=host_name,
-        requested=requested,
-        framework_view=view,
-        requirements=_requirements_file(project),
-    )
+        result = check_host(host, project, requested=requested, accept_new=args.accept_new, ask=_ask_to_pin())
+        snapshot = result.snapshot
     if args.json:
         _json(result.document)
     else:
@@ -968,6 +981,107 @@ def cmd_check(args: argparse.Namespace) -> int:
         for line in gpu.render_check(result):
             _out(line)
     return EXIT_FAILED if result.verdict.level == "fail" else 0
+
+
+def cmd_offers(args: argparse.Namespace) -> int:
+    from gpubox.cost import format_usd
+    from gpubox.provision import collect_offers
+
+    if args.max_price is not None and not args.max_price > 0:
+        raise UsageError(f"--max-price must be a number above 0, got {args.max_price:g}")
+    project = _project()
+    hosts = _hosts(project)
+    report = collect_offers(
+        hosts,
+        project,
+        provider=args.provider,
+        gpu=args.gpu,
+        max_price=args.max_price,
+        compatible_only=args.compatible,
+        gpu_count=args.count,
+    )
+    if not report.asked:
+        raise UsageError(
+            "no cloud provider is configured: add a [providers.lambda], [providers.vast] or [providers.runpod] "
+            "table (or a host using one) to hosts.toml, or export LAMBDA_API_KEY, VAST_API_KEY or RUNPOD_API_KEY"
+        )
+    if report.problems and len(report.problems) == len(report.asked):
+        # No provider answered: that is a failure, not an empty market.
+        raise _offers_failure(report.problems, report.failures)
+    if args.json:
+        _json(
+            {
+                "framework": report.framework,
+                "providers": report.asked,
+                "seconds": report.seconds,
+                "offers": [
+                    {
+                        "provider": r.offer.provider,
+                        "offer_id": r.offer.offer_id,
+                        "gpu": r.offer.gpu,
+                        "gpu_count": r.offer.gpu_count,
+                        "gpu_memory_gb": r.offer.gpu_memory_gb,
+                        "region": r.offer.region,
+                        "price_per_hour": r.offer.price_per_hour,
+                        "instance_type": r.offer.instance_type,
+                        "compute_capability": r.offer.compute_capability,
+                        "driver_version": r.offer.driver_version,
+                        "cuda_max": r.offer.cuda_max,
+                        "detail": r.offer.detail,
+                        "verdict": r.verdict,
+                        "reasons": list(r.reasons),
+                        "host": r.host,
+                    }
+                    for r in report.offers
+                ],
+                "problems": [{"provider": name, "problem": text} for name, text in report.problems],
+            }
+        )
+        return 0
+    _out(f"offers from {', '.join(report.asked)}, cheapest first; verdicts for {report.framework}")
+    if report.offers:
+        _table(
+            ["provider", "gpu", "n", "memory", "region", "$/h", "verdict", "launch as"],
+            [
+                [
+                    r.offer.provider,
+                    r.offer.gpu,
+                    str(r.offer.gpu_count),
+                    f"{r.offer.gpu_memory_gb:g} GB" if r.offer.gpu_memory_gb else "?",
+                    r.offer.region or "-",
+                    format_usd(r.offer.price_per_hour),
+                    r.verdict,
+                    r.host or "-",
+                ]
+                for r in report.offers
+            ],
+        )
+        shown = {r.verdict for r in report.offers}
+        if shown & {"warn", "fail", "unknown"}:
+            _out("  `gpubox offers --json` gives each verdict's reasons; --compatible hides the failing ones")
+    else:
+        _out("  nothing matches" + (" (try without --compatible)" if args.compatible else ""))
+    for name, problem in report.problems:
+        _out(f"  ! {name}: {problem}")
+    return 0
+
+
+def _offers_failure(
+    problems: Sequence[tuple[str, str]], failures: Mapping[str, BaseException]
+) -> GpuboxError:
+    """One error for 'no provider answered': the provider's own when only one was asked, else one line naming
+    each, with the exit code they share (bad input 2, unreachable or refused 3, else 1)."""
+    from gpubox.errors import BadInput, HostError, HostUnreachable
+
+    errors = [failures.get(name) for name, _problem in problems]
+    if len(problems) == 1 and isinstance(errors[0], GpuboxError):
+        return errors[0]
+    text = "; ".join(f"{name}: {problem}" for name, problem in problems)
+    if all(isinstance(error, BadInput) for error in errors):
+        return BadInput(f"no provider could be asked: {text}")
+    if all(error is None or isinstance(error, HostError) for error in errors):
+        return HostUnreachable(f"no provider answered: {text}")
+    return GpuboxError(f"no provider answered: {text}")
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
@@ -988,10 +1102,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 def _remember_runs(host: str, runs: Sequence[RunInfo]) -> None:
     """Cache what the host said about these runs, so `gpubox cost` can price them without connecting."""
-    from gpubox.state import cache_runs, open_state
+    from gpubox.actions import remember_runs
 
-    with open_state() as state:
-        cache_runs(state, host, runs)
+    remember_runs(host, runs)
 
 
 def _run_host(args: argparse.Namespace, project: ProjectConfig) -> HostConfig:
@@ -1112,8 +1225,8 @@ def _multi_listing(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gpubox.actions import prepare_run
     from gpubox.remote.session import connect_host
-    from gpubox.train.runs import start_run
 
     if args.hosts is not None:
         return _run_on_hosts(args)
@@ -1124,14 +1237,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
     session = connect_host(host, project.name, accept_new=args.accept_new, ask=_ask_to_pin(), probe=False)
     try:
-        if not args.no_sync:
-            # The flush barrier: the run starts only after the host acknowledged the project as it is now.
-            report = _full_sync(_syncer(session, project, host), allow_mass_delete=False, quiet=True)
-            if report.sent or report.deleted:
-                _out(f"synced {host.name}: {report.summary()}")
-        venv = _ensure_env(session, project, quiet=True)
-        run = start_run(session, argv, name=args.name, venv=venv)
-        _remember_runs(host.name, [run])
+        # The flush barrier: the run starts only after the host acknowledged the project as it is now.
+        run = prepare_run(session, project, host, argv, name=args.name, sync=not args.no_sync, say=_out)
         _out(f"started {run.id} on {host.name}: {run.command}")
         if not args.follow:
             _out(f"  follow it: gpubox logs {run.id} -f    stop it: gpubox stop {run.id}")
@@ -1183,19 +1290,25 @@ def _stream_log(
 
     out = sys.stdout.buffer
     cache = None
+    cache_path = None
     if offset == 0:
-        folder = paths.ensure_private_dir(paths.state_dir() / "runs" / host.name)
-        cache = open(folder / f"{run_id}.log", "a+b")  # noqa: SIM115 (closed in finally)
-        cache.seek(0)
-        while chunk := cache.read(1 << 20):
-            out.write(chunk)
-        offset = cache.tell()
-        out.flush()
+        cache_path = paths.state_dir() / "runs" / host.name / f"{run_id}.log"
+        if cache_path.exists():
+            cache = open(cache_path, "a+b")  # noqa: SIM115 (closed in finally)
+            cache.seek(0)
+            while chunk := cache.read(1 << 20):
+                out.write(chunk)
+            offset = cache.tell()
+            out.flush()
     info = None
     try:
         for chunk, latest in follow_log(session_for, run_id, offset=offset, follow=follow, on_gap=gap):
             info = latest
             if chunk:
+                if cache is None and cache_path is not None:
+                    # Made with the first byte: asking for a run that does not exist leaves nothing behind.
+                    paths.ensure_private_dir(cache_path.parent)
+                    cache = open(cache_path, "a+b")  # noqa: SIM115 (closed in finally)
                 if cache is not None:
                     cache.write(chunk)
                     cache.flush()
@@ -1323,20 +1436,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from gpubox.remote.session import connect_host
-    from gpubox.train.runs import check_run_id, stop_run
+    from gpubox.actions import stop_one_run
 
     if args.run.startswith("m-"):
         return _multi_stop(args)
     project = _project()
     host = _run_host(args, project)
-    run_id = check_run_id(args.run)
-    session = connect_host(host, project.name, probe=False, launch=False)
-    try:
-        run = stop_run(session, run_id, grace_seconds=args.grace)
-    finally:
-        session.close()
-    _remember_runs(host.name, [run])
+    run = stop_one_run(host, project, args.run, grace=args.grace)
     _out(
         f"{run.id} on {host.name}: {run.state}"
         + ("" if run.exit_code is None else f" (exit {run.exit_code})")
@@ -1348,21 +1454,9 @@ def _service_url(
     host: HostConfig, project: ProjectConfig | None, row: dict[str, Any], *, show_secret: bool
 ) -> str:
     """The local URL of a tunnelled service; Jupyter's token is fetched from the host, and shown only if asked."""
-    url = f"http://127.0.0.1:{row['local_port']}{row['path']}"
-    if row["service"] != "jupyter":
-        return url
-    if not show_secret or project is None:
-        return url + "?token=<redacted>"
-    from gpubox.remote.session import connect_host
-    from gpubox.train.services import service_key
+    from gpubox.actions import service_url
 
-    session = connect_host(host, project.name, probe=False, launch=False)
-    try:
-        listed = session.agent.request("service_list", {"key": service_key(session)})
-    finally:
-        session.close()
-    token = next((s.get("secret") for s in listed.get("services", []) if s.get("name") == "jupyter"), None)
-    return url + (f"?token={token}" if token else "")
+    return service_url(host, project, row, show_secret=show_secret)
 
 
 def cmd_open(args: argparse.Namespace) -> int:
@@ -1448,6 +1542,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-services", action="store_true", help="do not start Jupyter and TensorBoard")
     up.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
     up.add_argument(
+        "--yes", action="store_true", help="rent without asking (a rented host shows its price first)"
+    )
+    up.add_argument(
         "--allow-mass-delete", action="store_true", help="let the first sync delete many host files at once"
     )
     up.add_argument(
@@ -1455,10 +1552,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--supervise-child", action="store_true", help=argparse.SUPPRESS)
 
-    down = add("down", cmd_down, "stop holding a host and stop the host where gpubox runs it")
+    down = add("down", cmd_down, "stop holding a host; pull outputs and terminate a rented one")
     down.add_argument("host", nargs="?", metavar="HOST")
     down.add_argument("--keep-instance", action="store_true", help="leave the machine running")
     down.add_argument("--yes", action="store_true", help="do not ask before stopping")
+    down.add_argument(
+        "--no-pull", action="store_true", help="terminate a rented host without pulling outputs"
+    )
+    down.add_argument(
+        "--orphans",
+        action="store_true",
+        help="terminate instances gpubox launched that nobody holds (asks first)",
+    )
 
     ssh = add("ssh", cmd_ssh, "a shell on the host, or run one command there (its exit code is returned)")
     ssh.add_argument("host", metavar="HOST")
@@ -1505,6 +1610,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="one JSON document on stdout")
     check.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
 
+    offers = add(
+        "offers", cmd_offers, "rentable machines from the configured clouds, cheapest first, with verdict"
+    )
+    offers.add_argument("--provider", choices=("lambda", "vast", "runpod"), help="ask only this provider")
+    offers.add_argument("--gpu", metavar="GPU", help='a GPU model, loosely matched: "A100", "RTX 4090"')
+    offers.add_argument("--count", type=int, metavar="N", help="exactly N GPUs")
+    offers.add_argument(
+        "--max-price", type=float, metavar="USD", help="at most this many US dollars per hour"
+    )
+    offers.add_argument(
+        "--compatible", action="store_true", help="only machines the project's TensorFlow can use"
+    )
+    offers.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
     cost = add("cost", cmd_cost, "what each host has cost: $/h, hours, spent, budgets; totals")
     cost.add_argument(
         "--since",
@@ -1540,7 +1659,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop = add("stop", cmd_stop, "stop a run: SIGTERM to its process group, SIGKILL after a grace period")
     stop.add_argument("run", metavar="RUN")
     stop.add_argument("--host", metavar="HOST")
-    stop.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
+    stop.add_argument("--grace", type=_seconds, default=10.0, help="seconds between SIGTERM and SIGKILL")
 
     open_ = add(
         "open", cmd_open, "open a tunnelled service (jupyter, tensorboard or a custom one) in the browser"
@@ -1563,6 +1682,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = arguments.index("--")
         arguments, trailing = arguments[:split], arguments[split + 1 :]
     debug = "--debug" in arguments
+    for stream in (sys.stdout, sys.stderr):
+        # A locale that encodes strictly must not turn a file name that is not UTF-8 into a crash.
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         args = build_parser().parse_args(arguments)
         if trailing is not None:

@@ -13,6 +13,7 @@ import difflib
 import json
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "HostConfig",
     "HostsConfig",
     "ProjectConfig",
+    "ProviderSettings",
     "RunConfig",
     "ServiceConfig",
     "SyncConfig",
@@ -38,8 +40,10 @@ __all__ = [
 ]
 
 HOSTS_FILE = "hosts.toml"
+MAX_CONFIG_BYTES = 1 << 20
 PROJECT_FILE = "gpubox.toml"
-PROVIDERS = ("ssh", "local")
+CLOUD_PROVIDERS = ("lambda", "vast", "runpod")
+PROVIDERS = ("ssh", "local", *CLOUD_PROVIDERS)
 BUILTIN_LOCAL = "local"
 DEFAULT_OUTPUTS = ("runs/", "checkpoints/", "logs/", "outputs/")
 _HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -81,10 +85,78 @@ class HostConfig:
     stop_command: str | None = None
     """How to stop an ``ssh`` host when it idles out or spends its budget (run there over SSH), e.g. ``sudo
     poweroff``; without one gpubox only warns."""
+    # What to rent, for the cloud providers (lambda, vast, runpod).
+    gpu: str | None = None
+    """A GPU model as the offers show it ("A100", "RTX 4090", "H100 SXM"); matched loosely."""
+    gpu_count: int = 1
+    instance_type: str | None = None
+    """Lambda's instance type name (``gpu_1x_a100_sxm4``); picks the GPU and count itself."""
+    region: str | None = None
+    """Lambda region name; for vast, a piece of the offer's location ("Sweden", "US")."""
+    max_price_per_hour: float | None = None
+    """Never rent for more than this (US dollars per hour, the whole machine)."""
+    ssh_key_name: str | None = None
+    """Lambda: the name of the SSH key registered in the Lambda account, put on the instance at launch."""
+    image: str | None = None
+    """vast and RunPod: the container image the instance runs."""
+    disk_gb: int | None = None
+    cloud_type: str = "secure"
+    """RunPod: rent from its ``secure`` cloud, the ``community`` one, or ``all``."""
+    launch_timeout: float = 600.0
+    """Seconds to wait for a new instance to answer SSH before giving up (it stays recorded as billing)."""
     source: str = "<built-in>"
+    api: ProviderSettings | None = field(default=None, compare=False, repr=False)
+    """How to reach the provider's API, for a rented host."""
+
+    def provider_settings(self) -> ProviderSettings:
+        return self.api or ProviderSettings.default(self.provider)
+
+    @property
+    def rented(self) -> bool:
+        """Whether gpubox rents this host from a cloud provider (and can launch and terminate it)."""
+        return self.provider in CLOUD_PROVIDERS
 
     def remote_project_dir(self, project_name: str) -> str:
         return self.remote_dir or f"~/gpubox/{project_name}"
+
+
+DEFAULT_API = {
+    "lambda": ("LAMBDA_API_KEY", "https://cloud.lambda.ai/api/v1"),
+    "vast": ("VAST_API_KEY", "https://console.vast.ai"),
+    "runpod": ("RUNPOD_API_KEY", "https://api.runpod.io"),
+}
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """How to talk to one cloud provider's API (``[providers.NAME]``, or its defaults)."""
+
+    name: str
+    api_key_env: str
+    """The environment variable holding the API key; the key itself is never in a file gpubox reads or
+    writes."""
+    api_url: str
+    request_timeout: float = 20.0
+    offers_timeout: float = 15.0
+    """The most ``gpubox offers`` waits for this provider before showing the others without it."""
+    source: str = "<built-in>"
+
+    @classmethod
+    def default(cls, name: str) -> ProviderSettings:
+        env, url = DEFAULT_API[name]
+        return cls(name=name, api_key_env=env, api_url=url)
+
+    def api_key(self) -> str:
+        """The key from the environment; a clear error naming the variable when it is missing."""
+        from gpubox.errors import BadInput
+
+        key = os.environ.get(self.api_key_env, "").strip()
+        if not key:
+            raise BadInput(
+                f"{self.name}: the API key variable {self.api_key_env} is not set; export it "
+                f"(or name another variable with api_key_env in [providers.{self.name}] of hosts.toml)"
+            )
+        return key
 
 
 @dataclass(frozen=True)
@@ -95,6 +167,11 @@ class HostsConfig:
     default_host: str | None = None
     total_budget_usd: float | None = None
     """``[defaults] total_budget_usd``: the budget of all hosts together."""
+    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
+    """The cloud providers in use: those with a ``[providers.NAME]`` table or a host."""
+
+    def provider_settings(self, name: str) -> ProviderSettings:
+        return self.providers.get(name) or ProviderSettings.default(name)
 
     def names(self) -> list[str]:
         return list(self.hosts)
@@ -207,6 +284,14 @@ def _show(value: Any) -> str:
 class _Invalid(Exception):
     """Raised by a check; the message is what was expected."""
 
+    show_value = True
+
+
+class _InvalidSecret(_Invalid):
+    """Like :class:`_Invalid`, for a value that may be a secret pasted in the wrong place: never echoed."""
+
+    show_value = False
+
 
 Check = Callable[[Any], Any]
 
@@ -214,6 +299,14 @@ Check = Callable[[Any], Any]
 def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise _Invalid("expected a string")
+    return value
+
+
+def _path_string(value: Any) -> str:
+    """A file path: a control character in one (a newline) would break the files gpubox writes it into."""
+    value = _nonempty_string(value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _Invalid("expected a path without control characters (such as a newline)")
     return value
 
 
@@ -329,6 +422,30 @@ def _ssh_target(value: Any) -> str:
     return value
 
 
+def _env_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", value):
+        # Someone may paste the key itself here: say what is wanted without repeating it.
+        raise _InvalidSecret(
+            "expected the NAME of an environment variable (letters, digits, _), such as LAMBDA_API_KEY; "
+            "the key itself belongs in that variable, never in this file"
+        )
+    return value
+
+
+def _http_url(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#@]+(?:/[^\s?#]*)?", value):
+        raise _Invalid(
+            'expected an http(s) URL such as "https://proxy.example.com/api/v1" (no query, no user@)'
+        )
+    return value.rstrip("/")
+
+
+def _gpu_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 64:
+        raise _Invalid('expected a GPU model such as "A100", "RTX 4090" or "H100 SXM"')
+    return value.strip()
+
+
 # ----------------------------------------------------------------------------------------------- schema
 
 HOST_FIELDS: dict[str, Check] = {
@@ -336,7 +453,7 @@ HOST_FIELDS: dict[str, Check] = {
     "hostname": _no_space_string("a host name, an address or an ~/.ssh/config alias"),
     "port": _integer(1, 65535),
     "user": _no_space_string("a user name"),
-    "identity_file": _nonempty_string,
+    "identity_file": _path_string,
     "proxy_jump": _ssh_target,
     "accept_new": _boolean,
     "connect_timeout": _number(0, above=True),
@@ -349,17 +466,60 @@ HOST_FIELDS: dict[str, Check] = {
     "autostop_minutes": _minutes_or_off,
     "autostop_gpu_percent": _percent,
     "stop_command": _command,
+    "gpu": _gpu_name,
+    "gpu_count": _integer(1, 16),
+    "instance_type": _no_space_string("an instance type name such as gpu_1x_a100_sxm4"),
+    "region": _nonempty_string,
+    "max_price_per_hour": _number(0, above=True),
+    "ssh_key_name": _nonempty_string,
+    "image": _no_space_string("a container image such as nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"),
+    "disk_gb": _integer(10, 10000),
+    "cloud_type": _choice("secure", "community", "all"),
+    "launch_timeout": _number(0, above=True),
 }
 # Keys that only make sense where gpubox does not run the host itself.
 _SSH_ONLY = ("hostname", "port", "user", "identity_file", "proxy_jump", "accept_new", "stop_command")
+_RENTING = (
+    "gpu",
+    "gpu_count",
+    "instance_type",
+    "region",
+    "max_price_per_hour",
+    "ssh_key_name",
+    "image",
+    "disk_gb",
+    "cloud_type",
+    "launch_timeout",
+)
+_COMMON = frozenset(HOST_FIELDS) - set(_SSH_ONLY) - set(_RENTING)
+# A rented host: gpubox finds its address from the provider and prices it from the provider's API.
+_CLOUD_COMMON = (_COMMON - {"price_per_hour"}) | {
+    "user",
+    "identity_file",
+    "accept_new",
+    "gpu",
+    "gpu_count",
+    "max_price_per_hour",
+    "launch_timeout",
+}
 PROVIDER_FIELDS: dict[str, frozenset[str]] = {
-    "ssh": frozenset(HOST_FIELDS),
-    "local": frozenset(HOST_FIELDS) - set(_SSH_ONLY),
+    "ssh": frozenset(HOST_FIELDS) - set(_RENTING),
+    "local": _COMMON,
+    "lambda": _CLOUD_COMMON | {"instance_type", "region", "ssh_key_name"},
+    "vast": _CLOUD_COMMON | {"region", "image", "disk_gb"},
+    "runpod": _CLOUD_COMMON | {"image", "disk_gb", "cloud_type"},
+}
+DEFAULT_USER = {"lambda": "ubuntu", "vast": "root", "runpod": "root"}
+PROVIDER_TABLE_FIELDS: dict[str, Check] = {
+    "api_key_env": _env_name,
+    "api_url": _http_url,
+    "request_timeout": _number(0, above=True),
+    "offers_timeout": _number(0, above=True),
 }
 DEFAULTS_FIELDS: dict[str, Check] = {
     "host": _no_space_string("a host name"),
     "total_budget_usd": _number(0, above=True),
-} | {key: check for key, check in HOST_FIELDS.items() if key not in ("provider", "hostname")}
+} | {key: check for key, check in HOST_FIELDS.items() if key not in ("provider", "hostname", "instance_type")}
 
 SYNC_FIELDS: dict[str, Check] = {
     "ignore": _string_list,
@@ -451,6 +611,22 @@ _SYNONYMS = {
     "autostop": "autostop_minutes",
     "idle_minutes": "autostop_minutes",
     "total_budget": "total_budget_usd",
+    "servers": "hosts",
+    "machines": "hosts",
+    "host": "hosts",
+    "clouds": "providers",
+    "api_key": "api_key_env",
+    "key_env": "api_key_env",
+    "url": "api_url",
+    "base_url": "api_url",
+    "endpoint": "api_url",
+    "gpu_type": "gpu",
+    "num_gpus": "gpu_count",
+    "gpus": "gpu_count",
+    "type": "instance_type",
+    "max_price": "max_price_per_hour",
+    "docker_image": "image",
+    "disk": "disk_gb",
 }
 
 
@@ -480,9 +656,19 @@ class _Reader:
         self.path = path
         self.display = _display_path(path)
         try:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                problem = "is not a regular file (a folder, fifo or device)"
+                raise ConfigError(self.display, None, None, problem)
+            if info.st_size > MAX_CONFIG_BYTES:
+                problem = f"is {info.st_size:,} bytes; a configuration file is at most 1 MiB"
+                raise ConfigError(self.display, None, None, problem)
             raw = path.read_bytes()
         except OSError as exc:
-            raise ConfigError(self.display, None, None, f"cannot read: {exc.strerror or exc}") from None
+            problem = f"cannot read: {exc.strerror or exc}"
+            if isinstance(exc, FileNotFoundError) and path.is_symlink():
+                problem = f"is a symbolic link to {os.readlink(path)}, which does not exist"
+            raise ConfigError(self.display, None, None, problem) from None
         try:
             self.text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -495,6 +681,9 @@ class _Reader:
         except tomllib.TOMLDecodeError as exc:
             line, problem = _toml_error(str(exc), self.text)
             raise ConfigError(self.display, line, None, f"invalid TOML: {problem}") from None
+        except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+            problem = "invalid TOML: arrays or tables nested too deep"
+            raise ConfigError(self.display, None, None, problem) from None
         self.lines = _locate_keys(self.text)
 
     def line(self, path: tuple[str, ...]) -> int | None:
@@ -544,7 +733,8 @@ class _Reader:
             try:
                 result[key] = checks[key](value)
             except _Invalid as exc:
-                raise self.error((*path, key), f"{exc}, got {_show(value)}") from None
+                shown = f", got {_show(value)}" if exc.show_value else ""
+                raise self.error((*path, key), f"{exc}{shown}") from None
         return result
 
 
@@ -618,14 +808,19 @@ def load_hosts(project_root: Path | None = None, *, path: Path | None = None) ->
     ``local``."""
     if path is None:
         root = project_root or find_project_root()
-        path = next((p for p in hosts_file_candidates(root) if p.is_file()), None)
+        # One that is there but unreadable (a broken link, a folder) is an error, not a reason to look elsewhere.
+        path = next((p for p in hosts_file_candidates(root) if os.path.lexists(p)), None)
     local = HostConfig(name=BUILTIN_LOCAL, provider="local")
     if path is None:
         return HostsConfig(path=None, hosts={BUILTIN_LOCAL: local})
     reader = _Reader(path)
     reader.check_keys(
-        (), reader.data, ("defaults", "hosts"), otherwise=" (hosts.toml has [defaults] and [hosts.NAME])"
+        (),
+        reader.data,
+        ("defaults", "hosts", "providers"),
+        otherwise=" (hosts.toml has [defaults], [hosts.NAME] and [providers.NAME])",
     )
+    providers = _provider_tables(reader)
     per_host = "only allowed in [hosts.NAME] tables, not in [defaults]"
     defaults = reader.values(
         ("defaults",),
@@ -652,13 +847,14 @@ def load_hosts(project_root: Path | None = None, *, path: Path | None = None) ->
         allowed = PROVIDER_FIELDS[provider]
         for key in values:
             if key not in allowed:
-                raise reader.error(
-                    (*where, key), f'not used by provider "{provider}" (gpubox runs that host itself)'
-                )
+                raise reader.error((*where, key), _not_used(provider, key))
         merged = {k: v for k, v in defaults.items() if k in allowed} | values
         merged["provider"] = provider
         if provider == "ssh":
             merged.setdefault("hostname", name)
+        if provider in CLOUD_PROVIDERS:
+            _check_rental(reader, where, provider, merged)
+            merged["api"] = providers.setdefault(provider, ProviderSettings.default(provider))
         if "identity_file" in merged:
             merged["identity_file"] = os.path.expanduser(merged["identity_file"])
         hosts[name] = HostConfig(name=name, source=f"{reader.display}:{reader.line(where) or 1}", **merged)
@@ -666,7 +862,65 @@ def load_hosts(project_root: Path | None = None, *, path: Path | None = None) ->
     if default_host is not None and default_host not in hosts:
         hint = _did_you_mean(default_host, hosts) or f" (configured: {', '.join(hosts)})"
         raise reader.error(("defaults", "host"), f"no host named {json.dumps(default_host)}{hint}")
-    return HostsConfig(path=path, hosts=hosts, default_host=default_host, total_budget_usd=total_budget_usd)
+    return HostsConfig(
+        path=path,
+        hosts=hosts,
+        default_host=default_host,
+        total_budget_usd=total_budget_usd,
+        providers=providers,
+    )
+
+
+def _not_used(provider: str, key: str) -> str:
+    if provider == "local":
+        return 'not used by provider "local" (gpubox runs that host itself)'
+    if provider == "ssh":
+        return 'not used by provider "ssh" (only for hosts gpubox rents: provider = "lambda", "vast" or "runpod")'
+    if key == "price_per_hour":
+        return f'not used by provider "{provider}": gpubox reads the price from its API (cap it with max_price_per_hour)'
+    if key in ("hostname", "port", "proxy_jump"):
+        return f'not used by provider "{provider}": gpubox learns the address from its API'
+    if key == "stop_command":
+        return f'not used by provider "{provider}": gpubox stops a rented host by terminating it'
+    users = [p for p, fields in PROVIDER_FIELDS.items() if key in fields and p in CLOUD_PROVIDERS]
+    return f'not used by provider "{provider}"' + (f" (only by {', '.join(users)})" if users else "")
+
+
+def _check_rental(reader: _Reader, where: tuple[str, ...], provider: str, values: dict[str, Any]) -> None:
+    """What a provider needs before gpubox can rent from it, checked when the file is read, not at launch."""
+    if provider == "lambda":
+        if "ssh_key_name" not in values:
+            raise reader.error(
+                where, "a lambda host needs ssh_key_name: the name of an SSH key in your Lambda account"
+            )
+        if "instance_type" not in values and "gpu" not in values:
+            raise reader.error(where, 'a lambda host needs instance_type (such as "gpu_1x_a100_sxm4") or gpu')
+    elif "gpu" not in values:
+        raise reader.error(where, f'a {provider} host needs gpu: the GPU model to rent, such as "RTX 4090"')
+
+
+def _provider_tables(reader: _Reader) -> dict[str, ProviderSettings]:
+    table = reader.table(("providers",), reader.data.get("providers", {}))
+    settings: dict[str, ProviderSettings] = {}
+    for name, raw in table.items():
+        where = ("providers", name)
+        if name not in CLOUD_PROVIDERS:
+            hint = (
+                _did_you_mean(name, CLOUD_PROVIDERS)
+                or f" (the cloud providers are {', '.join(CLOUD_PROVIDERS)})"
+            )
+            raise reader.error(where, f"unknown provider{hint}")
+        values = reader.values(where, reader.table(where, raw), PROVIDER_TABLE_FIELDS)
+        base = ProviderSettings.default(name)
+        settings[name] = ProviderSettings(
+            name=name,
+            api_key_env=values.get("api_key_env", base.api_key_env),
+            api_url=values.get("api_url", base.api_url),
+            request_timeout=values.get("request_timeout", base.request_timeout),
+            offers_timeout=values.get("offers_timeout", base.offers_timeout),
+            source=f"{reader.display}:{reader.line(where) or 1}",
+        )
+    return settings
 
 
 # ------------------------------------------------------------------------------------------ gpubox.toml
@@ -686,7 +940,7 @@ def find_project_root(start: Path | None = None) -> Path:
 def load_project(root: Path | None = None) -> ProjectConfig:
     root = root or find_project_root()
     path = root / PROJECT_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return ProjectConfig(root=root, path=None)
     reader = _Reader(path)
     sections = ("sync", "env", "run", "services")

@@ -156,6 +156,8 @@ def hourly_price(
 ) -> HourlyPrice:
     """*host*'s price: *live* (what its provider charges now, where a provider says), else ``price_per_hour``,
     else free for ``local``, else a catalog estimate for the GPUs in *probe* (its last probe)."""
+    if live is None and host.rented:
+        live = live_price(host)  # what gpubox recorded from the provider at launch: no API call
     if live is not None:
         return HourlyPrice(live, f"live price from {host.provider}")
     if host.price_per_hour is not None:
@@ -529,14 +531,18 @@ def parse_since(text: str, now: float | None = None) -> float:
     relative = _RELATIVE.match(value)
     if relative:
         unit = {"d": 86400, "h": 3600, "m": 60}[relative.group(2)]
-        return (time.time() if now is None else now) - float(relative.group(1)) * unit
+        # Further back than the ledger can go (before 1970) is "everything": never an overflow later on.
+        return max(0.0, (time.time() if now is None else now) - float(relative.group(1)) * unit)
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise UsageError(
             f'--since: expected a date like 2026-11-01, a time like 2026-11-01T09:30, or 7d / 12h / 30m, got "{text}"'
         ) from None
-    return moment.timestamp()
+    try:
+        return max(0.0, moment.timestamp())
+    except (ValueError, OverflowError):  # a date in year 1: before anything the ledger holds
+        return 0.0
 
 
 def _iso(moment: float) -> str:

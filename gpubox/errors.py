@@ -12,10 +12,13 @@ reported as such (the traceback only with ``--debug``).
     │   └── ConfigError                      hosts.toml / gpubox.toml, with file, line and key
     ├── StateError                  exit 1   the local state database
     ├── RemoteError                 exit 1   the host answered, but the operation failed there
-    │   └── AgentError                       the remote agent could not start or broke its protocol
+    │   ├── AgentError                       the remote agent could not start or broke its protocol
+    │   └── ProviderError                    a cloud provider's API refused (no capacity, quota, failed terminate)
     └── HostError                   exit 3   cannot reach or trust the host
         ├── HostUnreachable                  DNS, refused, timed out, sshd missing for `local`
+        │   └── ProviderUnreachable          a cloud provider's API did not answer in time
         ├── AuthenticationFailed             no key was accepted
+        │   └── ProviderAuthFailed           the provider refused the API key (names its env variable)
         ├── HostKeyUnknown                   not pinned and not accepted
         └── HostKeyChanged                   differs from the pinned key: always refused
 
@@ -39,6 +42,9 @@ __all__ = [
     "HostKeyChanged",
     "HostKeyUnknown",
     "HostUnreachable",
+    "ProviderAuthFailed",
+    "ProviderError",
+    "ProviderUnreachable",
     "RemoteError",
     "StateError",
     "UsageError",
@@ -92,6 +98,19 @@ class AgentError(RemoteError):
     """The remote agent could not be started, or it answered outside its protocol."""
 
 
+class ProviderError(RemoteError):
+    """A cloud provider's API answered with a refusal: no capacity, quota, an unknown instance type, a failed
+    terminate. ``provider`` names it; ``code`` is the provider's own error code where it gave one."""
+
+    def __init__(
+        self, message: str, *, provider: str, code: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.code = code
+        self.status = status
+
+
 class HostError(GpuboxError):
     exit_code = EXIT_HOST
 
@@ -100,8 +119,16 @@ class HostUnreachable(HostError):
     pass
 
 
+class ProviderUnreachable(HostUnreachable):
+    """A cloud provider's API could not be reached, or kept failing (5xx, 429) past its retries."""
+
+
 class AuthenticationFailed(HostError):
     pass
+
+
+class ProviderAuthFailed(AuthenticationFailed):
+    """The provider refused the API key; the message names the environment variable it came from."""
 
 
 class HostKeyUnknown(HostError):

@@ -57,6 +57,21 @@ def claim_host(
         with open_state() as state:
             state.release_supervisor(host.name, pid)
             state.clear_monitor(host.name, pid)
+            if host.rented:
+                _bill_unheld(state, host, price)
+
+
+def _bill_unheld(state: Any, host: HostConfig, price: Any) -> None:
+    """A rented instance goes on billing after its holder lets go: count that time until it is terminated."""
+    from gpubox.state import current_instance
+
+    record = current_instance(state, host.name)
+    if record is not None and record.billing:
+        state.open_billing(
+            host.name,
+            record.price_per_hour if record.price_per_hour is not None else price.amount,
+            price_source=f"live price from {host.provider}",
+        )
 
 
 @contextlib.contextmanager
@@ -141,7 +156,16 @@ def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
     else:
         with contextlib.suppress(ProcessLookupError):
             os.kill(found.pid, signal.SIGKILL)
+    from gpubox.state import current_instance
+
     with open_state() as state:
         state.release_supervisor(host_name, found.pid)
-        state.close_billing(host_name)
+        rented = current_instance(state, host_name)
+        if rented is None or not rented.billing:
+            state.close_billing(host_name)
+        else:
+            # A rented instance bills on without its holder (even one that had to be killed) until terminated.
+            state.open_billing(
+                host_name, rented.price_per_hour, price_source=f"live price from {rented.provider}"
+            )
     return found.pid

@@ -49,6 +49,7 @@ __all__ = [
     "framework_from_requirements",
     "gpu_line_text",
     "load_rules",
+    "offer_snapshot",
     "parse_framework_spec",
     "parse_nvidia_smi",
     "render_check",
@@ -255,6 +256,16 @@ def _box_rows(lines: Sequence[str], start: int) -> list[list[str]]:
     return groups
 
 
+def _box_closed(lines: Sequence[str], start: int) -> bool:
+    """Whether the box whose ``|===…`` line is at *start* ends with its ``+---`` border, i.e. was not cut off."""
+    last = ""
+    for line in lines[start + 1 :]:
+        if not line.startswith(("|", "+")):
+            break
+        last = line
+    return last.startswith("+")
+
+
 def _first_index(lines: Sequence[str], start: int, marker: re.Pattern[str] | str) -> int | None:
     """The first line from *start* on that contains *marker* (a substring or a pattern)."""
     for position in range(start, len(lines)):
@@ -296,6 +307,13 @@ def _parse_table(text: str) -> SmiSnapshot:
                 mig_mode=mig,
                 mig_devices=mig_counts.get(index, 0),
             )
+        )
+    if gpus and ruler is not None and not _box_closed(lines, ruler):
+        # Reading on would report fewer GPUs than the machine has, as if that were all of them.
+        return SmiSnapshot(
+            format="table",
+            state="unrecognized",
+            message=f"the nvidia-smi table is cut off after GPU {gpus[-1].index} (truncated output)",
         )
     return SmiSnapshot(
         format="table",
@@ -499,6 +517,39 @@ def _complete(snapshot: SmiSnapshot) -> SmiSnapshot:
     return replace(snapshot, gpus=tuple(gpus), cuda_driver_max=cuda, cuda_driver_max_source=source)
 
 
+def offer_snapshot(
+    gpu_name: str,
+    count: int,
+    *,
+    memory_gb: float | None = None,
+    compute_capability: str | None = None,
+    driver_version: str | None = None,
+    cuda_max: str | None = None,
+) -> SmiSnapshot:
+    """What nvidia-smi would say about a machine a cloud provider offers, from what the offer tells: the GPU
+    name always, its compute capability, driver and highest CUDA where the provider says (vast.ai does)."""
+    gpus = tuple(
+        GpuSnapshot(
+            index=index,
+            name=gpu_name,
+            memory_total_mib=int(memory_gb * 1024) if memory_gb else NA,
+            compute_capability=compute_capability or NA,
+            compute_capability_source="the provider" if compute_capability else "unknown",
+        )
+        for index in range(max(1, count))
+    )
+    snapshot = SmiSnapshot(
+        format="none",
+        state="gpus",
+        gpus=gpus,
+        driver_version=driver_version or NA,
+        cuda_driver_max=cuda_max or NA,
+        cuda_driver_max_source="the provider" if cuda_max else NA,
+        attached_gpus=len(gpus),
+    )
+    return _complete(snapshot)
+
+
 # ================================================================================================== rules
 
 
@@ -598,7 +649,7 @@ class CompatRules:
         return NA, "unknown (truncated name fits models of different compute capabilities)"
 
 
-_VENDOR_PREFIXES = ("nvidia ", "tesla ")
+_VENDOR_PREFIXES = ("nvidia ", "tesla ", "geforce ")
 
 
 def _model_key(name: str, *, keep_trailing_space: bool = False) -> str:
@@ -960,11 +1011,13 @@ def assess(
     rules: CompatRules | None = None,
     *,
     look_ahead: bool = True,
+    unknown_driver_note: str | None = None,
 ) -> Verdict:
     """The verdict of design.md for *release* on the host *snapshot* describes (without suggestion).
 
     ``look_ahead`` adds the warning that the next release drops a GPU; suggestions turn it off, since the
-    newest release that still runs a GPU is no worse for being the last one.
+    newest release that still runs a GPU is no worse for being the last one. ``unknown_driver_note`` judges a
+    machine whose driver nobody can know yet (a cloud offer) on its GPUs alone, with that note as the reason.
     """
     rules = rules or load_rules()
     if snapshot.state != "gpus":
@@ -977,7 +1030,12 @@ def assess(
     if driver.kind == "too_old":
         failures.append(driver.why)
     elif driver.kind == "unknown":
-        warnings.append(driver.why)
+        if unknown_driver_note is None:
+            warnings.append(driver.why)
+        else:
+            notes.append(
+                f"{unknown_driver_note} (needs ≥ {driver.needed})" if driver.needed else unknown_driver_note
+            )
     else:
         notes.append(driver.why)
 

@@ -40,6 +40,7 @@ def open_connection(
         trusted_host_keys=spec.trusted_host_keys,
         connect_timeout=host.connect_timeout,
         keepalive_seconds=host.keepalive_seconds,
+        pin_file=spec.pin_file,
     )
     return connection.open(), spec
 

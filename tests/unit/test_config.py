@@ -18,6 +18,7 @@ from gpubox.config import (
     DEFAULTS_FIELDS,
     ENV_FIELDS,
     HOST_FIELDS,
+    PROVIDER_TABLE_FIELDS,
     RUN_FIELDS,
     SERVICE_FIELDS,
     SYNC_FIELDS,
@@ -65,7 +66,7 @@ def _project(folder: Path, text: str | bytes) -> ProjectConfig:
 
 NAME_RULE = 'use letters, digits, ".", "_" and "-", starting with a letter or digit (at most 63 characters)'
 LOCAL_ONLY = 'not used by provider "local" (gpubox runs that host itself)'
-HOSTS_SECTIONS = "(hosts.toml has [defaults] and [hosts.NAME])"
+HOSTS_SECTIONS = "(hosts.toml has [defaults], [hosts.NAME] and [providers.NAME])"
 
 BAD_HOSTS = [
     pytest.param(
@@ -115,7 +116,7 @@ BAD_HOSTS = [
     ),
     pytest.param(
         "# servers\n\n[servers.a100]\nport = 22\n",
-        f"hosts.toml:3: servers: unknown table {HOSTS_SECTIONS}",
+        'hosts.toml:3: servers: unknown table; did you mean "hosts"?',
         id="unknown-top-level-table",
     ),
     pytest.param(
@@ -130,7 +131,7 @@ BAD_HOSTS = [
     ),
     pytest.param(
         '[hosts.a100]\nprovider = "aws"\n',
-        'hosts.toml:2: hosts.a100.provider: expected "ssh" or "local", got "aws"',
+        'hosts.toml:2: hosts.a100.provider: expected one of "ssh", "local", "lambda", "vast", "runpod", got "aws"',
         id="bad-provider",
     ),
     pytest.param(
@@ -638,7 +639,7 @@ def test_hosts_example_at_the_repo_root_is_the_packaged_one() -> None:
 
 def test_hosts_example_parses(isolated_home: Path) -> None:
     hosts = load_hosts(path=HOSTS_EXAMPLE)
-    assert hosts.names() == ["box", "lab", "local"]
+    assert hosts.names() == ["box", "lab", "local", "lambda-a100", "vast-4090", "runpod-h100"]
     assert hosts.default_host == "box"
     assert hosts.pick(None).name == "box"
     box = hosts.get("box")
@@ -651,6 +652,16 @@ def test_hosts_example_parses(isolated_home: Path) -> None:
     assert (lab.hostname, lab.connect_timeout, lab.keepalive_seconds, lab.port) == ("lab-gpu", 15.0, 15, None)
     local = hosts.get("local")
     assert (local.provider, local.remote_dir, local.hostname) == ("local", "~/gpubox-local/myproject", None)
+    rented = hosts.get("lambda-a100")
+    assert (rented.instance_type, rented.ssh_key_name, rented.max_price_per_hour) == ("gpu_1x_a100_sxm4", "laptop", 1.5)
+    assert (rented.connect_timeout, rented.rented, rented.user) == (15.0, True, None)
+    vast = hosts.get("vast-4090")
+    assert (vast.gpu, vast.gpu_count, vast.region, vast.disk_gb) == ("RTX 4090", 1, "Europe", 40)
+    runpod = hosts.get("runpod-h100")
+    assert (runpod.gpu, runpod.cloud_type, runpod.user) == ("H100 SXM", "secure", "root")
+    assert set(hosts.providers) == {"lambda", "vast", "runpod"}
+    assert hosts.providers["lambda"].api_key_env == "LAMBDA_API_KEY"
+    assert hosts.providers["vast"].api_url == "https://console.vast.ai"
 
 
 def test_project_example_parses(tmp_path: Path) -> None:
@@ -697,10 +708,11 @@ def test_hosts_example_documents_every_key() -> None:
     # [defaults] takes `host`, `total_budget_usd` and any host key but provider and hostname, as the example
     # says.
     assert "host" in data["defaults"]
-    assert "Any host key except `provider` and `hostname` may be set here" in text
+    assert "Any host key except `provider`, `hostname` and `instance_type` may be set here" in text
     assert set(DEFAULTS_FIELDS) == {"host", "total_budget_usd"} | (
-        set(HOST_FIELDS) - {"provider", "hostname"}
+        set(HOST_FIELDS) - {"provider", "hostname", "instance_type"}
     )
+    assert set(PROVIDER_TABLE_FIELDS) <= {key for table in data["providers"].values() for key in table}
     assert set(DEFAULTS_FIELDS) <= _documented(text)
 
 

@@ -58,7 +58,7 @@ def test_newer_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     raw.execute("PRAGMA user_version = 99")
     raw.close()
     with pytest.raises(
-        StateError, match=r"has schema 99, newer than this gpubox knows \(6\): upgrade gpubox"
+        StateError, match=r"has schema 99, newer than this gpubox knows \(7\): upgrade gpubox"
     ):
         State(path)
 

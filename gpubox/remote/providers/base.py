@@ -6,28 +6,77 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from gpubox.config import HostConfig
     from gpubox.remote.connection import Endpoint
 
-InstanceState = Literal["running", "stopped", "external"]
+InstanceState = Literal["running", "stopped", "external", "unknown"]
 
 
 @dataclass(frozen=True)
 class InstanceStatus:
     state: InstanceState
-    """``external``: a machine gpubox does not run or rent (an ``ssh`` host); its state is the host's own."""
+    """``external``: a machine gpubox does not run or rent (an ``ssh`` host); its state is the host's own.
+    ``unknown``: a rented machine whose provider could not be asked just now (it counts as billing)."""
     detail: str = ""
 
 
 @dataclass(frozen=True)
 class Offer:
-    """A machine a provider would rent out (filled by the cloud providers)."""
+    """A machine a cloud provider would rent out now, in the provider's own terms made comparable."""
 
     provider: str
     gpu: str
+    """The GPU model as the provider names it ("A100 SXM4 40 GB", "RTX 4090")."""
     gpu_count: int
     price_per_hour: float
+    """US dollars per hour for the whole machine."""
     region: str = ""
+    offer_id: str = ""
+    """What to launch: a Lambda ``type@region``, a vast.ai ask id, a RunPod GPU type id."""
+    gpu_memory_gb: float | None = None
+    compute_capability: str | None = None
+    """As the provider reports it ("8.6", vast only); else gpubox finds it from the GPU name."""
+    cuda_max: str | None = None
+    """The highest CUDA the machine's driver runs, where the provider says (vast)."""
+    driver_version: str | None = None
+    instance_type: str | None = None
+    detail: str = ""
+    """Anything else worth a glance: reliability, stock, vCPUs and memory."""
+
+
+InstancePhase = Literal["booting", "running", "stopping", "stopped", "terminated", "unknown"]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A rented machine as the provider's API describes it now."""
+
+    provider: str
+    instance_id: str
+    name: str
+    phase: InstancePhase
+    price_per_hour: float | None
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    started_at: float | None = None
+    """Wall-clock time the provider says it started, where it says."""
+    gpu: str = ""
+    gpu_count: int = 0
+    region: str = ""
+    status_text: str = ""
+    """The provider's own word for its state ("active", "loading", "RUNNING")."""
+
+    @property
+    def billing(self) -> bool:
+        """Whether this instance costs money now (a stopped vast instance still bills for its disk, but gpubox
+        counts only machines that run)."""
+        return self.phase in ("booting", "running", "stopping", "unknown")
+
+    @property
+    def ssh_ready(self) -> bool:
+        return self.phase == "running" and bool(self.ssh_host) and bool(self.ssh_port)
 
 
 @dataclass(frozen=True)
@@ -36,16 +85,16 @@ class ConnectSpec:
 
     endpoint: Endpoint
     trusted_host_keys: tuple[str, ...] = ()
+    pin_file: Path | None = None
+    """Where host keys accepted for this host are pinned (default: gpubox's known_hosts)."""
 
 
 class Provider(Protocol):
     name: str
 
-    def offers(self, host: HostConfig) -> list[Offer]:
-        """Machines this provider could start for *host*; empty for providers that rent nothing."""
-
     def launch(self, host: HostConfig) -> InstanceStatus:
-        """Make the host exist and accept SSH (rent it, start it); a no-op where it already does."""
+        """Make the host accept SSH where that costs nothing (start the local sshd); a rented host must already
+        run (``gpubox up`` rents it, after asking)."""
 
     def status(self, host: HostConfig) -> InstanceStatus: ...
 

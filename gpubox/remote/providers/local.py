@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from gpubox import paths
 from gpubox.errors import HostUnreachable
 from gpubox.remote import sshd
-from gpubox.remote.providers.base import ConnectSpec, InstanceStatus, Offer
+from gpubox.remote.providers.base import ConnectSpec, InstanceStatus
 from gpubox.state import pid_alive
 
 if TYPE_CHECKING:
@@ -153,9 +153,6 @@ class LocalProvider:
 
     def __init__(self, server: LocalSshd | None = None) -> None:
         self.server = server or LocalSshd()
-
-    def offers(self, host: HostConfig) -> list[Offer]:
-        return []
 
     def launch(self, host: HostConfig) -> InstanceStatus:
         server = self.server.ensure_running()

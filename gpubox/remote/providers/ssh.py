@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gpubox.remote.providers.base import ConnectSpec, InstanceStatus, Offer
+from gpubox.remote.providers.base import ConnectSpec, InstanceStatus
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig
@@ -12,9 +12,6 @@ if TYPE_CHECKING:
 
 class SshProvider:
     name = "ssh"
-
-    def offers(self, host: HostConfig) -> list[Offer]:
-        return []
 
     def launch(self, host: HostConfig) -> InstanceStatus:
         return InstanceStatus("external", "an ssh host is running whenever its owner keeps it running")
