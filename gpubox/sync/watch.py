@@ -277,6 +277,9 @@ class LiveSync:
                 self.batches += 1
                 self.last_report = report
                 self._retry_delay = self.settings.retry_seconds[0]
+                if rescan is not None or self._retry_rescan is None:
+                    with self._cond:  # what was waiting for a retry went with this batch
+                        self._retry_at = self._retry_rescan = None
                 self.on_report(report, why)
             except (HostUnreachable, AgentError) as exc:
                 # The supervisor owns reconnecting; everything is rescanned once the link is back.
@@ -291,11 +294,13 @@ class LiveSync:
                 self._deferred |= dirty
                 if isinstance(exc, RemoteError):
                     # The host refused (disk full, a folder it cannot write): try again with backoff, since no
-                    # local event may come to carry these paths once the host is fixed.
+                    # local event may come to carry these paths once the host is fixed. Only a failed retry
+                    # backs off further; edits failing meanwhile do not push the retry away.
                     with self._cond:
-                        self._retry_at = time.monotonic() + self._retry_delay
                         self._retry_rescan = self._retry_rescan or rescan
-                    self._retry_delay = min(self._retry_delay * 2, self.settings.retry_seconds[1])
+                        if self._retry_at is None:
+                            self._retry_at = time.monotonic() + self._retry_delay
+                            self._retry_delay = min(self._retry_delay * 2, self.settings.retry_seconds[1])
 
     def _wait_for_new_link(self, generation: int) -> None:
         while self.link_generation() == generation:

@@ -665,7 +665,7 @@ def tree_digest(
 
     The local side is what gpubox's own ignore rules send (``gpubox.sync.ignore`` through the scanner: ignored
     paths, secrets, outputs and too-large files stay home); the host side is everything under *remote* except
-    the top-level output folders *exclude_host*.
+    the top-level output folders *exclude_host* and gpubox's staging folder (checked on its own).
     """
     from gpubox.config import load_project
     from gpubox.sync.engine import rules_for
@@ -681,7 +681,7 @@ def tree_digest(
             mine[rel] = ("l", entry.target)
         else:
             mine[rel] = (entry.kind,)
-    theirs = _walk(remote, exclude_host) if remote.exists() else {}
+    theirs = _walk(remote, (*exclude_host, ".gpubox-staging")) if remote.exists() else {}
     differences = {
         rel: f"local={mine.get(rel)} host={theirs.get(rel)}"
         for rel in sorted(set(mine) | set(theirs))

@@ -334,3 +334,36 @@ def test_a_schedule_restores_everything_even_when_stopped_early(lab: NetnsHost, 
 def _link_is_down(host: NetnsHost) -> bool:
     state = host.exec("ip", "-o", "link", "show", "eth0").stdout
     return "state DOWN" in state or ",UP" not in state.split(">")[0]
+
+
+def test_the_invariant_check_catches_each_broken_promise(lab: NetnsHost, tmp_path: Path) -> None:
+    """The checker itself: every kind of loss it is meant to find, it finds."""
+    ws = Workspace(lab, tmp_path)
+    seed_tree(ws.project, 20)
+    (ws.project / "job.py").write_text("print('hello')\n")
+    counters = Counters()
+    invariants = Invariants(ws, counters)
+    assert ws.gpubox("sync").returncode == 0
+    output = ws.remote / "outputs" / "model.bin"
+    output.parent.mkdir()
+    output.write_bytes(b"weights")
+    invariants.remember_outputs()
+    run_id = ws.start_run("python3", "job.py")
+    invariants.expect_run(run_id)
+    assert invariants.check(converge_seconds=5) == []
+
+    (ws.remote / "src" / "pkg0" / "m0.py").write_text("edited on the host\n")
+    output.unlink()
+    (ws.remote.parent / "stray.txt").write_text("outside the project folder\n")
+    (ws.remote / ".gpubox-staging").mkdir()
+    (ws.remote / ".gpubox-staging" / "1-0").write_text("half a file")
+    found = invariants.check(converge_seconds=0.5)
+    assert [problem.split(":")[0] for problem in found] == [
+        "trees differ in 1 paths",
+        "host output outputs/model.bin was deleted",
+        "staged files left on the host",
+        "written beside the host project folder",
+    ], found
+    assert invariants.check_log(run_id, shown=b"hello\n") == []
+    assert invariants.check_log(run_id, shown=b"hel") != []
+    assert counters.lost == found
