@@ -500,6 +500,8 @@ def _hold(
             activity=activity,
             sync=sync_status,
         )
+        if host.rented:
+            monitor.before_terminate = lambda: _pull_before_terminate(session)
         try:
             supervise(session, stop=stop, wake=wake, log=log, monitor=monitor)
         finally:
@@ -515,6 +517,16 @@ def _hold(
     else:
         _out(f"  left {host.name} after {held}; the host keeps running")
     return 0
+
+
+def _pull_before_terminate(session: HostSession) -> str:
+    """Autostop or a spent budget is about to terminate a rented host: its outputs come home first."""
+    from gpubox.sync.pull import pull
+
+    report = pull(session, _project(), [])
+    if report.errors:
+        raise GpuboxError(f"pulling its outputs failed ({report.errors[0]})")
+    return f"pulled outputs: {report.summary()}"
 
 
 def _start_live_sync(

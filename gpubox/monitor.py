@@ -22,7 +22,7 @@ from gpubox.state import open_state
 if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
 
-__all__ = ["LEDGER_BEAT_SECONDS", "HostMonitor", "SyncActivity", "gpu_utilization"]
+__all__ = ["LEDGER_BEAT_SECONDS", "HostMonitor", "SyncActivity", "SyncStatus", "gpu_utilization"]
 
 LEDGER_BEAT_SECONDS = 2.0
 """How often the billing heartbeat is written: a killed gpubox loses at most this much billed time."""
@@ -40,6 +40,71 @@ class SyncActivity:
 
     def touch(self) -> None:
         self.last = self.clock()
+
+
+class SyncStatus:
+    """What live sync has done lately, published in the monitor report for the dashboard's sync line.
+
+    The supervisor's live sync feeds it (:meth:`batch`, :meth:`problem`); *pending* says how many changed paths
+    wait for the next batch. Conflicts and errors count up over the supervisor's life; held-back secrets are
+    those of the latest pass that looked at them."""
+
+    MAX_MESSAGES = 5
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
+        self.watching = False
+        self.pending: Callable[[], int] = lambda: 0
+        self.batches = 0
+        self.last: dict[str, Any] | None = None
+        self.conflicts: list[str] = []
+        self.held_back: list[str] = []
+        self.errors: list[str] = []
+        self.error_count = 0
+        self.conflict_count = 0
+
+    def batch(self, report: Any, why: str) -> None:
+        """One pass of the sync engine ended (a :class:`gpubox.sync.engine.SyncReport`)."""
+        self.batches += 1
+        self.last = {
+            "why": why,
+            "files": int(report.sent) + int(report.deleted),
+            "sent": int(report.sent),
+            "deleted": int(report.deleted),
+            "ms": round(float(report.seconds) * 1000.0, 1),
+            "at": self.wall(),
+        }
+        if why.split(" ", 1)[0].isdigit() and why.endswith(" changed"):
+            # A batch of changed paths only saw those paths: add what it held back.
+            self.held_back = sorted(set(self.held_back) | set(report.held_back))
+        else:
+            self.held_back = list(report.held_back)  # a full pass saw everything
+        self.conflict_count += len(report.conflicts)
+        self.conflicts = (self.conflicts + list(report.conflicts))[-self.MAX_MESSAGES :]
+        for error in report.errors:
+            self.problem(str(error))
+
+    def problem(self, text: str) -> None:
+        self.error_count += 1
+        self.errors = [*self.errors, text][-self.MAX_MESSAGES :]
+
+    def document(self) -> dict[str, Any]:
+        try:
+            pending = int(self.pending())
+        except Exception:  # a status line must never take the monitor down
+            pending = 0
+        return {
+            "watching": self.watching,
+            "batches": self.batches,
+            "last": self.last,
+            "pending": pending,
+            "conflicts": self.conflict_count,
+            "recent_conflicts": list(self.conflicts),
+            "held_back": len(self.held_back),
+            "held_back_paths": self.held_back[: self.MAX_MESSAGES],
+            "errors": self.error_count,
+            "recent_errors": list(self.errors),
+        }
 
 
 def gpu_utilization(smi: Mapping[str, Any] | None) -> tuple[float | None, str]:
@@ -78,6 +143,7 @@ class HostMonitor:
         billing: BillingHold | None = None,
         hosts: HostsConfig | None = None,
         activity: SyncActivity | None = None,
+        sync: SyncStatus | None = None,
         heartbeat_seconds: float = 5.0,
         ledger_seconds: float = LEDGER_BEAT_SECONDS,
         clock: Callable[[], float] = elapsed,
@@ -88,9 +154,13 @@ class HostMonitor:
         self.host = host
         self.stop = stop
         self.log = log
+        self.before_terminate: Callable[[], str] | None = None
+        """For a rented host: what to do before terminating it (pull the outputs); raising stops the
+        termination."""
         self.billing = billing
         self.hosts = hosts
         self.activity = activity
+        self.sync = sync
         self.heartbeat_seconds = heartbeat_seconds
         self.ledger_seconds = ledger_seconds
         self.clock = clock
@@ -269,9 +339,19 @@ class HostMonitor:
                 )
             return
         else:
+            from gpubox.errors import GpuboxError
             from gpubox.remote.providers import provider_for
 
-            done = provider_for(host).terminate(host)
+            try:
+                if host.rented and self.before_terminate is not None:
+                    # Terminating a rented machine deletes its disk: bring the outputs home first.
+                    self.log(f"· {why}: {self.before_terminate()}")
+                done = provider_for(host).terminate(host)
+            except GpuboxError as exc:
+                if reason not in self._warned:
+                    self._warned.add(reason)
+                    self.log(f"! {why}, but {host.name} was not terminated: {exc}")
+                return
         self.outcome = f"{why}: {done}"
         if self.billing is not None:
             self.billing.end_reason = reason
@@ -338,6 +418,7 @@ class HostMonitor:
                 for b in self.budgets
             ],
             "outcome": self.outcome,
+            "sync": None if self.sync is None else self.sync.document(),
         }
 
     def _report(self) -> None:

@@ -7,6 +7,7 @@ RunPod give a port, so theirs use the sshd fixture on 127.0.0.1.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -188,10 +189,13 @@ def test_a_slow_provider_is_reported_and_does_not_hold_up_the_others(rig: Rig) -
 
 
 def test_a_bad_api_key_is_one_line_naming_the_variable(rig: Rig) -> None:
-    rig.env[KEY_VARIABLE["vast"]] = "wrong-key"
+    wrong = f"wrong-{secrets.token_hex(8)}"
+    rig.env[KEY_VARIABLE["vast"]] = wrong
+    rig.keys["wrong"] = wrong  # a refused key is a secret too: never echoed
     result = rig.gpubox("offers", "--provider", "vast")
     line = assert_one_line_error(result, 3)
     assert "GPUBOX_TEST_VAST_KEY" in line and "401" in line
+    assert_one_line_error(rig.gpubox("up", "vast-box", "--yes", "--no-tui"), 3)
     # With one provider refusing, the others still answer and the refusal is shown.
     mixed = rig.gpubox("offers")
     assert (
@@ -408,3 +412,70 @@ def test_lambda_up_run_down_on_a_namespace_host_at_port_22(tmp_path: Path, netns
         rig.assert_no_key_leaked()
     finally:
         lambda_cloud.stop()
+
+
+# ------------------------------------------------------------------------------- autostop and pacing
+
+
+def test_an_idle_rented_host_is_terminated_by_autostop_after_its_outputs_come_home(rig: Rig) -> None:
+    import time
+
+    vast = rig.clouds["vast"]
+    toml = rig.project / "hosts.toml"
+    toml.write_text(
+        toml.read_text().replace("[hosts.vast-box]\n", "[hosts.vast-box]\nautostop_minutes = 0.05\n")
+    )
+    made = rig.gpubox(
+        "run",
+        "--host",
+        "vast-box",
+        "-f",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p outputs && echo 42 > outputs/answer.txt",
+    )
+    # `run` on a host with no instance says how to rent one, and rents nothing.
+    assert_one_line_error(made, 2)
+    assert "`gpubox up vast-box` rents one" in made.stderr and not vast.instances
+    up = rig.gpubox("up", "vast-box", "--yes", "--no-tui", "--detach", "--no-services", "--accept-new")
+    assert up.returncode == 0, up.stdout + up.stderr
+    made = rig.gpubox(
+        "run",
+        "--host",
+        "vast-box",
+        "-f",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p outputs && echo 42 > outputs/answer.txt",
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    deadline = time.monotonic() + 60
+    while vast.instances and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not vast.instances, "autostop did not terminate the idle instance"
+    assert (rig.project / "outputs" / "answer.txt").read_text() == "42\n"
+    log = (rig.state_dir() / "state" / "logs" / "up-vast-box.log").read_text()
+    assert "pulled outputs" in log and "terminated vast instance" in log
+    row = next(h for h in rig.json("hosts")["hosts"] if h["name"] == "vast-box")
+    assert not row["billing_now"] and not row["up"]
+
+
+def test_lambda_requests_keep_to_one_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lambda documents about one request per second per client: gpubox paces itself rather than leaning on 429s."""
+    from gpubox.config import ProviderSettings
+    from gpubox.remote.providers import cloud_api
+    from gpubox.remote.providers.cloud import OfferQuery
+
+    with FakeLambda(api_key="pace-key", boot_seconds=0) as cloud:
+        monkeypatch.setenv("GPUBOX_TEST_PACE_KEY", "pace-key")
+        api = cloud_api(
+            ProviderSettings(name="lambda", api_key_env="GPUBOX_TEST_PACE_KEY", api_url=cloud.url)
+        )
+        for _ in range(3):
+            api.offers(OfferQuery())
+        api.instances()
+        times = [r.time for r in cloud.requests]
+    assert len(times) == 4
+    assert all(later - earlier >= 0.98 for earlier, later in itertools.pairwise(times))
