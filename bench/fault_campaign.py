@@ -18,6 +18,7 @@ import argparse
 import collections
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -57,6 +58,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the counters and per-schedule outcomes here")
     parser.add_argument("--write", action="store_true", help="record the figures in bench/RESULTS.md")
     options = parser.parse_args()
+    # A SIGTERM must unwind like Ctrl-C, so the namespace, its sshd and the tmpfs are removed on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     reason = netns_unavailable_reason()
     if reason:
         print(f"the fault campaign needs network namespaces: {reason}", file=sys.stderr)
@@ -88,7 +91,7 @@ def main() -> int:
                     disk=disk,
                 )
                 outcomes.append(outcome)
-                verdict = "ok" if not outcome.problems else "LOST: " + " | ".join(outcome.problems)[:2000]
+                verdict = "ok" if not outcome.problems else f"LOST: {outcome.problems[0][:400]}"
                 print(
                     f"[{number}/{options.schedules}] {outcome.schedule.describe()} "
                     f"({outcome.seconds:.1f} s): {verdict}",
