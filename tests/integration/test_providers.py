@@ -479,3 +479,13 @@ def test_lambda_requests_keep_to_one_per_second(monkeypatch: pytest.MonkeyPatch)
         times = [r.time for r in cloud.requests]
     assert len(times) == 4
     assert all(later - earlier >= 0.98 for earlier, later in itertools.pairwise(times))
+
+
+def test_orphans_are_found_across_pages_of_instances(rig: Rig) -> None:
+    vast = rig.clouds["vast"]
+    vast.page_size = 2
+    ids = {str(vast.add_instance(name=f"gpubox-vast-box-{i:06x}", price_per_hour=0.4)) for i in range(5)}
+    vast.add_instance(name="not-ours", price_per_hour=0.4)
+    orphans = rig.json("hosts")["orphans"]
+    assert {o["instance_id"] for o in orphans} == ids
+    assert len(vast.requests_for("list_instances")) == 3  # 6 instances, 2 a page
