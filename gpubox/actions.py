@@ -303,10 +303,18 @@ def stop_host_services(
 
 
 def take_down(
-    host: HostConfig, project: ProjectConfig, *, keep_instance: bool = False, say: Say = _quiet
+    host: HostConfig,
+    project: ProjectConfig,
+    *,
+    keep_instance: bool = False,
+    say: Say = _quiet,
+    pull_outputs: bool = True,
+    confirm: Callable[[str], bool] | None = None,
+    ask_to_pin: AskToPin | None = None,
 ) -> None:
     """`gpubox down`: end the process holding *host*, stop its services, stop the host where gpubox runs or
-    rents it (unless *keep_instance*), and close its billing."""
+    rents it (unless *keep_instance*), and close its billing. A rented host's outputs are pulled first (unless
+    not *pull_outputs*); *confirm* is asked before terminating one under active runs."""
     from gpubox.remote.providers import provider_for
     from gpubox.state import open_state
     from gpubox.supervisor import stop_supervisor
@@ -314,6 +322,19 @@ def take_down(
     pid = stop_supervisor(host.name)
     if pid:
         say(f"stopped gpubox process {pid} holding {host.name}")
+    if host.rented:
+        from gpubox.provision import take_down_rented
+
+        take_down_rented(
+            host,
+            project,
+            keep_instance=keep_instance,
+            pull_outputs=pull_outputs,
+            confirm=confirm,
+            say=say,
+            ask_to_pin=ask_to_pin,
+        )
+        return
     # Stopping the local host stops its sshd, but not servers it started: stop every project's then.
     stop_host_services(host, project, every_project=host.provider == "local" and not keep_instance, say=say)
     if keep_instance:

@@ -356,6 +356,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             else f"nothing was holding {host.name} up"
         )
         return 0
+    # On a terminal `up` holds the host from the background and opens the dashboard on it.
+    tui = (
+        not (args.no_tui or args.detach or args.supervise_child)
+        and sys.stdin.isatty()
+        and sys.stdout.isatty()
+    )
+    if tui:
+        args.detach = True
     if not args.supervise_child:
         from gpubox.state import open_state
 
@@ -401,7 +409,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             services = _start_services(session, project, venv, quiet=args.supervise_child)
         if args.detach:
             session.close()
-            return _detach(args, host, expect_tunnels=bool(services))
+            code = _detach(args, host, expect_tunnels=bool(services))
+            return _dashboard(project, hosts, focus=host.name) if tui and code == 0 else code
         return _hold(
             session,
             host,
@@ -413,6 +422,34 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     finally:
         session.close()
+
+
+def cmd_dash(args: argparse.Namespace) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError(
+            "the dashboard needs a terminal; `gpubox status` and `gpubox runs` print the same facts"
+        )
+    project = _project()
+    return _dashboard(project, _hosts(project), focus=args.host)
+
+
+def _dashboard(project: ProjectConfig, hosts: HostsConfig, *, focus: str | None = None) -> int:
+    """Run the dashboard until it is quit; then say what keeps running (quitting stops nothing)."""
+    from gpubox.state import open_state
+    from gpubox.tui.app import GpuboxApp
+
+    if focus is not None:
+        hosts.get(focus)
+    GpuboxApp(hosts, project, focus_host=focus).run()
+    with open_state() as state:
+        held = [supervisor.host for supervisor in state.supervisors()]
+    if len(held) == 1:
+        _out(f"left the dashboard: {held[0]} and its runs keep going; `gpubox down {held[0]}` stops it")
+    elif held:
+        _out(f"left the dashboard: {', '.join(held)} and their runs keep going; `gpubox down HOST` stops one")
+    else:
+        _out("left the dashboard: no host is held up; runs already started keep going on their hosts")
+    return 0
 
 
 def _start_services(
@@ -621,24 +658,15 @@ def cmd_down(args: argparse.Namespace) -> int:
             raise UsageError("give HOST or --orphans, not both")
         return _down_orphans(hosts, yes=args.yes)
     host = hosts.pick(args.host)
-    if host.rented:
-        from gpubox.provision import take_down_rented
-        from gpubox.supervisor import stop_supervisor
-
-        pid = stop_supervisor(host.name)
-        if pid:
-            _out(f"stopped gpubox process {pid} holding {host.name}")
-        take_down_rented(
-            host,
-            project,
-            keep_instance=args.keep_instance,
-            pull_outputs=not args.no_pull,
-            confirm=lambda question: _confirm(question, yes=args.yes),
-            say=_out,
-            ask_to_pin=_ask_to_pin(),
-        )
-        return 0
-    take_down(host, project, keep_instance=args.keep_instance, say=_out)
+    take_down(
+        host,
+        project,
+        keep_instance=args.keep_instance,
+        say=_out,
+        pull_outputs=not args.no_pull,
+        confirm=lambda question: _confirm(question, yes=args.yes),
+        ask_to_pin=_ask_to_pin(),
+    )
     return 0
 
 
@@ -1548,7 +1576,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "host", nargs="?", metavar="HOST", help="default: [defaults] host, the only host, or local"
     )
-    up.add_argument("--no-tui", action="store_true", help="plain lines in the foreground until Ctrl-C")
+    up.add_argument(
+        "--no-tui", action="store_true", help="plain lines in the foreground until Ctrl-C (no dashboard)"
+    )
     up.add_argument("--detach", action="store_true", help="hold the host from a background process")
     up.add_argument("--no-sync", action="store_true", help="do not mirror the project folder")
     up.add_argument("--no-services", action="store_true", help="do not start Jupyter and TensorBoard")
@@ -1681,6 +1711,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     open_.add_argument("host", nargs="?", metavar="HOST")
     open_.add_argument("--print", dest="print_only", action="store_true", help="print the URL instead")
+
+    dash = add("dash", cmd_dash, "the dashboard: hosts, runs, GPUs, sync, tunnels and money, live")
+    dash.add_argument("host", nargs="?", metavar="HOST", help="the host to select first")
 
     add("ssh-config", cmd_ssh_config, "write `Host gpubox-NAME` entries for VS Code, JetBrains and ssh")
     return parser

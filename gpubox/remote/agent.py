@@ -1537,6 +1537,177 @@ OPS.update(
 )
 
 
+# -------------------------------------------------------------------------------------------- dashboard
+#
+# One round trip per host per dashboard refresh: the GPUs' utilisation and memory, the runs (active ones and
+# the latest finished), and for the run the user selected its TensorBoard scalar series (only the points the
+# client does not have yet) and the next piece of its log (the blob).
+
+DASH_QUERY = ("--query-gpu=index,name,utilization.gpu,memory.used,memory.total", "--format=csv")
+
+_series_cache: Dict[str, List[Any]] = {}
+"""Event file path -> [bytes read so far, {tag: [[step, value], ...]}]: each refresh reads only what is new."""
+
+
+def _event_points(record: bytes) -> Tuple[int, List[Tuple[str, float]]]:
+    """(step, [(tag, number), ...]) of the scalars in one TensorBoard Event record."""
+    step = 0
+    found: List[Tuple[str, float]] = []
+    event = _fields(record)
+    for field, wire, value in event:
+        if field == 2 and wire == 0:
+            step = value
+    for field, wire, value in event:
+        if field == 5 and wire == 2:
+            for sfield, swire, svalue in _fields(value):
+                if sfield == 1 and swire == 2:
+                    tag, number = _scalar_of(svalue)
+                    if tag is not None and number is not None:
+                        found.append((tag, number))
+    return step, found
+
+
+def _event_series(path: str) -> Dict[str, List[List[float]]]:
+    """Every scalar point of every tag in one event file, read incrementally (whole records only)."""
+    cached = _series_cache.get(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return {}
+    if cached is None or size < cached[0]:
+        cached = [0, {}]
+        _series_cache[path] = cached
+    if size > cached[0]:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(cached[0])
+                data = handle.read(size - cached[0])
+        except OSError:
+            data = b""
+        at = 0
+        while at + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            end = at + 12 + length + 4
+            if end > len(data):
+                break  # the writer is mid-record: read it next time
+            record = data[at + 12 : at + 12 + length]
+            at = end
+            try:
+                step, points = _event_points(record)
+            except (IndexError, struct.error):
+                continue
+            for tag, number in points:
+                cached[1].setdefault(tag, []).append([step, number])
+        cached[0] += at
+    series: Dict[str, List[List[float]]] = cached[1]
+    return series
+
+
+def _run_scalars(spec: Dict[str, Any], have: Dict[str, Any], limit: int) -> Dict[str, Any]:
+    """{"train/epoch_loss": {"from": n, "points": [[step, value], ...]}, ...}: the points after the first *n*
+    the client already has (from 0 again when the series got shorter, e.g. its files were replaced)."""
+    series: Dict[str, List[List[float]]] = {}
+    tb_dir = (spec.get("env") or {}).get("GPUBOX_TB_DIR")
+    if not isinstance(tb_dir, str) or not os.path.isdir(tb_dir):
+        return {}
+    for part in sorted(os.listdir(tb_dir)):
+        sub = os.path.join(tb_dir, part)
+        if not os.path.isdir(sub):
+            continue
+        for name in sorted(os.listdir(sub)):
+            if "tfevents" not in name:
+                continue
+            for tag, points in _event_series(os.path.join(sub, name)).items():
+                series.setdefault(part + "/" + tag, []).extend(points)
+    found: Dict[str, Any] = {}
+    for key, points in series.items():
+        start = have.get(key, 0)
+        if not isinstance(start, int) or start < 0 or start > len(points):
+            start = 0
+        found[key] = {"from": start, "points": points[start : start + limit]}
+    return found
+
+
+def _dash_runs(recent: int) -> List[Dict[str, Any]]:
+    """The rows of runs still going and of the *recent* latest finished ones, oldest first."""
+    runs = _runs_dir()
+    try:
+        names = [n for n in os.listdir(runs) if n.startswith("r-") and n[2:].isdigit()]
+    except OSError:
+        return []
+    names.sort(key=lambda n: int(n[2:]))
+    finished = [n for n in names if os.path.exists(os.path.join(runs, n, "exit_code"))]
+    done = set(finished)
+    keep = set(finished[-recent:] if recent > 0 else [])
+    keep.update(n for n in names if n not in done)
+    return [_run_row(os.path.join(runs, n)) for n in names if n in keep]
+
+
+def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
+    """What a dashboard refresh needs from this host, in one answer (the selected run's new log bytes in the
+    blob)."""
+    _reap_waiters()
+    recent = args.get("recent", 10)
+    if not isinstance(recent, int) or recent < 0:
+        raise RequestError("bad-request", "recent must be a non-negative integer")
+    result: Dict[str, Any] = {
+        "time": time.time(),
+        "nvidia_smi": _nvidia_smi(DASH_QUERY, IDLE_SMI_TIMEOUT) if args.get("gpu", True) else None,
+        "runs": _dash_runs(recent),
+        "run": None,
+    }
+    data = b""
+    run_id = args.get("run")
+    if run_id is not None:
+        try:
+            folder = _run_dir(run_id)
+        except RequestError:
+            folder = None
+        if folder is not None:
+            spec: Dict[str, Any] = {}
+            try:
+                with open(os.path.join(folder, "spec.json")) as handle:
+                    spec = json.load(handle)
+            except (OSError, ValueError):
+                pass
+            have = args.get("scalars") or {}
+            limit = args.get("points", 5000)
+            offset = args.get("log_offset")
+            tail = args.get("log_tail", 65536)
+            most = args.get("log_max", 262144)
+            if not isinstance(have, dict) or not isinstance(limit, int):
+                raise RequestError("bad-request", "scalars must map tags to counts, points be a number")
+            if not isinstance(tail, int) or not isinstance(most, int) or tail < 0 or most <= 0:
+                raise RequestError("bad-request", "log_tail and log_max must be byte counts")
+            path = os.path.join(folder, "log")
+            size = 0
+            try:
+                with open(path, "rb") as handle:
+                    size = os.fstat(handle.fileno()).st_size
+                    if not isinstance(offset, int) or offset < 0 or offset > size:
+                        # First look (or the log was replaced): only its tail, from a line start.
+                        offset = max(0, size - tail)
+                        if offset:
+                            handle.seek(offset - 1)
+                            before = handle.read(min(tail, 4096) + 1)
+                            cut = before.find(b"\n")
+                            offset = offset - 1 + (cut + 1 if cut >= 0 else 1)
+                    handle.seek(offset)
+                    data = handle.read(min(most, MAX_FRAME - 65536))
+            except OSError:
+                offset = 0
+            result["run"] = {
+                "id": run_id,
+                "offset": offset,
+                "size": size,
+                "scalars": _run_scalars(spec, have, max(1, limit)),
+            }
+    return result, data
+
+
+BLOB_OPS["dash"] = op_dash
+
+
 def handle(message: Dict[str, Any], blob: bytes = b"") -> Tuple[Dict[str, Any], bytes]:
     request_id = message.get("id")
     op = message.get("op")

@@ -1,0 +1,664 @@
+"""The gpubox dashboard: a Textual app that watches every host that is up and acts on them.
+
+It only renders and dispatches. What it shows comes from :mod:`gpubox.dashboard` (state reads and one agent
+round trip per host per refresh); what it does goes through :mod:`gpubox.actions`, the functions the command
+line uses too. Every blocking call runs in a named thread worker that posts a message back; each poll is one
+worker, re-armed when it has finished (dolphie style), so polls never pile up and a slow host only slows itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import Any, ClassVar, TypeVar
+
+from textual import on, work
+from textual.app import App
+from textual.binding import BindingType
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from gpubox.config import HostsConfig, ProjectConfig
+from gpubox.dashboard import (
+    Dashboard,
+    DashboardSnapshot,
+    HostPoller,
+    PollRequest,
+    read_state,
+)
+from gpubox.errors import GpuboxError
+from gpubox.tui.commands import ActionsProvider, bindings
+from gpubox.tui.messages import ActionDone, HostPolled, ProgressLine, StateRead
+from gpubox.tui.screens.dashboard import DashboardScreen
+from gpubox.tui.screens.details import CheckScreen, CostScreen, HelpScreen
+from gpubox.tui.screens.logs import LogsScreen
+from gpubox.tui.screens.modals import ConfirmScreen, HostPickerScreen, ProgressScreen, RunCommandScreen
+
+__all__ = ["GpuboxApp", "open_in_browser"]
+
+T = TypeVar("T")
+Opener = Callable[[str], str]
+
+
+class Abandoned(Exception):
+    """The worker was cancelled (the dashboard is closing) while its call was still waiting on a host."""
+
+
+def interruptible(call: Callable[[], T]) -> T:
+    """Run *call* in a daemon thread and wait for it, but give up as soon as the current worker is cancelled.
+
+    Quitting must not wait for a host that stopped answering: Textual's thread workers run in the event loop's
+    executor, which the loop waits for on exit, and an SSH read on a dead link can block for a long time."""
+    worker = get_current_worker()
+    box: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            box.append((True, call()))
+        except BaseException as exc:
+            box.append((False, exc))
+
+    thread = threading.Thread(target=target, name=f"gpubox {worker.name}", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+        if worker.is_cancelled:
+            raise Abandoned(worker.name)
+    ok, value = box[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
+
+
+def open_in_browser(url: str) -> str:
+    """Open *url* in the browser; say what happened (where there is no browser, the URL itself, as
+    `gpubox open` prints it)."""
+    import webbrowser
+
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        browser = None
+    graphical = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if browser is None or (not graphical and sys.platform.startswith("linux")):
+        return f"no browser here, open {url}"
+    browser.open(url)
+    return f"opened {url.split('?')[0]}"
+
+
+class GpuboxApp(App[None]):
+    """The dashboard. ``live=False`` shows the model's snapshots without reading or polling anything (tests,
+    benchmarks); ``opener`` opens service URLs (default: the browser)."""
+
+    CSS_PATH = "gpubox.tcss"
+    TITLE = "gpubox"
+    COMMANDS = App.COMMANDS | {ActionsProvider}
+    BINDINGS: ClassVar[list[BindingType]] = bindings()
+
+    def __init__(
+        self,
+        hosts: HostsConfig,
+        project: ProjectConfig,
+        *,
+        model: Dashboard | None = None,
+        live: bool = True,
+        opener: Opener | None = None,
+        refresh_seconds: float = 1.5,
+        state_seconds: float = 1.0,
+        focus_host: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.hosts_config = hosts
+        self.project = project
+        self.model = model or Dashboard(hosts, project)
+        self.live = live
+        self.opener: Opener = opener or open_in_browser
+        self.refresh_seconds = refresh_seconds
+        self.state_seconds = state_seconds
+        self.focus_host = focus_host
+        self.title = f"gpubox · {project.name}"
+        self.snapshot: DashboardSnapshot = self.model.snapshot()
+        self.pollers: dict[str, HostPoller] = {}
+        self._polling: set[str] = set()
+        self._poll_soon: set[str] = set()
+        self._poll_timers: dict[str, Timer] = {}
+        self._busy: set[str] = set()
+        self._view_pending = False
+        self._worker_errors: set[str] = set()
+        self.said: list[ActionDone] = []
+        """Every action result shown, newest last (what the notifications said)."""
+        self.selected_host: str | None = focus_host
+
+    # -- set-up
+
+    def get_default_screen(self) -> Screen[Any]:
+        return DashboardScreen()
+
+    @property
+    def dashboard(self) -> DashboardScreen:
+        screen = self.screen_stack[0]
+        assert isinstance(screen, DashboardScreen)
+        return screen
+
+    def on_mount(self) -> None:
+        if self.live:
+            self._read_state()
+
+    def on_unmount(self) -> None:
+        for timer in self._poll_timers.values():
+            timer.stop()
+        for poller in self.pollers.values():
+            # Closing a session can wait on a dead link: never on the way out.
+            threading.Thread(target=poller.close, name="gpubox close", daemon=True).start()
+
+    # -- reading and polling
+
+    @work(thread=True, name="read-state", group="state", exclusive=True, exit_on_error=False)
+    def _read_state(self) -> None:
+        self.post_message(StateRead(read_state(self.hosts_config, self.project)))
+
+    @on(StateRead)
+    def _state_read(self, message: StateRead) -> None:
+        self.model.apply_state(message.sample)
+        self._sync_pollers()
+        self._schedule_view()
+
+    def _sync_pollers(self) -> None:
+        wanted = set(self.model.polled_hosts())
+        for name in sorted(wanted - set(self.pollers)):
+            config = self.hosts_config.hosts.get(name)
+            if config is None:
+                continue  # held by a gpubox process but gone from hosts.toml: nothing to connect with
+            self.pollers[name] = HostPoller(config, self.project.name)
+            self._start_poll(name)
+        for name in set(self.pollers) - wanted:
+            poller = self.pollers.pop(name)
+            timer = self._poll_timers.pop(name, None)
+            if timer is not None:
+                timer.stop()
+            self.workers.cancel_group(self, f"poll:{name}")
+            threading.Thread(target=poller.close, name="gpubox close", daemon=True).start()
+
+    def poll_now(self, name: str) -> None:
+        """Refresh *name* at once (or as soon as its poll in flight has answered)."""
+        if name in self._polling:
+            self._poll_soon.add(name)
+        else:
+            self._start_poll(name)
+
+    def _start_poll(self, name: str) -> None:
+        poller = self.pollers.get(name)
+        if poller is None or name in self._polling:
+            return
+        timer = self._poll_timers.pop(name, None)
+        if timer is not None:
+            timer.stop()
+        self._polling.add(name)
+        self._poll_soon.discard(name)
+        request = self.model.request_for(name)
+        self.run_worker(
+            partial(self._poll_host, poller, request, self.model.selection),
+            name=f"poll {name}",
+            group=f"poll:{name}",
+            thread=True,
+            exclusive=True,
+            exit_on_error=False,
+        )
+
+    def _poll_host(self, poller: HostPoller, request: PollRequest, selection: int) -> None:
+        sample = interruptible(lambda: poller.poll(request))
+        self.post_message(HostPolled(sample, selection))
+
+    @on(HostPolled)
+    def _host_polled(self, message: HostPolled) -> None:
+        self.model.apply_host(message.sample, selection=message.selection)
+        self._schedule_view()
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        worker, state = event.worker, event.state
+        if state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        group = worker.group
+        failed = state == WorkerState.ERROR and not isinstance(worker.error, Abandoned)
+        if failed and worker.name not in self._worker_errors:
+            self._worker_errors.add(worker.name)  # the same failure every few seconds is said once
+            self.notify(f"{worker.error}", title=f"{worker.name} failed", severity="error", timeout=10)
+        if group == "state":
+            if self.live and state != WorkerState.CANCELLED:
+                self.set_timer(self.state_seconds if not failed else 5.0, self._read_state)
+        elif group.startswith("poll:"):
+            name = group.split(":", 1)[1]
+            self._polling.discard(name)
+            if name in self.pollers and state != WorkerState.CANCELLED:
+                delay = 10.0 if failed else 0.0 if name in self._poll_soon else self.refresh_seconds
+                self._poll_timers[name] = self.set_timer(delay, partial(self._start_poll, name))
+        elif group.startswith("action:"):
+            self._busy.discard(group.split(":", 1)[1])
+            if state == WorkerState.SUCCESS:
+                self._worker_errors.discard(worker.name)
+
+    # -- drawing
+
+    def _schedule_view(self) -> None:
+        if not self._view_pending:
+            self._view_pending = True
+            self.set_timer(0.05, self.refresh_view)
+
+    def refresh_view(self) -> None:
+        """Take a snapshot of the model and draw it on every screen that shows one; say what happened."""
+        self._view_pending = False
+        snapshot = self.model.snapshot()
+        if self._auto_select(snapshot):
+            snapshot = self.model.snapshot()
+        self.show_snapshot(snapshot)
+        for event in self.model.take_events():
+            self.notify(event.message, title=event.title, severity=event.severity, timeout=8)  # type: ignore[arg-type]
+
+    def show_snapshot(self, snapshot: DashboardSnapshot) -> None:
+        self.snapshot = snapshot
+        for screen in self.screen_stack:
+            apply = getattr(screen, "apply_snapshot", None)
+            if apply is not None:
+                apply(snapshot)
+        if self.focus_host and snapshot.host(self.focus_host) is not None:
+            self.dashboard.show_host(self.focus_host)
+            self.focus_host = None
+
+    def _auto_select(self, snapshot: DashboardSnapshot) -> bool:
+        """Follow the newest active run (else the newest) when no run is selected or the selected one is gone."""
+        selected = self.model.selected
+        if selected is not None and snapshot.run(*selected) is not None:
+            return False
+        if not snapshot.runs:
+            if selected is not None and not any(h.is_up for h in snapshot.hosts if h.name == selected[0]):
+                self.model.select_run(None, None)
+                return True
+            return False
+        if selected is not None and any(h.name == selected[0] and h.state != "up" for h in snapshot.hosts):
+            return False  # its host is not answering right now: keep following it
+        active = [r for r in snapshot.runs if not r.finished]
+        choice = max(active or snapshot.runs, key=lambda r: r.started_at or 0.0)
+        self.select_run(choice.host, choice.id)
+        return True
+
+    def select_run(self, host: str, run_id: str) -> None:
+        if self.model.select_run(host, run_id):
+            self.poll_now(host)
+            self._schedule_view()
+
+    def select_host(self, name: str) -> None:
+        if name != self.selected_host:
+            self.selected_host = name
+            self._schedule_view()
+
+    # -- what the actions act on
+
+    def _host(self, *, up: bool) -> str | None:
+        """The selected host (the only host up when the selection does not say); tells why when there is
+        none."""
+        snapshot = self.snapshot
+        chosen = snapshot.host(self.selected_host) if self.selected_host else None
+        if up and (chosen is None or not chosen.is_up):
+            running = [h for h in snapshot.hosts if h.is_up]
+            chosen = running[0] if len(running) == 1 else chosen if chosen and chosen.is_up else None
+            if chosen is None:
+                self.notify(
+                    "no host is up: u brings one up" if not running else "select a host that is up first",
+                    severity="warning",
+                )
+                return None
+        if chosen is None:
+            self.notify("select a host first", severity="warning")
+            return None
+        return chosen.name
+
+    def _begin(self, name: str) -> bool:
+        if name in self._busy:
+            self.notify(f"{name.replace('_', ' ')} is already running", severity="warning")
+            return False
+        self._busy.add(name)
+        return True
+
+    def ask_from_thread(self, title: str, message: str, *, yes: str = "Yes") -> bool:
+        """From a thread worker: ask the user yes or no with a modal, and wait for the answer."""
+        answered = threading.Event()
+        answer = [False]
+
+        def record(result: bool | None) -> None:
+            answer[0] = bool(result)
+            answered.set()
+
+        self.call_from_thread(self.push_screen, ConfirmScreen(title, message, yes=yes, danger=False), record)
+        worker = get_current_worker()
+        while not answered.wait(0.1):
+            if worker.is_cancelled:
+                return False
+        return answer[0]
+
+    @on(ActionDone)
+    def _action_done(self, message: ActionDone) -> None:
+        self.said.append(message)
+        self.notify(message.message, title=message.title, severity=message.severity, timeout=8)  # type: ignore[arg-type]
+        if message.run_id and message.host:
+            self.select_run(message.host, message.run_id)
+        if message.host and message.host in self.pollers:
+            self.poll_now(message.host)
+        if self.live:
+            self._read_state()
+
+    @on(ProgressLine)
+    def _progress_line(self, message: ProgressLine) -> None:
+        screen = next((s for s in reversed(self.screen_stack) if isinstance(s, ProgressScreen)), None)
+        if screen is not None:
+            screen.add(message.text, done=message.done, failed=message.failed)
+
+    def _say(self, action: str, title: str, text: str, severity: str = "information", **extra: Any) -> None:
+        self.post_message(ActionDone(action, title, text, severity, **extra))
+
+    # -- actions: up and down
+
+    def action_up(self) -> None:
+        down = [h for h in self.snapshot.hosts if h.configured and not h.is_up]
+        chosen = self.snapshot.host(self.selected_host) if self.selected_host else None
+        if chosen is not None and chosen.configured and not chosen.is_up:
+            self._bring_up(chosen.name)
+        elif not down:
+            self.notify("every configured host is up (o rents another)", severity="warning")
+        elif len(down) == 1:
+            self._bring_up(down[0].name)
+        else:
+            choices = [(h.name, f"{h.name}  ({h.provider})") for h in down]
+            self.push_screen(
+                HostPickerScreen("Bring which host up?", choices),
+                lambda name: self._bring_up(name) if name else None,
+            )
+
+    def launch_offer(self, name: str, offer_id: str) -> None:
+        """Rent *offer_id* as host *name* (the provision screen's choice), then hold it like `up` does."""
+        view = self.snapshot.host(name)
+        if view is not None and view.is_up:
+            self.notify(f"{name} is already up: d takes it down first", severity="warning")
+            return
+        self._bring_up(name, offer_id)
+
+    def _bring_up(self, name: str, offer_id: str | None = None) -> None:
+        if not self._begin("up"):
+            return
+        self.push_screen(ProgressScreen(f"gpubox up {name}"))
+        self._up_worker(name, offer_id)
+
+    @work(thread=True, name="up", group="action:up", exit_on_error=False)
+    def _up_worker(self, name: str, offer_id: str | None = None) -> None:
+        from gpubox.actions import start_supervisor
+
+        host = self.hosts_config.get(name)
+        worker = get_current_worker()
+
+        def line(text: str) -> None:
+            self.post_message(ProgressLine(text))
+
+        try:
+            if host.rented:
+                from gpubox.provision import ensure_instance
+
+                ensure_instance(
+                    host,
+                    confirm=lambda text: self.ask_from_thread(
+                        f"Rent a machine for {name}?", text, yes="Rent"
+                    ),
+                    progress=line,
+                    offer_id=offer_id,
+                )
+            if host.provider != "local":
+                self._pin_host_key(name)
+            line(f"starting the gpubox process that holds {name} (connect, sync, env, services)…")
+            held = start_supervisor(host, on_line=line, should_stop=lambda: worker.is_cancelled)
+        except GpuboxError as exc:
+            self.post_message(ProgressLine(f"✗ {exc}", done=True, failed=True))
+            self._say("up", f"{name} did not come up", str(exc), "error")
+            return
+        self.post_message(ProgressLine(f"✓ {name} is up, held by gpubox pid {held.pid}", done=True))
+        self._say("up", f"{name} is up", f"held by gpubox pid {held.pid} (log {held.log_path})", host=name)
+
+    def _ask_to_pin(self, target: str, key_type: str, fingerprint: str) -> bool:
+        """From a thread worker: show an unknown host key and pin it only if the user says so."""
+        return self.ask_from_thread(
+            f"Trust {target}?",
+            f"The authenticity of host {target} can't be established.\n{key_type} key fingerprint is "
+            f"{fingerprint}.\nPin this key and connect?",
+            yes="Pin and connect",
+        )
+
+    def _pin_host_key(self, name: str) -> None:
+        """Connect once in this process, so an unknown host key is shown and pinned only if the user says so
+        (the background process that holds the host never asks)."""
+        from gpubox.remote.session import open_connection
+
+        connection, _spec = open_connection(self.hosts_config.get(name), ask=self._ask_to_pin, launch=False)
+        connection.close()
+
+    def action_down(self) -> None:
+        name = self._host(up=False)
+        if name is None:
+            return
+        view = self.snapshot.host(name)
+        if view is None or not view.configured:
+            self.notify(
+                f"{name} is not in hosts.toml any more: `gpubox up {name} --stop`", severity="warning"
+            )
+            return
+        what = {
+            "local": "stops its services and the local sshd",
+            "ssh": "stops this project's services (the machine itself keeps running)",
+        }.get(view.provider, "stops its services and terminates the instance (billing stops)")
+        self.push_screen(
+            ConfirmScreen(
+                f"Take {name} down?",
+                f"`gpubox down {name}` ends the gpubox process holding it and {what}. "
+                "Runs still going there are killed with it where the host stops.",
+                yes="Down",
+            ),
+            lambda yes: self._down(name) if yes else None,
+        )
+
+    def _down(self, name: str) -> None:
+        if self._begin("down"):
+            self._down_worker(name)
+
+    @work(thread=True, name="down", group="action:down", exit_on_error=False)
+    def _down_worker(self, name: str) -> None:
+        from gpubox.actions import take_down
+
+        said: list[str] = []
+        try:
+            take_down(
+                self.hosts_config.get(name),
+                self.project,
+                say=said.append,
+                confirm=lambda text: self.ask_from_thread(f"Terminate {name}?", text, yes="Terminate"),
+                ask_to_pin=self._ask_to_pin,
+            )
+        except GpuboxError as exc:
+            self._say("down", f"down {name} failed", str(exc), "error", host=name)
+            return
+        self._say("down", f"{name} is down", "; ".join(said) or "nothing was holding it", host=name)
+
+    # -- actions: runs
+
+    def action_new_run(self) -> None:
+        name = self._host(up=True)
+        if name is None:
+            return
+        from gpubox.state import cached_runs, open_state
+
+        try:
+            with open_state() as state:
+                history = [row["command"] for row in cached_runs(state)]
+        except GpuboxError:
+            history = []
+        self.push_screen(
+            RunCommandScreen(name, history, self.project.run.command),
+            lambda command: self._start_run(name, command) if command else None,
+        )
+
+    def _start_run(self, name: str, command: str) -> None:
+        if self._begin("run"):
+            self.notify(f"syncing {name}, then starting: {command}", title="new run")
+            self._run_worker(name, command)
+
+    @work(thread=True, name="run", group="action:run", exit_on_error=False)
+    def _run_worker(self, name: str, command: str) -> None:
+        from gpubox.actions import launch_run
+
+        said: list[str] = []
+        try:
+            run = launch_run(self.hosts_config.get(name), self.project, [command], say=said.append)
+        except GpuboxError as exc:
+            self._say("run", "the run did not start", str(exc), "error", host=name)
+            return
+        self._say("run", f"started {run.id} on {name}", run.command, host=name, run_id=run.id)
+
+    def action_stop_run(self) -> None:
+        selected = self.model.selected
+        run = self.snapshot.run(*selected) if selected else None
+        if run is None:
+            self.notify("select a run first", severity="warning")
+            return
+        if run.finished:
+            self.notify(f"{run.id} already ended ({run.state})", severity="warning")
+            return
+        self.push_screen(
+            ConfirmScreen(
+                f"Stop {run.id} on {run.host}?",
+                f"{run.command}\nSIGTERM to its process group, SIGKILL 10 s later if it is still there.",
+                yes="Stop",
+            ),
+            lambda yes: self._stop_run(run.host, run.id) if yes else None,
+        )
+
+    def _stop_run(self, host: str, run_id: str) -> None:
+        if self._begin("stop"):
+            self._stop_worker(host, run_id)
+
+    @work(thread=True, name="stop", group="action:stop", exit_on_error=False)
+    def _stop_worker(self, host: str, run_id: str) -> None:
+        from gpubox.actions import stop_one_run
+
+        try:
+            run = stop_one_run(self.hosts_config.get(host), self.project, run_id)
+        except GpuboxError as exc:
+            self._say("stop", f"stopping {run_id} failed", str(exc), "error", host=host)
+            return
+        code = "" if run.exit_code is None else f" (exit {run.exit_code})"
+        self._say("stop", f"{run_id} {run.state}", f"{run.command}{code}", "warning", host=host)
+
+    # -- actions: sync, pull, services
+
+    def action_sync_now(self) -> None:
+        name = self._host(up=True)
+        if name is not None and self._begin("sync"):
+            self._sync_worker(name)
+
+    @work(thread=True, name="sync", group="action:sync", exit_on_error=False)
+    def _sync_worker(self, name: str) -> None:
+        from gpubox.actions import sync_now
+
+        try:
+            report = sync_now(self.hosts_config.get(name), self.project)
+        except GpuboxError as exc:
+            self._say("sync", f"sync {name} failed", str(exc), "error", host=name)
+            return
+        severity = "warning" if report.conflicts or report.errors else "information"
+        self._say("sync", f"synced {name}", report.summary(), severity, host=name)
+
+    def action_pull(self) -> None:
+        name = self._host(up=True)
+        if name is not None and self._begin("pull"):
+            self._pull_worker(name)
+
+    @work(thread=True, name="pull", group="action:pull", exit_on_error=False)
+    def _pull_worker(self, name: str) -> None:
+        from gpubox.actions import pull_outputs
+
+        try:
+            report = pull_outputs(self.hosts_config.get(name), self.project)
+        except GpuboxError as exc:
+            self._say("pull", f"pull {name} failed", str(exc), "error", host=name)
+            return
+        self._say(
+            "pull", f"pulled from {name}", report.summary(), "warning" if report.errors else "information"
+        )
+
+    def action_open_tensorboard(self) -> None:
+        self._open("tensorboard")
+
+    def action_open_jupyter(self) -> None:
+        self._open("jupyter")
+
+    def _open(self, service: str) -> None:
+        name = self._host(up=True)
+        if name is not None and self._begin(f"open {service}"):
+            self._open_worker(name, service)
+
+    @work(thread=True, name="open", group="action:open", exit_on_error=False)
+    def _open_worker(self, name: str, service: str) -> None:
+        from gpubox.actions import service_url
+        from gpubox.state import live_tunnels, open_state
+
+        try:
+            with open_state() as state:
+                rows = {row["service"]: row for row in live_tunnels(state, name)}
+            if service not in rows:
+                known = ", ".join(sorted(rows)) or "none"
+                raise GpuboxError(f"{service} is not tunnelled from {name} (tunnelled now: {known})")
+            url = service_url(self.hosts_config.get(name), self.project, rows[service], show_secret=True)
+            said = self.opener(url)
+        except GpuboxError as exc:
+            self._say(f"open {service}", f"cannot open {service}", str(exc), "error")
+            return
+        finally:
+            self._busy.discard(f"open {service}")
+        self._say(f"open {service}", service, said)
+
+    # -- screens
+
+    def action_logs(self) -> None:
+        if self.model.selected is None:
+            self.notify("select a run first", severity="warning")
+            return
+        self.push_screen(LogsScreen())
+
+    def action_find(self) -> None:
+        self.dashboard.action_find()
+
+    def action_cost(self) -> None:
+        self.push_screen(CostScreen(self.hosts_config))
+
+    def action_check(self) -> None:
+        name = self._host(up=False)
+        if name is None:
+            return
+        view = self.snapshot.host(name)
+        if view is not None and not view.is_up and view.provider != "local":
+            self.notify(f"{name} is down: u brings it up, then k checks it", severity="warning")
+            return
+        self.push_screen(CheckScreen(self.hosts_config, self.project, name))
+
+    def action_provision(self) -> None:
+        from gpubox.tui.screens.provision import ProvisionScreen
+
+        self.push_screen(ProvisionScreen(self.hosts_config, self.project))
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        self.exit()
+
+    def held_hosts(self) -> list[str]:
+        return [h.name for h in self.snapshot.hosts if h.is_up]

@@ -1,0 +1,1 @@
+"""The dashboard's screens: the main dashboard, provisioning, full-screen logs, cost, check, help, modals."""
