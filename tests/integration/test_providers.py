@@ -489,3 +489,34 @@ def test_orphans_are_found_across_pages_of_instances(rig: Rig) -> None:
     orphans = rig.json("hosts")["orphans"]
     assert {o["instance_id"] for o in orphans} == ids
     assert len(vast.requests_for("list_instances")) == 3  # 6 instances, 2 a page
+
+
+def test_lambda_capacity_and_quota_errors_say_what_to_do(tmp_path: Path, sshd: SshServer) -> None:
+    lambda_cloud = _fake("lambda", "127.0.0.1", 22)
+    try:
+        rig = _rig(tmp_path, {"lambda": lambda_cloud}, sshd)
+        up = ("up", "lambda-box", "--yes", "--no-tui", "--no-services")
+        # Capacity when listed, none at launch: Lambda's own error code, in words.
+        lambda_cloud.fail_next(
+            "launch",
+            400,
+            body={
+                "error": {
+                    "code": "instance-operations/launch/insufficient-capacity",
+                    "message": "Not enough capacity to fulfill launch request.",
+                }
+            },
+        )
+        line = assert_one_line_error(rig.gpubox(*up), 1)
+        assert "lambda has no capacity for gpu_1x_a100_sxm4 in " in line and "gpubox offers" in line
+        lambda_cloud.quota_exceeded = True
+        line = assert_one_line_error(rig.gpubox(*up), 1)
+        assert "lambda refused the launch: your account's quota is used up" in line
+        lambda_cloud.quota_exceeded = False
+        lambda_cloud.capacity_available = False
+        line = assert_one_line_error(rig.gpubox(*up), 1)
+        assert "lambda has no capacity for gpu_1x_a100_sxm4 in any region right now" in line
+        assert not lambda_cloud.instances
+        rig.assert_no_key_leaked()
+    finally:
+        lambda_cloud.stop()
