@@ -192,11 +192,12 @@ def _requirements(project: ProjectConfig) -> tuple[str, str] | None:
 
 
 def _host_for(hosts: HostsConfig, offer: Offer) -> str | None:
-    candidates = [h for h in hosts.hosts.values() if h.provider == offer.provider]
-    for host in candidates:
-        if OfferQuery.for_host(host).matches(offer):
+    """The configured host that `gpubox up` would rent this offer for (its provider, GPU, count, region and
+    price cap all fit), if any."""
+    for host in hosts.hosts.values():
+        if host.provider == offer.provider and OfferQuery.for_host(host).matches(offer):
             return host.name
-    return candidates[0].name if candidates else None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- launching

@@ -21,9 +21,12 @@ if TYPE_CHECKING:
 DEFAULT_IMAGE = "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"
 DEFAULT_DISK_GB = 32
 _SEARCH_LIMIT = 100
+_BROAD_LIMIT = 1000
 _MAX_PAGES = 40
-# vast names GPUs by model and form factor ("A100 PCIE", "A100 SXM4"); a model asked for alone means any form.
-_FORMS = ("", " PCIE", " SXM", " SXM4", " SXM5", " NVL", " 80GB", " 40GB")
+# vast names GPUs by family, model and form factor ("RTX 4090", "A100 PCIE", "A100 SXM4"); what people type
+# ("4090", "A100") means any of them.
+_FAMILIES = ("", "RTX ", "GTX ", "Tesla ", "Quadro ", "RTX A")
+_FORMS = ("", " PCIE", " SXM", " SXM4", " SXM5", " NVL", " 80GB", " 40GB", " Ti")
 
 _PHASES: dict[str, InstancePhase] = {
     "running": "running",
@@ -76,13 +79,21 @@ class VastApi:
             "type": "on-demand",
             "limit": _SEARCH_LIMIT,
         }
-        if query.gpu:
-            model = query.gpu.replace("_", " ").strip()
-            search["gpu_name"] = {"in": sorted({model + form for form in _FORMS} | {model.upper()})}
         if query.gpu_count is not None:
             search["num_gpus"] = {"eq": query.gpu_count}
         if query.max_price is not None:
             search["dph_total"] = {"lte": query.max_price}
+        if not query.gpu:
+            return self._search(search, query)
+        model = query.gpu.replace("_", " ").strip()
+        names = {family + model + form for family in _FAMILIES for form in _FORMS}
+        found = self._search(search | {"gpu_name": {"in": sorted(names | {model.upper()})}}, query)
+        if found:
+            return found
+        # A name none of the usual spellings reach: look wider and match here.
+        return self._search(search | {"limit": _BROAD_LIMIT}, query)
+
+    def _search(self, search: dict[str, Any], query: OfferQuery) -> list[Offer]:
         body = self.client.call("POST", "/api/v0/bundles/", json=search, what="searching offers")
         raw_offers = body.get("offers") if isinstance(body, dict) else None
         if not isinstance(raw_offers, list):
