@@ -161,6 +161,10 @@ def test_offers_from_every_provider_cheapest_first_with_verdicts(rig: Rig) -> No
 
 
 def test_offers_filters_by_gpu_price_provider_and_compatibility(rig: Rig) -> None:
+    typed = rig.json("offers", "--gpu", "4090")["offers"]  # as people type it; vast says "RTX 4090"
+    assert {(o["provider"], o["gpu"]) for o in typed} == {("vast", "RTX 4090"), ("runpod", "RTX 4090")}
+    assert {o["host"] for o in typed if o["gpu_count"] == 1} == {"vast-box", "runpod-box"}
+    assert {o["host"] for o in typed if o["gpu_count"] == 4} == {None}  # the hosts ask for one GPU
     a100 = rig.json("offers", "--gpu", "A100")["offers"]
     assert a100 and all("A100" in o["gpu"] for o in a100)
     assert {o["gpu"] for o in a100 if o["provider"] == "vast"} == {"A100 PCIE", "A100 SXM4"}
