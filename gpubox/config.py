@@ -304,10 +304,10 @@ def _string(value: Any) -> str:
 
 def _path_string(value: Any) -> str:
     """A file path: a control character in one (a newline) would break the files gpubox writes it into."""
-    value = _nonempty_string(value)
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    text = _nonempty_string(value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise _Invalid("expected a path without control characters (such as a newline)")
-    return value
+    return text
 
 
 def _nonempty_string(value: Any) -> str:
@@ -740,7 +740,8 @@ class _Reader:
 
 def _display_path(path: Path) -> str:
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        # The file's own name, even when it is a symlink (the folder may be one: cwd is always resolved).
+        return str((path.parent.resolve() / path.name).relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 

@@ -350,6 +350,17 @@ _STAGING_THREADS = 16
 def _stage_one(job: Tuple[str, int, int, int, bool], blob: bytes) -> None:
     """Write one file's bytes to its staging name, with its mtime and mode, durable before it is renamed."""
     temp, offset, size, mtime, executable = job
+    if offset < 0:
+        # Written piece by piece by `stage` requests (a file too large for one frame): only the mode, the
+        # mtime and durability are left to do.
+        fd = os.open(temp, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.fchmod(fd, 0o755 if executable else 0o644)
+            os.utime(fd, ns=(mtime, mtime))
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        return
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755 if executable else 0o644)
     try:
         view = memoryview(blob)[offset : offset + size]
@@ -508,6 +519,15 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
             _parts(op.get("p"))
             size = op.get("n")
             mtime = op.get("m")
+            if op.get("s") is not None:  # its bytes came before, in `stage` requests
+                temp = _staged_part(staging, op.get("s"))
+                if not isinstance(size, int) or os.path.getsize(temp) != size:
+                    raise RequestError("bad-request", "write %r has a bad size" % (op.get("p"),))
+                if not isinstance(mtime, int):
+                    raise RequestError("bad-request", "write %r has a bad mtime" % (op.get("p"),))
+                staged[index] = temp
+                jobs.append((temp, -1, size, mtime, bool(op.get("x"))))
+                continue
             if not isinstance(size, int) or size < 0 or offset + size > len(blob):
                 raise RequestError("bad-request", "write %r has a bad size" % (op.get("p"),))
             if not isinstance(mtime, int):
@@ -705,9 +725,66 @@ def op_prune_trash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], b
     return {"removed": removed}, b""
 
 
+_parts_staged = [0]
+
+
+def _staged_part(staging: str, name: Any) -> str:
+    """The path of a file this agent staged with `stage` requests; any other name is refused."""
+    if not isinstance(name, str) or not re.match(r"^%d-part-[0-9]+$" % os.getpid(), name):
+        raise RequestError("bad-request", "%r is not a file this agent staged" % (name,))
+    path = os.path.join(staging, name)
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise RequestError("bad-request", "%r is not a file this agent staged" % (name,))
+    return path
+
+
+def op_stage(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
+    """One piece of a file too large for one frame, written at its offset into a file in the staging folder;
+    the `apply` that finishes it names that file ("s") instead of carrying the bytes. Staged names start with
+    this agent's pid, so a sweep leaves them alone while it lives and removes them once it is gone."""
+    root = _root(args)
+    staging = os.path.join(root, STAGING)
+    name = args.get("name")
+    offset = args.get("offset")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise RequestError("bad-request", "offset must be a non-negative integer")
+    if name is None:
+        if offset:
+            raise RequestError("bad-request", "a staged file starts at offset 0")
+        os.makedirs(staging, exist_ok=True)
+        _parts_staged[0] += 1
+        name = "%d-part-%d" % (os.getpid(), _parts_staged[0])
+        path = os.path.join(staging, name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    else:
+        try:
+            path = _staged_part(staging, name)
+        except OSError:
+            raise RequestError("bad-request", "%r is not a file this agent staged" % (name,)) from None
+        flags = os.O_WRONLY
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            view = memoryview(blob)
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view = view[written:]
+                offset += written
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise RequestError(
+            "os-error", "staging on the host failed, nothing was changed: %s" % (exc.strerror or exc)
+        ) from None
+    return {"name": name}, b""
+
+
 BLOB_OPS: Dict[str, Callable[[Dict[str, Any], bytes], Tuple[Dict[str, Any], bytes]]] = {
     "manifest": op_manifest,
     "apply": op_apply,
+    "stage": op_stage,
     "read": op_read,
     "prune_trash": op_prune_trash,
 }

@@ -238,6 +238,10 @@ class AgentSession:
         if blob:
             message["blob"] = len(blob)
         body = json.dumps(message, separators=(",", ":")).encode()
+        if len(body) > MAX_FRAME or len(blob) > MAX_FRAME:
+            raise AgentError(
+                f"a {op} request of {len(body) + len(blob)} bytes is over the agent's frame limit"
+            )
         try:
             _send_all(self.channel, struct.pack(">I", len(body)) + body)
             if blob:
@@ -256,12 +260,16 @@ class AgentSession:
             raise AgentError(f"the agent on {self.host} sent something that is not JSON") from None
         reply_blob = b""
         size = response.get("blob", 0) if isinstance(response, dict) else 0
-        if isinstance(size, int) and 0 < size <= MAX_FRAME:
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FRAME:
+            raise AgentError(f"the agent on {self.host} announced a binary part of {size!r} bytes")
+        if size:
             reply_blob = self._read_exact(size)
         if not isinstance(response, dict) or response.get("id") not in (request_id, None):
             raise AgentError(f"the agent on {self.host} answered out of turn")
         if not response.get("ok"):
-            error = response.get("error") or {}
+            error = response.get("error")
+            if not isinstance(error, dict):
+                raise AgentError(f"the agent on {self.host} sent an error gpubox cannot read: {error!r:.80}")
             kind = error.get("kind", "error")
             if kind in ("protocol", "unknown-op", "bad-request", "internal"):
                 raise AgentError(f"agent on {self.host}: {error.get('message', kind)}")

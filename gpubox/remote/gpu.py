@@ -777,6 +777,9 @@ def parse_framework_spec(spec: str, rules: CompatRules | None = None) -> Framewo
     name = _FRAMEWORK_NAMES.get(_distribution(found.group("name"))) if found else None
     if found is None or name is None:
         raise UsageError(f"--framework {spec}: gpubox knows tensorflow and torch (e.g. tensorflow==2.21)")
+    if found.end() != len(spec.strip()) or not re.fullmatch(r"[\d\s.*=<>!~,]*", found.group("spec")):
+        # Read as a prefix, "tensorflow==2.21x" or "...==2.21; anything" would quietly mean 2.21.
+        raise UsageError(f"cannot read the version specifier {spec.strip()[found.start('spec') :]!r}")
     release = _newest_matching(name, found.group("spec"), rules)
     if release is None:
         raise UsageError(

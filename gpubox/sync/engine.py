@@ -25,11 +25,27 @@ from gpubox.sync.scan import Entry, ScanResult, scan_path, scan_tree
 if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
 
-__all__ = ["BatchProgress", "MassDeletionRefused", "SyncReport", "Syncer", "rules_for"]
+__all__ = ["BatchProgress", "MassDeletionRefused", "SyncReport", "Syncer", "decode_manifest", "rules_for"]
 
 BATCH_BYTES = 8 * 1024 * 1024
+PART_BYTES = 16 * 1024 * 1024
+"""A file larger than this goes in pieces of this size (no frame to the agent may exceed its MAX_FRAME)."""
 BATCH_OPS = 2000
 PIPELINE_DEPTH = 3
+
+
+def decode_manifest(blob: bytes, host: str) -> dict[str, Entry]:
+    """The agent's manifest (zlib-compressed JSON rows); anything else from the channel is an AgentError."""
+    from gpubox.errors import AgentError
+
+    try:
+        rows = json.loads(zlib.decompress(blob)) if blob else []
+        found = {row[0]: Entry.from_row(row[1:]) for row in rows}
+    except (zlib.error, ValueError, TypeError, KeyError, IndexError):
+        raise AgentError(f"the agent on {host} sent a file listing gpubox cannot read") from None
+    if not all(isinstance(path, str) for path in found):
+        raise AgentError(f"the agent on {host} sent a file listing gpubox cannot read")
+    return found
 
 
 def rules_for(project: ProjectConfig) -> IgnoreRules:
@@ -194,8 +210,7 @@ class Syncer:
         _result, blob = self.session.agent.request_with_blob(
             "manifest", {"root": self.remote_dir, "skip": skip}
         )
-        rows = json.loads(zlib.decompress(blob)) if blob else []
-        return {row[0]: Entry.from_row(row[1:]) for row in rows}
+        return decode_manifest(blob, self.session.agent.host)
 
     def prune_trash(self) -> int:
         """Remove trash batches older than trash_days on the host (done once per connection)."""
@@ -361,9 +376,11 @@ class Syncer:
         done_files = 0
         done_bytes = 0
         sent_batches: list[list[Op]] = []
+        large = [op for op in ops if op.kind == "w" and op.entry is not None and op.entry.size > PART_BYTES]
+        small = [op for op in ops if op not in large]
 
         def requests() -> Iterator[tuple[str, dict[str, Any], bytes]]:
-            for batch, wire, blob in self._batches(ops, report):
+            for batch, wire, blob in self._batches(small, report):
                 sent_batches.append(batch)
                 yield "apply", {"root": self.remote_dir, "trash": self.trash, "ops": wire}, blob
 
@@ -375,6 +392,59 @@ class Syncer:
             done_bytes += sum(op.entry.size for op in batch if op.kind == "w" and op.entry is not None)
             if progress is not None:
                 progress(BatchProgress(done_files, files_total, done_bytes, bytes_total))
+        for op in large:
+            sent = self._send_large(op, report)
+            if sent is not None:
+                upserts, removals = self._absorb([sent[0]], sent[1], report)
+                self._record(upserts, removals)
+            done_files += 1
+            done_bytes += op.entry.size if op.entry is not None else 0
+            if progress is not None:
+                progress(BatchProgress(done_files, files_total, done_bytes, bytes_total))
+
+    def _send_large(self, op: Op, report: SyncReport) -> tuple[Op, dict[str, Any]] | None:
+        """A file too large for one frame: its bytes go in pieces into a staging file on the host (never all in
+        memory at once), then one `apply` puts it in place with the same just-in-time checks as any write."""
+        agent = self.session.agent
+        try:
+            fd = os.open(os.path.join(self._root_text, op.path), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                report.unreadable.append((op.path, exc.strerror or str(exc)))
+            return None
+        name: str | None = None
+        size = 0
+        try:
+            before = os.fstat(fd)
+            while True:
+                piece = os.pread(fd, PART_BYTES, size)
+                if piece or name is None:
+                    answer = agent.request(
+                        "stage", {"root": self.remote_dir, "name": name, "offset": size}, piece
+                    )
+                    name = str(answer.get("name") or "")
+                    size += len(piece)
+                if len(piece) < PART_BYTES:
+                    break
+            after = os.fstat(fd)
+        except OSError as exc:
+            report.unreadable.append((op.path, exc.strerror or str(exc)))
+            return None
+        finally:
+            os.close(fd)
+        # As for small files: the mtime read after the bytes, so a write racing the read shows up as a change.
+        entry = Entry("f", size, min(before.st_mtime_ns, after.st_mtime_ns), bool(after.st_mode & 0o100))
+        item = {
+            "o": "w",
+            "p": op.path,
+            "e": op.expect.row() if op.expect else None,
+            "n": entry.size,
+            "m": entry.mtime_ns,
+            "x": entry.executable,
+            "s": name,
+        }
+        result = agent.request("apply", {"root": self.remote_dir, "trash": self.trash, "ops": [item]})
+        return Op(op.kind, op.path, entry, op.expect), result
 
     def _absorb(
         self, batch: list[Op], result: dict[str, Any], report: SyncReport

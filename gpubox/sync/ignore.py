@@ -57,7 +57,18 @@ BUILTIN_IGNORED_FILES = (
     "*___jb_old___",
 )
 BUILTIN_IGNORES = tuple(f"{name}/" for name in sorted(BUILTIN_IGNORED_DIRS)) + BUILTIN_IGNORED_FILES
-SECRET_PATTERNS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", "id_ecdsa*", ".netrc")
+SECRET_PATTERNS = (
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ed25519*",
+    "id_ecdsa*",
+    "id_xmss*",
+    ".netrc",
+)
 IGNORE_FILES = (".gitignore", ".gpuboxignore")
 
 

@@ -8,10 +8,8 @@ a newer local file. Files arrive through a temp name and a rename, with the host
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +17,10 @@ from pathlib import Path
 from gpubox.config import ProjectConfig
 from gpubox.errors import UsageError
 from gpubox.remote.session import HostSession
-from gpubox.sync.engine import BatchProgress
+from gpubox.sync.engine import BatchProgress, decode_manifest
 from gpubox.sync.scan import Entry
 
-__all__ = ["PullReport", "pull"]
+__all__ = ["PullReport", "normalise_paths", "pull"]
 
 CHUNK = 8 * 1024 * 1024
 
@@ -46,7 +44,8 @@ class PullReport:
         return text + f" in {self.seconds:.2f} s"
 
 
-def _normalise(paths: Iterable[str], root: Path) -> list[str]:
+def normalise_paths(paths: Iterable[str], root: Path) -> list[str]:
+    """The named paths relative to the project root; a path outside it is a usage error."""
     cleaned = []
     for raw in paths:
         candidate = Path(raw)
@@ -69,13 +68,16 @@ def pull(
     progress: Callable[[BatchProgress], None] | None = None,
 ) -> PullReport:
     started = time.monotonic()
-    wanted = _normalise(paths, project.root) or [o.strip("/") for o in project.sync.outputs]
+    wanted = normalise_paths(paths, project.root) or [o.strip("/") for o in project.sync.outputs]
     _result, blob = session.agent.request_with_blob("manifest", {"root": session.remote_dir, "only": wanted})
-    rows = json.loads(zlib.decompress(blob)) if blob else []
-    remote = {row[0]: Entry.from_row(row[1:]) for row in rows}
+    remote = decode_manifest(blob, session.agent.host)
     report = PullReport()
     todo: list[tuple[str, Entry]] = []
     for rel, entry in sorted(remote.items()):
+        refused = _refusal(project.root, rel)
+        if refused:
+            report.errors.append(refused)
+            continue
         local = project.root / rel
         if entry.kind == "d":
             _ensure_folder(local, report, rel)
@@ -104,6 +106,20 @@ def pull(
             progress(BatchProgress(index + 1, len(todo), done_bytes, total_bytes))
     report.seconds = time.monotonic() - started
     return report
+
+
+def _refusal(root: Path, rel: str) -> str | None:
+    """Why the host's path *rel* must not be written locally, or None: pull writes only inside the project,
+    never through a local symlink (a link to ~/.ssh there must not let the host write into ~/.ssh)."""
+    parts = rel.split("/")
+    if rel.startswith("/") or "\0" in rel or any(part in ("", ".", "..") for part in parts):
+        return f"{rel!r}: refusing a path from the host that is not inside the project"
+    folder = root
+    for part in parts[:-1]:
+        folder = folder / part
+        if folder.is_symlink():
+            return f"{rel}: refusing to write through the local symlink {folder.relative_to(root)}"
+    return None
 
 
 def _local_entry(path: Path) -> Entry | None:

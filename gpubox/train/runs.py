@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gpubox.errors import RemoteError, UsageError
+from gpubox.errors import AgentError, RemoteError, UsageError
 
 if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
@@ -71,19 +71,37 @@ class RunInfo:
         return max(0.0, end - self.started_at)
 
     @classmethod
-    def from_agent(cls, host: str, row: dict[str, Any]) -> RunInfo:
-        return cls(
-            id=str(row["id"]),
-            host=host,
-            command=str(row.get("command", "")),
-            state=str(row.get("state", "lost")),
-            started_at=row.get("started_at"),
-            ended_at=row.get("ended_at"),
-            exit_code=row.get("exit_code"),
-            log_bytes=int(row.get("log_bytes", 0)),
-            name=row.get("name"),
-            progress=row.get("progress") if isinstance(row.get("progress"), dict) else None,
-        )
+    def from_agent(cls, host: str, row: Any) -> RunInfo:
+        """A run as the agent describes it; a record that does not look like one is an AgentError."""
+
+        def number(value: Any) -> float | None:
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(value)
+            return float(value)
+
+        try:
+            if not isinstance(row, dict) or not RUN_ID.match(str(row["id"])):
+                raise ValueError(row)
+            exit_code = row.get("exit_code")
+            if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)):
+                raise ValueError(exit_code)
+            name = row.get("name")
+            return cls(
+                id=str(row["id"]),
+                host=host,
+                command=str(row.get("command", "")),
+                state=str(row.get("state", "lost")),
+                started_at=number(row.get("started_at")),
+                ended_at=number(row.get("ended_at")),
+                exit_code=exit_code,
+                log_bytes=int(row.get("log_bytes", 0)),
+                name=None if name is None else str(name),
+                progress=row.get("progress") if isinstance(row.get("progress"), dict) else None,
+            )
+        except (KeyError, TypeError, ValueError):
+            raise AgentError(f"the agent on {host} sent a run record gpubox cannot read") from None
 
 
 def check_run_id(run_id: str) -> str:
@@ -129,7 +147,10 @@ def start_run(
 
 def list_runs(session: HostSession, ids: Sequence[str] | None = None) -> list[RunInfo]:
     result = session.agent.request("run_list", {"ids": list(ids) if ids else None})
-    return [RunInfo.from_agent(session.host.name, row) for row in result.get("runs", [])]
+    rows = result.get("runs", [])
+    if not isinstance(rows, list):
+        raise AgentError(f"the agent on {session.host.name} sent a run list gpubox cannot read")
+    return [RunInfo.from_agent(session.host.name, row) for row in rows]
 
 
 def stop_run(session: HostSession, run_id: str, grace_seconds: float = 10.0) -> RunInfo:
@@ -168,13 +189,16 @@ def follow_log(
             on_gap(exc)
             time.sleep(poll_seconds)
             continue
-        info = RunInfo.from_agent(session.host.name, result["run"])
+        info = RunInfo.from_agent(session.host.name, result.get("run"))
+        size = result.get("size", offset)
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise AgentError(f"the agent on {session.host.name} sent a log size gpubox cannot read")
         if data:
             offset += len(data)
             delay = 0.01
             yield data, info
             continue
-        if not follow or (info.finished and offset >= int(result.get("size", offset))):
+        if not follow or (info.finished and offset >= size):
             yield b"", info
             return
         time.sleep(delay)
