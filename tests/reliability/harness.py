@@ -28,6 +28,7 @@ import json
 import os
 import pwd
 import random
+import re
 import shutil
 import signal
 import stat
@@ -695,6 +696,7 @@ def tree_digest(
 # Top-level names in the host user's home and /tmp that other work on this shared machine (test runners, pip,
 # other checkouts' namespace labs) may create at any time; gpubox's own are checked by name below.
 _HOME_CHURN = (".cache", ".local", ".config", ".python_history", ".bash_history", ".lesshst", ".wget-hsts")
+_TEMPFILE_NAME = re.compile(r"^tmp[a-z0-9_]{8}$")
 _TMP_CHURN_PREFIXES = ("pytest-of-", "tmp", "pip-", "gpubox-netns.lock", "gpubox-bench-", "systemd-", "ssh-")
 
 
@@ -769,7 +771,11 @@ class Invariants:
 
     def _outside_writes(self) -> list[str]:
         problems = []
-        new_home = self._listing(self.home) - self._home_before - {".gpubox", *_HOME_CHURN}
+        new_home = {
+            name
+            for name in self._listing(self.home) - self._home_before - {".gpubox", *_HOME_CHURN}
+            if not _TEMPFILE_NAME.match(name)  # other work's tempfile.mkdtemp(dir=~)
+        }
         if new_home:
             problems.append(f"written in the host's home outside ~/.gpubox: {sorted(new_home)}")
         allowed = ("agent-", "__pycache__", "envs", "runs", "services", "trash", "ssh")
