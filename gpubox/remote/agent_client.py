@@ -111,9 +111,16 @@ class AgentSession:
     def host(self) -> str:
         return self.connection.endpoint.display
 
+    @property
+    def boot_timeout(self) -> float:
+        """How long the agent may take to start and answer hello: twice the host's connect_timeout (30 s by
+        default), since starting Python on a loaded host takes a while, but never forever."""
+        connect_timeout = getattr(self.connection, "connect_timeout", BOOT_TIMEOUT / 2)
+        return max(3.0, 2.0 * float(connect_timeout))
+
     def start(self) -> AgentSession:
         channel = self.connection.exec(boot_command(self.python, self.prefer))
-        channel.settimeout(BOOT_TIMEOUT)
+        channel.settimeout(self.boot_timeout)
         self.channel = channel
         while True:
             line = self._read_line()
@@ -130,8 +137,9 @@ class AgentSession:
                 )
             else:
                 raise AgentError(f"the gpubox agent did not start on {self.host}: unexpected {line[:80]!r}")
-        channel.settimeout(None)
+        # An agent that started but never answers must not hang gpubox: hello is still under the boot timeout.
         self.hello = self.request("hello", {"client_protocol": PROTOCOL})
+        channel.settimeout(None)
         if self.hello.get("protocol") != PROTOCOL:
             raise AgentError(
                 f"the agent on {self.host} speaks protocol {self.hello.get('protocol')}, this gpubox {PROTOCOL}"
@@ -169,7 +177,8 @@ class AgentSession:
             chunk = self.channel.recv(1 << 20)
         except TimeoutError:
             raise AgentError(
-                f"the gpubox agent on {self.host} did not answer within {BOOT_TIMEOUT:g} s"
+                f"the gpubox agent on {self.host} did not answer within {self.boot_timeout:g} s "
+                "(twice connect_timeout)"
             ) from None
         except (OSError, paramiko.SSHException, EOFError):
             chunk = b""

@@ -136,6 +136,26 @@ def test_missing_python_is_a_clear_error(sshd: SshServer, tmp_path: Path) -> Non
     assert str(caught.value).startswith(f"python9.99 not found on {sshd.user}@127.0.0.1:{sshd.port}")
 
 
+def test_an_agent_that_starts_but_never_answers_does_not_hang_gpubox(sshd: SshServer, tmp_path: Path) -> None:
+    hanging = tmp_path / "python-hangs"
+    hanging.write_text("#!/bin/sh\necho 'GPUBOX-BOOT ok'\nexec sleep 600\n")
+    hanging.chmod(0o755)
+    endpoint = Endpoint(
+        alias="t",
+        hostname=sshd.host,
+        port=sshd.port,
+        user=sshd.user,
+        identity_files=(str(sshd.client_key),),
+        use_default_keys=False,
+    )
+    with Connection(
+        endpoint, accept_new=True, pin_file=tmp_path / "pins", connect_timeout=1.5
+    ).open() as connection:
+        with pytest.raises(AgentError) as caught:  # before the fix: blocked until pytest's own timeout
+            AgentSession(connection, python=str(hanging)).start()
+    assert "did not answer within 3 s (twice connect_timeout)" in str(caught.value)
+
+
 def test_unknown_request_is_refused_and_the_session_goes_on(sshd: SshServer, tmp_path: Path) -> None:
     with _connect(sshd, tmp_path) as connection:
         agent = AgentSession(connection).start()
