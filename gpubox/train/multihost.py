@@ -795,7 +795,14 @@ def follow_logs(
                 if follow and stopper is None:
                     status = status_of(run, [infos.get(p.host) for p in run.parts])
                     if status.state == "failed":
-                        alive = [p for p in run.parts if p.host not in ended]
+                        # The failed worker's own end may not have been read yet: it is never one "to stop".
+                        alive = [
+                            p
+                            for p in run.parts
+                            if p.host not in ended
+                            and p != status.failed
+                            and not ((known := infos.get(p.host)) is not None and known.finished)
+                        ]
                         if alive:
                             say(
                                 f"gpubox: {failure_line(status)}; stopping "
