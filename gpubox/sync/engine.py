@@ -148,6 +148,8 @@ class Syncer:
         self.max_delete_share = max_delete_share
         self.trash_days = trash_days
         self._lock_path = paths.state_dir() / "locks" / f"sync-{host_name}-{digest}.lock"
+        self._pending_path = self._lock_path.with_name(f"sync-{host_name}-{digest}.pending")
+        """What a pass has sent but not yet seen acknowledged; left behind only by an interrupted pass."""
         self._ancestor: dict[str, Entry] | None = None
         self._mutex = threading.Lock()
         self._pruned = False
@@ -195,6 +197,57 @@ class Syncer:
             state.forget_ancestor(self.host_name, self.project_key)
         self._ancestor = None
 
+    # -- writes sent but not acknowledged
+    #
+    # A pass killed (or cut off) after the host applied a batch but before its answer was recorded leaves files on
+    # the host that gpubox wrote but its ancestor does not know. Without a note of them, the next pass took them for
+    # the host's own work and set each one aside as a conflict copy as soon as the local file changed again. So every
+    # batch's entries are noted before it is sent, the note is removed when the pass ends, and a pass that finds a
+    # note compares with the host and adopts the host copies that are exactly what gpubox sent.
+
+    def _pending(self) -> dict[str, Entry]:
+        """The note: one JSON line of {path: row} per batch, later lines winning; a torn last line is skipped."""
+        found: dict[str, Entry] = {}
+        try:
+            lines = self._pending_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return found
+        for line in lines:
+            try:
+                found.update((str(path), Entry.from_row(row)) for path, row in json.loads(line).items())
+            except (ValueError, TypeError, AttributeError, IndexError):
+                continue
+        return found
+
+    def _note_pending(self, batch: dict[str, Entry]) -> None:
+        paths.ensure_private_dir(self._pending_path.parent)
+        with open(self._pending_path, "a") as handle:
+            handle.write(json.dumps({path: entry.row() for path, entry in batch.items()}) + "\n")
+
+    def _clear_pending(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._pending_path.unlink()
+
+    def _adopt_pending(
+        self, remote: dict[str, Entry], *, dry_run: bool
+    ) -> tuple[dict[str, Entry], dict[str, Entry]]:
+        """The ancestor, plus what an interrupted pass wrote that the host still holds exactly as sent (also
+        returned on its own)."""
+        ancestor = self.ancestor()
+        pending = self._pending()
+        adopted = {
+            path: entry
+            for path, entry in pending.items()
+            if entry.same(remote.get(path)) and not entry.same(ancestor.get(path))
+        }
+        if dry_run:
+            return {**ancestor, **adopted}, adopted
+        if adopted:
+            self._record(adopted, [])
+        if pending:
+            self._clear_pending()
+        return self.ancestor(), adopted
+
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
         """One sync at a time per host and project, across threads and gpubox processes."""
@@ -241,11 +294,20 @@ class Syncer:
             ancestor = self.ancestor()
             if verify is None:
                 verify = not ancestor
-            remote = self.remote_manifest() if verify else None
+            interrupted = self._pending_path.exists()
+            remote = self.remote_manifest() if verify or interrupted else None
+            adopted: dict[str, Entry] = {}
+            if interrupted and remote is not None:
+                ancestor, adopted = self._adopt_pending(remote, dry_run=dry_run)
             plan = plan_changes(
                 scanned.entries, ancestor, remote, still_local=self._still_local(scanned, ancestor)
             )
-            return self._execute(plan, scanned, dry_run, allow_mass_delete, progress, started)
+            report = self._execute(plan, scanned, dry_run, allow_mass_delete, progress, started)
+            # What the interrupted pass got there and local still holds: already there, like plan.in_sync.
+            report.in_sync += sum(
+                1 for path, entry in adopted.items() if entry.same(scanned.entries.get(path))
+            )
+            return report
 
     def paths(
         self,
@@ -255,6 +317,8 @@ class Syncer:
         progress: Callable[[BatchProgress], None] | None = None,
     ) -> SyncReport:
         """Re-stat just *changed* (and what lies under them) and send what differs from the ancestor."""
+        if self._pending_path.exists():  # an earlier pass was cut off: compare everything with the host first
+            return self.full(verify=True, allow_mass_delete=allow_mass_delete, progress=progress)
         with self._exclusive():
             started = time.monotonic()
             ancestor = self.ancestor()
@@ -379,9 +443,13 @@ class Syncer:
         large = [op for op in ops if op.kind == "w" and op.entry is not None and op.entry.size > PART_BYTES]
         small = [op for op in ops if op not in large]
 
+        def note(batch: list[Op]) -> None:
+            self._note_pending({op.path: op.entry for op in batch if op.entry is not None})
+
         def requests() -> Iterator[tuple[str, dict[str, Any], bytes]]:
             for batch, wire, blob in self._batches(small, report):
                 sent_batches.append(batch)
+                note(batch)
                 yield "apply", {"root": self.remote_dir, "trash": self.trash, "ops": wire}, blob
 
         for index, (result, _blob) in enumerate(self.session.agent.pipeline(requests(), PIPELINE_DEPTH)):
@@ -393,7 +461,7 @@ class Syncer:
             if progress is not None:
                 progress(BatchProgress(done_files, files_total, done_bytes, bytes_total))
         for op in large:
-            sent = self._send_large(op, report)
+            sent = self._send_large(op, report, note)
             if sent is not None:
                 upserts, removals = self._absorb([sent[0]], sent[1], report)
                 self._record(upserts, removals)
@@ -401,8 +469,11 @@ class Syncer:
             done_bytes += op.entry.size if op.entry is not None else 0
             if progress is not None:
                 progress(BatchProgress(done_files, files_total, done_bytes, bytes_total))
+        self._clear_pending()
 
-    def _send_large(self, op: Op, report: SyncReport) -> tuple[Op, dict[str, Any]] | None:
+    def _send_large(
+        self, op: Op, report: SyncReport, note: Callable[[list[Op]], None] = lambda batch: None
+    ) -> tuple[Op, dict[str, Any]] | None:
         """A file too large for one frame: its bytes go in pieces into a staging file on the host (never all in
         memory at once), then one `apply` puts it in place with the same just-in-time checks as any write."""
         agent = self.session.agent
@@ -443,8 +514,10 @@ class Syncer:
             "x": entry.executable,
             "s": name,
         }
+        sent = Op(op.kind, op.path, entry, op.expect)
+        note([sent])
         result = agent.request("apply", {"root": self.remote_dir, "trash": self.trash, "ops": [item]})
-        return Op(op.kind, op.path, entry, op.expect), result
+        return sent, result
 
     def _absorb(
         self, batch: list[Op], result: dict[str, Any], report: SyncReport

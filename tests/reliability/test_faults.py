@@ -214,6 +214,32 @@ def test_a_one_shot_sync_cut_by_sshd_dying_fails_cleanly_and_the_next_one_conver
     _assert_kept(invariants)
 
 
+def test_a_sync_sigkilled_mid_pipeline_then_edited_leaves_no_conflict_copies(
+    lab: NetnsHost, tmp_path: Path, counters: Counters
+) -> None:
+    """Regression: files the host applied from a batch whose answer the killed gpubox never recorded were taken
+    for the host's own work; edited locally and synced again, each was set aside as NAME.gpubox-conflict-* (420
+    stray copies of gpubox's own writes in the first run of this test)."""
+    ws = Workspace(lab, tmp_path)
+    seed_tree(ws.project, 3000, size=20_000)
+    invariants = Invariants(ws, counters)
+    sync = ws.spawn("sync")
+    landed = lambda: ws.remote.exists() and sum(1 for _ in ws.remote.rglob("*.py")) > 100  # noqa: E731
+    assert wait_until(landed, timeout=60, interval=0.001)
+    sync.kill()
+    sync.wait()
+    counters.faults["gpubox_sigkill"] += 1
+    time.sleep(0.5)  # the agent finishes what it had already read
+    on_host = [path.relative_to(ws.remote) for path in ws.remote.rglob("*.py")]
+    for rel in on_host:
+        (ws.project / rel).write_text(f"edited after the kill: {rel}\n")
+    again = ws.gpubox("sync")
+    assert again.returncode == 0, again.stderr
+    assert "conflict" not in again.stdout, again.stdout[:2000]
+    assert not list(ws.remote.rglob("*.gpubox-conflict-*"))
+    _assert_kept(invariants)
+
+
 def test_gpubox_sigkilled_mid_batch_then_started_again(
     lab: NetnsHost, tmp_path: Path, counters: Counters
 ) -> None:
