@@ -205,10 +205,12 @@ def start_supervisor(
     timeout: float = 60.0,
     on_line: Say | None = None,
     should_stop: Callable[[], bool] | None = None,
+    cwd: Path | None = None,
 ) -> Supervised:
     """Start the `gpubox up` process that holds *host* from the background (its own session, log in the state
     folder) and return once it has claimed the host. *on_line* hears each line it logs meanwhile (connect,
-    sync, env, services), so a caller can show the progress; *timeout* counts from its last line."""
+    sync, env, services), so a caller can show the progress; *timeout* counts from its last line. It runs in
+    *cwd*, the project folder (default: this process's)."""
     import subprocess
 
     from gpubox import paths
@@ -226,7 +228,13 @@ def start_supervisor(
     with open(log_path, "ab") as log:
         start = log.tell()
         child = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+            command,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
         )
     deadline = time.monotonic() + timeout
     seen = start

@@ -597,7 +597,12 @@ class HostPoller:
                 self.session = self._connect()
             except Exception as exc:  # any failure to connect is "unreachable", never a crash
                 return self._lost(now, exc)
-        args: dict[str, Any] = {"gpu": self.gpu, "recent": request.recent}
+        args: dict[str, Any] = {
+            "gpu": self.gpu,
+            "recent": request.recent,
+            # Finished runs of this project only; running ones of any (they all use the host).
+            "project": self.host.remote_project_dir(self.project_name),
+        }
         if request.run is not None:
             args.update(
                 run=request.run,
@@ -735,6 +740,8 @@ class Dashboard:
         self.selected: tuple[str, str] | None = None
         self.selection = 0
         """Counts selection changes, so an answer to a poll asked for before the last one is told apart."""
+        self.selected_missing = False
+        """The selected run's host answered (since it was selected) without listing it: it is gone."""
         self._log = _Log()
         self._scalars: dict[str, list[tuple[float, float]]] = {}
         self._events: list[Event] = []
@@ -861,6 +868,8 @@ class Dashboard:
             ):
                 self._events.append(_run_event(run))
         current = selection is None or selection == self.selection
+        if current and self.selected is not None and self.selected[0] == sample.host:
+            self.selected_missing = not any(run.id == self.selected[1] for run in sample.runs)
         if current and self.selected == (sample.host, sample.run):
             self._log.feed(sample.log_offset, sample.log, sample.log_size)
             for tag, (start, points) in sample.scalars.items():
@@ -875,6 +884,7 @@ class Dashboard:
             return False
         self.selected = wanted
         self.selection += 1
+        self.selected_missing = False
         self._log = _Log()
         self._scalars = {}
         return True

@@ -1705,8 +1705,9 @@ def _run_scalars(spec: Dict[str, Any], have: Dict[str, Any], limit: int) -> Dict
     return found
 
 
-def _dash_runs(recent: int) -> List[Dict[str, Any]]:
-    """The rows of runs still going and of the *recent* latest finished ones, oldest first."""
+def _dash_runs(recent: int, project: Optional[str]) -> List[Dict[str, Any]]:
+    """The rows of every run still going (any project's: they all use the host) and of the *recent* latest
+    finished ones (of *project*, the run's folder on the host, when given), oldest first."""
     runs = _runs_dir()
     try:
         names = [n for n in os.listdir(runs) if n.startswith("r-") and n[2:].isdigit()]
@@ -1715,8 +1716,21 @@ def _dash_runs(recent: int) -> List[Dict[str, Any]]:
     names.sort(key=lambda n: int(n[2:]))
     finished = [n for n in names if os.path.exists(os.path.join(runs, n, "exit_code"))]
     done = set(finished)
-    keep = set(finished[-recent:] if recent > 0 else [])
-    keep.update(n for n in names if n not in done)
+    keep = set(n for n in names if n not in done)
+    wanted = os.path.abspath(os.path.expanduser(project)) if project else None
+    found = 0
+    for name in reversed(finished):
+        if found >= recent:
+            break
+        if wanted is not None:
+            try:
+                with open(os.path.join(runs, name, "spec.json")) as handle:
+                    if json.load(handle).get("cwd") != wanted:
+                        continue
+            except (OSError, ValueError):
+                continue
+        keep.add(name)
+        found += 1
     return [_run_row(os.path.join(runs, n)) for n in names if n in keep]
 
 
@@ -1725,12 +1739,15 @@ def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     blob)."""
     _reap_waiters()
     recent = args.get("recent", 10)
+    project = args.get("project")
     if not isinstance(recent, int) or recent < 0:
         raise RequestError("bad-request", "recent must be a non-negative integer")
+    if project is not None and not isinstance(project, str):
+        raise RequestError("bad-request", "project must be a folder")
     result: Dict[str, Any] = {
         "time": time.time(),
         "nvidia_smi": _nvidia_smi(DASH_QUERY, IDLE_SMI_TIMEOUT) if args.get("gpu", True) else None,
-        "runs": _dash_runs(recent),
+        "runs": _dash_runs(recent, project),
         "run": None,
     }
     data = b""

@@ -13,11 +13,13 @@ import sys
 import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from textual import on, work
 from textual.app import App
 from textual.binding import BindingType
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -41,6 +43,8 @@ from gpubox.tui.screens.modals import ConfirmScreen, HostPickerScreen, ProgressS
 __all__ = ["GpuboxApp", "open_in_browser"]
 
 T = TypeVar("T")
+UP_QUIET_SECONDS = 900.0
+"""How long bringing a host up may go without a line of progress before the dashboard gives up waiting."""
 Opener = Callable[[str], str]
 
 
@@ -94,7 +98,7 @@ class GpuboxApp(App[None]):
     """The dashboard. ``live=False`` shows the model's snapshots without reading or polling anything (tests,
     benchmarks); ``opener`` opens service URLs (default: the browser)."""
 
-    CSS_PATH = "gpubox.tcss"
+    CSS_PATH = Path(__file__).with_name("gpubox.tcss")
     TITLE = "gpubox"
     COMMANDS = App.COMMANDS | {ActionsProvider}
     BINDINGS: ClassVar[list[BindingType]] = bindings()
@@ -131,7 +135,21 @@ class GpuboxApp(App[None]):
         self._worker_errors: set[str] = set()
         self.said: list[ActionDone] = []
         """Every action result shown, newest last (what the notifications said)."""
+        self.progress_lines: list[str] = []
+        """Every line of progress shown by long actions (bringing a host up, renting one)."""
         self.selected_host: str | None = focus_host
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """A notification; plain text unless *markup* (commands, paths and errors hold brackets)."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     # -- set-up
 
@@ -235,7 +253,7 @@ class GpuboxApp(App[None]):
             name = group.split(":", 1)[1]
             self._polling.discard(name)
             if name in self.pollers and state != WorkerState.CANCELLED:
-                delay = 10.0 if failed else 0.0 if name in self._poll_soon else self.refresh_seconds
+                delay = 10.0 if failed else 0.01 if name in self._poll_soon else self.refresh_seconds
                 self._poll_timers[name] = self.set_timer(delay, partial(self._start_poll, name))
         elif group.startswith("action:"):
             self._busy.discard(group.split(":", 1)[1])
@@ -270,19 +288,25 @@ class GpuboxApp(App[None]):
             self.focus_host = None
 
     def _auto_select(self, snapshot: DashboardSnapshot) -> bool:
-        """Follow the newest active run (else the newest) when no run is selected or the selected one is gone."""
+        """Follow the newest active run (else the newest) when none is selected, or when the selected one is
+        gone: its host answered without it, or is no longer up. A run just started is kept selected until its
+        host has answered once."""
         selected = self.model.selected
-        if selected is not None and snapshot.run(*selected) is not None:
-            return False
+        if selected is not None:
+            host = snapshot.host(selected[0])
+            if not self.model.selected_missing and host is not None and host.is_up:
+                return False
+            if not self.model.selected_missing and not self.live:
+                return False
         if not snapshot.runs:
-            if selected is not None and not any(h.is_up for h in snapshot.hosts if h.name == selected[0]):
+            if selected is not None:
                 self.model.select_run(None, None)
                 return True
             return False
-        if selected is not None and any(h.name == selected[0] and h.state != "up" for h in snapshot.hosts):
-            return False  # its host is not answering right now: keep following it
         active = [r for r in snapshot.runs if not r.finished]
         choice = max(active or snapshot.runs, key=lambda r: r.started_at or 0.0)
+        if selected == (choice.host, choice.id):
+            return False
         self.select_run(choice.host, choice.id)
         return True
 
@@ -353,6 +377,7 @@ class GpuboxApp(App[None]):
 
     @on(ProgressLine)
     def _progress_line(self, message: ProgressLine) -> None:
+        self.progress_lines.append(message.text)
         screen = next((s for s in reversed(self.screen_stack) if isinstance(s, ProgressScreen)), None)
         if screen is not None:
             screen.add(message.text, done=message.done, failed=message.failed)
@@ -417,7 +442,14 @@ class GpuboxApp(App[None]):
             if host.provider != "local":
                 self._pin_host_key(name)
             line(f"starting the gpubox process that holds {name} (connect, sync, env, services)…")
-            held = start_supervisor(host, on_line=line, should_stop=lambda: worker.is_cancelled)
+            # Building the env (TensorFlow) prints nothing for a while: be patient, the user can look away.
+            held = start_supervisor(
+                host,
+                on_line=line,
+                should_stop=lambda: worker.is_cancelled,
+                cwd=self.project.root,
+                timeout=UP_QUIET_SECONDS,
+            )
         except GpuboxError as exc:
             self.post_message(ProgressLine(f"✗ {exc}", done=True, failed=True))
             self._say("up", f"{name} did not come up", str(exc), "error")

@@ -64,7 +64,7 @@ class ActionsProvider(Provider):
 
     async def discover(self) -> Hits:
         for spec in ACTIONS:
-            yield DiscoveryHit(spec.label, self._command(spec), help=f"{spec.help}  [{spec.key_display}]")
+            yield DiscoveryHit(spec.label, self._command(spec), help=f"{spec.help} · key {spec.key_display}")
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
@@ -76,5 +76,5 @@ class ActionsProvider(Provider):
                     score,
                     matcher.highlight(spec.label),
                     self._command(spec),
-                    help=f"{spec.help}  [{spec.key_display}]",
+                    help=f"{spec.help} · key {spec.key_display}",
                 )

@@ -47,7 +47,12 @@ def _run(home: Path, number: int, *, finished: bool, log: bytes = b"", tb_dir: P
     folder = home / ".gpubox" / "runs" / f"r-{number}"
     folder.mkdir(parents=True)
     env = {"GPUBOX_TB_DIR": str(tb_dir)} if tb_dir else {}
-    spec = {"shell": f"python train.py --seed {number}", "cwd": str(home), "env": env, "started_at": time.time()}
+    spec = {
+        "shell": f"python train.py --seed {number}",
+        "cwd": str(home),
+        "env": env,
+        "started_at": time.time(),
+    }
     if not finished:
         spec["waiter"] = os.getpid()  # a live process: the run counts as running
     (folder / "spec.json").write_text(json.dumps(spec))
@@ -72,6 +77,17 @@ def test_runs_are_the_active_ones_and_the_latest_finished(isolated_home: Path) -
     ids = [row["id"] for row in result["runs"]]  # type: ignore[index]
     assert ids == ["r-2", "r-9", "r-13", "r-14", "r-15"]
     assert result["nvidia_smi"] is None and result["run"] is None and blob == b""
+
+
+def test_finished_runs_of_other_projects_are_left_out_running_ones_are_not(isolated_home: Path) -> None:
+    mine, theirs = isolated_home / "mine", isolated_home / "theirs"
+    for number in range(1, 9):
+        folder = _run(isolated_home, number, finished=number != 5)
+        spec = json.loads((folder / "spec.json").read_text())
+        spec["cwd"] = str(mine if number in (2, 3) else theirs)
+        (folder / "spec.json").write_text(json.dumps(spec))
+    result, _ = _dash({"gpu": False, "recent": 10, "project": str(mine)})
+    assert [row["id"] for row in result["runs"]] == ["r-2", "r-3", "r-5"]  # type: ignore[index]
 
 
 def test_the_selected_run_sends_its_log_tail_then_only_what_is_new(isolated_home: Path) -> None:
@@ -105,11 +121,15 @@ def test_scalars_come_once_each_and_grow_as_training_writes(isolated_home: Path,
     record = _event(2, "epoch_loss", 0.5)
     with open(train, "ab") as handle:
         handle.write(record[:10])
-    result, _ = _dash({"gpu": False, "run": "r-1", "scalars": {"train/epoch_loss": 2, "validation/epoch_loss": 1}})
+    result, _ = _dash(
+        {"gpu": False, "run": "r-1", "scalars": {"train/epoch_loss": 2, "validation/epoch_loss": 1}}
+    )
     assert result["run"]["scalars"]["train/epoch_loss"] == {"from": 2, "points": []}  # type: ignore[index]
     with open(train, "ab") as handle:
         handle.write(record[10:])
-    result, _ = _dash({"gpu": False, "run": "r-1", "scalars": {"train/epoch_loss": 2, "validation/epoch_loss": 1}})
+    result, _ = _dash(
+        {"gpu": False, "run": "r-1", "scalars": {"train/epoch_loss": 2, "validation/epoch_loss": 1}}
+    )
     assert result["run"]["scalars"]["train/epoch_loss"] == {"from": 2, "points": [[2, 0.5]]}  # type: ignore[index]
     # A client that claims more than there is gets the series again from the start.
     result, _ = _dash({"gpu": False, "run": "r-1", "scalars": {"validation/epoch_loss": 7}})
@@ -129,7 +149,9 @@ def test_bad_arguments_are_refused(isolated_home: Path) -> None:
 PYTHON_38 = Path("/root/.pyenv/versions/3.8.18/bin/python3")
 
 
-@pytest.mark.skipif(not os.access(PYTHON_38, os.X_OK), reason="no Python 3.8 here (pyenv) to run the agent with")
+@pytest.mark.skipif(
+    not os.access(PYTHON_38, os.X_OK), reason="no Python 3.8 here (pyenv) to run the agent with"
+)
 def test_the_op_runs_on_python_3_8(isolated_home: Path, tmp_path: Path) -> None:
     tb = tmp_path / "tb"
     (tb / "train").mkdir(parents=True)
