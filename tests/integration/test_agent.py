@@ -34,7 +34,7 @@ PYTHON_38 = PYENV / "3.8.18" / "bin" / "python3"
 PYTHON_36 = PYENV / "3.6.15" / "bin" / "python3"
 
 
-def _connect(server: SshServer, tmp_path: Path) -> Connection:
+def _connect(server: SshServer, tmp_path: Path, connect_timeout: float = 15.0) -> Connection:
     endpoint = Endpoint(
         alias="t",
         hostname=server.host,
@@ -43,7 +43,9 @@ def _connect(server: SshServer, tmp_path: Path) -> Connection:
         identity_files=(str(server.client_key),),
         use_default_keys=False,
     )
-    return Connection(endpoint, accept_new=True, pin_file=tmp_path / "pins").open()
+    return Connection(
+        endpoint, accept_new=True, pin_file=tmp_path / "pins", connect_timeout=connect_timeout
+    ).open()
 
 
 def test_agent_is_uploaded_once_then_reused(sshd: SshServer, tmp_path: Path) -> None:
@@ -140,19 +142,9 @@ def test_an_agent_that_starts_but_never_answers_does_not_hang_gpubox(sshd: SshSe
     hanging = tmp_path / "python-hangs"
     hanging.write_text("#!/bin/sh\necho 'GPUBOX-BOOT ok'\nexec sleep 600\n")
     hanging.chmod(0o755)
-    endpoint = Endpoint(
-        alias="t",
-        hostname=sshd.host,
-        port=sshd.port,
-        user=sshd.user,
-        identity_files=(str(sshd.client_key),),
-        use_default_keys=False,
-    )
-    with Connection(
-        endpoint, accept_new=True, pin_file=tmp_path / "pins", connect_timeout=1.5
-    ).open() as connection:
-        with pytest.raises(AgentError) as caught:  # before the fix: blocked until pytest's own timeout
-            AgentSession(connection, python=str(hanging)).start()
+    # Before the fix this blocked until pytest's own timeout.
+    with _connect(sshd, tmp_path, connect_timeout=1.5) as connection, pytest.raises(AgentError) as caught:
+        AgentSession(connection, python=str(hanging)).start()
     assert "did not answer within 3 s (twice connect_timeout)" in str(caught.value)
 
 

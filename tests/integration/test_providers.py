@@ -429,7 +429,7 @@ def test_an_idle_rented_host_is_terminated_by_autostop_after_its_outputs_come_ho
     toml.write_text(
         toml.read_text().replace("[hosts.vast-box]\n", "[hosts.vast-box]\nautostop_minutes = 0.05\n")
     )
-    made = rig.gpubox(
+    write_output = (
         "run",
         "--host",
         "vast-box",
@@ -439,26 +439,20 @@ def test_an_idle_rented_host_is_terminated_by_autostop_after_its_outputs_come_ho
         "-c",
         "mkdir -p outputs && echo 42 > outputs/answer.txt",
     )
+    made = rig.gpubox(*write_output)
     # `run` on a host with no instance says how to rent one, and rents nothing.
     assert_one_line_error(made, 2)
     assert "`gpubox up vast-box` rents one" in made.stderr and not vast.instances
     up = rig.gpubox("up", "vast-box", "--yes", "--no-tui", "--detach", "--no-services", "--accept-new")
     assert up.returncode == 0, up.stdout + up.stderr
-    made = rig.gpubox(
-        "run",
-        "--host",
-        "vast-box",
-        "-f",
-        "--",
-        "sh",
-        "-c",
-        "mkdir -p outputs && echo 42 > outputs/answer.txt",
-    )
+    made = rig.gpubox(*write_output)
     assert made.returncode == 0, made.stdout + made.stderr
     deadline = time.monotonic() + 60
     while vast.instances and time.monotonic() < deadline:
         time.sleep(0.25)
-    assert not vast.instances, "autostop did not terminate the idle instance"
+    if vast.instances:
+        row = next(h for h in rig.json("status")["hosts"] if h["name"] == "vast-box")
+        raise AssertionError(f"autostop did not terminate the idle instance: {row['autostop']}")
     assert (rig.project / "outputs" / "answer.txt").read_text() == "42\n"
     log = (rig.state_dir() / "state" / "logs" / "up-vast-box.log").read_text()
     assert "pulled outputs" in log and "terminated vast instance" in log
