@@ -70,7 +70,7 @@ class ProvisionScreen(Screen[None]):
             ("gpu", "GPU", 22),
             ("count", "N", 3),
             ("memory", "GPU mem", 8),
-            ("region", "Region", 14),
+            ("region", "Region", 16),
             ("price", "$/h", 8),
             ("verdict", "Verdict", 8),
             ("host", "Launches as", 14),
@@ -179,7 +179,9 @@ class ProvisionScreen(Screen[None]):
             text.append(f"enter rents it as {rated.host} (asks first, with the price)", style="dim")
         else:
             text.append(
-                f'no host in hosts.toml has provider = "{offer.provider}": add one to rent this', style="dim"
+                f"no host in hosts.toml would rent this one: add one with provider = "
+                f'"{offer.provider}" and gpu = "{offer.gpu}" (and its count, region, price cap)',
+                style="dim",
             )
         self.query_one("#offer-detail", Static).update(text)
 
@@ -190,7 +192,8 @@ class ProvisionScreen(Screen[None]):
             return
         if rated.host is None:
             self.notify(
-                f'add a host with provider = "{rated.offer.provider}" to hosts.toml to rent this offer',
+                f'no host in hosts.toml would rent this offer: add one with provider = "{rated.offer.provider}" '
+                f'and gpu = "{rated.offer.gpu}"',
                 severity="warning",
             )
             return
