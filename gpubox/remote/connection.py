@@ -468,6 +468,11 @@ class Connection:
         for conn in reversed(self._chain):
             with contextlib.suppress(Exception):
                 conn.close()
+            # fabric closes only a connection whose connect() succeeded: a handshake that failed part-way (a
+            # changed host key, refused keys, a garbled banner) left paramiko's transport and its socket open, one
+            # more unauthenticated connection on the host's sshd per retry until MaxStartups shut everyone out.
+            with contextlib.suppress(Exception):
+                conn.client.close()
         self._chain = []
 
     def reconnect(self, backoff: Backoff = Backoff(), **kwargs: Any) -> Connection:

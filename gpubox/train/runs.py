@@ -16,7 +16,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gpubox.errors import AgentError, RemoteError, UsageError
+from gpubox.errors import (
+    AgentError,
+    AuthenticationFailed,
+    HostKeyChanged,
+    HostKeyUnknown,
+    RemoteError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
@@ -181,8 +188,8 @@ def follow_log(
             result, data = session.agent.request_with_blob(
                 "run_log", {"id": run_id, "offset": offset, "max": 1 << 20}
             )
-        except RemoteError:
-            raise
+        except (RemoteError, HostKeyChanged, HostKeyUnknown, AuthenticationFailed):
+            raise  # waiting mends none of these: a changed host key above all is refused at once, always
         except Exception as exc:  # the link dropped: wait for it to come back, keep the offset
             if not follow or on_gap is None:
                 raise

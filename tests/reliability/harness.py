@@ -373,6 +373,7 @@ class Follower:
         self.files: list[Path] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.killed = False
+        self.closed = False
 
     def start(self) -> Follower:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -390,8 +391,13 @@ class Follower:
             self.killed = True
 
     def restart_if_killed(self) -> None:
-        if self.killed:
+        if self.killed and not self.closed:
             self.start()
+
+    def close(self) -> None:
+        """Kill it for good: a schedule still unwinding must not start it again (it would outlive the run)."""
+        self.closed = True
+        self.kill()
 
     def wait(self, timeout: float) -> int | None:
         if self.proc is None:
@@ -1008,11 +1014,13 @@ def run_schedule(
     except Exception as exc:
         problems.append(f"{type(exc).__name__}: {exc}")
     finally:
+        if follower is not None:
+            follower.closed = True
         schedule.stop()
         with contextlib.suppress(Exception):
             schedule.join(60)
         if follower is not None:
-            follower.kill()
+            follower.close()
         with contextlib.suppress(Exception):
             ws.stop_up()
         if ws.pid is not None:

@@ -262,6 +262,53 @@ def test_gpubox_sigkilled_mid_batch_then_started_again(
     ws.stop_up()
 
 
+def test_logs_follow_stops_at_once_on_a_changed_host_key_and_leaks_no_connection(
+    lab: NetnsHost, tmp_path: Path, counters: Counters
+) -> None:
+    """Regression, found by the campaign: a `logs -f` whose host came back with another key retried every 0.2 s
+    for ever, and every failed handshake left its TCP connection open (fabric closes only connections whose
+    connect() succeeded), until the host's sshd hit MaxStartups and refused everyone else as well."""
+    ws = Workspace(lab, tmp_path)
+    (ws.project / "job.py").write_text("print('started')\n")
+    ws.gpubox("sync", check=True)
+    run_id = ws.start_run("sleep", "20")
+    lab.server.stop()  # the host is rebuilt: same address, new host key
+    for name in ("host_ed25519", "host_ed25519.pub"):
+        (lab.server.files.folder / name).unlink()
+    from gpubox.remote.sshd import prepare_sshd_files
+
+    prepare_sshd_files(lab.server.files.folder, listen=lab.ip, user=lab.server.user)
+    lab.server.start()
+    counters.faults["sshd_kill_restart"] += 1
+    follower = ws.spawn("logs", run_id, "-f")
+    try:
+        _out, err = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    lines = err.decode().splitlines()
+    assert follower.returncode == 3, err
+    assert len(lines) == 1 and lines[0].startswith(f"gpubox: HOST KEY CHANGED for {lab.ip}: "), err
+    # And in one process, handshake after failed handshake: no socket stays open.
+    from gpubox.config import HostConfig
+    from gpubox.errors import HostKeyChanged
+    from gpubox.remote.session import open_connection
+
+    host = HostConfig(
+        name="lab", hostname=lab.ip, user=lab.server.user, identity_file=str(lab.server.client_key)
+    )
+    for _ in range(5):
+        with pytest.raises(HostKeyChanged):
+            open_connection(host)
+    assert wait_until(lambda: _connections_to(lab.ip) == 0, timeout=10), _connections_to(lab.ip)
+
+
+def _connections_to(ip: str) -> int:
+    listing = subprocess.run(
+        ["ss", "-tn", "state", "established", "( dport = :22 )"], capture_output=True, text=True, check=True
+    ).stdout
+    return sum(1 for line in listing.splitlines() if f"{ip}:22" in line)
+
+
 def test_200ms_latency_and_1_percent_loss(lab: NetnsHost, tmp_path: Path, counters: Counters) -> None:
     """Sync, a run, its log and a tunnel over a slow, lossy link (netem on the host's link)."""
     reason = netem_unavailable_reason(lab)
