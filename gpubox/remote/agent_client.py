@@ -176,6 +176,12 @@ class AgentSession:
         try:
             chunk = self.channel.recv(1 << 20)
         except TimeoutError:
+            if not self._link_answers():
+                # Not the agent's fault: the link went quiet (down, or the host froze) while it was starting.
+                # Callers that ride out a dropped link (logs -f, the supervisor) wait for it to come back.
+                raise HostUnreachable(
+                    f"{self.host} stopped answering while the gpubox agent was starting (the link is down?)"
+                ) from None
             raise AgentError(
                 f"the gpubox agent on {self.host} did not answer within {self.boot_timeout:g} s "
                 "(twice connect_timeout)"
@@ -185,6 +191,27 @@ class AgentSession:
         if not chunk:
             raise self._fail_to_start()
         self._buffer += chunk
+
+    def _link_answers(self, timeout: float = 3.0) -> bool:
+        """Whether the host's sshd still answers on this transport (one global request it replies to, even
+        with a refusal), telling a stuck agent from a dead link."""
+        try:
+            transport = self.connection.transport
+        except HostUnreachable:
+            return False
+        answered = threading.Event()
+
+        def ask() -> None:
+            try:
+                transport.global_request("keepalive@openssh.com", wait=True)
+            except Exception:
+                return
+            if transport.is_active():
+                answered.set()
+
+        # The request blocks until the reply or the transport's end: a thread, so a dead link cannot hang us.
+        threading.Thread(target=ask, name="gpubox-link-probe", daemon=True).start()
+        return answered.wait(timeout)
 
     def _read_line(self) -> str:
         while b"\n" not in self._buffer:

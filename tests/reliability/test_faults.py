@@ -309,6 +309,50 @@ def _connections_to(ip: str) -> int:
     return sum(1 for line in listing.splitlines() if f"{ip}:22" in line)
 
 
+def test_an_agent_start_cut_off_by_the_link_is_a_dropped_link_not_a_broken_agent(
+    lab: NetnsHost, tmp_path: Path, counters: Counters
+) -> None:
+    """Regression, found by the campaign: `logs -f` started just as the link went down ended with "the gpubox
+    agent did not answer within 10 s" (an AgentError, which it does not ride out) instead of waiting for the link.
+    A start that times out now asks the SSH transport itself: no answer there means the link, HostUnreachable."""
+    from gpubox.config import HostConfig
+    from gpubox.errors import HostUnreachable
+    from gpubox.remote.session import open_connection, start_agent
+
+    slow = tmp_path / "slow-python"  # a python that takes a moment to start, so the cut lands mid-start
+    slow.write_text('#!/bin/sh\nsleep 2\nexec python3 "$@"\n')
+    slow.chmod(0o755)
+    host = HostConfig(
+        name="lab",
+        hostname=lab.ip,
+        user=lab.server.user,
+        identity_file=str(lab.server.client_key),
+        accept_new=True,
+        connect_timeout=2.0,
+        python=str(slow),
+    )
+    connection, _spec = open_connection(host)
+    caught: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            start_agent(connection, host).close()
+        except BaseException as exc:
+            caught.append(exc)
+
+    starting = threading.Thread(target=start)
+    try:
+        starting.start()
+        time.sleep(0.5)
+        with link_cut(lab):
+            counters.faults["link_down"] += 1
+            starting.join(60)
+    finally:
+        connection.close()
+    assert len(caught) == 1 and isinstance(caught[0], HostUnreachable), caught
+    assert "stopped answering while the gpubox agent was starting" in str(caught[0])
+
+
 def test_200ms_latency_and_1_percent_loss(lab: NetnsHost, tmp_path: Path, counters: Counters) -> None:
     """Sync, a run, its log and a tunnel over a slow, lossy link (netem on the host's link)."""
     reason = netem_unavailable_reason(lab)
