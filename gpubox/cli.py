@@ -221,7 +221,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
                 r["name"] + (" *" if r["default"] else ""),
                 r["provider"],
                 r["target"],
-                "up" if r["up"] else "down",
+                "up" if r["up"] else "billing, not held" if r["billing_now"] else "down",
                 r["gpu"],
                 ("~" if r["price_estimate"] else "") + _price(r["price_per_hour"]),
             ]

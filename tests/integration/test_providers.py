@@ -292,6 +292,10 @@ def test_ssh_never_answering_times_out_with_the_instance_still_recorded_as_billi
         assert row["billing_now"] and row["instance"]["state"] == "running"
         assert str(instance_id) in row["instance"]["detail"]
         assert status["orphans"][0]["instance_id"] == str(instance_id)  # billing, and nobody holds it
+        table = rig.gpubox("hosts").stdout
+        assert "  billing, not held  " in next(
+            line for line in table.splitlines() if line.startswith("vast-box")
+        )
         down = rig.gpubox("down", "vast-box", "--yes")
         assert down.returncode == 0, down.stdout + down.stderr
         assert f"terminated vast instance {instance_id}" in down.stdout
