@@ -429,7 +429,12 @@ class Connection:
                 expected=fingerprint(exc.expected_key),
                 received=fingerprint(exc.key),
             ) from None
-        except paramiko.AuthenticationException:
+        except paramiko.AuthenticationException as exc:
+            # paramiko says "Authentication failed." also when the connection died mid-authentication, and
+            # "Authentication timeout." when the link went quiet: neither is a refusal of our keys.
+            transport = conn.client.get_transport()
+            if transport is None or not transport.is_active() or "timeout" in str(exc).lower():
+                raise HostUnreachable(f"the connection to {what} dropped during authentication") from None
             tried = ", ".join(hop.identity_files) or "ssh-agent and ~/.ssh/id_*"
             raise AuthenticationFailed(
                 f"{what} refused our keys (tried {tried}); add the public key to the host's "

@@ -979,7 +979,9 @@ def run_schedule(
         lines = max(20, int(schedule.seconds / 0.05))
         run_id = ws.start_run("python3", "job.py", str(lines), "0.05")
         invariants.expect_run(run_id)
-        wait_until(lambda: (ws.remote / "outputs" / f"{run_id}.txt").exists(), timeout=60, interval=0.05)
+        output = ws.remote / "outputs" / f"{run_id}.txt"
+        size = len(run_id) * 1000  # wait for all of it: a half-written output would read as "changed" later
+        wait_until(lambda: output.exists() and output.stat().st_size == size, timeout=60, interval=0.05)
         invariants.remember_outputs()
         follower = Follower(ws, run_id, folder / "follow").start()
         editor = Editor(ws.project, seed)

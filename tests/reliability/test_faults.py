@@ -353,6 +353,50 @@ def test_an_agent_start_cut_off_by_the_link_is_a_dropped_link_not_a_broken_agent
     assert "stopped answering while the gpubox agent was starting" in str(caught[0])
 
 
+def test_a_connection_dropped_during_authentication_is_not_a_refused_key(
+    lab: NetnsHost, tmp_path: Path, counters: Counters
+) -> None:
+    """Regression, found by the campaign (seeds 2 and 22): paramiko reports a connection that died mid-authentication
+    as "Authentication failed.", which gpubox turned into "refused our keys; add the public key to the host's
+    authorized_keys", a wrong diagnosis, and fatal for `logs -f`. The sshd is killed at seeded moments of
+    repeated handshakes; whatever each attempt meets, it must not be called a refusal."""
+    from gpubox.config import HostConfig
+    from gpubox.errors import AuthenticationFailed
+    from gpubox.remote.session import open_connection
+
+    host = HostConfig(
+        name="lab",
+        hostname=lab.ip,
+        user=lab.server.user,
+        identity_file=str(lab.server.client_key),
+        accept_new=True,
+        connect_timeout=3.0,
+    )
+    open_connection(host)[0].close()  # pin the key
+    rng = random.Random(7)
+    refused: list[str] = []
+    for _ in range(40):
+        outcome: list[BaseException | None] = []
+
+        def attempt(outcome: list[BaseException | None] = outcome) -> None:
+            try:
+                open_connection(host)[0].close()
+                outcome.append(None)
+            except Exception as exc:
+                outcome.append(exc)
+
+        trying = threading.Thread(target=attempt)
+        trying.start()
+        time.sleep(rng.uniform(0.0, 0.04))
+        lab.server.kill()
+        counters.faults["sshd_kill_restart"] += 1
+        trying.join(30)
+        lab.server.start()
+        if outcome and isinstance(outcome[0], AuthenticationFailed):
+            refused.append(str(outcome[0]))
+    assert not refused, refused
+
+
 def test_200ms_latency_and_1_percent_loss(lab: NetnsHost, tmp_path: Path, counters: Counters) -> None:
     """Sync, a run, its log and a tunnel over a slow, lossy link (netem on the host's link)."""
     reason = netem_unavailable_reason(lab)
