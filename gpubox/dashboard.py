@@ -224,6 +224,8 @@ class RunView:
     loss: float | None = None
     metric: tuple[str, float] | None = None
     """The first metric that is not a loss (accuracy when there is one) and its last value."""
+    mine: bool = True
+    """False for a run of another project that happens to run on the same host."""
 
     @property
     def key(self) -> str:
@@ -511,6 +513,8 @@ class HostSample:
     gpus: tuple[GpuReading, ...] = ()
     gpu_note: str = ""
     runs: tuple[RunInfo, ...] = ()
+    others: frozenset[str] = frozenset()
+    """Ids of listed runs that belong to other projects (running on the same host)."""
     run: str | None = None
     log_offset: int = 0
     log_size: int = 0
@@ -628,7 +632,9 @@ class HostPoller:
         gpus, note = parse_gpus(answer.get("nvidia_smi"))
         if not gpus and "no GPU" in note:
             self.gpu = False  # a CPU host stays one: stop asking nvidia-smi every refresh
-        runs = tuple(RunInfo.from_agent(self.host.name, row) for row in answer.get("runs") or ())
+        rows = answer.get("runs") or ()
+        runs = tuple(RunInfo.from_agent(self.host.name, row) for row in rows)
+        others = frozenset(str(row["id"]) for row in rows if row.get("mine") is False)
         run = answer.get("run") or None
         scalars: dict[str, tuple[int, tuple[tuple[float, float], ...]]] = {}
         if run:
@@ -642,6 +648,7 @@ class HostPoller:
             gpus=gpus,
             gpu_note=note,
             runs=runs,
+            others=others,
             run=str(run["id"]) if run else None,
             log_offset=int(run.get("offset") or 0) if run else 0,
             log_size=int(run.get("size") or 0) if run else 0,
@@ -734,6 +741,7 @@ class Dashboard:
         self.state: StateSample | None = None
         self.samples: dict[str, HostSample] = {}
         self._runs: dict[str, tuple[RunInfo, ...]] = {}
+        self._others: dict[str, frozenset[str]] = {}
         self._gpu_history: dict[
             tuple[str, int], tuple[collections.deque[float], collections.deque[float]]
         ] = {}
@@ -745,6 +753,7 @@ class Dashboard:
         self._log = _Log()
         self._scalars: dict[str, list[tuple[float, float]]] = {}
         self._events: list[Event] = []
+        self._finished_views: dict[tuple[str, str, str, float | None, int], RunView] = {}
         self._run_states: dict[str, str] = {}
         self._alerts_seen: set[tuple[str, int, float]] | None = None
         self._autostop_warned: set[str] = set()
@@ -857,6 +866,7 @@ class Dashboard:
             if gpu.memory_used_mib is not None and gpu.memory_total_mib:
                 memory.append(100.0 * gpu.memory_used_mib / gpu.memory_total_mib)
         self._runs[sample.host] = sample.runs
+        self._others[sample.host] = sample.others
         for run in sample.runs:
             key = f"{sample.host}/{run.id}"
             before = self._run_states.get(key)
@@ -986,8 +996,19 @@ class Dashboard:
                     sampled_at=sample.at if sample is not None else None,
                 )
             )
+            others = self._others.get(host.name, frozenset())
             for run in self._runs.get(host.name, ()):
-                runs.append(self._run_view(run, host.intervals, now, run_cost))
+                mine = run.id not in others
+                if run.finished:
+                    # An ended run's row never changes: build it once (a host may list hundreds).
+                    key = (host.name, run.id, run.state, run.ended_at, len(host.intervals))
+                    view = self._finished_views.get(key)
+                    if view is None:
+                        view = self._run_view(run, host.intervals, now, run_cost, mine)
+                        self._finished_views[key] = view
+                    runs.append(view)
+                else:
+                    runs.append(self._run_view(run, host.intervals, now, run_cost, mine))
         selected = None
         if self.selected is not None:
             host_name, run_id = self.selected
@@ -1035,7 +1056,11 @@ class Dashboard:
 
     @staticmethod
     def _run_view(
-        run: RunInfo, intervals: Sequence[BillingInterval], now: float, run_cost: Callable[..., Any]
+        run: RunInfo,
+        intervals: Sequence[BillingInterval],
+        now: float,
+        run_cost: Callable[..., Any],
+        mine: bool = True,
     ) -> RunView:
         progress = run.progress or {}
         metrics = progress.get("metrics") or {}
@@ -1064,6 +1089,7 @@ class Dashboard:
             eta_seconds=_float(progress.get("eta_seconds")),
             loss=_float(metrics.get("loss")),
             metric=_metric(metrics),
+            mine=mine,
         )
 
 

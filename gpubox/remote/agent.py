@@ -1707,19 +1707,28 @@ def _run_scalars(spec: Dict[str, Any], have: Dict[str, Any], limit: int) -> Dict
 
 def _dash_runs(recent: int, project: Optional[str]) -> List[Dict[str, Any]]:
     """The rows of every run still going (any project's: they all use the host) and of the *recent* latest
-    finished ones (of *project*, the run's folder on the host, when given), oldest first."""
+    ended ones (of *project*, the runs' folder on the host, when given), oldest first. With *project*, each row
+    says whether it is one of that project's runs (``mine``)."""
     runs = _runs_dir()
     try:
         names = [n for n in os.listdir(runs) if n.startswith("r-") and n[2:].isdigit()]
     except OSError:
         return []
     names.sort(key=lambda n: int(n[2:]))
-    finished = [n for n in names if os.path.exists(os.path.join(runs, n, "exit_code"))]
-    done = set(finished)
-    keep = set(n for n in names if n not in done)
     wanted = os.path.abspath(os.path.expanduser(project)) if project else None
+    rows: Dict[str, Dict[str, Any]] = {}
+    ended: List[str] = []
+    for name in names:
+        if os.path.exists(os.path.join(runs, name, "exit_code")):
+            ended.append(name)
+            continue
+        row = _run_row(os.path.join(runs, name))
+        if row["state"] in ("starting", "running"):
+            rows[name] = row
+        else:
+            ended.append(name)  # lost: its process vanished without an exit code
     found = 0
-    for name in reversed(finished):
+    for name in reversed(ended):
         if found >= recent:
             break
         if wanted is not None:
@@ -1729,9 +1738,13 @@ def _dash_runs(recent: int, project: Optional[str]) -> List[Dict[str, Any]]:
                         continue
             except (OSError, ValueError):
                 continue
-        keep.add(name)
+        rows[name] = _run_row(os.path.join(runs, name))
         found += 1
-    return [_run_row(os.path.join(runs, n)) for n in names if n in keep]
+    ordered = [rows[n] for n in names if n in rows]
+    if wanted is not None:
+        for row in ordered:
+            row["mine"] = row.get("cwd") == wanted
+    return ordered
 
 
 def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:

@@ -8,6 +8,7 @@ worker, re-armed when it has finished (dolphie style), so polls never pile up an
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -19,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 from textual import on, work
 from textual.app import App
 from textual.binding import BindingType
+from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.timer import Timer
@@ -165,6 +167,9 @@ class GpuboxApp(App[None]):
     def on_mount(self) -> None:
         if self.live:
             self._read_state()
+        # Everything loaded so far (Textual, Rich, gpubox) lives as long as the dashboard: keep it out of the
+        # garbage collector's full passes, which otherwise walk it every few refreshes.
+        gc.freeze()
 
     def on_unmount(self) -> None:
         for timer in self._poll_timers.values():
@@ -279,10 +284,16 @@ class GpuboxApp(App[None]):
 
     def show_snapshot(self, snapshot: DashboardSnapshot) -> None:
         self.snapshot = snapshot
+        if not self.is_running:
+            return  # on the way out: the screens are being taken apart
         for screen in self.screen_stack:
             apply = getattr(screen, "apply_snapshot", None)
-            if apply is not None:
+            if apply is None:
+                continue
+            try:
                 apply(snapshot)
+            except NoMatches:
+                continue  # a screen still composing (or being removed) shows the next snapshot
         if self.focus_host and snapshot.host(self.focus_host) is not None:
             self.dashboard.show_host(self.focus_host)
             self.focus_host = None
@@ -303,8 +314,10 @@ class GpuboxApp(App[None]):
                 self.model.select_run(None, None)
                 return True
             return False
-        active = [r for r in snapshot.runs if not r.finished]
-        choice = max(active or snapshot.runs, key=lambda r: r.started_at or 0.0)
+        # This project's newest active run, else its newest run, else whatever else runs on its hosts.
+        mine = [r for r in snapshot.runs if r.mine]
+        pool = [r for r in mine if not r.finished] or mine or [r for r in snapshot.runs if not r.finished]
+        choice = max(pool or snapshot.runs, key=lambda r: r.started_at or 0.0)
         if selected == (choice.host, choice.id):
             return False
         self.select_run(choice.host, choice.id)

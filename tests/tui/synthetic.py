@@ -263,7 +263,6 @@ def many(
         model = Dashboard(hosts, project(), clock=lambda: NOW + tick, history=60)
     model.clock = lambda: NOW + tick
     names = list(hosts.hosts)
-    base, extra = divmod(runs_count, len(names))
     if fresh:
         states = []
         for index, name in enumerate(names):
@@ -331,6 +330,19 @@ def many(
                 )
             )
         model.apply_state(StateSample(at=NOW, hosts=tuple(states), total_budget_usd=hosts.total_budget_usd))
+    for sample in many_samples(hosts, tick, gpus_per_host=gpus_per_host, runs_count=runs_count, first=fresh):
+        model.apply_host(sample)
+    return model, hosts
+
+
+def many_samples(
+    hosts: HostsConfig, tick: int, *, gpus_per_host: int = 8, runs_count: int = 500, first: bool = False
+) -> list[HostSample]:
+    """One refresh of every host of :func:`many` at *tick*, as their pollers would bring it (the last host
+    answers only the *first* time)."""
+    names = list(hosts.hosts)
+    base, extra = divmod(runs_count, len(names))
+    samples: list[HostSample] = []
     number = 0
     for index, name in enumerate(names):
         runs = []
@@ -377,14 +389,14 @@ def many(
             )
             for g in range(gpus_per_host)
         )
-        if index == len(names) - 1 and hosts_count > 1 and not fresh:
+        if index == len(names) - 1 and len(names) > 1 and not first:
             # The last host stopped answering after its first refresh: its runs stay, marked by its row.
-            model.apply_host(
+            samples.append(
                 HostSample(host=name, at=NOW + tick, ok=False, error="timed out", unreachable_since=NOW - 95)
             )
             continue
-        model.apply_host(HostSample(host=name, at=NOW + tick, ok=True, gpus=gpus, runs=tuple(runs)))
-    return model, hosts
+        samples.append(HostSample(host=name, at=NOW + tick, ok=True, gpus=gpus, runs=tuple(runs)))
+    return samples
 
 
 def many_after(ticks: int = 40) -> tuple[Dashboard, HostsConfig]:

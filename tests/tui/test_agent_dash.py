@@ -87,7 +87,21 @@ def test_finished_runs_of_other_projects_are_left_out_running_ones_are_not(isola
         spec["cwd"] = str(mine if number in (2, 3) else theirs)
         (folder / "spec.json").write_text(json.dumps(spec))
     result, _ = _dash({"gpu": False, "recent": 10, "project": str(mine)})
-    assert [row["id"] for row in result["runs"]] == ["r-2", "r-3", "r-5"]  # type: ignore[index]
+    rows = result["runs"]
+    assert [row["id"] for row in rows] == ["r-2", "r-3", "r-5"]  # type: ignore[index]
+    assert [row["mine"] for row in rows] == [True, True, False]  # type: ignore[index]
+
+
+def test_a_lost_run_counts_as_ended(isolated_home: Path) -> None:
+    folder = _run(isolated_home, 1, finished=False)
+    spec = json.loads((folder / "spec.json").read_text())
+    spec["waiter"] = 2**22 + 12345  # no such process: the run is lost
+    (folder / "spec.json").write_text(json.dumps(spec))
+    (folder / "pid").write_text(str(2**22 + 12346))
+    result, _ = _dash({"gpu": False, "recent": 0})
+    assert result["runs"] == []
+    result, _ = _dash({"gpu": False, "recent": 1})
+    assert [row["state"] for row in result["runs"]] == ["lost"]  # type: ignore[index]
 
 
 def test_the_selected_run_sends_its_log_tail_then_only_what_is_new(isolated_home: Path) -> None:

@@ -14,6 +14,7 @@ from textual.widgets import Checkbox, DataTable, Input
 
 from gpubox.config import HostsConfig, ProjectConfig, load_hosts, load_project
 from gpubox.tui.app import GpuboxApp
+from gpubox.tui.components.hosts_table import HostsTable
 from gpubox.tui.screens.modals import ConfirmScreen
 from gpubox.tui.screens.provision import ProvisionScreen
 from tests.support.clouds import FakeCloud, FakeRunPod, FakeVast
@@ -183,7 +184,7 @@ async def test_renting_an_offer_asks_with_the_price_then_shows_the_launch_and_ho
             )
             view = app.snapshot.host("vast-box")
             assert view is not None and view.price_per_hour == pytest.approx(price)
-            app.screen.query_one("#hosts", DataTable).move_cursor(row=0)
+            app.screen.query_one("#hosts", HostsTable).select_key("vast-box")
             await pilot.press("d")
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 10, "the question")
             assert "terminates the instance" in app.screen.message  # type: ignore[attr-defined]

@@ -145,6 +145,10 @@ class CurvesPanel(Vertical):
 
     MAX_PLOTS = 3
 
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._placeholder = ""
+
     def compose(self) -> ComposeResult:
         yield Static("select a run to see its curves", id="curves-empty")
         for index in range(self.MAX_PLOTS):
@@ -153,16 +157,18 @@ class CurvesPanel(Vertical):
     def show(self, curves: Sequence[Curve], *, placeholder: str) -> None:
         groups = curve_groups(curves)
         empty = self.query_one("#curves-empty", Static)
-        empty.display = not groups
-        if not groups:
+        if empty.display != (not groups):
+            empty.display = not groups
+        if not groups and placeholder != self._placeholder:
+            self._placeholder = placeholder
             empty.update(placeholder)
         # Three plots need room: on a small terminal only the first ones are shown.
         room = max(1, self.size.height // 5) if self.size.height else self.MAX_PLOTS
         for index in range(self.MAX_PLOTS):
             plot = self.query_one(f"#plot-{index}", CurvePlot)
-            if index < len(groups) and index < room:
+            shown = index < len(groups) and index < room
+            if shown:
                 title, members = groups[index]
                 plot.show(title, members)
-                plot.display = True
-            else:
-                plot.display = False
+            if plot.display != shown:
+                plot.display = shown

@@ -57,7 +57,7 @@ def run_cells(run: RunView) -> dict[str, RenderableType]:
     metric = ""
     if run.metric is not None:
         name, value = run.metric
-        metric = f"{_SHORT_METRICS.get(name, name[:8])} {value:.4g}"
+        metric = f"{_SHORT_METRICS.get(name, name[:8])} {value:.3g}"
     epochs = ""
     if run.epoch is not None and run.epochs:
         short = short_duration(run.eta_seconds) if run.eta_seconds is not None and not run.finished else ""
@@ -65,7 +65,7 @@ def run_cells(run: RunView) -> dict[str, RenderableType]:
     return {
         "id": Text(run.id, style="bold"),
         "host": run.host,
-        "command": run.command,
+        "command": run.command if run.mine else Text(f"{run.command} (another project)", style="dim"),
         "state": Text(state, style=RUN_STYLES.get(run.state, "")),
         "elapsed": format_duration(run.elapsed_seconds) if run.elapsed_seconds is not None else "",
         "cost": cost,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
+from rich.console import RenderableType
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -12,14 +13,15 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import Footer, Input, Static
 
 from gpubox.cost import format_duration, format_usd
-from gpubox.dashboard import DashboardSnapshot, HostView
+from gpubox.dashboard import DashboardSnapshot, HostView, RunView
 from gpubox.tui.components.hosts_table import VERDICT_STYLES, HostsTable, host_cells
 from gpubox.tui.components.log_view import RunLog
 from gpubox.tui.components.plot import CurvesPanel
 from gpubox.tui.components.runs_table import RUN_STYLES, RunsTable, run_cells
+from gpubox.tui.components.tables import SnapshotTable
 
 __all__ = ["DashboardScreen", "host_detail", "status_lines"]
 
@@ -110,6 +112,16 @@ def status_lines(snapshot: DashboardSnapshot, host: HostView | None) -> Text:
     return text
 
 
+class TitleBar(Static):
+    """The top line: the project, what is up and what it costs (clicking it opens the command palette).
+
+    Textual's Header would lay the whole screen out again each time its subtitle changes, which the money
+    figures do on every refresh; this line keeps its height and only repaints."""
+
+    def on_click(self) -> None:
+        self.app.action_command_palette()
+
+
 class DashboardScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "find", "Find", show=False),
@@ -120,9 +132,10 @@ class DashboardScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__(id="dashboard")
         self._shown: dict[str, object] = {}
+        self._run_cells: dict[str, tuple[RunView, dict[str, RenderableType]]] = {}
 
     def compose(self) -> ComposeResult:
-        yield Header(show_clock=False, icon="▣")
+        yield TitleBar(id="title-bar")
         with Vertical(id="main"):
             yield HostsTable(id="hosts")
             yield Static(id="host-detail")
@@ -170,27 +183,23 @@ class DashboardScreen(Screen[None]):
         host, _, run_id = key.rpartition("/")
         return host, run_id
 
-    @on(DataTable.RowHighlighted, "#hosts")
-    def host_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key.value is not None and self.query_one("#hosts", HostsTable).is_current(
-            event.cursor_row
-        ):
+    @on(SnapshotTable.RowHighlighted, "#hosts")
+    def host_highlighted(self, event: SnapshotTable.RowHighlighted) -> None:
+        if self.query_one("#hosts", HostsTable).is_current(event.cursor_row):
             select = getattr(self.app, "select_host", None)
             if select is not None:
-                select(event.row_key.value)
+                select(event.row_key)
 
-    @on(DataTable.RowHighlighted, "#runs")
-    def run_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key.value is not None and self.query_one("#runs", RunsTable).is_current(
-            event.cursor_row
-        ):
-            host, _, run_id = event.row_key.value.rpartition("/")
+    @on(SnapshotTable.RowHighlighted, "#runs")
+    def run_highlighted(self, event: SnapshotTable.RowHighlighted) -> None:
+        if self.query_one("#runs", RunsTable).is_current(event.cursor_row):
+            host, _, run_id = event.row_key.rpartition("/")
             select = getattr(self.app, "select_run", None)
             if select is not None:
                 select(host, run_id)
 
-    @on(DataTable.RowSelected, "#runs")
-    def run_chosen(self, event: DataTable.RowSelected) -> None:
+    @on(SnapshotTable.RowSelected, "#runs")
+    def run_chosen(self, event: SnapshotTable.RowSelected) -> None:
         self.app.call_later(self.app.run_action, "logs")
 
     def show_run(self, host: str, run_id: str) -> None:
@@ -233,7 +242,7 @@ class DashboardScreen(Screen[None]):
         runs_table = self.query_one("#runs", RunsTable)
         hosts_table.show_rows([(h.name, host_cells(h)) for h in snapshot.hosts])
         runs_table.show_rows(
-            [(r.key, run_cells(r)) for r in snapshot.runs],
+            [(r.key, self._cells_of(r)) for r in snapshot.runs],
             keep=snapshot.selected.key if snapshot.selected is not None else None,
         )
         up = sum(1 for h in snapshot.hosts if h.is_up)
@@ -267,9 +276,21 @@ class DashboardScreen(Screen[None]):
         money = f"{format_usd(snapshot.per_hour)}/h · {format_usd(snapshot.total_spent_usd)} spent"
         if snapshot.total_budget_usd:
             money += f" of {format_usd(snapshot.total_budget_usd)}"
-        sub_title = f"{up} up · {money}"
-        if self.app.sub_title != sub_title:
-            self.app.sub_title = sub_title
+        title = Text("▣ ", style="bold")
+        title.append(f"gpubox · {snapshot.project}", style="bold")
+        title.append(f" — {up} up · {money}")
+        if snapshot.problems:
+            title.append(f"  ! {snapshot.problems[0]}", style="bold yellow")
+        self._update("#title-bar", title)
+
+    def _cells_of(self, run: RunView) -> dict[str, RenderableType]:
+        """The run's cells, made again only when its view changed (most runs have ended and never change)."""
+        cached = self._run_cells.get(run.key)
+        if cached is not None and cached[0] == run:
+            return cached[1]
+        cells = run_cells(run)
+        self._run_cells[run.key] = (run, cells)
+        return cells
 
     def _set_title(self, widget: object, title: str | Text) -> None:
         key = f"title:{getattr(widget, 'id', '')}"
@@ -278,6 +299,9 @@ class DashboardScreen(Screen[None]):
             widget.border_title = title  # type: ignore[attr-defined]
 
     def _update(self, selector: str, content: Text) -> None:
-        if self._shown.get(selector) != content:
+        before = self._shown.get(selector)
+        if before != content:
             self._shown[selector] = content
-            self.query_one(selector, Static).update(content)
+            # A new layout (the whole screen drawn again) only when the number of lines changes.
+            same_height = isinstance(before, Text) and before.plain.count("\n") == content.plain.count("\n")
+            self.query_one(selector, Static).update(content, layout=not same_height)

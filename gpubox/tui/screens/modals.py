@@ -20,6 +20,8 @@ __all__ = ["ConfirmScreen", "HostPickerScreen", "ProgressScreen", "RunCommandScr
 class ConfirmScreen(ModalScreen[bool]):
     """Yes or no; the default (Enter, Escape) is no."""
 
+    AUTO_FOCUS = "#no"
+
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("y", "answer(True)", "Yes"),
         Binding("n,escape", "answer(False)", "No"),
@@ -39,9 +41,6 @@ class ConfirmScreen(ModalScreen[bool]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button(f"{self.yes} (y)", id="yes", variant="error" if self.danger else "primary")
                 yield Button("Cancel (n)", id="no")
-
-    def on_mount(self) -> None:
-        self.query_one("#no", Button).focus()
 
     @on(Button.Pressed)
     def pressed(self, event: Button.Pressed) -> None:
