@@ -174,23 +174,37 @@ class AgentSession:
     def _recv_into_buffer(self) -> None:
         assert self.channel is not None
         try:
-            chunk = self.channel.recv(1 << 20)
-        except TimeoutError:
-            if not self._link_answers():
-                # Not the agent's fault: the link went quiet (down, or the host froze) while it was starting.
-                # Callers that ride out a dropped link (logs -f, the supervisor) wait for it to come back.
-                raise HostUnreachable(
-                    f"{self.host} stopped answering while the gpubox agent was starting (the link is down?)"
-                ) from None
-            raise AgentError(
-                f"the gpubox agent on {self.host} did not answer within {self.boot_timeout:g} s "
-                "(twice connect_timeout)"
-            ) from None
+            try:
+                chunk = self.channel.recv(1 << 20)
+            except TimeoutError:
+                if not self._link_answers():
+                    # Not the agent's fault: the link went quiet (down, or the host froze) while it was starting.
+                    # Callers that ride out a dropped link (logs -f, the supervisor) wait for it to come back.
+                    raise HostUnreachable(
+                        f"{self.host} stopped answering while the gpubox agent was starting (the link is down?)"
+                    ) from None
+                # The link answers, and what the agent sent before that answer (same TCP stream) is here by now:
+                # after an outage its output may merely have been late.
+                chunk = self._recv_now()
         except (OSError, paramiko.SSHException, EOFError):
             chunk = b""
         if not chunk:
             raise self._fail_to_start()
         self._buffer += chunk
+
+    def _recv_now(self) -> bytes:
+        assert self.channel is not None
+        timeout = self.channel.gettimeout()
+        self.channel.settimeout(0.5)
+        try:
+            return self.channel.recv(1 << 20)
+        except TimeoutError:
+            raise AgentError(
+                f"the gpubox agent on {self.host} did not answer within {self.boot_timeout:g} s "
+                "(twice connect_timeout)"
+            ) from None
+        finally:
+            self.channel.settimeout(timeout)
 
     def _link_answers(self, timeout: float = 3.0) -> bool:
         """Whether the host's sshd still answers on this transport (one global request it replies to, even
