@@ -653,7 +653,11 @@ def test_hosts_example_parses(isolated_home: Path) -> None:
     local = hosts.get("local")
     assert (local.provider, local.remote_dir, local.hostname) == ("local", "~/gpubox-local/myproject", None)
     rented = hosts.get("lambda-a100")
-    assert (rented.instance_type, rented.ssh_key_name, rented.max_price_per_hour) == ("gpu_1x_a100_sxm4", "laptop", 1.5)
+    assert (rented.instance_type, rented.ssh_key_name, rented.max_price_per_hour) == (
+        "gpu_1x_a100_sxm4",
+        "laptop",
+        1.5,
+    )
     assert (rented.connect_timeout, rented.rented, rented.user) == (15.0, True, None)
     vast = hosts.get("vast-4090")
     assert (vast.gpu, vast.gpu_count, vast.region, vast.disk_gb) == ("RTX 4090", 1, "Europe", 40)
