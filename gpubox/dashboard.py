@@ -755,6 +755,8 @@ class Dashboard:
         self._events: list[Event] = []
         self._finished_views: dict[tuple[str, str, str, float | None, int], RunView] = {}
         self._run_states: dict[str, str] = {}
+        self._watching_since: dict[str, float] = {}
+        """When each host first answered: runs that end after it are told of."""
         self._alerts_seen: set[tuple[str, int, float]] | None = None
         self._autostop_warned: set[str] = set()
         self._conflicts: dict[str, int] = {}
@@ -800,7 +802,7 @@ class Dashboard:
                         Event(
                             "conflict",
                             f"sync conflict on {host.name}",
-                            f"the host's copy was kept as {recent[-1]}"
+                            _conflict_text(str(recent[-1]))
                             if recent
                             else f"{conflicts - before} conflict(s): the host's copies were kept",
                             "warning",
@@ -867,15 +869,16 @@ class Dashboard:
                 memory.append(100.0 * gpu.memory_used_mib / gpu.memory_total_mib)
         self._runs[sample.host] = sample.runs
         self._others[sample.host] = sample.others
+        watching_since = self._watching_since.setdefault(sample.host, sample.at)
         for run in sample.runs:
             key = f"{sample.host}/{run.id}"
             before = self._run_states.get(key)
             self._run_states[key] = run.state
-            if (
-                before is not None
-                and before not in ("succeeded", "failed", "stopped", "lost")
-                and run.finished
-            ):
+            if not run.finished or before in ("succeeded", "failed", "stopped", "lost"):
+                continue
+            # It ended: while it was seen running, or unseen but after the dashboard started watching (a run
+            # that lasted less than a refresh).
+            if before is not None or (run.ended_at is not None and run.ended_at >= watching_since):
                 self._events.append(_run_event(run))
         current = selection is None or selection == self.selection
         if current and self.selected is not None and self.selected[0] == sample.host:
@@ -1094,6 +1097,14 @@ class Dashboard:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+
+
+def _conflict_text(entry: str) -> str:
+    """``notes.txt -> notes.txt.gpubox-conflict-…`` (as sync reports it) in words."""
+    path, arrow, kept = entry.partition(" -> ")
+    if not arrow:
+        return f"the host's copy was kept as {entry}"
+    return f"{path} changed on the host and here: the host's copy was kept as {kept}"
 
 
 def _run_event(run: RunInfo) -> Event:

@@ -1,0 +1,208 @@
+"""The dashboard's data layer on its own (no Textual, no network): the log and curve buffers, GPU history,
+events, missing figures, and the poller's backoff when a host does not answer."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+from gpubox.config import HostConfig, HostsConfig, ProjectConfig
+from gpubox.dashboard import (
+    Curve,
+    Dashboard,
+    GpuReading,
+    HostPoller,
+    HostSample,
+    HostState,
+    PollRequest,
+    StateSample,
+    SyncView,
+    curve_groups,
+    parse_gpus,
+)
+from gpubox.errors import HostUnreachable
+from gpubox.train.runs import RunInfo
+
+NOW = 1_795_000_000.0
+
+
+def _model(history: int = 120) -> Dashboard:
+    hosts = HostsConfig(path=None, hosts={"box": HostConfig("box", budget_usd=10.0)})
+    model = Dashboard(hosts, ProjectConfig(root=Path("/p"), path=None), clock=lambda: NOW, history=history)
+    model.apply_state(
+        StateSample(at=NOW, hosts=(HostState("box", "ssh", True, held_by=1, held_since=NOW - 60),))
+    )
+    return model
+
+
+def _run(state: str, *, ended: float | None = None, code: int | None = None, **progress: object) -> RunInfo:
+    return RunInfo("r-1", "box", "python train.py", state, NOW - 30, ended, code, progress=progress or None)
+
+
+def test_the_data_layer_never_imports_textual() -> None:
+    code = "import gpubox.dashboard, gpubox.actions, sys; print('textual' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    )
+
+
+def test_log_lines_arrive_whole_progress_bars_keep_their_last_state_and_colours_go() -> None:
+    model = _model()
+    model.select_run("box", "r-1")
+    chunks = [
+        b"Epoch 1/2\n1/3 [=>..]\r2/3 [==>.]\r3/3 [===]",
+        b" - loss: 0.5\n\x1b[32mdone\x1b[0m\npart",
+        b"ial\n",
+    ]
+    offset = 0
+    for chunk in chunks:
+        model.apply_host(
+            HostSample("box", NOW, True, runs=(_run("running"),), run="r-1", log_offset=offset, log=chunk)
+        )
+        offset += len(chunk)
+    assert model.request_for("box").log_offset == offset
+    selected = model.snapshot().selected
+    assert selected is not None
+    assert selected.lines == ("Epoch 1/2", "3/3 [===] - loss: 0.5", "done", "partial")
+    # The host sending from elsewhere (the log was replaced) starts the buffer again.
+    model.apply_host(
+        HostSample("box", NOW, True, runs=(_run("running"),), run="r-1", log_offset=3, log=b"x\n")
+    )
+    assert model.snapshot().selected.lines == ("x",)  # type: ignore[union-attr]
+
+
+def test_curves_grow_from_where_the_host_says() -> None:
+    model = _model()
+    model.select_run("box", "r-1")
+
+    def feed(scalars: dict[str, tuple[int, tuple[tuple[float, float], ...]]]) -> None:
+        model.apply_host(HostSample("box", NOW, True, runs=(_run("running"),), run="r-1", scalars=scalars))
+
+    feed({"train/epoch_loss": (0, ((0, 2.0), (1, 1.0)))})
+    assert model.request_for("box").scalars == {"train/epoch_loss": 2}
+    feed({"train/epoch_loss": (2, ((2, 0.5),))})
+    feed({"train/epoch_loss": (1, ((1, 0.9),))})  # the host sent again from point 1: it wins from there
+    curves = model.snapshot().selected.curves  # type: ignore[union-attr]
+    assert curves == (Curve("train/epoch_loss", ((0, 2.0), (1, 0.9))),)
+    # An answer to a poll asked for before another run was selected is not fed to the new one.
+    selection = model.selection
+    model.select_run("box", "r-2")
+    model.apply_host(
+        HostSample("box", NOW, True, runs=(), run="r-2", log=b"old\n", log_size=4), selection=selection
+    )
+    assert model.snapshot().selected.lines == ()  # type: ignore[union-attr]
+
+
+def test_gpu_history_is_a_ring_and_missing_figures_are_none() -> None:
+    model = _model(history=3)
+    for util in (10, 20, 30, 40):
+        model.apply_host(HostSample("box", NOW, True, gpus=(GpuReading(0, "L4", util, 100, 1000),)))
+    model.apply_host(HostSample("box", NOW, True, gpus=(GpuReading(0, "L4", None, None, None),)))
+    (gpu,) = model.snapshot().hosts[0].gpus
+    assert gpu.util_history == (20, 30, 40) and gpu.memory_history == (10.0, 10.0, 10.0)
+    assert gpu.util_percent is None and gpu.memory_percent is None
+    assert model.snapshot().hosts[0].util_percent is None
+
+
+def test_nvidia_smi_answers_without_figures_are_not_errors() -> None:
+    gpus, note = parse_gpus(
+        {
+            "available": True,
+            "output": "index, name, utilization.gpu [%], memory.used [MiB], "
+            "memory.total [MiB]\n0, NVIDIA L4, [N/A], 10 MiB, 23034 MiB\n",
+        }
+    )
+    assert gpus == (GpuReading(0, "NVIDIA L4", None, 10.0, 23034.0),) and note == ""
+    assert parse_gpus({"available": False, "reason": "nvidia-smi not found on PATH"}) == ((), "no GPU")
+    assert parse_gpus(None) == ((), "not sampled")
+
+
+def test_events_runs_budget_autostop_conflicts_and_lost_hosts() -> None:
+    hosts = HostsConfig(path=None, hosts={"box": HostConfig("box", budget_usd=10.0)})
+    model = Dashboard(hosts, ProjectConfig(root=Path("/p"), path=None), clock=lambda: NOW)
+    held = (HostState("box", "ssh", True, held_by=1, held_since=NOW - 60),)
+    # The 50 % warning was given before the dashboard opened: old news, not told again.
+    model.apply_state(StateSample(at=NOW, hosts=held, alerts=(("box", 50, 10.0, 5.0, NOW - 99),)))
+    model.apply_host(HostSample("box", NOW, True, runs=(_run("running"),)))
+    model.apply_host(HostSample("box", NOW, True, runs=(_run("failed", ended=NOW, code=2),)))
+    box = model.state.hosts[0]  # type: ignore[union-attr]
+    report = {
+        "autostop": {"state": "counting", "stops_at": NOW + 42, "action": "stop the local sshd", "busy": []},
+        "sync": {"watching": True, "conflicts": 1, "recent_conflicts": ["a.py -> a.py.gpubox-conflict-1"]},
+    }
+    first = HostState(**{**box.__dict__, "report": {**report, "sync": {"watching": True, "conflicts": 0}}})
+    model.apply_state(StateSample(at=NOW, hosts=(first,), alerts=(("box", 50, 10.0, 5.0, NOW - 99),)))
+    later = HostState(**{**box.__dict__, "report": report})
+    alerts = (("box", 50, 10.0, 5.0, NOW - 99), ("box", 80, 10.0, 8.0, NOW))
+    model.apply_state(StateSample(at=NOW, hosts=(later,), alerts=alerts))
+    model.apply_state(StateSample(at=NOW, hosts=(later,), alerts=alerts))  # said once
+    model.apply_host(HostSample("box", NOW, False, error="timed out", unreachable_since=NOW))
+    model.apply_host(HostSample("box", NOW, False, error="timed out", unreachable_since=NOW))
+    model.apply_host(HostSample("box", NOW, True))
+    told = [(e.kind, e.title, e.severity) for e in model.take_events()]
+    assert told == [
+        ("run-failed", "r-1 failed with exit code 2", "error"),
+        ("autostop", "box stops in 42 s", "warning"),
+        ("budget", "budget 80 %", "warning"),
+        ("conflict", "sync conflict on box", "warning"),
+        ("unreachable", "box is not answering", "error"),
+        ("reconnected", "box answers again", "information"),
+    ]
+    assert model.take_events() == []
+    view = model.snapshot().hosts[0]
+    assert view.autostop_seconds == 42 and view.sync is not None and view.sync.conflicts == 1
+
+
+def test_a_run_shorter_than_a_refresh_is_told_of_but_old_runs_are_not() -> None:
+    model = _model()
+    old = RunInfo("r-1", "box", "old", "succeeded", NOW - 999, NOW - 900, 0)
+    model.apply_host(HostSample("box", NOW, True, runs=(old,)))
+    quick = RunInfo("r-2", "box", "exit 3", "failed", NOW + 1, NOW + 1.2, 3)
+    model.apply_host(HostSample("box", NOW + 2, True, runs=(old, quick)))
+    assert [e.title for e in model.take_events()] == ["r-2 failed with exit code 3"]
+
+
+def test_sync_line_and_curve_groups() -> None:
+    sync = SyncView.from_report(
+        {"watching": True, "last": {"files": 1, "ms": 12.4}, "pending": 2, "conflicts": 1, "held_back": 3}
+    )
+    assert (
+        sync.text()
+        == "watching · last batch 1 file in 12 ms · 2 pending · 1 conflict · 3 held back · 0 errors"
+    )
+    groups = curve_groups(
+        [
+            Curve("custom/val_error_rate", ()),
+            Curve("train/epoch_accuracy", ()),
+            Curve("validation/epoch_loss", ()),
+            Curve("train/epoch_loss", ()),
+        ]
+    )
+    assert [(name, [c.tag for c in curves]) for name, curves in groups] == [
+        ("loss", ["validation/epoch_loss", "train/epoch_loss"]),
+        ("accuracy", ["train/epoch_accuracy"]),
+        ("val_error_rate", ["custom/val_error_rate"]),
+    ]
+
+
+def test_a_host_that_does_not_answer_is_retried_with_backoff() -> None:
+    clock = [NOW]
+    attempts: list[float] = []
+
+    def connect() -> object:
+        attempts.append(clock[0])
+        raise HostUnreachable("cannot reach box: connection refused")
+
+    poller = HostPoller(
+        HostConfig("box"), "p", connect=connect, clock=lambda: clock[0], initial_backoff=1, max_backoff=4
+    )
+    samples = []
+    for _ in range(40):
+        samples.append(poller.poll(PollRequest()))
+        clock[0] += 0.5
+    assert all(not s.ok and s.unreachable_since == NOW for s in samples)
+    assert samples[-1].error == "cannot reach box: connection refused"
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[:3] == [1.0, 2.0, 4.0] and set(gaps[3:]) == {4.0}  # doubling, then at most max_backoff
