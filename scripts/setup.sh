@@ -25,6 +25,7 @@ missing=()
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 { command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } || missing+=(iproute2)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)  # the dashboard's real-terminal test
 python=$(find_python || true)
 if [ -z "$python" ]; then
     missing+=(python3 python3-venv)

@@ -122,7 +122,7 @@ class HostsTable(SnapshotTable):
         Column("host", "Host", 9),
         Column("state", "State", 13),
         Column("util_short", "Util", 10),
-        Column("memory_short", "Mem", 6),
+        Column("memory_short", "Mem", 7),
         Column("check", "Chk", 4),
         Column("spent", "Spent", 7),
         Column("budget_short", "Budget", 8),

@@ -92,11 +92,11 @@ class RunsTable(SnapshotTable):
     )
     NARROW = (
         Column("id", "Run", 5),
-        Column("host", "Host", 7),
+        Column("host", "Host", 6),
         Column("state", "State", 10),
         Column("elapsed", "Elapsed", 7),
         Column("cost", "Cost", 6),
-        Column("epochs", "Epoch", 9),
+        Column("epochs", "Epoch", 10),
         Column("loss", "Loss", 6),
         Column("metric", "Metric", 9),
     )
