@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.netns import NetemUnavailable, NetnsHost
+from tests.support.sshd import SshServer, _descendants
 
 __all__ = [
     "FAULT_KINDS",
@@ -63,6 +64,46 @@ REPO = Path(__file__).resolve().parents[2]
 def host_home() -> Path:
     """The namespace hosts log in as this user: their ``~`` is this user's home folder from passwd."""
     return Path(pwd.getpwuid(os.getuid()).pw_dir)
+
+
+def clear_stale_rehash_lock(min_age: float = 10.0) -> bool:
+    """Remove pyenv's rehash lock when a killed login shell left it behind; True if it did.
+
+    The namespace hosts share this machine's home folder, and every SSH session runs ~/.bashrc (Debian's bash
+    does for sshd), which may run ``pyenv rehash`` under the lock ``~/.pyenv/shims/.pyenv-shim``. A session
+    SIGKILLed inside it (what the sshd faults do) leaves the lock, and every later login on the machine, ours and
+    anyone else's, then waits up to a minute for it. A rehash takes well under a second, so an older lock is stale.
+    """
+    lock = host_home() / ".pyenv" / "shims" / ".pyenv-shim"
+    try:
+        if time.time() - lock.stat().st_mtime < min_age:
+            return False
+        lock.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def kill_sshd(server: SshServer) -> None:
+    """The host's sshd crashes: SIGKILL its listener and every per-session sshd, so every connection drops at once.
+
+    What the sessions run (shells, the agent) is left to notice the end of its connection, as after a real crash:
+    SIGKILLing a login shell inside ``pyenv rehash`` would leave pyenv's lock behind and stall every later login on
+    this shared machine (see :func:`clear_stale_rehash_lock`).
+    """
+    if server.proc is None or server.proc.poll() is not None:
+        return
+    victims = [server.proc.pid]
+    for pid in _descendants(server.proc.pid):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                victims.append(pid)
+        except OSError:
+            continue
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    server.proc.wait(5)
 
 
 def netem_unavailable_reason(host: NetnsHost) -> str | None:
@@ -428,6 +469,7 @@ class FaultTarget:
         self.disk = disk
         self.followers = list(followers)
         self.netem_reason: str | None = None
+        self.rehash_locks_cleared = 0
 
     def link_down(self) -> None:
         self.host.link_down()
@@ -436,11 +478,12 @@ class FaultTarget:
         self.host.link_up()
 
     def sshd_kill(self) -> None:
-        self.host.server.kill()
+        kill_sshd(self.host.server)
 
     def sshd_start(self) -> None:
         if self.host.server.proc is None or self.host.server.proc.poll() is not None:
             self.host.server.start()
+        self.rehash_locks_cleared += clear_stale_rehash_lock()
 
     def gpubox_kill(self) -> None:
         self.workspace.kill_up()
@@ -470,6 +513,7 @@ class FaultTarget:
     def restore(self) -> list[str]:
         """Put everything back; every step is tried, the failures are returned."""
         errors = []
+        self.rehash_locks_cleared += clear_stale_rehash_lock()
         for what, step in (
             ("netem off", self.netem_off),
             ("link up", self.link_up),

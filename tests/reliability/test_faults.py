@@ -28,6 +28,7 @@ from tests.reliability.harness import (
     Invariants,
     SmallDisk,
     Workspace,
+    kill_sshd,
     link_cut,
     netem_unavailable_reason,
     run_schedule,
@@ -182,7 +183,7 @@ def test_sshd_killed_and_restarted_during_a_batch(lab: NetnsHost, tmp_path: Path
     assert wait_until(
         lambda: (ws.remote / ".gpubox-staging").exists() or (ws.remote / "data").exists(), 60, 0.002
     )
-    lab.server.kill()
+    kill_sshd(lab.server)
     counters.faults["sshd_kill_restart"] += 1
     Editor(ws.project, seed=5).burst(40)
     time.sleep(1.5)
@@ -200,7 +201,7 @@ def test_a_one_shot_sync_cut_by_sshd_dying_fails_cleanly_and_the_next_one_conver
     invariants = Invariants(ws, counters)
     sync = ws.spawn("sync")
     assert wait_until(lambda: ws.remote.exists() and any(ws.remote.iterdir()), timeout=60, interval=0.002)
-    lab.server.kill()
+    kill_sshd(lab.server)
     counters.faults["sshd_kill_restart"] += 1
     _out, err = sync.communicate(timeout=120)
     lines = err.decode().splitlines()
@@ -436,7 +437,7 @@ def test_a_connection_dropped_during_authentication_is_not_a_refused_key(
         trying = threading.Thread(target=attempt)
         trying.start()
         time.sleep(rng.uniform(0.0, 0.04))
-        lab.server.kill()
+        kill_sshd(lab.server)
         counters.faults["sshd_kill_restart"] += 1
         trying.join(30)
         lab.server.start()
