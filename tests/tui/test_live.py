@@ -146,13 +146,29 @@ async def test_open_tensorboard_and_jupyter_through_their_tunnels(project_root: 
         await wait_until(pilot, lambda: len(app.opened) == 2, 60, "Jupyter opened")
     tensorboard, jupyter = app.opened
     assert tensorboard.startswith("http://127.0.0.1:") and "token" not in tensorboard
-    with urllib.request.urlopen(tensorboard, timeout=30) as answer:
-        assert answer.status == 200 and b"TensorBoard" in answer.read()
+    assert _fetch(tensorboard) == 200 and b"TensorBoard" in _fetched[tensorboard]
     assert "/lab?token=" in jupyter and "<redacted>" not in jupyter
-    with urllib.request.urlopen(jupyter, timeout=30) as answer:
-        assert answer.status == 200 and b"JupyterLab" in answer.read()
+    assert _fetch(jupyter) == 200 and b"JupyterLab" in _fetched[jupyter]
     # The status line shows the same tunnels without the token.
     assert all("token=" not in t.url or "<redacted>" in t.url for t in app.snapshot.tunnels)
+
+
+_fetched: dict[str, bytes] = {}
+
+
+def _fetch(url: str, attempts: int = 5) -> int:
+    """GET *url* through its tunnel; a connection reset (a server still starting behind the tunnel) is tried
+    again a few times."""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=30) as answer:
+                _fetched[url] = answer.read()
+                return int(answer.status)
+        except ConnectionResetError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 async def test_sync_now_and_pull(project_root: Path, module_home: Path) -> None:

@@ -118,6 +118,17 @@ class HostsTable(SnapshotTable):
         Column("budget", "Budget", 11),
         Column("autostop", "Autostop", 8),
     )
+    MEDIUM = (
+        Column("host", "Host", 12),
+        Column("state", "State", 13),
+        Column("util", "Util", 13),
+        Column("memory", "Memory", 14),
+        Column("check", "Check", 5),
+        Column("price", "$/h", 7),
+        Column("spent", "Spent", 8),
+        Column("budget", "Budget", 11),
+        Column("autostop", "Autostop", 8),
+    )
     NARROW = (
         Column("host", "Host", 9),
         Column("state", "State", 13),

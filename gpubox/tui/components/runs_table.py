@@ -90,6 +90,17 @@ class RunsTable(SnapshotTable):
         Column("loss", "Loss", 7),
         Column("metric", "Metric", 12),
     )
+    MEDIUM = (
+        Column("id", "Run", 6),
+        Column("host", "Host", 10),
+        Column("command", "Command", 24),
+        Column("state", "State", 10),
+        Column("elapsed", "Elapsed", 8),
+        Column("cost", "Cost", 7),
+        Column("epochs", "Epoch ETA", 10),
+        Column("loss", "Loss", 7),
+        Column("metric", "Metric", 10),
+    )
     NARROW = (
         Column("id", "Run", 5),
         Column("host", "Host", 6),

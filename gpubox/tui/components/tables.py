@@ -37,12 +37,14 @@ class Column:
 class SnapshotTable(ScrollView, can_focus=True):
     """Rows are ``(key, {column key: cell})``; cells are strings or Rich ``Text``.
 
-    Two column sets: the wide one, and a narrow one for terminals under :attr:`NARROW_BELOW` columns (the cells
-    of columns it leaves out are simply not shown)."""
+    Three column sets, the widest that fits the terminal is shown: :attr:`WIDE`, :attr:`MEDIUM` (from about
+    120 columns) and :attr:`NARROW` (80); the cells of columns a set leaves out are simply not shown."""
 
     WIDE: Sequence[Column] = ()
+    MEDIUM: Sequence[Column] = ()
     NARROW: Sequence[Column] = ()
-    NARROW_BELOW = 120
+    CHROME = 4
+    """Columns taken by the border and the scrollbar."""
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "snapshot-table--header",
@@ -108,7 +110,8 @@ class SnapshotTable(ScrollView, can_focus=True):
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
-        self.narrow: bool | None = None
+        self.column_set: str | None = None
+        """``wide``, ``medium`` or ``narrow``: the column set shown."""
         self.cursor_row = 0
         self._rows: list[str] = []
         self._index: dict[str, int] = {}
@@ -121,15 +124,32 @@ class SnapshotTable(ScrollView, can_focus=True):
     # -- columns
 
     @property
+    def narrow(self) -> bool:
+        return self.column_set == "narrow"
+
+    @property
     def columns_shown(self) -> Sequence[Column]:
-        return self.NARROW if self.narrow else self.WIDE
+        return {"wide": self.WIDE, "medium": self.MEDIUM or self.NARROW}.get(
+            self.column_set or "", self.NARROW
+        )
+
+    @staticmethod
+    def needed(columns: Sequence[Column]) -> int:
+        return sum(c.width + 2 for c in columns)
 
     def fit(self, width: int) -> None:
-        """Pick the column set for a terminal *width* columns wide (draws again only when it changes)."""
-        narrow = width < self.NARROW_BELOW
-        if narrow == self.narrow:
+        """Pick the widest column set that fits a terminal *width* columns wide (draws again only when the
+        choice changes)."""
+        room = width - self.CHROME
+        if self.needed(self.WIDE) <= room:
+            chosen = "wide"
+        elif self.MEDIUM and self.needed(self.MEDIUM) <= room:
+            chosen = "medium"
+        else:
+            chosen = "narrow"
+        if chosen == self.column_set:
             return
-        self.narrow = narrow
+        self.column_set = chosen
         self._forget_drawing()
         self._update_size()
 
@@ -179,7 +199,7 @@ class SnapshotTable(ScrollView, can_focus=True):
         self, rows: Sequence[tuple[str, Mapping[str, RenderableType]]], *, keep: str | None = None
     ) -> None:
         """Show *rows*; the cursor stays on its row (or goes to *keep*); only changed rows are drawn again."""
-        if self.narrow is None:
+        if self.column_set is None:
             self.fit(self.app.size.width)
         before_key = self.selected_key
         keys = [key for key, _cells in rows]
