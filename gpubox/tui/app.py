@@ -51,7 +51,8 @@ Opener = Callable[[str], str]
 
 
 class Abandoned(Exception):
-    """The worker was cancelled (the dashboard is closing) while its call was still waiting on a host."""
+    """The worker was cancelled (the dashboard is closing) while its call was still waiting on a host; the
+    call finishes (or dies with the process) in its own thread."""
 
 
 def interruptible(call: Callable[[], T]) -> T:
@@ -562,7 +563,9 @@ class GpuboxApp(App[None]):
 
         said: list[str] = []
         try:
-            run = launch_run(self.hosts_config.get(name), self.project, [command], say=said.append)
+            run = interruptible(
+                lambda: launch_run(self.hosts_config.get(name), self.project, [command], say=said.append)
+            )
         except GpuboxError as exc:
             self._say("run", "the run did not start", str(exc), "error", host=name)
             return
@@ -595,7 +598,7 @@ class GpuboxApp(App[None]):
         from gpubox.actions import stop_one_run
 
         try:
-            run = stop_one_run(self.hosts_config.get(host), self.project, run_id)
+            run = interruptible(lambda: stop_one_run(self.hosts_config.get(host), self.project, run_id))
         except GpuboxError as exc:
             self._say("stop", f"stopping {run_id} failed", str(exc), "error", host=host)
             return
@@ -614,7 +617,7 @@ class GpuboxApp(App[None]):
         from gpubox.actions import sync_now
 
         try:
-            report = sync_now(self.hosts_config.get(name), self.project)
+            report = interruptible(lambda: sync_now(self.hosts_config.get(name), self.project))
         except GpuboxError as exc:
             self._say("sync", f"sync {name} failed", str(exc), "error", host=name)
             return
@@ -631,7 +634,7 @@ class GpuboxApp(App[None]):
         from gpubox.actions import pull_outputs
 
         try:
-            report = pull_outputs(self.hosts_config.get(name), self.project)
+            report = interruptible(lambda: pull_outputs(self.hosts_config.get(name), self.project))
         except GpuboxError as exc:
             self._say("pull", f"pull {name} failed", str(exc), "error", host=name)
             return
@@ -661,7 +664,10 @@ class GpuboxApp(App[None]):
             if service not in rows:
                 known = ", ".join(sorted(rows)) or "none"
                 raise GpuboxError(f"{service} is not tunnelled from {name} (tunnelled now: {known})")
-            url = service_url(self.hosts_config.get(name), self.project, rows[service], show_secret=True)
+            row = rows[service]
+            url = interruptible(
+                lambda: service_url(self.hosts_config.get(name), self.project, row, show_secret=True)
+            )
             said = self.opener(url)
         except GpuboxError as exc:
             self._say(f"open {service}", f"cannot open {service}", str(exc), "error")

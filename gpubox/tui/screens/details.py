@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
@@ -18,6 +20,11 @@ from gpubox.errors import GpuboxError
 from gpubox.tui.commands import ACTIONS
 
 __all__ = ["CheckScreen", "CostScreen", "HelpScreen", "LinesScreen"]
+
+
+@dataclass
+class LinesLoaded(Message, bubble=False):
+    lines: list[str]
 
 
 class LinesScreen(Screen[None]):
@@ -55,15 +62,19 @@ class LinesScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, name="details", group="details")
     def _load(self) -> None:
+        from gpubox.tui.app import interruptible
+
         try:
-            lines = self.produce()
+            lines = interruptible(self.produce)
         except GpuboxError as exc:
             lines = [f"✗ {exc}"]
-        self.app.call_from_thread(self._show, lines)
+        # A message, not a call: if the screen was closed meanwhile, nobody is left to draw and nothing breaks.
+        self.post_message(LinesLoaded(lines))
 
-    def _show(self, lines: list[str]) -> None:
-        self.lines = lines
-        self.query_one("#details-body", Static).update(Text("\n".join(lines)))
+    @on(LinesLoaded)
+    def _show(self, message: LinesLoaded) -> None:
+        self.lines = message.lines
+        self.query_one("#details-body", Static).update(Text("\n".join(message.lines)))
 
 
 class CostScreen(LinesScreen):
