@@ -26,6 +26,9 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    # A developer's real cloud keys must never send a test to the internet.
+    for variable in ("LAMBDA_API_KEY", "VAST_API_KEY", "RUNPOD_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
     yield home
     _stop_leftovers(gpubox_home)
 

@@ -254,4 +254,22 @@ def test_init_writes_both_files_once(project: Path) -> None:
     run_gpubox("init", cwd=project)
     listing = run_gpubox("hosts", "--json", cwd=project)
     assert listing.returncode == 0, listing.stderr
-    assert {h["name"] for h in json.loads(listing.stdout)["hosts"]} == {"box", "lab", "local"}
+    document = json.loads(listing.stdout)
+    assert {h["name"] for h in document["hosts"]} == {
+        "box",
+        "lab",
+        "local",
+        "lambda-a100",
+        "vast-4090",
+        "runpod-h100",
+    }
+    # The example's clouds are asked for forgotten instances only with a key: here each says which is missing.
+    assert {p["provider"]: p["problem"].split(": ", 1)[1] for p in document["provider_problems"]} == {
+        name: f"the API key variable {variable} is not set; export it (or name another variable with "
+        f"api_key_env in [providers.{name}] of hosts.toml)"
+        for name, variable in (
+            ("lambda", "LAMBDA_API_KEY"),
+            ("vast", "VAST_API_KEY"),
+            ("runpod", "RUNPOD_API_KEY"),
+        )
+    }
