@@ -604,7 +604,7 @@ def _start_live_sync(
     if status is not None:
         status.watching = live.watching
         # LiveSync has no public count of the paths waiting for the next batch; these two sets are it.
-        status.pending = lambda: len(live._dirty) + len(live._deferred)
+        status.pending = lambda: live.pending
     return live
 
 

@@ -201,6 +201,12 @@ class LiveSync:
     def watching(self) -> bool:
         return self._observer is not None and not self._polling
 
+    @property
+    def pending(self) -> int:
+        """Paths changed locally and not yet on the host (waiting for the next batch, or held back for later)."""
+        with self._cond:
+            return len(self._dirty) + len(self._deferred)
+
     def wait_idle(self, timeout: float) -> bool:
         """Block until every change seen so far is on the host (the flush barrier)."""
         deadline = time.monotonic() + timeout
