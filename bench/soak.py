@@ -115,19 +115,26 @@ def soak(host: NetnsHost, work: Path, options: argparse.Namespace) -> int:
         invariants.expect_run(run_id)
 
     stop = threading.Event()
-    trouble: list[str] = []
+    hiccups: list[str] = []
+    """Commands of the training loop that failed and were tried again (a slow login on a shared host, say)."""
+
+    def current_run_ended() -> bool:
+        try:
+            return ws.runs().get(runs[-1], {}).get("state") not in ("starting", "running")
+        except Exception as exc:
+            hiccups.append(f"runs: {str(exc).strip().splitlines()[-1][:200]}")
+            return False
 
     def train_back_to_back() -> None:
-        try:
-            while True:
-                while not stop.wait(5.0):  # until the current run ends
-                    if ws.runs().get(runs[-1], {}).get("state") not in ("starting", "running"):
-                        break
-                if stop.is_set():
-                    return
+        while True:
+            while not stop.wait(5.0) and not current_run_ended():
+                pass
+            if stop.is_set():
+                return
+            try:
                 start_training()
-        except Exception as exc:
-            trouble.append(f"training: {type(exc).__name__}: {exc}")
+            except Exception as exc:
+                hiccups.append(f"run: {str(exc).strip().splitlines()[-1][:200]}")
 
     start_training()
     trainer = threading.Thread(target=train_back_to_back, name="training")
@@ -180,7 +187,7 @@ def soak(host: NetnsHost, work: Path, options: argparse.Namespace) -> int:
         alive = ws.up_alive()
         stop.set()
         trainer.join(120)
-        problems = trouble + invariants.check(converge_seconds=120)
+        problems = invariants.check(converge_seconds=120)
     finally:
         stop.set()
         ws.stop_up()
@@ -199,6 +206,7 @@ def soak(host: NetnsHost, work: Path, options: argparse.Namespace) -> int:
         "supervisor_alive_at_end": alive,
         "counters": counters.document(),
         "problems": problems,
+        "hiccups": hiccups,
         "latencies": [round(value, 5) for value in latencies],
     }
     if options.json:
@@ -245,7 +253,8 @@ def report(options: argparse.Namespace, document: dict[str, object]) -> list[str
         f"Invariants at the end: {counters['files_checked']} files / {counters['bytes_compared']:,} bytes compared, "
         f"{counters['runs_checked']} runs accounted for, {counters['log_bytes_compared']:,} log bytes compared; "
         f"lost: {'nothing' if not document['problems'] else document['problems']}. "
-        f"Supervisor alive at the end: {'yes' if document['supervisor_alive_at_end'] else 'NO'}.",
+        f"Supervisor alive at the end: {'yes' if document['supervisor_alive_at_end'] else 'NO'}. "
+        f"Training-loop commands that failed and were retried: {len(document['hiccups'])}.",  # type: ignore[arg-type]
     ]
     return lines
 
