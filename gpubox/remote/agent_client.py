@@ -160,6 +160,11 @@ class AgentSession:
             pass
         # The exit status may trail the stderr EOF by a moment.
         code = channel.exit_status if channel.status_event.wait(5) else None
+        if not self.connection.is_alive():
+            # The channel's end can be read a moment before the transport notices the connection itself is gone
+            # (the host's sshd died): that is a lost link, not an agent that stopped ("exit status -1").
+            during = " while starting the agent" if not self.hello else ""
+            return HostUnreachable(f"the connection to {self.host} was lost{during}")
         text = detail.decode(errors="replace").strip().splitlines()
         if code == 127 or any(
             line.startswith("gpubox-boot:") and line.endswith("not found") for line in text
