@@ -135,8 +135,8 @@ def test_reattach_after_sigkill_gives_a_byte_identical_log(project: Path, tmp_pa
 @pytest.mark.parametrize(
     ("argv", "message", "code"),
     [
-        (["logs", "r-999"], "gpubox: no run r-999 on this host", 2),
-        (["stop", "r-999"], "gpubox: no run r-999 on this host", 2),
+        (["logs", "r-987654321"], "gpubox: no run r-987654321 on this host", 2),
+        (["stop", "r-987654321"], "gpubox: no run r-987654321 on this host", 2),
         (["logs", "seven"], "gpubox: 'seven' is not a run id", 2),
         (["run"], "gpubox: nothing to run: give a command after `--`", 2),
     ],
