@@ -1158,24 +1158,33 @@ def _event_scalars(path: str) -> Dict[str, Tuple[int, float, float]]:
         if len(record) < size:
             break  # the writer is mid-record
         at += 12 + size + 4
-        wall, step = 0.0, 0
         try:
-            event = _fields(record)
+            wall, step, points = _event_points(record)
         except IndexError:
             continue
-        for field, wire, value in event:
-            if field == 1 and wire == 1:
-                wall = struct.unpack("<d", value)[0]
-            elif field == 2 and wire == 0:
-                step = value
-        for field, wire, value in event:
-            if field == 5 and wire == 2:
-                for sfield, swire, svalue in _fields(value):
-                    if sfield == 1 and swire == 2:
-                        tag, number = _scalar_of(svalue)
-                        if tag is not None and number is not None:
-                            last[tag] = (step, number, wall)
+        for tag, number in points:
+            last[tag] = (step, number, wall)
     return last
+
+
+def _event_points(record: bytes) -> Tuple[float, int, List[Tuple[str, float]]]:
+    """(wall time, step, [(tag, number), ...]) of the scalars in one TensorBoard Event record."""
+    wall, step = 0.0, 0
+    found: List[Tuple[str, float]] = []
+    event = _fields(record)
+    for field, wire, value in event:
+        if field == 1 and wire == 1:
+            wall = struct.unpack("<d", value)[0]
+        elif field == 2 and wire == 0:
+            step = value
+    for field, wire, value in event:
+        if field == 5 and wire == 2:
+            for sfield, swire, svalue in _fields(value):
+                if sfield == 1 and swire == 2:
+                    tag, number = _scalar_of(svalue)
+                    if tag is not None and number is not None:
+                        found.append((tag, number))
+    return wall, step, found
 
 
 def _progress(folder: str, spec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -1626,24 +1635,6 @@ _series_cache: Dict[str, List[Any]] = {}
 """Event file path -> [bytes read so far, {tag: [[step, value], ...]}]: each refresh reads only what is new."""
 
 
-def _event_points(record: bytes) -> Tuple[int, List[Tuple[str, float]]]:
-    """(step, [(tag, number), ...]) of the scalars in one TensorBoard Event record."""
-    step = 0
-    found: List[Tuple[str, float]] = []
-    event = _fields(record)
-    for field, wire, value in event:
-        if field == 2 and wire == 0:
-            step = value
-    for field, wire, value in event:
-        if field == 5 and wire == 2:
-            for sfield, swire, svalue in _fields(value):
-                if sfield == 1 and swire == 2:
-                    tag, number = _scalar_of(svalue)
-                    if tag is not None and number is not None:
-                        found.append((tag, number))
-    return step, found
-
-
 def _event_series(path: str) -> Dict[str, List[List[float]]]:
     """Every scalar point of every tag in one event file, read incrementally (whole records only)."""
     cached = _series_cache.get(path)
@@ -1670,7 +1661,7 @@ def _event_series(path: str) -> Dict[str, List[List[float]]]:
             record = data[at + 12 : at + 12 + length]
             at = end
             try:
-                step, points = _event_points(record)
+                _wall, step, points = _event_points(record)
             except (IndexError, struct.error):
                 continue
             for tag, number in points:
