@@ -390,7 +390,8 @@ def _verdict(
 
 def read_state(hosts: HostsConfig, project: ProjectConfig, now: float | None = None) -> StateSample:
     """Everything the dashboard shows that the state database knows: never connects."""
-    from gpubox.actions import requirements_file, service_url
+    from gpubox.actions.check import requirements_file
+    from gpubox.actions.hosts import service_url
     from gpubox.cost import hourly_price
     from gpubox.state import live_tunnels, open_state
 
@@ -930,7 +931,7 @@ class Dashboard:
         return max(0.0, float(autostop["stops_at"]) - now)
 
     def snapshot(self) -> DashboardSnapshot:
-        from gpubox.actions import autostop_text
+        from gpubox.actions.hosts import autostop_text
         from gpubox.cost import budgets_for, host_spend, run_cost
 
         now = self.clock()

@@ -1,31 +1,76 @@
-"""The ``gpubox up`` process: holds one host's connection, keeps it alive, records itself, reconnects.
+"""The supervisor: the ``gpubox up`` process that holds one host's connection, keeps it alive, records itself
+and reconnects.
 
-It runs in the foreground (``--no-tui``) or detached in its own session (``--detach``); either way it claims the
-host in the state database so ``status`` can show it and ``up --stop`` / ``down`` can end it.
+It runs in the foreground (``--no-tui``) or in the background in its own session (``--detach``, ``up`` on a
+terminal, the dashboard); either way it claims the host in the state database so ``status`` can show it and
+``up --stop`` / ``down`` can end it.
+
+How the background supervisor reports its progress: a structured channel, not its printed log. The starting
+process (:func:`start_supervisor`) gives it the write end of a pipe (``--events-fd``); the supervisor writes one
+JSON object per line (:class:`EventChannel`) until the host is held, then closes it:
+
+    {"event": "line", "text": "  ✓ sync   14 sent ..."}      a line for the user, worded as the CLI prints it
+    {"event": "sync", "done": 1048576, "total": 9437184}     bytes of the first sync (for a progress bar)
+    {"event": "env", "text": "Collecting tensorflow ..."}    the env build's latest output line
+    {"event": "alive"}                                       every few seconds while nothing else is said
+    {"event": "ready", "pid": 4242, "tunnels": [["jupyter", "http://127.0.0.1:8888/lab?token=<redacted>"]]}
+    {"event": "failed", "message": "...", "exit_code": 3, "reason": "host_key_unknown", ...}
+
+The starting process may be a terminal (`gpubox up`) or the dashboard; either shows the lines and may answer the
+two questions a background process cannot ask (an unknown host key, a mass deletion) by starting it again.
+Everything the supervisor says also goes to its log (``state/logs/up-HOST.log``), before and after ``ready``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import select
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from gpubox import paths
 from gpubox.config import HostConfig
 from gpubox.cost import BillingHold, hourly_price, live_price
-from gpubox.errors import AgentError, HostUnreachable
-from gpubox.remote.connection import Backoff
+from gpubox.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_HOST,
+    AgentError,
+    BadInput,
+    GpuboxError,
+    HostError,
+    HostKeyUnknown,
+    HostUnreachable,
+)
+from gpubox.remote.connection import AskToPin, Backoff, pin_host_key, public_key_from_line
 from gpubox.remote.session import HostSession
-from gpubox.state import open_state
+from gpubox.state import current_instance, open_state
 
 if TYPE_CHECKING:
-    from gpubox.monitor import HostMonitor
+    from gpubox.actions import Say
+    from gpubox.actions.monitor import HostMonitor
+    from gpubox.actions.up import Ready, UpOptions
+    from gpubox.sync.engine import BatchProgress
 
-__all__ = ["HEARTBEAT_SECONDS", "claim_host", "stop_supervisor", "supervise"]
+__all__ = [
+    "HEARTBEAT_SECONDS",
+    "EventChannel",
+    "Supervised",
+    "claim_host",
+    "start_supervisor",
+    "stop_on_signals",
+    "stop_supervisor",
+    "supervise",
+]
 
 HEARTBEAT_SECONDS = 5.0
 RECONNECT = Backoff(initial=0.5, maximum=15.0, deadline=None)
@@ -63,8 +108,6 @@ def claim_host(
 
 def _bill_unheld(state: Any, host: HostConfig, price: Any) -> None:
     """A rented instance goes on billing after its holder lets go: count that time until it is terminated."""
-    from gpubox.state import current_instance
-
     record = current_instance(state, host.name)
     if record is not None and record.billing:
         state.open_billing(
@@ -156,8 +199,6 @@ def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
     else:
         with contextlib.suppress(ProcessLookupError):
             os.kill(found.pid, signal.SIGKILL)
-    from gpubox.state import current_instance
-
     with open_state() as state:
         state.release_supervisor(host_name, found.pid)
         rented = current_instance(state, host_name)
@@ -169,3 +210,288 @@ def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
                 host_name, rented.price_per_hour, price_source=f"live price from {rented.provider}"
             )
     return found.pid
+
+
+# ------------------------------------------------------------------------------- the background supervisor
+
+
+ALIVE_SECONDS = 5.0
+"""How often a background supervisor that has nothing to say says that it is alive."""
+
+
+class EventChannel:
+    """The background supervisor's end of its progress channel (see the module's docstring).
+
+    Every line is also printed to this process's stdout (the supervisor's log). Writes never fail: when the
+    starting process has gone (Ctrl-C on `gpubox up`, a closed dashboard), the channel just closes.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self._pipe = None if fd is None else os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+        self._lock = threading.Lock()
+        self._quiet = threading.Event()
+        self._last = time.monotonic()
+        if self._pipe is not None:
+            threading.Thread(target=self._keep_alive, name="events-alive", daemon=True).start()
+
+    def _send(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            if self._pipe is None:
+                return
+            try:
+                self._pipe.write(json.dumps(event, ensure_ascii=False) + "\n")
+                self._last = time.monotonic()
+            except (BrokenPipeError, OSError, ValueError):
+                self._close()
+
+    def _close(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        self._quiet.set()
+        if pipe is not None:
+            with contextlib.suppress(OSError, ValueError):
+                pipe.close()
+
+    def _keep_alive(self) -> None:
+        while not self._quiet.wait(ALIVE_SECONDS / 5):
+            if time.monotonic() - self._last >= ALIVE_SECONDS:
+                self._send({"event": "alive"})
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self._send({"event": "line", "text": text})
+
+    def sync_progress(self, step: BatchProgress) -> None:
+        self._send({"event": "sync", "done": step.bytes_done, "total": step.bytes_total})
+
+    def env_sink(self) -> _EnvLines:
+        """Where the env build writes its output: each line goes to the log and up the channel."""
+        return _EnvLines(self)
+
+    def env_output(self, text: str) -> None:
+        self._send({"event": "env", "text": text})
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def ready(self, ready: Ready) -> None:
+        """The host is held: say so, with the tunnels, and close the channel (the log goes on)."""
+        self._send({"event": "ready", "pid": ready.pid, "tunnels": [list(t) for t in ready.tunnels]})
+        with self._lock:
+            self._close()
+
+    def failed(self, error: BaseException) -> None:
+        event: dict[str, Any] = {
+            "event": "failed",
+            "message": str(error),
+            "exit_code": getattr(error, "exit_code", 1),
+            "reason": None,
+        }
+        if isinstance(error, HostKeyUnknown) and error.key_line:
+            event |= {
+                "reason": "host_key_unknown",
+                "host": error.host,
+                "key_type": error.key_type,
+                "fingerprint": error.fingerprint,
+                "key": error.key_line,
+            }
+        deleting = getattr(error, "deleting", None)
+        if isinstance(deleting, int):
+            event |= {"reason": "mass_delete", "deleting": deleting}
+        self._send(event)
+        with self._lock:
+            self._close()
+
+
+class _EnvLines:
+    """A byte sink for the env build (pip's output, prefixed ``    | ``): to the log, and line by line up the
+    channel so a terminal can show the latest one."""
+
+    def __init__(self, channel: EventChannel) -> None:
+        self.channel = channel
+        self.partial = b""
+
+    def write(self, data: bytes, /) -> int:
+        sys.stdout.buffer.write(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", "replace").removeprefix("    | ").strip()
+            if text:
+                self.channel.env_output(text)
+        return len(data)
+
+    def flush(self) -> None:
+        sys.stdout.buffer.flush()
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """A background supervisor that holds a host."""
+
+    pid: int
+    log_path: Path
+    tunnels: tuple[tuple[str, str], ...] = ()
+    """(service, URL without secrets) of each tunnel it opened."""
+
+
+class _Restart(Exception):
+    """The user answered the question that stopped the background supervisor: start it again."""
+
+
+def start_supervisor(
+    host: HostConfig,
+    *,
+    options: UpOptions,
+    say: Say | None = None,
+    on_sync: Callable[[int, int], None] | None = None,
+    on_env: Callable[[str], None] | None = None,
+    ask_to_pin: AskToPin | None = None,
+    confirm_mass_delete: Callable[[int], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+    pin_file: Path | None = None,
+) -> Supervised:
+    """Start the supervisor that holds *host* from the background (its own session, log in the state folder)
+    and return once it holds it. *say* hears its lines (connect, report, sync, env, services, tunnels),
+    *on_sync* the first sync's bytes (done, total), *on_env* the env build's output lines. It runs in *cwd*,
+    the project folder (default: this process's).
+
+    A background process cannot ask: when it stops at an unknown host key, *ask_to_pin* is asked and the exact
+    key shown is pinned (in *pin_file*, gpubox's own known-hosts file by default) before starting it again;
+    when it stops at a mass deletion, *confirm_mass_delete* is asked. *timeout* is how long it may stay silent
+    (it says it is alive every few seconds, so this catches a hung process, not a slow env build)."""
+    while True:
+        try:
+            return _start_once(
+                host,
+                options=options,
+                say=say,
+                on_sync=on_sync,
+                on_env=on_env,
+                ask_to_pin=ask_to_pin,
+                confirm_mass_delete=confirm_mass_delete,
+                should_stop=should_stop,
+                cwd=cwd,
+                timeout=timeout,
+                pin_file=pin_file,
+            )
+        except _Restart as restart:
+            options = restart.args[0]
+
+
+def _start_once(
+    host: HostConfig,
+    *,
+    options: UpOptions,
+    say: Say | None,
+    on_sync: Callable[[int, int], None] | None,
+    on_env: Callable[[str], None] | None,
+    ask_to_pin: AskToPin | None,
+    confirm_mass_delete: Callable[[int], bool] | None,
+    should_stop: Callable[[], bool] | None,
+    cwd: Path | None,
+    timeout: float,
+    pin_file: Path | None,
+) -> Supervised:
+    log_dir = paths.ensure_private_dir(paths.state_dir() / "logs")
+    log_path = log_dir / f"up-{host.name}.log"
+    read_end, write_end = os.pipe()
+    command = [sys.executable, "-m", "gpubox", "up", host.name, "--no-tui", "--supervise-child"]
+    command += ["--events-fd", str(write_end)]
+    if options.accept_new:
+        command.append("--accept-new")
+    if not options.sync:
+        command.append("--no-sync")
+    if not options.services:
+        command.append("--no-services")
+    if options.allow_mass_delete:
+        command.append("--allow-mass-delete")
+    try:
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen(
+                command,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                pass_fds=(write_end,),
+            )
+    finally:
+        os.close(write_end)
+    events = os.fdopen(read_end, "rb")
+    pending = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if should_stop is not None and should_stop():
+                child.terminate()
+                raise GpuboxError(f"gave up bringing {host.name} up")
+            ready, _, _ = select.select([events], [], [], 0.2)
+            if not ready:
+                if time.monotonic() > deadline:
+                    raise GpuboxError(
+                        f"the background gpubox for {host.name} said nothing for {timeout:g} s (log {log_path})"
+                    )
+                continue
+            data = os.read(events.fileno(), 1 << 16)
+            if not data:
+                break  # closed without `ready` or `failed`: it died
+            deadline = time.monotonic() + timeout
+            pending += data
+            *complete, pending = pending.split(b"\n")
+            for raw in complete:
+                event = json.loads(raw)
+                kind = event.get("event")
+                if kind == "line" and say is not None:
+                    say(str(event["text"]))
+                elif kind == "sync" and on_sync is not None:
+                    on_sync(int(event["done"]), int(event["total"]))
+                elif kind == "env" and on_env is not None:
+                    on_env(str(event["text"]))
+                elif kind == "ready":
+                    tunnels = tuple((str(name), str(url)) for name, url in event.get("tunnels", []))
+                    return Supervised(int(event["pid"]), log_path, tunnels)
+                elif kind == "failed":
+                    child.wait()
+                    _answer_or_raise(event, host, options, ask_to_pin, confirm_mass_delete, pin_file)
+    finally:
+        events.close()
+    code = child.wait()
+    raise GpuboxError(
+        f"the background gpubox for {host.name} exited (status {code}) before holding it (log {log_path})"
+    )
+
+
+def _answer_or_raise(
+    event: Mapping[str, Any],
+    host: HostConfig,
+    options: UpOptions,
+    ask_to_pin: AskToPin | None,
+    confirm_mass_delete: Callable[[int], bool] | None,
+    pin_file: Path | None,
+) -> None:
+    reason = event.get("reason")
+    if (
+        reason == "host_key_unknown"
+        and ask_to_pin is not None
+        and ask_to_pin(str(event["host"]), str(event["key_type"]), str(event["fingerprint"]))
+    ):
+        pin_host_key(
+            pin_file or paths.known_hosts_file(), str(event["host"]), public_key_from_line(event["key"])
+        )
+        raise _Restart(options)
+    if (
+        reason == "mass_delete"
+        and confirm_mass_delete is not None
+        and confirm_mass_delete(int(event["deleting"]))
+    ):
+        raise _Restart(replace(options, allow_mass_delete=True))
+    message = str(event.get("message") or f"the background gpubox for {host.name} failed")
+    code = int(event.get("exit_code") or 1)
+    if code == EXIT_BAD_INPUT:
+        raise BadInput(message)
+    if code == EXIT_HOST:
+        raise HostError(message)
+    raise GpuboxError(message)

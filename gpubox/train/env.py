@@ -15,12 +15,13 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from gpubox.errors import RemoteError, UsageError
 
 if TYPE_CHECKING:
     from gpubox.config import ProjectConfig
+    from gpubox.remote.connection import ByteSink
     from gpubox.remote.session import HostSession
 
 __all__ = ["EnvSpec", "ensure_env", "env_spec", "tools_spec"]
@@ -117,7 +118,7 @@ def _script(spec: EnvSpec, project_dir: str) -> str:
 class _Tee:
     """Passes pip's output through (prefixed) while keeping it, to say what failed."""
 
-    def __init__(self, out: IO[bytes] | None) -> None:
+    def __init__(self, out: ByteSink | None) -> None:
         self.out = out
         self.kept = bytearray()
         self._line_start = True
@@ -141,7 +142,7 @@ class _Tee:
         return len(data)
 
 
-def ensure_env(session: HostSession, spec: EnvSpec, *, show: IO[bytes] | None = None) -> tuple[str, bool]:
+def ensure_env(session: HostSession, spec: EnvSpec, *, show: ByteSink | None = None) -> tuple[str, bool]:
     """Build the env if needed; return (its path on the host, whether it was already built)."""
     # The common case, a built env, costs one agent round trip instead of a shell on the host.
     known = session.agent.request("env_ready", {"key": spec.key})

@@ -433,7 +433,8 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="up", group="action:up", exit_on_error=False)
     def _up_worker(self, name: str, offer_id: str | None = None) -> None:
-        from gpubox.actions import start_supervisor
+        from gpubox.actions.supervisor import start_supervisor
+        from gpubox.actions.up import UpOptions
 
         host = self.hosts_config.get(name)
         worker = get_current_worker()
@@ -459,7 +460,8 @@ class GpuboxApp(App[None]):
             # Building the env (TensorFlow) prints nothing for a while: be patient, the user can look away.
             held = start_supervisor(
                 host,
-                on_line=line,
+                options=UpOptions(),
+                say=line,
                 should_stop=lambda: worker.is_cancelled,
                 cwd=self.project.root,
                 timeout=UP_QUIET_SECONDS,
@@ -518,7 +520,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="down", group="action:down", exit_on_error=False)
     def _down_worker(self, name: str) -> None:
-        from gpubox.actions import take_down
+        from gpubox.actions.down import take_down
 
         said: list[str] = []
         try:
@@ -559,7 +561,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="run", group="action:run", exit_on_error=False)
     def _run_worker(self, name: str, command: str) -> None:
-        from gpubox.actions import launch_run
+        from gpubox.actions.runs import launch_run
 
         said: list[str] = []
         try:
@@ -595,7 +597,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="stop", group="action:stop", exit_on_error=False)
     def _stop_worker(self, host: str, run_id: str) -> None:
-        from gpubox.actions import stop_one_run
+        from gpubox.actions.runs import stop_one_run
 
         try:
             run = interruptible(lambda: stop_one_run(self.hosts_config.get(host), self.project, run_id))
@@ -614,7 +616,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="sync", group="action:sync", exit_on_error=False)
     def _sync_worker(self, name: str) -> None:
-        from gpubox.actions import sync_now
+        from gpubox.actions.sync import sync_now
 
         try:
             report = interruptible(lambda: sync_now(self.hosts_config.get(name), self.project))
@@ -631,7 +633,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="pull", group="action:pull", exit_on_error=False)
     def _pull_worker(self, name: str) -> None:
-        from gpubox.actions import pull_outputs
+        from gpubox.actions.sync import pull_outputs
 
         try:
             report = interruptible(lambda: pull_outputs(self.hosts_config.get(name), self.project))
@@ -655,7 +657,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="open", group="action:open", exit_on_error=False)
     def _open_worker(self, name: str, service: str) -> None:
-        from gpubox.actions import service_url
+        from gpubox.actions.hosts import service_url
         from gpubox.state import live_tunnels, open_state
 
         try:

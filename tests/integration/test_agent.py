@@ -14,7 +14,7 @@ from gpubox.remote.agent import PROTOCOL
 from gpubox.remote.agent_client import AgentSession, agent_hash
 from gpubox.remote.connection import Connection, Endpoint
 from gpubox.remote.session import HostSession
-from gpubox.supervisor import supervise
+from gpubox.actions.supervisor import supervise
 from tests.support.sshd import SshServer
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from gpubox.monitor import gpu_utilization
+from gpubox.actions.monitor import gpu_utilization
 from gpubox.remote.agent_client import AgentSession
 from gpubox.remote.connection import Connection, Endpoint
 from gpubox.remote.providers.local import LocalSshd

@@ -10,7 +10,7 @@ import pytest
 
 from gpubox.config import HostConfig, load_project
 from gpubox.remote.session import connect_host
-from gpubox.supervisor import supervise
+from gpubox.actions.supervisor import supervise
 from gpubox.sync.engine import Syncer
 from gpubox.sync.watch import LiveSync
 from tests.support.sshd import SshServer

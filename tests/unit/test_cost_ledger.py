@@ -26,7 +26,7 @@ from gpubox.cost import (
     seconds_in_window,
 )
 from gpubox.errors import UsageError
-from gpubox.monitor import gpu_utilization
+from gpubox.actions.monitor import gpu_utilization
 from gpubox.state import DIED_REASON, MIGRATIONS, State
 
 CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"

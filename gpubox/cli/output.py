@@ -1,0 +1,179 @@
+"""What every command shares: printing lines and JSON, asking the user, finding the project and its hosts.
+
+Imported only once a command is dispatched (never for ``--help``); rich stays lazy even here, because most
+commands print no progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from gpubox import config
+from gpubox.cost import format_usd
+from gpubox.errors import UsageError
+from gpubox.report import columns
+
+if TYPE_CHECKING:
+    from gpubox.config import HostsConfig, ProjectConfig
+
+__all__ = [
+    "ask_to_pin",
+    "confirm",
+    "err",
+    "is_terminal",
+    "load_hosts",
+    "load_project",
+    "out",
+    "price",
+    "print_json",
+    "progress_bar",
+    "shown",
+    "step",
+    "table",
+    "transient_line",
+]
+
+
+def is_terminal() -> bool:
+    """Whether a person is at this command's stdin and stdout (so it may ask, and draw progress)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=False))
+
+
+def ask_to_pin() -> Callable[[str, str, str], bool] | None:
+    """On a terminal, ask before pinning an unknown host key; elsewhere refuse (the caller says how to accept)."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def ask(host: str, key_type: str, fingerprint: str) -> bool:
+        err(f"The authenticity of host {host} can't be established.")
+        err(f"{key_type} key fingerprint is {fingerprint}.")
+        try:
+            answer = input("Pin this key and connect? [y/N] ")
+        except EOFError:
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+    return ask
+
+
+def confirm(question: str, *, yes: bool) -> bool:
+    """Ask a yes/no question on the terminal; ``--yes`` answers it. Without a terminal and without ``--yes``,
+    refuse clearly instead of guessing."""
+    if yes:
+        out(f"  {question} yes (--yes)")
+        return True
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise UsageError(f"{question.rstrip('?')}: asking needs a terminal; pass --yes to go ahead")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def step(text: str) -> None:
+    out(f"  {text}" if text.startswith("! ") else f"  · {text}")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    for line in columns([h.upper() for h in headers], rows):
+        out(line)
+
+
+def price(amount: float | None) -> str:
+    return "?" if amount is None else format_usd(amount)
+
+
+def progress_bar(enabled: bool) -> Any:
+    """A rich progress bar on a terminal (files, bytes, rate, ETA); nothing elsewhere."""
+    if not enabled or not sys.stdout.isatty():
+        return contextlib.nullcontext(None)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+
+
+def shown(path: str) -> str:
+    """A file name as one printable line: control characters and bytes that are not UTF-8 are escaped (and the
+    name quoted), so a name with a newline cannot pass for two files and an undecodable one cannot crash."""
+    if path.isprintable():
+        return path
+    escaped = "".join(
+        f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c if c.isprintable() else repr(c)[1:-1]
+        for c in path
+    )
+    return f"'{escaped}'"
+
+
+def load_project() -> ProjectConfig:
+    return config.load_project()
+
+
+def load_hosts(project: ProjectConfig | None = None) -> HostsConfig:
+    return config.load_hosts((project or load_project()).root)
+
+
+class _TransientLine:
+    """One line that keeps changing in place on a terminal (the env build's latest output), gone when a real
+    line is printed; nothing at all elsewhere."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.showing = False
+
+    def show(self, text: str) -> None:
+        if not self.enabled:
+            return
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        shown_text = text if len(text) <= width else text[: max(0, width - 1)] + "…"
+        sys.stdout.write("\r\x1b[2K" + shown_text)
+        sys.stdout.flush()
+        self.showing = True
+
+    def clear(self) -> None:
+        if self.showing:
+            sys.stdout.write("\r\x1b[2K")
+            sys.stdout.flush()
+            self.showing = False
+
+
+@contextlib.contextmanager
+def transient_line() -> Iterator[_TransientLine]:
+    line = _TransientLine(sys.stdout.isatty())
+    try:
+        yield line
+    finally:
+        line.clear()
