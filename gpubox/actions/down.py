@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gpubox.actions import Say, quiet
+from gpubox.actions.supervisor import stop_supervisor
 from gpubox.errors import HostError
 from gpubox.provision import take_down_rented
 from gpubox.remote.providers import provider_for
 from gpubox.remote.session import connect_host
 from gpubox.state import open_state
-from gpubox.actions.supervisor import stop_supervisor
 from gpubox.train.services import service_key
 
 if TYPE_CHECKING:

@@ -52,6 +52,7 @@ from gpubox.errors import (
     HostUnreachable,
 )
 from gpubox.remote.connection import AskToPin, Backoff, pin_host_key, public_key_from_line
+from gpubox.remote.providers import provider_for
 from gpubox.remote.session import HostSession
 from gpubox.state import current_instance, open_state
 
@@ -350,7 +351,6 @@ def start_supervisor(
     should_stop: Callable[[], bool] | None = None,
     cwd: Path | None = None,
     timeout: float = 60.0,
-    pin_file: Path | None = None,
 ) -> Supervised:
     """Start the supervisor that holds *host* from the background (its own session, log in the state folder)
     and return once it holds it. *say* hears its lines (connect, report, sync, env, services, tunnels),
@@ -358,7 +358,7 @@ def start_supervisor(
     the project folder (default: this process's).
 
     A background process cannot ask: when it stops at an unknown host key, *ask_to_pin* is asked and the exact
-    key shown is pinned (in *pin_file*, gpubox's own known-hosts file by default) before starting it again;
+    key shown is pinned (where this host's keys are pinned) before starting it again;
     when it stops at a mass deletion, *confirm_mass_delete* is asked. *timeout* is how long it may stay silent
     (it says it is alive every few seconds, so this catches a hung process, not a slow env build)."""
     while True:
@@ -374,7 +374,6 @@ def start_supervisor(
                 should_stop=should_stop,
                 cwd=cwd,
                 timeout=timeout,
-                pin_file=pin_file,
             )
         except _Restart as restart:
             options = restart.args[0]
@@ -392,7 +391,6 @@ def _start_once(
     should_stop: Callable[[], bool] | None,
     cwd: Path | None,
     timeout: float,
-    pin_file: Path | None,
 ) -> Supervised:
     log_dir = paths.ensure_private_dir(paths.state_dir() / "logs")
     log_path = log_dir / f"up-{host.name}.log"
@@ -455,7 +453,7 @@ def _start_once(
                     return Supervised(int(event["pid"]), log_path, tunnels)
                 elif kind == "failed":
                     child.wait()
-                    _answer_or_raise(event, host, options, ask_to_pin, confirm_mass_delete, pin_file)
+                    _answer_or_raise(event, host, options, ask_to_pin, confirm_mass_delete)
     finally:
         events.close()
     code = child.wait()
@@ -470,7 +468,6 @@ def _answer_or_raise(
     options: UpOptions,
     ask_to_pin: AskToPin | None,
     confirm_mass_delete: Callable[[int], bool] | None,
-    pin_file: Path | None,
 ) -> None:
     reason = event.get("reason")
     if (
@@ -478,9 +475,9 @@ def _answer_or_raise(
         and ask_to_pin is not None
         and ask_to_pin(str(event["host"]), str(event["key_type"]), str(event["fingerprint"]))
     ):
-        pin_host_key(
-            pin_file or paths.known_hosts_file(), str(event["host"]), public_key_from_line(event["key"])
-        )
+        # A rented instance pins in a file of its own (cloud addresses are reused by the next tenant).
+        pin_file = provider_for(host).connect_spec(host).pin_file or paths.known_hosts_file()
+        pin_host_key(pin_file, str(event["host"]), public_key_from_line(event["key"]))
         raise _Restart(options)
     if (
         reason == "mass_delete"

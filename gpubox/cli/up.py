@@ -32,12 +32,9 @@ from gpubox.cli.output import (
 from gpubox.cli.sync import full_sync, tell_held_back
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.provision import find_orphans, terminate_orphans
-from gpubox.remote.providers import provider_for
 from gpubox.state import open_state
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
     from gpubox.sync.engine import Syncer, SyncReport
 
@@ -135,16 +132,10 @@ def _start_in_background(host: HostConfig, project: ProjectConfig, options: up.U
             ask_to_pin=ask_to_pin(),
             confirm_mass_delete=ask_mass_delete,
             cwd=project.root,
-            pin_file=_pin_file(host),
         )
     out(f"  running in the background (pid {supervised.pid}, log {supervised.log_path})")
     out(f"  `gpubox status` shows it · `gpubox up {host.name} --stop` ends it · `gpubox down {host.name}`")
     return 0
-
-
-def _pin_file(host: HostConfig) -> Path | None:
-    """Where this host's accepted keys are pinned (a rented instance has a file of its own)."""
-    return provider_for(host).connect_spec(host).pin_file
 
 
 def _supervise_in_background(
