@@ -390,10 +390,10 @@ def _verdict(
 
 def read_state(hosts: HostsConfig, project: ProjectConfig, now: float | None = None) -> StateSample:
     """Everything the dashboard shows that the state database knows: never connects."""
-    from gpubox.actions.check import requirements_file
     from gpubox.actions.hosts import service_url
     from gpubox.cost import hourly_price
     from gpubox.state import live_tunnels, open_state
+    from gpubox.train.env import requirements_file
 
     now = time.time() if now is None else now
     problems: list[str] = []

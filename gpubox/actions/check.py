@@ -4,30 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gpubox.errors import BadInput
 from gpubox.remote import gpu
 from gpubox.remote.session import connect_host
 from gpubox.state import open_state
+from gpubox.train.env import requirements_file
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProjectConfig
     from gpubox.remote.connection import AskToPin
     from gpubox.remote.gpu import CheckResult, FrameworkRelease
 
-__all__ = ["check_host", "requirements_file"]
-
-
-def requirements_file(project: ProjectConfig) -> tuple[str, str] | None:
-    """(name, text) of the project's requirements file, when there is one to read a TensorFlow pin from."""
-
-    name = project.env.requirements or "requirements.txt"
-    path = project.root / name
-    if not path.is_file():
-        return None
-    try:
-        return name, path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
+__all__ = ["check_host"]
 
 
 def check_host(

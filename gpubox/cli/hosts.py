@@ -1,10 +1,12 @@
-"""`gpubox init`, `hosts` and `status`: the project's files, the configured hosts, and what is up now."""
+"""`gpubox init`, `hosts`, `status` and `offers`: the project's files, the configured hosts, what is up now, and
+what could be rented."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import time
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
@@ -12,14 +14,15 @@ from gpubox.actions.hosts import autostop_text, host_rows, service_url
 from gpubox.cli.output import load_hosts, load_project, out, price, print_json, table
 from gpubox.config import HOSTS_FILE, PROJECT_FILE
 from gpubox.cost import format_duration, format_usd
-from gpubox.provision import configured_providers, describe_orphans, find_orphans
+from gpubox.errors import BadInput, GpuboxError, HostError, HostUnreachable, UsageError
+from gpubox.provision import collect_offers, configured_providers, describe_orphans, find_orphans
 from gpubox.remote.providers import provider_for
 from gpubox.state import live_tunnels, open_state
 
 if TYPE_CHECKING:
     from gpubox.config import HostsConfig
 
-__all__ = ["cmd_hosts", "cmd_init", "cmd_status"]
+__all__ = ["cmd_hosts", "cmd_init", "cmd_offers", "cmd_status"]
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -174,3 +177,101 @@ def cmd_status(args: argparse.Namespace) -> int:
     for line in orphan_lines:
         out(line)
     return 0
+
+
+def cmd_offers(args: argparse.Namespace) -> int:
+
+    if args.max_price is not None and not args.max_price > 0:
+        raise UsageError(f"--max-price must be a number above 0, got {args.max_price:g}")
+    project = load_project()
+    hosts = load_hosts(project)
+    report = collect_offers(
+        hosts,
+        project,
+        provider=args.provider,
+        gpu=args.gpu,
+        max_price=args.max_price,
+        compatible_only=args.compatible,
+        gpu_count=args.count,
+    )
+    if not report.asked:
+        raise UsageError(
+            "no cloud provider is configured: add a [providers.lambda], [providers.vast] or [providers.runpod] "
+            "table (or a host using one) to hosts.toml, or export LAMBDA_API_KEY, VAST_API_KEY or RUNPOD_API_KEY"
+        )
+    if report.problems and len(report.problems) == len(report.asked):
+        # No provider answered: that is a failure, not an empty market.
+        raise _offers_failure(report.problems, report.failures)
+    if args.json:
+        print_json(
+            {
+                "framework": report.framework,
+                "providers": report.asked,
+                "seconds": report.seconds,
+                "offers": [
+                    {
+                        "provider": r.offer.provider,
+                        "offer_id": r.offer.offer_id,
+                        "gpu": r.offer.gpu,
+                        "gpu_count": r.offer.gpu_count,
+                        "gpu_memory_gb": r.offer.gpu_memory_gb,
+                        "region": r.offer.region,
+                        "price_per_hour": r.offer.price_per_hour,
+                        "instance_type": r.offer.instance_type,
+                        "compute_capability": r.offer.compute_capability,
+                        "driver_version": r.offer.driver_version,
+                        "cuda_max": r.offer.cuda_max,
+                        "detail": r.offer.detail,
+                        "verdict": r.verdict,
+                        "reasons": list(r.reasons),
+                        "host": r.host,
+                    }
+                    for r in report.offers
+                ],
+                "problems": [{"provider": name, "problem": text} for name, text in report.problems],
+            }
+        )
+        return 0
+    out(f"offers from {', '.join(report.asked)}, cheapest first; verdicts for {report.framework}")
+    if report.offers:
+        table(
+            ["provider", "gpu", "n", "memory", "region", "$/h", "verdict", "launch as"],
+            [
+                [
+                    r.offer.provider,
+                    r.offer.gpu,
+                    str(r.offer.gpu_count),
+                    f"{r.offer.gpu_memory_gb:g} GB" if r.offer.gpu_memory_gb else "?",
+                    r.offer.region or "-",
+                    format_usd(r.offer.price_per_hour),
+                    r.verdict,
+                    r.host or "-",
+                ]
+                for r in report.offers
+            ],
+        )
+        shown = {r.verdict for r in report.offers}
+        if shown & {"warn", "fail", "unknown"}:
+            out("  `gpubox offers --json` gives each verdict's reasons; --compatible hides the failing ones")
+    else:
+        out("  nothing matches" + (" (try without --compatible)" if args.compatible else ""))
+    for name, problem in report.problems:
+        out(f"  ! {name}: {problem}")
+    return 0
+
+
+def _offers_failure(
+    problems: Sequence[tuple[str, str]], failures: Mapping[str, BaseException]
+) -> GpuboxError:
+    """One error for 'no provider answered': the provider's own when only one was asked, else one line naming
+    each, with the exit code they share (bad input 2, unreachable or refused 3, else 1)."""
+
+    errors = [failures.get(name) for name, _problem in problems]
+    if len(problems) == 1 and isinstance(errors[0], GpuboxError):
+        return errors[0]
+    text = "; ".join(f"{name}: {problem}" for name, problem in problems)
+    if all(isinstance(error, BadInput) for error in errors):
+        return BadInput(f"no provider could be asked: {text}")
+    if all(error is None or isinstance(error, HostError) for error in errors):
+        return HostUnreachable(f"no provider answered: {text}")
+    return GpuboxError(f"no provider answered: {text}")

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     offers = add(
         "offers",
-        "check:cmd_offers",
+        "hosts:cmd_offers",
         "rentable machines from the configured clouds, cheapest first, with verdict",
     )
     offers.add_argument("--provider", choices=("lambda", "vast", "runpod"), help="ask only this provider")

@@ -17,14 +17,14 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gpubox.errors import RemoteError, UsageError
+from gpubox.errors import BadInput, RemoteError, UsageError
 
 if TYPE_CHECKING:
     from gpubox.config import ProjectConfig
     from gpubox.remote.connection import ByteSink
     from gpubox.remote.session import HostSession
 
-__all__ = ["EnvSpec", "ensure_env", "env_spec", "tools_spec"]
+__all__ = ["EnvSpec", "ensure_env", "env_spec", "requirements_file", "tools_spec"]
 
 READY = ".gpubox-ready"
 _FAILED_REQUIREMENT = (
@@ -176,3 +176,15 @@ def ensure_env(session: HostSession, spec: EnvSpec, *, show: ByteSink | None = N
     if code == 93:
         raise RemoteError(f"an [env] setup command failed on {session.host.name} (its output ends above)")
     raise RemoteError(f"building the env on {session.host.name} failed (exit {code}): {tail[-300:]}")
+
+
+def requirements_file(project: ProjectConfig) -> tuple[str, str] | None:
+    """(name, text) of the project's requirements file, when there is one to read a TensorFlow pin from."""
+    name = project.env.requirements or "requirements.txt"
+    path = project.root / name
+    if not path.is_file():
+        return None
+    try:
+        return name, path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
