@@ -132,15 +132,11 @@ class ProviderAuthFailed(AuthenticationFailed):
 
 
 class HostKeyUnknown(HostError):
-    def __init__(
-        self, message: str, *, host: str, key_type: str, fingerprint: str, key_line: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, host: str, key_type: str, fingerprint: str) -> None:
         super().__init__(message)
         self.host = host
         self.key_type = key_type
         self.fingerprint = fingerprint
-        self.key_line = key_line
-        """The key itself (``ssh-ed25519 AAAA…``), so a process that can ask can pin exactly the key shown."""
 
 
 class HostKeyChanged(HostError):

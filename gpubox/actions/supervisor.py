@@ -16,8 +16,11 @@ JSON object per line (:class:`EventChannel`) until the host is held, then closes
     {"event": "ready", "pid": 4242, "tunnels": [["jupyter", "http://127.0.0.1:8888/lab?token=<redacted>"]]}
     {"event": "failed", "message": "...", "exit_code": 3, "reason": "host_key_unknown", ...}
 
-The starting process may be a terminal (`gpubox up`) or the dashboard; either shows the lines and may answer the
-two questions a background process cannot ask (an unknown host key, a mass deletion) by starting it again.
+    {"event": "ask", "question": "host_key", "host": ..., "key_type": ..., "fingerprint": ...}
+    {"event": "ask", "question": "mass_delete", "message": ..., "deleting": 31}
+
+A question waits for one JSON line on the second pipe (``--answers-fd``): ``{"yes": true}``. The starting
+process may be a terminal (`gpubox up`) or the dashboard: either shows the lines and asks the user.
 Everything the supervisor says also goes to its log (``state/logs/up-HOST.log``), before and after ``ready``.
 """
 
@@ -33,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -48,11 +51,9 @@ from gpubox.errors import (
     BadInput,
     GpuboxError,
     HostError,
-    HostKeyUnknown,
     HostUnreachable,
 )
-from gpubox.remote.connection import AskToPin, Backoff, pin_host_key, public_key_from_line
-from gpubox.remote.providers import provider_for
+from gpubox.remote.connection import AskToPin, Backoff
 from gpubox.remote.session import HostSession
 from gpubox.state import current_instance, open_state
 
@@ -224,42 +225,75 @@ class EventChannel:
     """The background supervisor's end of its progress channel (see the module's docstring).
 
     Every line is also printed to this process's stdout (the supervisor's log). Writes never fail: when the
-    starting process has gone (Ctrl-C on `gpubox up`, a closed dashboard), the channel just closes.
+    starting process has gone (Ctrl-C on `gpubox up`, a closed dashboard), the channel just closes, and a
+    question asked then is answered no.
     """
 
-    def __init__(self, fd: int | None) -> None:
-        self._pipe = None if fd is None else os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+    def __init__(self, events_fd: int | None, answers_fd: int | None = None) -> None:
+        self._pipe = None if events_fd is None else os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
+        self._answers = None if answers_fd is None else os.fdopen(answers_fd, "r", encoding="utf-8")
         self._lock = threading.Lock()
         self._quiet = threading.Event()
         self._last = time.monotonic()
         if self._pipe is not None:
             threading.Thread(target=self._keep_alive, name="events-alive", daemon=True).start()
 
-    def _send(self, event: dict[str, Any]) -> None:
+    def _send(self, event: dict[str, Any]) -> bool:
         with self._lock:
             if self._pipe is None:
-                return
+                return False
             try:
                 self._pipe.write(json.dumps(event, ensure_ascii=False) + "\n")
                 self._last = time.monotonic()
-            except (BrokenPipeError, OSError, ValueError):
+                return True
+            except (OSError, ValueError):
                 self._close()
+                return False
 
     def _close(self) -> None:
         pipe, self._pipe = self._pipe, None
+        answers, self._answers = self._answers, None
         self._quiet.set()
-        if pipe is not None:
-            with contextlib.suppress(OSError, ValueError):
-                pipe.close()
+        for stream in (pipe, answers):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
 
     def _keep_alive(self) -> None:
         while not self._quiet.wait(ALIVE_SECONDS / 5):
             if time.monotonic() - self._last >= ALIVE_SECONDS:
                 self._send({"event": "alive"})
 
+    def _ask(self, event: dict[str, Any]) -> bool:
+        """Ask the starting process and wait for its answer; no when it cannot answer (or has gone)."""
+        if self._answers is None or not self._send({"event": "ask", **event}):
+            return False
+        try:
+            line = self._answers.readline()
+        except (OSError, ValueError):
+            return False
+        try:
+            return bool(json.loads(line).get("yes")) if line else False
+        except ValueError:
+            return False
+
     def say(self, text: str) -> None:
         print(text, flush=True)
         self._send({"event": "line", "text": text})
+
+    def ask_to_pin(self, host: str, key_type: str, fingerprint: str) -> bool:
+        """An :data:`~gpubox.remote.connection.AskToPin` that asks the user where the starting process is."""
+        answer = self._ask(
+            {"question": "host_key", "host": host, "key_type": key_type, "fingerprint": fingerprint}
+        )
+        print(
+            f"  · host key {key_type} {fingerprint} for {host}: {'pinned' if answer else 'refused'}",
+            flush=True,
+        )
+        return answer
+
+    def confirm_mass_delete(self, message: str, deleting: int) -> bool:
+        return self._ask({"question": "mass_delete", "message": message, "deleting": deleting})
 
     def sync_progress(self, step: BatchProgress) -> None:
         self._send({"event": "sync", "done": step.bytes_done, "total": step.bytes_total})
@@ -271,35 +305,16 @@ class EventChannel:
     def env_output(self, text: str) -> None:
         self._send({"event": "env", "text": text})
 
-    def close(self) -> None:
-        with self._lock:
-            self._close()
-
     def ready(self, ready: Ready) -> None:
         """The host is held: say so, with the tunnels, and close the channel (the log goes on)."""
         self._send({"event": "ready", "pid": ready.pid, "tunnels": [list(t) for t in ready.tunnels]})
-        with self._lock:
-            self._close()
+        self.close()
 
-    def failed(self, error: BaseException) -> None:
-        event: dict[str, Any] = {
-            "event": "failed",
-            "message": str(error),
-            "exit_code": getattr(error, "exit_code", 1),
-            "reason": None,
-        }
-        if isinstance(error, HostKeyUnknown) and error.key_line:
-            event |= {
-                "reason": "host_key_unknown",
-                "host": error.host,
-                "key_type": error.key_type,
-                "fingerprint": error.fingerprint,
-                "key": error.key_line,
-            }
-        deleting = getattr(error, "deleting", None)
-        if isinstance(deleting, int):
-            event |= {"reason": "mass_delete", "deleting": deleting}
-        self._send(event)
+    def failed(self, error: GpuboxError) -> None:
+        self._send({"event": "failed", "message": str(error), "exit_code": error.exit_code})
+        self.close()
+
+    def close(self) -> None:
         with self._lock:
             self._close()
 
@@ -335,10 +350,6 @@ class Supervised:
     """(service, URL without secrets) of each tunnel it opened."""
 
 
-class _Restart(Exception):
-    """The user answered the question that stopped the background supervisor: start it again."""
-
-
 def start_supervisor(
     host: HostConfig,
     *,
@@ -347,7 +358,7 @@ def start_supervisor(
     on_sync: Callable[[int, int], None] | None = None,
     on_env: Callable[[str], None] | None = None,
     ask_to_pin: AskToPin | None = None,
-    confirm_mass_delete: Callable[[int], bool] | None = None,
+    confirm_mass_delete: Callable[[str, int], bool] | None = None,
     should_stop: Callable[[], bool] | None = None,
     cwd: Path | None = None,
     timeout: float = 60.0,
@@ -357,46 +368,17 @@ def start_supervisor(
     *on_sync* the first sync's bytes (done, total), *on_env* the env build's output lines. It runs in *cwd*,
     the project folder (default: this process's).
 
-    A background process cannot ask: when it stops at an unknown host key, *ask_to_pin* is asked and the exact
-    key shown is pinned (where this host's keys are pinned) before starting it again;
-    when it stops at a mass deletion, *confirm_mass_delete* is asked. *timeout* is how long it may stay silent
-    (it says it is alive every few seconds, so this catches a hung process, not a slow env build)."""
-    while True:
-        try:
-            return _start_once(
-                host,
-                options=options,
-                say=say,
-                on_sync=on_sync,
-                on_env=on_env,
-                ask_to_pin=ask_to_pin,
-                confirm_mass_delete=confirm_mass_delete,
-                should_stop=should_stop,
-                cwd=cwd,
-                timeout=timeout,
-            )
-        except _Restart as restart:
-            options = restart.args[0]
-
-
-def _start_once(
-    host: HostConfig,
-    *,
-    options: UpOptions,
-    say: Say | None,
-    on_sync: Callable[[int, int], None] | None,
-    on_env: Callable[[str], None] | None,
-    ask_to_pin: AskToPin | None,
-    confirm_mass_delete: Callable[[int], bool] | None,
-    should_stop: Callable[[], bool] | None,
-    cwd: Path | None,
-    timeout: float,
-) -> Supervised:
+    The two questions a background process meets are passed up and answered here: an unknown host key
+    (*ask_to_pin*; the supervisor pins the key it was shown) and a first sync that would delete many host files
+    (*confirm_mass_delete*, given the reason and the count). Without a callback the answer is no. *timeout* is
+    how long it may stay silent (it says it is alive every few seconds, so this catches a hung process, not a
+    slow env build)."""
     log_dir = paths.ensure_private_dir(paths.state_dir() / "logs")
     log_path = log_dir / f"up-{host.name}.log"
-    read_end, write_end = os.pipe()
+    events_read, events_write = os.pipe()
+    answers_read, answers_write = os.pipe()
     command = [sys.executable, "-m", "gpubox", "up", host.name, "--no-tui", "--supervise-child"]
-    command += ["--events-fd", str(write_end)]
+    command += ["--events-fd", str(events_write), "--answers-fd", str(answers_read)]
     if options.accept_new:
         command.append("--accept-new")
     if not options.sync:
@@ -414,20 +396,20 @@ def _start_once(
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                pass_fds=(write_end,),
+                pass_fds=(events_write, answers_read),
             )
     finally:
-        os.close(write_end)
-    events = os.fdopen(read_end, "rb")
-    pending = b""
-    deadline = time.monotonic() + timeout
-    try:
+        os.close(events_write)
+        os.close(answers_read)
+    with os.fdopen(events_read, "rb") as events, os.fdopen(answers_write, "w", encoding="utf-8") as answers:
+        pending = b""
+        deadline = time.monotonic() + timeout
         while True:
             if should_stop is not None and should_stop():
                 child.terminate()
                 raise GpuboxError(f"gave up bringing {host.name} up")
-            ready, _, _ = select.select([events], [], [], 0.2)
-            if not ready:
+            readable, _, _ = select.select([events], [], [], 0.2)
+            if not readable:
                 if time.monotonic() > deadline:
                     raise GpuboxError(
                         f"the background gpubox for {host.name} said nothing for {timeout:g} s (log {log_path})"
@@ -448,47 +430,40 @@ def _start_once(
                     on_sync(int(event["done"]), int(event["total"]))
                 elif kind == "env" and on_env is not None:
                     on_env(str(event["text"]))
+                elif kind == "ask":
+                    yes = _answer(event, ask_to_pin, confirm_mass_delete)
+                    answers.write(json.dumps({"yes": yes}) + "\n")
+                    answers.flush()
+                    deadline = time.monotonic() + timeout
                 elif kind == "ready":
                     tunnels = tuple((str(name), str(url)) for name, url in event.get("tunnels", []))
                     return Supervised(int(event["pid"]), log_path, tunnels)
                 elif kind == "failed":
                     child.wait()
-                    _answer_or_raise(event, host, options, ask_to_pin, confirm_mass_delete)
-    finally:
-        events.close()
+                    raise _error(str(event.get("message") or "failed"), int(event.get("exit_code") or 1))
     code = child.wait()
     raise GpuboxError(
         f"the background gpubox for {host.name} exited (status {code}) before holding it (log {log_path})"
     )
 
 
-def _answer_or_raise(
+def _answer(
     event: Mapping[str, Any],
-    host: HostConfig,
-    options: UpOptions,
     ask_to_pin: AskToPin | None,
-    confirm_mass_delete: Callable[[int], bool] | None,
-) -> None:
-    reason = event.get("reason")
-    if (
-        reason == "host_key_unknown"
-        and ask_to_pin is not None
-        and ask_to_pin(str(event["host"]), str(event["key_type"]), str(event["fingerprint"]))
-    ):
-        # A rented instance pins in a file of its own (cloud addresses are reused by the next tenant).
-        pin_file = provider_for(host).connect_spec(host).pin_file or paths.known_hosts_file()
-        pin_host_key(pin_file, str(event["host"]), public_key_from_line(event["key"]))
-        raise _Restart(options)
-    if (
-        reason == "mass_delete"
-        and confirm_mass_delete is not None
-        and confirm_mass_delete(int(event["deleting"]))
-    ):
-        raise _Restart(replace(options, allow_mass_delete=True))
-    message = str(event.get("message") or f"the background gpubox for {host.name} failed")
-    code = int(event.get("exit_code") or 1)
-    if code == EXIT_BAD_INPUT:
-        raise BadInput(message)
-    if code == EXIT_HOST:
-        raise HostError(message)
-    raise GpuboxError(message)
+    confirm_mass_delete: Callable[[str, int], bool] | None,
+) -> bool:
+    question = event.get("question")
+    if question == "host_key" and ask_to_pin is not None:
+        return ask_to_pin(str(event["host"]), str(event["key_type"]), str(event["fingerprint"]))
+    if question == "mass_delete" and confirm_mass_delete is not None:
+        return confirm_mass_delete(str(event["message"]), int(event["deleting"]))
+    return False
+
+
+def _error(message: str, exit_code: int) -> GpuboxError:
+    """The background supervisor's error, as the same kind (so the same exit code) in this process."""
+    if exit_code == EXIT_BAD_INPUT:
+        return BadInput(message)
+    if exit_code == EXIT_HOST:
+        return HostError(message)
+    return GpuboxError(message)

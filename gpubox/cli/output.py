@@ -10,7 +10,7 @@ import contextlib
 import json
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gpubox import config
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from gpubox.config import HostsConfig, ProjectConfig
 
 __all__ = [
+    "LiveProgress",
     "ask_to_pin",
     "confirm",
     "err",
@@ -35,7 +36,6 @@ __all__ = [
     "shown",
     "step",
     "table",
-    "transient_line",
 ]
 
 
@@ -146,34 +146,53 @@ def load_hosts(project: ProjectConfig | None = None) -> HostsConfig:
     return config.load_hosts((project or load_project()).root)
 
 
-class _TransientLine:
-    """One line that keeps changing in place on a terminal (the env build's latest output), gone when a real
-    line is printed; nothing at all elsewhere."""
+class LiveProgress:
+    """Progress that changes in place on a terminal: the first sync's bytes as a bar, the env build's latest
+    output line. Anything printed for good goes through :meth:`say`, which clears them first; nothing is drawn
+    when stdout is not a terminal. A bar is only drawn while bytes flow, so a question asked meanwhile is never
+    overwritten."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.showing = False
+    def __init__(self) -> None:
+        self.enabled = sys.stdout.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+        self._line = ""
 
-    def show(self, text: str) -> None:
+    def sync(self, done: int, total: int) -> None:
         if not self.enabled:
             return
-        width = shutil.get_terminal_size((80, 24)).columns - 1
-        shown_text = text if len(text) <= width else text[: max(0, width - 1)] + "…"
-        sys.stdout.write("\r\x1b[2K" + shown_text)
-        sys.stdout.flush()
-        self.showing = True
+        self._clear_line()
+        if self._bar is None:
+            self._bar = progress_bar(True)
+            self._bar.start()
+            self._task = self._bar.add_task("sync", total=total or 1)
+        self._bar.update(self._task, completed=done, total=total or 1)
 
-    def clear(self) -> None:
-        if self.showing:
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        self._stop_bar()
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        self._line = text if len(text) <= width else text[: max(0, width - 1)] + "…"
+        sys.stdout.write("\r\x1b[2K" + self._line)
+        sys.stdout.flush()
+
+    def say(self, text: str) -> None:
+        self.pause()
+        out(text)
+
+    def pause(self) -> None:
+        """Clear what is drawn (before a line for good, or a question)."""
+        self._stop_bar()
+        self._clear_line()
+
+    def _stop_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = self._task = None
+
+    def _clear_line(self) -> None:
+        if self._line:
             sys.stdout.write("\r\x1b[2K")
             sys.stdout.flush()
-            self.showing = False
-
-
-@contextlib.contextmanager
-def transient_line() -> Iterator[_TransientLine]:
-    line = _TransientLine(sys.stdout.isatty())
-    try:
-        yield line
-    finally:
-        line.clear()
+            self._line = ""

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--supervise-child", action="store_true", help=argparse.SUPPRESS)
     up.add_argument("--events-fd", type=int, help=argparse.SUPPRESS)
+    up.add_argument("--answers-fd", type=int, help=argparse.SUPPRESS)
 
     down = add("down", "up:cmd_down", "stop holding a host; pull outputs and terminate a rented one")
     down.add_argument("host", nargs="?", metavar="HOST")

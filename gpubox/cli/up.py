@@ -18,6 +18,7 @@ from gpubox.actions.down import take_down
 from gpubox.actions.supervisor import EventChannel, start_supervisor, stop_supervisor
 from gpubox.actions.sync import make_syncer
 from gpubox.cli.output import (
+    LiveProgress,
     ask_to_pin,
     confirm,
     err,
@@ -25,17 +26,17 @@ from gpubox.cli.output import (
     load_hosts,
     load_project,
     out,
-    progress_bar,
     step,
-    transient_line,
 )
 from gpubox.cli.sync import full_sync, tell_held_back
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.provision import find_orphans, terminate_orphans
 from gpubox.state import open_state
+from gpubox.sync.engine import MassDeletionRefused
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
+    from gpubox.remote.session import HostSession
     from gpubox.sync.engine import Syncer, SyncReport
 
 __all__ = ["cmd_dash", "cmd_down", "cmd_up"]
@@ -93,46 +94,40 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _start_in_background(host: HostConfig, project: ProjectConfig, options: up.UpOptions) -> int:
-    """Start the background supervisor and show its progress as it goes: its lines as they come, the first
-    sync as a progress bar and the env build as one changing line on a terminal."""
-    with progress_bar(True) as bar, transient_line() as env_line:
-        task = None
+    """Start the background supervisor and show its progress as it goes: its lines as they come, and on a
+    terminal the first sync as a progress bar and the env build as one changing line."""
+    shown = LiveProgress()
 
-        def on_sync(done: int, total: int) -> None:
-            nonlocal task
-            if bar is None:
-                return
-            if task is None:
-                task = bar.add_task("sync", total=total or 1)
-            bar.update(task, completed=done, total=total or 1)
+    def ask_mass_delete(message: str, deleting: int) -> bool:
+        if not is_terminal():
+            return False
+        shown.pause()
+        err(f"gpubox: {message}")
+        try:
+            answer = input(f"Delete those {deleting} files on the host (they go to its trash)? [y/N] ")
+        except EOFError:
+            answer = ""
+        return answer.strip().lower() in ("y", "yes")
 
-        def say(text: str) -> None:
-            if bar is not None and task is not None:
-                bar.stop()
-            env_line.clear()
-            out(text)
+    ask = ask_to_pin()
 
-        def ask_mass_delete(deleting: int) -> bool:
-            if not is_terminal():
-                return False
-            if bar is not None:
-                bar.stop()
-            try:
-                answer = input(f"Delete those {deleting} files on the host (they go to its trash)? [y/N] ")
-            except EOFError:
-                answer = ""
-            return answer.strip().lower() in ("y", "yes")
+    def ask_key(host_name: str, key_type: str, fingerprint: str) -> bool:
+        shown.pause()
+        return ask is not None and ask(host_name, key_type, fingerprint)
 
+    try:
         supervised = start_supervisor(
             host,
             options=options,
-            say=say,
-            on_sync=on_sync,
-            on_env=lambda text: env_line.show(f"  · env    {text}"),
-            ask_to_pin=ask_to_pin(),
+            say=shown.say,
+            on_sync=shown.sync,
+            on_env=lambda text: shown.line(f"  · env    {text}"),
+            ask_to_pin=ask_key if ask is not None else None,
             confirm_mass_delete=ask_mass_delete,
             cwd=project.root,
         )
+    finally:
+        shown.pause()
     out(f"  running in the background (pid {supervised.pid}, log {supervised.log_path})")
     out(f"  `gpubox status` shows it · `gpubox up {host.name} --stop` ends it · `gpubox down {host.name}`")
     return 0
@@ -145,22 +140,24 @@ def _supervise_in_background(
     hosts: HostsConfig,
     options: up.UpOptions,
 ) -> int:
-    """The background supervisor itself: the sequence with its progress sent up the event channel, then the
-    host held until `down`, `up --stop`, autostop or a spent budget."""
-    channel = EventChannel(args.events_fd)
-    try:
-        session = up.connect(host, project, options=options, say=channel.say)
-    except GpuboxError as exc:
-        channel.failed(exc)
-        raise
-    try:
+    """The background supervisor itself: the sequence with its progress sent up the event channel (and its two
+    possible questions asked there), then the host held until `down`, `up --stop`, autostop or a spent budget."""
+    channel = EventChannel(args.events_fd, args.answers_fd)
 
-        def first_sync(syncer: Syncer) -> SyncReport:
+    def first_sync(syncer: Syncer) -> SyncReport:
+        try:
             return syncer.full(
                 allow_mass_delete=options.allow_mass_delete, verify=True, progress=channel.sync_progress
             )
+        except MassDeletionRefused as exc:
+            if not channel.confirm_mass_delete(str(exc), exc.deleting):
+                raise
+            return syncer.full(allow_mass_delete=True, verify=True, progress=channel.sync_progress)
 
+    session: HostSession | None = None
+    try:
         try:
+            session = up.connect(host, project, options=options, say=channel.say, ask=channel.ask_to_pin)
             prepared = up.prepare(
                 session,
                 project,
@@ -177,7 +174,8 @@ def _supervise_in_background(
         out(up.hold(prepared, project, hosts, detached=True, say=channel.say, on_ready=channel.ready))
     finally:
         channel.close()
-        session.close()
+        if session is not None:
+            session.close()
     return 0
 
 

@@ -249,7 +249,6 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             host=hostname,
             key_type=label,
             fingerprint=print_,
-            key_line=f"{key.get_name()} {key.get_base64()}",
         )
 
 
