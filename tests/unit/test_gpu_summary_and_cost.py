@@ -8,7 +8,8 @@ import pytest
 
 from gpubox.config import HostConfig
 from gpubox.cost import format_duration, format_usd, hourly_price, spent_usd
-from gpubox.remote.gpu import NA, parse_nvidia_smi
+from gpubox.remote.gpu.parse import parse_nvidia_smi
+from gpubox.remote.gpu.snapshot import NA
 from gpubox.report import gpu_line, short_gpu
 
 CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"
