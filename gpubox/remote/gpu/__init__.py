@@ -8,6 +8,8 @@ One module per concern; this file is the package's public surface (the rest of g
   (**to read a new form, add a module there**).
 - :mod:`~gpubox.remote.gpu.parse`: :func:`parse_nvidia_smi` (any form, never raises on odd input),
   :func:`snapshot_from_probe` (the agent's answer), :func:`offer_snapshot` (a cloud offer).
+- :mod:`~gpubox.remote.gpu.readings`: :func:`gpu_readings`, the GPUs' load right now (idle autostop, the
+  dashboard), with the one definition of "no GPU".
 - :mod:`~gpubox.remote.gpu.rules`: ``gpubox/data/gpu_compat.toml`` (CUDA, drivers, releases, compute
   capabilities), read by :func:`load_rules`.
 - :mod:`~gpubox.remote.gpu.frameworks`: which release is judged (``--framework``, the host, a requirements pin).
@@ -25,6 +27,7 @@ from gpubox.remote.gpu.frameworks import (
     parse_framework_spec,
 )
 from gpubox.remote.gpu.parse import offer_snapshot, parse_nvidia_smi, snapshot_from_probe
+from gpubox.remote.gpu.readings import GpuReading, GpuReadings, gpu_readings
 from gpubox.remote.gpu.rules import Arch, CompatRules, FrameworkRelease, load_rules
 from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, NaType, SmiSnapshot
 from gpubox.remote.gpu.summary import MARKS, describe_gpus, gpu_line_text
@@ -47,6 +50,8 @@ __all__ = [
     "FrameworkChoice",
     "FrameworkRelease",
     "FrameworkView",
+    "GpuReading",
+    "GpuReadings",
     "GpuSnapshot",
     "NaType",
     "Option",
@@ -59,6 +64,7 @@ __all__ = [
     "describe_gpus",
     "framework_from_requirements",
     "gpu_line_text",
+    "gpu_readings",
     "load_rules",
     "offer_snapshot",
     "parse_framework_spec",
