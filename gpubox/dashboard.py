@@ -373,18 +373,13 @@ def _verdict(
             found = ("none (CPU)", "cpu", text, (text,))
         else:
             try:
-                result = gpu.run_check(snapshot, host=name, requirements=requirements)
+                # The dashboard judges the release the project pins (else the newest), as `gpubox check` does.
+                release = gpu.choose_framework(None, None, requirements).release
             except GpuboxError as exc:
                 found = (gpu.gpu_line_text(snapshot), "unknown", str(exc), (str(exc),))
             else:
-                names = sorted({g.name for g in snapshot.gpus})
-                label = (
-                    f"{len(snapshot.gpus)}× {names[0] if len(names) == 1 else 'mixed'}"
-                    if snapshot.gpus
-                    else "no usable GPU"
-                )
-                summary = gpu.verdict_summary(snapshot, result.choice.release, result.verdict)
-                found = (label, result.verdict.level, summary, tuple(result.verdict.reasons))
+                summary = gpu.summarize(snapshot, release)
+                found = (summary.label, summary.verdict.level, summary.judgement, summary.verdict.reasons)
     _verdicts[key] = found
     return found
 

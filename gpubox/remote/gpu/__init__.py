@@ -14,7 +14,8 @@ One module per concern; this file is the package's public surface (the rest of g
   capabilities), read by :func:`load_rules`.
 - :mod:`~gpubox.remote.gpu.frameworks`: which release is judged (``--framework``, the host, a requirements pin).
 - :mod:`~gpubox.remote.gpu.verdict`: :func:`assess` (ok / warn / fail with reasons) and :func:`suggest`.
-- :mod:`~gpubox.remote.gpu.summary`: the host's GPUs in words for the host report.
+- :mod:`~gpubox.remote.gpu.summary`: :func:`summarize`, the one GPU summary (host report, ``hosts``, the
+  dashboard), for a framework release the caller chooses and the summary names.
 - :mod:`~gpubox.remote.gpu.check`: ``gpubox check`` (:func:`run_check`, the ``--json`` document, the lines).
 """
 
@@ -30,7 +31,7 @@ from gpubox.remote.gpu.parse import offer_snapshot, parse_nvidia_smi, snapshot_f
 from gpubox.remote.gpu.readings import GpuReading, GpuReadings, gpu_readings
 from gpubox.remote.gpu.rules import Arch, CompatRules, FrameworkRelease, load_rules
 from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, NaType, SmiSnapshot
-from gpubox.remote.gpu.summary import MARKS, describe_gpus, gpu_line_text
+from gpubox.remote.gpu.summary import MARKS, GpuSummary, describe_gpus, gpu_line_text, summarize
 from gpubox.remote.gpu.verdict import (
     Option,
     Suggestion,
@@ -53,6 +54,7 @@ __all__ = [
     "GpuReading",
     "GpuReadings",
     "GpuSnapshot",
+    "GpuSummary",
     "NaType",
     "Option",
     "SmiSnapshot",
@@ -73,6 +75,7 @@ __all__ = [
     "run_check",
     "snapshot_from_probe",
     "suggest",
+    "summarize",
     "verdict_summary",
     "with_framework_view",
 ]
