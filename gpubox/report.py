@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ReportLine", "columns", "gpu_line", "host_report", "short_gpu"]
 
-OK, INFO, BAD = "✓", "·", "✗"
+OK, BAD = "✓", "✗"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ One module per concern; this file is the package's public surface (the rest of g
   dashboard), with the one definition of "no GPU".
 - :mod:`~gpubox.remote.gpu.rules`: ``gpubox/data/gpu_compat.toml`` (CUDA, drivers, releases, compute
   capabilities), read by :func:`load_rules`.
-- :mod:`~gpubox.remote.gpu.frameworks`: which release is judged (``--framework``, the host, a requirements pin).
+- :mod:`~gpubox.remote.gpu.frameworks`: which release is judged (``--framework``, the host, a requirements
+  pin).
 - :mod:`~gpubox.remote.gpu.verdict`: :func:`assess` (ok / warn / fail with reasons) and :func:`suggest`.
 - :mod:`~gpubox.remote.gpu.summary`: :func:`summarize`, the one GPU summary (host report, ``hosts``, the
   dashboard), for a framework release the caller chooses and the summary names.

@@ -1,5 +1,5 @@
-"""``gpubox check``: which release, the verdict, what would work, as the ``check --json`` document and as lines
-for people."""
+"""``gpubox check``: which release, the verdict, what would work, as the ``check --json`` document and as
+lines for people."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Which framework release is judged: ``--framework tensorflow==2.21``, what is installed on the host (and what
-it says it sees), a requirements file's pin, or the newest release gpubox knows.
+"""Which framework release is judged: ``--framework tensorflow==2.21``, what is installed on the host (and
+what it says it sees), a requirements file's pin, or the newest release gpubox knows.
 
-TensorFlow and PyTorch releases themselves are rows of the rules (:class:`~gpubox.remote.gpu.rules.FrameworkRelease`).
+TensorFlow and PyTorch releases themselves are rows of the rules
+(:class:`~gpubox.remote.gpu.rules.FrameworkRelease`): they live with the rules that load them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The GPUs' load right now, from the agent's nvidia-smi answer: the one reader behind idle autostop's GPU figure
-and the dashboard's GPU panel.
+"""The GPUs' load right now, from the agent's nvidia-smi answer: the one reader behind idle autostop's GPU
+figure and the dashboard's GPU panel.
 
 One definition of "no GPU", the one :func:`~gpubox.remote.gpu.parse.snapshot_from_probe` uses for ``gpubox
 check`` and the host report: nvidia-smi is not installed (the agent found none on PATH, so there is no exit

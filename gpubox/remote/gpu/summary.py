@@ -1,5 +1,5 @@
-"""A host's GPUs in a few words for people, judged for one framework release: the ``GPU`` line of ``gpubox up``'s
-host report, the GPU cell of ``gpubox hosts``, the dashboard's badge.
+"""A host's GPUs in a few words for people, judged for one framework release: the ``GPU`` line of
+``gpubox up``'s host report, the GPU cell of ``gpubox hosts``, the dashboard's badge.
 
 :func:`summarize` is the one summary. The caller chooses the release it judges and the summary says which:
 ``gpubox up`` and ``gpubox hosts`` judge the newest TensorFlow gpubox knows, the dashboard the project's pin

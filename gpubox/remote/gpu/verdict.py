@@ -1,5 +1,6 @@
-"""The verdict of design.md ("check --json") for one framework release on one host: ``fail`` when the framework
-cannot use any GPU, ``warn`` when it can at a cost, ``ok`` otherwise, with the reasons; and what would work.
+"""The verdict of design.md ("check --json") for one framework release on one host: ``fail`` when the
+framework cannot use any GPU, ``warn`` when it can at a cost, ``ok`` otherwise, with the reasons; and what
+would work.
 """
 
 from __future__ import annotations
