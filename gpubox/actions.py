@@ -78,11 +78,14 @@ def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, An
 
     Reads only the state database; never connects."""
     from gpubox.cost import budgets_for, host_spend, hourly_price
+    from gpubox.remote.gpu import load_rules
     from gpubox.report import short_gpu
     from gpubox.state import open_state
 
     rows = []
     now = time.time() if now is None else now
+    # `gpubox hosts` judges the GPUs for the newest TensorFlow gpubox knows; `gpubox check` for the project's own.
+    newest = load_rules().newest("tensorflow")
     with open_state() as state:
         ledger = state.billing()
         alerts = state.budget_alerts()
@@ -105,7 +108,7 @@ def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, An
                         "since": supervisor.started_at,
                     },
                     "endpoint": record.endpoint if record else None,
-                    "gpu": short_gpu(record.probe if record else None),
+                    "gpu": short_gpu(record.probe if record else None, release=newest),
                     "probed_at": record.probed_at if record else None,
                     "price_per_hour": price.amount,
                     "price_source": price.source,

@@ -315,12 +315,15 @@ def _autostop_text(autostop: dict[str, Any] | None, minutes: float) -> str:
 
 def _print_report(session: HostSession, elapsed: float) -> None:
     from gpubox.cost import format_usd, hourly_price
+    from gpubox.remote.gpu import load_rules
     from gpubox.report import host_report
 
     endpoint = session.spec.endpoint
     how = "host key made by gpubox" if session.spec.trusted_host_keys else "host key checked"
     _out(f"  ✓ connected {endpoint.display} ({how}) in {elapsed:.2f} s")
-    for line in host_report(session.probe, session.agent.hello):
+    # `up` judges the GPUs for the newest TensorFlow gpubox knows; `gpubox check` for the project's own.
+    newest = load_rules().newest("tensorflow")
+    for line in host_report(session.probe, session.agent.hello, release=newest):
         _out(line.render())
     host = session.host
     money = [hourly_price(host, session.probe).label()]
