@@ -30,6 +30,7 @@ from gpubox.errors import GpuboxError
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
+    from gpubox.remote.gpu import GpuReading
     from gpubox.remote.session import HostSession
     from gpubox.state import BillingInterval
     from gpubox.train.runs import RunInfo
@@ -372,18 +373,13 @@ def _verdict(
             found = ("none (CPU)", "cpu", text, (text,))
         else:
             try:
-                result = gpu.run_check(snapshot, host=name, requirements=requirements)
+                # The dashboard judges the release the project pins (else the newest), as `gpubox check` does.
+                release = gpu.choose_framework(None, None, requirements).release
             except GpuboxError as exc:
                 found = (gpu.gpu_line_text(snapshot), "unknown", str(exc), (str(exc),))
             else:
-                names = sorted({g.name for g in snapshot.gpus})
-                label = (
-                    f"{len(snapshot.gpus)}× {names[0] if len(names) == 1 else 'mixed'}"
-                    if snapshot.gpus
-                    else "no usable GPU"
-                )
-                summary = gpu.verdict_summary(snapshot, result.choice.release, result.verdict)
-                found = (label, result.verdict.level, summary, tuple(result.verdict.reasons))
+                summary = gpu.summarize(snapshot, release)
+                found = (summary.label, summary.verdict.level, summary.judgement, summary.verdict.reasons)
     _verdicts[key] = found
     return found
 
@@ -496,15 +492,6 @@ class PollRequest:
 
 
 @dataclass(frozen=True)
-class GpuReading:
-    index: int
-    name: str
-    util_percent: float | None
-    memory_used_mib: float | None
-    memory_total_mib: float | None
-
-
-@dataclass(frozen=True)
 class HostSample:
     """One refresh of one host."""
 
@@ -525,33 +512,6 @@ class HostSample:
     error: str | None = None
     unreachable_since: float | None = None
     connecting: bool = False
-
-
-def parse_gpus(smi: Mapping[str, Any] | None) -> tuple[tuple[GpuReading, ...], str]:
-    """The GPUs in the ``dash`` op's nvidia-smi answer, and a few words when there are none."""
-    if not smi:
-        return (), "not sampled"
-    if not smi.get("available"):
-        reason = str(smi.get("reason") or "nvidia-smi gave no answer")
-        return (), "no GPU" if "not found" in reason else reason
-    from gpubox.remote.gpu import parse_nvidia_smi
-
-    snapshot = parse_nvidia_smi(str(smi.get("output") or ""))
-    if snapshot.state != "gpus":
-        return (), snapshot.message or snapshot.state
-    return (
-        tuple(
-            GpuReading(
-                index=g.index,
-                name=g.name,
-                util_percent=_number(g.utilization_gpu_percent),
-                memory_used_mib=_number(g.memory_used_mib),
-                memory_total_mib=_number(g.memory_total_mib),
-            )
-            for g in snapshot.gpus
-        ),
-        "",
-    )
 
 
 class HostPoller:
@@ -592,6 +552,7 @@ class HostPoller:
         return connect_host(self.host, self.project_name, probe=False, launch=False)
 
     def poll(self, request: PollRequest) -> HostSample:
+        from gpubox.remote.gpu import gpu_readings
         from gpubox.train.runs import RunInfo
 
         now = self.clock()
@@ -630,8 +591,8 @@ class HostPoller:
             self.unreachable_since = None
             self.error = None
         self.delay = self.initial_backoff
-        gpus, note = parse_gpus(answer.get("nvidia_smi"))
-        if not gpus and "no GPU" in note:
+        readings = gpu_readings(answer.get("nvidia_smi"))
+        if readings.no_gpu:
             self.gpu = False  # a CPU host stays one: stop asking nvidia-smi every refresh
         rows = answer.get("runs") or ()
         runs = tuple(RunInfo.from_agent(self.host.name, row) for row in rows)
@@ -646,8 +607,8 @@ class HostPoller:
             host=self.host.name,
             at=now,
             ok=True,
-            gpus=gpus,
-            gpu_note=note,
+            gpus=readings.gpus,
+            gpu_note=readings.note,
             runs=runs,
             others=others,
             run=str(run["id"]) if run else None,
@@ -1137,10 +1098,6 @@ def _mean_history(histories: Sequence[Sequence[float]]) -> tuple[float, ...]:
         return ()
     length = min(len(h) for h in histories)
     return tuple(sum(h[len(h) - length + i] for h in histories) / len(histories) for i in range(length))
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _int(value: object) -> int | None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpubox.remote.gpu import FrameworkRelease, GpuSummary
 
 __all__ = ["ReportLine", "columns", "gpu_line", "host_report", "short_gpu"]
 
-OK, INFO, BAD = "✓", "·", "✗"
+OK, BAD = "✓", "✗"
 
 
 @dataclass(frozen=True)
@@ -25,48 +28,30 @@ def _gib(value: Any) -> str:
     return f"{value / 2**30:.1f} GiB" if isinstance(value, int | float) else "N/A"
 
 
-def gpu_line(probe: dict[str, Any]) -> ReportLine:
-    """What the GPUs are and whether the newest TensorFlow gpubox knows can use them (`gpubox check` has
-    the details, for the release the project actually uses)."""
-    from gpubox.remote.gpu import (
-        MARKS,
-        assess,
-        gpu_line_text,
-        load_rules,
-        snapshot_from_probe,
-        verdict_summary,
-    )
+def _summary(probe: Mapping[str, Any], release: FrameworkRelease) -> GpuSummary:
+    from gpubox.remote.gpu import snapshot_from_probe, summarize
 
-    snapshot = snapshot_from_probe(probe.get("nvidia_smi") or {})
-    if snapshot.state == "no_nvidia_smi":
-        # A CPU-only host (the built-in local one) is a fine place to run; this is information, not an error.
-        return ReportLine(INFO, "GPU", gpu_line_text(snapshot))
-    if snapshot.state != "gpus":
-        return ReportLine(BAD, "GPU", gpu_line_text(snapshot))
-    release = load_rules().newest("tensorflow")
-    verdict = assess(snapshot, release)
-    summary = verdict_summary(snapshot, release, verdict)
-    return ReportLine(MARKS[verdict.level], "GPU", f"{gpu_line_text(snapshot)} · {summary}")
+    return summarize(snapshot_from_probe(probe.get("nvidia_smi") or {}), release)
 
 
-def short_gpu(probe: dict[str, Any] | None) -> str:
-    """A few words for tables: the GPUs and the newest TensorFlow's verdict, or why there are none."""
+def gpu_line(probe: Mapping[str, Any], *, release: FrameworkRelease) -> ReportLine:
+    """What the GPUs are and whether *release* can use them (`gpubox check` has the details, for the release
+    the project actually uses)."""
+    summary = _summary(probe, release)
+    return ReportLine(summary.mark, "GPU", summary.line)
+
+
+def short_gpu(probe: Mapping[str, Any] | None, *, release: FrameworkRelease) -> str:
+    """A few words for tables: the GPUs and *release*'s verdict, or why there are none."""
     if not probe:
         return "not probed yet"
-    from gpubox.remote.gpu import assess, load_rules, snapshot_from_probe
-
-    snapshot = snapshot_from_probe(probe.get("nvidia_smi") or {})
-    if snapshot.state == "no_nvidia_smi":
-        return "none (CPU)"
-    if snapshot.state != "gpus":
-        return "unusable"
-    names = sorted({gpu.name for gpu in snapshot.gpus})
-    what = names[0] if len(names) == 1 else f"mixed ({len(names)} models)"
-    release = load_rules().newest("tensorflow")
-    return f"{len(snapshot.gpus)}× {what} · TF {release.version} {assess(snapshot, release).level}"
+    return _summary(probe, release).cell
 
 
-def host_report(probe: dict[str, Any], hello: dict[str, Any] | None = None) -> list[ReportLine]:
+def host_report(
+    probe: dict[str, Any], hello: dict[str, Any] | None = None, *, release: FrameworkRelease
+) -> list[ReportLine]:
+    """The host, python, disk and GPU lines; the GPUs judged for *release*."""
     python = probe.get("python") or {}
     memory = probe.get("memory") or {}
     disk = probe.get("disk") or {}
@@ -89,7 +74,7 @@ def host_report(probe: dict[str, Any], hello: dict[str, Any] | None = None) -> l
     else:
         where = disk.get("path", "?") + ("" if disk.get("exists") else " (created on first sync)")
         lines.append(ReportLine(OK, "disk", f"{_gib(disk.get('free_bytes'))} free for {where}"))
-    lines.append(gpu_line(probe))
+    lines.append(gpu_line(probe, release=release))
     return lines
 
 

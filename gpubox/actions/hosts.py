@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gpubox.cost import budgets_for, format_duration, host_spend, hourly_price
+from gpubox.remote.gpu import load_rules
 from gpubox.remote.session import connect_host
 from gpubox.report import short_gpu
 from gpubox.state import open_state
@@ -43,6 +44,8 @@ def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, An
 
     rows = []
     now = time.time() if now is None else now
+    # `gpubox hosts` judges the GPUs for the newest TensorFlow gpubox knows; `gpubox check` for the project's own.
+    newest = load_rules().newest("tensorflow")
     with open_state() as state:
         ledger = state.billing()
         alerts = state.budget_alerts()
@@ -65,7 +68,7 @@ def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, An
                         "since": supervisor.started_at,
                     },
                     "endpoint": record.endpoint if record else None,
-                    "gpu": short_gpu(record.probe if record else None),
+                    "gpu": short_gpu(record.probe if record else None, release=newest),
                     "probed_at": record.probed_at if record else None,
                     "price_per_hour": price.amount,
                     "price_source": price.source,

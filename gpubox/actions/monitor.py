@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox.config import HostConfig, HostsConfig
 from gpubox.cost import BillingHold, Budget, IdleTracker, budgets_for, busy_reasons, elapsed, format_duration
 from gpubox.errors import AgentError, HostUnreachable
+from gpubox.remote.gpu import gpu_readings
 from gpubox.state import open_state
 
 if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
 
-__all__ = ["LEDGER_BEAT_SECONDS", "HostMonitor", "SyncActivity", "SyncStatus", "gpu_utilization"]
+__all__ = ["LEDGER_BEAT_SECONDS", "HostMonitor", "SyncActivity", "SyncStatus"]
 
 LEDGER_BEAT_SECONDS = 2.0
 """How often the billing heartbeat is written: a killed gpubox loses at most this much billed time."""
@@ -105,29 +106,6 @@ class SyncStatus:
             "errors": self.error_count,
             "recent_errors": list(self.errors),
         }
-
-
-def gpu_utilization(smi: Mapping[str, Any] | None) -> tuple[float | None, str]:
-    """(busiest GPU's utilisation in %, or None without a GPU or a figure; a few words for people) from the
-    agent's ``nvidia-smi --query-gpu=index,name,utilization.gpu --format=csv`` answer."""
-    if not smi:
-        return None, "not sampled"
-    if not smi.get("available"):
-        reason = str(smi.get("reason") or "nvidia-smi gave no answer")
-        if "exit_code" not in smi and "not found" in reason:
-            return None, "no GPU"
-        return None, f"no usable GPU ({reason})"
-    from gpubox.remote.gpu import parse_nvidia_smi
-
-    snapshot = parse_nvidia_smi(str(smi.get("output") or ""))
-    if snapshot.state != "gpus":
-        return None, f"no usable GPU ({snapshot.message or snapshot.state})"
-    values = [g.utilization_gpu_percent for g in snapshot.gpus if isinstance(g.utilization_gpu_percent, int)]
-    count = len(snapshot.gpus)
-    if not values:
-        return None, f"{count} GPU{'s' if count > 1 else ''}, utilisation not reported"
-    busiest = float(max(values))
-    return busiest, f"GPU {busiest:g} %" + (f" (busiest of {count})" if count > 1 else "")
 
 
 class HostMonitor:
@@ -285,7 +263,7 @@ class HostMonitor:
         now = self.clock()
         self.next_sample = now + self.sample_seconds
         self.next_link = now + self.heartbeat_seconds
-        self.gpu_percent, self.gpu_note = gpu_utilization(answer.get("nvidia_smi"))
+        self.gpu_percent, self.gpu_note = gpu_readings(answer.get("nvidia_smi")).busiest()
         with open_state(self.state_path) as state:
             shells = len(state.shells(self.host.name))
         reasons = busy_reasons(

@@ -26,6 +26,7 @@ from gpubox.actions.monitor import HostMonitor, SyncActivity, SyncStatus
 from gpubox.actions.supervisor import claim_host, stop_on_signals, supervise
 from gpubox.cost import format_duration, format_usd, hourly_price, over_budget
 from gpubox.errors import GpuboxError, UsageError
+from gpubox.remote.gpu import load_rules
 from gpubox.remote.session import connect_host
 from gpubox.remote.tunnels import Tunnel
 from gpubox.report import host_report
@@ -125,7 +126,9 @@ def _say_report(session: HostSession, elapsed: float, say: Say) -> None:
     endpoint = session.spec.endpoint
     how = "host key made by gpubox" if session.spec.trusted_host_keys else "host key checked"
     say(f"  ✓ connected {endpoint.display} ({how}) in {elapsed:.2f} s")
-    for line in host_report(session.probe, session.agent.hello):
+    # `up` judges the GPUs for the newest TensorFlow gpubox knows; `gpubox check` for the project's own.
+    newest = load_rules().newest("tensorflow")
+    for line in host_report(session.probe, session.agent.hello, release=newest):
         say(line.render())
     host = session.host
     money = [hourly_price(host, session.probe).label()]

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from gpubox.actions.supervisor import supervise
 from gpubox.errors import AgentError, RemoteError
 from gpubox.remote.agent import PROTOCOL
 from gpubox.remote.agent_client import AgentSession, agent_hash
 from gpubox.remote.connection import Connection, Endpoint
 from gpubox.remote.session import HostSession
-from gpubox.actions.supervisor import supervise
 from tests.support.sshd import SshServer
 
 pytestmark = pytest.mark.integration

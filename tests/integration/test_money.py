@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from gpubox.actions.monitor import gpu_utilization
 from gpubox.remote.agent_client import AgentSession
 from gpubox.remote.connection import Connection, Endpoint
+from gpubox.remote.gpu.readings import gpu_readings
 from gpubox.remote.providers.local import LocalSshd
 from gpubox.state import DIED_REASON, BillingInterval, open_state, pid_alive
 from tests.support.cli import assert_one_line_error, host_entry, run_gpubox
@@ -516,7 +516,7 @@ def test_agent_idle_op_reads_the_gpu_and_terminals(
     with Connection(endpoint, accept_new=True, pin_file=tmp_path / "pins") as connection:
         agent = AgentSession(connection, python=python).start()
         answer = agent.request("idle", {"gpu": True, "ttys": True})
-        assert gpu_utilization(answer["nvidia_smi"]) == (90.0, "GPU 90 %")
+        assert gpu_readings(answer["nvidia_smi"]).busiest() == (90.0, "GPU 90 %")
         assert answer["nvidia_smi"]["output"] == f"{QUERY_HEADER}\n0, NVIDIA H200, 90 %\n"
         assert (
             isinstance(answer["ttys"], list)
@@ -524,8 +524,11 @@ def test_agent_idle_op_reads_the_gpu_and_terminals(
             and isinstance(answer["kernels"], int)
         )
         utilization.write_text("3")
-        assert gpu_utilization(agent.request("idle")["nvidia_smi"]) == (3.0, "GPU 3 %")
+        assert gpu_readings(agent.request("idle")["nvidia_smi"]).busiest() == (3.0, "GPU 3 %")
         agent.close()
         plain = AgentSession(connection, python=sys.executable).start()
-        assert gpu_utilization(plain.request("idle", {"ttys": False})["nvidia_smi"]) == (None, "no GPU")
+        assert gpu_readings(plain.request("idle", {"ttys": False})["nvidia_smi"]).busiest() == (
+            None,
+            "no GPU",
+        )
         plain.close()

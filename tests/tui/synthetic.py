@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 
 from gpubox.config import HostConfig, HostsConfig, ProjectConfig
-from gpubox.dashboard import Dashboard, GpuReading, HostSample, HostState, StateSample, TunnelView
+from gpubox.dashboard import Dashboard, HostSample, HostState, StateSample, TunnelView
+from gpubox.remote.gpu.readings import GpuReading
 from gpubox.state import BillingInterval
 from gpubox.train.runs import RunInfo
 

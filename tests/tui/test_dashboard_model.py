@@ -12,7 +12,6 @@ from gpubox.config import HostConfig, HostsConfig, ProjectConfig
 from gpubox.dashboard import (
     Curve,
     Dashboard,
-    GpuReading,
     HostPoller,
     HostSample,
     HostState,
@@ -20,9 +19,9 @@ from gpubox.dashboard import (
     StateSample,
     SyncView,
     curve_groups,
-    parse_gpus,
 )
 from gpubox.errors import HostUnreachable
+from gpubox.remote.gpu.readings import GpuReading
 from gpubox.train.runs import RunInfo
 
 NOW = 1_795_000_000.0
@@ -104,19 +103,6 @@ def test_gpu_history_is_a_ring_and_missing_figures_are_none() -> None:
     assert gpu.util_history == (20, 30, 40) and gpu.memory_history == (10.0, 10.0, 10.0)
     assert gpu.util_percent is None and gpu.memory_percent is None
     assert model.snapshot().hosts[0].util_percent is None
-
-
-def test_nvidia_smi_answers_without_figures_are_not_errors() -> None:
-    gpus, note = parse_gpus(
-        {
-            "available": True,
-            "output": "index, name, utilization.gpu [%], memory.used [MiB], "
-            "memory.total [MiB]\n0, NVIDIA L4, [N/A], 10 MiB, 23034 MiB\n",
-        }
-    )
-    assert gpus == (GpuReading(0, "NVIDIA L4", None, 10.0, 23034.0),) and note == ""
-    assert parse_gpus({"available": False, "reason": "nvidia-smi not found on PATH"}) == ((), "no GPU")
-    assert parse_gpus(None) == ((), "not sampled")
 
 
 def test_events_runs_budget_autostop_conflicts_and_lost_hosts() -> None:

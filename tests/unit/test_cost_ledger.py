@@ -26,7 +26,6 @@ from gpubox.cost import (
     seconds_in_window,
 )
 from gpubox.errors import UsageError
-from gpubox.actions.monitor import gpu_utilization
 from gpubox.state import DIED_REASON, MIGRATIONS, State
 
 CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"
@@ -250,25 +249,6 @@ def test_busy_reasons() -> None:
         "2 runs active",
         "1 Jupyter kernel busy",
     ]
-
-
-def test_gpu_utilization_from_the_real_query_gpu_capture() -> None:
-    capture = (CAPTURES / "30_h200_590_query-gpu-full.csv.txt").read_text()
-    assert gpu_utilization({"available": True, "output": capture}) == (0.0, "GPU 0 %")
-    shaped = "index, name, utilization.gpu [%]\n0, NVIDIA H200, 90 %\n1, NVIDIA H200, 3 %\n"
-    assert gpu_utilization({"available": True, "output": shaped}) == (90.0, "GPU 90 % (busiest of 2)")
-    mig = "index, name, utilization.gpu [%]\n0, NVIDIA H100 80GB HBM3, [N/A]\n"
-    assert gpu_utilization({"available": True, "output": mig}) == (None, "1 GPU, utilisation not reported")
-    assert gpu_utilization({"available": False, "reason": "nvidia-smi not found on PATH", "output": ""}) == (
-        None,
-        "no GPU",
-    )
-    broken = {
-        "available": False,
-        "exit_code": 9,
-        "reason": "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.",
-    }
-    assert gpu_utilization(broken)[0] is None
 
 
 # --------------------------------------------------------------------------------------------- run cost

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from gpubox.remote.gpu import load_rules, parse_nvidia_smi, run_check
+from gpubox.remote.gpu.check import run_check
+from gpubox.remote.gpu.parse import parse_nvidia_smi
+from gpubox.remote.gpu.rules import load_rules
 
 CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"
 TF_221 = {"name": "tensorflow", "version": "2.21", "cuda": "12.5", "cudnn": "9.3"}

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gpubox.remote.gpu import parse_nvidia_smi, run_check
+from gpubox.remote.gpu.check import run_check
+from gpubox.remote.gpu.parse import parse_nvidia_smi
 from tests.support.cli import assert_one_line_error, run_gpubox
 
 CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"

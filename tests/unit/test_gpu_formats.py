@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from gpubox.remote.gpu import NA, GpuSnapshot, load_rules, parse_nvidia_smi, run_check, snapshot_from_probe
+from gpubox.remote.gpu.check import run_check
+from gpubox.remote.gpu.parse import parse_nvidia_smi, snapshot_from_probe
+from gpubox.remote.gpu.rules import load_rules
+from gpubox.remote.gpu.snapshot import NA, GpuSnapshot
 
 CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"
 H200_CSV = CAPTURES / "30_h200_590_query-gpu-full.csv.txt"

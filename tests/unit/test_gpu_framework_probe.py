@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gpubox.remote import agent
-from gpubox.remote.gpu import FrameworkView
+from gpubox.remote.gpu.frameworks import FrameworkView
 
 STAND_IN = """
 import sys

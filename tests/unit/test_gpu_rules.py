@@ -8,7 +8,8 @@ from importlib.resources import files
 import pytest
 
 from gpubox.errors import BadInput, UsageError
-from gpubox.remote.gpu import framework_from_requirements, load_rules, parse_framework_spec
+from gpubox.remote.gpu.frameworks import framework_from_requirements, parse_framework_spec
+from gpubox.remote.gpu.rules import load_rules
 
 RULES = load_rules()
 DATA = tomllib.loads(files("gpubox.data").joinpath("gpu_compat.toml").read_text(encoding="utf-8"))

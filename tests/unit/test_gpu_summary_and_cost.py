@@ -8,10 +8,15 @@ import pytest
 
 from gpubox.config import HostConfig
 from gpubox.cost import format_duration, format_usd, hourly_price, spent_usd
-from gpubox.remote.gpu import NA, parse_nvidia_smi
+from gpubox.remote.gpu.frameworks import parse_framework_spec
+from gpubox.remote.gpu.parse import parse_nvidia_smi, snapshot_from_probe
+from gpubox.remote.gpu.rules import load_rules
+from gpubox.remote.gpu.snapshot import NA
+from gpubox.remote.gpu.summary import summarize
 from gpubox.report import gpu_line, short_gpu
 
 CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"
+NEWEST = load_rules().newest("tensorflow")
 
 
 @pytest.mark.parametrize(
@@ -39,23 +44,26 @@ def test_summary_from_real_tables(capture: str, driver: str, cuda: str, count: i
 def test_report_lines_for_gpu_cpu_and_broken_hosts() -> None:
     table = (CAPTURES / "03_l4_550.txt").read_text()
     with_gpu = {"nvidia_smi": {"available": True, "output": table}}
-    assert gpu_line(with_gpu).render() == (
+    assert gpu_line(with_gpu, release=NEWEST).render() == (
         "  ✓ GPU    1× NVIDIA L4  cc 8.9  driver 550.90.07 (CUDA ≤ 12.4) · "
         "TensorFlow 2.21 (CUDA 12.5 via minor-version compatibility): compatible"
     )
-    assert short_gpu(with_gpu) == "1× NVIDIA L4 · TF 2.21 ok"
+    assert short_gpu(with_gpu, release=NEWEST) == "1× NVIDIA L4 · TF 2.21 ok"
     blackwell = {"nvidia_smi": {"available": True, "output": (CAPTURES / "44_b200-x8_575.txt").read_text()}}
-    assert gpu_line(blackwell).mark == "!"
-    assert short_gpu(blackwell) == "8× NVIDIA B200 · TF 2.21 warn"
+    assert gpu_line(blackwell, release=NEWEST).mark == "!"
+    assert short_gpu(blackwell, release=NEWEST) == "8× NVIDIA B200 · TF 2.21 warn"
     mixed = (CAPTURES / "45_mixed-rtx2060-3060x2-3060ti-3070_560.txt").read_text()
     assert (
-        short_gpu({"nvidia_smi": {"available": True, "output": mixed}})
+        short_gpu({"nvidia_smi": {"available": True, "output": mixed}}, release=NEWEST)
         == "5× mixed (4 models) · TF 2.21 warn"
     )
     cpu = {"nvidia_smi": {"available": False, "reason": "nvidia-smi not found on PATH"}}
-    assert gpu_line(cpu).text == "no NVIDIA GPU: training runs on CPU (nvidia-smi not found on PATH)"
-    assert gpu_line(cpu).mark == "·"
-    assert short_gpu(cpu) == "none (CPU)"
+    assert (
+        gpu_line(cpu, release=NEWEST).text
+        == "no NVIDIA GPU: training runs on CPU (nvidia-smi not found on PATH)"
+    )
+    assert gpu_line(cpu, release=NEWEST).mark == "·"
+    assert short_gpu(cpu, release=NEWEST) == "none (CPU)"
     broken = {
         "nvidia_smi": {
             "available": False,
@@ -64,10 +72,38 @@ def test_report_lines_for_gpu_cpu_and_broken_hosts() -> None:
             "reason": "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.",
         }
     }
-    assert gpu_line(broken).mark == "✗"
-    assert gpu_line(broken).text.startswith("no usable NVIDIA GPU: the NVIDIA driver is not running")
-    assert short_gpu(broken) == "unusable"
-    assert short_gpu(None) == "not probed yet"
+    assert gpu_line(broken, release=NEWEST).mark == "✗"
+    assert gpu_line(broken, release=NEWEST).text.startswith(
+        "no usable NVIDIA GPU: the NVIDIA driver is not running"
+    )
+    assert short_gpu(broken, release=NEWEST) == "unusable"
+    assert short_gpu(None, release=NEWEST) == "not probed yet"
+
+
+def test_the_summary_names_the_release_its_caller_chose() -> None:
+    l4 = parse_nvidia_smi((CAPTURES / "03_l4_550.txt").read_text())
+    pinned = parse_framework_spec("tensorflow==2.15")
+    newest, older = summarize(l4, NEWEST), summarize(l4, pinned)
+    assert (newest.release, older.release) == (NEWEST, pinned)
+    assert newest.cell == f"1× NVIDIA L4 · TF {NEWEST.version} ok"
+    assert older.cell.startswith("1× NVIDIA L4 · TF 2.15 ")
+    assert older.judgement.startswith("TensorFlow 2.15 (CUDA ")
+    torch = summarize(l4, parse_framework_spec("torch"))
+    assert torch.cell.startswith("1× NVIDIA L4 · PyTorch ") and torch.judgement.startswith("PyTorch ")
+
+
+def test_the_dashboards_badge_words() -> None:
+    mixed = parse_nvidia_smi((CAPTURES / "45_mixed-rtx2060-3060x2-3060ti-3070_560.txt").read_text())
+    assert summarize(mixed, NEWEST).label == "5× mixed"
+    assert (
+        summarize(parse_nvidia_smi((CAPTURES / "03_l4_550.txt").read_text()), NEWEST).label == "1× NVIDIA L4"
+    )
+    cpu = snapshot_from_probe({"available": False, "reason": "nvidia-smi not found on PATH"})
+    down = snapshot_from_probe(
+        {"available": False, "exit_code": 9, "reason": "couldn't communicate with the NVIDIA driver"}
+    )
+    assert (summarize(cpu, NEWEST).label, summarize(down, NEWEST).label) == ("none (CPU)", "no usable GPU")
+    assert summarize(down, NEWEST).judgement == f"{NEWEST.label}: cannot use the GPU"
 
 
 def test_prices_and_spend() -> None:

@@ -21,18 +21,11 @@ from __future__ import annotations
 
 import pytest
 
-from gpubox.remote.gpu import (
-    FrameworkRelease,
-    FrameworkView,
-    GpuSnapshot,
-    SmiSnapshot,
-    assess,
-    choose_framework,
-    load_rules,
-    run_check,
-    suggest,
-    with_framework_view,
-)
+from gpubox.remote.gpu.check import run_check
+from gpubox.remote.gpu.frameworks import FrameworkView, choose_framework
+from gpubox.remote.gpu.rules import FrameworkRelease, load_rules
+from gpubox.remote.gpu.snapshot import GpuSnapshot, SmiSnapshot
+from gpubox.remote.gpu.verdict import assess, suggest, with_framework_view
 
 RULES = load_rules()
 TF_VERSIONS = [r.version for r in RULES.releases_of("tensorflow")]

@@ -1,0 +1,82 @@
+"""What ``nvidia-smi`` says about a host's GPUs, and whether a framework release can use them. No I/O.
+
+One module per concern; this file is the package's public surface (the rest of gpubox imports from here):
+
+- :mod:`~gpubox.remote.gpu.snapshot`: the frozen facts (:class:`GpuSnapshot`, :class:`SmiSnapshot`); a metric
+  nvidia-smi did not give is :data:`NA`, never an exception.
+- :mod:`~gpubox.remote.gpu.formats`: one module per form nvidia-smi prints, and the order they are tried in
+  (**to read a new form, add a module there**).
+- :mod:`~gpubox.remote.gpu.parse`: :func:`parse_nvidia_smi` (any form, never raises on odd input),
+  :func:`snapshot_from_probe` (the agent's answer), :func:`offer_snapshot` (a cloud offer).
+- :mod:`~gpubox.remote.gpu.readings`: :func:`gpu_readings`, the GPUs' load right now (idle autostop, the
+  dashboard), with the one definition of "no GPU".
+- :mod:`~gpubox.remote.gpu.rules`: ``gpubox/data/gpu_compat.toml`` (CUDA, drivers, releases, compute
+  capabilities), read by :func:`load_rules`.
+- :mod:`~gpubox.remote.gpu.frameworks`: which release is judged (``--framework``, the host, a requirements
+  pin).
+- :mod:`~gpubox.remote.gpu.verdict`: :func:`assess` (ok / warn / fail with reasons) and :func:`suggest`.
+- :mod:`~gpubox.remote.gpu.summary`: :func:`summarize`, the one GPU summary (host report, ``hosts``, the
+  dashboard), for a framework release the caller chooses and the summary names.
+- :mod:`~gpubox.remote.gpu.check`: ``gpubox check`` (:func:`run_check`, the ``--json`` document, the lines).
+"""
+
+from gpubox.remote.gpu.check import CheckResult, check_document, render_check, run_check
+from gpubox.remote.gpu.frameworks import (
+    FrameworkChoice,
+    FrameworkView,
+    choose_framework,
+    framework_from_requirements,
+    parse_framework_spec,
+)
+from gpubox.remote.gpu.parse import offer_snapshot, parse_nvidia_smi, snapshot_from_probe
+from gpubox.remote.gpu.readings import GpuReading, GpuReadings, gpu_readings
+from gpubox.remote.gpu.rules import Arch, CompatRules, FrameworkRelease, load_rules
+from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, NaType, SmiSnapshot
+from gpubox.remote.gpu.summary import MARKS, GpuSummary, describe_gpus, gpu_line_text, summarize
+from gpubox.remote.gpu.verdict import (
+    Option,
+    Suggestion,
+    Verdict,
+    assess,
+    suggest,
+    verdict_summary,
+    with_framework_view,
+)
+
+__all__ = [
+    "MARKS",
+    "NA",
+    "Arch",
+    "CheckResult",
+    "CompatRules",
+    "FrameworkChoice",
+    "FrameworkRelease",
+    "FrameworkView",
+    "GpuReading",
+    "GpuReadings",
+    "GpuSnapshot",
+    "GpuSummary",
+    "NaType",
+    "Option",
+    "SmiSnapshot",
+    "Suggestion",
+    "Verdict",
+    "assess",
+    "check_document",
+    "choose_framework",
+    "describe_gpus",
+    "framework_from_requirements",
+    "gpu_line_text",
+    "gpu_readings",
+    "load_rules",
+    "offer_snapshot",
+    "parse_framework_spec",
+    "parse_nvidia_smi",
+    "render_check",
+    "run_check",
+    "snapshot_from_probe",
+    "suggest",
+    "summarize",
+    "verdict_summary",
+    "with_framework_view",
+]

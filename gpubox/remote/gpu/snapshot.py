@@ -1,0 +1,122 @@
+"""The facts nvidia-smi gives about a host's GPUs, as frozen records.
+
+A metric nvidia-smi did not give is :data:`NA` (nvitop's convention: it prints as ``N/A`` and is falsy), never
+an exception; :class:`SmiSnapshot` says in :attr:`~SmiSnapshot.state` and :attr:`~SmiSnapshot.message` what
+could not be read. The ``*_or_na`` helpers are how every nvidia-smi form turns a cell into a value or NA.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "NA",
+    "GpuSnapshot",
+    "NaType",
+    "SmiFormat",
+    "SmiSnapshot",
+    "SmiState",
+    "int_or_na",
+    "value_or_na",
+    "version_or_na",
+]
+
+
+class NaType(str):
+    """A metric nvidia-smi did not give: prints as ``N/A`` and is falsy (nvitop's convention)."""
+
+    _instance: NaType | None = None
+
+    def __new__(cls) -> NaType:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls, "N/A")
+        return cls._instance
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "NA"
+
+
+NA = NaType()
+
+SmiFormat = Literal["table", "xml", "csv", "message", "none"]
+SmiState = Literal[
+    "gpus",  # nvidia-smi listed GPUs
+    "no_nvidia_smi",  # not installed: a CPU-only host
+    "no_devices",  # "No devices were found"
+    "driver_unreachable",  # "couldn't communicate with the NVIDIA driver"
+    "query_rejected",  # an old nvidia-smi refused a --query-gpu field
+    "failed",  # nvidia-smi ran but failed in a way gpubox does not know
+    "unrecognized",  # text that is none of the forms above
+]
+
+
+@dataclass(frozen=True)
+class GpuSnapshot:
+    index: int
+    name: str
+    """As nvidia-smi printed it; the default table cuts long names to ``…...``."""
+    memory_total_mib: int | NaType = NA
+    memory_used_mib: int | NaType = NA
+    utilization_gpu_percent: int | NaType = NA
+    bus_id: str | NaType = NA
+    uuid: str | NaType = NA
+    architecture: str | NaType = NA
+    mig_mode: str | NaType = NA
+    mig_devices: int = 0
+    compute_capability: str | NaType = NA
+    compute_capability_source: str = "unknown"
+    """``nvidia-smi`` (its compute_cap field), ``name table``, ``name table (truncated name)`` or why unknown."""
+
+    @property
+    def name_truncated(self) -> bool:
+        return self.name.endswith("...")
+
+
+@dataclass(frozen=True)
+class SmiSnapshot:
+    format: SmiFormat
+    state: SmiState
+    gpus: tuple[GpuSnapshot, ...] = ()
+    driver_version: str | NaType = NA
+    """From ``Driver Version:`` (or ``KMD Version:``), never from the ``NVIDIA-SMI`` banner: in a container or
+    WSL the nvidia-smi binary can be older or newer than the driver that actually runs."""
+    cuda_driver_max: str | NaType = NA
+    """The highest CUDA the driver supports (not an installed toolkit)."""
+    cuda_driver_max_source: str | NaType = NA
+    """``nvidia-smi`` when printed, ``driver table`` when gpubox derived it from the driver version."""
+    smi_version: str | NaType = NA
+    attached_gpus: int | NaType = NA
+    message: str = ""
+    """What nvidia-smi (or the probe) said when there is no GPU list, or what could not be read."""
+
+
+_NA_WORDS = frozenset({"n/a", "not found", "not supported", "unknown", "unknown error", ""})
+
+
+def value_or_na(value: str | None) -> str | NaType:
+    """A value or NA: ``[N/A]``, ``[Not Supported]``, ``[Requested functionality has been deprecated]``…"""
+    if value is None:
+        return NA
+    text = value.strip()
+    if (text.startswith("[") and text.endswith("]")) or text.lower() in _NA_WORDS:
+        return NA
+    return text
+
+
+def int_or_na(value: str | None) -> int | NaType:
+    """``"81559 MiB"``, ``"81559"``, ``"17 %"`` → the number; anything else → NA."""
+    text = value_or_na(value)
+    if text is NA:
+        return NA
+    found = re.match(r"(\d+)", text)
+    return int(found.group(1)) if found else NA
+
+
+def version_or_na(value: str | None) -> str | NaType:
+    text = value_or_na(value)
+    return text if text and re.fullmatch(r"\d+(?:\.\d+)+", text) else NA
