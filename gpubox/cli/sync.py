@@ -25,6 +25,7 @@ from gpubox.cli.output import (
 from gpubox.errors import UsageError
 from gpubox.remote.session import connect_host
 from gpubox.sync.engine import BatchProgress, MassDeletionRefused
+from gpubox.sync.plan import DELETES, SENDS
 from gpubox.sync.pull import normalise_paths, pull
 
 if TYPE_CHECKING:
@@ -119,8 +120,8 @@ def _report_document(host: str, report: SyncReport, *, dry_run: bool) -> dict[st
         "unreadable": [{"path": p, "error": e} for p, e in report.unreadable],
     }
     if dry_run:
-        document["would_send"] = [op.path for op in report.planned if op.kind in ("w", "l", "d")]
-        document["would_delete"] = [op.path for op in report.planned if op.kind in ("rm", "rmdir")]
+        document["would_send"] = [op.path for op in report.planned if op.kind in SENDS]
+        document["would_delete"] = [op.path for op in report.planned if op.kind in DELETES]
     return document
 
 
@@ -151,8 +152,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
             return 0
         if args.dry_run:
             for op in report.planned:
-                verb = "delete" if op.kind in ("rm", "rmdir") else "send  "
-                out(f"{verb} {shown(op.path)}{'/' if op.kind in ('d', 'rmdir') else ''}")
+                verb = "delete" if op.kind in DELETES else "send  "
+                out(f"{verb} {shown(op.path)}{'/' if op.kind in ('mkdir', 'rmdir') else ''}")
             out(f"dry run: {len(report.planned)} changes for {host.name}, nothing was sent")
             tell_held_back(report)
             return 0
