@@ -27,13 +27,9 @@ from textual.timer import Timer
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from gpubox.config import HostsConfig, ProjectConfig
-from gpubox.dashboard import (
-    Dashboard,
-    DashboardSnapshot,
-    HostPoller,
-    PollRequest,
-    read_state,
-)
+from gpubox.dashboard.model import Dashboard
+from gpubox.dashboard.poller import HostPoller, PollRequest, Polls
+from gpubox.dashboard.views import DashboardSnapshot
 from gpubox.errors import GpuboxError
 from gpubox.tui.commands import ActionsProvider, bindings
 from gpubox.tui.messages import ActionDone, HostPolled, ProgressLine, StateRead
@@ -124,14 +120,10 @@ class GpuboxApp(App[None]):
         self.model = model or Dashboard(hosts, project)
         self.live = live
         self.opener: Opener = opener or open_in_browser
-        self.refresh_seconds = refresh_seconds
-        self.state_seconds = state_seconds
+        self.polls = Polls(hosts, project, refresh_seconds=refresh_seconds, state_seconds=state_seconds)
         self.focus_host = focus_host
         self.title = f"gpubox · {project.name}"
         self.snapshot: DashboardSnapshot = self.model.snapshot()
-        self.pollers: dict[str, HostPoller] = {}
-        self._polling: set[str] = set()
-        self._poll_soon: set[str] = set()
         self._poll_timers: dict[str, Timer] = {}
         self._busy: set[str] = set()
         self._view_pending = False
@@ -175,7 +167,7 @@ class GpuboxApp(App[None]):
     def on_unmount(self) -> None:
         for timer in self._poll_timers.values():
             timer.stop()
-        for poller in self.pollers.values():
+        for poller in self.polls.pollers.values():
             # Closing a session can wait on a dead link: never on the way out.
             threading.Thread(target=poller.close, name="gpubox close", daemon=True).start()
 
@@ -183,7 +175,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="read-state", group="state", exclusive=True, exit_on_error=False)
     def _read_state(self) -> None:
-        self.post_message(StateRead(read_state(self.hosts_config, self.project)))
+        self.post_message(StateRead(self.polls.state.read()))
 
     @on(StateRead)
     def _state_read(self, message: StateRead) -> None:
@@ -192,15 +184,10 @@ class GpuboxApp(App[None]):
         self._schedule_view()
 
     def _sync_pollers(self) -> None:
-        wanted = set(self.model.polled_hosts())
-        for name in sorted(wanted - set(self.pollers)):
-            config = self.hosts_config.hosts.get(name)
-            if config is None:
-                continue  # held by a gpubox process but gone from hosts.toml: nothing to connect with
-            self.pollers[name] = HostPoller(config, self.project.name)
+        started, stopped = self.polls.follow(self.model.polled_hosts())
+        for name in started:
             self._start_poll(name)
-        for name in set(self.pollers) - wanted:
-            poller = self.pollers.pop(name)
+        for name, poller in stopped:
             timer = self._poll_timers.pop(name, None)
             if timer is not None:
                 timer.stop()
@@ -209,20 +196,16 @@ class GpuboxApp(App[None]):
 
     def poll_now(self, name: str) -> None:
         """Refresh *name* at once (or as soon as its poll in flight has answered)."""
-        if name in self._polling:
-            self._poll_soon.add(name)
-        else:
+        if self.polls.poll_soon(name):
             self._start_poll(name)
 
     def _start_poll(self, name: str) -> None:
-        poller = self.pollers.get(name)
-        if poller is None or name in self._polling:
+        poller = self.polls.begin(name)
+        if poller is None:
             return
         timer = self._poll_timers.pop(name, None)
         if timer is not None:
             timer.stop()
-        self._polling.add(name)
-        self._poll_soon.discard(name)
         request = self.model.request_for(name)
         self.run_worker(
             partial(self._poll_host, poller, request, self.model.selection),
@@ -254,12 +237,11 @@ class GpuboxApp(App[None]):
             self.notify(f"{worker.error}", title=f"{worker.name} failed", severity="error", timeout=10)
         if group == "state":
             if self.live and state != WorkerState.CANCELLED:
-                self.set_timer(self.state_seconds if not failed else 5.0, self._read_state)
+                self.set_timer(self.polls.state_read(failed=failed), self._read_state)
         elif group.startswith("poll:"):
             name = group.split(":", 1)[1]
-            self._polling.discard(name)
-            if name in self.pollers and state != WorkerState.CANCELLED:
-                delay = 10.0 if failed else 0.01 if name in self._poll_soon else self.refresh_seconds
+            delay = self.polls.answered(name, failed=failed, cancelled=state == WorkerState.CANCELLED)
+            if delay is not None:
                 self._poll_timers[name] = self.set_timer(delay, partial(self._start_poll, name))
         elif group.startswith("action:"):
             self._busy.discard(group.split(":", 1)[1])
@@ -384,7 +366,7 @@ class GpuboxApp(App[None]):
         self.notify(message.message, title=message.title, severity=message.severity, timeout=8)  # type: ignore[arg-type]
         if message.run_id and message.host:
             self.select_run(message.host, message.run_id)
-        if message.host and message.host in self.pollers:
+        if message.host and message.host in self.polls.pollers:
             self.poll_now(message.host)
         if self.live:
             self._read_state()

@@ -6,7 +6,7 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from gpubox.cost import format_duration, format_usd
-from gpubox.dashboard import HostView
+from gpubox.dashboard.views import HostView
 from gpubox.tui.components.budget_bar import budget_bar
 from gpubox.tui.components.sparkline import spark
 from gpubox.tui.components.tables import Column, SnapshotTable

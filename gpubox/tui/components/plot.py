@@ -11,7 +11,7 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
-from gpubox.dashboard import Curve, curve_groups
+from gpubox.dashboard.views import Curve, curve_groups
 
 __all__ = ["COLORS", "CurvePlot", "CurvesPanel", "plot_lines"]
 

@@ -6,7 +6,7 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from gpubox.cost import format_duration, format_usd
-from gpubox.dashboard import RunView
+from gpubox.dashboard.views import RunView
 from gpubox.tui.components.tables import Column, SnapshotTable
 
 __all__ = ["RUN_STYLES", "RunsTable", "run_cells", "short_duration"]

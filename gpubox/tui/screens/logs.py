@@ -10,7 +10,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
-from gpubox.dashboard import DashboardSnapshot
+from gpubox.dashboard.views import DashboardSnapshot
 from gpubox.tui.components.log_view import RunLog
 
 __all__ = ["LogsScreen"]
