@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from textual import on, work
 from textual.app import App
@@ -37,44 +37,13 @@ from gpubox.tui.screens.dashboard import DashboardScreen
 from gpubox.tui.screens.details import CheckScreen, CostScreen, HelpScreen
 from gpubox.tui.screens.logs import LogsScreen
 from gpubox.tui.screens.modals import ConfirmScreen, HostPickerScreen, ProgressScreen, RunCommandScreen
+from gpubox.tui.workers import Abandoned, interruptible
 
 __all__ = ["GpuboxApp", "open_in_browser"]
 
-T = TypeVar("T")
 UP_QUIET_SECONDS = 900.0
 """How long bringing a host up may go without a line of progress before the dashboard gives up waiting."""
 Opener = Callable[[str], str]
-
-
-class Abandoned(Exception):
-    """The worker was cancelled (the dashboard is closing) while its call was still waiting on a host; the
-    call finishes (or dies with the process) in its own thread."""
-
-
-def interruptible(call: Callable[[], T]) -> T:
-    """Run *call* in a daemon thread and wait for it, but give up as soon as the current worker is cancelled.
-
-    Quitting must not wait for a host that stopped answering: Textual's thread workers run in the event loop's
-    executor, which the loop waits for on exit, and an SSH read on a dead link can block for a long time."""
-    worker = get_current_worker()
-    box: list[tuple[bool, Any]] = []
-
-    def target() -> None:
-        try:
-            box.append((True, call()))
-        except BaseException as exc:
-            box.append((False, exc))
-
-    thread = threading.Thread(target=target, name=f"gpubox {worker.name}", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.1)
-        if worker.is_cancelled:
-            raise Abandoned(worker.name)
-    ok, value = box[0]
-    if ok:
-        return value  # type: ignore[no-any-return]
-    raise value
 
 
 def open_in_browser(url: str) -> str:

@@ -18,6 +18,7 @@ from textual.widgets import Footer, Static
 from gpubox.config import HostsConfig, ProjectConfig
 from gpubox.errors import GpuboxError
 from gpubox.tui.commands import ACTIONS
+from gpubox.tui.workers import interruptible
 
 __all__ = ["CheckScreen", "CostScreen", "HelpScreen", "LinesScreen"]
 
@@ -62,8 +63,6 @@ class LinesScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, name="details", group="details")
     def _load(self) -> None:
-        from gpubox.tui.app import interruptible
-
         try:
             lines = interruptible(self.produce)
         except GpuboxError as exc:
