@@ -31,11 +31,11 @@ from gpubox.dashboard.model import Dashboard
 from gpubox.dashboard.poller import HostPoller, PollRequest, Polls
 from gpubox.dashboard.views import DashboardSnapshot
 from gpubox.errors import GpuboxError
-from gpubox.tui.commands import ActionsProvider, bindings
+from gpubox.tui.keys import ActionsProvider, bindings
 from gpubox.tui.messages import ActionDone, HostPolled, ProgressLine, StateRead
-from gpubox.tui.screens.dashboard import DashboardScreen
 from gpubox.tui.screens.details import CheckScreen, CostScreen, HelpScreen
 from gpubox.tui.screens.logs import LogsScreen
+from gpubox.tui.screens.main.screen import MainScreen
 from gpubox.tui.screens.modals import ConfirmScreen, HostPickerScreen, ProgressScreen, RunCommandScreen
 from gpubox.tui.workers import Abandoned, interruptible
 
@@ -118,12 +118,12 @@ class GpuboxApp(App[None]):
     # -- set-up
 
     def get_default_screen(self) -> Screen[Any]:
-        return DashboardScreen()
+        return MainScreen()
 
     @property
-    def dashboard(self) -> DashboardScreen:
+    def main_screen(self) -> MainScreen:
         screen = self.screen_stack[0]
-        assert isinstance(screen, DashboardScreen)
+        assert isinstance(screen, MainScreen)
         return screen
 
     def on_mount(self) -> None:
@@ -247,7 +247,7 @@ class GpuboxApp(App[None]):
             except NoMatches:
                 continue  # a screen still composing (or being removed) shows the next snapshot
         if self.focus_host and snapshot.host(self.focus_host) is not None:
-            self.dashboard.show_host(self.focus_host)
+            self.main_screen.show_host(self.focus_host)
             self.focus_host = None
 
     def _auto_select(self, snapshot: DashboardSnapshot) -> bool:
@@ -636,7 +636,7 @@ class GpuboxApp(App[None]):
         self.push_screen(LogsScreen())
 
     def action_find(self) -> None:
-        self.dashboard.action_find()
+        self.main_screen.action_find()
 
     def action_cost(self) -> None:
         self.push_screen(CostScreen(self.hosts_config))
@@ -652,9 +652,9 @@ class GpuboxApp(App[None]):
         self.push_screen(CheckScreen(self.hosts_config, self.project, name))
 
     def action_provision(self) -> None:
-        from gpubox.tui.screens.provision import ProvisionScreen
+        from gpubox.tui.screens.offers import OffersScreen
 
-        self.push_screen(ProvisionScreen(self.hosts_config, self.project))
+        self.push_screen(OffersScreen(self.hosts_config, self.project))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

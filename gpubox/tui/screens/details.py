@@ -17,7 +17,7 @@ from textual.widgets import Footer, Static
 
 from gpubox.config import HostsConfig, ProjectConfig
 from gpubox.errors import GpuboxError
-from gpubox.tui.commands import ACTIONS
+from gpubox.tui.keys import ACTIONS
 from gpubox.tui.workers import interruptible
 
 __all__ = ["CheckScreen", "CostScreen", "HelpScreen", "LinesScreen"]

@@ -24,7 +24,7 @@ from gpubox.tui.components.hosts_table import VERDICT_STYLES
 if TYPE_CHECKING:
     from gpubox.provision import OffersReport, RatedOffer
 
-__all__ = ["OffersLoaded", "ProvisionScreen"]
+__all__ = ["OffersLoaded", "OffersScreen"]
 
 
 @dataclass
@@ -33,7 +33,7 @@ class OffersLoaded(Message, bubble=False):
     error: str | None = None
 
 
-class ProvisionScreen(Screen[None]):
+class OffersScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("r", "reload", "Ask again"),

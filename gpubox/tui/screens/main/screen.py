@@ -23,7 +23,7 @@ from gpubox.tui.components.plot import CurvesPanel
 from gpubox.tui.components.runs_table import RUN_STYLES, RunsTable, run_cells
 from gpubox.tui.components.tables import SnapshotTable
 
-__all__ = ["DashboardScreen", "host_detail", "status_lines"]
+__all__ = ["MainScreen", "host_detail", "status_lines"]
 
 NARROW_BELOW = 120
 TALL_FROM = 40
@@ -122,7 +122,7 @@ class TitleBar(Static):
         self.app.action_command_palette()
 
 
-class DashboardScreen(Screen[None]):
+class MainScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "find", "Find", show=False),
         Binding("f", "follow", "Follow log", show=False),
