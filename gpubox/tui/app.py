@@ -35,6 +35,8 @@ from gpubox.tui.keys import ActionsProvider, bindings
 from gpubox.tui.messages import ActionDone, HostPolled, ProgressLine, StateRead
 from gpubox.tui.screens.details import CheckScreen, CostScreen, HelpScreen
 from gpubox.tui.screens.logs import LogsScreen
+from gpubox.tui.screens.main.panels.hosts import HostsPanel
+from gpubox.tui.screens.main.panels.runs import RunsPanel
 from gpubox.tui.screens.main.screen import MainScreen
 from gpubox.tui.screens.modals import ConfirmScreen, HostPickerScreen, ProgressScreen, RunCommandScreen
 from gpubox.tui.workers import Abandoned, interruptible
@@ -118,7 +120,7 @@ class GpuboxApp(App[None]):
     # -- set-up
 
     def get_default_screen(self) -> Screen[Any]:
-        return MainScreen()
+        return MainScreen(draw=self.refresh_view)
 
     @property
     def main_screen(self) -> MainScreen:
@@ -274,6 +276,20 @@ class GpuboxApp(App[None]):
             return False
         self.select_run(choice.host, choice.id)
         return True
+
+    # -- what the screens say
+
+    @on(HostsPanel.HostHighlighted)
+    def _host_highlighted(self, message: HostsPanel.HostHighlighted) -> None:
+        self.select_host(message.name)
+
+    @on(RunsPanel.RunHighlighted)
+    def _run_highlighted(self, message: RunsPanel.RunHighlighted) -> None:
+        self.select_run(message.host, message.run_id)
+
+    @on(RunsPanel.RunChosen)
+    def _run_chosen(self) -> None:
+        self.action_logs()
 
     def select_run(self, host: str, run_id: str) -> None:
         if self.model.select_run(host, run_id):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -18,9 +19,13 @@ from textual.widgets import Footer, Static
 from gpubox.config import HostsConfig, ProjectConfig
 from gpubox.errors import GpuboxError
 from gpubox.tui.keys import ACTIONS
+from gpubox.tui.screens.main.panels import PANELS
 from gpubox.tui.workers import interruptible
 
-__all__ = ["CheckScreen", "CostScreen", "HelpScreen", "LinesScreen"]
+__all__ = ["CheckScreen", "CostScreen", "HelpScreen", "LinesScreen", "panels_help"]
+
+HELP_WIDTH = 96
+"""Where the help's panel lines wrap."""
 
 
 @dataclass
@@ -109,6 +114,21 @@ class CheckScreen(LinesScreen):
         return [f"gpubox check {self.host} (nvidia-smi {result.snapshot.format})", *render_check(result)]
 
 
+def panels_help() -> str:
+    """Each panel's help line (the panels carry their own), its name in a column of its own."""
+    lines = []
+    for panel in PANELS:
+        if panel.HELP_NAME:
+            lines += textwrap.wrap(
+                panel.HELP_TEXT,
+                width=HELP_WIDTH,
+                initial_indent=f"  {panel.HELP_NAME:<8}",
+                subsequent_indent=" " * 10,
+                break_on_hyphens=False,
+            )
+    return "".join(f"{line}\n" for line in lines)
+
+
 class HelpScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,question_mark", "back", "Back")]
 
@@ -125,18 +145,10 @@ class HelpScreen(Screen[None]):
                 text.append(f"  {spec.key_display:<3} ", style="bold cyan")
                 text.append(f"{spec.label:<12}", style="bold")
                 text.append(f"{spec.help}\n")
+            text.append("\nPanels\n\n")
+            text.append(panels_help())
             text.append(
-                "\nPanels\n\n"
-                "  Hosts   every configured host, and those a gpubox process holds: state, GPUs (utilisation and\n"
-                "          memory over the last minutes), the compatibility badge (the reasons show below the\n"
-                "          table for the selected host; k has the full check), $/h, time up, spent, budget,\n"
-                "          autostop countdown.\n"
-                "  Runs    active runs and the last finished ones of each host that is up; select one to follow\n"
-                "          its log and curves (enter opens the log full screen).\n"
-                "  Log     the selected run's output as it comes; / finds, f follows again.\n"
-                "  Curves  loss and metrics from the run's TensorBoard event files.\n"
-                "  Bottom  live sync of the selected host (from the gpubox holding it) and the tunnels.\n\n"
-                "Quitting leaves every host and run as it is; `gpubox down HOST` stops a host.\n"
+                "\nQuitting leaves every host and run as it is; `gpubox down HOST` stops a host.\n"
                 "The mouse works: click rows, footer keys and buttons.\n"
             )
             yield Static(text)
