@@ -39,6 +39,7 @@ from gpubox.tui.screens.main.panels.hosts import HostsPanel
 from gpubox.tui.screens.main.panels.runs import RunsPanel
 from gpubox.tui.screens.main.screen import MainScreen
 from gpubox.tui.screens.modals import ConfirmScreen, HostPickerScreen, ProgressScreen, RunCommandScreen
+from gpubox.tui.screens.offers import OffersScreen
 from gpubox.tui.workers import Abandoned, interruptible
 
 __all__ = ["GpuboxApp", "open_in_browser"]
@@ -241,11 +242,10 @@ class GpuboxApp(App[None]):
         if not self.is_running:
             return  # on the way out: the screens are being taken apart
         for screen in self.screen_stack:
-            apply = getattr(screen, "apply_snapshot", None)
-            if apply is None:
+            if not isinstance(screen, MainScreen | LogsScreen):
                 continue
             try:
-                apply(snapshot)
+                screen.apply_snapshot(snapshot)
             except NoMatches:
                 continue  # a screen still composing (or being removed) shows the next snapshot
         if self.focus_host and snapshot.host(self.focus_host) is not None:
@@ -290,6 +290,10 @@ class GpuboxApp(App[None]):
     @on(RunsPanel.RunChosen)
     def _run_chosen(self) -> None:
         self.action_logs()
+
+    @on(OffersScreen.OfferChosen)
+    def _offer_chosen(self, message: OffersScreen.OfferChosen) -> None:
+        self.launch_offer(message.host, message.offer_id)
 
     def select_run(self, host: str, run_id: str) -> None:
         if self.model.select_run(host, run_id):
@@ -649,7 +653,7 @@ class GpuboxApp(App[None]):
         if self.model.selected is None:
             self.notify("select a run first", severity="warning")
             return
-        self.push_screen(LogsScreen())
+        self.push_screen(LogsScreen(self.snapshot))
 
     def action_find(self) -> None:
         self.main_screen.action_find()
@@ -668,8 +672,6 @@ class GpuboxApp(App[None]):
         self.push_screen(CheckScreen(self.hosts_config, self.project, name))
 
     def action_provision(self) -> None:
-        from gpubox.tui.screens.offers import OffersScreen
-
         self.push_screen(OffersScreen(self.hosts_config, self.project))
 
     def action_help(self) -> None:
