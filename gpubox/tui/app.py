@@ -3,7 +3,9 @@
 It only renders and dispatches. What it shows comes from :mod:`gpubox.dashboard` (state reads and one agent
 round trip per host per refresh); what it does goes through :mod:`gpubox.actions`, the functions the command
 line uses too. Every blocking call runs in a named thread worker that posts a message back; each poll is one
-worker, re-armed when it has finished (dolphie style), so polls never pile up and a slow host only slows itself.
+worker, re-armed when it has finished (dolphie style; :class:`gpubox.dashboard.poller.Polls` says when), so
+polls never pile up and a slow host only slows itself. Screens and panels say what the user did with messages
+(``@on`` handlers below); the app hands them what they show.
 """
 
 from __future__ import annotations

@@ -28,11 +28,6 @@ HELP_WIDTH = 96
 """Where the help's panel lines wrap."""
 
 
-@dataclass
-class LinesLoaded(Message, bubble=False):
-    lines: list[str]
-
-
 class LinesScreen(Screen[None]):
     """A title and lines of text produced by a thread worker (the same lines the CLI prints)."""
 
@@ -41,6 +36,12 @@ class LinesScreen(Screen[None]):
         Binding("r", "reload", "Reload"),
     ]
     WORKER_NAME = "details"
+
+    @dataclass
+    class Loaded(Message, bubble=False):
+        """The worker's lines."""
+
+        lines: list[str]
 
     def __init__(self, title: str) -> None:
         super().__init__()
@@ -73,10 +74,10 @@ class LinesScreen(Screen[None]):
         except GpuboxError as exc:
             lines = [f"✗ {exc}"]
         # A message, not a call: if the screen was closed meanwhile, nobody is left to draw and nothing breaks.
-        self.post_message(LinesLoaded(lines))
+        self.post_message(self.Loaded(lines))
 
-    @on(LinesLoaded)
-    def _show(self, message: LinesLoaded) -> None:
+    @on(Loaded)
+    def _show(self, message: Loaded) -> None:
         self.lines = message.lines
         self.query_one("#details-body", Static).update(Text("\n".join(message.lines)))
 
