@@ -3,7 +3,9 @@
 It only renders and dispatches. What it shows comes from :mod:`gpubox.dashboard` (state reads and one agent
 round trip per host per refresh); what it does goes through :mod:`gpubox.actions`, the functions the command
 line uses too. Every blocking call runs in a named thread worker that posts a message back; each poll is one
-worker, re-armed when it has finished (dolphie style), so polls never pile up and a slow host only slows itself.
+worker, re-armed when it has finished (dolphie style; :class:`gpubox.dashboard.poller.Polls` says when), so
+polls never pile up and a slow host only slows itself. Screens and panels say what the user did with messages
+(``@on`` handlers below); the app hands them what they show.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from textual import on, work
 from textual.app import App
@@ -27,58 +29,25 @@ from textual.timer import Timer
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from gpubox.config import HostsConfig, ProjectConfig
-from gpubox.dashboard import (
-    Dashboard,
-    DashboardSnapshot,
-    HostPoller,
-    PollRequest,
-    read_state,
-)
+from gpubox.dashboard.model import Dashboard
+from gpubox.dashboard.poller import HostPoller, PollRequest, Polls
+from gpubox.dashboard.views import DashboardSnapshot
 from gpubox.errors import GpuboxError
-from gpubox.tui.commands import ActionsProvider, bindings
+from gpubox.tui.keys import ActionsProvider, bindings
 from gpubox.tui.messages import ActionDone, HostPolled, ProgressLine, StateRead
-from gpubox.tui.screens.dashboard import DashboardScreen
 from gpubox.tui.screens.details import CheckScreen, CostScreen, HelpScreen
 from gpubox.tui.screens.logs import LogsScreen
+from gpubox.tui.screens.main.panels.hosts import HostsPanel
+from gpubox.tui.screens.main.panels.runs import RunsPanel
+from gpubox.tui.screens.main.screen import MainScreen
 from gpubox.tui.screens.modals import ConfirmScreen, HostPickerScreen, ProgressScreen, RunCommandScreen
+from gpubox.tui.screens.offers import OffersScreen
+from gpubox.tui.workers import Abandoned, interruptible
 
 __all__ = ["GpuboxApp", "open_in_browser"]
 
-T = TypeVar("T")
-UP_QUIET_SECONDS = 900.0
 """How long bringing a host up may go without a line of progress before the dashboard gives up waiting."""
 Opener = Callable[[str], str]
-
-
-class Abandoned(Exception):
-    """The worker was cancelled (the dashboard is closing) while its call was still waiting on a host; the
-    call finishes (or dies with the process) in its own thread."""
-
-
-def interruptible(call: Callable[[], T]) -> T:
-    """Run *call* in a daemon thread and wait for it, but give up as soon as the current worker is cancelled.
-
-    Quitting must not wait for a host that stopped answering: Textual's thread workers run in the event loop's
-    executor, which the loop waits for on exit, and an SSH read on a dead link can block for a long time."""
-    worker = get_current_worker()
-    box: list[tuple[bool, Any]] = []
-
-    def target() -> None:
-        try:
-            box.append((True, call()))
-        except BaseException as exc:
-            box.append((False, exc))
-
-    thread = threading.Thread(target=target, name=f"gpubox {worker.name}", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.1)
-        if worker.is_cancelled:
-            raise Abandoned(worker.name)
-    ok, value = box[0]
-    if ok:
-        return value  # type: ignore[no-any-return]
-    raise value
 
 
 def open_in_browser(url: str) -> str:
@@ -124,14 +93,10 @@ class GpuboxApp(App[None]):
         self.model = model or Dashboard(hosts, project)
         self.live = live
         self.opener: Opener = opener or open_in_browser
-        self.refresh_seconds = refresh_seconds
-        self.state_seconds = state_seconds
+        self.polls = Polls(hosts, project, refresh_seconds=refresh_seconds, state_seconds=state_seconds)
         self.focus_host = focus_host
         self.title = f"gpubox · {project.name}"
         self.snapshot: DashboardSnapshot = self.model.snapshot()
-        self.pollers: dict[str, HostPoller] = {}
-        self._polling: set[str] = set()
-        self._poll_soon: set[str] = set()
         self._poll_timers: dict[str, Timer] = {}
         self._busy: set[str] = set()
         self._view_pending = False
@@ -157,12 +122,12 @@ class GpuboxApp(App[None]):
     # -- set-up
 
     def get_default_screen(self) -> Screen[Any]:
-        return DashboardScreen()
+        return MainScreen(draw=self.refresh_view)
 
     @property
-    def dashboard(self) -> DashboardScreen:
+    def main_screen(self) -> MainScreen:
         screen = self.screen_stack[0]
-        assert isinstance(screen, DashboardScreen)
+        assert isinstance(screen, MainScreen)
         return screen
 
     def on_mount(self) -> None:
@@ -175,7 +140,7 @@ class GpuboxApp(App[None]):
     def on_unmount(self) -> None:
         for timer in self._poll_timers.values():
             timer.stop()
-        for poller in self.pollers.values():
+        for poller in self.polls.pollers.values():
             # Closing a session can wait on a dead link: never on the way out.
             threading.Thread(target=poller.close, name="gpubox close", daemon=True).start()
 
@@ -183,7 +148,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="read-state", group="state", exclusive=True, exit_on_error=False)
     def _read_state(self) -> None:
-        self.post_message(StateRead(read_state(self.hosts_config, self.project)))
+        self.post_message(StateRead(self.polls.state.read()))
 
     @on(StateRead)
     def _state_read(self, message: StateRead) -> None:
@@ -192,15 +157,10 @@ class GpuboxApp(App[None]):
         self._schedule_view()
 
     def _sync_pollers(self) -> None:
-        wanted = set(self.model.polled_hosts())
-        for name in sorted(wanted - set(self.pollers)):
-            config = self.hosts_config.hosts.get(name)
-            if config is None:
-                continue  # held by a gpubox process but gone from hosts.toml: nothing to connect with
-            self.pollers[name] = HostPoller(config, self.project.name)
+        started, stopped = self.polls.follow(self.model.polled_hosts())
+        for name in started:
             self._start_poll(name)
-        for name in set(self.pollers) - wanted:
-            poller = self.pollers.pop(name)
+        for name, poller in stopped:
             timer = self._poll_timers.pop(name, None)
             if timer is not None:
                 timer.stop()
@@ -209,20 +169,16 @@ class GpuboxApp(App[None]):
 
     def poll_now(self, name: str) -> None:
         """Refresh *name* at once (or as soon as its poll in flight has answered)."""
-        if name in self._polling:
-            self._poll_soon.add(name)
-        else:
+        if self.polls.poll_soon(name):
             self._start_poll(name)
 
     def _start_poll(self, name: str) -> None:
-        poller = self.pollers.get(name)
-        if poller is None or name in self._polling:
+        poller = self.polls.begin(name)
+        if poller is None:
             return
         timer = self._poll_timers.pop(name, None)
         if timer is not None:
             timer.stop()
-        self._polling.add(name)
-        self._poll_soon.discard(name)
         request = self.model.request_for(name)
         self.run_worker(
             partial(self._poll_host, poller, request, self.model.selection),
@@ -254,12 +210,11 @@ class GpuboxApp(App[None]):
             self.notify(f"{worker.error}", title=f"{worker.name} failed", severity="error", timeout=10)
         if group == "state":
             if self.live and state != WorkerState.CANCELLED:
-                self.set_timer(self.state_seconds if not failed else 5.0, self._read_state)
+                self.set_timer(self.polls.state_read(failed=failed), self._read_state)
         elif group.startswith("poll:"):
             name = group.split(":", 1)[1]
-            self._polling.discard(name)
-            if name in self.pollers and state != WorkerState.CANCELLED:
-                delay = 10.0 if failed else 0.01 if name in self._poll_soon else self.refresh_seconds
+            delay = self.polls.answered(name, failed=failed, cancelled=state == WorkerState.CANCELLED)
+            if delay is not None:
                 self._poll_timers[name] = self.set_timer(delay, partial(self._start_poll, name))
         elif group.startswith("action:"):
             self._busy.discard(group.split(":", 1)[1])
@@ -288,15 +243,14 @@ class GpuboxApp(App[None]):
         if not self.is_running:
             return  # on the way out: the screens are being taken apart
         for screen in self.screen_stack:
-            apply = getattr(screen, "apply_snapshot", None)
-            if apply is None:
+            if not isinstance(screen, MainScreen | LogsScreen):
                 continue
             try:
-                apply(snapshot)
+                screen.apply_snapshot(snapshot)
             except NoMatches:
                 continue  # a screen still composing (or being removed) shows the next snapshot
         if self.focus_host and snapshot.host(self.focus_host) is not None:
-            self.dashboard.show_host(self.focus_host)
+            self.main_screen.show_host(self.focus_host)
             self.focus_host = None
 
     def _auto_select(self, snapshot: DashboardSnapshot) -> bool:
@@ -323,6 +277,24 @@ class GpuboxApp(App[None]):
             return False
         self.select_run(choice.host, choice.id)
         return True
+
+    # -- what the screens say
+
+    @on(HostsPanel.HostHighlighted)
+    def _host_highlighted(self, message: HostsPanel.HostHighlighted) -> None:
+        self.select_host(message.name)
+
+    @on(RunsPanel.RunHighlighted)
+    def _run_highlighted(self, message: RunsPanel.RunHighlighted) -> None:
+        self.select_run(message.host, message.run_id)
+
+    @on(RunsPanel.RunChosen)
+    def _run_chosen(self) -> None:
+        self.action_logs()
+
+    @on(OffersScreen.OfferChosen)
+    def _offer_chosen(self, message: OffersScreen.OfferChosen) -> None:
+        self.launch_offer(message.host, message.offer_id)
 
     def select_run(self, host: str, run_id: str) -> None:
         if self.model.select_run(host, run_id):
@@ -384,7 +356,7 @@ class GpuboxApp(App[None]):
         self.notify(message.message, title=message.title, severity=message.severity, timeout=8)  # type: ignore[arg-type]
         if message.run_id and message.host:
             self.select_run(message.host, message.run_id)
-        if message.host and message.host in self.pollers:
+        if message.host and message.host in self.polls.pollers:
             self.poll_now(message.host)
         if self.live:
             self._read_state()
@@ -454,17 +426,19 @@ class GpuboxApp(App[None]):
                     progress=line,
                     offer_id=offer_id,
                 )
-            if host.provider != "local":
-                self._pin_host_key(name)
             line(f"starting the gpubox process that holds {name} (connect, sync, env, services)…")
-            # Building the env (TensorFlow) prints nothing for a while: be patient, the user can look away.
             held = start_supervisor(
                 host,
                 options=UpOptions(),
                 say=line,
+                ask_to_pin=self._ask_to_pin,
+                confirm_mass_delete=lambda reason, deleting: self.ask_from_thread(
+                    "Delete many files on the host?",
+                    f"{reason}\nDelete those {deleting} files on the host (they go to its trash)?",
+                    yes="Delete",
+                ),
                 should_stop=lambda: worker.is_cancelled,
                 cwd=self.project.root,
-                timeout=UP_QUIET_SECONDS,
             )
         except GpuboxError as exc:
             self.post_message(ProgressLine(f"✗ {exc}", done=True, failed=True))
@@ -481,14 +455,6 @@ class GpuboxApp(App[None]):
             f"{fingerprint}.\nPin this key and connect?",
             yes="Pin and connect",
         )
-
-    def _pin_host_key(self, name: str) -> None:
-        """Connect once in this process, so an unknown host key is shown and pinned only if the user says so
-        (the background process that holds the host never asks)."""
-        from gpubox.remote.session import open_connection
-
-        connection, _spec = open_connection(self.hosts_config.get(name), ask=self._ask_to_pin, launch=False)
-        connection.close()
 
     def action_down(self) -> None:
         name = self._host(up=False)
@@ -684,10 +650,10 @@ class GpuboxApp(App[None]):
         if self.model.selected is None:
             self.notify("select a run first", severity="warning")
             return
-        self.push_screen(LogsScreen())
+        self.push_screen(LogsScreen(self.snapshot))
 
     def action_find(self) -> None:
-        self.dashboard.action_find()
+        self.main_screen.action_find()
 
     def action_cost(self) -> None:
         self.push_screen(CostScreen(self.hosts_config))
@@ -703,9 +669,7 @@ class GpuboxApp(App[None]):
         self.push_screen(CheckScreen(self.hosts_config, self.project, name))
 
     def action_provision(self) -> None:
-        from gpubox.tui.screens.provision import ProvisionScreen
-
-        self.push_screen(ProvisionScreen(self.hosts_config, self.project))
+        self.push_screen(OffersScreen(self.hosts_config, self.project))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

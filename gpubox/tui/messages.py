@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from gpubox.dashboard import HostSample, StateSample
+from gpubox.dashboard.read import HostSample, StateSample
 
 __all__ = ["ActionDone", "HostPolled", "ProgressLine", "StateRead"]
 

@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 
 from gpubox.config import HostConfig, HostsConfig, ProjectConfig
-from gpubox.dashboard import Dashboard, HostSample, HostState, StateSample, TunnelView
+from gpubox.dashboard.model import Dashboard
+from gpubox.dashboard.read import HostSample, HostState, StateSample
+from gpubox.dashboard.views import TunnelView
 from gpubox.remote.gpu.readings import GpuReading
 from gpubox.state import BillingInterval
 from gpubox.train.runs import RunInfo

@@ -9,17 +9,10 @@ import sys
 from pathlib import Path
 
 from gpubox.config import HostConfig, HostsConfig, ProjectConfig
-from gpubox.dashboard import (
-    Curve,
-    Dashboard,
-    HostPoller,
-    HostSample,
-    HostState,
-    PollRequest,
-    StateSample,
-    SyncView,
-    curve_groups,
-)
+from gpubox.dashboard.model import Dashboard
+from gpubox.dashboard.poller import HostPoller, PollRequest, Polls
+from gpubox.dashboard.read import HostSample, HostState, StateSample
+from gpubox.dashboard.views import Curve, SyncView, curve_groups
 from gpubox.errors import HostUnreachable
 from gpubox.remote.gpu.readings import GpuReading
 from gpubox.train.runs import RunInfo
@@ -41,7 +34,7 @@ def _run(state: str, *, ended: float | None = None, code: int | None = None, **p
 
 
 def test_the_data_layer_never_imports_textual() -> None:
-    code = "import gpubox.dashboard, gpubox.actions, sys; print('textual' in sys.modules)"
+    code = "import gpubox.dashboard.model, gpubox.actions, sys; print('textual' in sys.modules)"
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
     )
@@ -192,3 +185,28 @@ def test_a_host_that_does_not_answer_is_retried_with_backoff() -> None:
     assert samples[-1].error == "cannot reach box: connection refused"
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[:3] == [1.0, 2.0, 4.0] and set(gaps[3:]) == {4.0}  # doubling, then at most max_backoff
+
+
+def test_one_poll_per_host_at_a_time_the_next_armed_when_it_has_answered() -> None:
+    hosts = HostsConfig(path=None, hosts={"a": HostConfig("a"), "b": HostConfig("b")})
+    project = ProjectConfig(root=Path("/p"), path=None)
+    polls = Polls(hosts, project, refresh_seconds=1.5, state_seconds=1.0)
+    # "gone" is held by a gpubox process but no longer in hosts.toml: nothing to connect with.
+    started, stopped = polls.follow(["b", "gone", "a"])
+    assert started == ["a", "b"] and stopped == [] and set(polls.pollers) == {"a", "b"}
+    assert polls.begin("a") is polls.pollers["a"]
+    assert polls.begin("a") is None  # still in flight: never two at once
+    assert polls.poll_soon("a") is False and polls.poll_soon("b") is True
+    assert polls.answered("a", failed=False, cancelled=False) == Polls.SOON_SECONDS
+    polls.begin("a")
+    assert polls.answered("a", failed=False, cancelled=False) == 1.5
+    polls.begin("a")
+    assert polls.answered("a", failed=True, cancelled=False) == Polls.FAILED_POLL_SECONDS
+    polls.begin("a")
+    assert polls.answered("a", failed=False, cancelled=True) is None
+    assert (
+        polls.state_read(failed=False) == 1.0 and polls.state_read(failed=True) == Polls.FAILED_READ_SECONDS
+    )
+    started, stopped = polls.follow(["b"])
+    assert started == [] and [name for name, _poller in stopped] == ["a"]
+    assert polls.begin("a") is None and polls.answered("a", failed=False, cancelled=False) is None

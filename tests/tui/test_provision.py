@@ -16,7 +16,7 @@ from gpubox.config import HostsConfig, ProjectConfig, load_hosts, load_project
 from gpubox.tui.app import GpuboxApp
 from gpubox.tui.components.hosts_table import HostsTable
 from gpubox.tui.screens.modals import ConfirmScreen
-from gpubox.tui.screens.provision import ProvisionScreen
+from gpubox.tui.screens.offers import OffersScreen
 from tests.support.clouds import FakeCloud, FakeRunPod, FakeVast
 from tests.support.sshd import SshServer
 from tests.tui import synthetic
@@ -63,11 +63,11 @@ def _configs(root: Path) -> tuple[HostsConfig, ProjectConfig]:
     return load_hosts(root), load_project(root)
 
 
-async def _open_offers(pilot: Pilot[None], app: GpuboxApp) -> ProvisionScreen:
+async def _open_offers(pilot: Pilot[None], app: GpuboxApp) -> OffersScreen:
     await pilot.press("o")
-    await wait_until(pilot, lambda: isinstance(app.screen, ProvisionScreen), 10, "the provision screen")
+    await wait_until(pilot, lambda: isinstance(app.screen, OffersScreen), 10, "the provision screen")
     screen = app.screen
-    assert isinstance(screen, ProvisionScreen)
+    assert isinstance(screen, OffersScreen)
     await wait_until(pilot, lambda: screen.report is not None, 60, "the offers")
     await pilot.pause()
     return screen
@@ -134,7 +134,7 @@ async def test_offers_are_cheapest_first_with_verdicts_and_filters(
         )
         await pilot.press("enter")
         await pilot.pause()
-        assert isinstance(app.screen, ProvisionScreen)
+        assert isinstance(app.screen, OffersScreen)
         detail = str(screen.query_one("#offer-detail").render())
         assert "no host in hosts.toml would rent this one" in detail, detail
 

@@ -42,7 +42,7 @@ def test_quit_while_a_poll_waits_on_a_silent_host(tmp_path: Path) -> None:
         app = RecordingApp(load_hosts(project), load_project(project), refresh_seconds=0.2, state_seconds=0.2)
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_until(pilot, lambda: bool(accepted), 30, "the poll to connect")
-            await wait_until(pilot, lambda: app._polling == {"silent"}, 10, "the poll in flight")
+            await wait_until(pilot, lambda: app.polls.in_flight == {"silent"}, 10, "the poll in flight")
             await pilot.press("q")
         return app
 

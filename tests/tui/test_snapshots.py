@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gpubox.config import HostsConfig
-from gpubox.dashboard import Dashboard
+from gpubox.dashboard.model import Dashboard
 from gpubox.tui.app import GpuboxApp
 from tests.tui import synthetic
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gpubox.config import HostConfig
-from gpubox.dashboard import HostPoller, PollRequest
+from gpubox.dashboard.poller import HostPoller, PollRequest
 from gpubox.remote.gpu.parse import snapshot_from_probe
 from gpubox.remote.gpu.readings import GpuReading, gpu_readings
 

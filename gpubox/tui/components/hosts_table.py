@@ -6,10 +6,10 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from gpubox.cost import format_duration, format_usd
-from gpubox.dashboard import HostView
+from gpubox.dashboard.views import HostView
 from gpubox.tui.components.budget_bar import budget_bar
 from gpubox.tui.components.sparkline import spark
-from gpubox.tui.components.tables import Column, SnapshotTable
+from gpubox.tui.components.tables import Column, ViewTable
 
 __all__ = ["STATE_MARKS", "VERDICT_STYLES", "HostsTable", "host_cells"]
 
@@ -103,7 +103,7 @@ def host_cells(host: HostView) -> dict[str, RenderableType]:
     }
 
 
-class HostsTable(SnapshotTable):
+class HostsTable(ViewTable[HostView]):
     WIDE = (
         Column("host", "Host", 14),
         Column("provider", "Provider", 8),
@@ -138,3 +138,9 @@ class HostsTable(SnapshotTable):
         Column("spent", "Spent", 7),
         Column("budget_short", "Budget", 8),
     )
+
+    def key(self, view: HostView) -> str:
+        return view.name
+
+    def cells(self, view: HostView) -> dict[str, RenderableType]:
+        return host_cells(view)

@@ -8,7 +8,7 @@ from rich.highlighter import Highlighter
 from rich.text import Text
 from textual.widgets import Log
 
-from gpubox.dashboard import SelectedRun
+from gpubox.dashboard.views import SelectedRun
 
 __all__ = ["RunLog"]
 

@@ -6,14 +6,11 @@ from collections.abc import Sequence
 
 from rich.console import RenderableType
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Vertical
 from textual.widget import Widget
-from textual.widgets import Static
 
-from gpubox.dashboard import Curve, curve_groups
+from gpubox.dashboard.views import Curve
 
-__all__ = ["COLORS", "CurvePlot", "CurvesPanel", "plot_lines"]
+__all__ = ["COLORS", "CurvePlot", "plot_lines"]
 
 COLORS = ("cyan", "magenta", "yellow", "green", "red", "blue")
 _DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
@@ -138,37 +135,3 @@ class CurvePlot(Widget):
         if height > 1:
             lines += plot_lines(series, width, height - 1)
         return Text("\n").join(lines)
-
-
-class CurvesPanel(Vertical):
-    """The selected run's curves: as many metrics as fit, loss first."""
-
-    MAX_PLOTS = 3
-
-    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__(id=id, classes=classes)
-        self._placeholder = ""
-
-    def compose(self) -> ComposeResult:
-        yield Static("select a run to see its curves", id="curves-empty")
-        for index in range(self.MAX_PLOTS):
-            yield CurvePlot(id=f"plot-{index}")
-
-    def show(self, curves: Sequence[Curve], *, placeholder: str) -> None:
-        groups = curve_groups(curves)
-        empty = self.query_one("#curves-empty", Static)
-        if empty.display != (not groups):
-            empty.display = not groups
-        if not groups and placeholder != self._placeholder:
-            self._placeholder = placeholder
-            empty.update(placeholder)
-        # Three plots need room: on a small terminal only the first ones are shown.
-        room = max(1, self.size.height // 5) if self.size.height else self.MAX_PLOTS
-        for index in range(self.MAX_PLOTS):
-            plot = self.query_one(f"#plot-{index}", CurvePlot)
-            shown = index < len(groups) and index < room
-            if shown:
-                title, members = groups[index]
-                plot.show(title, members)
-            if plot.display != shown:
-                plot.display = shown

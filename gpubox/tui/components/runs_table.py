@@ -6,8 +6,8 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from gpubox.cost import format_duration, format_usd
-from gpubox.dashboard import RunView
-from gpubox.tui.components.tables import Column, SnapshotTable
+from gpubox.dashboard.views import RunView
+from gpubox.tui.components.tables import Column, ViewTable
 
 __all__ = ["RUN_STYLES", "RunsTable", "run_cells", "short_duration"]
 
@@ -77,7 +77,7 @@ def run_cells(run: RunView) -> dict[str, RenderableType]:
     }
 
 
-class RunsTable(SnapshotTable):
+class RunsTable(ViewTable[RunView]):
     WIDE = (
         Column("id", "Run", 6),
         Column("host", "Host", 12),
@@ -111,3 +111,9 @@ class RunsTable(SnapshotTable):
         Column("loss", "Loss", 6),
         Column("metric", "Metric", 9),
     )
+
+    def key(self, view: RunView) -> str:
+        return view.key
+
+    def cells(self, view: RunView) -> dict[str, RenderableType]:
+        return run_cells(view)

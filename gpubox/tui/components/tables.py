@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 from rich.console import RenderableType
 from rich.segment import Segment
@@ -24,7 +24,9 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-__all__ = ["Column", "SnapshotTable"]
+__all__ = ["Column", "SnapshotTable", "ViewTable"]
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -352,3 +354,33 @@ class SnapshotTable(ScrollView, can_focus=True):
             styled = self._styled[(key, kind)] = Strip(list(segments), line.cell_length)
         fill = base + self._style("cursor" if kind == "cursor" else "even-row") if kind != "odd" else base
         return styled.crop_extend(0, width, fill)
+
+
+class ViewTable(SnapshotTable, Generic[V]):
+    """A table of view records (hosts, runs): one row per record, its key and its cells said by the subclass
+    (:meth:`key`, :meth:`cells`, and the column sets). A record's cells are made again only when the record
+    changed: most runs have ended and never change."""
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._made: dict[str, tuple[V, Mapping[str, RenderableType]]] = {}
+
+    def key(self, view: V) -> str:
+        raise NotImplementedError
+
+    def cells(self, view: V) -> Mapping[str, RenderableType]:
+        raise NotImplementedError
+
+    def show_views(self, views: Sequence[V], *, keep: str | None = None) -> None:
+        """Show one row per record of *views*, in their order (see :meth:`SnapshotTable.show_rows`)."""
+        made: dict[str, tuple[V, Mapping[str, RenderableType]]] = {}
+        rows = []
+        for view in views:
+            key = self.key(view)
+            cached = self._made.get(key)
+            if cached is None or cached[0] != view:
+                cached = (view, self.cells(view))
+            made[key] = cached
+            rows.append((key, cached[1]))
+        self._made = made
+        self.show_rows(rows, keep=keep)

@@ -1,1 +1,2 @@
-"""The dashboard's screens: the main dashboard, provisioning, full-screen logs, cost, check, help, modals."""
+"""The dashboard's screens: the main one (main/, a file per panel), renting (offers), full-screen logs, cost,
+check and help (details), dialogs (modals)."""

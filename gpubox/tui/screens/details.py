@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -17,14 +18,14 @@ from textual.widgets import Footer, Static
 
 from gpubox.config import HostsConfig, ProjectConfig
 from gpubox.errors import GpuboxError
-from gpubox.tui.commands import ACTIONS
+from gpubox.tui.keys import ACTIONS
+from gpubox.tui.screens.main.panels import PANELS
+from gpubox.tui.workers import interruptible
 
-__all__ = ["CheckScreen", "CostScreen", "HelpScreen", "LinesScreen"]
+__all__ = ["CheckScreen", "CostScreen", "HelpScreen", "LinesScreen", "panels_help"]
 
-
-@dataclass
-class LinesLoaded(Message, bubble=False):
-    lines: list[str]
+HELP_WIDTH = 96
+"""Where the help's panel lines wrap."""
 
 
 class LinesScreen(Screen[None]):
@@ -35,6 +36,12 @@ class LinesScreen(Screen[None]):
         Binding("r", "reload", "Reload"),
     ]
     WORKER_NAME = "details"
+
+    @dataclass
+    class Loaded(Message, bubble=False):
+        """The worker's lines."""
+
+        lines: list[str]
 
     def __init__(self, title: str) -> None:
         super().__init__()
@@ -62,17 +69,15 @@ class LinesScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, name="details", group="details")
     def _load(self) -> None:
-        from gpubox.tui.app import interruptible
-
         try:
             lines = interruptible(self.produce)
         except GpuboxError as exc:
             lines = [f"✗ {exc}"]
         # A message, not a call: if the screen was closed meanwhile, nobody is left to draw and nothing breaks.
-        self.post_message(LinesLoaded(lines))
+        self.post_message(self.Loaded(lines))
 
-    @on(LinesLoaded)
-    def _show(self, message: LinesLoaded) -> None:
+    @on(Loaded)
+    def _show(self, message: Loaded) -> None:
         self.lines = message.lines
         self.query_one("#details-body", Static).update(Text("\n".join(message.lines)))
 
@@ -110,6 +115,21 @@ class CheckScreen(LinesScreen):
         return [f"gpubox check {self.host} (nvidia-smi {result.snapshot.format})", *render_check(result)]
 
 
+def panels_help() -> str:
+    """Each panel's help line (the panels carry their own), its name in a column of its own."""
+    lines = []
+    for panel in PANELS:
+        if panel.HELP_NAME:
+            lines += textwrap.wrap(
+                panel.HELP_TEXT,
+                width=HELP_WIDTH,
+                initial_indent=f"  {panel.HELP_NAME:<8}",
+                subsequent_indent=" " * 10,
+                break_on_hyphens=False,
+            )
+    return "".join(f"{line}\n" for line in lines)
+
+
 class HelpScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,question_mark", "back", "Back")]
 
@@ -126,18 +146,10 @@ class HelpScreen(Screen[None]):
                 text.append(f"  {spec.key_display:<3} ", style="bold cyan")
                 text.append(f"{spec.label:<12}", style="bold")
                 text.append(f"{spec.help}\n")
+            text.append("\nPanels\n\n")
+            text.append(panels_help())
             text.append(
-                "\nPanels\n\n"
-                "  Hosts   every configured host, and those a gpubox process holds: state, GPUs (utilisation and\n"
-                "          memory over the last minutes), the compatibility badge (the reasons show below the\n"
-                "          table for the selected host; k has the full check), $/h, time up, spent, budget,\n"
-                "          autostop countdown.\n"
-                "  Runs    active runs and the last finished ones of each host that is up; select one to follow\n"
-                "          its log and curves (enter opens the log full screen).\n"
-                "  Log     the selected run's output as it comes; / finds, f follows again.\n"
-                "  Curves  loss and metrics from the run's TensorBoard event files.\n"
-                "  Bottom  live sync of the selected host (from the gpubox holding it) and the tunnels.\n\n"
-                "Quitting leaves every host and run as it is; `gpubox down HOST` stops a host.\n"
+                "\nQuitting leaves every host and run as it is; `gpubox down HOST` stops a host.\n"
                 "The mouse works: click rows, footer keys and buttons.\n"
             )
             yield Static(text)

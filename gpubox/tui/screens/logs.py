@@ -10,7 +10,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
-from gpubox.dashboard import DashboardSnapshot
+from gpubox.dashboard.views import DashboardSnapshot
 from gpubox.tui.components.log_view import RunLog
 
 __all__ = ["LogsScreen"]
@@ -30,14 +30,18 @@ class LogsScreen(Screen[None]):
         yield Input(placeholder="find in the log (enter: next match, esc: close)", id="logs-find")
         yield Footer()
 
+    def __init__(self, snapshot: DashboardSnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+        """The last snapshot shown (the app sends each new one)."""
+
     def on_mount(self) -> None:
         self.query_one("#logs-find", Input).display = False
-        snapshot = getattr(self.app, "snapshot", None)
-        if isinstance(snapshot, DashboardSnapshot):
-            self.apply_snapshot(snapshot)
+        self.apply_snapshot(self.snapshot)
         self.query_one(RunLog).focus()
 
     def apply_snapshot(self, snapshot: DashboardSnapshot) -> None:
+        self.snapshot = snapshot
         selected = snapshot.selected
         log = self.query_one(RunLog)
         log.show(selected)
@@ -87,6 +91,4 @@ class LogsScreen(Screen[None]):
         self.query_one(RunLog).focus()
 
     def _refresh_title(self) -> None:
-        snapshot = getattr(self.app, "snapshot", None)
-        if isinstance(snapshot, DashboardSnapshot):
-            self.apply_snapshot(snapshot)
+        self.apply_snapshot(self.snapshot)

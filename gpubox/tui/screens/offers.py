@@ -24,22 +24,30 @@ from gpubox.tui.components.hosts_table import VERDICT_STYLES
 if TYPE_CHECKING:
     from gpubox.provision import OffersReport, RatedOffer
 
-__all__ = ["OffersLoaded", "ProvisionScreen"]
+__all__ = ["OffersScreen"]
 
 
-@dataclass
-class OffersLoaded(Message, bubble=False):
-    report: OffersReport | None
-    error: str | None = None
-
-
-class ProvisionScreen(Screen[None]):
+class OffersScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("r", "reload", "Ask again"),
         Binding("g", "focus_gpu", "GPU filter"),
         Binding("a", "toggle_compatible", "Compatible only"),
     ]
+
+    @dataclass
+    class Loaded(Message, bubble=False):
+        """The offers worker's answer (a report, or why there is none)."""
+
+        report: OffersReport | None
+        error: str | None = None
+
+    @dataclass
+    class OfferChosen(Message):
+        """Rent *offer_id* as host *host* (the user chose it): the app launches it and holds it."""
+
+        host: str
+        offer_id: str
 
     def __init__(self, hosts: HostsConfig, project: ProjectConfig) -> None:
         super().__init__()
@@ -102,12 +110,12 @@ class ProvisionScreen(Screen[None]):
                 self.hosts, self.project, gpu=gpu, max_price=max_price, compatible_only=compatible
             )
         except GpuboxError as exc:
-            self.post_message(OffersLoaded(None, str(exc)))
+            self.post_message(self.Loaded(None, str(exc)))
             return
-        self.post_message(OffersLoaded(report))
+        self.post_message(self.Loaded(report))
 
-    @on(OffersLoaded)
-    def loaded(self, message: OffersLoaded) -> None:
+    @on(Loaded)
+    def loaded(self, message: Loaded) -> None:
         table = self.query_one("#offers", DataTable)
         table.clear()
         self.offers = {}
@@ -197,9 +205,7 @@ class ProvisionScreen(Screen[None]):
                 severity="warning",
             )
             return
-        launch = getattr(self.app, "launch_offer", None)
-        if launch is not None:
-            launch(rated.host, rated.offer.offer_id)
+        self.post_message(self.OfferChosen(rated.host, rated.offer.offer_id))
 
     # -- filters
 
