@@ -126,7 +126,7 @@ def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, An
 def autostop_text(autostop: Mapping[str, Any] | None, minutes: float) -> str:
     """The autostop line of `gpubox status` from a monitor report's ``autostop`` part (with
     ``remaining_seconds`` counted down to now)."""
-    from gpubox.cost import format_duration
+    from gpubox.fmt import format_duration
 
     if not minutes:
         return "off (set autostop_minutes in hosts.toml)"

@@ -159,14 +159,14 @@ def _target(host: HostConfig) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    from gpubox.report import columns
+    from gpubox.fmt import columns
 
     for line in columns([h.upper() for h in headers], rows):
         _out(line)
 
 
 def _price(amount: float | None) -> str:
-    from gpubox.cost import format_usd
+    from gpubox.fmt import format_usd
 
     return "?" if amount is None else format_usd(amount)
 
@@ -236,7 +236,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
-    from gpubox.cost import format_duration, format_usd
+    from gpubox.fmt import format_duration, format_usd
     from gpubox.remote.providers import provider_for
     from gpubox.state import live_tunnels, open_state
 
@@ -314,7 +314,8 @@ def _autostop_text(autostop: dict[str, Any] | None, minutes: float) -> str:
 
 
 def _print_report(session: HostSession, elapsed: float) -> None:
-    from gpubox.cost import format_usd, hourly_price
+    from gpubox.cost import hourly_price
+    from gpubox.fmt import format_usd
     from gpubox.report import host_report
 
     endpoint = session.spec.endpoint
@@ -489,7 +490,7 @@ def _hold(
     import threading
     import time
 
-    from gpubox.cost import format_duration
+    from gpubox.fmt import format_duration
     from gpubox.monitor import HostMonitor, SyncActivity, SyncStatus
     from gpubox.remote.tunnels import Tunnel
     from gpubox.state import clear_tunnels, open_state, record_tunnels
@@ -1024,7 +1025,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_offers(args: argparse.Namespace) -> int:
-    from gpubox.cost import format_usd
+    from gpubox.fmt import format_usd
     from gpubox.provision import collect_offers
 
     if args.max_price is not None and not args.max_price > 0:
@@ -1406,7 +1407,7 @@ def _tail_then_follow(host: HostConfig, project: ProjectConfig, run_id: str, lin
 def cmd_runs(args: argparse.Namespace) -> int:
     import time
 
-    from gpubox.cost import format_duration
+    from gpubox.fmt import format_duration
     from gpubox.remote.session import connect_host
     from gpubox.train.runs import list_runs
 

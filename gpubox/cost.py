@@ -23,6 +23,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpubox.fmt import columns, format_usd, plural
+
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig
     from gpubox.state import BillingInterval, State
@@ -39,8 +41,6 @@ __all__ = [
     "catalog_estimate",
     "cost_report",
     "elapsed",
-    "format_duration",
-    "format_usd",
     "hourly_price",
     "load_catalog",
     "parse_since",
@@ -466,13 +466,13 @@ def busy_reasons(
     batch, typing in a terminal) are not states: :class:`IdleTracker` takes them as ``last_activity``."""
     reasons = []
     if active_runs:
-        reasons.append(f"{active_runs} run{'s' if active_runs > 1 else ''} active")
+        reasons.append(f"{plural(active_runs, 'run')} active")
     if gpu_percent is not None and gpu_percent >= gpu_threshold:
         reasons.append(f"GPU busy ({gpu_percent:g} % ≥ {gpu_threshold:g} %)")
     if busy_kernels:
-        reasons.append(f"{busy_kernels} Jupyter kernel{'s' if busy_kernels > 1 else ''} busy")
+        reasons.append(f"{plural(busy_kernels, 'Jupyter kernel')} busy")
     if shells:
-        reasons.append(f"{shells} interactive `gpubox ssh` shell{'s' if shells > 1 else ''} open")
+        reasons.append(f"{plural(shells, 'interactive `gpubox ssh` shell')} open")
     return reasons
 
 
@@ -670,8 +670,6 @@ def render_cost(document: Mapping[str, Any]) -> list[str]:
             budget_cell(document["total_budget"]) + (" (all hosts)" if document["total_budget"] else ""),
         ]
     )
-    from gpubox.report import columns
-
     lines += columns(header, table)
     if document["runs"]:
         lines.append("")
@@ -687,19 +685,3 @@ def render_cost(document: Mapping[str, Any]) -> list[str]:
             "set price_per_hour in hosts.toml for exact figures"
         )
     return lines
-
-
-# ------------------------------------------------------------------------------------------------ format
-
-
-def format_usd(amount: float) -> str:
-    return f"${amount:,.2f}"
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    clock = f"{hours}:{minutes:02d}:{secs:02d}"
-    return f"{days}d {clock}" if days else clock

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox.config import HostConfig, HostsConfig
-from gpubox.cost import BillingHold, Budget, IdleTracker, budgets_for, busy_reasons, elapsed, format_duration
+from gpubox.cost import BillingHold, Budget, IdleTracker, budgets_for, busy_reasons, elapsed
 from gpubox.errors import AgentError, HostUnreachable
+from gpubox.fmt import format_duration
 from gpubox.state import open_state
 
 if TYPE_CHECKING:

@@ -243,7 +243,7 @@ def ensure_instance(
     offer = _choose_offer(api, host, offer_id)
     memory = f" {offer.gpu_memory_gb:g} GB" if offer.gpu_memory_gb else ""
     what = offer.instance_type or offer.gpu
-    from gpubox.cost import format_usd
+    from gpubox.fmt import format_usd
 
     question = (
         f"rent {host.provider} {what} ({offer.gpu_count}× {offer.gpu}{memory}) in {offer.region or 'any region'} "
@@ -509,7 +509,7 @@ def take_down_rented(
     Terminating loses whatever is on the machine, so a pull that fails stops here, before it (unless
     *pull_outputs* is off). *confirm*, when given, is asked before terminating under active runs. A terminate
     the provider refuses raises, and the instance stays recorded as billing."""
-    from gpubox.cost import format_usd
+    from gpubox.fmt import format_usd
     from gpubox.remote.providers.cloud import CloudProvider
     from gpubox.remote.session import connect_host
     from gpubox.sync.pull import pull

@@ -430,7 +430,7 @@ class CloudProvider:
 
 
 def describe_instance(instance: Instance, launched_at: float | None = None) -> str:
-    from gpubox.cost import format_duration, format_usd
+    from gpubox.fmt import format_duration, format_usd
 
     parts = [f"{instance.provider} instance {instance.instance_id}"]
     if instance.status_text:
@@ -473,8 +473,8 @@ def forget_instance(host: HostConfig | str, record: InstanceRecord, reason: str)
 
 def terminate_recorded(api: CloudApi, host: HostConfig | str, record: InstanceRecord) -> str:
     """Terminate a recorded instance; if the provider refuses, say so loudly and keep it recorded as billing."""
-    from gpubox.cost import format_duration, format_usd
     from gpubox.errors import BadInput, HostError
+    from gpubox.fmt import format_duration, format_usd
     from gpubox.state import open_state, update_instance
 
     name = host if isinstance(host, str) else host.name

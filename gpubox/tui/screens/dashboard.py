@@ -15,8 +15,8 @@ from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
-from gpubox.cost import format_duration, format_usd
 from gpubox.dashboard import DashboardSnapshot, HostView, RunView
+from gpubox.fmt import format_duration, format_usd
 from gpubox.tui.components.hosts_table import VERDICT_STYLES, HostsTable, host_cells
 from gpubox.tui.components.log_view import RunLog
 from gpubox.tui.components.plot import CurvesPanel

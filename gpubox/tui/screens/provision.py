@@ -17,8 +17,8 @@ from textual.screen import Screen
 from textual.widgets import Checkbox, DataTable, Footer, Input, Static
 
 from gpubox.config import HostsConfig, ProjectConfig
-from gpubox.cost import format_usd
 from gpubox.errors import GpuboxError
+from gpubox.fmt import format_usd
 from gpubox.tui.components.hosts_table import VERDICT_STYLES
 
 if TYPE_CHECKING:
