@@ -22,6 +22,8 @@ from typing import Any
 
 from gpubox import paths
 from gpubox.errors import ConfigError
+from gpubox.fmt import either, shorten
+from gpubox.remote.providers.registry import CLOUD_NAMES, PROVIDER_NAMES, SPECS, ProviderSpec, provider_spec
 
 __all__ = [
     "BUILTIN_LOCAL",
@@ -42,8 +44,6 @@ __all__ = [
 HOSTS_FILE = "hosts.toml"
 MAX_CONFIG_BYTES = 1 << 20
 PROJECT_FILE = "gpubox.toml"
-CLOUD_PROVIDERS = ("lambda", "vast", "runpod")
-PROVIDERS = ("ssh", "local", *CLOUD_PROVIDERS)
 BUILTIN_LOCAL = "local"
 DEFAULT_OUTPUTS = ("runs/", "checkpoints/", "logs/", "outputs/")
 _HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -112,19 +112,16 @@ class HostConfig:
         return self.api or ProviderSettings.default(self.provider)
 
     @property
+    def spec(self) -> ProviderSpec:
+        """What kind of host this is: rented or not, who runs its sshd, what ``down`` does to it."""
+        return provider_spec(self.provider)
+
+    @property
     def rented(self) -> bool:
-        """Whether gpubox rents this host from a cloud provider (and can launch and terminate it)."""
-        return self.provider in CLOUD_PROVIDERS
+        return self.spec.rents
 
     def remote_project_dir(self, project_name: str) -> str:
         return self.remote_dir or f"~/gpubox/{project_name}"
-
-
-DEFAULT_API = {
-    "lambda": ("LAMBDA_API_KEY", "https://cloud.lambda.ai/api/v1"),
-    "vast": ("VAST_API_KEY", "https://console.vast.ai"),
-    "runpod": ("RUNPOD_API_KEY", "https://api.runpod.io"),
-}
 
 
 @dataclass(frozen=True)
@@ -143,8 +140,8 @@ class ProviderSettings:
 
     @classmethod
     def default(cls, name: str) -> ProviderSettings:
-        env, url = DEFAULT_API[name]
-        return cls(name=name, api_key_env=env, api_url=url)
+        spec = provider_spec(name)
+        return cls(name=name, api_key_env=spec.api_key_env, api_url=spec.api_url)
 
     def api_key(self) -> str:
         """The key from the environment; a clear error naming the variable when it is missing."""
@@ -277,7 +274,7 @@ def _show(value: Any) -> str:
         if any(isinstance(item, dict) for item in value):
             return "an array of tables"
         text = json.dumps(value, ensure_ascii=False, default=str)
-        return text if len(text) <= 60 else text[:57] + "..."
+        return shorten(text)
     return str(value)
 
 
@@ -449,7 +446,7 @@ def _gpu_name(value: Any) -> str:
 # ----------------------------------------------------------------------------------------------- schema
 
 HOST_FIELDS: dict[str, Check] = {
-    "provider": _choice(*PROVIDERS),
+    "provider": _choice(*PROVIDER_NAMES),
     "hostname": _no_space_string("a host name, an address or an ~/.ssh/config alias"),
     "port": _integer(1, 65535),
     "user": _no_space_string("a user name"),
@@ -477,39 +474,6 @@ HOST_FIELDS: dict[str, Check] = {
     "cloud_type": _choice("secure", "community", "all"),
     "launch_timeout": _number(0, above=True),
 }
-# Keys that only make sense where gpubox does not run the host itself.
-_SSH_ONLY = ("hostname", "port", "user", "identity_file", "proxy_jump", "accept_new", "stop_command")
-_RENTING = (
-    "gpu",
-    "gpu_count",
-    "instance_type",
-    "region",
-    "max_price_per_hour",
-    "ssh_key_name",
-    "image",
-    "disk_gb",
-    "cloud_type",
-    "launch_timeout",
-)
-_COMMON = frozenset(HOST_FIELDS) - set(_SSH_ONLY) - set(_RENTING)
-# A rented host: gpubox finds its address from the provider and prices it from the provider's API.
-_CLOUD_COMMON = (_COMMON - {"price_per_hour"}) | {
-    "user",
-    "identity_file",
-    "accept_new",
-    "gpu",
-    "gpu_count",
-    "max_price_per_hour",
-    "launch_timeout",
-}
-PROVIDER_FIELDS: dict[str, frozenset[str]] = {
-    "ssh": frozenset(HOST_FIELDS) - set(_RENTING),
-    "local": _COMMON,
-    "lambda": _CLOUD_COMMON | {"instance_type", "region", "ssh_key_name"},
-    "vast": _CLOUD_COMMON | {"region", "image", "disk_gb"},
-    "runpod": _CLOUD_COMMON | {"image", "disk_gb", "cloud_type"},
-}
-DEFAULT_USER = {"lambda": "ubuntu", "vast": "root", "runpod": "root"}
 PROVIDER_TABLE_FIELDS: dict[str, Check] = {
     "api_key_env": _env_name,
     "api_url": _http_url,
@@ -845,16 +809,16 @@ def load_hosts(project_root: Path | None = None, *, path: Path | None = None) ->
             misplaced={"total_budget_usd": "only allowed in [defaults] (the budget of all hosts together)"},
         )
         provider = values.get("provider", "local" if name == BUILTIN_LOCAL else "ssh")
-        allowed = PROVIDER_FIELDS[provider]
+        spec = provider_spec(provider)
         for key in values:
-            if key not in allowed:
-                raise reader.error((*where, key), _not_used(provider, key))
-        merged = {k: v for k, v in defaults.items() if k in allowed} | values
+            if key not in spec.keys:
+                raise reader.error((*where, key), _not_used(spec, key))
+        merged = {k: v for k, v in defaults.items() if k in spec.keys} | values
         merged["provider"] = provider
-        if provider == "ssh":
+        if "hostname" in spec.keys:
             merged.setdefault("hostname", name)
-        if provider in CLOUD_PROVIDERS:
-            _check_rental(reader, where, provider, merged)
+        _check_required(reader, where, spec, merged)
+        if spec.rents:
             merged["api"] = providers.setdefault(provider, ProviderSettings.default(provider))
         if "identity_file" in merged:
             merged["identity_file"] = os.path.expanduser(merged["identity_file"])
@@ -872,32 +836,30 @@ def load_hosts(project_root: Path | None = None, *, path: Path | None = None) ->
     )
 
 
-def _not_used(provider: str, key: str) -> str:
-    if provider == "local":
-        return 'not used by provider "local" (gpubox runs that host itself)'
-    if provider == "ssh":
-        return 'not used by provider "ssh" (only for hosts gpubox rents: provider = "lambda", "vast" or "runpod")'
+def _not_used(spec: ProviderSpec, key: str) -> str:
+    provider = spec.name
+    if spec.runs_own_sshd:
+        return f'not used by provider "{provider}" (gpubox runs that host itself)'
+    if not spec.rents:
+        clouds = either([f'"{name}"' for name in CLOUD_NAMES])
+        return f'not used by provider "{provider}" (only for hosts gpubox rents: provider = {clouds})'
     if key == "price_per_hour":
         return f'not used by provider "{provider}": gpubox reads the price from its API (cap it with max_price_per_hour)'
     if key in ("hostname", "port", "proxy_jump"):
         return f'not used by provider "{provider}": gpubox learns the address from its API'
     if key == "stop_command":
         return f'not used by provider "{provider}": gpubox stops a rented host by terminating it'
-    users = [p for p, fields in PROVIDER_FIELDS.items() if key in fields and p in CLOUD_PROVIDERS]
+    users = [other.name for other in SPECS if other.rents and key in other.keys]
     return f'not used by provider "{provider}"' + (f" (only by {', '.join(users)})" if users else "")
 
 
-def _check_rental(reader: _Reader, where: tuple[str, ...], provider: str, values: dict[str, Any]) -> None:
+def _check_required(
+    reader: _Reader, where: tuple[str, ...], spec: ProviderSpec, values: dict[str, Any]
+) -> None:
     """What a provider needs before gpubox can rent from it, checked when the file is read, not at launch."""
-    if provider == "lambda":
-        if "ssh_key_name" not in values:
-            raise reader.error(
-                where, "a lambda host needs ssh_key_name: the name of an SSH key in your Lambda account"
-            )
-        if "instance_type" not in values and "gpu" not in values:
-            raise reader.error(where, 'a lambda host needs instance_type (such as "gpu_1x_a100_sxm4") or gpu')
-    elif "gpu" not in values:
-        raise reader.error(where, f'a {provider} host needs gpu: the GPU model to rent, such as "RTX 4090"')
+    for requirement in spec.requires:
+        if not any(key in values for key in requirement.keys):
+            raise reader.error(where, f"a {spec.name} host needs {requirement.needs}")
 
 
 def _provider_tables(reader: _Reader) -> dict[str, ProviderSettings]:
@@ -905,11 +867,8 @@ def _provider_tables(reader: _Reader) -> dict[str, ProviderSettings]:
     settings: dict[str, ProviderSettings] = {}
     for name, raw in table.items():
         where = ("providers", name)
-        if name not in CLOUD_PROVIDERS:
-            hint = (
-                _did_you_mean(name, CLOUD_PROVIDERS)
-                or f" (the cloud providers are {', '.join(CLOUD_PROVIDERS)})"
-            )
+        if name not in CLOUD_NAMES:
+            hint = _did_you_mean(name, CLOUD_NAMES) or f" (the cloud providers are {', '.join(CLOUD_NAMES)})"
             raise reader.error(where, f"unknown provider{hint}")
         values = reader.values(where, reader.table(where, raw), PROVIDER_TABLE_FIELDS)
         base = ProviderSettings.default(name)

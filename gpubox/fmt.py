@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["columns", "format_duration", "format_usd", "plural", "shorten"]
+__all__ = ["columns", "either", "format_duration", "format_usd", "plural", "shorten"]
 
 
 def format_usd(amount: float) -> str:
@@ -32,6 +32,11 @@ def columns(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[st
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in table
     ]
+
+
+def either(items: Sequence[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return " or ".join(filter(None, [", ".join(items[:-1]), *items[-1:]]))
 
 
 def plural(count: int, noun: str) -> str:
