@@ -314,8 +314,8 @@ def _autostop_text(autostop: dict[str, Any] | None, minutes: float) -> str:
 
 
 def _print_report(session: HostSession, elapsed: float) -> None:
-    from gpubox.cost import hourly_price
     from gpubox.fmt import format_usd
+    from gpubox.remote.providers import host_price
     from gpubox.report import host_report
 
     endpoint = session.spec.endpoint
@@ -324,7 +324,7 @@ def _print_report(session: HostSession, elapsed: float) -> None:
     for line in host_report(session.probe, session.agent.hello):
         _out(line.render())
     host = session.host
-    money = [hourly_price(host, session.probe).label()]
+    money = [host_price(host, session.probe).label()]
     if host.budget_usd is not None:
         money.append(f"budget {format_usd(host.budget_usd)} (at 100 %: {host.on_budget})")
     if host.autostop_minutes:
@@ -384,7 +384,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     if not args.supervise_child:
         _out(f"gpubox up {host.name}")
-        if host.rented:
+        if host.spec.rents:
             from gpubox.provision import ensure_instance
 
             ensure_instance(host, confirm=lambda question: _confirm(question, yes=args.yes), progress=_step)
@@ -538,7 +538,7 @@ def _hold(
             activity=activity,
             sync=sync_status,
         )
-        if host.rented:
+        if host.spec.rents:
             monitor.before_terminate = lambda: _pull_before_terminate(session)
         try:
             supervise(session, stop=stop, wake=wake, log=log, monitor=monitor)
@@ -1127,12 +1127,13 @@ def _offers_failure(
 
 def cmd_cost(args: argparse.Namespace) -> int:
     from gpubox.cost import cost_report, parse_since, render_cost
+    from gpubox.remote.providers import host_price
     from gpubox.state import open_state
 
     since = parse_since(args.since) if args.since is not None else None
     hosts = _hosts()
     with open_state() as state:
-        document = cost_report(state, hosts, since=since)
+        document = cost_report(state, hosts, host_price, since=since)
     if args.json:
         _json(document)
         return 0

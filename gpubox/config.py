@@ -116,10 +116,6 @@ class HostConfig:
         """What kind of host this is: rented or not, who runs its sshd, what ``down`` does to it."""
         return provider_spec(self.provider)
 
-    @property
-    def rented(self) -> bool:
-        return self.spec.rents
-
     def remote_project_dir(self, project_name: str) -> str:
         return self.remote_dir or f"~/gpubox/{project_name}"
 

@@ -272,7 +272,7 @@ class HostMonitor:
             self.log(f"! {text}")
         elif self.host.on_budget == "warn":
             self.log(f'! {text}: {self.host.name} keeps running (on_budget = "warn")')
-        elif self.host.stop_command or self.host.provider != "ssh":
+        elif self.host.stop_command or self.host.spec.stops_on_down:
             self.log(f"! {text}: stopping {self.host.name}")
         else:
             self.log(f"! {text}")  # what happens next (it cannot be stopped) follows in its own line
@@ -280,7 +280,7 @@ class HostMonitor:
     # -- idle
 
     def _sample(self) -> None:
-        local = self.host.provider == "local"
+        local = self.host.spec.on_this_machine
         # The local host's terminals are the laptop's own: they say nothing about using the host.
         answer = self.session.agent.request("idle", {"gpu": True, "ttys": not local})
         now = self.clock()
@@ -319,9 +319,9 @@ class HostMonitor:
     def stop_action(self) -> str:
         if self.host.stop_command:
             return "run stop_command on the host"
-        if self.host.provider == "local":
+        if self.host.spec.runs_own_sshd:
             return "stop the local sshd"
-        if self.host.provider == "ssh":
+        if not self.host.spec.stops_on_down:
             return "warn only (no stop_command for this ssh host)"
         return "terminate the instance"
 
@@ -331,7 +331,7 @@ class HostMonitor:
             done = self._run_stop_command(why, reason)
             if done is None:
                 return
-        elif host.provider == "ssh":
+        elif not host.spec.stops_on_down:
             if reason not in self._warned:
                 self._warned.add(reason)
                 self.log(
@@ -344,7 +344,7 @@ class HostMonitor:
             from gpubox.remote.providers import provider_for
 
             try:
-                if host.rented and self.before_terminate is not None:
+                if host.spec.rents and self.before_terminate is not None:
                     # Terminating a rented machine deletes its disk: bring the outputs home first.
                     self.log(f"· {why}: {self.before_terminate()}")
                 done = provider_for(host).terminate(host)

@@ -658,7 +658,7 @@ def test_hosts_example_parses(isolated_home: Path) -> None:
         "laptop",
         1.5,
     )
-    assert (rented.connect_timeout, rented.rented, rented.user) == (15.0, True, None)
+    assert (rented.connect_timeout, rented.spec.rents, rented.user) == (15.0, True, None)
     vast = hosts.get("vast-4090")
     assert (vast.gpu, vast.gpu_count, vast.region, vast.disk_gb) == ("RTX 4090", 1, "Europe", 40)
     runpod = hosts.get("runpod-h100")

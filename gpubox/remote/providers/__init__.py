@@ -3,13 +3,15 @@ rented from Lambda Cloud, vast.ai and RunPod. :mod:`~gpubox.remote.providers.reg
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from gpubox.remote.providers.base import ConnectSpec, Instance, InstanceStatus, Offer, Provider
 from gpubox.remote.providers.registry import provider_spec
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProviderSettings
+    from gpubox.cost import HourlyPrice
     from gpubox.remote.providers.cloud import CloudApi
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "Offer",
     "Provider",
     "cloud_api",
+    "host_price",
     "live_price",
     "provider_for",
 ]
@@ -38,3 +41,14 @@ def live_price(host: HostConfig) -> float | None:
     recorded from the provider at launch: no API call); None for ssh and local hosts. Hand it to
     :func:`gpubox.cost.hourly_price`."""
     return provider_for(host).live_price_per_hour(host)
+
+
+def host_price(host: HostConfig, probe: Mapping[str, Any] | None = None) -> HourlyPrice:
+    """What *host* costs per hour (:func:`gpubox.cost.hourly_price`), given its live price and the GPUs in
+    *probe*, its last probe."""
+    from gpubox.cost import hourly_price
+    from gpubox.remote.gpu import snapshot_from_probe
+
+    smi = (probe or {}).get("nvidia_smi")
+    gpus = [gpu.name for gpu in snapshot_from_probe(smi).gpus] if smi else []
+    return hourly_price(host, gpus, live=live_price(host))
