@@ -1025,8 +1025,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_offers(args: argparse.Namespace) -> int:
-    from gpubox.fmt import format_usd
+    from gpubox.fmt import either, format_usd
     from gpubox.provision import collect_offers
+    from gpubox.remote.providers.registry import CLOUD_NAMES, provider_spec
 
     if args.max_price is not None and not args.max_price > 0:
         raise UsageError(f"--max-price must be a number above 0, got {args.max_price:g}")
@@ -1043,8 +1044,9 @@ def cmd_offers(args: argparse.Namespace) -> int:
     )
     if not report.asked:
         raise UsageError(
-            "no cloud provider is configured: add a [providers.lambda], [providers.vast] or [providers.runpod] "
-            "table (or a host using one) to hosts.toml, or export LAMBDA_API_KEY, VAST_API_KEY or RUNPOD_API_KEY"
+            f"no cloud provider is configured: add a {either([f'[providers.{name}]' for name in CLOUD_NAMES])} "
+            "table (or a host using one) to hosts.toml, or export "
+            + either([provider_spec(name).api_key_env for name in CLOUD_NAMES])
         )
     if report.problems and len(report.problems) == len(report.asked):
         # No provider answered: that is a failure, not an empty market.
@@ -1549,6 +1551,8 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gpubox.remote.providers.registry import CLOUD_NAMES
+
     parser = _Parser(
         prog="gpubox",
         description="A rented GPU machine that feels like part of your laptop.",
@@ -1657,7 +1661,7 @@ def build_parser() -> argparse.ArgumentParser:
     offers = add(
         "offers", cmd_offers, "rentable machines from the configured clouds, cheapest first, with verdict"
     )
-    offers.add_argument("--provider", choices=("lambda", "vast", "runpod"), help="ask only this provider")
+    offers.add_argument("--provider", choices=CLOUD_NAMES, help="ask only this provider")
     offers.add_argument("--gpu", metavar="GPU", help='a GPU model, loosely matched: "A100", "RTX 4090"')
     offers.add_argument("--count", type=int, metavar="N", help="exactly N GPUs")
     offers.add_argument(
