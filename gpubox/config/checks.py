@@ -47,12 +47,6 @@ class InvalidSecret(Invalid):
 Check = Callable[[Any], Any]
 
 
-def string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise Invalid("expected a string")
-    return value
-
-
 def path_string(value: Any) -> str:
     """A file path: a control character in one (a newline) would break the files gpubox writes it into."""
     text = nonempty_string(value)
