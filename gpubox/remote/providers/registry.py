@@ -43,8 +43,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLOUD_NAMES",
+    "EVERY_HOST_KEYS",
     "PROVIDER_NAMES",
+    "RENTED_KEYS",
     "SPECS",
+    "SSH_KEYS",
     "Capability",
     "ProviderSpec",
     "Requirement",
@@ -88,7 +91,7 @@ class ProviderSpec:
     stops_on_down: bool = False
     """``down``, autostop and a spent budget end the machine itself (without a ``stop_command``)."""
     default_user: str | None = None
-    """Who logs in when hosts.toml names no user; None: the user's own SSH settings decide."""
+    """Who logs in when hosts.toml names no user; None: ``~/.ssh/config``, else the user gpubox runs as."""
     api_key_env: str = ""
     """The environment variable holding the API key, for a cloud (``api_key_env`` in ``[providers.NAME]``)."""
     api_url: str = ""
@@ -115,7 +118,7 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-# The hosts.toml keys each kind takes (gpubox.config.HOST_FIELDS checks their values).
+# The hosts.toml keys each kind takes (HOST_FIELDS in gpubox/config/hosts.py checks their values).
 EVERY_HOST_KEYS = frozenset(
     {
         "provider",
