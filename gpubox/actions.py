@@ -58,9 +58,9 @@ def _quiet(text: str) -> None:
 
 def target(host: HostConfig) -> str:
     """Where a host is, in a few words: ``ubuntu@1.2.3.4:22 via jump``."""
-    if host.provider == "local":
+    if host.spec.runs_own_sshd:
         return "private sshd on 127.0.0.1"
-    if host.rented:
+    if host.spec.rents:
         wanted = host.instance_type or f"{host.gpu_count}× {host.gpu}"
         return f"rented: {wanted}" + (f" in {host.region}" if host.region else "")
     where = host.hostname or host.name
@@ -77,8 +77,9 @@ def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, An
     """Every configured host as `gpubox hosts --json` shows it: who holds it, price, spend and budgets.
 
     Reads only the state database; never connects."""
-    from gpubox.cost import budgets_for, host_spend, hourly_price
+    from gpubox.cost import budgets_for, host_spend
     from gpubox.remote.gpu import load_rules
+    from gpubox.remote.providers import host_price
     from gpubox.report import short_gpu
     from gpubox.state import open_state
 
@@ -92,7 +93,7 @@ def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, An
         for host in hosts.hosts.values():
             record = state.host(host.name)
             supervisor = state.supervisor(host.name)
-            price = hourly_price(host, record.probe if record else None)
+            price = host_price(host, record.probe if record else None)
             spend = host_spend((i for i in ledger if i.host == host.name), now)
             rows.append(
                 {
@@ -129,7 +130,7 @@ def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, An
 def autostop_text(autostop: Mapping[str, Any] | None, minutes: float) -> str:
     """The autostop line of `gpubox status` from a monitor report's ``autostop`` part (with
     ``remaining_seconds`` counted down to now)."""
-    from gpubox.cost import format_duration
+    from gpubox.fmt import format_duration
 
     if not minutes:
         return "off (set autostop_minutes in hosts.toml)"
@@ -333,7 +334,7 @@ def take_down(
     pid = stop_supervisor(host.name)
     if pid:
         say(f"stopped gpubox process {pid} holding {host.name}")
-    if host.rented:
+    if host.spec.rents:
         from gpubox.provision import take_down_rented
 
         take_down_rented(
@@ -347,7 +348,7 @@ def take_down(
         )
         return
     # Stopping the local host stops its sshd, but not servers it started: stop every project's then.
-    stop_host_services(host, project, every_project=host.provider == "local" and not keep_instance, say=say)
+    stop_host_services(host, project, every_project=host.spec.runs_own_sshd and not keep_instance, say=say)
     if keep_instance:
         say(f"kept {host.name} running (--keep-instance)")
     else:
@@ -507,9 +508,7 @@ def check_host(
     from gpubox.state import open_state
 
     view: gpu.FrameworkView | None = None
-    session = connect_host(
-        host, project.name, accept_new=accept_new, ask=ask, launch=host.provider == "local"
-    )
+    session = connect_host(host, project.name, accept_new=accept_new, ask=ask, launch=host.spec.runs_own_sshd)
     try:
         with open_state() as state:
             state.record_host(session.host.name, session.host.provider, session.spec.endpoint.display)

@@ -159,14 +159,14 @@ def _target(host: HostConfig) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    from gpubox.report import columns
+    from gpubox.fmt import columns
 
     for line in columns([h.upper() for h in headers], rows):
         _out(line)
 
 
 def _price(amount: float | None) -> str:
-    from gpubox.cost import format_usd
+    from gpubox.fmt import format_usd
 
     return "?" if amount is None else format_usd(amount)
 
@@ -236,7 +236,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import time
 
-    from gpubox.cost import format_duration, format_usd
+    from gpubox.fmt import format_duration, format_usd
     from gpubox.remote.providers import provider_for
     from gpubox.state import live_tunnels, open_state
 
@@ -314,8 +314,9 @@ def _autostop_text(autostop: dict[str, Any] | None, minutes: float) -> str:
 
 
 def _print_report(session: HostSession, elapsed: float) -> None:
-    from gpubox.cost import format_usd, hourly_price
+    from gpubox.fmt import format_usd
     from gpubox.remote.gpu import load_rules
+    from gpubox.remote.providers import host_price
     from gpubox.report import host_report
 
     endpoint = session.spec.endpoint
@@ -326,7 +327,7 @@ def _print_report(session: HostSession, elapsed: float) -> None:
     for line in host_report(session.probe, session.agent.hello, release=newest):
         _out(line.render())
     host = session.host
-    money = [hourly_price(host, session.probe).label()]
+    money = [host_price(host, session.probe).label()]
     if host.budget_usd is not None:
         money.append(f"budget {format_usd(host.budget_usd)} (at 100 %: {host.on_budget})")
     if host.autostop_minutes:
@@ -386,7 +387,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     if not args.supervise_child:
         _out(f"gpubox up {host.name}")
-        if host.rented:
+        if host.spec.rents:
             from gpubox.provision import ensure_instance
 
             ensure_instance(host, confirm=lambda question: _confirm(question, yes=args.yes), progress=_step)
@@ -492,7 +493,7 @@ def _hold(
     import threading
     import time
 
-    from gpubox.cost import format_duration
+    from gpubox.fmt import format_duration
     from gpubox.monitor import HostMonitor, SyncActivity, SyncStatus
     from gpubox.remote.tunnels import Tunnel
     from gpubox.state import clear_tunnels, open_state, record_tunnels
@@ -540,7 +541,7 @@ def _hold(
             activity=activity,
             sync=sync_status,
         )
-        if host.rented:
+        if host.spec.rents:
             monitor.before_terminate = lambda: _pull_before_terminate(session)
         try:
             supervise(session, stop=stop, wake=wake, log=log, monitor=monitor)
@@ -1027,8 +1028,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_offers(args: argparse.Namespace) -> int:
-    from gpubox.cost import format_usd
+    from gpubox.fmt import either, format_usd
     from gpubox.provision import collect_offers
+    from gpubox.remote.providers.registry import CLOUD_NAMES, provider_spec
 
     if args.max_price is not None and not args.max_price > 0:
         raise UsageError(f"--max-price must be a number above 0, got {args.max_price:g}")
@@ -1045,8 +1047,9 @@ def cmd_offers(args: argparse.Namespace) -> int:
     )
     if not report.asked:
         raise UsageError(
-            "no cloud provider is configured: add a [providers.lambda], [providers.vast] or [providers.runpod] "
-            "table (or a host using one) to hosts.toml, or export LAMBDA_API_KEY, VAST_API_KEY or RUNPOD_API_KEY"
+            f"no cloud provider is configured: add a {either([f'[providers.{name}]' for name in CLOUD_NAMES])} "
+            "table (or a host using one) to hosts.toml, or export "
+            + either([provider_spec(name).api_key_env for name in CLOUD_NAMES])
         )
     if report.problems and len(report.problems) == len(report.asked):
         # No provider answered: that is a failure, not an empty market.
@@ -1129,12 +1132,13 @@ def _offers_failure(
 
 def cmd_cost(args: argparse.Namespace) -> int:
     from gpubox.cost import cost_report, parse_since, render_cost
+    from gpubox.remote.providers import host_price
     from gpubox.state import open_state
 
     since = parse_since(args.since) if args.since is not None else None
     hosts = _hosts()
     with open_state() as state:
-        document = cost_report(state, hosts, since=since)
+        document = cost_report(state, hosts, host_price, since=since)
     if args.json:
         _json(document)
         return 0
@@ -1409,7 +1413,7 @@ def _tail_then_follow(host: HostConfig, project: ProjectConfig, run_id: str, lin
 def cmd_runs(args: argparse.Namespace) -> int:
     import time
 
-    from gpubox.cost import format_duration
+    from gpubox.fmt import format_duration
     from gpubox.remote.session import connect_host
     from gpubox.train.runs import list_runs
 
@@ -1550,6 +1554,8 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gpubox.remote.providers.registry import CLOUD_NAMES
+
     parser = _Parser(
         prog="gpubox",
         description="A rented GPU machine that feels like part of your laptop.",
@@ -1658,7 +1664,7 @@ def build_parser() -> argparse.ArgumentParser:
     offers = add(
         "offers", cmd_offers, "rentable machines from the configured clouds, cheapest first, with verdict"
     )
-    offers.add_argument("--provider", choices=("lambda", "vast", "runpod"), help="ask only this provider")
+    offers.add_argument("--provider", choices=CLOUD_NAMES, help="ask only this provider")
     offers.add_argument("--gpu", metavar="GPU", help='a GPU model, loosely matched: "A100", "RTX 4090"')
     offers.add_argument("--count", type=int, metavar="N", help="exactly N GPUs")
     offers.add_argument(

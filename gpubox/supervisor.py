@@ -16,9 +16,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from gpubox.config import HostConfig
-from gpubox.cost import BillingHold, hourly_price, live_price
+from gpubox.cost import BillingHold
 from gpubox.errors import AgentError, HostUnreachable
 from gpubox.remote.connection import Backoff
+from gpubox.remote.providers import host_price
 from gpubox.remote.session import HostSession
 from gpubox.state import open_state
 
@@ -45,7 +46,7 @@ def claim_host(
     it, and it is closed with the exact time held on the way out (at its last heartbeat if the process is
     killed). *probe* (the host's) lets an ssh host without price_per_hour be billed at a catalog estimate."""
     pid = os.getpid()
-    price = hourly_price(host, probe, live=live_price(host))
+    price = host_price(host, probe)
     with open_state() as state:
         state.claim_supervisor(host.name, pid, detached=detached, log_file=log_file)
     hold = BillingHold(host.name, price, pid=pid)
@@ -57,7 +58,7 @@ def claim_host(
         with open_state() as state:
             state.release_supervisor(host.name, pid)
             state.clear_monitor(host.name, pid)
-            if host.rented:
+            if host.spec.rents:
                 _bill_unheld(state, host, price)
 
 

@@ -69,7 +69,7 @@ class StateReader:
     def read(self, now: float | None = None) -> StateSample:
         """Everything the dashboard shows that the state database knows: never connects."""
         from gpubox.actions import requirements_file, service_url
-        from gpubox.cost import hourly_price
+        from gpubox.remote.providers import host_price
         from gpubox.state import live_tunnels, open_state
 
         now = time.time() if now is None else now
@@ -106,7 +106,7 @@ class StateReader:
                         open_interval.estimate,
                     )
                 elif config is not None:
-                    price = hourly_price(config, probe)
+                    price = host_price(config, probe)
                     amount, source, estimate = price.amount, price.source, price.estimate
                 else:
                     amount, source, estimate = None, "not in hosts.toml any more", False

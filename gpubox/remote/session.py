@@ -30,7 +30,7 @@ def open_connection(
 ) -> tuple[Connection, ConnectSpec]:
     """Open the SSH transport to *host*. ``launch`` starts the host first (default: only the free ``local``)."""
     provider = provider_for(host)
-    if launch if launch is not None else host.provider == "local":
+    if launch if launch is not None else host.spec.runs_own_sshd:
         provider.launch(host)
     spec = provider.connect_spec(host)
     connection = Connection(

@@ -1039,7 +1039,7 @@ def _finished(info: RunInfo | None) -> bool:
 
 def table_lines(found: Sequence[MultiStatus], now: float) -> list[str]:
     """`gpubox runs`' table of multi-host runs: one row per run, then one per part."""
-    from gpubox.cost import format_duration
+    from gpubox.fmt import format_duration
 
     rows: list[list[str]] = []
     for status in found:
@@ -1071,7 +1071,7 @@ def table_lines(found: Sequence[MultiStatus], now: float) -> list[str]:
                 ]
             )
     headers = ["MULTI-HOST", "HOSTS", "STATE", "STARTED", "DURATION", "EXIT", "PROGRESS", "COMMAND"]
-    from gpubox.report import columns
+    from gpubox.fmt import columns
 
     return columns(headers, rows)
 
