@@ -392,7 +392,7 @@ def read_state(hosts: HostsConfig, project: ProjectConfig, now: float | None = N
     """Everything the dashboard shows that the state database knows: never connects."""
     from gpubox.actions import requirements_file, service_url
     from gpubox.cost import hourly_price
-    from gpubox.state import live_tunnels, open_state
+    from gpubox.state import open_state
 
     now = time.time() if now is None else now
     problems: list[str] = []
@@ -408,7 +408,7 @@ def read_state(hosts: HostsConfig, project: ProjectConfig, now: float | None = N
         by_host: dict[str, list[BillingInterval]] = {}
         for interval in ledger:
             by_host.setdefault(interval.host, []).append(interval)
-        tunnels = live_tunnels(state)
+        tunnels = state.live_tunnels()
         names = list(hosts.hosts) + sorted(name for name in held if name not in hosts.hosts)
         for name in names:
             config = hosts.hosts.get(name)
@@ -436,14 +436,14 @@ def read_state(hosts: HostsConfig, project: ProjectConfig, now: float | None = N
             views = tuple(
                 TunnelView(
                     host=name,
-                    service=str(row["service"]),
-                    local_port=int(row["local_port"]),
+                    service=row.service,
+                    local_port=row.local_port,
                     url=service_url(config, None, row, show_secret=False)
                     if config is not None
-                    else f"http://127.0.0.1:{row['local_port']}{row['path']}",
+                    else f"http://127.0.0.1:{row.local_port}{row.path}",
                 )
                 for row in tunnels
-                if row["host"] == name
+                if row.host == name
             )
             found.append(
                 HostState(

@@ -572,7 +572,7 @@ def fetch_status(
 
 def _remember(parts: Iterable[tuple[str, RunInfo]]) -> None:
     """Cache what the hosts said, so `gpubox cost` and later listings need not ask again."""
-    from gpubox.state import cache_runs, open_state
+    from gpubox.state import open_state
 
     by_host: dict[str, list[RunInfo]] = {}
     for host, info in parts:
@@ -581,24 +581,24 @@ def _remember(parts: Iterable[tuple[str, RunInfo]]) -> None:
         return
     with open_state() as state:
         for host, infos in by_host.items():
-            cache_runs(state, host, infos)
+            state.cache_runs(host, infos)
 
 
 def _cached_infos() -> dict[tuple[str, str], RunInfo]:
-    from gpubox.state import cached_runs, open_state
+    from gpubox.state import open_state
 
     with open_state() as state:
-        rows = cached_runs(state)
+        rows = state.cached_runs()
     return {
-        (str(row["host"]), str(row["id"])): RunInfo(
-            id=str(row["id"]),
-            host=str(row["host"]),
-            command=str(row["command"]),
-            state=str(row["state"]),
-            started_at=row["started_at"],
-            ended_at=row["ended_at"],
-            exit_code=row["exit_code"],
-            name=row["name"],
+        (row.host, row.id): RunInfo(
+            id=row.id,
+            host=row.host,
+            command=row.command,
+            state=row.state,
+            started_at=row.started_at,
+            ended_at=row.ended_at,
+            exit_code=row.exit_code,
+            name=row.name,
         )
         for row in rows
     }
