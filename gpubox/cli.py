@@ -1173,7 +1173,7 @@ def _ensure_env(session: HostSession, project: ProjectConfig, *, quiet: bool) ->
 
 
 def _run_on_hosts(args: argparse.Namespace) -> int:
-    """`gpubox run --hosts a,b`: one worker per host with TF_CONFIG set (see gpubox/train/multihost.py)."""
+    """`gpubox run --hosts a,b`: one worker per host with TF_CONFIG set (see gpubox/train/multihost/)."""
     from gpubox.train.multihost import pick_hosts, run_on_hosts
 
     project = _project()
@@ -1206,12 +1206,13 @@ def _run_on_hosts(args: argparse.Namespace) -> int:
 
 
 def _multi_logs(args: argparse.Namespace) -> int:
+    from gpubox.remote.pool import SessionPool
     from gpubox.train import multihost
 
     project = _project()
     run = multihost.load_run(args.run)
     hosts = _hosts(project)
-    links = multihost.Links(
+    links = SessionPool(
         [hosts.get(name) for name in run.hosts], project.name, deadline=None if args.follow else 30.0
     )
     try:
@@ -1229,12 +1230,13 @@ def _multi_logs(args: argparse.Namespace) -> int:
 
 
 def _multi_stop(args: argparse.Namespace) -> int:
+    from gpubox.remote.pool import SessionPool
     from gpubox.train import multihost
 
     project = _project()
     run = multihost.load_run(args.run)
     hosts = _hosts(project)
-    links = multihost.Links([hosts.get(name) for name in run.hosts], project.name)
+    links = SessionPool([hosts.get(name) for name in run.hosts], project.name)
     try:
         status = multihost.stop_multi(run, links, grace=args.grace)
     finally:
@@ -1305,25 +1307,18 @@ def _stream_log(
     repeats a byte.
     """
     from gpubox import paths
-    from gpubox.remote.connection import Backoff, with_backoff
-    from gpubox.remote.session import connect_host
+    from gpubox.remote.pool import SessionPool
     from gpubox.train.runs import follow_log
 
-    current: list[HostSession] = [session] if session is not None else []
+    pool = SessionPool(
+        [host],
+        project.name,
+        sessions={host.name: session} if session is not None else None,
+        deadline=None if follow else 30.0,
+    )
 
     def session_for() -> HostSession:
-        if current and current[0].connection.is_alive():
-            return current[0]
-        for old in current:
-            old.close()
-        current.clear()
-        current.append(
-            with_backoff(
-                lambda: connect_host(host, project.name, probe=False, launch=False),
-                Backoff(initial=0.5, maximum=5.0, deadline=None if follow else 30.0),
-            )
-        )
-        return current[0]
+        return pool.get(host.name)
 
     def gap(exc: Exception) -> None:
         _err(f"gpubox: link to {host.name} lost ({exc}); reconnecting, the log resumes where it stopped")
@@ -1357,8 +1352,7 @@ def _stream_log(
     finally:
         if cache is not None:
             cache.close()
-        for opened in current:
-            opened.close()
+        pool.close()
     if info is not None:
         _remember_runs(host.name, [info])
     if not follow or info is None:

@@ -1,408 +1,56 @@
-"""Multi-host runs: one worker per host, wired for TensorFlow's own distributed engine (and for torchrun).
+"""Where a multi-host run stands: its state derived from its parts', fail-fast, and the listings.
 
-``gpubox run --hosts a,b -- python train.py`` syncs the project and builds its env on every host, then starts
-one ordinary detached run (``r-N``, see :mod:`gpubox.train.runs`) per host, each with ``TF_CONFIG`` set for
-``tf.distribute.MultiWorkerMirroredStrategy``::
-
-    {"cluster": {"worker": ["10.0.0.5:41234", "10.0.0.6:40211"]}, "task": {"type": "worker", "index": 1}}
-
-and ``GPUBOX_NODE_RANK``, ``GPUBOX_NUM_NODES``, ``GPUBOX_NODE_IPS`` (comma-separated), ``MASTER_ADDR``,
-``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK`` (one process per node: torchrun users pass ``--nnodes
-$GPUBOX_NUM_NODES --node_rank $GPUBOX_NODE_RANK --master_addr $MASTER_ADDR --master_port $MASTER_PORT``), plus
-``GPUBOX_MULTIHOST_RUN``, the id of the whole run.
-
-Where the other workers reach a host: the IP gpubox connects to when hosts.toml (or ``~/.ssh/config``) gives
-one that is not a loopback address; otherwise (a DNS name, an alias, the ``local`` host) the address the host
-itself sends from toward another worker, which its agent finds with a UDP ``connect`` (no packet is sent).
-Each worker listens on a TCP port its agent found free a moment before (``MASTER_PORT`` is a second one on
-worker 0): a port taken in between makes the worker fail to start, and the run fails like any other.
-
-The run is one id, ``m-N``. Its record (which ``r-N`` on which host is which worker) is a small JSON file in
-gpubox's local state folder, ``multihost/m-N.json``; each part's state, log and exit code stay on its host,
-which remains the source of truth. The run's state is derived from its parts: ``failed`` as soon as one part
-failed or was lost (its exit code is the run's), else ``running`` while one runs, else ``stopped`` when one
-was stopped, else ``succeeded``.
-
-Fail fast: when a worker fails, the others would wait for it in their collectives forever, so gpubox stops
-them. Whoever is watching does it: ``run -f`` and ``logs m-N -f`` while they stream, and a small detached
-watcher process that ``run --hosts`` leaves behind (it polls the parts every second and exits once they have
-all ended, or after ten minutes in which no host of the run answered). A run whose watcher could not do its
-job (the laptop was off) is finished by the next ``logs m-N -f`` or ``stop m-N``.
+The run's state: ``failed`` as soon as one part failed or was lost (its exit code is the run's), else
+``running`` while one runs, else ``stopped`` when one was stopped, else ``succeeded``. Fail fast: when a worker
+fails, the others would wait for it in their collectives forever, so whoever watches the run stops them
+(:func:`enforce`, :func:`stop_parts`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
-import json
-import os
-import queue
-import re
-import shlex
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from gpubox.errors import GpuboxError, HostError, UsageError
-from gpubox.train.runs import TERMINAL, RunInfo
+from gpubox.errors import HostError
+from gpubox.remote.pool import SessionPool
+from gpubox.train.multihost.record import (
+    MultiRun,
+    Part,
+    all_runs,
+    first_failure,
+    mark_failure,
+    mark_stop_requested,
+    stop_requested_at,
+)
+from gpubox.train.runs import RunInfo
 
 if TYPE_CHECKING:
-    from gpubox.config import HostConfig, HostsConfig
-    from gpubox.remote.connection import AskToPin
-    from gpubox.remote.session import HostSession
+    from gpubox.config import HostsConfig
 
 __all__ = [
-    "Links",
-    "MultiRun",
+    "STOP_GRACE",
     "MultiStatus",
-    "Part",
     "aggregate",
-    "check_multi_id",
-    "follow_logs",
-    "is_multi_id",
-    "load_run",
-    "pick_hosts",
-    "worker_env",
+    "cached_infos",
+    "enforce",
+    "exit_code",
+    "failure_line",
+    "fetch_status",
+    "has_finished",
+    "remember",
+    "split_listing",
+    "status_of",
+    "statuses",
+    "stop_multi",
+    "stop_parts",
+    "table_lines",
 ]
 
-MULTI_ID = re.compile(r"^m-[0-9]{1,9}$")
 STOP_GRACE = 5.0
 """Seconds between SIGTERM and SIGKILL when gpubox stops the other workers of a failed run."""
-WATCH_POLL = 1.0
-WATCH_GIVE_UP = 600.0
-"""The watcher leaves after this many seconds in which no host of the run answered."""
-_PARTIAL_LINE_LIMIT = 8192
-_ROUTE_PROBE = "192.0.2.1"  # TEST-NET-1: a UDP connect toward it follows the default route, sends nothing
-
-
-def is_multi_id(text: str) -> bool:
-    return bool(MULTI_ID.match(text))
-
-
-def check_multi_id(text: str) -> str:
-    if not is_multi_id(text):
-        raise UsageError(
-            f"{text!r} is not a multi-host run id (they look like m-3; `gpubox runs` lists them)"
-        )
-    return text
-
-
-# ------------------------------------------------------------------------------------------ the record
-
-
-@dataclass(frozen=True)
-class Part:
-    """One worker: run ``run_id`` on ``host``, TensorFlow worker ``index``, listening on ``address``."""
-
-    host: str
-    run_id: str
-    index: int
-    address: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"host": self.host, "run": self.run_id, "index": self.index, "address": self.address}
-
-    @classmethod
-    def from_json(cls, row: dict[str, Any]) -> Part:
-        return cls(str(row["host"]), str(row["run"]), int(row["index"]), str(row["address"]))
-
-
-@dataclass
-class MultiRun:
-    id: str
-    hosts: tuple[str, ...]
-    command: str
-    name: str | None
-    created_at: float
-    cluster: tuple[str, ...] = ()
-    """``host:port`` of every worker, in worker order (TF_CONFIG's cluster)."""
-    master: str = ""
-    """``MASTER_ADDR:MASTER_PORT``."""
-    project: str = ""
-    """The project folder the run was started from (the watcher reads its hosts.toml)."""
-    parts: list[Part] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "hosts": list(self.hosts),
-            "command": self.command,
-            "name": self.name,
-            "created_at": self.created_at,
-            "cluster": list(self.cluster),
-            "master": self.master,
-            "project": self.project,
-            "parts": [part.to_json() for part in self.parts],
-        }
-
-    @classmethod
-    def from_json(cls, row: dict[str, Any]) -> MultiRun:
-        return cls(
-            id=str(row["id"]),
-            hosts=tuple(str(h) for h in row["hosts"]),
-            command=str(row.get("command", "")),
-            name=row.get("name"),
-            created_at=float(row.get("created_at", 0.0)),
-            cluster=tuple(str(a) for a in row.get("cluster", ())),
-            master=str(row.get("master", "")),
-            project=str(row.get("project", "")),
-            parts=[Part.from_json(p) for p in row.get("parts", ())],
-        )
-
-
-def records_dir() -> Path:
-    from gpubox import paths
-
-    return paths.ensure_private_dir(paths.state_dir() / "multihost")
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(document, indent=1))
-    os.replace(tmp, path)
-
-
-def new_run(hosts: Sequence[str], command: str, name: str | None, project: str) -> MultiRun:
-    """A new record with a fresh ``m-N`` id (claimed atomically: two gpubox processes never share one)."""
-    folder = records_dir()
-    numbers = [int(p.stem[2:]) for p in folder.glob("m-*.json") if p.stem[2:].isdigit()]
-    number = max(numbers, default=0)
-    while True:
-        number += 1
-        path = folder / f"m-{number}.json"
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            break
-        except FileExistsError:
-            continue
-    run = MultiRun(f"m-{number}", tuple(hosts), command, name, time.time(), project=project)
-    save_run(run)
-    return run
-
-
-def save_run(run: MultiRun) -> None:
-    _write_json(records_dir() / f"{run.id}.json", run.to_json())
-
-
-def load_run(run_id: str) -> MultiRun:
-    path = records_dir() / f"{check_multi_id(run_id)}.json"
-    try:
-        return MultiRun.from_json(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise UsageError(f"no multi-host run {run_id} on this machine (`gpubox runs` lists them)") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise GpuboxError(f"the record of {run_id} ({path}) is damaged: {exc}") from None
-
-
-def all_runs() -> list[MultiRun]:
-    runs = []
-    for path in records_dir().glob("m-*.json"):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            runs.append(MultiRun.from_json(json.loads(path.read_text())))
-    return sorted(runs, key=lambda r: int(r.id[2:]))
-
-
-def _stop_requested_at(run: MultiRun) -> float | None:
-    try:
-        return float((records_dir() / f"{run.id}.stop").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _first_failure(run: MultiRun) -> tuple[str, str] | None:
-    """(host, part run id) of the failure gpubox saw first, once one was seen."""
-    try:
-        row = json.loads((records_dir() / f"{run.id}.failure").read_text())
-        return str(row["host"]), str(row["run"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _mark_failure(run: MultiRun, part: Part) -> None:
-    """Remember which failure gpubox saw first (the first to record one wins), so every view agrees on it.
-
-    The hosts' clocks may disagree, so their end times alone cannot order failures on different hosts.
-    """
-    path = records_dir() / f"{run.id}.failure"
-    with contextlib.suppress(FileExistsError):
-        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        try:
-            os.write(handle, json.dumps({"host": part.host, "run": part.run_id}).encode())
-        finally:
-            os.close(handle)
-
-
-def status_of(run: MultiRun, infos: Sequence[RunInfo | None]) -> MultiStatus:
-    """:func:`aggregate` with what the run's record adds: a stop the user asked for, the first failure seen."""
-    status = aggregate(run, infos, _stop_requested_at(run), _first_failure(run))
-    if status.failed is not None:
-        _mark_failure(run, status.failed)
-        if _first_failure(run) != (status.failed.host, status.failed.run_id):
-            status = aggregate(run, infos, _stop_requested_at(run), _first_failure(run))
-    return status
-
-
-# ---------------------------------------------------------------------------------------- bad input
-
-
-def pick_hosts(spec: str, hosts: HostsConfig, *, single: str | None = None) -> list[HostConfig]:
-    """The hosts named by ``--hosts a,b`` in worker order; one-line usage errors for anything else."""
-    if single is not None:
-        raise UsageError("--host and --hosts do not go together: --hosts a,b names every host of the run")
-    names = [name.strip() for name in spec.split(",") if name.strip()]
-    if len(names) < 2:
-        raise UsageError(
-            f"--hosts needs two or more hosts, comma-separated (got {spec!r}); for one host use --host"
-        )
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise UsageError(f"--hosts names {', '.join(repeated)} more than once: one worker per host")
-    return [hosts.get(name) for name in names]
-
-
-# ------------------------------------------------------------------------------------- worker wiring
-
-
-def host_port(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
-def worker_env(
-    index: int, cluster: Sequence[str], master_addr: str, master_port: int, run_id: str
-) -> dict[str, str]:
-    """The environment of worker *index* of *cluster* (``host:port`` per worker)."""
-    ips = [address.rsplit(":", 1)[0].strip("[]") for address in cluster]
-    tf_config = {"cluster": {"worker": list(cluster)}, "task": {"type": "worker", "index": index}}
-    return {
-        "TF_CONFIG": json.dumps(tf_config, separators=(",", ":")),
-        "GPUBOX_MULTIHOST_RUN": run_id,
-        "GPUBOX_NODE_RANK": str(index),
-        "GPUBOX_NUM_NODES": str(len(cluster)),
-        "GPUBOX_NODE_IPS": ",".join(ips),
-        "MASTER_ADDR": master_addr,
-        "MASTER_PORT": str(master_port),
-        "WORLD_SIZE": str(len(cluster)),
-        "RANK": str(index),
-    }
-
-
-def _routable_ip(text: str) -> str | None:
-    """*text* when it is an IP address other workers could use (not loopback, not 0.0.0.0)."""
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if address.is_loopback or address.is_unspecified:
-        return None
-    return str(address)
-
-
-def _seen_from_here(hostname: str) -> str | None:
-    """An address of *hostname* as this machine resolves it, to aim the other host's route lookup at."""
-    direct = _routable_ip(hostname)
-    if direct is not None:
-        return direct
-    try:
-        found = socket.getaddrinfo(hostname, None, 0, socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return None
-    for _family, _type, _proto, _name, sockaddr in found:
-        candidate = _routable_ip(str(sockaddr[0]))
-        if candidate is not None:
-            return candidate
-    return None
-
-
-def _wire(sessions: Sequence[HostSession]) -> tuple[list[str], str, int]:
-    """Each worker's ``address:port``, and MASTER_ADDR/MASTER_PORT (a second free port on worker 0)."""
-    endpoints = [session.spec.endpoint.hostname for session in sessions]
-    seen = [_seen_from_here(name) for name in endpoints]
-    cluster: list[str] = []
-    master_port = 0
-    for index, session in enumerate(sessions):
-        toward = next((seen[j] for j in range(len(sessions)) if j != index and seen[j]), None)
-        info = session.agent.request("node_info", {"toward": toward, "ports": 2 if index == 0 else 1})
-        address = _routable_ip(endpoints[index]) or info.get("address")
-        if not address:
-            raise GpuboxError(
-                f"cannot tell which address the other workers can reach {session.host.name} on: give it "
-                "by IP in hosts.toml (hostname = ...)"
-            )
-        ports = [int(p) for p in info.get("ports", [])]
-        cluster.append(host_port(str(address), ports[0]))
-        if index == 0:
-            master_port = ports[1]
-    master_addr = cluster[0].rsplit(":", 1)[0].strip("[]")
-    return cluster, master_addr, master_port
-
-
-# ----------------------------------------------------------------------------------------- connections
-
-
-class Links:
-    """One live session per host, opened on first use and reopened after the link dropped; thread-safe.
-
-    A session's agent serialises its requests, so the threads that stream logs and the one that stops
-    workers can share it.
-    """
-
-    def __init__(
-        self,
-        hosts: Iterable[HostConfig],
-        project_name: str,
-        *,
-        sessions: dict[str, HostSession] | None = None,
-        deadline: float | None = 30.0,
-        accept_new: bool = False,
-        ask: AskToPin | None = None,
-    ) -> None:
-        self.hosts = {host.name: host for host in hosts}
-        self.project_name = project_name
-        self.deadline = deadline
-        self.accept_new = accept_new
-        self.ask = ask
-        self._sessions: dict[str, HostSession] = dict(sessions or {})
-        self._locks = {name: threading.Lock() for name in self.hosts}
-
-    def get(self, name: str) -> HostSession:
-        from gpubox.remote.connection import Backoff, with_backoff
-        from gpubox.remote.session import connect_host
-
-        with self._locks[name]:
-            session = self._sessions.get(name)
-            if session is not None and session.connection.is_alive():
-                return session
-            if session is not None:
-                session.close()
-                del self._sessions[name]
-            host = self.hosts[name]
-            session = with_backoff(
-                lambda: connect_host(
-                    host,
-                    self.project_name,
-                    accept_new=self.accept_new,
-                    ask=self.ask,
-                    probe=False,
-                    launch=False,
-                ),
-                Backoff(initial=0.5, maximum=5.0, deadline=self.deadline),
-            )
-            self._sessions[name] = session
-            return session
-
-    def close(self) -> None:
-        for name in list(self._sessions):
-            with contextlib.suppress(Exception):
-                self._sessions.pop(name).close()
-
-
-# ------------------------------------------------------------------------------------------- the state
 
 
 @dataclass(frozen=True)
@@ -522,11 +170,21 @@ def aggregate(
     return MultiStatus(run, parts, "succeeded", 0)
 
 
-def _list_part(links: Links, part: Part) -> RunInfo | None:
+def status_of(run: MultiRun, infos: Sequence[RunInfo | None]) -> MultiStatus:
+    """:func:`aggregate` with what the run's record adds: a stop the user asked for, the first failure seen."""
+    status = aggregate(run, infos, stop_requested_at(run), first_failure(run))
+    if status.failed is not None:
+        mark_failure(run, status.failed)
+        if first_failure(run) != (status.failed.host, status.failed.run_id):
+            status = aggregate(run, infos, stop_requested_at(run), first_failure(run))
+    return status
+
+
+def _list_part(pool: SessionPool, part: Part) -> RunInfo | None:
     from gpubox.train.runs import list_runs
 
     try:
-        found = list_runs(links.get(part.host), [part.run_id])
+        found = list_runs(pool.get(part.host), [part.run_id])
     except HostError:
         return None
     return found[0] if found else None
@@ -534,7 +192,7 @@ def _list_part(links: Links, part: Part) -> RunInfo | None:
 
 def fetch_status(
     run: MultiRun,
-    links: Links,
+    pool: SessionPool,
     *,
     known: dict[tuple[str, str], RunInfo] | None = None,
     fresh: Sequence[str] = (),
@@ -550,7 +208,7 @@ def fetch_status(
 
     def ask(index: int, part: Part) -> None:
         try:
-            infos[index] = _list_part(links, part)
+            infos[index] = _list_part(pool, part)
         except BaseException as exc:
             errors.append(exc)
 
@@ -570,7 +228,7 @@ def fetch_status(
     return status_of(run, infos)
 
 
-def _remember(parts: Iterable[tuple[str, RunInfo]]) -> None:
+def remember(parts: Iterable[tuple[str, RunInfo]]) -> None:
     """Cache what the hosts said, so `gpubox cost` and later listings need not ask again."""
     from gpubox.state import open_state
 
@@ -584,7 +242,7 @@ def _remember(parts: Iterable[tuple[str, RunInfo]]) -> None:
             state.cache_runs(host, infos)
 
 
-def _cached_infos() -> dict[tuple[str, str], RunInfo]:
+def cached_infos() -> dict[tuple[str, str], RunInfo]:
     from gpubox.state import open_state
 
     with open_state() as state:
@@ -605,7 +263,7 @@ def _cached_infos() -> dict[tuple[str, str], RunInfo]:
 
 
 def stop_parts(
-    links: Links, parts: Sequence[Part], *, grace: float = STOP_GRACE
+    pool: SessionPool, parts: Sequence[Part], *, grace: float = STOP_GRACE
 ) -> dict[Part, RunInfo | BaseException]:
     """Stop *parts* on their hosts at the same time (SIGTERM, SIGKILL after *grace*)."""
     from gpubox.train.runs import stop_run
@@ -614,7 +272,7 @@ def stop_parts(
 
     def stop(part: Part) -> None:
         try:
-            results[part] = stop_run(links.get(part.host), part.run_id, grace_seconds=grace)
+            results[part] = stop_run(pool.get(part.host), part.run_id, grace_seconds=grace)
         except BaseException as exc:
             results[part] = exc
 
@@ -623,7 +281,7 @@ def stop_parts(
         thread.start()
     for thread in threads:
         thread.join()
-    _remember((p.host, r) for p, r in results.items() if isinstance(r, RunInfo))
+    remember((p.host, r) for p, r in results.items() if isinstance(r, RunInfo))
     return results
 
 
@@ -635,7 +293,7 @@ def failure_line(status: MultiStatus) -> str:
     return f"{status.run.id}: worker {failed.index} on {failed.host} ({failed.run_id}) {how}"
 
 
-def enforce(status: MultiStatus, links: Links, *, say: Callable[[str], None] | None = None) -> bool:
+def enforce(status: MultiStatus, pool: SessionPool, *, say: Callable[[str], None] | None = None) -> bool:
     """Stop the workers still running in a failed run; True when there were some."""
     if status.state != "failed":
         return False
@@ -647,327 +305,16 @@ def enforce(status: MultiStatus, links: Links, *, say: Callable[[str], None] | N
     if say is not None:
         others = ", ".join(f"{p.host} ({p.run_id})" for p in alive)
         say(f"gpubox: {failure_line(status)}; stopping {others}")
-    stop_parts(links, alive)
+    stop_parts(pool, alive)
     return True
 
 
-def stop_multi(run: MultiRun, links: Links, *, grace: float) -> MultiStatus:
+def stop_multi(run: MultiRun, pool: SessionPool, *, grace: float) -> MultiStatus:
     """The user's `gpubox stop m-N`: every part still running is stopped."""
-    _write_json_text(records_dir() / f"{run.id}.stop", repr(time.time()))
-    status = fetch_status(run, links)
-    stop_parts(links, status.alive_parts(), grace=grace)
-    return fetch_status(run, links)
-
-
-def _write_json_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------- logs
-
-
-class _Prefixer:
-    """Writes whole lines of one part's log, each behind the part's host name."""
-
-    def __init__(self, prefix: bytes, out: IO[bytes]) -> None:
-        self.prefix = prefix
-        self.out = out
-        self.pending = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        self.pending += data
-        cut = self.pending.rfind(b"\n")
-        if cut >= 0:
-            lines = bytes(self.pending[:cut]).split(b"\n")
-            del self.pending[: cut + 1]
-            self.out.write(b"".join(self.prefix + line + b"\n" for line in lines))
-        if len(self.pending) > _PARTIAL_LINE_LIMIT:
-            self.close()
-
-    def close(self) -> None:
-        if self.pending:
-            self.out.write(self.prefix + bytes(self.pending) + b"\n")
-            self.pending.clear()
-
-
-def _prefixes(run: MultiRun) -> dict[str, bytes]:
-    width = max(len(host) for host in run.hosts)
-    return {host: f"[{host}]{' ' * (width - len(host))} ".encode() for host in run.hosts}
-
-
-def _cache_path(host: str, run_id: str) -> Path:
-    from gpubox import paths
-
-    return paths.ensure_private_dir(paths.state_dir() / "runs" / host) / f"{run_id}.log"
-
-
-def tail_offsets(run: MultiRun, links: Links, lines: int, out: IO[bytes]) -> dict[str, int]:
-    """Print the last *lines* lines of each part (prefixed); return where each part's log was read to."""
-    window = 1 << 20
-    prefixes = _prefixes(run)
-    offsets: dict[str, int] = {}
-    for part in run.parts:
-        agent = links.get(part.host).agent
-        head, _ = agent.request_with_blob("run_log", {"id": part.run_id, "offset": 0, "max": 1})
-        start = max(0, int(head.get("size", 0)) - window)
-        _, data = agent.request_with_blob("run_log", {"id": part.run_id, "offset": start, "max": window})
-        printer = _Prefixer(prefixes[part.host], out)
-        printer.feed(b"".join(data.splitlines(keepends=True)[-lines:]) if lines else b"")
-        printer.close()
-        offsets[part.host] = start + len(data)
-    out.flush()
-    return offsets
-
-
-def follow_logs(
-    run: MultiRun,
-    links: Links,
-    out: IO[bytes],
-    *,
-    follow: bool,
-    say: Callable[[str], None],
-    offsets: dict[str, int] | None = None,
-    poll_seconds: float = 0.2,
-) -> MultiStatus:
-    """Print every part's log, each line behind its host's name; with *follow*, until every part ended.
-
-    Without *offsets* each part goes through its local copy (``state/runs/HOST/RUN.log``, as for one-host runs):
-    what it holds is printed first and fetching resumes at its size, so nothing is fetched twice. While
-    following, a failed worker gets the others stopped. A dropped link only pauses that host's stream.
-    """
-    prefixes = _prefixes(run)
-    printers = {part.host: _Prefixer(prefixes[part.host], out) for part in run.parts}
-    caches: dict[str, IO[bytes]] = {}
-    start: dict[str, int] = dict(offsets or {})
-    try:
-        if offsets is None:
-            for part in run.parts:
-                cache = open(_cache_path(part.host, part.run_id), "a+b")  # noqa: SIM115 (closed below)
-                caches[part.host] = cache
-                cache.seek(0)
-                while chunk := cache.read(1 << 20):
-                    printers[part.host].feed(chunk)
-                start[part.host] = cache.tell()
-            out.flush()
-        events: queue.Queue[tuple[str, Part, Any]] = queue.Queue()
-        quit_event = threading.Event()
-        pumps = [
-            threading.Thread(
-                target=_pump,
-                args=(part, links, start.get(part.host, 0), events, quit_event, follow, poll_seconds),
-                daemon=True,
-            )
-            for part in run.parts
-        ]
-        for pump in pumps:
-            pump.start()
-        infos: dict[str, RunInfo] = {}
-        ended: set[str] = set()
-        gaps: set[str] = set()
-        stopper: threading.Thread | None = None
-        try:
-            while len(ended) < len(run.parts):
-                kind, part, payload = events.get()
-                if kind == "error":
-                    raise payload
-                if kind == "gap":
-                    if part.host not in gaps:
-                        say(
-                            f"gpubox: link to {part.host} lost ({payload}); reconnecting, its log resumes where it stopped"
-                        )
-                        gaps.add(part.host)
-                    continue
-                gaps.discard(part.host)
-                data, info = payload
-                infos[part.host] = info
-                if data:
-                    if part.host in caches:
-                        caches[part.host].write(data)
-                        caches[part.host].flush()
-                    printers[part.host].feed(data)
-                    out.flush()
-                if kind == "end":
-                    printers[part.host].close()
-                    out.flush()
-                    ended.add(part.host)
-                if follow and stopper is None:
-                    status = status_of(run, [infos.get(p.host) for p in run.parts])
-                    if status.state == "failed":
-                        # The failed worker's own end may not have been read yet: it is never one "to stop".
-                        alive = [
-                            p
-                            for p in run.parts
-                            if p.host not in ended
-                            and p != status.failed
-                            and not ((known := infos.get(p.host)) is not None and known.finished)
-                        ]
-                        if alive:
-                            say(
-                                f"gpubox: {failure_line(status)}; stopping "
-                                + ", ".join(f"{p.host} ({p.run_id})" for p in alive)
-                            )
-                            stopper = threading.Thread(target=stop_parts, args=(links, alive), daemon=True)
-                            stopper.start()
-        finally:
-            quit_event.set()
-        if stopper is not None:
-            stopper.join()
-    finally:
-        for opened in caches.values():
-            opened.close()
-    final = [infos.get(part.host) for part in run.parts]
-    _remember((p.host, i) for p, i in zip(run.parts, final, strict=True) if i is not None)
-    return status_of(run, final)
-
-
-def _pump(
-    part: Part,
-    links: Links,
-    offset: int,
-    events: queue.Queue[tuple[str, Part, Any]],
-    quit_event: threading.Event,
-    follow: bool,
-    poll_seconds: float,
-) -> None:
-    """Fetch one part's log from *offset* on; report ("data"|"end", (bytes, RunInfo)), "gap" or "error"."""
-    last_state = None
-    while not quit_event.is_set():
-        try:
-            session = links.get(part.host)
-            result, data = session.agent.request_with_blob(
-                "run_log", {"id": part.run_id, "offset": offset, "max": 1 << 20}
-            )
-        except HostError as exc:
-            if not follow:
-                events.put(("error", part, exc))
-                return
-            events.put(("gap", part, exc))
-            quit_event.wait(poll_seconds * 5)
-            continue
-        except BaseException as exc:
-            events.put(("error", part, exc))
-            return
-        info = RunInfo.from_agent(part.host, result["run"])
-        offset += len(data)
-        size = int(result.get("size", offset))
-        if data:
-            events.put(("data", part, (data, info)))
-            last_state = info.state
-            continue
-        if not follow or (info.state in TERMINAL and offset >= size):
-            events.put(("end", part, (b"", info)))
-            return
-        if info.state != last_state:
-            events.put(("data", part, (b"", info)))
-            last_state = info.state
-        quit_event.wait(poll_seconds)
-
-
-# ---------------------------------------------------------------------------------------------- start
-
-
-def launch(
-    links: Links,
-    hosts: Sequence[HostConfig],
-    argv: Sequence[str],
-    *,
-    name: str | None,
-    venvs: Sequence[str | None],
-    project_root: str,
-) -> MultiRun:
-    """Start one worker per host (sync and env already done); return the run's record."""
-    from gpubox.train.runs import start_run
-
-    if not argv:
-        raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
-    sessions = [links.get(host.name) for host in hosts]
-    cluster, master_addr, master_port = _wire(sessions)
-    command = argv[0] if len(argv) == 1 else shlex.join(argv)
-    run = new_run([h.name for h in hosts], command, name, project_root)
-    run.cluster = tuple(cluster)
-    run.master = host_port(master_addr, master_port)
-    try:
-        for index, session in enumerate(sessions):
-            env = worker_env(index, cluster, master_addr, master_port, run.id)
-            info = start_run(session, argv, name=name, extra_env=env, venv=venvs[index])
-            run.parts.append(Part(session.host.name, info.id, index, cluster[index]))
-            save_run(run)
-            _remember([(session.host.name, info)])
-    except BaseException:
-        # Half a cluster waits for the rest forever: take down what started, and forget the run.
-        with contextlib.suppress(Exception):
-            stop_parts(links, run.parts, grace=1.0)
-        with contextlib.suppress(OSError):
-            (records_dir() / f"{run.id}.json").unlink()
-        raise
-    return run
-
-
-def run_on_hosts(
-    hosts: Sequence[HostConfig],
-    argv: Sequence[str],
-    *,
-    project_name: str,
-    project_root: str,
-    name: str | None,
-    follow: bool,
-    accept_new: bool,
-    ask: AskToPin | None,
-    prepare: Callable[[HostSession, HostConfig], str | None],
-    out: Callable[[str], None],
-    err: Callable[[str], None],
-    stream: IO[bytes],
-) -> int:
-    """`gpubox run --hosts`: prepare every host (sync, env) in parallel, start the workers, maybe follow."""
-    links = Links(hosts, project_name, deadline=None if follow else 30.0, accept_new=accept_new, ask=ask)
-    try:
-        venvs: list[str | None] = [None] * len(hosts)
-        failures: list[BaseException] = []
-
-        def prepare_one(index: int, host: HostConfig) -> None:
-            try:
-                venvs[index] = prepare(links.get(host.name), host)
-            except BaseException as exc:
-                failures.append(exc)
-
-        # Connect one by one, so that a host key to accept is asked about one at a time.
-        for host in hosts:
-            links.get(host.name)
-        # Create (or migrate) the state database before the threads below use it: two connections switching
-        # a new database to WAL at once can fail with "database is locked".
-        from gpubox.state import open_state
-
-        with open_state():
-            pass
-        threads = [
-            threading.Thread(target=prepare_one, args=(i, h), daemon=True) for i, h in enumerate(hosts)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if failures:
-            raise failures[0]
-        run = launch(links, hosts, argv, name=name, venvs=venvs, project_root=project_root)
-        try:
-            spawn_watcher(run)
-        except OSError as exc:
-            err(
-                f"gpubox: could not leave a watcher for {run.id} ({exc}): if a worker fails, "
-                f"`gpubox logs {run.id} -f` or `gpubox stop {run.id}` stops the others"
-            )
-        out(f"started {run.id} on {', '.join(run.hosts)}: {run.command}")
-        for part in run.parts:
-            out(f"  worker {part.index}: {part.host} {part.run_id} ({part.address})")
-        if not follow:
-            out(f"  follow it: gpubox logs {run.id} -f    stop it: gpubox stop {run.id}")
-            return 0
-        status = follow_logs(run, links, stream, follow=True, say=err)
-        return exit_code(status, err)
-    finally:
-        links.close()
+    mark_stop_requested(run)
+    status = fetch_status(run, pool)
+    stop_parts(pool, status.alive_parts(), grace=grace)
+    return fetch_status(run, pool)
 
 
 def exit_code(status: MultiStatus, err: Callable[[str], None]) -> int:
@@ -980,9 +327,6 @@ def exit_code(status: MultiStatus, err: Callable[[str], None]) -> int:
     return status.exit_code if status.exit_code is not None else 1
 
 
-# -------------------------------------------------------------------------------------------- listings
-
-
 def split_listing(host: str, runs: Sequence[RunInfo]) -> tuple[list[RunInfo], list[MultiRun]]:
     """The host's single-host runs, and the multi-host runs that have a part on it (parts taken out).
 
@@ -992,7 +336,7 @@ def split_listing(host: str, runs: Sequence[RunInfo]) -> tuple[list[RunInfo], li
     records = [run for run in all_runs() if host in run.hosts]
     if not records:
         return list(runs), []
-    known = _cached_infos()
+    known = cached_infos()
     parts_here = {p.run_id for run in records for p in run.parts if p.host == host}
     elsewhere = {
         (p.run_id, info.started_at)
@@ -1008,32 +352,34 @@ def statuses(
     records: Sequence[MultiRun], host: str, runs: Sequence[RunInfo], hosts: HostsConfig, project_name: str
 ) -> list[MultiStatus]:
     """The state of each of *records*, from what *host* just said (*runs*), the cache, and the other hosts."""
-    known = _cached_infos()
+    known = cached_infos()
     known.update({(host, r.id): r for r in runs})
     needed = {
         p.host
         for run in records
         for p in run.parts
-        if p.host != host and not _finished(known.get((p.host, p.run_id)))
+        if p.host != host and not has_finished(known.get((p.host, p.run_id)))
     }
-    links = Links([hosts.get(name) for name in needed if name in hosts.hosts], project_name, deadline=5.0)
+    pool = SessionPool(
+        [hosts.get(name) for name in needed if name in hosts.hosts], project_name, deadline=5.0
+    )
     try:
         found = []
         for run in records:
-            asked = {p.host for p in run.parts if p.host != host and p.host in links.hosts}
+            asked = {p.host for p in run.parts if p.host != host and p.host in pool.hosts}
             if not asked:
                 infos = [known.get((p.host, p.run_id)) for p in run.parts]
                 found.append(status_of(run, infos))
                 continue
             trusted = [name for name in run.hosts if name not in asked]
-            found.append(fetch_status(run, links, known=known, fresh=trusted))
+            found.append(fetch_status(run, pool, known=known, fresh=trusted))
     finally:
-        links.close()
-    _remember((p.host, i) for s in found for p, i in zip(s.run.parts, s.parts, strict=True) if i is not None)
+        pool.close()
+    remember((p.host, i) for s in found for p, i in zip(s.run.parts, s.parts, strict=True) if i is not None)
     return found
 
 
-def _finished(info: RunInfo | None) -> bool:
+def has_finished(info: RunInfo | None) -> bool:
     return info is not None and info.finished
 
 
@@ -1074,84 +420,3 @@ def table_lines(found: Sequence[MultiStatus], now: float) -> list[str]:
     from gpubox.report import columns
 
     return columns(headers, rows)
-
-
-# ------------------------------------------------------------------------------------------- watcher
-
-
-def _watcher_file(run_id: str) -> Path:
-    return records_dir() / f"{run_id}.watcher"
-
-
-def spawn_watcher(run: MultiRun) -> int | None:
-    """Leave a detached process that stops the other workers when one fails (see the module docstring)."""
-    if os.environ.get("GPUBOX_MULTIHOST_WATCHER") == "0":  # tests of the foreground follower
-        return None
-    log = open(records_dir() / f"{run.id}.watch.log", "ab")  # noqa: SIM115 (handed to the child)
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "gpubox.train.multihost", "watch", run.id],
-            cwd=run.project or None,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
-    finally:
-        log.close()
-    _write_json_text(_watcher_file(run.id), str(child.pid))
-    return child.pid
-
-
-def watch(run_id: str) -> int:
-    """The watcher's loop: poll every part; when one failed, stop the rest; leave when all have ended."""
-    from gpubox.config import load_hosts
-
-    run = load_run(run_id)
-    hosts = load_hosts(Path(run.project) if run.project else None)
-    links = Links([hosts.get(name) for name in run.hosts], "", deadline=5.0)
-    heard = time.monotonic()
-    try:
-        while True:
-            known = _cached_infos()
-            if all(_finished(known.get((p.host, p.run_id))) for p in run.parts):
-                return 0
-            status = fetch_status(run, links, known=known)
-            if any(info is not None for info in status.parts):
-                heard = time.monotonic()
-            _remember(
-                (p.host, i)
-                for p, i in zip(run.parts, status.parts, strict=True)
-                if i is not None and i.finished
-            )
-            if status.finished:
-                return 0
-            if enforce(status, links, say=lambda line: print(time.strftime("%F %T"), line, flush=True)):
-                continue
-            if time.monotonic() - heard > WATCH_GIVE_UP:
-                print(
-                    time.strftime("%F %T"), f"no host of {run.id} answered for {WATCH_GIVE_UP:g} s: leaving"
-                )
-                return 1
-            time.sleep(WATCH_POLL)
-    finally:
-        links.close()
-        with contextlib.suppress(OSError):
-            _watcher_file(run_id).unlink()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if len(arguments) != 2 or arguments[0] != "watch":
-        print("usage: python -m gpubox.train.multihost watch m-N", file=sys.stderr)
-        return 2
-    try:
-        return watch(arguments[1])
-    except GpuboxError as exc:
-        print(time.strftime("%F %T"), f"gpubox: {exc}", flush=True)
-        return exc.exit_code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
