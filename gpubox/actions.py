@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gpubox.remote.connection import AskToPin
     from gpubox.remote.gpu import CheckResult, FrameworkRelease
     from gpubox.remote.session import HostSession
+    from gpubox.state import TunnelRecord
     from gpubox.sync.engine import Syncer, SyncReport
     from gpubox.sync.pull import PullReport
     from gpubox.train.runs import RunInfo
@@ -154,12 +155,12 @@ def autostop_text(autostop: Mapping[str, Any] | None, minutes: float) -> str:
 
 
 def service_url(
-    host: HostConfig, project: ProjectConfig | None, row: Mapping[str, Any], *, show_secret: bool
+    host: HostConfig, project: ProjectConfig | None, tunnel: TunnelRecord, *, show_secret: bool
 ) -> str:
-    """The local URL of a tunnelled service (a row of :func:`gpubox.state.live_tunnels`); Jupyter's token is
+    """The local URL of a tunnelled service (from :meth:`gpubox.state.State.live_tunnels`); Jupyter's token is
     fetched from the host, and put in the URL only when asked."""
-    url = f"http://127.0.0.1:{row['local_port']}{row['path']}"
-    if row["service"] != "jupyter":
+    url = f"http://127.0.0.1:{tunnel.local_port}{tunnel.path}"
+    if tunnel.service != "jupyter":
         return url
     if not show_secret or project is None:
         return url + "?token=<redacted>"
@@ -409,10 +410,10 @@ def pull_outputs(host: HostConfig, project: ProjectConfig, paths: Sequence[str] 
 
 def remember_runs(host: str, runs: Sequence[RunInfo]) -> None:
     """Cache what the host said about these runs, so `gpubox cost` can price them without connecting."""
-    from gpubox.state import cache_runs, open_state
+    from gpubox.state import open_state
 
     with open_state() as state:
-        cache_runs(state, host, runs)
+        state.cache_runs(host, runs)
 
 
 def project_env(session: HostSession, project: ProjectConfig, *, show: Any = None) -> tuple[str | None, bool]:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
     from gpubox.monitor import SyncStatus
     from gpubox.remote.session import HostSession
+    from gpubox.state import TunnelRecord
     from gpubox.sync.engine import Syncer, SyncReport
     from gpubox.sync.watch import LiveSync
     from gpubox.train.runs import RunInfo
@@ -238,7 +239,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from gpubox.fmt import format_duration, format_usd
     from gpubox.remote.providers import provider_for
-    from gpubox.state import live_tunnels, open_state
+    from gpubox.state import open_state
 
     hosts = _hosts()
     orphans, problems, orphan_lines = _orphan_check(hosts)
@@ -257,8 +258,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             row["autostop"] = autostop
             row["autostop_minutes"] = host.autostop_minutes
             row["services"] = [
-                {"name": tunnel["service"], "host_port": tunnel["host_port"], "tunnel": tunnel}
-                for tunnel in live_tunnels(state, host.name)
+                {"name": tunnel.service, "host_port": tunnel.host_port, "tunnel": tunnel}
+                for tunnel in state.live_tunnels(host.name)
             ]
     project = _project() if args.show_secrets else None
     for row in rows:
@@ -496,7 +497,7 @@ def _hold(
     from gpubox.fmt import format_duration
     from gpubox.monitor import HostMonitor, SyncActivity, SyncStatus
     from gpubox.remote.tunnels import Tunnel
-    from gpubox.state import clear_tunnels, open_state, record_tunnels
+    from gpubox.state import open_state
     from gpubox.supervisor import claim_host, stop_on_signals, supervise
 
     def log(text: str) -> None:
@@ -520,8 +521,7 @@ def _hold(
             for state in services
         ]
         with open_state() as database:
-            record_tunnels(
-                database,
+            database.record_tunnels(
                 host.name,
                 os.getpid(),
                 [(state.name, tunnel.local_port, state.host_port, state.path) for state, tunnel in tunnels],
@@ -551,7 +551,7 @@ def _hold(
             for _state, tunnel in tunnels:
                 tunnel.stop()
             with open_state() as database:
-                clear_tunnels(database, host.name, os.getpid())
+                database.clear_tunnels(host.name, os.getpid())
     held = format_duration(time.monotonic() - started)
     if monitor.outcome is not None:
         _out(f"  left {host.name} after {held}: {monitor.outcome}")
@@ -616,19 +616,19 @@ def _print_tunnels(host: HostConfig, pid: int) -> None:
     """The background process opens the tunnels; wait briefly for it to record them, then show them."""
     import time
 
-    from gpubox.state import live_tunnels, open_state
+    from gpubox.state import open_state
 
     deadline = time.monotonic() + 30
-    rows: list[dict[str, Any]] = []
+    rows: list[TunnelRecord] = []
     while time.monotonic() < deadline:
         with open_state() as state:
-            rows = [r for r in live_tunnels(state, host.name) if r["pid"] == pid]
+            rows = [r for r in state.live_tunnels(host.name) if r.pid == pid]
         if rows or not _holder_alive(host, pid):
             break
         time.sleep(0.05)
     for row in rows:
-        hint = "  (`gpubox open jupyter` opens it with its token)" if row["service"] == "jupyter" else ""
-        _out(f"  ✓ {row['service']:<12} {_service_url(host, None, row, show_secret=False)}{hint}")
+        hint = "  (`gpubox open jupyter` opens it with its token)" if row.service == "jupyter" else ""
+        _out(f"  ✓ {row.service:<12} {_service_url(host, None, row, show_secret=False)}{hint}")
 
 
 def _holder_alive(host: HostConfig, pid: int) -> bool:
@@ -1180,7 +1180,7 @@ def _ensure_env(session: HostSession, project: ProjectConfig, *, quiet: bool) ->
 
 
 def _run_on_hosts(args: argparse.Namespace) -> int:
-    """`gpubox run --hosts a,b`: one worker per host with TF_CONFIG set (see gpubox/train/multihost.py)."""
+    """`gpubox run --hosts a,b`: one worker per host with TF_CONFIG set (see gpubox/train/multihost/)."""
     from gpubox.train.multihost import pick_hosts, run_on_hosts
 
     project = _project()
@@ -1213,12 +1213,13 @@ def _run_on_hosts(args: argparse.Namespace) -> int:
 
 
 def _multi_logs(args: argparse.Namespace) -> int:
+    from gpubox.remote.pool import SessionPool
     from gpubox.train import multihost
 
     project = _project()
     run = multihost.load_run(args.run)
     hosts = _hosts(project)
-    links = multihost.Links(
+    links = SessionPool(
         [hosts.get(name) for name in run.hosts], project.name, deadline=None if args.follow else 30.0
     )
     try:
@@ -1236,12 +1237,13 @@ def _multi_logs(args: argparse.Namespace) -> int:
 
 
 def _multi_stop(args: argparse.Namespace) -> int:
+    from gpubox.remote.pool import SessionPool
     from gpubox.train import multihost
 
     project = _project()
     run = multihost.load_run(args.run)
     hosts = _hosts(project)
-    links = multihost.Links([hosts.get(name) for name in run.hosts], project.name)
+    links = SessionPool([hosts.get(name) for name in run.hosts], project.name)
     try:
         status = multihost.stop_multi(run, links, grace=args.grace)
     finally:
@@ -1312,25 +1314,18 @@ def _stream_log(
     repeats a byte.
     """
     from gpubox import paths
-    from gpubox.remote.connection import Backoff, with_backoff
-    from gpubox.remote.session import connect_host
+    from gpubox.remote.pool import SessionPool
     from gpubox.train.runs import follow_log
 
-    current: list[HostSession] = [session] if session is not None else []
+    pool = SessionPool(
+        [host],
+        project.name,
+        sessions={host.name: session} if session is not None else None,
+        deadline=None if follow else 30.0,
+    )
 
     def session_for() -> HostSession:
-        if current and current[0].connection.is_alive():
-            return current[0]
-        for old in current:
-            old.close()
-        current.clear()
-        current.append(
-            with_backoff(
-                lambda: connect_host(host, project.name, probe=False, launch=False),
-                Backoff(initial=0.5, maximum=5.0, deadline=None if follow else 30.0),
-            )
-        )
-        return current[0]
+        return pool.get(host.name)
 
     def gap(exc: Exception) -> None:
         _err(f"gpubox: link to {host.name} lost ({exc}); reconnecting, the log resumes where it stopped")
@@ -1364,8 +1359,7 @@ def _stream_log(
     finally:
         if cache is not None:
             cache.close()
-        for opened in current:
-            opened.close()
+        pool.close()
     if info is not None:
         _remember_runs(host.name, [info])
     if not follow or info is None:
@@ -1498,23 +1492,23 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _service_url(
-    host: HostConfig, project: ProjectConfig | None, row: dict[str, Any], *, show_secret: bool
+    host: HostConfig, project: ProjectConfig | None, tunnel: TunnelRecord, *, show_secret: bool
 ) -> str:
     """The local URL of a tunnelled service; Jupyter's token is fetched from the host, and shown only if asked."""
     from gpubox.actions import service_url
 
-    return service_url(host, project, row, show_secret=show_secret)
+    return service_url(host, project, tunnel, show_secret=show_secret)
 
 
 def cmd_open(args: argparse.Namespace) -> int:
     import webbrowser
 
-    from gpubox.state import live_tunnels, open_state
+    from gpubox.state import open_state
 
     project = _project()
     host = _hosts(project).pick(args.host)
     with open_state() as state:
-        rows = {row["service"]: row for row in live_tunnels(state, host.name)}
+        rows = {row.service: row for row in state.live_tunnels(host.name)}
     if args.service not in rows:
         known = ", ".join(sorted(rows)) or "none"
         raise GpuboxError(

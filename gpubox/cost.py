@@ -328,28 +328,26 @@ def run_cost(
 
 def run_rows(state: State, now: float, since: float | None) -> list[dict[str, Any]]:
     """Per-run cost rows for `gpubox cost`, from the runs gpubox has seen (a run still going counts up to now)."""
-    from gpubox.state import cached_runs
-
     rows = []
     ledgers: dict[str, Sequence[BillingInterval]] = {}
-    for run in cached_runs(state):
-        started = run["started_at"]
+    for run in state.cached_runs():
+        started = run.started_at
         if started is None:
             continue
-        ended = run["ended_at"] if run["ended_at"] is not None else now
+        ended = run.ended_at if run.ended_at is not None else now
         if since is not None and ended < since:
             continue
-        host = run["host"]
+        host = run.host
         if host not in ledgers:
             ledgers[host] = state.billing(host, repair=False)
         cost = run_cost(started, ended, {host: ledgers[host]})
         share = cost.per_host.get(host)
         rows.append(
             {
-                "id": run["id"],
+                "id": run.id,
                 "host": host,
-                "command": run["command"],
-                "state": run["state"],
+                "command": run.command,
+                "state": run.state,
                 "hours": round(cost.seconds / 3600.0, 6),
                 "spent_usd": None if share is None else round(share, 4),
                 "spent_is_estimate": cost.estimate,

@@ -204,10 +204,10 @@ def _host_for(hosts: HostsConfig, offer: Offer) -> str | None:
 
 
 def _recorded(host: HostConfig) -> InstanceRecord | None:
-    from gpubox.state import current_instance, open_state
+    from gpubox.state import open_state
 
     with open_state() as state:
-        return current_instance(state, host.name)
+        return state.current_instance(host.name)
 
 
 def ensure_instance(
@@ -301,12 +301,11 @@ def _choose_offer(api: CloudApi, host: HostConfig, offer_id: str | None) -> Offe
 
 
 def _record_launch(host: HostConfig, instance_id: str, name: str, offer: Offer) -> None:
-    from gpubox.state import open_state, record_instance
+    from gpubox.state import open_state
 
     settings = host.provider_settings()
     with open_state() as state:
-        record_instance(
-            state,
+        state.record_instance(
             provider=host.provider,
             instance_id=instance_id,
             host=host.name,
@@ -336,7 +335,7 @@ def wait_for_ssh(
     the host's launch_timeout; on timeout the instance stays recorded (and billing) and the error says how to
     go on."""
     from gpubox.remote.sshd import banner_answers
-    from gpubox.state import instance_record, open_state, update_instance
+    from gpubox.state import open_state
 
     deadline = time.monotonic() + host.launch_timeout
     said = ""
@@ -357,7 +356,7 @@ def wait_for_ssh(
                 continue
             next_api = time.monotonic() + recheck_seconds
             with open_state() as state:
-                record = instance_record(state, host.provider, instance_id)
+                record = state.instance(host.provider, instance_id)
             if instance is None or not instance.billing:
                 status = instance.status_text if instance is not None else "gone"
                 if record is not None:
@@ -384,7 +383,7 @@ def wait_for_ssh(
             and banner_answers(instance.ssh_host, instance.ssh_port, timeout=min(5.0, poll_seconds + 1))
         ):
             with open_state() as state:
-                update_instance(state, host.provider, instance_id, instance_state="running")
+                state.update_instance(host.provider, instance_id, instance_state="running")
             progress(f"SSH answers on {instance.ssh_host}:{instance.ssh_port}")
             return instance
         if time.monotonic() >= deadline:
@@ -426,7 +425,7 @@ class OrphanReport:
 def find_orphans(hosts: HostsConfig, *, providers: Sequence[ProviderSettings] | None = None) -> OrphanReport:
     """Ask each configured provider which instances exist; every billing one that gpubox named and no gpubox
     process holds is an orphan. Recorded instances the provider no longer has are ended on the way."""
-    from gpubox.state import billing_instances, open_state
+    from gpubox.state import open_state
 
     chosen = list(providers) if providers is not None else configured_providers(hosts)
     jobs: dict[str, Callable[[], object]] = {}
@@ -436,7 +435,7 @@ def find_orphans(hosts: HostsConfig, *, providers: Sequence[ProviderSettings] | 
     budgets = {s.name: s.offers_timeout for s in chosen}
     results, errors, _seconds = _in_parallel(jobs, budgets)
     with open_state() as state:
-        recorded = billing_instances(state)
+        recorded = state.billing_instances()
         held = {s.host for s in state.supervisors() if s.alive()}
     orphans: list[Orphan] = []
     for settings in chosen:
@@ -466,13 +465,13 @@ def find_orphans(hosts: HostsConfig, *, providers: Sequence[ProviderSettings] | 
 
 def terminate_orphans(hosts: HostsConfig, orphans: Sequence[Orphan], progress: Progress) -> list[str]:
     """Terminate each orphan; return what failed (each failure also leaves a recorded instance billing)."""
-    from gpubox.state import instance_record, open_state
+    from gpubox.state import open_state
 
     failures = []
     for orphan in orphans:
         api = _api(hosts.provider_settings(orphan.provider))
         with open_state() as state:
-            known = instance_record(state, orphan.provider, orphan.instance.instance_id)
+            known = state.instance(orphan.provider, orphan.instance.instance_id)
         try:
             if known is not None and known.billing:
                 progress(terminate_recorded(api, known.host, known))

@@ -64,9 +64,7 @@ def claim_host(
 
 def _bill_unheld(state: Any, host: HostConfig, price: Any) -> None:
     """A rented instance goes on billing after its holder lets go: count that time until it is terminated."""
-    from gpubox.state import current_instance
-
-    record = current_instance(state, host.name)
+    record = state.current_instance(host.name)
     if record is not None and record.billing:
         state.open_billing(
             host.name,
@@ -157,11 +155,9 @@ def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
     else:
         with contextlib.suppress(ProcessLookupError):
             os.kill(found.pid, signal.SIGKILL)
-    from gpubox.state import current_instance
-
     with open_state() as state:
         state.release_supervisor(host_name, found.pid)
-        rented = current_instance(state, host_name)
+        rented = state.current_instance(host_name)
         if rented is None or not rented.billing:
             state.close_billing(host_name)
         else:

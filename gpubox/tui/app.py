@@ -517,11 +517,11 @@ class GpuboxApp(App[None]):
         name = self._host(up=True)
         if name is None:
             return
-        from gpubox.state import cached_runs, open_state
+        from gpubox.state import open_state
 
         try:
             with open_state() as state:
-                history = [row["command"] for row in cached_runs(state)]
+                history = [row.command for row in state.cached_runs()]
         except GpuboxError:
             history = []
         self.push_screen(
@@ -633,11 +633,11 @@ class GpuboxApp(App[None]):
     @work(thread=True, name="open", group="action:open", exit_on_error=False)
     def _open_worker(self, name: str, service: str) -> None:
         from gpubox.actions import service_url
-        from gpubox.state import live_tunnels, open_state
+        from gpubox.state import open_state
 
         try:
             with open_state() as state:
-                rows = {row["service"]: row for row in live_tunnels(state, name)}
+                rows = {row.service: row for row in state.live_tunnels(name)}
             if service not in rows:
                 known = ", ".join(sorted(rows)) or "none"
                 raise GpuboxError(f"{service} is not tunnelled from {name} (tunnelled now: {known})")

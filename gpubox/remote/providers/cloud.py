@@ -364,10 +364,10 @@ class CloudProvider:
 
     @staticmethod
     def recorded(host: HostConfig) -> InstanceRecord | None:
-        from gpubox.state import current_instance, open_state
+        from gpubox.state import open_state
 
         with open_state() as state:
-            return current_instance(state, host.name)
+            return state.current_instance(host.name)
 
     def launch(self, host: HostConfig) -> InstanceStatus:
         record = self.recorded(host)
@@ -458,11 +458,10 @@ def describe_instance(instance: Instance, launched_at: float | None = None) -> s
 def note_instance(record: InstanceRecord, instance: Instance) -> None:
     """Keep what the provider says (address, price) in the record, for connecting without asking again. Only
     :func:`gpubox.provision.wait_for_ssh` marks it ``running``: that takes SSH answering, not the API's word."""
-    from gpubox.state import open_state, update_instance
+    from gpubox.state import open_state
 
     with open_state() as state:
-        update_instance(
-            state,
+        state.update_instance(
             record.provider,
             record.instance_id,
             ssh_host=instance.ssh_host if instance.ssh_ready else None,
@@ -473,11 +472,11 @@ def note_instance(record: InstanceRecord, instance: Instance) -> None:
 
 def forget_instance(host: HostConfig | str, record: InstanceRecord, reason: str) -> None:
     """The instance no longer runs: end its record and its billing."""
-    from gpubox.state import end_instance, open_state
+    from gpubox.state import open_state
 
     name = host if isinstance(host, str) else host.name
     with open_state() as state:
-        end_instance(state, record.provider, record.instance_id, reason)
+        state.end_instance(record.provider, record.instance_id, reason)
         state.close_billing(name, reason=reason)
 
 
@@ -485,14 +484,14 @@ def terminate_recorded(api: CloudApi, host: HostConfig | str, record: InstanceRe
     """Terminate a recorded instance; if the provider refuses, say so loudly and keep it recorded as billing."""
     from gpubox.errors import BadInput, HostError
     from gpubox.fmt import format_duration, format_usd
-    from gpubox.state import open_state, update_instance
+    from gpubox.state import open_state
 
     name = host if isinstance(host, str) else host.name
     try:
         api.terminate(record.instance_id)
     except (ProviderError, HostError, BadInput) as exc:
         with open_state() as state:
-            update_instance(state, record.provider, record.instance_id, instance_state="terminate-failed")
+            state.update_instance(record.provider, record.instance_id, instance_state="terminate-failed")
         price = f" at {format_usd(record.price_per_hour)}/h" if record.price_per_hour is not None else ""
         raise ProviderError(
             f"could not terminate {record.provider} instance {record.instance_id} of {name}: {exc}. "
