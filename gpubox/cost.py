@@ -2,7 +2,8 @@
 
 Prices, in order: the provider's live price (cloud providers, when they exist), ``price_per_hour`` in hosts.toml,
 then gpubox's dated price catalog (``gpubox/data/prices.toml``) for the GPU model of the last probe, shown as an
-estimate. The built-in ``local`` host is free.
+estimate. The built-in ``local`` host is free. The live price and the GPU names come from the callers
+(:func:`gpubox.remote.providers.host_price` looks both up): this module knows hosts only as configured.
 
 The ledger (see :class:`gpubox.state.BillingInterval`) counts the time gpubox held each host up. A holder
 measures that time on :func:`elapsed`, a clock that never jumps and keeps counting while the laptop sleeps (the
@@ -23,6 +24,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpubox.fmt import columns, format_usd, plural
+
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig
     from gpubox.state import BillingInterval, State
@@ -34,13 +37,12 @@ __all__ = [
     "HourlyPrice",
     "IdleTracker",
     "PriceCatalog",
+    "PriceOf",
     "RunCost",
     "busy_reasons",
     "catalog_estimate",
     "cost_report",
     "elapsed",
-    "format_duration",
-    "format_usd",
     "hourly_price",
     "load_catalog",
     "parse_since",
@@ -141,40 +143,24 @@ def catalog_estimate(gpu_names: Sequence[str], catalog: PriceCatalog | None = No
     return HourlyPrice(total, f"estimate: {' + '.join(parts)}, catalog {catalog.as_of}", estimate=True)
 
 
-def gpu_names(probe: Mapping[str, Any] | None) -> list[str]:
-    """The GPU names in a probe's nvidia-smi output (empty without one)."""
-    smi = (probe or {}).get("nvidia_smi")
-    if not smi:
-        return []
-    from gpubox.remote.gpu import snapshot_from_probe
-
-    return [gpu.name for gpu in snapshot_from_probe(smi).gpus]
-
-
-def hourly_price(
-    host: HostConfig, probe: Mapping[str, Any] | None = None, *, live: float | None = None
-) -> HourlyPrice:
+def hourly_price(host: HostConfig, gpus: Sequence[str] = (), *, live: float | None = None) -> HourlyPrice:
     """*host*'s price: *live* (what its provider charges now, where a provider says), else ``price_per_hour``,
-    else free for ``local``, else a catalog estimate for the GPUs in *probe* (its last probe)."""
-    if live is None and host.rented:
-        live = live_price(host)  # what gpubox recorded from the provider at launch: no API call
+    else free on this machine (``local``), else a catalog estimate for *gpus* (the GPU names of its last
+    probe)."""
     if live is not None:
         return HourlyPrice(live, f"live price from {host.provider}")
     if host.price_per_hour is not None:
         return HourlyPrice(host.price_per_hour, "price_per_hour in hosts.toml")
-    if host.provider == "local":
+    if host.spec.on_this_machine:
         return HourlyPrice(0.0, "your own machine")
-    estimate = catalog_estimate(gpu_names(probe))
+    estimate = catalog_estimate(gpus)
     if estimate is not None:
         return estimate
     return HourlyPrice(None, "unknown: set price_per_hour in hosts.toml")
 
 
-def live_price(host: HostConfig) -> float | None:
-    """The provider's own current price for *host* (the hook cloud providers fill); None for ssh and local."""
-    from gpubox.remote.providers import provider_for
-
-    return provider_for(host).live_price_per_hour(host)
+PriceOf = Callable[["HostConfig", "Mapping[str, Any] | None"], HourlyPrice]
+"""A host's price from its configuration and its last probe (:func:`gpubox.remote.providers.host_price`)."""
 
 
 # ------------------------------------------------------------------------------------------------ ledger
@@ -342,28 +328,26 @@ def run_cost(
 
 def run_rows(state: State, now: float, since: float | None) -> list[dict[str, Any]]:
     """Per-run cost rows for `gpubox cost`, from the runs gpubox has seen (a run still going counts up to now)."""
-    from gpubox.state import cached_runs
-
     rows = []
     ledgers: dict[str, Sequence[BillingInterval]] = {}
-    for run in cached_runs(state):
-        started = run["started_at"]
+    for run in state.cached_runs():
+        started = run.started_at
         if started is None:
             continue
-        ended = run["ended_at"] if run["ended_at"] is not None else now
+        ended = run.ended_at if run.ended_at is not None else now
         if since is not None and ended < since:
             continue
-        host = run["host"]
+        host = run.host
         if host not in ledgers:
             ledgers[host] = state.billing(host, repair=False)
         cost = run_cost(started, ended, {host: ledgers[host]})
         share = cost.per_host.get(host)
         rows.append(
             {
-                "id": run["id"],
+                "id": run.id,
                 "host": host,
-                "command": run["command"],
-                "state": run["state"],
+                "command": run.command,
+                "state": run.state,
                 "hours": round(cost.seconds / 3600.0, 6),
                 "spent_usd": None if share is None else round(share, 4),
                 "spent_is_estimate": cost.estimate,
@@ -466,13 +450,13 @@ def busy_reasons(
     batch, typing in a terminal) are not states: :class:`IdleTracker` takes them as ``last_activity``."""
     reasons = []
     if active_runs:
-        reasons.append(f"{active_runs} run{'s' if active_runs > 1 else ''} active")
+        reasons.append(f"{plural(active_runs, 'run')} active")
     if gpu_percent is not None and gpu_percent >= gpu_threshold:
         reasons.append(f"GPU busy ({gpu_percent:g} % ≥ {gpu_threshold:g} %)")
     if busy_kernels:
-        reasons.append(f"{busy_kernels} Jupyter kernel{'s' if busy_kernels > 1 else ''} busy")
+        reasons.append(f"{plural(busy_kernels, 'Jupyter kernel')} busy")
     if shells:
-        reasons.append(f"{shells} interactive `gpubox ssh` shell{'s' if shells > 1 else ''} open")
+        reasons.append(f"{plural(shells, 'interactive `gpubox ssh` shell')} open")
     return reasons
 
 
@@ -550,10 +534,15 @@ def _iso(moment: float) -> str:
 
 
 def cost_report(
-    state: State, hosts: HostsConfig, *, since: float | None = None, now: float | None = None
+    state: State,
+    hosts: HostsConfig,
+    price_of: PriceOf,
+    *,
+    since: float | None = None,
+    now: float | None = None,
 ) -> dict[str, Any]:
-    """The `gpubox cost --json` document: per host its price, hours and spend (in the window), budgets,
-    per-run rows (once runs exist) and totals."""
+    """The `gpubox cost --json` document: per host its price (from *price_of*), hours and spend (in the
+    window), budgets, per-run rows (once runs exist) and totals."""
     now = time.time() if now is None else now
     intervals = state.billing()
     by_host: dict[str, list[BillingInterval]] = {}
@@ -574,7 +563,7 @@ def cost_report(
         }
         if host is not None:
             record = state.host(name)
-            price = hourly_price(host, record.probe if record else None)
+            price = price_of(host, record.probe if record else None)
             row |= {
                 "price_per_hour": price.amount,
                 "price_source": price.source,
@@ -670,8 +659,6 @@ def render_cost(document: Mapping[str, Any]) -> list[str]:
             budget_cell(document["total_budget"]) + (" (all hosts)" if document["total_budget"] else ""),
         ]
     )
-    from gpubox.report import columns
-
     lines += columns(header, table)
     if document["runs"]:
         lines.append("")
@@ -687,19 +674,3 @@ def render_cost(document: Mapping[str, Any]) -> list[str]:
             "set price_per_hour in hosts.toml for exact figures"
         )
     return lines
-
-
-# ------------------------------------------------------------------------------------------------ format
-
-
-def format_usd(amount: float) -> str:
-    return f"${amount:,.2f}"
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    clock = f"{hours}:{minutes:02d}:{secs:02d}"
-    return f"{days}d {clock}" if days else clock

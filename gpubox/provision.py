@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from gpubox.config import CLOUD_PROVIDERS, HostConfig, HostsConfig, ProjectConfig, ProviderSettings
+from gpubox.config import HostConfig, HostsConfig, ProjectConfig, ProviderSettings
 from gpubox.errors import BadInput, GpuboxError, HostError, HostUnreachable, ProviderError, UsageError
 from gpubox.remote.providers.base import Instance, Offer
 from gpubox.remote.providers.cloud import (
     CloudApi,
+    ExplainsShortage,
     OfferQuery,
     describe_instance,
     forget_instance,
@@ -26,6 +27,7 @@ from gpubox.remote.providers.cloud import (
     note_instance,
     terminate_recorded,
 )
+from gpubox.remote.providers.registry import CLOUD_NAMES, Capability
 
 if TYPE_CHECKING:
     from gpubox.state import InstanceRecord
@@ -73,8 +75,8 @@ class OffersReport:
 
 def configured_providers(hosts: HostsConfig) -> list[ProviderSettings]:
     """Providers with a table or a host in hosts.toml, and those whose default key variable is set."""
-    names = [name for name in CLOUD_PROVIDERS if name in hosts.providers]
-    for name in CLOUD_PROVIDERS:
+    names = [name for name in CLOUD_NAMES if name in hosts.providers]
+    for name in CLOUD_NAMES:
         default = ProviderSettings.default(name)
         if name not in names and os.environ.get(default.api_key_env):
             names.append(name)
@@ -138,10 +140,8 @@ def collect_offers(
 ) -> OffersReport:
     from gpubox.remote import gpu as gpu_rules
 
-    if provider is not None and provider not in CLOUD_PROVIDERS:
-        raise UsageError(
-            f'unknown provider "{provider}" (the cloud providers are {", ".join(CLOUD_PROVIDERS)})'
-        )
+    if provider is not None and provider not in CLOUD_NAMES:
+        raise UsageError(f'unknown provider "{provider}" (the cloud providers are {", ".join(CLOUD_NAMES)})')
     providers = [hosts.provider_settings(provider)] if provider else configured_providers(hosts)
     query = OfferQuery(gpu=gpu, gpu_count=gpu_count, max_price=max_price, cloud_type="all")
     jobs: dict[str, Callable[[], object]] = {}
@@ -204,10 +204,10 @@ def _host_for(hosts: HostsConfig, offer: Offer) -> str | None:
 
 
 def _recorded(host: HostConfig) -> InstanceRecord | None:
-    from gpubox.state import current_instance, open_state
+    from gpubox.state import open_state
 
     with open_state() as state:
-        return current_instance(state, host.name)
+        return state.current_instance(host.name)
 
 
 def ensure_instance(
@@ -222,7 +222,7 @@ def ensure_instance(
 
     The instance id is recorded the moment the provider gives it, with billing running from then on, so a
     launch that never comes up, or a gpubox killed while waiting, still leaves it known and terminable."""
-    if not host.rented:
+    if not host.spec.rents:
         raise UsageError(f"{host.name} is not a rented host (provider {host.provider})")
     api = _api(host.provider_settings())
     record = _recorded(host)
@@ -243,7 +243,7 @@ def ensure_instance(
     offer = _choose_offer(api, host, offer_id)
     memory = f" {offer.gpu_memory_gb:g} GB" if offer.gpu_memory_gb else ""
     what = offer.instance_type or offer.gpu
-    from gpubox.cost import format_usd
+    from gpubox.fmt import format_usd
 
     question = (
         f"rent {host.provider} {what} ({offer.gpu_count}× {offer.gpu}{memory}) in {offer.region or 'any region'} "
@@ -289,9 +289,8 @@ def _choose_offer(api: CloudApi, host: HostConfig, offer_id: str | None) -> Offe
         if part
     )
     why = ""
-    describe = getattr(api, "describe_shortage", None)
-    if describe is not None:
-        why = describe(query)
+    if host.spec.supports(Capability.SHORTAGE_REASON):
+        why = cast(ExplainsShortage, api).describe_shortage(query)
     raise ProviderError(
         f"{host.provider} has nothing matching {host.name} ({wanted}) right now"
         + (f": {why}" if why else "")
@@ -302,12 +301,11 @@ def _choose_offer(api: CloudApi, host: HostConfig, offer_id: str | None) -> Offe
 
 
 def _record_launch(host: HostConfig, instance_id: str, name: str, offer: Offer) -> None:
-    from gpubox.state import open_state, record_instance
+    from gpubox.state import open_state
 
     settings = host.provider_settings()
     with open_state() as state:
-        record_instance(
-            state,
+        state.record_instance(
             provider=host.provider,
             instance_id=instance_id,
             host=host.name,
@@ -337,7 +335,7 @@ def wait_for_ssh(
     the host's launch_timeout; on timeout the instance stays recorded (and billing) and the error says how to
     go on."""
     from gpubox.remote.sshd import banner_answers
-    from gpubox.state import instance_record, open_state, update_instance
+    from gpubox.state import open_state
 
     deadline = time.monotonic() + host.launch_timeout
     said = ""
@@ -358,7 +356,7 @@ def wait_for_ssh(
                 continue
             next_api = time.monotonic() + recheck_seconds
             with open_state() as state:
-                record = instance_record(state, host.provider, instance_id)
+                record = state.instance(host.provider, instance_id)
             if instance is None or not instance.billing:
                 status = instance.status_text if instance is not None else "gone"
                 if record is not None:
@@ -385,7 +383,7 @@ def wait_for_ssh(
             and banner_answers(instance.ssh_host, instance.ssh_port, timeout=min(5.0, poll_seconds + 1))
         ):
             with open_state() as state:
-                update_instance(state, host.provider, instance_id, instance_state="running")
+                state.update_instance(host.provider, instance_id, instance_state="running")
             progress(f"SSH answers on {instance.ssh_host}:{instance.ssh_port}")
             return instance
         if time.monotonic() >= deadline:
@@ -427,7 +425,7 @@ class OrphanReport:
 def find_orphans(hosts: HostsConfig, *, providers: Sequence[ProviderSettings] | None = None) -> OrphanReport:
     """Ask each configured provider which instances exist; every billing one that gpubox named and no gpubox
     process holds is an orphan. Recorded instances the provider no longer has are ended on the way."""
-    from gpubox.state import billing_instances, open_state
+    from gpubox.state import open_state
 
     chosen = list(providers) if providers is not None else configured_providers(hosts)
     jobs: dict[str, Callable[[], object]] = {}
@@ -437,7 +435,7 @@ def find_orphans(hosts: HostsConfig, *, providers: Sequence[ProviderSettings] | 
     budgets = {s.name: s.offers_timeout for s in chosen}
     results, errors, _seconds = _in_parallel(jobs, budgets)
     with open_state() as state:
-        recorded = billing_instances(state)
+        recorded = state.billing_instances()
         held = {s.host for s in state.supervisors() if s.alive()}
     orphans: list[Orphan] = []
     for settings in chosen:
@@ -467,13 +465,13 @@ def find_orphans(hosts: HostsConfig, *, providers: Sequence[ProviderSettings] | 
 
 def terminate_orphans(hosts: HostsConfig, orphans: Sequence[Orphan], progress: Progress) -> list[str]:
     """Terminate each orphan; return what failed (each failure also leaves a recorded instance billing)."""
-    from gpubox.state import instance_record, open_state
+    from gpubox.state import open_state
 
     failures = []
     for orphan in orphans:
         api = _api(hosts.provider_settings(orphan.provider))
         with open_state() as state:
-            known = instance_record(state, orphan.provider, orphan.instance.instance_id)
+            known = state.instance(orphan.provider, orphan.instance.instance_id)
         try:
             if known is not None and known.billing:
                 progress(terminate_recorded(api, known.host, known))
@@ -509,14 +507,14 @@ def take_down_rented(
     Terminating loses whatever is on the machine, so a pull that fails stops here, before it (unless
     *pull_outputs* is off). *confirm*, when given, is asked before terminating under active runs. A terminate
     the provider refuses raises, and the instance stays recorded as billing."""
-    from gpubox.cost import format_usd
+    from gpubox.fmt import format_usd
     from gpubox.remote.providers.cloud import CloudProvider
     from gpubox.remote.session import connect_host
     from gpubox.sync.pull import pull
     from gpubox.train.runs import list_runs
     from gpubox.train.services import service_key
 
-    provider = CloudProvider(host.provider)
+    provider = CloudProvider(host.spec)
     record = provider.recorded(host)
     if record is None:
         say(f"{host.name}: no {host.provider} instance recorded, nothing to terminate")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gpubox.remote.gpu import FrameworkRelease, GpuSummary
 
-__all__ = ["ReportLine", "columns", "gpu_line", "host_report", "short_gpu"]
+__all__ = ["ReportLine", "gpu_line", "host_report", "short_gpu"]
 
 OK, BAD = "✓", "✗"
 
@@ -76,13 +76,3 @@ def host_report(
         lines.append(ReportLine(OK, "disk", f"{_gib(disk.get('free_bytes'))} free for {where}"))
     lines.append(gpu_line(probe, release=release))
     return lines
-
-
-def columns(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    """Rows laid out in left-aligned columns two spaces apart, the header line first, no trailing spaces."""
-    table = [[str(cell) for cell in row] for row in [headers, *rows]]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in table
-    ]

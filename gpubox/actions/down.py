@@ -67,7 +67,7 @@ def take_down(
     pid = stop_supervisor(host.name)
     if pid:
         say(f"stopped gpubox process {pid} holding {host.name}")
-    if host.rented:
+    if host.spec.rents:
         take_down_rented(
             host,
             project,
@@ -79,7 +79,7 @@ def take_down(
         )
         return
     # Stopping the local host stops its sshd, but not servers it started: stop every project's then.
-    stop_host_services(host, project, every_project=host.provider == "local" and not keep_instance, say=say)
+    stop_host_services(host, project, every_project=host.spec.runs_own_sshd and not keep_instance, say=say)
     if keep_instance:
         say(f"kept {host.name} running (--keep-instance)")
     else:

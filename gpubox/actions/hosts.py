@@ -7,8 +7,10 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from gpubox.cost import budgets_for, format_duration, host_spend, hourly_price
+from gpubox.cost import budgets_for, host_spend
+from gpubox.fmt import format_duration
 from gpubox.remote.gpu import load_rules
+from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
 from gpubox.report import short_gpu
 from gpubox.state import open_state
@@ -16,15 +18,16 @@ from gpubox.train.services import service_key
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
+    from gpubox.state import TunnelRecord
 
 __all__ = ["autostop_text", "host_rows", "service_url", "target"]
 
 
 def target(host: HostConfig) -> str:
     """Where a host is, in a few words: ``ubuntu@1.2.3.4:22 via jump``."""
-    if host.provider == "local":
+    if host.spec.runs_own_sshd:
         return "private sshd on 127.0.0.1"
-    if host.rented:
+    if host.spec.rents:
         wanted = host.instance_type or f"{host.gpu_count}× {host.gpu}"
         return f"rented: {wanted}" + (f" in {host.region}" if host.region else "")
     where = host.hostname or host.name
@@ -52,7 +55,7 @@ def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, An
         for host in hosts.hosts.values():
             record = state.host(host.name)
             supervisor = state.supervisor(host.name)
-            price = hourly_price(host, record.probe if record else None)
+            price = host_price(host, record.probe if record else None)
             spend = host_spend((i for i in ledger if i.host == host.name), now)
             rows.append(
                 {
@@ -112,12 +115,12 @@ def autostop_text(autostop: Mapping[str, Any] | None, minutes: float) -> str:
 
 
 def service_url(
-    host: HostConfig, project: ProjectConfig | None, row: Mapping[str, Any], *, show_secret: bool
+    host: HostConfig, project: ProjectConfig | None, tunnel: TunnelRecord, *, show_secret: bool
 ) -> str:
-    """The local URL of a tunnelled service (a row of :func:`gpubox.state.live_tunnels`); Jupyter's token is
+    """The local URL of a tunnelled service (from :meth:`gpubox.state.State.live_tunnels`); Jupyter's token is
     fetched from the host, and put in the URL only when asked."""
-    url = f"http://127.0.0.1:{row['local_port']}{row['path']}"
-    if row["service"] != "jupyter":
+    url = f"http://127.0.0.1:{tunnel.local_port}{tunnel.path}"
+    if tunnel.service != "jupyter":
         return url
     if not show_secret or project is None:
         return url + "?token=<redacted>"

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox.config import HostConfig, HostsConfig
-from gpubox.cost import BillingHold, Budget, IdleTracker, budgets_for, busy_reasons, elapsed, format_duration
+from gpubox.cost import BillingHold, Budget, IdleTracker, budgets_for, busy_reasons, elapsed
 from gpubox.errors import AgentError, HostUnreachable
+from gpubox.fmt import format_duration
 from gpubox.remote.gpu import gpu_readings
 from gpubox.state import open_state
 
@@ -249,7 +250,7 @@ class HostMonitor:
             self.log(f"! {text}")
         elif self.host.on_budget == "warn":
             self.log(f'! {text}: {self.host.name} keeps running (on_budget = "warn")')
-        elif self.host.stop_command or self.host.provider != "ssh":
+        elif self.host.stop_command or self.host.spec.stops_on_down:
             self.log(f"! {text}: stopping {self.host.name}")
         else:
             self.log(f"! {text}")  # what happens next (it cannot be stopped) follows in its own line
@@ -257,7 +258,7 @@ class HostMonitor:
     # -- idle
 
     def _sample(self) -> None:
-        local = self.host.provider == "local"
+        local = self.host.spec.on_this_machine
         # The local host's terminals are the laptop's own: they say nothing about using the host.
         answer = self.session.agent.request("idle", {"gpu": True, "ttys": not local})
         now = self.clock()
@@ -296,9 +297,9 @@ class HostMonitor:
     def stop_action(self) -> str:
         if self.host.stop_command:
             return "run stop_command on the host"
-        if self.host.provider == "local":
+        if self.host.spec.runs_own_sshd:
             return "stop the local sshd"
-        if self.host.provider == "ssh":
+        if not self.host.spec.stops_on_down:
             return "warn only (no stop_command for this ssh host)"
         return "terminate the instance"
 
@@ -308,7 +309,7 @@ class HostMonitor:
             done = self._run_stop_command(why, reason)
             if done is None:
                 return
-        elif host.provider == "ssh":
+        elif not host.spec.stops_on_down:
             if reason not in self._warned:
                 self._warned.add(reason)
                 self.log(
@@ -321,7 +322,7 @@ class HostMonitor:
             from gpubox.remote.providers import provider_for
 
             try:
-                if host.rented and self.before_terminate is not None:
+                if host.spec.rents and self.before_terminate is not None:
                     # Terminating a rented machine deletes its disk: bring the outputs home first.
                     self.log(f"· {why}: {self.before_terminate()}")
                 done = provider_for(host).terminate(host)

@@ -9,7 +9,7 @@ from gpubox.actions import Say, quiet
 from gpubox.actions.sync import make_syncer
 from gpubox.errors import UsageError
 from gpubox.remote.session import connect_host
-from gpubox.state import cache_runs, open_state
+from gpubox.state import open_state
 from gpubox.train.env import ensure_env, env_spec
 from gpubox.train.runs import check_run_id, start_run, stop_run
 
@@ -25,7 +25,7 @@ def remember_runs(host: str, runs: Sequence[RunInfo]) -> None:
     """Cache what the host said about these runs, so `gpubox cost` can price them without connecting."""
 
     with open_state() as state:
-        cache_runs(state, host, runs)
+        state.cache_runs(host, runs)
 
 
 def project_env(session: HostSession, project: ProjectConfig, *, show: Any = None) -> tuple[str | None, bool]:

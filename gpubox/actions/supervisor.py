@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpubox import paths
 from gpubox.config import HostConfig
-from gpubox.cost import BillingHold, hourly_price, live_price
+from gpubox.cost import BillingHold
 from gpubox.errors import (
     EXIT_BAD_INPUT,
     EXIT_HOST,
@@ -54,8 +54,9 @@ from gpubox.errors import (
     HostUnreachable,
 )
 from gpubox.remote.connection import AskToPin, Backoff
+from gpubox.remote.providers import host_price
 from gpubox.remote.session import HostSession
-from gpubox.state import current_instance, open_state
+from gpubox.state import open_state
 
 if TYPE_CHECKING:
     from gpubox.actions import Say
@@ -92,7 +93,7 @@ def claim_host(
     it, and it is closed with the exact time held on the way out (at its last heartbeat if the process is
     killed). *probe* (the host's) lets an ssh host without price_per_hour be billed at a catalog estimate."""
     pid = os.getpid()
-    price = hourly_price(host, probe, live=live_price(host))
+    price = host_price(host, probe)
     with open_state() as state:
         state.claim_supervisor(host.name, pid, detached=detached, log_file=log_file)
     hold = BillingHold(host.name, price, pid=pid)
@@ -104,13 +105,13 @@ def claim_host(
         with open_state() as state:
             state.release_supervisor(host.name, pid)
             state.clear_monitor(host.name, pid)
-            if host.rented:
+            if host.spec.rents:
                 _bill_unheld(state, host, price)
 
 
 def _bill_unheld(state: Any, host: HostConfig, price: Any) -> None:
     """A rented instance goes on billing after its holder lets go: count that time until it is terminated."""
-    record = current_instance(state, host.name)
+    record = state.current_instance(host.name)
     if record is not None and record.billing:
         state.open_billing(
             host.name,
@@ -203,7 +204,7 @@ def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
             os.kill(found.pid, signal.SIGKILL)
     with open_state() as state:
         state.release_supervisor(host_name, found.pid)
-        rented = current_instance(state, host_name)
+        rented = state.current_instance(host_name)
         if rented is None or not rented.billing:
             state.close_billing(host_name)
         else:

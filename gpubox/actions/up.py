@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING
 from gpubox.actions import Say
 from gpubox.actions.monitor import HostMonitor, SyncActivity, SyncStatus
 from gpubox.actions.supervisor import claim_host, stop_on_signals, supervise
-from gpubox.cost import format_duration, format_usd, hourly_price, over_budget
+from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
+from gpubox.fmt import format_duration, format_usd
 from gpubox.remote.gpu import load_rules
+from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
 from gpubox.remote.tunnels import Tunnel
 from gpubox.report import host_report
-from gpubox.state import clear_tunnels, open_state, record_tunnels
+from gpubox.state import open_state
 from gpubox.sync.pull import pull
 from gpubox.sync.watch import LiveSync
 from gpubox.train.env import ensure_env, env_spec, tools_spec
@@ -92,7 +94,7 @@ def check_free(host: HostConfig, hosts: HostsConfig) -> None:
 
 def rent(host: HostConfig, *, confirm: Callable[[str], bool], say: Say) -> None:
     """A rented host: launch it (after *confirm* agrees to the price) unless an instance is already running."""
-    if host.rented:
+    if host.spec.rents:
         from gpubox.provision import ensure_instance
 
         ensure_instance(host, confirm=confirm, progress=say)
@@ -131,7 +133,7 @@ def _say_report(session: HostSession, elapsed: float, say: Say) -> None:
     for line in host_report(session.probe, session.agent.hello, release=newest):
         say(line.render())
     host = session.host
-    money = [hourly_price(host, session.probe).label()]
+    money = [host_price(host, session.probe).label()]
     if host.budget_usd is not None:
         money.append(f"budget {format_usd(host.budget_usd)} (at 100 %: {host.on_budget})")
     if host.autostop_minutes:
@@ -252,8 +254,7 @@ def hold(
             for state in prepared.services
         ]
         with open_state() as database:
-            record_tunnels(
-                database,
+            database.record_tunnels(
                 host.name,
                 os.getpid(),
                 [(state.name, tunnel.local_port, state.host_port, state.path) for state, tunnel in tunnels],
@@ -275,7 +276,7 @@ def hold(
             activity=activity,
             sync=sync_status,
         )
-        if host.rented:
+        if host.spec.rents:
             monitor.before_terminate = lambda: _pull_before_terminate(session, project)
         try:
             supervise(session, stop=stop, wake=wake, log=lambda text: say(_step(text)), monitor=monitor)
@@ -285,7 +286,7 @@ def hold(
             for _state, tunnel in tunnels:
                 tunnel.stop()
             with open_state() as database:
-                clear_tunnels(database, host.name, os.getpid())
+                database.clear_tunnels(host.name, os.getpid())
     held = format_duration(time.monotonic() - started)
     if monitor.outcome is not None:
         return f"  left {host.name} after {held}: {monitor.outcome}"

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 from gpubox.actions.hosts import autostop_text, host_rows, service_url
 from gpubox.cli.output import load_hosts, load_project, out, price, print_json, table
 from gpubox.config import HOSTS_FILE, PROJECT_FILE
-from gpubox.cost import format_duration, format_usd
 from gpubox.errors import BadInput, GpuboxError, HostError, HostUnreachable, UsageError
+from gpubox.fmt import either, format_duration, format_usd
 from gpubox.provision import collect_offers, configured_providers, describe_orphans, find_orphans
 from gpubox.remote.providers import provider_for
-from gpubox.state import live_tunnels, open_state
+from gpubox.remote.providers.registry import CLOUD_NAMES, provider_spec
+from gpubox.state import open_state
 
 if TYPE_CHECKING:
     from gpubox.config import HostsConfig
@@ -129,8 +130,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             row["autostop"] = autostop
             row["autostop_minutes"] = host.autostop_minutes
             row["services"] = [
-                {"name": tunnel["service"], "host_port": tunnel["host_port"], "tunnel": tunnel}
-                for tunnel in live_tunnels(state, host.name)
+                {"name": tunnel.service, "host_port": tunnel.host_port, "tunnel": tunnel}
+                for tunnel in state.live_tunnels(host.name)
             ]
     project = load_project() if args.show_secrets else None
     for row in rows:
@@ -196,8 +197,9 @@ def cmd_offers(args: argparse.Namespace) -> int:
     )
     if not report.asked:
         raise UsageError(
-            "no cloud provider is configured: add a [providers.lambda], [providers.vast] or [providers.runpod] "
-            "table (or a host using one) to hosts.toml, or export LAMBDA_API_KEY, VAST_API_KEY or RUNPOD_API_KEY"
+            f"no cloud provider is configured: add a {either([f'[providers.{name}]' for name in CLOUD_NAMES])} "
+            "table (or a host using one) to hosts.toml, or export "
+            + either([provider_spec(name).api_key_env for name in CLOUD_NAMES])
         )
     if report.problems and len(report.problems) == len(report.asked):
         # No provider answered: that is a failure, not an empty market.

@@ -14,9 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gpubox import config
-from gpubox.cost import format_usd
 from gpubox.errors import UsageError
-from gpubox.report import columns
+from gpubox.fmt import columns, format_usd
 
 if TYPE_CHECKING:
     from gpubox.config import HostsConfig, ProjectConfig

@@ -39,6 +39,8 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gpubox.remote.providers.registry import CLOUD_NAMES  # light: names and strings, no client
+
     parser = _Parser(
         prog="gpubox",
         description="A rented GPU machine that feels like part of your laptop.",
@@ -157,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hosts:cmd_offers",
         "rentable machines from the configured clouds, cheapest first, with verdict",
     )
-    offers.add_argument("--provider", choices=("lambda", "vast", "runpod"), help="ask only this provider")
+    offers.add_argument("--provider", choices=CLOUD_NAMES, help="ask only this provider")
     offers.add_argument("--gpu", metavar="GPU", help='a GPU model, loosely matched: "A100", "RTX 4090"')
     offers.add_argument("--count", type=int, metavar="N", help="exactly N GPUs")
     offers.add_argument(

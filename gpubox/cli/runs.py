@@ -13,9 +13,9 @@ from gpubox.actions.sync import make_syncer
 from gpubox.actions.up import build_env
 from gpubox.cli.output import ask_to_pin, err, load_hosts, load_project, out, print_json, table
 from gpubox.cli.sync import full_sync
-from gpubox.cost import format_duration
 from gpubox.errors import UsageError
-from gpubox.remote.connection import Backoff, with_backoff
+from gpubox.fmt import format_duration
+from gpubox.remote.pool import SessionPool
 from gpubox.remote.session import connect_host
 from gpubox.train import multihost
 from gpubox.train.multihost import pick_hosts, run_on_hosts, table_lines
@@ -34,7 +34,7 @@ def _run_host(args: argparse.Namespace, project: ProjectConfig) -> HostConfig:
 
 
 def _run_on_hosts(args: argparse.Namespace) -> int:
-    """`gpubox run --hosts a,b`: one worker per host with TF_CONFIG set (see gpubox/train/multihost.py)."""
+    """`gpubox run --hosts a,b`: one worker per host with TF_CONFIG set (see gpubox/train/multihost/)."""
 
     project = load_project()
     hosts = pick_hosts(args.hosts, load_hosts(project), single=args.host)
@@ -70,7 +70,7 @@ def _multi_logs(args: argparse.Namespace) -> int:
     project = load_project()
     run = multihost.load_run(args.run)
     hosts = load_hosts(project)
-    links = multihost.Links(
+    links = SessionPool(
         [hosts.get(name) for name in run.hosts], project.name, deadline=None if args.follow else 30.0
     )
     try:
@@ -92,7 +92,7 @@ def _multi_stop(args: argparse.Namespace) -> int:
     project = load_project()
     run = multihost.load_run(args.run)
     hosts = load_hosts(project)
-    links = multihost.Links([hosts.get(name) for name in run.hosts], project.name)
+    links = SessionPool([hosts.get(name) for name in run.hosts], project.name)
     try:
         status = multihost.stop_multi(run, links, grace=args.grace)
     finally:
@@ -160,26 +160,20 @@ def _stream_log(
     repeats a byte.
     """
 
-    current: list[HostSession] = [session] if session is not None else []
+    pool = SessionPool(
+        [host],
+        project.name,
+        sessions={host.name: session} if session is not None else None,
+        deadline=None if follow else 30.0,
+    )
 
     def session_for() -> HostSession:
-        if current and current[0].connection.is_alive():
-            return current[0]
-        for old in current:
-            old.close()
-        current.clear()
-        current.append(
-            with_backoff(
-                lambda: connect_host(host, project.name, probe=False, launch=False),
-                Backoff(initial=0.5, maximum=5.0, deadline=None if follow else 30.0),
-            )
-        )
-        return current[0]
+        return pool.get(host.name)
 
     def gap(exc: Exception) -> None:
         err(f"gpubox: link to {host.name} lost ({exc}); reconnecting, the log resumes where it stopped")
 
-    out = sys.stdout.buffer
+    stdout = sys.stdout.buffer
     cache = None
     cache_path = None
     if offset == 0:
@@ -188,9 +182,9 @@ def _stream_log(
             cache = open(cache_path, "a+b")  # noqa: SIM115 (closed in finally)
             cache.seek(0)
             while chunk := cache.read(1 << 20):
-                out.write(chunk)
+                stdout.write(chunk)
             offset = cache.tell()
-            out.flush()
+            stdout.flush()
     info = None
     try:
         for chunk, latest in follow_log(session_for, run_id, offset=offset, follow=follow, on_gap=gap):
@@ -203,13 +197,12 @@ def _stream_log(
                 if cache is not None:
                     cache.write(chunk)
                     cache.flush()
-                out.write(chunk)
-                out.flush()
+                stdout.write(chunk)
+                stdout.flush()
     finally:
         if cache is not None:
             cache.close()
-        for opened in current:
-            opened.close()
+        pool.close()
     if info is not None:
         remember_runs(host.name, [info])
     if not follow or info is None:

@@ -15,7 +15,7 @@ from gpubox.cli.output import ask_to_pin, load_hosts, load_project, out
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.remote.session import open_connection, shell_word
 from gpubox.remote.ssh_config import write_ssh_config
-from gpubox.state import live_tunnels, open_state
+from gpubox.state import open_state
 
 __all__ = ["cmd_open", "cmd_ssh", "cmd_ssh_config"]
 
@@ -62,7 +62,7 @@ def cmd_open(args: argparse.Namespace) -> int:
     project = load_project()
     host = load_hosts(project).pick(args.host)
     with open_state() as state:
-        rows = {row["service"]: row for row in live_tunnels(state, host.name)}
+        rows = {row.service: row for row in state.live_tunnels(host.name)}
     if args.service not in rows:
         known = ", ".join(sorted(rows)) or "none"
         raise GpuboxError(

@@ -67,7 +67,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     up.check_free(host, hosts)
     started = time.monotonic()
     out(f"gpubox up {host.name}")
-    if host.rented:
+    if host.spec.rents:
         up.rent(host, confirm=lambda question: confirm(question, yes=args.yes), say=step)
         started = time.monotonic()
     if args.detach or tui:

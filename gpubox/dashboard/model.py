@@ -137,7 +137,7 @@ class Dashboard:
             if (scope, threshold, budget) in self._alerts_seen:
                 continue
             self._alerts_seen.add((scope, threshold, budget))
-            from gpubox.cost import format_usd
+            from gpubox.fmt import format_usd
 
             whose = "all hosts" if scope == "*" else scope
             self._events.append(
@@ -459,7 +459,7 @@ def _conflict_text(entry: str) -> str:
 
 
 def _run_event(run: RunInfo) -> Event:
-    from gpubox.cost import format_duration
+    from gpubox.fmt import format_duration
 
     took = format_duration(run.duration() or 0)
     if run.state == "succeeded":

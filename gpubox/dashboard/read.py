@@ -69,8 +69,8 @@ class StateReader:
     def read(self, now: float | None = None) -> StateSample:
         """Everything the dashboard shows that the state database knows: never connects."""
         from gpubox.actions.hosts import service_url
-        from gpubox.cost import hourly_price
-        from gpubox.state import live_tunnels, open_state
+        from gpubox.remote.providers import host_price
+        from gpubox.state import open_state
         from gpubox.train.env import requirements_file
 
         now = time.time() if now is None else now
@@ -87,7 +87,7 @@ class StateReader:
             by_host: dict[str, list[BillingInterval]] = {}
             for interval in ledger:
                 by_host.setdefault(interval.host, []).append(interval)
-            tunnels = live_tunnels(state)
+            tunnels = state.live_tunnels()
             names = list(self.hosts.hosts) + sorted(name for name in held if name not in self.hosts.hosts)
             for name in names:
                 config = self.hosts.hosts.get(name)
@@ -107,7 +107,7 @@ class StateReader:
                         open_interval.estimate,
                     )
                 elif config is not None:
-                    price = hourly_price(config, probe)
+                    price = host_price(config, probe)
                     amount, source, estimate = price.amount, price.source, price.estimate
                 else:
                     amount, source, estimate = None, "not in hosts.toml any more", False
@@ -115,14 +115,14 @@ class StateReader:
                 views = tuple(
                     TunnelView(
                         host=name,
-                        service=str(row["service"]),
-                        local_port=int(row["local_port"]),
+                        service=row.service,
+                        local_port=row.local_port,
                         url=service_url(config, None, row, show_secret=False)
                         if config is not None
-                        else f"http://127.0.0.1:{row['local_port']}{row['path']}",
+                        else f"http://127.0.0.1:{row.local_port}{row.path}",
                     )
                     for row in tunnels
-                    if row["host"] == name
+                    if row.host == name
                 )
                 found.append(
                     HostState(

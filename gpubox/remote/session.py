@@ -30,7 +30,7 @@ def open_connection(
 ) -> tuple[Connection, ConnectSpec]:
     """Open the SSH transport to *host*. ``launch`` starts the host first (default: only the free ``local``)."""
     provider = provider_for(host)
-    if launch if launch is not None else host.provider == "local":
+    if launch if launch is not None else host.spec.runs_own_sshd:
         provider.launch(host)
     spec = provider.connect_spec(host)
     connection = Connection(
@@ -90,18 +90,18 @@ def start_agent(connection: Connection, host: HostConfig) -> AgentSession:
     Only a bare command name (found on PATH, possibly through a wrapper such as a pyenv shim) is remembered; a
     configured path is always used as written, since a wrapper script there may set up what the user needs.
     """
-    from gpubox.state import open_state, record_resolved_python, resolved_python
+    from gpubox.state import open_state
 
     remember = "/" not in host.python
     prefer = None
     if remember:
         with open_state() as state:
-            prefer = resolved_python(state, host.name, host.python)
+            prefer = state.resolved_python(host.name, host.python)
     agent = AgentSession(connection, python=host.python, prefer=prefer).start()
     executable = agent.hello.get("executable")
     if remember and isinstance(executable, str) and executable and executable != prefer:
         with open_state() as state:
-            record_resolved_python(state, host.name, host.python, executable)
+            state.record_resolved_python(host.name, host.python, executable)
     return agent
 
 

@@ -82,7 +82,7 @@ def write_ssh_config(hosts: HostsConfig) -> tuple[Path, list[str]]:
     blocks = ["# Written by `gpubox ssh-config`; rewritten each time, so edit hosts.toml instead."]
     names = []
     for host in hosts.hosts.values():
-        entry = _local_entry() if host.provider == "local" else _ssh_entry(host)
+        entry = _local_entry() if host.spec.runs_own_sshd else _ssh_entry(host)
         blocks.append("\n".join(entry))
         names.append(host.name)
     path = paths.ssh_config_file()

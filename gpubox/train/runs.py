@@ -54,7 +54,7 @@ class RunInfo:
         """'3/8 · loss 0.2991 · accuracy 0.9109 · ETA 0:00:12', or '' when nothing is known."""
         if not self.progress:
             return ""
-        from gpubox.cost import format_duration
+        from gpubox.fmt import format_duration
 
         parts = []
         if "epoch" in self.progress:

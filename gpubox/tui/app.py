@@ -33,6 +33,7 @@ from gpubox.dashboard.model import Dashboard
 from gpubox.dashboard.poller import HostPoller, PollRequest, Polls
 from gpubox.dashboard.views import DashboardSnapshot
 from gpubox.errors import GpuboxError
+from gpubox.remote.providers.registry import provider_spec
 from gpubox.tui.keys import ActionsProvider, bindings
 from gpubox.tui.messages import ActionDone, HostPolled, ProgressLine, StateRead
 from gpubox.tui.screens.details import CheckScreen, CostScreen, HelpScreen
@@ -415,7 +416,7 @@ class GpuboxApp(App[None]):
             self.post_message(ProgressLine(text))
 
         try:
-            if host.rented:
+            if host.spec.rents:
                 from gpubox.provision import ensure_instance
 
                 ensure_instance(
@@ -466,10 +467,13 @@ class GpuboxApp(App[None]):
                 f"{name} is not in hosts.toml any more: `gpubox up {name} --stop`", severity="warning"
             )
             return
-        what = {
-            "local": "stops its services and the local sshd",
-            "ssh": "stops this project's services (the machine itself keeps running)",
-        }.get(view.provider, "stops its services and terminates the instance (billing stops)")
+        spec = provider_spec(view.provider)
+        if spec.runs_own_sshd:
+            what = "stops its services and the local sshd"
+        elif not spec.stops_on_down:
+            what = "stops this project's services (the machine itself keeps running)"
+        else:
+            what = "stops its services and terminates the instance (billing stops)"
         self.push_screen(
             ConfirmScreen(
                 f"Take {name} down?",
@@ -508,11 +512,11 @@ class GpuboxApp(App[None]):
         name = self._host(up=True)
         if name is None:
             return
-        from gpubox.state import cached_runs, open_state
+        from gpubox.state import open_state
 
         try:
             with open_state() as state:
-                history = [row["command"] for row in cached_runs(state)]
+                history = [row.command for row in state.cached_runs()]
         except GpuboxError:
             history = []
         self.push_screen(
@@ -624,11 +628,11 @@ class GpuboxApp(App[None]):
     @work(thread=True, name="open", group="action:open", exit_on_error=False)
     def _open_worker(self, name: str, service: str) -> None:
         from gpubox.actions.hosts import service_url
-        from gpubox.state import live_tunnels, open_state
+        from gpubox.state import open_state
 
         try:
             with open_state() as state:
-                rows = {row["service"]: row for row in live_tunnels(state, name)}
+                rows = {row.service: row for row in state.live_tunnels(name)}
             if service not in rows:
                 known = ", ".join(sorted(rows)) or "none"
                 raise GpuboxError(f"{service} is not tunnelled from {name} (tunnelled now: {known})")
@@ -663,7 +667,11 @@ class GpuboxApp(App[None]):
         if name is None:
             return
         view = self.snapshot.host(name)
-        if view is not None and not view.is_up and view.provider != "local":
+        if (
+            view is not None
+            and not view.is_up
+            and not (view.configured and provider_spec(view.provider).runs_own_sshd)
+        ):
             self.notify(f"{name} is down: u brings it up, then k checks it", severity="warning")
             return
         self.push_screen(CheckScreen(self.hosts_config, self.project, name))

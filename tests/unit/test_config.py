@@ -15,13 +15,6 @@ import pytest
 from gpubox.config import (
     BUILTIN_LOCAL,
     DEFAULT_OUTPUTS,
-    DEFAULTS_FIELDS,
-    ENV_FIELDS,
-    HOST_FIELDS,
-    PROVIDER_TABLE_FIELDS,
-    RUN_FIELDS,
-    SERVICE_FIELDS,
-    SYNC_FIELDS,
     HostsConfig,
     ProjectConfig,
     ServiceConfig,
@@ -29,6 +22,8 @@ from gpubox.config import (
     load_hosts,
     load_project,
 )
+from gpubox.config.hosts import DEFAULTS_FIELDS, HOST_FIELDS, PROVIDER_TABLE_FIELDS
+from gpubox.config.project import ENV_FIELDS, RUN_FIELDS, SERVICE_FIELDS, SYNC_FIELDS
 from gpubox.errors import EXIT_BAD_INPUT, ConfigError, UsageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -658,7 +653,7 @@ def test_hosts_example_parses(isolated_home: Path) -> None:
         "laptop",
         1.5,
     )
-    assert (rented.connect_timeout, rented.rented, rented.user) == (15.0, True, None)
+    assert (rented.connect_timeout, rented.spec.rents, rented.user) == (15.0, True, None)
     vast = hosts.get("vast-4090")
     assert (vast.gpu, vast.gpu_count, vast.region, vast.disk_gb) == ("RTX 4090", 1, "Europe", 40)
     runpod = hosts.get("runpod-h100")

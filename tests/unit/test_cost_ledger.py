@@ -26,6 +26,7 @@ from gpubox.cost import (
     seconds_in_window,
 )
 from gpubox.errors import UsageError
+from gpubox.remote.providers import host_price
 from gpubox.state import DIED_REASON, MIGRATIONS, State
 
 CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"
@@ -295,13 +296,13 @@ def test_run_cost_is_duration_times_rate_split_over_hosts(tmp_path: Path) -> Non
 )
 def test_ssh_host_without_a_price_gets_a_catalog_estimate(capture: str, price: float, source: str) -> None:
     probe = {"nvidia_smi": {"available": True, "output": (CAPTURES / capture).read_text()}}
-    found = hourly_price(HostConfig(name="box"), probe)
+    found = host_price(HostConfig(name="box"), probe)
     assert found.estimate and found.amount == pytest.approx(price) and found.source == source
     assert found.label().startswith("~$")
     # price_per_hour in hosts.toml wins over the estimate; the local host is free.
-    assert hourly_price(HostConfig(name="box", price_per_hour=2.0), probe).estimate is False
-    assert hourly_price(HostConfig(name="local", provider="local"), probe).amount == 0.0
-    assert hourly_price(HostConfig(name="box"), probe, live=1.1).source == "live price from ssh"
+    assert host_price(HostConfig(name="box", price_per_hour=2.0), probe).estimate is False
+    assert host_price(HostConfig(name="local", provider="local"), probe).amount == 0.0
+    assert hourly_price(HostConfig(name="box"), ["NVIDIA L4"], live=1.1).source == "live price from ssh"
 
 
 def test_catalog_rows_match_the_right_model_and_cite_a_source() -> None:

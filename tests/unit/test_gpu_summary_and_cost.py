@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gpubox.config import HostConfig
-from gpubox.cost import format_duration, format_usd, hourly_price, spent_usd
+from gpubox.cost import hourly_price, spent_usd
+from gpubox.fmt import format_duration, format_usd
 from gpubox.remote.gpu.frameworks import parse_framework_spec
 from gpubox.remote.gpu.parse import parse_nvidia_smi, snapshot_from_probe
 from gpubox.remote.gpu.rules import load_rules

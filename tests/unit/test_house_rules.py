@@ -120,3 +120,29 @@ def test_only_tui_imports_textual_in_source() -> None:
         and ("import textual" in path.read_text() or "from textual" in path.read_text())
     ]
     assert offenders == []
+
+
+def _gpubox_imports(module: str) -> set[str]:
+    """Every gpubox module *module*'s source imports, at the top, inside functions or for type checking."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    source = Path(str(importlib.import_module(module).__file__)).read_text()
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.split(".")[0] == "gpubox"}
+
+
+def test_cost_imports_nothing_from_remote() -> None:
+    """The ledger sits below the providers: callers hand it the live price (gpubox.remote.providers.host_price),
+    so cost and the providers do not import each other."""
+    assert sorted(name for name in _gpubox_imports("gpubox.cost") if name.startswith("gpubox.remote")) == []
+
+
+def test_fmt_is_a_leaf() -> None:
+    assert _gpubox_imports("gpubox.fmt") <= {"gpubox.errors"}

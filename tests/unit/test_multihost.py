@@ -1,20 +1,27 @@
-"""Multi-host runs without hosts: worker wiring, the run's state from its parts, log prefixes, bad input."""
+"""Multi-host runs without hosts: worker wiring, the run's state from its parts, log prefixes, bad input, the
+session pool and the watcher's entry point."""
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from gpubox.config import HostConfig, HostsConfig
 from gpubox.errors import UsageError
 from gpubox.remote import agent
+from gpubox.remote.pool import SessionPool
 from gpubox.train import multihost
 from gpubox.train.multihost import MultiRun, Part, aggregate, worker_env
+from gpubox.train.multihost.logs import _Prefixer, _prefixes
+from gpubox.train.multihost.wiring import wire
 from gpubox.train.runs import RunInfo
 from tests.support.cli import assert_one_line_error, run_gpubox
 
@@ -72,7 +79,7 @@ def _session(name: str, hostname: str, agent_: _FakeAgent) -> Any:
 
 def test_an_ip_endpoint_is_the_workers_address_and_a_loopback_one_asks_the_host() -> None:
     first, second = _FakeAgent("192.168.1.9", [5000, 5001]), _FakeAgent("10.1.1.7", [6000])
-    cluster, master_addr, master_port = multihost._wire(
+    cluster, master_addr, master_port = wire(
         [_session("a", "10.1.1.1", first), _session("b", "127.0.0.1", second)]
     )
     # a is reached where gpubox reaches it; b (behind a loopback endpoint) says where it sends from toward a.
@@ -144,13 +151,13 @@ def test_records_get_fresh_ids_and_an_unknown_one_is_bad_input() -> None:
 
 def test_log_lines_are_prefixed_whole() -> None:
     out = io.BytesIO()
-    printer = multihost._Prefixer(b"[a]  ", out)
+    printer = _Prefixer(b"[a]  ", out)
     printer.feed(b"one\ntw")
     printer.feed(b"o\nthr")
     assert out.getvalue() == b"[a]  one\n[a]  two\n"
     printer.close()
     assert out.getvalue() == b"[a]  one\n[a]  two\n[a]  thr\n"
-    assert multihost._prefixes(_run(("a", "long"))) == {"a": b"[a]    ", "long": b"[long] "}
+    assert _prefixes(_run(("a", "long"))) == {"a": b"[a]    ", "long": b"[long] "}
 
 
 def test_pick_hosts() -> None:
@@ -187,3 +194,44 @@ def test_bad_multi_host_input_is_one_line_and_exit_2(tmp_path: Path, argv: list[
     )
     line = assert_one_line_error(run_gpubox(*argv, cwd=tmp_path, timeout=30), 2)
     assert line.startswith(message), line
+
+
+class _FakeLink:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.alive = True
+        self.closed = False
+        self.connection = SimpleNamespace(is_alive=lambda: self.alive)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_pool_keeps_one_session_per_host_and_reopens_a_dead_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[_FakeLink] = []
+
+    def connect_host(host: HostConfig, project_name: str, **kwargs: Any) -> _FakeLink:
+        assert (project_name, kwargs["probe"], kwargs["launch"]) == ("proj", False, False)
+        opened.append(_FakeLink(host.name))
+        return opened[-1]
+
+    monkeypatch.setattr("gpubox.remote.session.connect_host", connect_host)
+    given = _FakeLink("a")
+    pool = SessionPool([HostConfig("a"), HostConfig("b")], "proj", sessions={"a": cast(Any, given)})
+    get: Callable[[str], Any] = pool.get
+    assert get("a") is given and opened == []
+    first_b = get("b")
+    assert get("b") is first_b and [link.name for link in opened] == ["b"]
+    given.alive = False
+    again = get("a")
+    assert given.closed and again is not given and again.name == "a"
+    pool.close()
+    assert all(link.closed for link in opened)
+
+
+def test_the_watcher_runs_as_a_module() -> None:
+    """`run --hosts` leaves `python -m gpubox.train.multihost watch m-N` behind: the package must run."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gpubox.train.multihost"], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (2, "usage: python -m gpubox.train.multihost watch m-N\n")

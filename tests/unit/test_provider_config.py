@@ -136,7 +136,7 @@ def test_rented_hosts_get_their_provider_settings_and_defaults(project: Path) ->
     assert lam.provider_settings().api_key_env == "LAMBDA_API_KEY"
     assert lam.provider_settings().api_url == "https://cloud.lambda.ai/api/v1"
     assert (vast.max_price_per_hour, lam.max_price_per_hour, ssh.max_price_per_hour) == (2.0, 2.0, None)
-    assert (vast.rented, lam.rented, ssh.rented) == (True, True, False)
+    assert (vast.spec.rents, lam.spec.rents, ssh.spec.rents) == (True, True, False)
     assert set(hosts.providers) == {"vast", "lambda"}
 
 

@@ -1,4 +1,5 @@
-"""The state database: schema versions, migrations, two processes at once, supervisors, billing."""
+"""The state database: schema versions, migrations, two processes at once, supervisors, billing, and a database
+written by an older gpubox read back unchanged."""
 
 from __future__ import annotations
 
@@ -7,12 +8,29 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from gpubox.errors import StateError, UsageError
-from gpubox.state import MIGRATIONS, State, open_state
+from gpubox.state import (
+    DIED_REASON,
+    MIGRATIONS,
+    AncestorEntry,
+    BillingInterval,
+    BudgetAlert,
+    HostRecord,
+    InstanceRecord,
+    MonitorReport,
+    PricedInterval,
+    RunRecord,
+    State,
+    Supervisor,
+    TunnelRecord,
+    open_state,
+    process_token,
+)
 
 
 def test_fresh_database_is_at_the_latest_schema_in_wal_mode(tmp_path: Path) -> None:
@@ -120,7 +138,7 @@ def test_billing_intervals_open_once_and_close(tmp_path: Path) -> None:
         first = state.open_billing("box", 2.0, at=100.0)
         assert state.open_billing("box", 2.0, at=200.0) == first
         state.close_billing("box", at=460.0)
-        assert state.billing_intervals("box") == [("box", 2.0, 100.0, 460.0)]
+        assert state.billing_intervals("box") == [PricedInterval("box", 2.0, 100.0, 460.0)]
 
 
 def test_host_records_and_probe_cache(tmp_path: Path) -> None:
@@ -147,3 +165,289 @@ def test_many_openers_of_a_brand_new_file_all_succeed(tmp_path: Path) -> None:
         assert errors == []
         with State(path) as state:
             assert state.schema_version == len(MIGRATIONS)
+
+
+# A database written by gpubox at commit 431ca71 (the last state.py before the state/ package), as
+# `sqlite3 .dump` prints it, one row in every table; LIVE_PID and LIVE_TOKEN stand for this test's own
+# process, so the rows that only count while their process lives are read back. Pids above 4,000,000 never
+# run here (pid_max is at most 4,194,304 and far lower in practice).
+DATABASE_OF_431CA71 = """
+BEGIN TRANSACTION;
+CREATE TABLE agent_python (
+        host        TEXT PRIMARY KEY,
+        configured  TEXT NOT NULL,
+        executable  TEXT NOT NULL
+    );
+INSERT INTO "agent_python" VALUES('box','python3','/usr/bin/python3.11');
+CREATE TABLE "billing" (
+        id              INTEGER PRIMARY KEY,
+        host            TEXT NOT NULL,
+        price_per_hour  REAL,
+        price_source    TEXT,
+        estimate        INTEGER NOT NULL DEFAULT 0,
+        started_at      REAL NOT NULL,
+        held_seconds    REAL NOT NULL DEFAULT 0,
+        heartbeat_at    REAL,
+        ended_at        REAL,
+        holder_pid      INTEGER,
+        holder_token    TEXT,
+        end_reason      TEXT
+    );
+INSERT INTO "billing" VALUES(1,'box',2.5,'hosts.toml',0,1699990000.0,3600.0,1699993600.0,1699993600.0,NULL,NULL,'released');
+INSERT INTO "billing" VALUES(2,'cloud',NULL,NULL,0,1699995000.0,120.0,1699995120.0,NULL,4000001,'12345',NULL);
+CREATE TABLE budget_alerts (
+        scope       TEXT NOT NULL,
+        threshold   INTEGER NOT NULL,
+        budget_usd  REAL NOT NULL,
+        spent_usd   REAL NOT NULL,
+        at          REAL NOT NULL,
+        PRIMARY KEY (scope, threshold, budget_usd)
+    );
+INSERT INTO "budget_alerts" VALUES('*',50,100.0,51.5,1699996000.0);
+INSERT INTO "budget_alerts" VALUES('box',80,10.0,8.25,1699996100.0);
+CREATE TABLE hosts (
+        name        TEXT PRIMARY KEY,
+        provider    TEXT NOT NULL,
+        endpoint    TEXT,              -- user@host:port last connected
+        probe       TEXT,              -- JSON of the last probe
+        probed_at   REAL,
+        updated_at  REAL NOT NULL
+    );
+INSERT INTO "hosts" VALUES('box','ssh','me@10.0.0.5:22','{"os": "Debian 12", "gpus": [{"name": "H100"}]}',1700000000.0,1700000000.0);
+INSERT INTO "hosts" VALUES('cloud','lambda',NULL,NULL,NULL,1700000000.0);
+CREATE TABLE instances (
+        provider        TEXT NOT NULL,
+        instance_id     TEXT NOT NULL,
+        host            TEXT NOT NULL,
+        name            TEXT NOT NULL,
+        api_url         TEXT NOT NULL,
+        launched_at     REAL NOT NULL,
+        price_per_hour  REAL,
+        gpu             TEXT,
+        region          TEXT,
+        ssh_host        TEXT,
+        ssh_port        INTEGER,
+        state           TEXT NOT NULL,
+        ended_at        REAL,
+        end_reason      TEXT,
+        PRIMARY KEY (provider, instance_id)
+    );
+INSERT INTO "instances" VALUES('lambda','i-abc','cloud','gpubox-cloud','https://cloud.lambdalabs.com/api/v1',1699994000.0,1.29,'gpu_1x_a10','us-east-1','129.1.2.3',22,'running',NULL,NULL);
+INSERT INTO "instances" VALUES('vast','77','old','gpubox-old','https://console.vast.ai/api/v0',1699980000.0,NULL,NULL,NULL,NULL,NULL,'ended',1699985000.0,'terminated by gpubox down');
+CREATE TABLE monitors (
+        host        TEXT PRIMARY KEY,
+        pid         INTEGER NOT NULL,
+        updated_at  REAL NOT NULL,
+        report      TEXT NOT NULL
+    );
+INSERT INTO "monitors" VALUES('box',LIVE_PID,1699999990.0,'{"autostop": {"stops_at": 1700000600.0}}');
+CREATE TABLE runs (
+        host        TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        command     TEXT NOT NULL,
+        name        TEXT,
+        state       TEXT NOT NULL,
+        started_at  REAL,
+        ended_at    REAL,
+        exit_code   INTEGER,
+        seen_at     REAL NOT NULL,
+        PRIMARY KEY (host, id)
+    );
+INSERT INTO "runs" VALUES('box','r-3','python train.py','first','succeeded',1699991000.0,1699992000.0,0,1700000000.0);
+INSERT INTO "runs" VALUES('box','r-4','python eval.py',NULL,'running',1699993000.0,NULL,NULL,1700000000.0);
+CREATE TABLE shells (
+        pid         INTEGER PRIMARY KEY,
+        host        TEXT NOT NULL,
+        token       TEXT,
+        started_at  REAL NOT NULL
+    );
+INSERT INTO "shells" VALUES(LIVE_PID,'box','LIVE_TOKEN',1699999500.0);
+CREATE TABLE supervisors (
+        host        TEXT PRIMARY KEY,
+        pid         INTEGER NOT NULL,
+        started_at  REAL NOT NULL,
+        detached    INTEGER NOT NULL,
+        log_file    TEXT
+    );
+INSERT INTO "supervisors" VALUES('box',LIVE_PID,1699999000.5,1,'/tmp/up.log');
+CREATE TABLE sync_ancestors (
+        host        TEXT NOT NULL,
+        project     TEXT NOT NULL,
+        path        BLOB NOT NULL,
+        kind        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        mtime_ns    INTEGER NOT NULL,
+        executable  INTEGER NOT NULL,
+        target      BLOB NOT NULL,
+        PRIMARY KEY (host, project, path)
+    ) WITHOUT ROWID;
+INSERT INTO "sync_ancestors" VALUES('box','/home/me/proj',X'64FE','d',0,0,0,X'');
+INSERT INTO "sync_ancestors" VALUES('box','/home/me/proj',X'6C696E6B','l',0,0,0,X'7472FF61696E2E7079');
+INSERT INTO "sync_ancestors" VALUES('box','/home/me/proj',X'747261696E2E7079','f',120,1699000000123456789,1,X'');
+CREATE TABLE tunnels (
+        host        TEXT NOT NULL,
+        service     TEXT NOT NULL,
+        local_port  INTEGER NOT NULL,
+        host_port   INTEGER NOT NULL,
+        path        TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        PRIMARY KEY (host, service)
+    );
+INSERT INTO "tunnels" VALUES('box','jupyter',18888,8888,'/lab',LIVE_PID);
+INSERT INTO "tunnels" VALUES('box','tensorboard',16006,6006,'/',LIVE_PID);
+CREATE INDEX billing_host ON billing(host, ended_at);
+CREATE INDEX instances_host ON instances(host, ended_at);
+COMMIT;
+"""
+SCHEMA_OF_431CA71 = 7
+
+
+def _database_of_431ca71(path: Path) -> None:
+    raw = sqlite3.connect(path)
+    script = DATABASE_OF_431CA71.replace("LIVE_PID", str(os.getpid()))
+    raw.executescript(script.replace("LIVE_TOKEN", process_token(os.getpid()) or ""))
+    raw.execute(f"PRAGMA user_version = {SCHEMA_OF_431CA71}")
+    raw.close()
+
+
+def _schema(path: Path) -> list[tuple[str, str, str, str]]:
+    raw = sqlite3.connect(path)
+    try:
+        return sorted(raw.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall())
+    finally:
+        raw.close()
+
+
+def test_a_fresh_database_has_the_schema_of_431ca71(tmp_path: Path) -> None:
+    _database_of_431ca71(tmp_path / "old.db")
+    State(tmp_path / "new.db").close()
+    assert _schema(tmp_path / "new.db") == _schema(tmp_path / "old.db")
+    assert len(MIGRATIONS) == SCHEMA_OF_431CA71
+
+
+def test_a_database_of_431ca71_opens_unchanged_and_reads_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _database_of_431ca71(path)
+    before = _schema(path)
+    me = os.getpid()
+    with State(path) as state:
+        assert state.schema_version == SCHEMA_OF_431CA71
+        assert state.host("box") == HostRecord(
+            "box", "ssh", "me@10.0.0.5:22", {"os": "Debian 12", "gpus": [{"name": "H100"}]}, 1700000000.0
+        )
+        assert state.host("cloud") == HostRecord("cloud", "lambda", None, None, None)
+        assert state.resolved_python("box", "python3") == "/usr/bin/python3.11"
+        assert state.supervisor("box") == Supervisor("box", me, 1699999000.5, True, "/tmp/up.log")
+        assert state.monitor("box") == MonitorReport(1699999990.0, {"autostop": {"stops_at": 1700000600.0}})
+        assert state.shells("box") == [me]
+        assert state.live_tunnels() == [
+            TunnelRecord("box", "jupyter", 18888, 8888, "/lab", me),
+            TunnelRecord("box", "tensorboard", 16006, 6006, "/", me),
+        ]
+        assert state.ancestor("box", "/home/me/proj") == {
+            "train.py": AncestorEntry("f", 120, 1699000000123456789, True, ""),
+            "link": AncestorEntry("l", 0, 0, False, "tr\udcffain.py"),
+            "d\udcfe": AncestorEntry("d", 0, 0, False, ""),
+        }
+        assert state.cached_runs() == [
+            RunRecord("box", "r-3", "python train.py", "first", "succeeded", 1699991000.0, 1699992000.0, 0),
+            RunRecord("box", "r-4", "python eval.py", None, "running", 1699993000.0, None, None),
+        ]
+        assert state.budget_alerts() == [
+            BudgetAlert("*", 50, 100.0, 51.5, 1699996000.0),
+            BudgetAlert("box", 80, 10.0, 8.25, 1699996100.0),
+        ]
+        rented = InstanceRecord(
+            "lambda", "i-abc", "cloud", "gpubox-cloud", "https://cloud.lambdalabs.com/api/v1", 1699994000.0,
+            1.29, "gpu_1x_a10", "us-east-1", "129.1.2.3", 22, "running", None, None,
+        )  # fmt: skip
+        assert state.current_instance("cloud") == rented
+        assert state.billing_instances() == [rented]
+        assert state.current_instance("old") is None
+        ended = state.instance("vast", "77")
+        assert ended is not None and (ended.state, ended.ended_at) == ("ended", 1699985000.0)
+        assert state.billing(repair=False) == [
+            BillingInterval(
+                1, "box", 2.5, "hosts.toml", False, 1699990000.0, 3600.0, 1699993600.0, 1699993600.0, None,
+                "released",
+            ),
+            BillingInterval(
+                2, "cloud", None, None, False, 1699995000.0, 120.0, 1699995120.0, None, 4000001, None
+            ),
+        ]  # fmt: skip
+        assert state.billing_intervals() == [PricedInterval("box", 2.5, 1699990000.0, 1699993600.0)]
+        # Reading with repair on closes the interval of the dead holder at its last heartbeat, as before.
+        (cloud,) = state.billing("cloud")
+        assert (cloud.ended_at, cloud.end_reason) == (1699995120.0, DIED_REASON)
+    assert _schema(path) == before
+
+
+def test_writes_make_the_same_database_as_431ca71(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writes of the script that made :data:`DATABASE_OF_431CA71`, through today's methods."""
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)
+    with State(tmp_path / "new.db") as state:
+        state.record_host("box", "ssh", "me@10.0.0.5:22")
+        state.record_probe("box", {"os": "Debian 12", "gpus": [{"name": "H100"}]})
+        state.record_host("cloud", "lambda")
+        state.db.execute(
+            "INSERT INTO supervisors(host, pid, started_at, detached, log_file) "
+            "VALUES ('box', 4000000, 1699999000.5, 1, '/tmp/up.log')"
+        )
+        first = state.open_billing("box", 2.5, at=1699990000.0, price_source="hosts.toml", estimate=False)
+        state.end_billing(first, 3600.0, at=1699993600.0, reason="released")
+        second = state.open_billing("cloud", None, at=1699995000.0, holder_pid=4000001, holder_token="12345")
+        state.heartbeat_billing(second, 120.0, at=1699995120.0)
+        state.record_budget_alert("*", 50, 100.0, 51.5, at=1699996000.0)
+        state.record_budget_alert("box", 80, 10.0, 8.25, at=1699996100.0)
+        state.record_monitor("box", 4000000, {"autostop": {"stops_at": 1700000600.0}}, at=1699999990.0)
+        state.db.execute(
+            "INSERT INTO shells(pid, host, token, started_at) VALUES (4000002, 'box', '777', 1699999500.0)"
+        )
+        state.update_ancestor(
+            "box",
+            "/home/me/proj",
+            [
+                ("train.py", ("f", 120, 1699000000123456789, True, "")),
+                ("link", ("l", 0, 0, False, "tr\udcffain.py")),
+                ("d\udcfe", ("d", 0, 0, False, "")),
+            ],
+            [],
+        )
+        state.record_tunnels(
+            "box", 4000000, [("jupyter", 18888, 8888, "/lab"), ("tensorboard", 16006, 6006, "/")]
+        )
+        state.cache_runs(
+            "box",
+            [
+                RunRecord(
+                    "box", "r-3", "python train.py", "first", "succeeded", 1699991000.0, 1699992000.0, 0
+                ),
+                RunRecord("box", "r-4", "python eval.py", None, "running", 1699993000.0, None, None),
+            ],
+        )
+        state.record_resolved_python("box", "python3", "/usr/bin/python3.11")
+        state.record_instance(
+            provider="lambda",
+            instance_id="i-abc",
+            host="cloud",
+            name="gpubox-cloud",
+            api_url="https://cloud.lambdalabs.com/api/v1",
+            price_per_hour=1.29,
+            gpu="gpu_1x_a10",
+            region="us-east-1",
+            at=1699994000.0,
+        )
+        state.update_instance("lambda", "i-abc", instance_state="running", ssh_host="129.1.2.3", ssh_port=22)
+        state.record_instance(
+            provider="vast",
+            instance_id="77",
+            host="old",
+            name="gpubox-old",
+            api_url="https://console.vast.ai/api/v0",
+            price_per_hour=None,
+            at=1699980000.0,
+        )
+        state.end_instance("vast", "77", "terminated by gpubox down", at=1699985000.0)
+        dump = "\n".join(state.db.iterdump())
+    expected = DATABASE_OF_431CA71.replace("LIVE_PID,'box','LIVE_TOKEN'", "4000002,'box','777'")
+    assert dump == expected.replace("LIVE_PID", "4000000").strip()

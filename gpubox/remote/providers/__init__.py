@@ -1,43 +1,54 @@
 """Where hosts come from: machines you already have (``ssh``), the built-in ``local`` host, and machines
-rented from Lambda Cloud, vast.ai and RunPod."""
+rented from Lambda Cloud, vast.ai and RunPod. :mod:`~gpubox.remote.providers.registry` lists them all."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from gpubox.remote.providers.base import ConnectSpec, Instance, InstanceStatus, Offer, Provider
+from gpubox.remote.providers.registry import provider_spec
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProviderSettings
+    from gpubox.cost import HourlyPrice
     from gpubox.remote.providers.cloud import CloudApi
 
-__all__ = ["ConnectSpec", "Instance", "InstanceStatus", "Offer", "Provider", "cloud_api", "provider_for"]
+__all__ = [
+    "ConnectSpec",
+    "Instance",
+    "InstanceStatus",
+    "Offer",
+    "Provider",
+    "cloud_api",
+    "host_price",
+    "live_price",
+    "provider_for",
+]
 
 
 def provider_for(host: HostConfig) -> Provider:
-    if host.provider == "local":
-        from gpubox.remote.providers.local import LocalProvider
-
-        return LocalProvider()
-    if host.rented:
-        from gpubox.remote.providers.cloud import CloudProvider
-
-        return CloudProvider(host.provider)
-    from gpubox.remote.providers.ssh import SshProvider
-
-    return SshProvider()
+    return host.spec.provider()
 
 
 def cloud_api(settings: ProviderSettings) -> CloudApi:
     """The API client of one cloud provider (its key is read from the environment when first needed)."""
-    if settings.name == "lambda":
-        from gpubox.remote.providers.lambda_cloud import LambdaApi
+    return provider_spec(settings.name).api(settings)
 
-        return LambdaApi(settings)
-    if settings.name == "vast":
-        from gpubox.remote.providers.vast import VastApi
 
-        return VastApi(settings)
-    from gpubox.remote.providers.runpod import RunPodApi
+def live_price(host: HostConfig) -> float | None:
+    """What *host*'s provider charges for it now, in US dollars per hour (for a rented host, the price gpubox
+    recorded from the provider at launch: no API call); None for ssh and local hosts. Hand it to
+    :func:`gpubox.cost.hourly_price`."""
+    return provider_for(host).live_price_per_hour(host)
 
-    return RunPodApi(settings)
+
+def host_price(host: HostConfig, probe: Mapping[str, Any] | None = None) -> HourlyPrice:
+    """What *host* costs per hour (:func:`gpubox.cost.hourly_price`), given its live price and the GPUs in
+    *probe*, its last probe."""
+    from gpubox.cost import hourly_price
+    from gpubox.remote.gpu import snapshot_from_probe
+
+    smi = (probe or {}).get("nvidia_smi")
+    gpus = [gpu.name for gpu in snapshot_from_probe(smi).gpus] if smi else []
+    return hourly_price(host, gpus, live=live_price(host))

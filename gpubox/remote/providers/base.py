@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
     from gpubox.config import HostConfig
     from gpubox.remote.connection import Endpoint
+    from gpubox.remote.providers.registry import ProviderSpec
 
 InstanceState = Literal["running", "stopped", "external", "unknown"]
 
@@ -90,7 +91,10 @@ class ConnectSpec:
 
 
 class Provider(Protocol):
+    """What gpubox does with a host of one kind; built by :meth:`ProviderSpec.provider` with its spec."""
+
     name: str
+    spec: ProviderSpec
 
     def launch(self, host: HostConfig) -> InstanceStatus:
         """Make the host accept SSH where that costs nothing (start the local sshd); a rented host must already

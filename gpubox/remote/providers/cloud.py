@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import httpx
 
     from gpubox.config import HostConfig, ProviderSettings
+    from gpubox.remote.providers.registry import ProviderSpec
     from gpubox.state import InstanceRecord
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ApiClient",
     "CloudApi",
     "CloudProvider",
+    "ExplainsShortage",
     "OfferQuery",
     "host_from_instance_name",
     "instance_name",
@@ -79,7 +81,8 @@ class OfferQuery:
     def for_host(cls, host: HostConfig) -> OfferQuery:
         return cls(
             gpu=host.gpu,
-            gpu_count=host.gpu_count if (host.gpu or host.provider != "lambda") else None,
+            # An instance type (Lambda's) picks its GPU count itself, unless a GPU is named as well.
+            gpu_count=host.gpu_count if (host.gpu or not host.instance_type) else None,
             max_price=host.max_price_per_hour,
             region=host.region,
             instance_type=host.instance_type,
@@ -131,6 +134,13 @@ class CloudApi(Protocol):
 
     def terminate(self, instance_id: str) -> None:
         """End the instance (raise ProviderError if the provider refuses); an unknown id is not an error."""
+
+
+class ExplainsShortage(CloudApi, Protocol):
+    """The API of a cloud with :attr:`~gpubox.remote.providers.registry.Capability.SHORTAGE_REASON`."""
+
+    def describe_shortage(self, query: OfferQuery) -> str:
+        """Why no offer matched *query*, in the provider's terms; "" when it cannot tell."""
 
 
 # ------------------------------------------------------------------------------------------------- pacing
@@ -339,15 +349,13 @@ def _retry_after(response: httpx.Response) -> float | None:
 # ------------------------------------------------------------------------------------- the rented host
 
 
-DEFAULT_USER = {"lambda": "ubuntu", "vast": "root", "runpod": "root"}
-
-
 class CloudProvider:
     """The :class:`~gpubox.remote.providers.base.Provider` of a rented host: whatever instance gpubox
     recorded for it, checked against the provider's API."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, spec: ProviderSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
 
     def api(self, host: HostConfig) -> CloudApi:
         from gpubox.remote.providers import cloud_api
@@ -356,10 +364,10 @@ class CloudProvider:
 
     @staticmethod
     def recorded(host: HostConfig) -> InstanceRecord | None:
-        from gpubox.state import current_instance, open_state
+        from gpubox.state import open_state
 
         with open_state() as state:
-            return current_instance(state, host.name)
+            return state.current_instance(host.name)
 
     def launch(self, host: HostConfig) -> InstanceStatus:
         record = self.recorded(host)
@@ -401,6 +409,8 @@ class CloudProvider:
         return terminate_recorded(self.api(host), host, record)
 
     def connect_spec(self, host: HostConfig) -> ConnectSpec:
+        import getpass
+
         from gpubox import paths
         from gpubox.errors import HostUnreachable
         from gpubox.remote.connection import Endpoint
@@ -420,7 +430,7 @@ class CloudProvider:
             alias=host.name,
             hostname=record.ssh_host,
             port=record.ssh_port,
-            user=host.user or DEFAULT_USER[self.name],
+            user=host.user or self.spec.default_user or getpass.getuser(),
             identity_files=(host.identity_file,) if host.identity_file else (),
         )
         # Cloud addresses are reused by the next tenant: pin each instance's key on its own, so a new machine
@@ -430,7 +440,7 @@ class CloudProvider:
 
 
 def describe_instance(instance: Instance, launched_at: float | None = None) -> str:
-    from gpubox.cost import format_duration, format_usd
+    from gpubox.fmt import format_duration, format_usd
 
     parts = [f"{instance.provider} instance {instance.instance_id}"]
     if instance.status_text:
@@ -448,11 +458,10 @@ def describe_instance(instance: Instance, launched_at: float | None = None) -> s
 def note_instance(record: InstanceRecord, instance: Instance) -> None:
     """Keep what the provider says (address, price) in the record, for connecting without asking again. Only
     :func:`gpubox.provision.wait_for_ssh` marks it ``running``: that takes SSH answering, not the API's word."""
-    from gpubox.state import open_state, update_instance
+    from gpubox.state import open_state
 
     with open_state() as state:
-        update_instance(
-            state,
+        state.update_instance(
             record.provider,
             record.instance_id,
             ssh_host=instance.ssh_host if instance.ssh_ready else None,
@@ -463,26 +472,26 @@ def note_instance(record: InstanceRecord, instance: Instance) -> None:
 
 def forget_instance(host: HostConfig | str, record: InstanceRecord, reason: str) -> None:
     """The instance no longer runs: end its record and its billing."""
-    from gpubox.state import end_instance, open_state
+    from gpubox.state import open_state
 
     name = host if isinstance(host, str) else host.name
     with open_state() as state:
-        end_instance(state, record.provider, record.instance_id, reason)
+        state.end_instance(record.provider, record.instance_id, reason)
         state.close_billing(name, reason=reason)
 
 
 def terminate_recorded(api: CloudApi, host: HostConfig | str, record: InstanceRecord) -> str:
     """Terminate a recorded instance; if the provider refuses, say so loudly and keep it recorded as billing."""
-    from gpubox.cost import format_duration, format_usd
     from gpubox.errors import BadInput, HostError
-    from gpubox.state import open_state, update_instance
+    from gpubox.fmt import format_duration, format_usd
+    from gpubox.state import open_state
 
     name = host if isinstance(host, str) else host.name
     try:
         api.terminate(record.instance_id)
     except (ProviderError, HostError, BadInput) as exc:
         with open_state() as state:
-            update_instance(state, record.provider, record.instance_id, instance_state="terminate-failed")
+            state.update_instance(record.provider, record.instance_id, instance_state="terminate-failed")
         price = f" at {format_usd(record.price_per_hour)}/h" if record.price_per_hour is not None else ""
         raise ProviderError(
             f"could not terminate {record.provider} instance {record.instance_id} of {name}: {exc}. "

@@ -27,6 +27,7 @@ from gpubox.state import pid_alive
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig
+    from gpubox.remote.providers.registry import ProviderSpec
 
 HOST_KEY_ALIAS = "gpubox-local"
 _START_ATTEMPTS = 5
@@ -149,9 +150,9 @@ def _tail(path: Path, lines: int = 3) -> str:
 
 
 class LocalProvider:
-    name = "local"
-
-    def __init__(self, server: LocalSshd | None = None) -> None:
+    def __init__(self, spec: ProviderSpec, server: LocalSshd | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
         self.server = server or LocalSshd()
 
     def launch(self, host: HostConfig) -> InstanceStatus:

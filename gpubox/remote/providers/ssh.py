@@ -8,10 +8,13 @@ from gpubox.remote.providers.base import ConnectSpec, InstanceStatus
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig
+    from gpubox.remote.providers.registry import ProviderSpec
 
 
 class SshProvider:
-    name = "ssh"
+    def __init__(self, spec: ProviderSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
 
     def launch(self, host: HostConfig) -> InstanceStatus:
         return InstanceStatus("external", "an ssh host is running whenever its owner keeps it running")

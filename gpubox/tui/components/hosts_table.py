@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import RenderableType
 from rich.text import Text
 
-from gpubox.cost import format_duration, format_usd
 from gpubox.dashboard.views import HostView
+from gpubox.fmt import format_duration, format_usd
 from gpubox.tui.components.budget_bar import budget_bar
 from gpubox.tui.components.sparkline import spark
 from gpubox.tui.components.tables import Column, ViewTable

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import RenderableType
 from rich.text import Text
 
-from gpubox.cost import format_duration, format_usd
 from gpubox.dashboard.views import RunView
+from gpubox.fmt import format_duration, format_usd
 from gpubox.tui.components.tables import Column, ViewTable
 
 __all__ = ["RUN_STYLES", "RunsTable", "run_cells", "short_duration"]

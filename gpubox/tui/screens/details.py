@@ -91,10 +91,11 @@ class CostScreen(LinesScreen):
 
     def produce(self) -> list[str]:
         from gpubox.cost import cost_report, render_cost
+        from gpubox.remote.providers import host_price
         from gpubox.state import open_state
 
         with open_state() as state:
-            document = cost_report(state, self.hosts)
+            document = cost_report(state, self.hosts, host_price)
         return render_cost(document)
 
 

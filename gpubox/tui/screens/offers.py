@@ -17,8 +17,9 @@ from textual.screen import Screen
 from textual.widgets import Checkbox, DataTable, Footer, Input, Static
 
 from gpubox.config import HostsConfig, ProjectConfig
-from gpubox.cost import format_usd
 from gpubox.errors import GpuboxError
+from gpubox.fmt import either, format_usd
+from gpubox.remote.providers.registry import CLOUD_NAMES
 from gpubox.tui.components.hosts_table import VERDICT_STYLES
 
 if TYPE_CHECKING:
@@ -149,9 +150,10 @@ class OffersScreen(Screen[None]):
             Text("\n".join(f"! {provider}: {why}" for provider, why in report.problems), style="yellow")
         )
         if not report.asked:
+            clouds = either([f'"{name}"' for name in CLOUD_NAMES])
             detail.update(
-                'no cloud provider is configured: add a [hosts.NAME] with provider = "lambda", "vast" or '
-                '"runpod" to hosts.toml (see hosts.example.toml)'
+                f"no cloud provider is configured: add a [hosts.NAME] with provider = {clouds} "
+                "to hosts.toml (see hosts.example.toml)"
             )
         elif not report.offers:
             detail.update("no offer matches: loosen the filters (g: GPU, a: compatible only)")

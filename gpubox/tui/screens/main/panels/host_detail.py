@@ -7,8 +7,8 @@ import time
 
 from rich.text import Text
 
-from gpubox.cost import format_duration, format_usd
 from gpubox.dashboard.views import DashboardSnapshot, HostView
+from gpubox.fmt import format_duration, format_usd
 from gpubox.tui.components.hosts_table import VERDICT_STYLES
 from gpubox.tui.screens.main.panels.base import TextPanel
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from gpubox.cost import format_usd
 from gpubox.dashboard.views import DashboardSnapshot, HostView
+from gpubox.fmt import format_usd
 from gpubox.tui.screens.main.panels.base import TextPanel
 
 __all__ = ["TitleBar", "title_line"]
