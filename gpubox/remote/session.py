@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpubox.config import HostConfig
-from gpubox.remote.agent_client import AgentSession
+from gpubox.remote.agent.client import AgentSession
 from gpubox.remote.connection import AskToPin, Backoff, Connection, with_backoff
 from gpubox.remote.providers import ConnectSpec, provider_for
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from gpubox.errors import AgentError, RemoteError
-from gpubox.remote.agent import PROTOCOL
-from gpubox.remote.agent_client import AgentSession, agent_hash
+from gpubox.remote.agent.client import AgentSession, agent_hash
+from gpubox.remote.agent.host import PROTOCOL
 from gpubox.remote.connection import Connection, Endpoint
 from gpubox.remote.session import HostSession
 from gpubox.supervisor import supervise
@@ -53,7 +53,10 @@ def test_agent_is_uploaded_once_then_reused(sshd: SshServer, tmp_path: Path) -> 
     agent_file.unlink(missing_ok=True)
     with _connect(sshd, tmp_path) as connection:
         first = AgentSession(connection).start()
-        assert agent_file.read_bytes() == (Path(__file__).parents[2] / "gpubox/remote/agent.py").read_bytes()
+        assert (
+            agent_file.read_bytes()
+            == (Path(__file__).parents[2] / "gpubox/remote/agent/host.py").read_bytes()
+        )
         assert oct(agent_file.parent.stat().st_mode & 0o777) == "0o700"
         stamp = agent_file.stat().st_mtime_ns
         first.close()
@@ -205,7 +208,7 @@ def test_supervisor_reconnects_after_sshd_restart(sshd: SshServer, tmp_path: Pat
 def test_agent_file_is_stdlib_only_and_py38_syntax() -> None:
     import ast
 
-    source = (Path(__file__).parents[2] / "gpubox/remote/agent.py").read_text()
+    source = (Path(__file__).parents[2] / "gpubox/remote/agent/host.py").read_text()
     tree = ast.parse(source, feature_version=(3, 8))
     imported = {
         alias.name.split(".")[0]

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from gpubox.monitor import gpu_utilization
-from gpubox.remote.agent_client import AgentSession
+from gpubox.remote.agent.client import AgentSession
 from gpubox.remote.connection import Connection, Endpoint
 from gpubox.remote.providers.local import LocalSshd
 from gpubox.state import DIED_REASON, BillingInterval, open_state, pid_alive

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gpubox.remote import agent
+from gpubox.remote.agent import host as agent
 from gpubox.remote.gpu import FrameworkView
 
 STAND_IN = """

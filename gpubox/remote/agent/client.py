@@ -17,7 +17,7 @@ from typing import Any, cast
 import paramiko
 
 from gpubox.errors import AgentError, HostUnreachable, RemoteError, UsageError
-from gpubox.remote.agent import MAX_FRAME, PROTOCOL
+from gpubox.remote.agent.host import MAX_FRAME, PROTOCOL
 from gpubox.remote.connection import Connection
 
 __all__ = ["AgentSession", "agent_hash", "agent_source"]
@@ -63,7 +63,7 @@ sys.exit(agent.serve())
 
 @cache
 def agent_source() -> bytes:
-    return (Path(__file__).parent / "agent.py").read_bytes()
+    return (Path(__file__).parent / "host.py").read_bytes()
 
 
 def agent_hash() -> str:
