@@ -781,15 +781,6 @@ def op_stage(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     return {"name": name}, b""
 
 
-BLOB_OPS: Dict[str, Callable[[Dict[str, Any], bytes], Tuple[Dict[str, Any], bytes]]] = {
-    "manifest": op_manifest,
-    "apply": op_apply,
-    "stage": op_stage,
-    "read": op_read,
-    "prune_trash": op_prune_trash,
-}
-
-
 # Runs in the python whose TensorFlow is asked about (any Python 3). It prints one marked JSON line, because
 # TensorFlow and its plugins may print to stdout too. find_spec first: a python without TensorFlow answers
 # in milliseconds instead of paying for a failed import.
@@ -955,14 +946,6 @@ def _active_runs() -> int:
         if _run_row(folder)["state"] in ("starting", "running"):
             active += 1
     return active
-
-
-OPS: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
-    "hello": op_hello,
-    "probe": op_probe,
-    "framework": op_framework,
-    "idle": op_idle,
-}
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -1388,12 +1371,6 @@ def op_env_ready(args: Dict[str, Any]) -> Dict[str, Any]:
     return {"ready": os.path.isfile(os.path.join(path, ".gpubox-ready")), "path": path}
 
 
-OPS.update(
-    {"run_start": op_run_start, "run_list": op_run_list, "run_stop": op_run_stop, "env_ready": op_env_ready}
-)
-BLOB_OPS["run_log"] = op_run_log
-
-
 def op_node_info(args: Dict[str, Any]) -> Dict[str, Any]:
     """For a multi-host run: the address this host sends from toward ``toward``, and free TCP ports here.
 
@@ -1430,9 +1407,6 @@ def op_node_info(args: Dict[str, Any]) -> Dict[str, Any]:
         for listener in held:
             listener.close()
     return {"address": address, "ports": ports, "hostname": socket.gethostname()}
-
-
-OPS["node_info"] = op_node_info
 
 
 # --------------------------------------------------------------------------------------------- services
@@ -1618,11 +1592,6 @@ def op_service_stop(args: Dict[str, Any]) -> Dict[str, Any]:
     return _service_row(folder)
 
 
-OPS.update(
-    {"service_ensure": op_service_ensure, "service_list": op_service_list, "service_stop": op_service_stop}
-)
-
-
 # -------------------------------------------------------------------------------------------- dashboard
 #
 # One round trip per host per dashboard refresh: the GPUs' utilisation and memory, the runs (active ones and
@@ -1803,7 +1772,48 @@ def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     return result, data
 
 
-BLOB_OPS["dash"] = op_dash
+# ---------------------------------------------------------------------------------------------- op table
+
+Handler = Callable[[Dict[str, Any], bytes], Tuple[Dict[str, Any], bytes]]
+
+
+def _no_blob(op: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Handler:
+    """An op that neither reads a binary part nor sends one back, shaped like those that do."""
+
+    def answer(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
+        return op(args), b""
+
+    answer.__wrapped__ = op  # type: ignore[attr-defined]
+    return answer
+
+
+# Every request this agent answers, and the one place it is listed: PROTOCOL.md describes each op, and
+# gpubox/remote/agent/calls.py is the one place the client names them.
+OPS: Dict[str, Handler] = {
+    "hello": _no_blob(op_hello),
+    "probe": _no_blob(op_probe),
+    "framework": _no_blob(op_framework),
+    "idle": _no_blob(op_idle),
+    # sync
+    "manifest": op_manifest,
+    "apply": op_apply,
+    "stage": op_stage,
+    "read": op_read,
+    "prune_trash": op_prune_trash,
+    # runs and envs
+    "run_start": _no_blob(op_run_start),
+    "run_list": _no_blob(op_run_list),
+    "run_log": op_run_log,
+    "run_stop": _no_blob(op_run_stop),
+    "env_ready": _no_blob(op_env_ready),
+    "node_info": _no_blob(op_node_info),
+    # services
+    "service_ensure": _no_blob(op_service_ensure),
+    "service_list": _no_blob(op_service_list),
+    "service_stop": _no_blob(op_service_stop),
+    # the dashboard
+    "dash": op_dash,
+}
 
 
 def handle(message: Dict[str, Any], blob: bytes = b"") -> Tuple[Dict[str, Any], bytes]:
@@ -1813,13 +1823,11 @@ def handle(message: Dict[str, Any], blob: bytes = b"") -> Tuple[Dict[str, Any], 
     try:
         if not isinstance(args, dict):
             raise RequestError("bad-request", "args must be an object")
-        if isinstance(op, str) and op in BLOB_OPS:
-            result, reply_blob = BLOB_OPS[op](args, blob)
-            return {"id": request_id, "ok": True, "result": result}, reply_blob
         handler = OPS.get(op) if isinstance(op, str) else None
         if handler is None:
             raise RequestError("unknown-op", "unknown op %r" % (op,))
-        return {"id": request_id, "ok": True, "result": handler(args)}, b""
+        result, reply_blob = handler(args, blob)
+        return {"id": request_id, "ok": True, "result": result}, reply_blob
     except RequestError as exc:
         return {"id": request_id, "ok": False, "error": {"kind": exc.kind, "message": str(exc)}}, b""
     except Exception as exc:  # one bad request must not end the session
