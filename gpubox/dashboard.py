@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gpubox.errors import GpuboxError
+from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
@@ -616,7 +617,7 @@ class HostPoller:
                 log_max=262144,
             )
         try:
-            answer, blob = self.session.agent.request_with_blob("dash", args)
+            answer, blob = calls.dash(self.session.agent, **args)
         except GpuboxError as exc:
             if "unknown op" in str(exc):
                 raise GpuboxError(

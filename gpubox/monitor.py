@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from gpubox.config import HostConfig, HostsConfig
 from gpubox.cost import BillingHold, Budget, IdleTracker, budgets_for, busy_reasons, elapsed, format_duration
 from gpubox.errors import AgentError, HostUnreachable
+from gpubox.remote.agent import calls
 from gpubox.state import open_state
 
 if TYPE_CHECKING:
@@ -281,7 +282,7 @@ class HostMonitor:
     def _sample(self) -> None:
         local = self.host.provider == "local"
         # The local host's terminals are the laptop's own: they say nothing about using the host.
-        answer = self.session.agent.request("idle", {"gpu": True, "ttys": not local})
+        answer = calls.idle(self.session.agent, gpu=True, ttys=not local)
         now = self.clock()
         self.next_sample = now + self.sample_seconds
         self.next_link = now + self.heartbeat_seconds

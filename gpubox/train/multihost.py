@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from gpubox.errors import GpuboxError, HostError, UsageError
+from gpubox.remote.agent import calls
 from gpubox.train.runs import TERMINAL, RunInfo
 
 if TYPE_CHECKING:
@@ -327,7 +328,7 @@ def _wire(sessions: Sequence[HostSession]) -> tuple[list[str], str, int]:
     master_port = 0
     for index, session in enumerate(sessions):
         toward = next((seen[j] for j in range(len(sessions)) if j != index and seen[j]), None)
-        info = session.agent.request("node_info", {"toward": toward, "ports": 2 if index == 0 else 1})
+        info = calls.node_info(session.agent, toward=toward, ports=2 if index == 0 else 1)
         address = _routable_ip(endpoints[index]) or info.get("address")
         if not address:
             raise GpuboxError(
@@ -710,9 +711,9 @@ def tail_offsets(run: MultiRun, links: Links, lines: int, out: IO[bytes]) -> dic
     offsets: dict[str, int] = {}
     for part in run.parts:
         agent = links.get(part.host).agent
-        head, _ = agent.request_with_blob("run_log", {"id": part.run_id, "offset": 0, "max": 1})
+        head, _ = calls.run_log(agent, run_id=part.run_id, offset=0, max_bytes=1)
         start = max(0, int(head.get("size", 0)) - window)
-        _, data = agent.request_with_blob("run_log", {"id": part.run_id, "offset": start, "max": window})
+        _, data = calls.run_log(agent, run_id=part.run_id, offset=start, max_bytes=window)
         printer = _Prefixer(prefixes[part.host], out)
         printer.feed(b"".join(data.splitlines(keepends=True)[-lines:]) if lines else b"")
         printer.close()
@@ -836,9 +837,7 @@ def _pump(
     while not quit_event.is_set():
         try:
             session = links.get(part.host)
-            result, data = session.agent.request_with_blob(
-                "run_log", {"id": part.run_id, "offset": offset, "max": 1 << 20}
-            )
+            result, data = calls.run_log(session.agent, run_id=part.run_id, offset=offset, max_bytes=1 << 20)
         except HostError as exc:
             if not follow:
                 events.put(("error", part, exc))

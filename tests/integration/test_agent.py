@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpubox.errors import AgentError, RemoteError
+from gpubox.remote.agent import calls
 from gpubox.remote.agent.client import AgentSession, agent_hash
 from gpubox.remote.agent.host import PROTOCOL
 from gpubox.remote.connection import Connection, Endpoint
@@ -69,7 +70,7 @@ def test_agent_is_uploaded_once_then_reused(sshd: SshServer, tmp_path: Path) -> 
 def test_probe_reports_the_host(sshd: SshServer, tmp_path: Path) -> None:
     with _connect(sshd, tmp_path) as connection:
         agent = AgentSession(connection).start()
-        probe = agent.probe(str(tmp_path / "not-yet" / "project"))
+        probe = calls.probe(agent, project_dir=str(tmp_path / "not-yet" / "project"))
         assert probe["hostname"] and probe["os"]
         assert probe["cpu_count"] == len(os.sched_getaffinity(0))
         assert probe["memory"]["total_bytes"] > 0
@@ -81,7 +82,7 @@ def test_probe_reports_the_host(sshd: SshServer, tmp_path: Path) -> None:
             "reason": "nvidia-smi not found on PATH",
             "output": "",
         }
-        assert agent.probe("~")["disk"]["exists"] is True
+        assert calls.probe(agent, project_dir="~")["disk"]["exists"] is True
 
 
 def test_probe_carries_raw_nvidia_smi_output(sshd: SshServer, tmp_path: Path) -> None:
@@ -99,11 +100,11 @@ def test_probe_carries_raw_nvidia_smi_output(sshd: SshServer, tmp_path: Path) ->
     (broken / "nvidia-smi").chmod(0o755)
     with _connect(sshd, tmp_path) as connection:
         agent = AgentSession(connection, python=_python_with_path(tmp_path, fake_bin)).start()
-        smi = agent.probe("~")["nvidia_smi"]
+        smi = calls.probe(agent, project_dir="~")["nvidia_smi"]
         assert smi["available"] is True and smi["output"] == capture.read_text()
         agent.close()
         agent = AgentSession(connection, python=_python_with_path(tmp_path, broken)).start()
-        smi = agent.probe("~")["nvidia_smi"]
+        smi = calls.probe(agent, project_dir="~")["nvidia_smi"]
         assert smi["available"] is False and smi["exit_code"] == 9
         assert smi["reason"].startswith("NVIDIA-SMI has failed because it couldn't communicate")
 
@@ -121,7 +122,7 @@ def test_agent_runs_on_python_3_8(sshd: SshServer, tmp_path: Path) -> None:
     with _connect(sshd, tmp_path) as connection:
         agent = AgentSession(connection, python=str(PYTHON_38)).start()
         assert agent.hello["python"] == "3.8.18"
-        assert agent.probe("~")["python"]["version"] == "3.8.18"
+        assert calls.probe(agent, project_dir="~")["python"]["version"] == "3.8.18"
 
 
 @pytest.mark.skipif(not _usable(PYTHON_36), reason="no Python 3.6 on this machine")

@@ -9,7 +9,7 @@ import json
 import shlex
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +17,7 @@ from typing import Any, cast
 import paramiko
 
 from gpubox.errors import AgentError, HostUnreachable, RemoteError, UsageError
+from gpubox.remote.agent import calls
 from gpubox.remote.agent.host import MAX_FRAME, PROTOCOL
 from gpubox.remote.connection import Connection
 
@@ -138,7 +139,7 @@ class AgentSession:
             else:
                 raise AgentError(f"the gpubox agent did not start on {self.host}: unexpected {line[:80]!r}")
         # An agent that started but never answers must not hang gpubox: hello is still under the boot timeout.
-        self.hello = self.request("hello", {"client_protocol": PROTOCOL})
+        self.hello = dict(calls.hello(self, client_protocol=PROTOCOL))
         channel.settimeout(None)
         if self.hello.get("protocol") != PROTOCOL:
             raise AgentError(
@@ -261,7 +262,7 @@ class AgentSession:
 
     def pipeline(
         self, requests: Iterator[tuple[str, dict[str, Any], bytes]], depth: int = 2
-    ) -> Iterator[tuple[dict[str, Any], bytes]]:
+    ) -> Generator[tuple[dict[str, Any], bytes], None, None]:
         """Send up to *depth* requests ahead of their answers, so the host works while the next batch travels.
 
         Answers come back in request order; the session is held for the whole pipeline.
@@ -335,9 +336,6 @@ class AgentSession:
             raise RemoteError(f"{self.host}: {error.get('message', kind)}")
         result = response.get("result")
         return (result if isinstance(result, dict) else {}), reply_blob
-
-    def probe(self, project_dir: str) -> dict[str, Any]:
-        return self.request("probe", {"project_dir": project_dir})
 
     def close(self) -> None:
         if self.channel is not None:
