@@ -95,6 +95,11 @@ def _send_all(channel: paramiko.Channel, data: bytes) -> None:
         view = view[sent:]
 
 
+def _protocol_mismatch(host: str, agent_protocol: Any) -> AgentError:
+    """The one error for an agent and a client that speak different protocols, whichever side noticed."""
+    return AgentError(f"the agent on {host} speaks protocol {agent_protocol}, this gpubox {PROTOCOL}")
+
+
 class AgentSession:
     """One running agent on one host; requests are serialised (one in flight at a time)."""
 
@@ -139,12 +144,17 @@ class AgentSession:
             else:
                 raise AgentError(f"the gpubox agent did not start on {self.host}: unexpected {line[:80]!r}")
         # An agent that started but never answers must not hang gpubox: hello is still under the boot timeout.
-        self.hello = dict(calls.hello(self, client_protocol=PROTOCOL))
+        # The protocol is checked both ways: the agent refuses a client_protocol other than its own (answered
+        # as a protocol-mismatch error, see _receive), and an agent that does not check (or answers anyway)
+        # is refused here.
+        try:
+            self.hello = dict(calls.hello(self, client_protocol=PROTOCOL))
+            if self.hello.get("protocol") != PROTOCOL:
+                raise _protocol_mismatch(self.host, self.hello.get("protocol"))
+        except AgentError:
+            self.close()  # the agent exits once its channel closes
+            raise
         channel.settimeout(None)
-        if self.hello.get("protocol") != PROTOCOL:
-            raise AgentError(
-                f"the agent on {self.host} speaks protocol {self.hello.get('protocol')}, this gpubox {PROTOCOL}"
-            )
         return self
 
     def _fail_to_start(self) -> AgentError | HostUnreachable:
@@ -327,6 +337,8 @@ class AgentSession:
             if not isinstance(error, dict):
                 raise AgentError(f"the agent on {self.host} sent an error gpubox cannot read: {error!r:.80}")
             kind = error.get("kind", "error")
+            if kind == "protocol-mismatch":
+                raise _protocol_mismatch(self.host, error.get("protocol"))
             if kind in ("protocol", "unknown-op", "bad-request", "internal"):
                 raise AgentError(f"agent on {self.host}: {error.get('message', kind)}")
             if kind == "no-such-run":

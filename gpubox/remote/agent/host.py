@@ -6,9 +6,10 @@ It is uploaded to ``~/.gpubox/agent-<hash>.py`` when its content changes and sta
 Frame: a 4-byte big-endian length, then that many bytes of UTF-8 JSON. A message whose JSON has ``"blob": N``
 is followed by N raw bytes (binary payloads never go through JSON). Requests are ``{"id", "op", "args"}``;
 responses ``{"id", "ok": true, "result"}`` or ``{"id", "ok": false, "error": {"kind", "message"}}``.
+Every op, its fields, the errors and the on-host layout of ``~/.gpubox`` are in PROTOCOL.md next to this file.
 
 This file must run on any host ``python3`` >= 3.8 with nothing installed: standard library only, no syntax or
-API newer than 3.8. It is imported by nothing else in gpubox; the client side lives in ``agent_client.py``.
+API newer than 3.8. In gpubox only the client (``client.py``, ``calls.py``) imports it, for its constants.
 """
 
 from __future__ import annotations
@@ -29,7 +30,24 @@ import time
 import zlib
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+# PROTOCOL is the contract between this file and the client (client.py, calls.py), checked both ways at hello:
+# the client sends its own number and this agent refuses a different one, and the client refuses an agent
+# that answers with a different one (one AgentError, exit 1). A client uploads and runs the agent whose content
+# hash it carries, so the two halves normally come from the same gpubox; the check catches the rest (an agent
+# file changed on the host after it was written, a client that runs an agent it did not bring).
+#
+# PROTOCOL MUST be bumped when a client and an agent of different gpubox versions would misread each other:
+#   - the framing changes (length prefix, the blob announcement, the boot lines ``GPUBOX-BOOT ...``);
+#   - an op is removed or renamed, or a request field is removed, renamed, or changes type or meaning;
+#   - an answer field the client reads is removed, renamed, or changes type or meaning;
+#   - an error kind the client maps (see PROTOCOL.md, "Errors") is removed or changes meaning.
+# It need not be bumped for a new op, a new optional request field (absent keeps the old behaviour), a new
+# answer field, a new error kind, or a fix inside a handler: those change only this file's hash, so clients
+# upload the new file. The on-host layout under ~/.gpubox is a separate contract that no number guards:
+# agents of every gpubox version that reaches this host share it at the same time (PROTOCOL.md, "Layout").
 PROTOCOL = 1
+# AGENT_VERSION names this file's revision for a person reading a host's hello answer; nothing compares it
+# (the content hash decides which agent file runs). Bump it with PROTOCOL, or for any change worth seeing there.
 AGENT_VERSION = "1"
 MAX_FRAME = 64 * 1024 * 1024
 NVIDIA_SMI_TIMEOUT = 20
@@ -44,9 +62,10 @@ class ProtocolError(Exception):
 
 
 class RequestError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, details: Optional[Dict[str, Any]] = None) -> None:
         Exception.__init__(self, message)
         self.kind = kind
+        self.details = details or {}
 
 
 # ------------------------------------------------------------------------------------------------ framing
@@ -98,6 +117,15 @@ def write_frame(fd: int, message: Dict[str, Any], blob: bytes = b"") -> None:
 
 
 def op_hello(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Who this agent is. A client that says which protocol it speaks (``client_protocol``) is refused unless
+    it is this agent's; a hello without it (a heartbeat) is answered as is."""
+    client = args.get("client_protocol")
+    if client is not None and (type(client) is not int or client != PROTOCOL):
+        raise RequestError(
+            "protocol-mismatch",
+            "this agent speaks protocol %d, the client %r" % (PROTOCOL, client),
+            {"protocol": PROTOCOL},
+        )
     return {
         "protocol": PROTOCOL,
         "agent_version": AGENT_VERSION,
@@ -1829,7 +1857,8 @@ def handle(message: Dict[str, Any], blob: bytes = b"") -> Tuple[Dict[str, Any], 
         result, reply_blob = handler(args, blob)
         return {"id": request_id, "ok": True, "result": result}, reply_blob
     except RequestError as exc:
-        return {"id": request_id, "ok": False, "error": {"kind": exc.kind, "message": str(exc)}}, b""
+        error = dict(exc.details, kind=exc.kind, message=str(exc))
+        return {"id": request_id, "ok": False, "error": error}, b""
     except Exception as exc:  # one bad request must not end the session
         error = {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, exc)}
         return {"id": request_id, "ok": False, "error": error}, b""
