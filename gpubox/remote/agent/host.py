@@ -978,10 +978,11 @@ def _active_runs() -> int:
 
 # ------------------------------------------------------------------------------------------------- runs
 #
-# Each run lives in ~/.gpubox/runs/<id>/: spec.json, log (stdout and stderr together), pid, started_at,
-# ended_at, exit_code, and "stopped" when gpubox stopped it. A waiter process, in its own session, starts the
-# command in another new session (so stop can signal the command's whole process group without the waiter),
-# and records how it ended. Neither needs the agent, the SSH link or gpubox once started.
+# Each run lives in ~/.gpubox/runs/<id>/: spec.json (started_at among it), log (stdout and stderr together),
+# pid, ended_at, exit_code, and "stopped" when gpubox stopped it. A waiter process, in its own session, starts
+# the command in another new session (so stop can signal the command's whole process group without the waiter),
+# and records how it ended. Neither needs the agent, the SSH link or gpubox once started. Agents of other gpubox
+# versions read these folders too: change them only as PROTOCOL.md ("Layout") allows.
 
 _RUN_WAITER = r"""
 import json, os, signal, subprocess, sys, time
