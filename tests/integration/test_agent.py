@@ -382,3 +382,20 @@ def test_a_new_client_never_runs_an_old_agent_and_takes_over_its_live_run(
         assert calls.run_list(old, ids=[run["id"]])["runs"][0]["state"] == "stopped"
         old.close()
         new.close()
+
+
+def test_the_uploaded_agent_is_host_py_of_the_package() -> None:
+    import hashlib
+    from importlib import resources
+
+    assert agent_source() == resources.files("gpubox.remote.agent").joinpath("host.py").read_bytes()
+    assert agent_hash() == hashlib.sha256(agent_source()).hexdigest()[:16]
+
+
+def test_calls_and_the_agents_constants_load_without_paramiko() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, gpubox.remote.agent.calls, gpubox.remote.agent.host; print('paramiko' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
