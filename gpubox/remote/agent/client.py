@@ -260,6 +260,8 @@ class AgentSession:
         return data
 
     def request(self, op: str, args: dict[str, Any] | None = None, blob: bytes = b"") -> dict[str, Any]:
+        """One op's answer. gpubox code calls the op's function in calls.py instead, which names the op and its
+        fields; this and :meth:`request_with_blob` are what those functions (and tests of the agent) use."""
         result, _ = self.request_with_blob(op, args, blob)
         return result
 
