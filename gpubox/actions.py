@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox.errors import GpuboxError, UsageError
+from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
@@ -169,7 +170,7 @@ def service_url(
 
     session = connect_host(host, project.name, probe=False, launch=False)
     try:
-        listed = session.agent.request("service_list", {"key": service_key(session)})
+        listed = calls.service_list(session.agent, key=service_key(session))
     finally:
         session.close()
     token = next((s.get("secret") for s in listed.get("services", []) if s.get("name") == "jupyter"), None)
@@ -303,10 +304,10 @@ def stop_host_services(
     stopped = []
     try:
         key = None if every_project else service_key(session)
-        listed = session.agent.request("service_list", {"key": key}).get("services", [])
+        listed = calls.service_list(session.agent, key=key).get("services", [])
         for service in listed:
             if service.get("state") != "stopped":
-                session.agent.request("service_stop", {"key": service["key"], "name": service["name"]})
+                calls.service_stop(session.agent, key=service["key"], name=service["name"])
                 stopped.append(str(service["name"]))
     finally:
         session.close()
@@ -519,7 +520,7 @@ def check_host(
             # Until projects get their own environment on the host, the interpreter gpubox runs there is where
             # an installed TensorFlow would be.
             python = (session.probe.get("python") or {}).get("executable") or host.python
-            view = gpu.FrameworkView.from_agent(session.agent.request("framework", {"python": python}))
+            view = gpu.FrameworkView.from_agent(calls.framework(session.agent, python=python))
     finally:
         session.close()
     return gpu.run_check(

@@ -1385,15 +1385,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def _tail_then_follow(host: HostConfig, project: ProjectConfig, run_id: str, lines: int, follow: bool) -> int:
     """Print the last *lines* lines (looked for in the last MiB of the log), then follow if asked."""
+    from gpubox.remote.agent import calls
     from gpubox.remote.session import connect_host
 
     window = 1 << 20
     session = connect_host(host, project.name, probe=False, launch=False)
     try:
-        head, _ = session.agent.request_with_blob("run_log", {"id": run_id, "offset": 0, "max": 1})
+        head, _ = calls.run_log(session.agent, run_id=run_id, offset=0, max_bytes=1)
         size = int(head.get("size", 0))
         start = max(0, size - window)
-        _, data = session.agent.request_with_blob("run_log", {"id": run_id, "offset": start, "max": window})
+        _, data = calls.run_log(session.agent, run_id=run_id, offset=start, max_bytes=window)
     finally:
         session.close()
     kept = b"".join(data.splitlines(keepends=True)[-lines:]) if lines else b""
