@@ -101,7 +101,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        from gpubox.remote.agent_client import AgentSession
+        from gpubox.remote.agent.client import AgentSession
         from gpubox.remote.connection import Connection, Endpoint
         from gpubox.remote.providers.local import LocalSshd
         from gpubox.remote.sshd import SshdFiles

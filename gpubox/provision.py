@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 
 from gpubox.config import HostConfig, HostsConfig, ProjectConfig, ProviderSettings
 from gpubox.errors import BadInput, GpuboxError, HostError, HostUnreachable, ProviderError, UsageError
+from gpubox.remote.agent import calls
 from gpubox.remote.providers.base import Instance, Offer
 from gpubox.remote.providers.cloud import (
     CloudApi,
@@ -551,11 +552,9 @@ def take_down_rented(
                         )
                 key = None if not keep_instance else service_key(session)
                 stopped = []
-                for service in session.agent.request("service_list", {"key": key}).get("services", []):
+                for service in calls.service_list(session.agent, key=key).get("services", []):
                     if service.get("state") != "stopped":
-                        session.agent.request(
-                            "service_stop", {"key": service["key"], "name": service["name"]}
-                        )
+                        calls.service_stop(session.agent, key=service["key"], name=service["name"])
                         stopped.append(str(service["name"]))
                 if stopped:
                     say(f"stopped {', '.join(stopped)} on {host.name}")

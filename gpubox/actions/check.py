@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gpubox.remote import gpu
+from gpubox.remote.agent import calls
 from gpubox.remote.session import connect_host
 from gpubox.state import open_state
 from gpubox.train.env import requirements_file
@@ -39,7 +40,7 @@ def check_host(
             # Until projects get their own environment on the host, the interpreter gpubox runs there is where
             # an installed TensorFlow would be.
             python = (session.probe.get("python") or {}).get("executable") or host.python
-            view = gpu.FrameworkView.from_agent(session.agent.request("framework", {"python": python}))
+            view = gpu.FrameworkView.from_agent(calls.framework(session.agent, python=python))
     finally:
         session.close()
     return gpu.run_check(

@@ -10,6 +10,7 @@ from gpubox.actions import Say, quiet
 from gpubox.actions.supervisor import stop_supervisor
 from gpubox.errors import HostError
 from gpubox.provision import take_down_rented
+from gpubox.remote.agent import calls
 from gpubox.remote.providers import provider_for
 from gpubox.remote.session import connect_host
 from gpubox.state import open_state
@@ -38,10 +39,10 @@ def stop_host_services(
     stopped = []
     try:
         key = None if every_project else service_key(session)
-        listed = session.agent.request("service_list", {"key": key}).get("services", [])
+        listed = calls.service_list(session.agent, key=key).get("services", [])
         for service in listed:
             if service.get("state") != "stopped":
-                session.agent.request("service_stop", {"key": service["key"], "name": service["name"]})
+                calls.service_stop(session.agent, key=service["key"], name=service["name"])
                 stopped.append(str(service["name"]))
     finally:
         session.close()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpubox.cost import budgets_for, host_spend
 from gpubox.fmt import format_duration
+from gpubox.remote.agent import calls
 from gpubox.remote.gpu import load_rules
 from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
@@ -127,7 +128,7 @@ def service_url(
 
     session = connect_host(host, project.name, probe=False, launch=False)
     try:
-        listed = session.agent.request("service_list", {"key": service_key(session)})
+        listed = calls.service_list(session.agent, key=service_key(session))
     finally:
         session.close()
     token = next((s.get("secret") for s in listed.get("services", []) if s.get("name") == "jupyter"), None)

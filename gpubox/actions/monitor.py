@@ -18,6 +18,7 @@ from gpubox.config import HostConfig, HostsConfig
 from gpubox.cost import BillingHold, Budget, IdleTracker, budgets_for, busy_reasons, elapsed
 from gpubox.errors import AgentError, HostUnreachable
 from gpubox.fmt import format_duration
+from gpubox.remote.agent import calls
 from gpubox.remote.gpu import gpu_readings
 from gpubox.state import open_state
 
@@ -260,7 +261,7 @@ class HostMonitor:
     def _sample(self) -> None:
         local = self.host.spec.on_this_machine
         # The local host's terminals are the laptop's own: they say nothing about using the host.
-        answer = self.session.agent.request("idle", {"gpu": True, "ttys": not local})
+        answer = calls.idle(self.session.agent, gpu=True, ttys=not local)
         now = self.clock()
         self.next_sample = now + self.sample_seconds
         self.next_link = now + self.heartbeat_seconds

@@ -15,6 +15,7 @@ from gpubox.cli.output import ask_to_pin, err, load_hosts, load_project, out, pr
 from gpubox.cli.sync import full_sync
 from gpubox.errors import UsageError
 from gpubox.fmt import format_duration
+from gpubox.remote.agent import calls
 from gpubox.remote.pool import SessionPool
 from gpubox.remote.session import connect_host
 from gpubox.train import multihost
@@ -231,10 +232,10 @@ def _tail_then_follow(host: HostConfig, project: ProjectConfig, run_id: str, lin
     window = 1 << 20
     session = connect_host(host, project.name, probe=False, launch=False)
     try:
-        head, _ = session.agent.request_with_blob("run_log", {"id": run_id, "offset": 0, "max": 1})
+        head, _ = calls.run_log(session.agent, run_id=run_id, offset=0, max_bytes=1)
         size = int(head.get("size", 0))
         start = max(0, size - window)
-        _, data = session.agent.request_with_blob("run_log", {"id": run_id, "offset": start, "max": window})
+        _, data = calls.run_log(session.agent, run_id=run_id, offset=start, max_bytes=window)
     finally:
         session.close()
     kept = b"".join(data.splitlines(keepends=True)[-lines:]) if lines else b""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpubox.dashboard.read import HostSample, StateReader, host_sample
 from gpubox.errors import GpuboxError
+from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
@@ -97,7 +98,7 @@ class HostPoller:
                 log_max=262144,
             )
         try:
-            answer, blob = self.session.agent.request_with_blob("dash", args)
+            answer, blob = calls.dash(self.session.agent, **args)
         except GpuboxError as exc:
             if "unknown op" in str(exc):
                 raise GpuboxError(

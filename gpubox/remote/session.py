@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpubox.config import HostConfig
-from gpubox.remote.agent_client import AgentSession
+from gpubox.remote.agent import calls
+from gpubox.remote.agent.client import AgentSession
 from gpubox.remote.connection import AskToPin, Backoff, Connection, with_backoff
 from gpubox.remote.providers import ConnectSpec, provider_for
 
@@ -59,12 +60,12 @@ class HostSession:
     """Incremented on every reconnect, so users of the session know to re-check what the host holds."""
 
     def refresh_probe(self) -> dict[str, Any]:
-        self.probe = self.agent.probe(self.remote_dir)
+        self.probe = dict(calls.probe(self.agent, project_dir=self.remote_dir))
         return self.probe
 
     def heartbeat(self) -> None:
         """One agent round trip: proves the transport, the channel and the agent are all alive."""
-        self.agent.request("hello")
+        calls.hello(self.agent)
 
     def reconnect(self, backoff: Backoff, **kwargs: Any) -> None:
         """Reopen the transport and restart the agent after the link dropped."""

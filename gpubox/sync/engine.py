@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from gpubox import paths
 from gpubox.config import ProjectConfig
 from gpubox.errors import GpuboxError, RemoteError
+from gpubox.remote.agent import calls
 from gpubox.state import open_state
 from gpubox.sync.ignore import IgnoreRules
 from gpubox.sync.plan import WIRE_CODES, MassDeletion, Op, Plan, check_mass_deletion, plan_changes
@@ -260,16 +261,13 @@ class Syncer:
 
     def remote_manifest(self) -> dict[str, Entry]:
         skip = [output.strip("/") for output in self.project.sync.outputs]
-        _result, blob = self.session.agent.request_with_blob(
-            "manifest", {"root": self.remote_dir, "skip": skip}
-        )
+        _result, blob = calls.manifest(self.session.agent, root=self.remote_dir, skip=skip)
         return decode_manifest(blob, self.session.agent.host)
 
     def prune_trash(self) -> int:
         """Remove trash batches older than trash_days on the host (done once per connection)."""
         self._pruned = True
-        result = self.session.agent.request("prune_trash", {"trash": self.trash, "days": self.trash_days})
-        return int(result.get("removed", 0))
+        return calls.prune_trash(self.session.agent, trash=self.trash, days=self.trash_days)
 
     # -- passes
 
@@ -452,13 +450,16 @@ class Syncer:
         def note(batch: list[Op]) -> None:
             self._note_pending({op.path: op.entry for op in batch if op.entry is not None})
 
-        def requests() -> Iterator[tuple[str, dict[str, Any], bytes]]:
+        def wires() -> Iterator[tuple[list[dict[str, Any]], bytes]]:
             for batch, wire, blob in self._batches(small, report):
                 sent_batches.append(batch)
                 note(batch)
-                yield "apply", {"root": self.remote_dir, "trash": self.trash, "ops": wire}, blob
+                yield wire, blob
 
-        for index, (result, _blob) in enumerate(self.session.agent.pipeline(requests(), PIPELINE_DEPTH)):
+        answers = calls.apply_batches(
+            self.session.agent, wires(), root=self.remote_dir, trash=self.trash, depth=PIPELINE_DEPTH
+        )
+        for index, result in enumerate(answers):
             batch = sent_batches[index]
             upserts, removals = self._absorb(batch, result, report)
             self._record(upserts, removals)
@@ -479,7 +480,7 @@ class Syncer:
 
     def _send_large(
         self, op: Op, report: SyncReport, note: Callable[[list[Op]], None] = lambda batch: None
-    ) -> tuple[Op, dict[str, Any]] | None:
+    ) -> tuple[Op, calls.ApplyAnswer] | None:
         """A file too large for one frame: its bytes go in pieces into a staging file on the host (never all in
         memory at once), then one `apply` puts it in place with the same just-in-time checks as any write."""
         agent = self.session.agent
@@ -496,10 +497,7 @@ class Syncer:
             while True:
                 piece = os.pread(fd, PART_BYTES, size)
                 if piece or name is None:
-                    answer = agent.request(
-                        "stage", {"root": self.remote_dir, "name": name, "offset": size}, piece
-                    )
-                    name = str(answer.get("name") or "")
+                    name = calls.stage(agent, root=self.remote_dir, name=name, offset=size, blob=piece)
                     size += len(piece)
                 if len(piece) < PART_BYTES:
                     break
@@ -522,11 +520,11 @@ class Syncer:
         }
         sent = Op(op.kind, op.path, entry, op.expect)
         note([sent])
-        result = agent.request("apply", {"root": self.remote_dir, "trash": self.trash, "ops": [item]})
+        result = calls.apply(agent, root=self.remote_dir, trash=self.trash, ops=[item])
         return sent, result
 
     def _absorb(
-        self, batch: list[Op], result: dict[str, Any], report: SyncReport
+        self, batch: list[Op], result: calls.ApplyAnswer, report: SyncReport
     ) -> tuple[dict[str, Entry], list[str]]:
         outcomes = result.get("results")
         if not isinstance(outcomes, list) or len(outcomes) != len(batch):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gpubox.config import ProjectConfig
 from gpubox.errors import UsageError
+from gpubox.remote.agent import calls
 from gpubox.remote.session import HostSession
 from gpubox.sync.engine import BatchProgress, decode_manifest
 from gpubox.sync.scan import Entry
@@ -69,7 +70,7 @@ def pull(
 ) -> PullReport:
     started = time.monotonic()
     wanted = normalise_paths(paths, project.root) or [o.strip("/") for o in project.sync.outputs]
-    _result, blob = session.agent.request_with_blob("manifest", {"root": session.remote_dir, "only": wanted})
+    _result, blob = calls.manifest(session.agent, root=session.remote_dir, only=wanted)
     remote = decode_manifest(blob, session.agent.host)
     report = PullReport()
     todo: list[tuple[str, Entry]] = []
@@ -157,8 +158,8 @@ def _fetch_into(session: HostSession, rel: str, entry: Entry, target: Path, repo
     try:
         with open(temp, "wb") as handle:
             while True:
-                answer, data = session.agent.request_with_blob(
-                    "read", {"root": session.remote_dir, "files": [[rel, offset, CHUNK]]}
+                answer, data = calls.read(
+                    session.agent, root=session.remote_dir, files=[[rel, offset, CHUNK]]
                 )
                 _path, facts, error, _count = answer["files"][0]
                 if error:

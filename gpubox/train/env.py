@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gpubox.errors import BadInput, RemoteError, UsageError
+from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
     from gpubox.config import ProjectConfig
@@ -145,7 +146,7 @@ class _Tee:
 def ensure_env(session: HostSession, spec: EnvSpec, *, show: ByteSink | None = None) -> tuple[str, bool]:
     """Build the env if needed; return (its path on the host, whether it was already built)."""
     # The common case, a built env, costs one agent round trip instead of a shell on the host.
-    known = session.agent.request("env_ready", {"key": spec.key})
+    known = calls.env_ready(session.agent, key=spec.key)
     if known.get("ready"):
         return str(known["path"]), True
     tee = _Tee(show)

@@ -24,6 +24,7 @@ from gpubox.errors import (
     RemoteError,
     UsageError,
 )
+from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
@@ -139,21 +140,19 @@ def start_run(
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
     command = argv[0] if len(argv) == 1 else shlex.join(argv)
-    result = session.agent.request(
-        "run_start",
-        {
-            "project": session.remote_dir,
-            "shell": command,
-            "name": name,
-            "env": dict(extra_env or {}),
-            "venv": venv,
-        },
+    result = calls.run_start(
+        session.agent,
+        project=session.remote_dir,
+        shell=command,
+        name=name,
+        env=dict(extra_env or {}),
+        venv=venv,
     )
     return RunInfo.from_agent(session.host.name, result)
 
 
 def list_runs(session: HostSession, ids: Sequence[str] | None = None) -> list[RunInfo]:
-    result = session.agent.request("run_list", {"ids": list(ids) if ids else None})
+    result = calls.run_list(session.agent, ids=list(ids) if ids else None)
     rows = result.get("runs", [])
     if not isinstance(rows, list):
         raise AgentError(f"the agent on {session.host.name} sent a run list gpubox cannot read")
@@ -161,7 +160,7 @@ def list_runs(session: HostSession, ids: Sequence[str] | None = None) -> list[Ru
 
 
 def stop_run(session: HostSession, run_id: str, grace_seconds: float = 10.0) -> RunInfo:
-    result = session.agent.request("run_stop", {"id": check_run_id(run_id), "grace": grace_seconds})
+    result = calls.run_stop(session.agent, run_id=check_run_id(run_id), grace=grace_seconds)
     return RunInfo.from_agent(session.host.name, result)
 
 
@@ -185,9 +184,7 @@ def follow_log(
     while True:
         try:
             session = session_for()
-            result, data = session.agent.request_with_blob(
-                "run_log", {"id": run_id, "offset": offset, "max": 1 << 20}
-            )
+            result, data = calls.run_log(session.agent, run_id=run_id, offset=offset, max_bytes=1 << 20)
         except (RemoteError, HostKeyChanged, HostKeyUnknown, AuthenticationFailed):
             raise  # waiting mends none of these: a changed host key above all is refused at once, always
         except Exception as exc:  # the link dropped: wait for it to come back, keep the offset

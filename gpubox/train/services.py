@@ -11,9 +11,10 @@ import hashlib
 import secrets
 import shlex
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gpubox.errors import RemoteError
+from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
     from gpubox.config import ProjectConfig, ServiceConfig
@@ -104,19 +105,17 @@ def ensure_services(
     for service in chosen:
         token = secrets.token_hex(24) if service.name == "jupyter" and service.command is None else None
         # A reused Jupyter keeps its token: the agent returns the one stored with it on the host.
-        answer: dict[str, Any] = session.agent.request(
-            "service_ensure",
-            {
-                "key": key,
-                "name": service.name,
-                "command": _command(service, session.remote_dir),
-                "port": service.port,
-                "cwd": session.remote_dir,
-                "venv": venv,
-                "secret": token,
-                "env": {"JUPYTER_TOKEN": token} if token else {},
-                "wait": 90,
-            },
+        answer = calls.service_ensure(
+            session.agent,
+            key=key,
+            name=service.name,
+            command=_command(service, session.remote_dir),
+            port=service.port,
+            cwd=session.remote_dir,
+            venv=venv,
+            secret=token,
+            env={"JUPYTER_TOKEN": token} if token else {},
+            wait=90,
         )
         path = "/lab" if service.name == "jupyter" and service.command is None else "/"
         states.append(

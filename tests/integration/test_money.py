@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from gpubox.remote.agent_client import AgentSession
+from gpubox.remote.agent.client import AgentSession
 from gpubox.remote.connection import Connection, Endpoint
 from gpubox.remote.gpu.readings import gpu_readings
 from gpubox.remote.providers.local import LocalSshd

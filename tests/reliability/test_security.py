@@ -33,8 +33,8 @@ import httpx
 import pytest
 
 from gpubox.errors import GpuboxError, RemoteError
-from gpubox.remote.agent import MAX_FRAME
-from gpubox.remote.agent_client import AgentSession
+from gpubox.remote.agent.client import AgentSession
+from gpubox.remote.agent.host import MAX_FRAME
 from gpubox.remote.connection import Connection, Endpoint
 from tests.reliability.support_snapshots import difference, sqlite_dump, state_facts, tree_facts
 from tests.support.cli import host_entry

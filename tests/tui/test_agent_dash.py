@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpubox.remote import agent
+from gpubox.remote.agent import host as agent
 
 
 def _varint(value: int) -> bytes:
@@ -172,7 +172,7 @@ def test_the_op_runs_on_python_3_8(isolated_home: Path, tmp_path: Path) -> None:
     (tb / "train" / "events.out.tfevents.1.h").write_bytes(_event(0, "epoch_loss", 2.0))
     _run(isolated_home, 1, finished=False, log=b"Epoch 1/3\nloss: 2.0000\n", tb_dir=tb)
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import agent; "
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import host as agent; "
         "m, b = agent.handle({'id': 1, 'op': 'dash', 'args': {'gpu': False, 'run': 'r-1'}}); "
         "print(json.dumps([m, b.decode()]))"
     )

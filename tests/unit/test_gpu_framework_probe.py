@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gpubox.remote import agent
+from gpubox.remote.agent import host as agent
 from gpubox.remote.gpu.frameworks import FrameworkView
 
 STAND_IN = """
@@ -116,4 +116,4 @@ def test_bad_requests_are_refused(args: dict[str, object], message: str) -> None
 
 
 def test_the_op_is_served() -> None:
-    assert agent.OPS["framework"] is agent.op_framework
+    assert agent.OPS["framework"].__wrapped__ is agent.op_framework

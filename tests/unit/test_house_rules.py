@@ -13,7 +13,7 @@ HEAVY = ("paramiko", "textual", "watchdog", "tensorflow", "fabric", "invoke", "r
 CORE = (
     "gpubox.remote",
     "gpubox.remote.connection",
-    "gpubox.remote.agent_client",
+    "gpubox.remote.agent.client",
     "gpubox.remote.session",
     "gpubox.remote.providers.local",
     "gpubox.remote.ssh_config",

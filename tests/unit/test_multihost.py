@@ -16,7 +16,7 @@ import pytest
 
 from gpubox.config import HostConfig, HostsConfig
 from gpubox.errors import UsageError
-from gpubox.remote import agent
+from gpubox.remote.agent import host as agent
 from gpubox.remote.pool import SessionPool
 from gpubox.train import multihost
 from gpubox.train.multihost import MultiRun, Part, aggregate, worker_env

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from gpubox.errors import HostError
+from gpubox.remote.agent import calls
 from gpubox.train.multihost.record import MultiRun, Part
 from gpubox.train.multihost.status import MultiStatus, failure_line, remember, status_of, stop_parts
 from gpubox.train.runs import TERMINAL, RunInfo
@@ -66,9 +67,9 @@ def tail_offsets(run: MultiRun, pool: SessionPool, lines: int, out: IO[bytes]) -
     offsets: dict[str, int] = {}
     for part in run.parts:
         agent = pool.get(part.host).agent
-        head, _ = agent.request_with_blob("run_log", {"id": part.run_id, "offset": 0, "max": 1})
+        head, _ = calls.run_log(agent, run_id=part.run_id, offset=0, max_bytes=1)
         start = max(0, int(head.get("size", 0)) - window)
-        _, data = agent.request_with_blob("run_log", {"id": part.run_id, "offset": start, "max": window})
+        _, data = calls.run_log(agent, run_id=part.run_id, offset=start, max_bytes=window)
         printer = _Prefixer(prefixes[part.host], out)
         printer.feed(b"".join(data.splitlines(keepends=True)[-lines:]) if lines else b"")
         printer.close()
@@ -192,9 +193,7 @@ def _pump(
     while not quit_event.is_set():
         try:
             session = pool.get(part.host)
-            result, data = session.agent.request_with_blob(
-                "run_log", {"id": part.run_id, "offset": offset, "max": 1 << 20}
-            )
+            result, data = calls.run_log(session.agent, run_id=part.run_id, offset=offset, max_bytes=1 << 20)
         except HostError as exc:
             if not follow:
                 events.put(("error", part, exc))

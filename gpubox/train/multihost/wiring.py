@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gpubox.errors import GpuboxError, UsageError
+from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig
@@ -97,7 +98,7 @@ def wire(sessions: Sequence[HostSession]) -> tuple[list[str], str, int]:
     master_port = 0
     for index, session in enumerate(sessions):
         toward = next((seen[j] for j in range(len(sessions)) if j != index and seen[j]), None)
-        info = session.agent.request("node_info", {"toward": toward, "ports": 2 if index == 0 else 1})
+        info = calls.node_info(session.agent, toward=toward, ports=2 if index == 0 else 1)
         address = _routable_ip(endpoints[index]) or info.get("address")
         if not address:
             raise GpuboxError(

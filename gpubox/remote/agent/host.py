@@ -6,9 +6,10 @@ It is uploaded to ``~/.gpubox/agent-<hash>.py`` when its content changes and sta
 Frame: a 4-byte big-endian length, then that many bytes of UTF-8 JSON. A message whose JSON has ``"blob": N``
 is followed by N raw bytes (binary payloads never go through JSON). Requests are ``{"id", "op", "args"}``;
 responses ``{"id", "ok": true, "result"}`` or ``{"id", "ok": false, "error": {"kind", "message"}}``.
+Every op, its fields, the errors and the on-host layout of ``~/.gpubox`` are in PROTOCOL.md next to this file.
 
 This file must run on any host ``python3`` >= 3.8 with nothing installed: standard library only, no syntax or
-API newer than 3.8. It is imported by nothing else in gpubox; the client side lives in ``agent_client.py``.
+API newer than 3.8. In gpubox only the client (``client.py``, ``calls.py``) imports it, for its constants.
 """
 
 from __future__ import annotations
@@ -29,7 +30,24 @@ import time
 import zlib
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+# PROTOCOL is the contract between this file and the client (client.py, calls.py), checked both ways at hello:
+# the client sends its own number and this agent refuses a different one, and the client refuses an agent
+# that answers with a different one (one AgentError, exit 1). A client uploads and runs the agent whose content
+# hash it carries, so the two halves normally come from the same gpubox; the check catches the rest (an agent
+# file changed on the host after it was written, a client that runs an agent it did not bring).
+#
+# PROTOCOL MUST be bumped when a client and an agent of different gpubox versions would misread each other:
+#   - the framing changes (length prefix, the blob announcement, the boot lines ``GPUBOX-BOOT ...``);
+#   - an op is removed or renamed, or a request field is removed, renamed, or changes type or meaning;
+#   - an answer field the client reads is removed, renamed, or changes type or meaning;
+#   - an error kind the client maps (see PROTOCOL.md, "Errors") is removed or changes meaning.
+# It need not be bumped for a new op, a new optional request field (absent keeps the old behaviour), a new
+# answer field, a new error kind, or a fix inside a handler: those change only this file's hash, so clients
+# upload the new file. The on-host layout under ~/.gpubox is a separate contract that no number guards:
+# agents of every gpubox version that reaches this host share it at the same time (PROTOCOL.md, "Layout").
 PROTOCOL = 1
+# AGENT_VERSION names this file's revision for a person reading a host's hello answer; nothing compares it
+# (the content hash decides which agent file runs). Bump it with PROTOCOL, or for any change worth seeing there.
 AGENT_VERSION = "1"
 MAX_FRAME = 64 * 1024 * 1024
 NVIDIA_SMI_TIMEOUT = 20
@@ -44,9 +62,10 @@ class ProtocolError(Exception):
 
 
 class RequestError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, details: Optional[Dict[str, Any]] = None) -> None:
         Exception.__init__(self, message)
         self.kind = kind
+        self.details = details or {}
 
 
 # ------------------------------------------------------------------------------------------------ framing
@@ -98,6 +117,15 @@ def write_frame(fd: int, message: Dict[str, Any], blob: bytes = b"") -> None:
 
 
 def op_hello(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Who this agent is. A client that says which protocol it speaks (``client_protocol``) is refused unless
+    it is this agent's; a hello without it (a heartbeat) is answered as is."""
+    client = args.get("client_protocol")
+    if client is not None and (type(client) is not int or client != PROTOCOL):
+        raise RequestError(
+            "protocol-mismatch",
+            "this agent speaks protocol %d, the client %r" % (PROTOCOL, client),
+            {"protocol": PROTOCOL},
+        )
     return {
         "protocol": PROTOCOL,
         "agent_version": AGENT_VERSION,
@@ -781,15 +809,6 @@ def op_stage(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     return {"name": name}, b""
 
 
-BLOB_OPS: Dict[str, Callable[[Dict[str, Any], bytes], Tuple[Dict[str, Any], bytes]]] = {
-    "manifest": op_manifest,
-    "apply": op_apply,
-    "stage": op_stage,
-    "read": op_read,
-    "prune_trash": op_prune_trash,
-}
-
-
 # Runs in the python whose TensorFlow is asked about (any Python 3). It prints one marked JSON line, because
 # TensorFlow and its plugins may print to stdout too. find_spec first: a python without TensorFlow answers
 # in milliseconds instead of paying for a failed import.
@@ -957,20 +976,13 @@ def _active_runs() -> int:
     return active
 
 
-OPS: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
-    "hello": op_hello,
-    "probe": op_probe,
-    "framework": op_framework,
-    "idle": op_idle,
-}
-
-
 # ------------------------------------------------------------------------------------------------- runs
 #
-# Each run lives in ~/.gpubox/runs/<id>/: spec.json, log (stdout and stderr together), pid, started_at,
-# ended_at, exit_code, and "stopped" when gpubox stopped it. A waiter process, in its own session, starts the
-# command in another new session (so stop can signal the command's whole process group without the waiter),
-# and records how it ended. Neither needs the agent, the SSH link or gpubox once started.
+# Each run lives in ~/.gpubox/runs/<id>/: spec.json (started_at among it), log (stdout and stderr together),
+# pid, ended_at, exit_code, and "stopped" when gpubox stopped it. A waiter process, in its own session, starts
+# the command in another new session (so stop can signal the command's whole process group without the waiter),
+# and records how it ended. Neither needs the agent, the SSH link or gpubox once started. Agents of other gpubox
+# versions read these folders too: change them only as PROTOCOL.md ("Layout") allows.
 
 _RUN_WAITER = r"""
 import json, os, signal, subprocess, sys, time
@@ -1388,12 +1400,6 @@ def op_env_ready(args: Dict[str, Any]) -> Dict[str, Any]:
     return {"ready": os.path.isfile(os.path.join(path, ".gpubox-ready")), "path": path}
 
 
-OPS.update(
-    {"run_start": op_run_start, "run_list": op_run_list, "run_stop": op_run_stop, "env_ready": op_env_ready}
-)
-BLOB_OPS["run_log"] = op_run_log
-
-
 def op_node_info(args: Dict[str, Any]) -> Dict[str, Any]:
     """For a multi-host run: the address this host sends from toward ``toward``, and free TCP ports here.
 
@@ -1430,9 +1436,6 @@ def op_node_info(args: Dict[str, Any]) -> Dict[str, Any]:
         for listener in held:
             listener.close()
     return {"address": address, "ports": ports, "hostname": socket.gethostname()}
-
-
-OPS["node_info"] = op_node_info
 
 
 # --------------------------------------------------------------------------------------------- services
@@ -1618,11 +1621,6 @@ def op_service_stop(args: Dict[str, Any]) -> Dict[str, Any]:
     return _service_row(folder)
 
 
-OPS.update(
-    {"service_ensure": op_service_ensure, "service_list": op_service_list, "service_stop": op_service_stop}
-)
-
-
 # -------------------------------------------------------------------------------------------- dashboard
 #
 # One round trip per host per dashboard refresh: the GPUs' utilisation and memory, the runs (active ones and
@@ -1803,7 +1801,48 @@ def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     return result, data
 
 
-BLOB_OPS["dash"] = op_dash
+# ---------------------------------------------------------------------------------------------- op table
+
+Handler = Callable[[Dict[str, Any], bytes], Tuple[Dict[str, Any], bytes]]
+
+
+def _no_blob(op: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Handler:
+    """An op that neither reads a binary part nor sends one back, shaped like those that do."""
+
+    def answer(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
+        return op(args), b""
+
+    answer.__wrapped__ = op  # type: ignore[attr-defined]
+    return answer
+
+
+# Every request this agent answers, and the one place it is listed: PROTOCOL.md describes each op, and
+# gpubox/remote/agent/calls.py is the one place the client names them.
+OPS: Dict[str, Handler] = {
+    "hello": _no_blob(op_hello),
+    "probe": _no_blob(op_probe),
+    "framework": _no_blob(op_framework),
+    "idle": _no_blob(op_idle),
+    # sync
+    "manifest": op_manifest,
+    "apply": op_apply,
+    "stage": op_stage,
+    "read": op_read,
+    "prune_trash": op_prune_trash,
+    # runs and envs
+    "run_start": _no_blob(op_run_start),
+    "run_list": _no_blob(op_run_list),
+    "run_log": op_run_log,
+    "run_stop": _no_blob(op_run_stop),
+    "env_ready": _no_blob(op_env_ready),
+    "node_info": _no_blob(op_node_info),
+    # services
+    "service_ensure": _no_blob(op_service_ensure),
+    "service_list": _no_blob(op_service_list),
+    "service_stop": _no_blob(op_service_stop),
+    # the dashboard
+    "dash": op_dash,
+}
 
 
 def handle(message: Dict[str, Any], blob: bytes = b"") -> Tuple[Dict[str, Any], bytes]:
@@ -1813,15 +1852,14 @@ def handle(message: Dict[str, Any], blob: bytes = b"") -> Tuple[Dict[str, Any], 
     try:
         if not isinstance(args, dict):
             raise RequestError("bad-request", "args must be an object")
-        if isinstance(op, str) and op in BLOB_OPS:
-            result, reply_blob = BLOB_OPS[op](args, blob)
-            return {"id": request_id, "ok": True, "result": result}, reply_blob
         handler = OPS.get(op) if isinstance(op, str) else None
         if handler is None:
             raise RequestError("unknown-op", "unknown op %r" % (op,))
-        return {"id": request_id, "ok": True, "result": handler(args)}, b""
+        result, reply_blob = handler(args, blob)
+        return {"id": request_id, "ok": True, "result": result}, reply_blob
     except RequestError as exc:
-        return {"id": request_id, "ok": False, "error": {"kind": exc.kind, "message": str(exc)}}, b""
+        error = dict(exc.details, kind=exc.kind, message=str(exc))
+        return {"id": request_id, "ok": False, "error": error}, b""
     except Exception as exc:  # one bad request must not end the session
         error = {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, exc)}
         return {"id": request_id, "ok": False, "error": error}, b""

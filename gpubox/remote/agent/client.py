@@ -9,7 +9,7 @@ import json
 import shlex
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any, cast
@@ -17,7 +17,8 @@ from typing import Any, cast
 import paramiko
 
 from gpubox.errors import AgentError, HostUnreachable, RemoteError, UsageError
-from gpubox.remote.agent import MAX_FRAME, PROTOCOL
+from gpubox.remote.agent import calls
+from gpubox.remote.agent.host import MAX_FRAME, PROTOCOL
 from gpubox.remote.connection import Connection
 
 __all__ = ["AgentSession", "agent_hash", "agent_source"]
@@ -63,7 +64,7 @@ sys.exit(agent.serve())
 
 @cache
 def agent_source() -> bytes:
-    return (Path(__file__).parent / "agent.py").read_bytes()
+    return (Path(__file__).parent / "host.py").read_bytes()
 
 
 def agent_hash() -> str:
@@ -92,6 +93,11 @@ def _send_all(channel: paramiko.Channel, data: bytes) -> None:
         if sent == 0:
             raise EOFError("channel closed")
         view = view[sent:]
+
+
+def _protocol_mismatch(host: str, agent_protocol: Any) -> AgentError:
+    """The one error for an agent and a client that speak different protocols, whichever side noticed."""
+    return AgentError(f"the agent on {host} speaks protocol {agent_protocol}, this gpubox {PROTOCOL}")
 
 
 class AgentSession:
@@ -138,12 +144,17 @@ class AgentSession:
             else:
                 raise AgentError(f"the gpubox agent did not start on {self.host}: unexpected {line[:80]!r}")
         # An agent that started but never answers must not hang gpubox: hello is still under the boot timeout.
-        self.hello = self.request("hello", {"client_protocol": PROTOCOL})
+        # The protocol is checked both ways: the agent refuses a client_protocol other than its own (answered
+        # as a protocol-mismatch error, see _receive), and an agent that does not check (or answers anyway)
+        # is refused here.
+        try:
+            self.hello = dict(calls.hello(self, client_protocol=PROTOCOL))
+            if self.hello.get("protocol") != PROTOCOL:
+                raise _protocol_mismatch(self.host, self.hello.get("protocol"))
+        except AgentError:
+            self.close()  # the agent exits once its channel closes
+            raise
         channel.settimeout(None)
-        if self.hello.get("protocol") != PROTOCOL:
-            raise AgentError(
-                f"the agent on {self.host} speaks protocol {self.hello.get('protocol')}, this gpubox {PROTOCOL}"
-            )
         return self
 
     def _fail_to_start(self) -> AgentError | HostUnreachable:
@@ -249,6 +260,8 @@ class AgentSession:
         return data
 
     def request(self, op: str, args: dict[str, Any] | None = None, blob: bytes = b"") -> dict[str, Any]:
+        """One op's answer. gpubox code calls the op's function in calls.py instead, which names the op and its
+        fields; this and :meth:`request_with_blob` are what those functions (and tests of the agent) use."""
         result, _ = self.request_with_blob(op, args, blob)
         return result
 
@@ -261,7 +274,7 @@ class AgentSession:
 
     def pipeline(
         self, requests: Iterator[tuple[str, dict[str, Any], bytes]], depth: int = 2
-    ) -> Iterator[tuple[dict[str, Any], bytes]]:
+    ) -> Generator[tuple[dict[str, Any], bytes], None, None]:
         """Send up to *depth* requests ahead of their answers, so the host works while the next batch travels.
 
         Answers come back in request order; the session is held for the whole pipeline.
@@ -326,6 +339,8 @@ class AgentSession:
             if not isinstance(error, dict):
                 raise AgentError(f"the agent on {self.host} sent an error gpubox cannot read: {error!r:.80}")
             kind = error.get("kind", "error")
+            if kind == "protocol-mismatch":
+                raise _protocol_mismatch(self.host, error.get("protocol"))
             if kind in ("protocol", "unknown-op", "bad-request", "internal"):
                 raise AgentError(f"agent on {self.host}: {error.get('message', kind)}")
             if kind == "no-such-run":
@@ -335,9 +350,6 @@ class AgentSession:
             raise RemoteError(f"{self.host}: {error.get('message', kind)}")
         result = response.get("result")
         return (result if isinstance(result, dict) else {}), reply_blob
-
-    def probe(self, project_dir: str) -> dict[str, Any]:
-        return self.request("probe", {"project_dir": project_dir})
 
     def close(self) -> None:
         if self.channel is not None:
