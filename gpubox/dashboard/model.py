@@ -293,7 +293,7 @@ class Dashboard:
         return max(0.0, float(autostop["stops_at"]) - now)
 
     def snapshot(self) -> DashboardSnapshot:
-        from gpubox.actions import autostop_text
+        from gpubox.actions.hosts import autostop_text
         from gpubox.cost import budgets_for, host_spend, run_cost
 
         now = self.clock()

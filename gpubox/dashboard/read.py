@@ -68,9 +68,10 @@ class StateReader:
 
     def read(self, now: float | None = None) -> StateSample:
         """Everything the dashboard shows that the state database knows: never connects."""
-        from gpubox.actions import requirements_file, service_url
+        from gpubox.actions.hosts import service_url
         from gpubox.remote.providers import host_price
         from gpubox.state import open_state
+        from gpubox.train.env import requirements_file
 
         now = time.time() if now is None else now
         problems: list[str] = []

@@ -20,7 +20,7 @@ from gpubox.errors import GpuboxError, RemoteError
 from gpubox.remote.agent import calls
 from gpubox.state import open_state
 from gpubox.sync.ignore import IgnoreRules
-from gpubox.sync.plan import MassDeletion, Op, Plan, check_mass_deletion, plan_changes
+from gpubox.sync.plan import WIRE_CODES, MassDeletion, Op, Plan, check_mass_deletion, plan_changes
 from gpubox.sync.scan import Entry, ScanResult, scan_path, scan_tree
 
 if TYPE_CHECKING:
@@ -388,8 +388,12 @@ class Syncer:
         chunks: list[bytes] = []
         size = 0
         for op in ops:
-            item: dict[str, Any] = {"o": op.kind, "p": op.path, "e": op.expect.row() if op.expect else None}
-            if op.kind == "w":
+            item: dict[str, Any] = {
+                "o": WIRE_CODES[op.kind],
+                "p": op.path,
+                "e": op.expect.row() if op.expect else None,
+            }
+            if op.kind == "write":
                 content = self._read(op, report)
                 if content is None:
                     continue
@@ -398,7 +402,7 @@ class Syncer:
                 item.update(n=entry.size, m=entry.mtime_ns, x=entry.executable)
                 chunks.append(data)
                 size += len(data)
-            elif op.kind == "l" and op.entry is not None:
+            elif op.kind == "link" and op.entry is not None:
                 item["t"] = op.entry.target
             batch.append(op)
             wire.append(item)
@@ -434,11 +438,13 @@ class Syncer:
         self, ops: list[Op], report: SyncReport, progress: Callable[[BatchProgress], None] | None
     ) -> None:
         files_total = len(ops)
-        bytes_total = sum(op.entry.size for op in ops if op.kind == "w" and op.entry is not None)
+        bytes_total = sum(op.entry.size for op in ops if op.kind == "write" and op.entry is not None)
         done_files = 0
         done_bytes = 0
         sent_batches: list[list[Op]] = []
-        large = [op for op in ops if op.kind == "w" and op.entry is not None and op.entry.size > PART_BYTES]
+        large = [
+            op for op in ops if op.kind == "write" and op.entry is not None and op.entry.size > PART_BYTES
+        ]
         small = [op for op in ops if op not in large]
 
         def note(batch: list[Op]) -> None:
@@ -458,7 +464,7 @@ class Syncer:
             upserts, removals = self._absorb(batch, result, report)
             self._record(upserts, removals)
             done_files += len(batch)
-            done_bytes += sum(op.entry.size for op in batch if op.kind == "w" and op.entry is not None)
+            done_bytes += sum(op.entry.size for op in batch if op.kind == "write" and op.entry is not None)
             if progress is not None:
                 progress(BatchProgress(done_files, files_total, done_bytes, bytes_total))
         for op in large:
@@ -504,7 +510,7 @@ class Syncer:
         # As for small files: the mtime read after the bytes, so a write racing the read shows up as a change.
         entry = Entry("f", size, min(before.st_mtime_ns, after.st_mtime_ns), bool(after.st_mode & 0o100))
         item = {
-            "o": "w",
+            "o": WIRE_CODES["write"],
             "p": op.path,
             "e": op.expect.row() if op.expect else None,
             "n": entry.size,
@@ -532,7 +538,7 @@ class Syncer:
                 upserts[op.path] = op.entry
                 if status != "same":
                     report.sent += 1
-                    if op.kind == "w":
+                    if op.kind == "write":
                         report.bytes_sent += op.entry.size
             elif status in ("ok", "gone") and op.entry is None:
                 removals.append(op.path)

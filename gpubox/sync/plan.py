@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from gpubox.sync.scan import Entry
 
@@ -24,13 +25,20 @@ __all__ = ["MassDeletion", "Op", "Plan", "check_mass_deletion", "plan_changes"]
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    kind: str
-    """'w' write a file, 'l' make a symlink, 'd' make a folder, 'rm' delete a file or link, 'rmdir' a folder."""
+    kind: OpKind
     path: str
     entry: Entry | None
     """What the host should hold afterwards (None for deletions)."""
     expect: Entry | None
     """What the host should hold now for the change to be safe (None: nothing)."""
+
+
+OpKind = Literal["write", "link", "mkdir", "delete", "rmdir"]
+"""Write a file, make a symlink, make a folder, delete a file or link, remove a folder."""
+SENDS: tuple[OpKind, ...] = ("write", "link", "mkdir")
+DELETES: tuple[OpKind, ...] = ("delete", "rmdir")
+WIRE_CODES: dict[OpKind, str] = {"write": "w", "link": "l", "mkdir": "d", "delete": "rm", "rmdir": "rmdir"}
+"""How the agent's ``apply`` op spells each kind (see remote/agent/PROTOCOL.md)."""
 
 
 @dataclass
@@ -45,15 +53,15 @@ class Plan:
 
     @property
     def sends(self) -> list[Op]:
-        return [op for op in self.ops if op.kind in ("w", "l", "d")]
+        return [op for op in self.ops if op.kind in SENDS]
 
     @property
     def deletions(self) -> list[Op]:
-        return [op for op in self.ops if op.kind in ("rm", "rmdir")]
+        return [op for op in self.ops if op.kind in DELETES]
 
     @property
     def bytes_to_send(self) -> int:
-        return sum(op.entry.size for op in self.ops if op.kind == "w" and op.entry is not None)
+        return sum(op.entry.size for op in self.ops if op.kind == "write" and op.entry is not None)
 
 
 class MassDeletion(Exception):
@@ -65,8 +73,11 @@ class MassDeletion(Exception):
         self.tracked = tracked
 
 
+_SEND_KIND: dict[str, OpKind] = {"f": "write", "l": "link", "d": "mkdir"}
+
+
 def _send(path: str, entry: Entry, expect: Entry | None) -> Op:
-    kind = {"f": "w", "l": "l", "d": "d"}[entry.kind]
+    kind = _SEND_KIND[entry.kind]
     return Op(kind, path, entry, expect)
 
 
@@ -121,7 +132,7 @@ def plan_changes(
                 plan.host_changed.append(path)
                 plan.untrack.append(path)
                 continue
-        deletions.append(Op("rmdir" if before.kind == "d" else "rm", path, None, before))
+        deletions.append(Op("rmdir" if before.kind == "d" else "delete", path, None, before))
     plan.ops = _ordered(plan.ops, deletions)
     plan.host_changed.sort()
     return plan
@@ -133,12 +144,12 @@ def _depth(path: str) -> int:
 
 def _ordered(sends: list[Op], deletions: list[Op]) -> list[Op]:
     """Deletions first (files, then folders deepest first), then folders shallowest first, then files."""
-    files_gone = sorted((op for op in deletions if op.kind == "rm"), key=lambda op: op.path)
+    files_gone = sorted((op for op in deletions if op.kind == "delete"), key=lambda op: op.path)
     folders_gone = sorted(
         (op for op in deletions if op.kind == "rmdir"), key=lambda op: (-_depth(op.path), op.path)
     )
-    folders = sorted((op for op in sends if op.kind == "d"), key=lambda op: (_depth(op.path), op.path))
-    rest = sorted((op for op in sends if op.kind != "d"), key=lambda op: op.path)
+    folders = sorted((op for op in sends if op.kind == "mkdir"), key=lambda op: (_depth(op.path), op.path))
+    rest = sorted((op for op in sends if op.kind != "mkdir"), key=lambda op: op.path)
     return files_gone + folders_gone + folders + rest
 
 
@@ -147,7 +158,7 @@ def check_mass_deletion(
 ) -> None:
     """Raise MassDeletion when the plan deletes more than *max_count* files, or more than *max_share* of the
     tracked files (once more than *minimum* go), like rsync's --max-delete and Unison's confirmbigdel."""
-    deleting = sum(1 for op in plan.ops if op.kind == "rm")
+    deleting = sum(1 for op in plan.ops if op.kind == "delete")
     if deleting == 0:
         return
     # Mutagen's "root emptied" halt: every tracked file vanishing at once is a wiped or unmounted folder.

@@ -15,16 +15,17 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
-from gpubox.errors import RemoteError, UsageError
+from gpubox.errors import BadInput, RemoteError, UsageError
 from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
     from gpubox.config import ProjectConfig
+    from gpubox.remote.connection import ByteSink
     from gpubox.remote.session import HostSession
 
-__all__ = ["EnvSpec", "ensure_env", "env_spec", "tools_spec"]
+__all__ = ["EnvSpec", "ensure_env", "env_spec", "requirements_file", "tools_spec"]
 
 READY = ".gpubox-ready"
 _FAILED_REQUIREMENT = (
@@ -118,7 +119,7 @@ def _script(spec: EnvSpec, project_dir: str) -> str:
 class _Tee:
     """Passes pip's output through (prefixed) while keeping it, to say what failed."""
 
-    def __init__(self, out: IO[bytes] | None) -> None:
+    def __init__(self, out: ByteSink | None) -> None:
         self.out = out
         self.kept = bytearray()
         self._line_start = True
@@ -142,7 +143,7 @@ class _Tee:
         return len(data)
 
 
-def ensure_env(session: HostSession, spec: EnvSpec, *, show: IO[bytes] | None = None) -> tuple[str, bool]:
+def ensure_env(session: HostSession, spec: EnvSpec, *, show: ByteSink | None = None) -> tuple[str, bool]:
     """Build the env if needed; return (its path on the host, whether it was already built)."""
     # The common case, a built env, costs one agent round trip instead of a shell on the host.
     known = calls.env_ready(session.agent, key=spec.key)
@@ -176,3 +177,15 @@ def ensure_env(session: HostSession, spec: EnvSpec, *, show: IO[bytes] | None = 
     if code == 93:
         raise RemoteError(f"an [env] setup command failed on {session.host.name} (its output ends above)")
     raise RemoteError(f"building the env on {session.host.name} failed (exit {code}): {tail[-300:]}")
+
+
+def requirements_file(project: ProjectConfig) -> tuple[str, str] | None:
+    """(name, text) of the project's requirements file, when there is one to read a TensorFlow pin from."""
+    name = project.env.requirements or "requirements.txt"
+    path = project.root / name
+    if not path.is_file():
+        return None
+    try:
+        return name, path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None

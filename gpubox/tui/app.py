@@ -47,7 +47,6 @@ from gpubox.tui.workers import Abandoned, interruptible
 
 __all__ = ["GpuboxApp", "open_in_browser"]
 
-UP_QUIET_SECONDS = 900.0
 """How long bringing a host up may go without a line of progress before the dashboard gives up waiting."""
 Opener = Callable[[str], str]
 
@@ -407,7 +406,8 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="up", group="action:up", exit_on_error=False)
     def _up_worker(self, name: str, offer_id: str | None = None) -> None:
-        from gpubox.actions import start_supervisor
+        from gpubox.actions.supervisor import start_supervisor
+        from gpubox.actions.up import UpOptions
 
         host = self.hosts_config.get(name)
         worker = get_current_worker()
@@ -427,16 +427,19 @@ class GpuboxApp(App[None]):
                     progress=line,
                     offer_id=offer_id,
                 )
-            if not host.spec.runs_own_sshd:
-                self._pin_host_key(name)
             line(f"starting the gpubox process that holds {name} (connect, sync, env, services)…")
-            # Building the env (TensorFlow) prints nothing for a while: be patient, the user can look away.
             held = start_supervisor(
                 host,
-                on_line=line,
+                options=UpOptions(),
+                say=line,
+                ask_to_pin=self._ask_to_pin,
+                confirm_mass_delete=lambda reason, deleting: self.ask_from_thread(
+                    "Delete many files on the host?",
+                    f"{reason}\nDelete those {deleting} files on the host (they go to its trash)?",
+                    yes="Delete",
+                ),
                 should_stop=lambda: worker.is_cancelled,
                 cwd=self.project.root,
-                timeout=UP_QUIET_SECONDS,
             )
         except GpuboxError as exc:
             self.post_message(ProgressLine(f"✗ {exc}", done=True, failed=True))
@@ -453,14 +456,6 @@ class GpuboxApp(App[None]):
             f"{fingerprint}.\nPin this key and connect?",
             yes="Pin and connect",
         )
-
-    def _pin_host_key(self, name: str) -> None:
-        """Connect once in this process, so an unknown host key is shown and pinned only if the user says so
-        (the background process that holds the host never asks)."""
-        from gpubox.remote.session import open_connection
-
-        connection, _spec = open_connection(self.hosts_config.get(name), ask=self._ask_to_pin, launch=False)
-        connection.close()
 
     def action_down(self) -> None:
         name = self._host(up=False)
@@ -495,7 +490,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="down", group="action:down", exit_on_error=False)
     def _down_worker(self, name: str) -> None:
-        from gpubox.actions import take_down
+        from gpubox.actions.down import take_down
 
         said: list[str] = []
         try:
@@ -536,7 +531,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="run", group="action:run", exit_on_error=False)
     def _run_worker(self, name: str, command: str) -> None:
-        from gpubox.actions import launch_run
+        from gpubox.actions.runs import launch_run
 
         said: list[str] = []
         try:
@@ -572,7 +567,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="stop", group="action:stop", exit_on_error=False)
     def _stop_worker(self, host: str, run_id: str) -> None:
-        from gpubox.actions import stop_one_run
+        from gpubox.actions.runs import stop_one_run
 
         try:
             run = interruptible(lambda: stop_one_run(self.hosts_config.get(host), self.project, run_id))
@@ -591,7 +586,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="sync", group="action:sync", exit_on_error=False)
     def _sync_worker(self, name: str) -> None:
-        from gpubox.actions import sync_now
+        from gpubox.actions.sync import sync_now
 
         try:
             report = interruptible(lambda: sync_now(self.hosts_config.get(name), self.project))
@@ -608,7 +603,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="pull", group="action:pull", exit_on_error=False)
     def _pull_worker(self, name: str) -> None:
-        from gpubox.actions import pull_outputs
+        from gpubox.actions.sync import pull_outputs
 
         try:
             report = interruptible(lambda: pull_outputs(self.hosts_config.get(name), self.project))
@@ -632,7 +627,7 @@ class GpuboxApp(App[None]):
 
     @work(thread=True, name="open", group="action:open", exit_on_error=False)
     def _open_worker(self, name: str, service: str) -> None:
-        from gpubox.actions import service_url
+        from gpubox.actions.hosts import service_url
         from gpubox.state import open_state
 
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gpubox.actions.supervisor import supervise
 from gpubox.errors import AgentError, RemoteError
 from gpubox.remote.agent import calls, host
 from gpubox.remote.agent import client as agent_client
@@ -16,7 +17,6 @@ from gpubox.remote.agent.client import AgentSession, agent_hash, agent_source
 from gpubox.remote.agent.host import PROTOCOL
 from gpubox.remote.connection import Connection, Endpoint
 from gpubox.remote.session import HostSession
-from gpubox.supervisor import supervise
 from tests.support.sshd import SshServer
 
 pytestmark = pytest.mark.integration

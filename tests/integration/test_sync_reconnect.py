@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from gpubox.actions.supervisor import supervise
 from gpubox.config import HostConfig, load_project
 from gpubox.remote.session import connect_host
-from gpubox.supervisor import supervise
 from gpubox.sync.engine import Syncer
 from gpubox.sync.watch import LiveSync
 from tests.support.sshd import SshServer

@@ -22,8 +22,8 @@ CORE = (
     "gpubox.config",
     "gpubox.state",
     "gpubox.cost",
-    "gpubox.monitor",
-    "gpubox.supervisor",
+    "gpubox.actions.monitor",
+    "gpubox.actions.supervisor",
     "gpubox.report",
     "gpubox.cli",
 )

@@ -58,15 +58,15 @@ def test_already_on_the_host_is_learned_without_sending() -> None:
 
 
 def test_missing_on_the_host_is_sent_expecting_nothing() -> None:
-    assert one(plan_changes({"a": V1}, {}, {})) == Op("w", "a", V1, None)
+    assert one(plan_changes({"a": V1}, {}, {})) == Op("write", "a", V1, None)
     # Even when the ancestor says gpubox put it there: the host lost it, local still has it.
-    assert one(plan_changes({"a": V2}, {"a": V1}, {})) == Op("w", "a", V2, None)
+    assert one(plan_changes({"a": V2}, {"a": V1}, {})) == Op("write", "a", V2, None)
 
 
 def test_local_change_replaces_an_untouched_host_copy() -> None:
-    assert one(plan_changes({"a": V2}, {"a": V1}, {"a": V1})) == Op("w", "a", V2, V1)
-    assert one(plan_changes({"a": link("t")}, {"a": V1}, {"a": V1})) == Op("l", "a", link("t"), V1)
-    assert one(plan_changes({"a": FOLDER}, {"a": V1}, {"a": V1})) == Op("d", "a", FOLDER, V1)
+    assert one(plan_changes({"a": V2}, {"a": V1}, {"a": V1})) == Op("write", "a", V2, V1)
+    assert one(plan_changes({"a": link("t")}, {"a": V1}, {"a": V1})) == Op("link", "a", link("t"), V1)
+    assert one(plan_changes({"a": FOLDER}, {"a": V1}, {"a": V1})) == Op("mkdir", "a", FOLDER, V1)
 
 
 def test_host_change_with_local_unchanged_is_left_alone_and_reported() -> None:
@@ -76,12 +76,12 @@ def test_host_change_with_local_unchanged_is_left_alone_and_reported() -> None:
 
 
 def test_both_changed_is_sent_against_the_ancestor_so_the_agent_keeps_the_host_copy() -> None:
-    assert one(plan_changes({"a": V2}, {"a": V1}, {"a": V3})) == Op("w", "a", V2, V1)
+    assert one(plan_changes({"a": V2}, {"a": V1}, {"a": V3})) == Op("write", "a", V2, V1)
 
 
 def test_a_host_file_gpubox_never_wrote_is_sent_expecting_nothing_so_it_is_kept_aside() -> None:
     # Created on both sides independently: the agent sees a file where it expects none.
-    assert one(plan_changes({"a": V2}, {}, {"a": V3})) == Op("w", "a", V2, None)
+    assert one(plan_changes({"a": V2}, {}, {"a": V3})) == Op("write", "a", V2, None)
 
 
 def test_host_only_paths_are_never_touched() -> None:
@@ -90,8 +90,8 @@ def test_host_only_paths_are_never_touched() -> None:
 
 
 def test_local_delete_removes_an_untouched_host_copy() -> None:
-    assert one(plan_changes({}, {"a": V1}, {"a": V1})) == Op("rm", "a", None, V1)
-    assert one(plan_changes({}, {"l": link("t")}, {"l": link("t")})) == Op("rm", "l", None, link("t"))
+    assert one(plan_changes({}, {"a": V1}, {"a": V1})) == Op("delete", "a", None, V1)
+    assert one(plan_changes({}, {"l": link("t")}, {"l": link("t")})) == Op("delete", "l", None, link("t"))
     assert one(plan_changes({}, {"d": FOLDER}, {"d": FOLDER})) == Op("rmdir", "d", None, FOLDER)
 
 
@@ -116,13 +116,13 @@ def test_still_local_paths_are_untracked_never_deleted() -> None:
 
 
 def test_live_changes_are_sent_against_the_ancestor() -> None:
-    assert one(plan_changes({"a": V2}, {"a": V1}, None)) == Op("w", "a", V2, V1)
-    assert one(plan_changes({"a": V1}, {}, None)) == Op("w", "a", V1, None)
+    assert one(plan_changes({"a": V2}, {"a": V1}, None)) == Op("write", "a", V2, V1)
+    assert one(plan_changes({"a": V1}, {}, None)) == Op("write", "a", V1, None)
     assert plan_changes({"a": V1}, {"a": V1}, None).ops == []
 
 
 def test_live_deletes_are_checked_just_in_time_by_the_agent() -> None:
-    assert one(plan_changes({}, {"a": V1}, None)) == Op("rm", "a", None, V1)
+    assert one(plan_changes({}, {"a": V1}, None)) == Op("delete", "a", None, V1)
     assert plan_changes({}, {}, None).ops == []
 
 
@@ -130,7 +130,7 @@ def test_paths_limit_the_plan() -> None:
     local = {"a": V2, "b": V2}
     ancestor = {"a": V1, "b": V1, "c": V1}
     plan = plan_changes(local, ancestor, None, paths=["a", "c"])
-    assert [(op.kind, op.path) for op in plan.ops] == [("rm", "c"), ("w", "a")]
+    assert [(op.kind, op.path) for op in plan.ops] == [("delete", "c"), ("write", "a")]
 
 
 # --------------------------------------------------------------------------------------------- order
@@ -141,15 +141,15 @@ def test_ops_come_deletions_first_then_folders_shallow_first_then_files() -> Non
     ancestor = {"old": FOLDER, "old/sub": FOLDER, "old/sub/f": V1, "old/g": V1}
     plan = plan_changes(local, ancestor, None)
     assert [(op.kind, op.path) for op in plan.ops] == [
-        ("rm", "old/g"),
-        ("rm", "old/sub/f"),
+        ("delete", "old/g"),
+        ("delete", "old/sub/f"),
         ("rmdir", "old/sub"),
         ("rmdir", "old"),
-        ("d", "new"),
-        ("d", "new/deep"),
-        ("w", "b"),
-        ("w", "new/deep/x"),
-        ("l", "new/l"),
+        ("mkdir", "new"),
+        ("mkdir", "new/deep"),
+        ("write", "b"),
+        ("write", "new/deep/x"),
+        ("link", "new/l"),
     ]
     assert [op.path for op in plan.deletions] == ["old/g", "old/sub/f", "old/sub", "old"]
     assert {op.path for op in plan.sends} == set(local)
@@ -158,16 +158,19 @@ def test_ops_come_deletions_first_then_folders_shallow_first_then_files() -> Non
 
 def test_a_file_that_became_a_folder_and_back() -> None:
     plan = plan_changes({"x": FOLDER, "x/in": V1}, {"x": V2}, None)
-    assert [(op.kind, op.path, op.expect) for op in plan.ops] == [("d", "x", V2), ("w", "x/in", None)]
+    assert [(op.kind, op.path, op.expect) for op in plan.ops] == [("mkdir", "x", V2), ("write", "x/in", None)]
     plan = plan_changes({"x": V3}, {"x": FOLDER, "x/in": V1}, None)
-    assert [(op.kind, op.path, op.expect) for op in plan.ops] == [("rm", "x/in", V1), ("w", "x", FOLDER)]
+    assert [(op.kind, op.path, op.expect) for op in plan.ops] == [
+        ("delete", "x/in", V1),
+        ("write", "x", FOLDER),
+    ]
 
 
 # ------------------------------------------------------------------------------ mass-deletion guard
 
 
 def _deleting(count: int, folders: int = 0) -> Plan:
-    ops = [Op("rm", f"f{i}", None, V1) for i in range(count)]
+    ops = [Op("delete", f"f{i}", None, V1) for i in range(count)]
     ops += [Op("rmdir", f"d{i}", None, FOLDER) for i in range(folders)]
     return Plan(ops=ops)
 
@@ -181,7 +184,7 @@ def guard(plan: Plan, tracked: int, *, max_count: int = 1000, max_share: float =
 
 
 def test_nothing_deleted_never_trips() -> None:
-    assert guard(Plan(ops=[Op("w", "a", V1, None)]), 0) is None
+    assert guard(Plan(ops=[Op("write", "a", V1, None)]), 0) is None
     assert guard(_deleting(0, folders=50), 50) is None  # folders are not counted
 
 

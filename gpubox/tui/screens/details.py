@@ -109,7 +109,7 @@ class CheckScreen(LinesScreen):
         self.host = host
 
     def produce(self) -> list[str]:
-        from gpubox.actions import check_host
+        from gpubox.actions.check import check_host
         from gpubox.remote.gpu import render_check
 
         result = check_host(self.hosts.get(self.host), self.project)

@@ -1,0 +1,135 @@
+"""The hosts as `gpubox hosts`, `status` and the dashboard show them: where each is, who holds it, what it costs,
+its autostop countdown and its services' URLs. Reads the state database; connects only for Jupyter's token."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from gpubox.cost import budgets_for, host_spend
+from gpubox.fmt import format_duration
+from gpubox.remote.agent import calls
+from gpubox.remote.gpu import load_rules
+from gpubox.remote.providers import host_price
+from gpubox.remote.session import connect_host
+from gpubox.report import short_gpu
+from gpubox.state import open_state
+from gpubox.train.services import service_key
+
+if TYPE_CHECKING:
+    from gpubox.config import HostConfig, HostsConfig, ProjectConfig
+    from gpubox.state import TunnelRecord
+
+__all__ = ["autostop_text", "host_rows", "service_url", "target"]
+
+
+def target(host: HostConfig) -> str:
+    """Where a host is, in a few words: ``ubuntu@1.2.3.4:22 via jump``."""
+    if host.spec.runs_own_sshd:
+        return "private sshd on 127.0.0.1"
+    if host.spec.rents:
+        wanted = host.instance_type or f"{host.gpu_count}× {host.gpu}"
+        return f"rented: {wanted}" + (f" in {host.region}" if host.region else "")
+    where = host.hostname or host.name
+    if host.user:
+        where = f"{host.user}@{where}"
+    if host.port:
+        where += f":{host.port}"
+    if host.proxy_jump:
+        where += f" via {host.proxy_jump}"
+    return where
+
+
+def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, Any]]:
+    """Every configured host as `gpubox hosts --json` shows it: who holds it, price, spend and budgets.
+
+    Reads only the state database; never connects."""
+
+    rows = []
+    now = time.time() if now is None else now
+    # `gpubox hosts` judges the GPUs for the newest TensorFlow gpubox knows; `gpubox check` for the project's own.
+    newest = load_rules().newest("tensorflow")
+    with open_state() as state:
+        ledger = state.billing()
+        alerts = state.budget_alerts()
+        for host in hosts.hosts.values():
+            record = state.host(host.name)
+            supervisor = state.supervisor(host.name)
+            price = host_price(host, record.probe if record else None)
+            spend = host_spend((i for i in ledger if i.host == host.name), now)
+            rows.append(
+                {
+                    "name": host.name,
+                    "provider": host.provider,
+                    "target": target(host),
+                    "up": supervisor is not None,
+                    "supervisor": None
+                    if supervisor is None
+                    else {
+                        "pid": supervisor.pid,
+                        "detached": supervisor.detached,
+                        "since": supervisor.started_at,
+                    },
+                    "endpoint": record.endpoint if record else None,
+                    "gpu": short_gpu(record.probe if record else None, release=newest),
+                    "probed_at": record.probed_at if record else None,
+                    "price_per_hour": price.amount,
+                    "price_source": price.source,
+                    "price_estimate": price.estimate,
+                    "spent_usd": round(spend.spent_usd, 4),
+                    "hours": round(spend.seconds / 3600, 6),
+                    "billing_now": spend.billing_now,
+                    "budgets": [
+                        {"scope": b.scope} | b.document(alerts) for b in budgets_for(host, hosts, ledger, now)
+                    ],
+                    "on_budget": host.on_budget,
+                    "default": host.name == hosts.default_host,
+                }
+            )
+    return rows
+
+
+def autostop_text(autostop: Mapping[str, Any] | None, minutes: float) -> str:
+    """The autostop line of `gpubox status` from a monitor report's ``autostop`` part (with
+    ``remaining_seconds`` counted down to now)."""
+
+    if not minutes:
+        return "off (set autostop_minutes in hosts.toml)"
+    if autostop is None:
+        return f"after {minutes:g} min idle (no report from the holding gpubox yet)"
+    phase = autostop["state"]
+    if phase == "busy":
+        return f"waiting: {'; '.join(autostop['busy'])} (after {minutes:g} min idle)"
+    if phase == "starting":
+        return f"after {minutes:g} min idle (first look at the host pending)"
+    if phase == "stopped":
+        return "stopped the host"
+    left = format_duration(autostop["remaining_seconds"] or 0)
+    action = autostop["action"]
+    if phase == "warned":
+        return f"idle for {format_duration(autostop['idle_seconds'])}: {action}"
+    extra = f"; last activity: {autostop['last_activity']}" if autostop.get("last_activity") else ""
+    return (
+        f"in {left} ({autostop['gpu']}, idle {format_duration(autostop['idle_seconds'])}{extra}) → {action}"
+    )
+
+
+def service_url(
+    host: HostConfig, project: ProjectConfig | None, tunnel: TunnelRecord, *, show_secret: bool
+) -> str:
+    """The local URL of a tunnelled service (from :meth:`gpubox.state.State.live_tunnels`); Jupyter's token is
+    fetched from the host, and put in the URL only when asked."""
+    url = f"http://127.0.0.1:{tunnel.local_port}{tunnel.path}"
+    if tunnel.service != "jupyter":
+        return url
+    if not show_secret or project is None:
+        return url + "?token=<redacted>"
+
+    session = connect_host(host, project.name, probe=False, launch=False)
+    try:
+        listed = calls.service_list(session.agent, key=service_key(session))
+    finally:
+        session.close()
+    token = next((s.get("secret") for s in listed.get("services", []) if s.get("name") == "jupyter"), None)
+    return url + (f"?token={token}" if token else "")

@@ -1,0 +1,348 @@
+"""`gpubox up`: the one sequence that brings a host up and holds it.
+
+    check_free  → nothing holds the host yet and its budget is not spent
+    rent        → a rented host is launched (after the price is asked) or found running
+    connect     → SSH, the agent, the probe; the host report
+    prepare     → the first sync, the project's env, Jupyter / TensorBoard / custom services
+    hold        → claim the host, live sync, tunnels, the money and idle monitor, until stopped
+
+The foreground ``gpubox up --no-tui`` runs it all in its own process. ``gpubox up`` on a terminal, ``--detach`` and
+the dashboard run the first two steps where the user is (they may ask), then start the background supervisor
+(:func:`gpubox.actions.supervisor.start_supervisor`), which runs ``connect`` → ``prepare`` → ``hold`` and reports
+its progress up a structured channel; nothing is done twice.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gpubox.actions import Say
+from gpubox.actions.monitor import HostMonitor, SyncActivity, SyncStatus
+from gpubox.actions.supervisor import claim_host, stop_on_signals, supervise
+from gpubox.cost import over_budget
+from gpubox.errors import GpuboxError, UsageError
+from gpubox.fmt import format_duration, format_usd
+from gpubox.remote.gpu import load_rules
+from gpubox.remote.providers import host_price
+from gpubox.remote.session import connect_host
+from gpubox.remote.tunnels import Tunnel
+from gpubox.report import host_report
+from gpubox.state import open_state
+from gpubox.sync.pull import pull
+from gpubox.sync.watch import LiveSync
+from gpubox.train.env import ensure_env, env_spec, tools_spec
+from gpubox.train.services import ensure_services, ensure_tools
+
+if TYPE_CHECKING:
+    from gpubox.config import HostConfig, HostsConfig, ProjectConfig
+    from gpubox.remote.connection import AskToPin, ByteSink
+    from gpubox.remote.session import HostSession
+    from gpubox.sync.engine import Syncer, SyncReport
+    from gpubox.train.services import ServiceState
+
+__all__ = [
+    "Prepared",
+    "UpOptions",
+    "check_free",
+    "connect",
+    "hold",
+    "prepare",
+    "rent",
+    "tunnel_line",
+]
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """What `gpubox up` was asked to do beyond holding the host."""
+
+    sync: bool = True
+    services: bool = True
+    accept_new: bool = False
+    allow_mass_delete: bool = False
+
+
+@dataclass
+class Prepared:
+    """A connected host after the first sync, the env and the services: ready to be held."""
+
+    session: HostSession
+    syncer: Syncer | None = None
+    first_sync: SyncReport | None = None
+    venv: str | None = None
+    services: list[ServiceState] = field(default_factory=list)
+
+
+def check_free(host: HostConfig, hosts: HostsConfig) -> None:
+    """Refuse to bring up a host another gpubox already holds, or one whose budget is spent."""
+    with open_state() as state:
+        supervisor = state.supervisor(host.name)
+        spent = over_budget(host, hosts, state)
+    if supervisor is not None:
+        raise UsageError(
+            f"{host.name} is already up in gpubox process {supervisor.pid}: `gpubox status` shows it, "
+            f"`gpubox up {host.name} --stop` ends it"
+        )
+    if spent is not None:
+        raise GpuboxError(spent)
+
+
+def rent(host: HostConfig, *, confirm: Callable[[str], bool], say: Say) -> None:
+    """A rented host: launch it (after *confirm* agrees to the price) unless an instance is already running."""
+    if host.spec.rents:
+        from gpubox.provision import ensure_instance
+
+        ensure_instance(host, confirm=confirm, progress=say)
+
+
+def connect(
+    host: HostConfig,
+    project: ProjectConfig,
+    *,
+    options: UpOptions,
+    say: Say,
+    ask: AskToPin | None = None,
+    started: float | None = None,
+) -> HostSession:
+    """Open the host (starting the local one), probe it, record it, and say the host report. *started* is when
+    the user's wait began (for the connect time shown)."""
+    started = time.monotonic() if started is None else started
+    session = connect_host(host, project.name, accept_new=options.accept_new, ask=ask)
+    try:
+        with open_state() as state:
+            state.record_host(host.name, host.provider, session.spec.endpoint.display)
+            state.record_probe(host.name, session.probe)
+        _say_report(session, time.monotonic() - started, say)
+    except BaseException:
+        session.close()
+        raise
+    return session
+
+
+def _say_report(session: HostSession, elapsed: float, say: Say) -> None:
+    endpoint = session.spec.endpoint
+    how = "host key made by gpubox" if session.spec.trusted_host_keys else "host key checked"
+    say(f"  ✓ connected {endpoint.display} ({how}) in {elapsed:.2f} s")
+    # `up` judges the GPUs for the newest TensorFlow gpubox knows; `gpubox check` for the project's own.
+    newest = load_rules().newest("tensorflow")
+    for line in host_report(session.probe, session.agent.hello, release=newest):
+        say(line.render())
+    host = session.host
+    money = [host_price(host, session.probe).label()]
+    if host.budget_usd is not None:
+        money.append(f"budget {format_usd(host.budget_usd)} (at 100 %: {host.on_budget})")
+    if host.autostop_minutes:
+        money.append(f"autostop after {host.autostop_minutes:g} min idle")
+    say("    " + " · ".join(money))
+
+
+def prepare(
+    session: HostSession,
+    project: ProjectConfig,
+    *,
+    options: UpOptions,
+    say: Say,
+    first_sync: Callable[[Syncer], SyncReport],
+    make_syncer: Callable[[HostSession], Syncer],
+    env_output: ByteSink | None = None,
+    watching: bool = True,
+    tell_sync: Callable[[SyncReport], None] | None = None,
+) -> Prepared:
+    """The first sync (through *first_sync*, which may show a progress bar or ask about a mass deletion), the
+    project's env (its build output to *env_output* when given) and the services. *tell_sync* hears the first
+    sync's report after its summary line (the CLI lists what was held back)."""
+    prepared = Prepared(session)
+    if options.sync:
+        prepared.syncer = make_syncer(session)
+        report = first_sync(prepared.syncer)
+        prepared.first_sync = report
+        say(f"  ✓ sync   {report.summary()}" + ("; watching for changes" if watching else ""))
+        if tell_sync is not None:
+            tell_sync(report)
+        prepared.venv = build_env(session, project, say=say, output=env_output)
+    if options.services:
+        prepared.services = start_services(session, project, prepared.venv, say=say)
+    return prepared
+
+
+def build_env(
+    session: HostSession, project: ProjectConfig, *, say: Say, output: ByteSink | None = None
+) -> str | None:
+    """Build (or reuse) the project's env on the host; its path, None when the project needs none. With
+    *output*, the build streams there and both the start and the result are said; without, only a build is."""
+    spec = env_spec(project, str(session.agent.hello.get("python", "")))
+    if spec is None:
+        return None
+    what = spec.requirements or "setup commands"
+    if output is not None:
+        say(f"  · env    {spec.path} ({what})")
+    path, cached = ensure_env(session, spec, show=output)
+    if output is not None or not cached:
+        say(f"  ✓ env    {spec.path} ({what}{', cached' if cached else ', built'})")
+    return path
+
+
+def start_services(
+    session: HostSession, project: ProjectConfig, venv: str | None, *, say: Say
+) -> list[ServiceState]:
+    """Jupyter, TensorBoard and custom services on the host, inside the env (built for them if need be)."""
+    enabled = [s for s in project.services.values() if s.enabled]
+    if not enabled:
+        return []
+    if venv is None:
+        venv, _cached = ensure_env(session, tools_spec(project, str(session.agent.hello.get("python", ""))))
+    installed = ensure_tools(session, venv, enabled)
+    if installed:
+        say(f"  ✓ tools  installed {', '.join(installed)} into the env")
+    states = ensure_services(session, project, venv)
+    for state in states:
+        how = "reused" if state.reused else "started"
+        say(f"  ✓ {state.name:<12} {how} on the host's 127.0.0.1:{state.host_port}")
+    return states
+
+
+def tunnel_line(service: str, url: str) -> str:
+    """The line that shows a service's tunnel (the same in the foreground, the background and `status`)."""
+    hint = "  (`gpubox open jupyter` opens it with its token)" if service == "jupyter" else ""
+    return f"  ✓ {service:<12} {url}{hint}"
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The host is claimed, live sync runs and the tunnels listen: what the background supervisor reports once."""
+
+    pid: int
+    tunnels: Sequence[tuple[str, str]]
+    """(service, URL without secrets) for each tunnel."""
+
+
+def hold(
+    prepared: Prepared,
+    project: ProjectConfig,
+    hosts: HostsConfig,
+    *,
+    detached: bool,
+    say: Say,
+    on_ready: Callable[[Ready], None] | None = None,
+) -> str:
+    """Hold the host until a signal, ``gpubox down`` or the monitor (autostop, budget) ends it: claim it with
+    billing running, live sync, tunnels, the monitor and the reconnecting heartbeat. Returns the last line."""
+    session = prepared.session
+    host = session.host
+    stop = threading.Event()
+    wake = threading.Event()
+    started = time.monotonic()
+    activity = SyncActivity()
+    sync_status = SyncStatus()
+    if prepared.first_sync is not None:
+        sync_status.batch(prepared.first_sync, "start")
+    with stop_on_signals(stop, wake), claim_host(host, detached=detached, probe=session.probe) as billing:
+        live = (
+            start_live_sync(
+                prepared.syncer, session, wake, say=say, on_change=activity.touch, status=sync_status
+            )
+            if prepared.syncer is not None
+            else None
+        )
+        tunnels = [
+            (state, Tunnel(lambda: session.connection.transport, state.host_port, name=state.name).start())
+            for state in prepared.services
+        ]
+        with open_state() as database:
+            database.record_tunnels(
+                host.name,
+                os.getpid(),
+                [(state.name, tunnel.local_port, state.host_port, state.path) for state, tunnel in tunnels],
+            )
+        shown = [(state.name, state.url(tunnel.local_port, show_secret=False)) for state, tunnel in tunnels]
+        for name, url in shown:
+            say(tunnel_line(name, url))
+        if not detached:
+            say(f"  holding {host.name}: Ctrl-C leaves it running (`gpubox down {host.name}` stops it)")
+        if on_ready is not None:
+            on_ready(Ready(os.getpid(), shown))
+        monitor = HostMonitor(
+            session,
+            host,
+            stop=stop,
+            log=lambda text: say(_step(text)),
+            billing=billing,
+            hosts=hosts,
+            activity=activity,
+            sync=sync_status,
+        )
+        if host.spec.rents:
+            monitor.before_terminate = lambda: _pull_before_terminate(session, project)
+        try:
+            supervise(session, stop=stop, wake=wake, log=lambda text: say(_step(text)), monitor=monitor)
+        finally:
+            if live is not None:
+                live.stop()
+            for _state, tunnel in tunnels:
+                tunnel.stop()
+            with open_state() as database:
+                database.clear_tunnels(host.name, os.getpid())
+    held = format_duration(time.monotonic() - started)
+    if monitor.outcome is not None:
+        return f"  left {host.name} after {held}: {monitor.outcome}"
+    return f"  left {host.name} after {held}; the host keeps running"
+
+
+def _step(text: str) -> str:
+    """A progress line as `up` shows it: problems marked ``!``, the rest ``·``."""
+    return f"  {text}" if text.startswith("! ") else f"  · {text}"
+
+
+def _pull_before_terminate(session: HostSession, project: ProjectConfig) -> str:
+    """Autostop or a spent budget is about to terminate a rented host: its outputs come home first."""
+    report = pull(session, project, [])
+    if report.errors:
+        raise GpuboxError(f"pulling its outputs failed ({report.errors[0]})")
+    return f"pulled outputs: {report.summary()}"
+
+
+def start_live_sync(
+    syncer: Syncer,
+    session: HostSession,
+    wake: threading.Event,
+    *,
+    say: Say,
+    on_change: Callable[[], None] | None = None,
+    status: SyncStatus | None = None,
+) -> LiveSync:
+    """Live sync for a held host; *on_change* hears of every batch that changed the host (activity), *status*
+    of every batch and problem (the monitor report publishes it for the dashboard)."""
+
+    def reported(report: SyncReport, why: str) -> None:
+        if status is not None:
+            status.batch(report, why)
+        if on_change is not None and (report.sent or report.deleted):
+            on_change()
+        if report.sent or report.deleted or report.conflicts or report.errors or report.kept_on_host:
+            say(f"  · sync ({why}): {report.summary()}")
+        for conflict in report.conflicts:
+            say(f"  ! conflict: the host's copy was kept as {conflict}")
+        for error in report.errors:
+            say(f"  ! sync error: {error}")
+
+    def problem(text: str) -> None:
+        if status is not None:
+            status.problem(text)
+        say(f"  ! {text}")
+
+    live = LiveSync(
+        syncer,
+        on_report=reported,
+        on_problem=problem,
+        on_link_lost=wake.set,
+        link_generation=lambda: session.generation,
+    ).start()
+    if status is not None:
+        status.watching = live.watching
+        status.pending = lambda: live.pending
+    return live

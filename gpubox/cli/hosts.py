@@ -1,0 +1,279 @@
+"""`gpubox init`, `hosts`, `status` and `offers`: the project's files, the configured hosts, what is up now, and
+what could be rented."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Mapping, Sequence
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+from gpubox.actions.hosts import autostop_text, host_rows, service_url
+from gpubox.cli.output import load_hosts, load_project, out, price, print_json, table
+from gpubox.config import HOSTS_FILE, PROJECT_FILE
+from gpubox.errors import BadInput, GpuboxError, HostError, HostUnreachable, UsageError
+from gpubox.fmt import either, format_duration, format_usd
+from gpubox.provision import collect_offers, configured_providers, describe_orphans, find_orphans
+from gpubox.remote.providers import provider_for
+from gpubox.remote.providers.registry import CLOUD_NAMES, provider_spec
+from gpubox.state import open_state
+
+if TYPE_CHECKING:
+    from gpubox.config import HostsConfig
+
+__all__ = ["cmd_hosts", "cmd_init", "cmd_offers", "cmd_status"]
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+
+    folder = os.getcwd()
+    written, kept = [], []
+    for name, template in ((PROJECT_FILE, "gpubox.example.toml"), (HOSTS_FILE, "hosts.example.toml")):
+        target = os.path.join(folder, name)
+        if os.path.exists(target):
+            kept.append(name)
+            continue
+        text = files("gpubox.data").joinpath(template).read_text()
+        tmp = target + ".tmp"
+        with open(tmp, "x") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+        written.append(name)
+    for name in written:
+        out(f"wrote {name}")
+    for name in kept:
+        out(f"kept {name} (already there)")
+    if HOSTS_FILE in written:
+        out("edit hosts.toml to add your machines; `gpubox up` works right away on the built-in local host")
+    return 0
+
+
+def _orphan_check(hosts: HostsConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[str]]:
+    """Ask each configured cloud provider for instances gpubox launched that no gpubox holds: (orphans as
+    JSON, providers that could not be asked, lines to print)."""
+
+    if not configured_providers(hosts):
+        return [], [], []
+    report = find_orphans(hosts)
+    orphans = [
+        {
+            "provider": o.provider,
+            "instance_id": o.instance.instance_id,
+            "name": o.instance.name,
+            "host": o.host,
+            "price_per_hour": o.instance.price_per_hour,
+            "started_at": o.instance.started_at,
+            "gpu": o.instance.gpu,
+            "status": o.instance.status_text,
+            "recorded": o.recorded,
+            "why": o.why,
+        }
+        for o in report.orphans
+    ]
+    problems = [{"provider": name, "problem": problem} for name, problem in report.problems]
+    return orphans, problems, describe_orphans(report)
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    hosts = load_hosts()
+    orphans, problems, orphan_lines = _orphan_check(hosts)
+    rows = host_rows(hosts)
+    if args.json:
+        print_json(
+            {
+                "config": str(hosts.path) if hosts.path else None,
+                "hosts": rows,
+                "orphans": orphans,
+                "provider_problems": problems,
+            }
+        )
+        return 0
+    source = f"from {hosts.path}" if hosts.path else "no hosts.toml found: only the built-in local host"
+    out(f"hosts ({source})")
+    table(
+        ["name", "provider", "target", "state", "gpu", "$/h"],
+        [
+            [
+                r["name"] + (" *" if r["default"] else ""),
+                r["provider"],
+                r["target"],
+                "up" if r["up"] else "billing, not held" if r["billing_now"] else "down",
+                r["gpu"],
+                ("~" if r["price_estimate"] else "") + price(r["price_per_hour"]),
+            ]
+            for r in rows
+        ],
+    )
+    for line in orphan_lines:
+        out(line)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+
+    hosts = load_hosts()
+    orphans, problems, orphan_lines = _orphan_check(hosts)
+    rows = host_rows(hosts)
+    now = time.time()
+    with open_state() as state:
+        for row in rows:
+            host = hosts.hosts[row["name"]]
+            instance = provider_for(host).status(host)
+            row["instance"] = {"state": instance.state, "detail": instance.detail}
+            seen = state.monitor(host.name) if row["up"] else None
+            autostop = (seen[1].get("autostop") if seen else None) or None
+            if autostop and autostop.get("stops_at") is not None:
+                # The supervisor wrote this up to a few seconds ago: count down from now.
+                autostop["remaining_seconds"] = round(max(0.0, autostop["stops_at"] - now), 1)
+            row["autostop"] = autostop
+            row["autostop_minutes"] = host.autostop_minutes
+            row["services"] = [
+                {"name": tunnel.service, "host_port": tunnel.host_port, "tunnel": tunnel}
+                for tunnel in state.live_tunnels(host.name)
+            ]
+    project = load_project() if args.show_secrets else None
+    for row in rows:
+        for service in row["services"]:
+            tunnel = service.pop("tunnel")
+            host = hosts.hosts[row["name"]]
+            service["url"] = service_url(host, project, tunnel, show_secret=project is not None)
+    if args.json:
+        print_json({"hosts": rows, "orphans": orphans, "provider_problems": problems})
+        return 0
+    up = [r for r in rows if r["up"] or r["instance"]["state"] in ("running", "unknown")]
+    if not up:
+        out("nothing is up: `gpubox up` starts the built-in local host, `gpubox up HOST` another")
+        for line in orphan_lines:
+            out(line)
+        return 0
+    for row in up:
+        sup = row["supervisor"]
+        held = (
+            f"held by gpubox pid {sup['pid']} ({'detached' if sup['detached'] else 'foreground'}) "
+            f"for {format_duration(now - sup['since'])}"
+            if sup
+            else "not held by any gpubox process"
+        )
+        out(f"{row['name']}  [{row['provider']}]  {held}")
+        if row["instance"]["detail"]:
+            out(f"    instance  {row['instance']['detail']}")
+        if row["endpoint"]:
+            out(f"    endpoint  {row['endpoint']}")
+        out(f"    gpu       {row['gpu']}")
+        price = "?" if row["price_per_hour"] is None else format_usd(row["price_per_hour"])
+        tilde = "~" if row["price_estimate"] else ""
+        line = (
+            f"    cost      {tilde}{price}/h ({row['price_source']}) · {format_usd(row['spent_usd'])} so far"
+        )
+        for budget in row["budgets"]:
+            whose = "total budget" if budget["scope"] == "*" else "budget"
+            line += f" · {budget['percent']:.0f} % of {whose} {format_usd(budget['budget_usd'])}"
+        out(line)
+        if row["up"]:
+            out(f"    autostop  {autostop_text(row['autostop'], row['autostop_minutes'])}")
+        for service in row["services"]:
+            out(f"    {service['name']:<9} {service['url']}")
+    for line in orphan_lines:
+        out(line)
+    return 0
+
+
+def cmd_offers(args: argparse.Namespace) -> int:
+
+    if args.max_price is not None and not args.max_price > 0:
+        raise UsageError(f"--max-price must be a number above 0, got {args.max_price:g}")
+    project = load_project()
+    hosts = load_hosts(project)
+    report = collect_offers(
+        hosts,
+        project,
+        provider=args.provider,
+        gpu=args.gpu,
+        max_price=args.max_price,
+        compatible_only=args.compatible,
+        gpu_count=args.count,
+    )
+    if not report.asked:
+        raise UsageError(
+            f"no cloud provider is configured: add a {either([f'[providers.{name}]' for name in CLOUD_NAMES])} "
+            "table (or a host using one) to hosts.toml, or export "
+            + either([provider_spec(name).api_key_env for name in CLOUD_NAMES])
+        )
+    if report.problems and len(report.problems) == len(report.asked):
+        # No provider answered: that is a failure, not an empty market.
+        raise _offers_failure(report.problems, report.failures)
+    if args.json:
+        print_json(
+            {
+                "framework": report.framework,
+                "providers": report.asked,
+                "seconds": report.seconds,
+                "offers": [
+                    {
+                        "provider": r.offer.provider,
+                        "offer_id": r.offer.offer_id,
+                        "gpu": r.offer.gpu,
+                        "gpu_count": r.offer.gpu_count,
+                        "gpu_memory_gb": r.offer.gpu_memory_gb,
+                        "region": r.offer.region,
+                        "price_per_hour": r.offer.price_per_hour,
+                        "instance_type": r.offer.instance_type,
+                        "compute_capability": r.offer.compute_capability,
+                        "driver_version": r.offer.driver_version,
+                        "cuda_max": r.offer.cuda_max,
+                        "detail": r.offer.detail,
+                        "verdict": r.verdict,
+                        "reasons": list(r.reasons),
+                        "host": r.host,
+                    }
+                    for r in report.offers
+                ],
+                "problems": [{"provider": name, "problem": text} for name, text in report.problems],
+            }
+        )
+        return 0
+    out(f"offers from {', '.join(report.asked)}, cheapest first; verdicts for {report.framework}")
+    if report.offers:
+        table(
+            ["provider", "gpu", "n", "memory", "region", "$/h", "verdict", "launch as"],
+            [
+                [
+                    r.offer.provider,
+                    r.offer.gpu,
+                    str(r.offer.gpu_count),
+                    f"{r.offer.gpu_memory_gb:g} GB" if r.offer.gpu_memory_gb else "?",
+                    r.offer.region or "-",
+                    format_usd(r.offer.price_per_hour),
+                    r.verdict,
+                    r.host or "-",
+                ]
+                for r in report.offers
+            ],
+        )
+        shown = {r.verdict for r in report.offers}
+        if shown & {"warn", "fail", "unknown"}:
+            out("  `gpubox offers --json` gives each verdict's reasons; --compatible hides the failing ones")
+    else:
+        out("  nothing matches" + (" (try without --compatible)" if args.compatible else ""))
+    for name, problem in report.problems:
+        out(f"  ! {name}: {problem}")
+    return 0
+
+
+def _offers_failure(
+    problems: Sequence[tuple[str, str]], failures: Mapping[str, BaseException]
+) -> GpuboxError:
+    """One error for 'no provider answered': the provider's own when only one was asked, else one line naming
+    each, with the exit code they share (bad input 2, unreachable or refused 3, else 1)."""
+
+    errors = [failures.get(name) for name, _problem in problems]
+    if len(problems) == 1 and isinstance(errors[0], GpuboxError):
+        return errors[0]
+    text = "; ".join(f"{name}: {problem}" for name, problem in problems)
+    if all(isinstance(error, BadInput) for error in errors):
+        return BadInput(f"no provider could be asked: {text}")
+    if all(error is None or isinstance(error, HostError) for error in errors):
+        return HostUnreachable(f"no provider answered: {text}")
+    return GpuboxError(f"no provider answered: {text}")

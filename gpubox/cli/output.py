@@ -1,0 +1,197 @@
+"""What every command shares: printing lines and JSON, asking the user, finding the project and its hosts.
+
+Imported only once a command is dispatched (never for ``--help``); rich stays lazy even here, because most
+commands print no progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from gpubox import config
+from gpubox.errors import UsageError
+from gpubox.fmt import columns, format_usd
+
+if TYPE_CHECKING:
+    from gpubox.config import HostsConfig, ProjectConfig
+
+__all__ = [
+    "LiveProgress",
+    "ask_to_pin",
+    "confirm",
+    "err",
+    "is_terminal",
+    "load_hosts",
+    "load_project",
+    "out",
+    "price",
+    "print_json",
+    "progress_bar",
+    "shown",
+    "step",
+    "table",
+]
+
+
+def is_terminal() -> bool:
+    """Whether a person is at this command's stdin and stdout (so it may ask, and draw progress)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=False))
+
+
+def ask_to_pin() -> Callable[[str, str, str], bool] | None:
+    """On a terminal, ask before pinning an unknown host key; elsewhere refuse (the caller says how to accept)."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def ask(host: str, key_type: str, fingerprint: str) -> bool:
+        err(f"The authenticity of host {host} can't be established.")
+        err(f"{key_type} key fingerprint is {fingerprint}.")
+        try:
+            answer = input("Pin this key and connect? [y/N] ")
+        except EOFError:
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+    return ask
+
+
+def confirm(question: str, *, yes: bool) -> bool:
+    """Ask a yes/no question on the terminal; ``--yes`` answers it. Without a terminal and without ``--yes``,
+    refuse clearly instead of guessing."""
+    if yes:
+        out(f"  {question} yes (--yes)")
+        return True
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise UsageError(f"{question.rstrip('?')}: asking needs a terminal; pass --yes to go ahead")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def step(text: str) -> None:
+    out(f"  {text}" if text.startswith("! ") else f"  · {text}")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    for line in columns([h.upper() for h in headers], rows):
+        out(line)
+
+
+def price(amount: float | None) -> str:
+    return "?" if amount is None else format_usd(amount)
+
+
+def progress_bar(enabled: bool) -> Any:
+    """A rich progress bar on a terminal (files, bytes, rate, ETA); nothing elsewhere."""
+    if not enabled or not sys.stdout.isatty():
+        return contextlib.nullcontext(None)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+
+
+def shown(path: str) -> str:
+    """A file name as one printable line: control characters and bytes that are not UTF-8 are escaped (and the
+    name quoted), so a name with a newline cannot pass for two files and an undecodable one cannot crash."""
+    if path.isprintable():
+        return path
+    escaped = "".join(
+        f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c if c.isprintable() else repr(c)[1:-1]
+        for c in path
+    )
+    return f"'{escaped}'"
+
+
+def load_project() -> ProjectConfig:
+    return config.load_project()
+
+
+def load_hosts(project: ProjectConfig | None = None) -> HostsConfig:
+    return config.load_hosts((project or load_project()).root)
+
+
+class LiveProgress:
+    """Progress that changes in place on a terminal: the first sync's bytes as a bar, the env build's latest
+    output line. Anything printed for good goes through :meth:`say`, which clears them first; nothing is drawn
+    when stdout is not a terminal. A bar is only drawn while bytes flow, so a question asked meanwhile is never
+    overwritten."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stdout.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+        self._line = ""
+
+    def sync(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        self._clear_line()
+        if self._bar is None:
+            self._bar = progress_bar(True)
+            self._bar.start()
+            self._task = self._bar.add_task("sync", total=total or 1)
+        self._bar.update(self._task, completed=done, total=total or 1)
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        self._stop_bar()
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        self._line = text if len(text) <= width else text[: max(0, width - 1)] + "…"
+        sys.stdout.write("\r\x1b[2K" + self._line)
+        sys.stdout.flush()
+
+    def say(self, text: str) -> None:
+        self.pause()
+        out(text)
+
+    def pause(self) -> None:
+        """Clear what is drawn (before a line for good, or a question)."""
+        self._stop_bar()
+        self._clear_line()
+
+    def _stop_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = self._task = None
+
+    def _clear_line(self) -> None:
+        if self._line:
+            sys.stdout.write("\r\x1b[2K")
+            sys.stdout.flush()
+            self._line = ""

@@ -1,0 +1,238 @@
+"""The command line's grammar: every command, its options and the handler that runs it.
+
+Handlers are named ``"module:function"`` (a module of :mod:`gpubox.cli`) and imported only when their command is
+dispatched, so ``gpubox --help`` loads argparse and this file, nothing heavy (see tests/unit/test_house_rules.py).
+argparse (stdlib) rather than click or typer for the same reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from typing import NoReturn
+
+from gpubox import __version__
+from gpubox.errors import UsageError
+
+__all__ = ["build_parser", "handler_for"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad usage is one line and exit 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds for an option: finite and not negative (argparse turns the error into usage)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gpubox.remote.providers.registry import CLOUD_NAMES  # light: names and strings, no client
+
+    parser = _Parser(
+        prog="gpubox",
+        description="A rented GPU machine that feels like part of your laptop.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 bad input, 3 cannot reach or trust the host, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpubox {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("init", "hosts:cmd_init", "write gpubox.toml and hosts.toml for this project")
+
+    hosts = add("hosts", "hosts:cmd_hosts", "configured hosts: provider, state, GPU, $/h")
+    hosts.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    status = add("status", "hosts:cmd_status", "what is up now, its tunnels, and what it costs")
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    status.add_argument(
+        "--show-secrets", action="store_true", help="include Jupyter's token in its URL (asks the host)"
+    )
+
+    up = add("up", "up:cmd_up", "connect to a host (starting it if needed), probe it and hold it")
+    up.add_argument(
+        "host", nargs="?", metavar="HOST", help="default: [defaults] host, the only host, or local"
+    )
+    up.add_argument(
+        "--no-tui", action="store_true", help="plain lines in the foreground until Ctrl-C (no dashboard)"
+    )
+    up.add_argument("--detach", action="store_true", help="hold the host from a background process")
+    up.add_argument("--no-sync", action="store_true", help="do not mirror the project folder")
+    up.add_argument("--no-services", action="store_true", help="do not start Jupyter and TensorBoard")
+    up.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+    up.add_argument(
+        "--yes", action="store_true", help="rent without asking (a rented host shows its price first)"
+    )
+    up.add_argument(
+        "--allow-mass-delete", action="store_true", help="let the first sync delete many host files at once"
+    )
+    up.add_argument(
+        "--stop", action="store_true", help="end the gpubox process holding the host (host keeps running)"
+    )
+    up.add_argument("--supervise-child", action="store_true", help=argparse.SUPPRESS)
+    up.add_argument("--events-fd", type=int, help=argparse.SUPPRESS)
+    up.add_argument("--answers-fd", type=int, help=argparse.SUPPRESS)
+
+    down = add("down", "up:cmd_down", "stop holding a host; pull outputs and terminate a rented one")
+    down.add_argument("host", nargs="?", metavar="HOST")
+    down.add_argument("--keep-instance", action="store_true", help="leave the machine running")
+    down.add_argument("--yes", action="store_true", help="do not ask before stopping")
+    down.add_argument(
+        "--no-pull", action="store_true", help="terminate a rented host without pulling outputs"
+    )
+    down.add_argument(
+        "--orphans",
+        action="store_true",
+        help="terminate instances gpubox launched that nobody holds (asks first)",
+    )
+
+    ssh = add(
+        "ssh", "shell:cmd_ssh", "a shell on the host, or run one command there (its exit code is returned)"
+    )
+    ssh.add_argument("host", metavar="HOST")
+    ssh.add_argument(
+        "command_args", nargs="*", metavar="CMD", help="after `--`: the command and its arguments"
+    )
+    ssh.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    sync = add(
+        "sync",
+        "sync:cmd_sync",
+        "mirror the project folder to the host now (one-way-safe); --watch keeps going",
+    )
+    sync.add_argument("host", nargs="?", metavar="HOST")
+    sync.add_argument("--watch", action="store_true", help="keep the host in step as you edit, until Ctrl-C")
+    sync.add_argument(
+        "--dry-run", action="store_true", help="list what would be sent and deleted; send nothing"
+    )
+    sync.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    sync.add_argument(
+        "--verify", action="store_true", help="also compare with the host's files (finds changes made there)"
+    )
+    sync.add_argument(
+        "--allow-mass-delete", action="store_true", help="delete many host files without asking"
+    )
+    sync.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    pull = add(
+        "pull", "sync:cmd_pull", "bring outputs (or the named paths) back from the host, incrementally"
+    )
+    pull.add_argument("host", nargs="?", metavar="HOST")
+    pull.add_argument("paths", nargs="*", metavar="PATH", help="default: the [sync] outputs folders")
+    pull.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    check = add("check", "check:cmd_check", "can the framework use this host's GPU? exits 1 when it cannot")
+    check.add_argument("host", nargs="?", metavar="HOST", help="default: like `gpubox up`")
+    check.add_argument(
+        "--nvidia-smi",
+        metavar="FILE",
+        help="offline: a saved nvidia-smi table, `-q -x` XML or --query-gpu CSV (- reads stdin)",
+    )
+    check.add_argument(
+        "--framework",
+        metavar="SPEC",
+        help="tensorflow==2.21 or torch==2.10 (default: installed on the host, the requirements pin, "
+        "or the newest release gpubox knows)",
+    )
+    check.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    check.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    offers = add(
+        "offers",
+        "hosts:cmd_offers",
+        "rentable machines from the configured clouds, cheapest first, with verdict",
+    )
+    offers.add_argument("--provider", choices=CLOUD_NAMES, help="ask only this provider")
+    offers.add_argument("--gpu", metavar="GPU", help='a GPU model, loosely matched: "A100", "RTX 4090"')
+    offers.add_argument("--count", type=int, metavar="N", help="exactly N GPUs")
+    offers.add_argument(
+        "--max-price", type=float, metavar="USD", help="at most this many US dollars per hour"
+    )
+    offers.add_argument(
+        "--compatible", action="store_true", help="only machines the project's TensorFlow can use"
+    )
+    offers.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    cost = add("cost", "cost:cmd_cost", "what each host has cost: $/h, hours, spent, budgets; totals")
+    cost.add_argument(
+        "--since",
+        metavar="DATE",
+        help="only time from DATE on: 2026-11-01, 2026-11-01T09:30, or 7d / 12h / 30m",
+    )
+    cost.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    run = add("run", "runs:cmd_run", "sync, then start a command on the host, detached; prints its run id")
+    run.add_argument(
+        "command_args", nargs="*", metavar="CMD", help="after `--`: the command and its arguments"
+    )
+    run.add_argument("--host", metavar="HOST", help="default: [defaults] host, the only host, or local")
+    run.add_argument(
+        "--hosts", metavar="H1,H2", help="one worker per host, TF_CONFIG set (MultiWorkerMirroredStrategy)"
+    )
+    run.add_argument("--name", help="a label for the run")
+    run.add_argument("-f", "--follow", action="store_true", help="stream its log; exit with its exit code")
+    run.add_argument("--no-sync", action="store_true", help="start without syncing first")
+    run.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    runs = add("runs", "runs:cmd_runs", "runs on the host: state, duration, exit code")
+    runs.add_argument("--host", metavar="HOST")
+    runs.add_argument("--all", action="store_true", help="every run, not only active and the last 10")
+    runs.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    logs = add("logs", "runs:cmd_logs", "a run's log; -f follows it to the end (and survives a dropped link)")
+    logs.add_argument("run", metavar="RUN")
+    logs.add_argument("--host", metavar="HOST")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep streaming until the run ends")
+    logs.add_argument("--tail", type=int, metavar="N", help="start with the last N lines")
+
+    stop = add(
+        "stop", "runs:cmd_stop", "stop a run: SIGTERM to its process group, SIGKILL after a grace period"
+    )
+    stop.add_argument("run", metavar="RUN")
+    stop.add_argument("--host", metavar="HOST")
+    stop.add_argument("--grace", type=_seconds, default=10.0, help="seconds between SIGTERM and SIGKILL")
+
+    open_ = add(
+        "open",
+        "shell:cmd_open",
+        "open a tunnelled service (jupyter, tensorboard or a custom one) in the browser",
+    )
+    open_.add_argument(
+        "service", metavar="SERVICE", help="jupyter, tensorboard or a [services.NAME] from gpubox.toml"
+    )
+    open_.add_argument("host", nargs="?", metavar="HOST")
+    open_.add_argument("--print", dest="print_only", action="store_true", help="print the URL instead")
+
+    dash = add("dash", "up:cmd_dash", "the dashboard: hosts, runs, GPUs, sync, tunnels and money, live")
+    dash.add_argument("host", nargs="?", metavar="HOST", help="the host to select first")
+
+    add(
+        "ssh-config",
+        "shell:cmd_ssh_config",
+        "write `Host gpubox-NAME` entries for VS Code, JetBrains and ssh",
+    )
+    return parser
+
+
+def handler_for(name: str) -> Handler:
+    """The function a ``"module:function"`` handler name stands for, imported now."""
+    module, function = name.split(":")
+    handler: Handler = getattr(importlib.import_module(f"gpubox.cli.{module}"), function)
+    return handler

@@ -1,0 +1,325 @@
+"""`gpubox run`, `runs`, `logs` and `stop`, for runs on one host and multi-host runs (``m-`` ids)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from gpubox import paths
+from gpubox.actions.runs import prepare_run, remember_runs, stop_one_run
+from gpubox.actions.sync import make_syncer
+from gpubox.actions.up import build_env
+from gpubox.cli.output import ask_to_pin, err, load_hosts, load_project, out, print_json, table
+from gpubox.cli.sync import full_sync
+from gpubox.errors import UsageError
+from gpubox.fmt import format_duration
+from gpubox.remote.agent import calls
+from gpubox.remote.pool import SessionPool
+from gpubox.remote.session import connect_host
+from gpubox.train import multihost
+from gpubox.train.multihost import pick_hosts, run_on_hosts, table_lines
+from gpubox.train.runs import check_run_id, follow_log, list_runs
+
+if TYPE_CHECKING:
+    from gpubox.config import HostConfig, ProjectConfig
+    from gpubox.remote.session import HostSession
+    from gpubox.train.runs import RunInfo
+
+__all__ = ["cmd_logs", "cmd_run", "cmd_runs", "cmd_stop"]
+
+
+def _run_host(args: argparse.Namespace, project: ProjectConfig) -> HostConfig:
+    return load_hosts(project).pick(getattr(args, "host", None))
+
+
+def _run_on_hosts(args: argparse.Namespace) -> int:
+    """`gpubox run --hosts a,b`: one worker per host with TF_CONFIG set (see gpubox/train/multihost/)."""
+
+    project = load_project()
+    hosts = pick_hosts(args.hosts, load_hosts(project), single=args.host)
+    argv = list(args.command_args) or ([project.run.command] if project.run.command else [])
+    if not argv:
+        raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
+
+    def prepare(session: HostSession, host: HostConfig) -> str | None:
+        if not args.no_sync:
+            report = full_sync(make_syncer(session, project, host), allow_mass_delete=False, quiet=True)
+            if report.sent or report.deleted:
+                out(f"synced {host.name}: {report.summary()}")
+        return build_env(session, project, say=out)
+
+    return run_on_hosts(
+        hosts,
+        argv,
+        project_name=project.name,
+        project_root=str(project.root),
+        name=args.name,
+        follow=args.follow,
+        accept_new=args.accept_new,
+        ask=ask_to_pin(),
+        prepare=prepare,
+        out=out,
+        err=err,
+        stream=sys.stdout.buffer,
+    )
+
+
+def _multi_logs(args: argparse.Namespace) -> int:
+
+    project = load_project()
+    run = multihost.load_run(args.run)
+    hosts = load_hosts(project)
+    links = SessionPool(
+        [hosts.get(name) for name in run.hosts], project.name, deadline=None if args.follow else 30.0
+    )
+    try:
+        offsets = None
+        if args.tail is not None:
+            offsets = multihost.tail_offsets(run, links, max(0, args.tail), sys.stdout.buffer)
+            if not args.follow:
+                return 0
+        status = multihost.follow_logs(
+            run, links, sys.stdout.buffer, follow=args.follow, say=err, offsets=offsets
+        )
+    finally:
+        links.close()
+    return multihost.exit_code(status, err) if args.follow else 0
+
+
+def _multi_stop(args: argparse.Namespace) -> int:
+
+    project = load_project()
+    run = multihost.load_run(args.run)
+    hosts = load_hosts(project)
+    links = SessionPool([hosts.get(name) for name in run.hosts], project.name)
+    try:
+        status = multihost.stop_multi(run, links, grace=args.grace)
+    finally:
+        links.close()
+    code = "" if status.exit_code is None else f" (exit {status.exit_code})"
+    out(f"{run.id} on {', '.join(run.hosts)}: {status.state}{code}")
+    for part, info in zip(run.parts, status.parts, strict=True):
+        state = "unknown" if info is None else info.state
+        code = "" if info is None or info.exit_code is None else f" (exit {info.exit_code})"
+        out(f"  worker {part.index}: {part.host} {part.run_id} {state}{code}")
+    return 0
+
+
+def _multi_listing(
+    host: HostConfig, runs: list[RunInfo], project: ProjectConfig, everything: bool
+) -> tuple[list[RunInfo], list[Any]]:
+    """The host's own runs without the parts of multi-host runs, and the states of those multi-host runs."""
+
+    single, records = multihost.split_listing(host.name, runs)
+    if not records:
+        return single, []
+    found = multihost.statuses(records, host.name, runs, load_hosts(project), project.name)
+    if not everything:
+        found = [s for s in found if not s.finished] + [s for s in found if s.finished][-10:]
+        found.sort(key=lambda s: int(s.run.id[2:]))
+    return single, found
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+
+    if args.hosts is not None:
+        return _run_on_hosts(args)
+    project = load_project()
+    host = _run_host(args, project)
+    argv = list(args.command_args) or ([project.run.command] if project.run.command else [])
+    if not argv:
+        raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
+    session = connect_host(host, project.name, accept_new=args.accept_new, ask=ask_to_pin(), probe=False)
+    try:
+        # The flush barrier: the run starts only after the host acknowledged the project as it is now.
+        run = prepare_run(session, project, host, argv, name=args.name, sync=not args.no_sync, say=out)
+        out(f"started {run.id} on {host.name}: {run.command}")
+        if not args.follow:
+            out(f"  follow it: gpubox logs {run.id} -f    stop it: gpubox stop {run.id}")
+            return 0
+        # Follow on the same connection: the first line shows up without a second SSH handshake.
+        return _stream_log(host, project, run.id, follow=True, offset=0, session=session)
+    finally:
+        session.close()
+
+
+def _stream_log(
+    host: HostConfig,
+    project: ProjectConfig,
+    run_id: str,
+    *,
+    follow: bool,
+    offset: int,
+    session: HostSession | None = None,
+) -> int:
+    """Copy the run's log to stdout; with *follow*, until the run ends, across dropped links.
+
+    From offset 0 the log goes through a local copy (``state/runs/HOST/RUN.log``): what it holds is printed
+    first and fetching resumes at its size, so a gpubox killed mid-stream and started again neither drops nor
+    repeats a byte.
+    """
+
+    pool = SessionPool(
+        [host],
+        project.name,
+        sessions={host.name: session} if session is not None else None,
+        deadline=None if follow else 30.0,
+    )
+
+    def session_for() -> HostSession:
+        return pool.get(host.name)
+
+    def gap(exc: Exception) -> None:
+        err(f"gpubox: link to {host.name} lost ({exc}); reconnecting, the log resumes where it stopped")
+
+    stdout = sys.stdout.buffer
+    cache = None
+    cache_path = None
+    if offset == 0:
+        cache_path = paths.state_dir() / "runs" / host.name / f"{run_id}.log"
+        if cache_path.exists():
+            cache = open(cache_path, "a+b")  # noqa: SIM115 (closed in finally)
+            cache.seek(0)
+            while chunk := cache.read(1 << 20):
+                stdout.write(chunk)
+            offset = cache.tell()
+            stdout.flush()
+    info = None
+    try:
+        for chunk, latest in follow_log(session_for, run_id, offset=offset, follow=follow, on_gap=gap):
+            info = latest
+            if chunk:
+                if cache is None and cache_path is not None:
+                    # Made with the first byte: asking for a run that does not exist leaves nothing behind.
+                    paths.ensure_private_dir(cache_path.parent)
+                    cache = open(cache_path, "a+b")  # noqa: SIM115 (closed in finally)
+                if cache is not None:
+                    cache.write(chunk)
+                    cache.flush()
+                stdout.write(chunk)
+                stdout.flush()
+    finally:
+        if cache is not None:
+            cache.close()
+        pool.close()
+    if info is not None:
+        remember_runs(host.name, [info])
+    if not follow or info is None:
+        return 0
+    if info.state == "lost":
+        err(f"gpubox: run {run_id} was lost on {host.name} (its process vanished without an exit code)")
+        return 1
+    return info.exit_code if info.exit_code is not None else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+
+    if args.run.startswith("m-"):
+        return _multi_logs(args)
+    project = load_project()
+    host = _run_host(args, project)
+    run_id = check_run_id(args.run)
+    if args.tail is not None:
+        return _tail_then_follow(host, project, run_id, max(0, args.tail), args.follow)
+    return _stream_log(host, project, run_id, follow=args.follow, offset=0)
+
+
+def _tail_then_follow(host: HostConfig, project: ProjectConfig, run_id: str, lines: int, follow: bool) -> int:
+    """Print the last *lines* lines (looked for in the last MiB of the log), then follow if asked."""
+
+    window = 1 << 20
+    session = connect_host(host, project.name, probe=False, launch=False)
+    try:
+        head, _ = calls.run_log(session.agent, run_id=run_id, offset=0, max_bytes=1)
+        size = int(head.get("size", 0))
+        start = max(0, size - window)
+        _, data = calls.run_log(session.agent, run_id=run_id, offset=start, max_bytes=window)
+    finally:
+        session.close()
+    kept = b"".join(data.splitlines(keepends=True)[-lines:]) if lines else b""
+    sys.stdout.buffer.write(kept)
+    sys.stdout.buffer.flush()
+    if not follow:
+        return 0
+    return _stream_log(host, project, run_id, follow=True, offset=start + len(data))
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+
+    project = load_project()
+    host = _run_host(args, project)
+    session = connect_host(host, project.name, probe=False, launch=False)
+    try:
+        runs = list_runs(session)
+    finally:
+        session.close()
+    remember_runs(host.name, runs)
+    runs, multi = _multi_listing(host, runs, project, args.all)
+    if not args.all:
+        active = [r for r in runs if not r.finished]
+        runs = active + [r for r in runs if r.finished][-10:]
+        runs.sort(key=lambda r: int(r.id[2:]))
+    now = time.time()
+    if args.json:
+        print_json(
+            {
+                "runs": [
+                    {
+                        "id": r.id,
+                        "host": r.host,
+                        "name": r.name,
+                        "command": r.command,
+                        "state": r.state,
+                        "started_at": r.started_at,
+                        "ended_at": r.ended_at,
+                        "duration_seconds": r.duration(now),
+                        "exit_code": r.exit_code,
+                        "log_bytes": r.log_bytes,
+                        "progress": r.progress,
+                    }
+                    for r in runs
+                ]
+                + [m.to_json(now) for m in multi]
+            }
+        )
+        return 0
+    if not runs and not multi:
+        out(f"no runs on {host.name} yet: `gpubox run -- python train.py` starts one")
+        return 0
+    table(
+        ["id", "host", "state", "started", "duration", "exit", "progress", "command"],
+        [
+            [
+                r.id,
+                r.host,
+                r.state,
+                time.strftime("%m-%d %H:%M", time.localtime(r.started_at)) if r.started_at else "",
+                format_duration(r.duration(now) or 0),
+                "" if r.exit_code is None else str(r.exit_code),
+                r.progress_text(),
+                r.command if len(r.command) <= 60 else r.command[:57] + "...",
+            ]
+            for r in runs
+        ],
+    )
+    if multi:
+        out()
+        for line in table_lines(multi, now):
+            out(line)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+
+    if args.run.startswith("m-"):
+        return _multi_stop(args)
+    project = load_project()
+    host = _run_host(args, project)
+    run = stop_one_run(host, project, args.run, grace=args.grace)
+    out(
+        f"{run.id} on {host.name}: {run.state}"
+        + ("" if run.exit_code is None else f" (exit {run.exit_code})")
+    )
+    return 0

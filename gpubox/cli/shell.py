@@ -1,0 +1,96 @@
+"""`gpubox ssh`, `open` and `ssh-config`: a shell or one command on the host, a tunnelled service in the
+browser, and entries for other SSH tools."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import webbrowser
+
+from gpubox import paths
+from gpubox.actions.hosts import service_url
+from gpubox.cli.output import ask_to_pin, load_hosts, load_project, out
+from gpubox.errors import GpuboxError, UsageError
+from gpubox.remote.session import open_connection, shell_word
+from gpubox.remote.ssh_config import write_ssh_config
+from gpubox.state import open_state
+
+__all__ = ["cmd_open", "cmd_ssh", "cmd_ssh_config"]
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+
+    project = load_project()
+    host = load_hosts(project).get(args.host)
+    command = list(args.command_args)
+    connection, _spec = open_connection(host, accept_new=args.accept_new, ask=ask_to_pin())
+    cd = f"cd {shell_word(host.remote_project_dir(project.name))} 2>/dev/null; "
+    shell_recorded = False
+    try:
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        if interactive:
+            # While it is open, an interactive session keeps the host from idling out (see autostop_minutes).
+
+            with open_state() as state:
+                state.add_shell(host.name, os.getpid())
+            shell_recorded = True
+        if not command:
+            if not interactive:
+                raise UsageError("an interactive shell needs a terminal: give a command after `--`")
+            result = connection.fabric.run(
+                cd + 'exec "${SHELL:-/bin/sh}" -l', pty=True, warn=True, in_stream=sys.stdin, hide=False
+            )
+            return int(result.exited)
+        # One argument is a shell line (like ssh); several are an exact argv.
+        remote = command[0] if len(command) == 1 else shlex.join(command)
+        if interactive:
+            result = connection.fabric.run(cd + remote, pty=True, warn=True, in_stream=sys.stdin, hide=False)
+            return int(result.exited)
+        stdin = None if sys.stdin is None or sys.stdin.closed else sys.stdin.buffer
+        return connection.stream(cd + remote, stdin, sys.stdout.buffer, sys.stderr.buffer)
+    finally:
+        connection.close()
+        if shell_recorded:
+            with open_state() as state:
+                state.remove_shell(os.getpid())
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+
+    project = load_project()
+    host = load_hosts(project).pick(args.host)
+    with open_state() as state:
+        rows = {row.service: row for row in state.live_tunnels(host.name)}
+    if args.service not in rows:
+        known = ", ".join(sorted(rows)) or "none"
+        raise GpuboxError(
+            f"{args.service} is not tunnelled from {host.name} (tunnelled now: {known}); "
+            f"`gpubox up {host.name}` starts the services and their tunnels"
+        )
+    url = service_url(host, project, rows[args.service], show_secret=True)
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        browser = None
+    if (
+        browser is None
+        or args.print_only
+        or (not os.environ.get("DISPLAY") and sys.platform.startswith("linux"))
+    ):
+        out(url)
+        return 0
+    browser.open(url)
+    out(f"opened {url.split('?')[0]}")
+    return 0
+
+
+def cmd_ssh_config(args: argparse.Namespace) -> int:
+
+    path, names = write_ssh_config(load_hosts())
+    out(f"wrote {path} ({', '.join('gpubox-' + n for n in names)})")
+    out("add this line near the top of ~/.ssh/config (before any `Host *` block) to use them from")
+    out("VS Code Remote-SSH, JetBrains Gateway or plain ssh:")
+    out(f"    Include {paths.ssh_config_file()}")
+    return 0
