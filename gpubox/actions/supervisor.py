@@ -143,7 +143,7 @@ def supervise(
     session: HostSession,
     *,
     stop: threading.Event,
-    log: Callable[[str], None],
+    say: Callable[[str], None],
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     wake: threading.Event | None = None,
     monitor: HostMonitor | None = None,
@@ -168,7 +168,7 @@ def supervise(
                 monitor.tick(check_link=woken)
             continue
         except (HostUnreachable, AgentError) as exc:
-            log(f"link to {name} lost ({exc}); reconnecting")
+            say(f"link to {name} lost ({exc}); reconnecting")
         if monitor is not None:
             monitor.link_lost()
         lost_at = time.monotonic()
@@ -183,7 +183,7 @@ def supervise(
             if stop.is_set():
                 return
             raise
-        log(f"reconnected to {name} after {time.monotonic() - lost_at:.1f} s")
+        say(f"reconnected to {name} after {time.monotonic() - lost_at:.1f} s")
 
 
 def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
