@@ -500,7 +500,7 @@ def take_down_rented(
     say: Say,
     ask_to_pin: object = None,
 ) -> None:
-    """`gpubox down` of a rented host (its holder already stopped): pull the outputs, stop the services, then
+    """`gpubox down` of a rented host (its supervisor already stopped): pull the outputs, stop the services, then
     terminate the instance, unless *keep_instance*.
 
     Terminating loses whatever is on the machine, so a pull that fails stops here, before it (unless

@@ -110,7 +110,7 @@ def claim_host(
 
 
 def _bill_unheld(state: Any, host: HostConfig, price: Any) -> None:
-    """A rented instance goes on billing after its holder lets go: count that time until it is terminated."""
+    """A rented instance goes on billing after its supervisor lets go: count that time until it is terminated."""
     record = state.current_instance(host.name)
     if record is not None and record.billing:
         state.open_billing(
@@ -208,7 +208,7 @@ def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
         if rented is None or not rented.billing:
             state.close_billing(host_name)
         else:
-            # A rented instance bills on without its holder (even one that had to be killed) until terminated.
+            # A rented instance bills on without its supervisor (even one that had to be killed) until terminated.
             state.open_billing(
                 host_name, rented.price_per_hour, price_source=f"live price from {rented.provider}"
             )
