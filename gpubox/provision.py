@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 Confirm = Callable[[str], bool]
-Progress = Callable[[str], None]
+Say = Callable[[str], None]
 
 UNKNOWN_DRIVER = "the provider does not say the driver: `gpubox check` tells once the host is up"
 
@@ -215,7 +215,7 @@ def ensure_instance(
     host: HostConfig,
     *,
     confirm: Confirm,
-    progress: Progress,
+    say: Say,
     offer_id: str | None = None,
     poll_seconds: float = 2.0,
 ) -> Instance:
@@ -232,14 +232,12 @@ def ensure_instance(
         if instance is not None and instance.billing:
             note_instance(record, instance)
             if record.state == "running" and instance.ssh_ready:
-                progress(f"{describe_instance(instance, record.launched_at)}")
+                say(f"{describe_instance(instance, record.launched_at)}")
             else:
-                progress(
-                    f"{host.provider} instance {record.instance_id} was launched earlier; waiting for it"
-                )
-            return wait_for_ssh(api, host, record.instance_id, progress, poll_seconds=poll_seconds)
+                say(f"{host.provider} instance {record.instance_id} was launched earlier; waiting for it")
+            return wait_for_ssh(api, host, record.instance_id, say, poll_seconds=poll_seconds)
         forget_instance(host, record, "ended outside gpubox (the provider no longer runs it)")
-        progress(f"the {host.provider} instance recorded for {host.name} ({record.instance_id}) is gone")
+        say(f"the {host.provider} instance recorded for {host.name} ({record.instance_id}) is gone")
 
     offer = _choose_offer(api, host, offer_id)
     memory = f" {offer.gpu_memory_gb:g} GB" if offer.gpu_memory_gb else ""
@@ -255,11 +253,11 @@ def ensure_instance(
     name = instance_name(host.name)
     instance_id = api.launch(host, offer, name)
     _record_launch(host, instance_id, name, offer)
-    progress(
+    say(
         f"launched {host.provider} instance {instance_id} ({name}) at {format_usd(offer.price_per_hour)}/h: "
         "billing from now"
     )
-    return wait_for_ssh(api, host, instance_id, progress, poll_seconds=poll_seconds)
+    return wait_for_ssh(api, host, instance_id, say, poll_seconds=poll_seconds)
 
 
 def _choose_offer(api: CloudApi, host: HostConfig, offer_id: str | None) -> Offer:
@@ -327,7 +325,7 @@ def wait_for_ssh(
     api: CloudApi,
     host: HostConfig,
     instance_id: str,
-    progress: Progress,
+    say: Say,
     *,
     poll_seconds: float = 2.0,
     recheck_seconds: float = 10.0,
@@ -352,7 +350,7 @@ def wait_for_ssh(
                     raise
                 if said != str(exc):
                     said = str(exc)
-                    progress(f"! {exc} (still waiting)")
+                    say(f"! {exc} (still waiting)")
                 time.sleep(poll_seconds)
                 continue
             next_api = time.monotonic() + recheck_seconds
@@ -375,7 +373,7 @@ def wait_for_ssh(
             )
             if text != said:
                 said = text
-                progress(f"instance {instance_id} {text}")
+                say(f"instance {instance_id} {text}")
         assert instance is not None
         if (
             instance.ssh_ready
@@ -385,7 +383,7 @@ def wait_for_ssh(
         ):
             with open_state() as state:
                 state.update_instance(host.provider, instance_id, instance_state="running")
-            progress(f"SSH answers on {instance.ssh_host}:{instance.ssh_port}")
+            say(f"SSH answers on {instance.ssh_host}:{instance.ssh_port}")
             return instance
         if time.monotonic() >= deadline:
             price = f" at ${instance.price_per_hour:g}/h" if instance.price_per_hour is not None else ""
@@ -464,7 +462,7 @@ def find_orphans(hosts: HostsConfig, *, providers: Sequence[ProviderSettings] | 
     return OrphanReport(orphans, [(name, errors[name]) for name in jobs if name in errors], list(jobs))
 
 
-def terminate_orphans(hosts: HostsConfig, orphans: Sequence[Orphan], progress: Progress) -> list[str]:
+def terminate_orphans(hosts: HostsConfig, orphans: Sequence[Orphan], say: Say) -> list[str]:
     """Terminate each orphan; return what failed (each failure also leaves a recorded instance billing)."""
     from gpubox.state import open_state
 
@@ -475,10 +473,10 @@ def terminate_orphans(hosts: HostsConfig, orphans: Sequence[Orphan], progress: P
             known = state.instance(orphan.provider, orphan.instance.instance_id)
         try:
             if known is not None and known.billing:
-                progress(terminate_recorded(api, known.host, known))
+                say(terminate_recorded(api, known.host, known))
             else:
                 api.terminate(orphan.instance.instance_id)
-                progress(
+                say(
                     f"terminated {orphan.provider} instance {orphan.instance.instance_id} ({orphan.instance.name})"
                 )
         except (ProviderError, HostError, BadInput) as exc:
@@ -499,10 +497,10 @@ def take_down_rented(
     keep_instance: bool = False,
     pull_outputs: bool = True,
     confirm: Confirm | None = None,
-    say: Progress,
+    say: Say,
     ask_to_pin: object = None,
 ) -> None:
-    """`gpubox down` of a rented host (its holder already stopped): pull the outputs, stop the services, then
+    """`gpubox down` of a rented host (its supervisor already stopped): pull the outputs, stop the services, then
     terminate the instance, unless *keep_instance*.
 
     Terminating loses whatever is on the machine, so a pull that fails stops here, before it (unless

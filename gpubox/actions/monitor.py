@@ -119,7 +119,7 @@ class HostMonitor:
         host: HostConfig,
         *,
         stop: threading.Event,
-        log: Callable[[str], None],
+        say: Callable[[str], None],
         billing: BillingHold | None = None,
         hosts: HostsConfig | None = None,
         activity: SyncActivity | None = None,
@@ -133,7 +133,7 @@ class HostMonitor:
         self.session = session
         self.host = host
         self.stop = stop
-        self.log = log
+        self.say = say
         self.before_terminate: Callable[[], str] | None = None
         """For a rented host: what to do before terminating it (pull the outputs); raising stops the
         termination."""
@@ -248,13 +248,13 @@ class HostMonitor:
     def _budget_warning(self, budget: Budget, threshold: int) -> None:
         text = f"budget: {budget.describe(threshold)}"
         if threshold < 100:
-            self.log(f"! {text}")
+            self.say(f"! {text}")
         elif self.host.on_budget == "warn":
-            self.log(f'! {text}: {self.host.name} keeps running (on_budget = "warn")')
+            self.say(f'! {text}: {self.host.name} keeps running (on_budget = "warn")')
         elif self.host.stop_command or self.host.spec.stops_on_down:
-            self.log(f"! {text}: stopping {self.host.name}")
+            self.say(f"! {text}: stopping {self.host.name}")
         else:
-            self.log(f"! {text}")  # what happens next (it cannot be stopped) follows in its own line
+            self.say(f"! {text}")  # what happens next (it cannot be stopped) follows in its own line
 
     # -- idle
 
@@ -313,7 +313,7 @@ class HostMonitor:
         elif not host.spec.stops_on_down:
             if reason not in self._warned:
                 self._warned.add(reason)
-                self.log(
+                self.say(
                     f"! {why}: {host.name} is an ssh host without stop_command, so it keeps running (and "
                     f"billing); set stop_command in hosts.toml, or `gpubox down {host.name}`"
                 )
@@ -325,17 +325,17 @@ class HostMonitor:
             try:
                 if host.spec.rents and self.before_terminate is not None:
                     # Terminating a rented machine deletes its disk: bring the outputs home first.
-                    self.log(f"· {why}: {self.before_terminate()}")
+                    self.say(f"· {why}: {self.before_terminate()}")
                 done = provider_for(host).terminate(host)
             except GpuboxError as exc:
                 if reason not in self._warned:
                     self._warned.add(reason)
-                    self.log(f"! {why}, but {host.name} was not terminated: {exc}")
+                    self.say(f"! {why}, but {host.name} was not terminated: {exc}")
                 return
         self.outcome = f"{why}: {done}"
         if self.billing is not None:
             self.billing.end_reason = reason
-        self.log(f"! {self.outcome}")
+        self.say(f"! {self.outcome}")
         self.stop.set()
 
     def _run_stop_command(self, why: str, reason: str) -> str | None:
@@ -350,7 +350,7 @@ class HostMonitor:
         if reason + "-failed" not in self._warned:
             self._warned.add(reason + "-failed")
             detail = (result.stderr or result.stdout).decode("utf-8", "replace").strip().splitlines()
-            self.log(
+            self.say(
                 f"! {why}: `{command}` exited with status {result.exit_code}"
                 f"{': ' + detail[-1] if detail else ''}; {self.host.name} keeps running"
             )

@@ -110,7 +110,7 @@ def claim_host(
 
 
 def _bill_unheld(state: Any, host: HostConfig, price: Any) -> None:
-    """A rented instance goes on billing after its holder lets go: count that time until it is terminated."""
+    """A rented instance goes on billing after its supervisor lets go: count that time until it is terminated."""
     record = state.current_instance(host.name)
     if record is not None and record.billing:
         state.open_billing(
@@ -143,7 +143,7 @@ def supervise(
     session: HostSession,
     *,
     stop: threading.Event,
-    log: Callable[[str], None],
+    say: Callable[[str], None],
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     wake: threading.Event | None = None,
     monitor: HostMonitor | None = None,
@@ -168,7 +168,7 @@ def supervise(
                 monitor.tick(check_link=woken)
             continue
         except (HostUnreachable, AgentError) as exc:
-            log(f"link to {name} lost ({exc}); reconnecting")
+            say(f"link to {name} lost ({exc}); reconnecting")
         if monitor is not None:
             monitor.link_lost()
         lost_at = time.monotonic()
@@ -183,7 +183,7 @@ def supervise(
             if stop.is_set():
                 return
             raise
-        log(f"reconnected to {name} after {time.monotonic() - lost_at:.1f} s")
+        say(f"reconnected to {name} after {time.monotonic() - lost_at:.1f} s")
 
 
 def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
@@ -208,7 +208,7 @@ def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
         if rented is None or not rented.billing:
             state.close_billing(host_name)
         else:
-            # A rented instance bills on without its holder (even one that had to be killed) until terminated.
+            # A rented instance bills on without its supervisor (even one that had to be killed) until terminated.
             state.open_billing(
                 host_name, rented.price_per_hour, price_source=f"live price from {rented.provider}"
             )

@@ -97,7 +97,7 @@ def rent(host: HostConfig, *, confirm: Callable[[str], bool], say: Say) -> None:
     if host.spec.rents:
         from gpubox.provision import ensure_instance
 
-        ensure_instance(host, confirm=confirm, progress=say)
+        ensure_instance(host, confirm=confirm, say=say)
 
 
 def connect(
@@ -270,7 +270,7 @@ def hold(
             session,
             host,
             stop=stop,
-            log=lambda text: say(_step(text)),
+            say=lambda text: say(_step(text)),
             billing=billing,
             hosts=hosts,
             activity=activity,
@@ -279,7 +279,7 @@ def hold(
         if host.spec.rents:
             monitor.before_terminate = lambda: _pull_before_terminate(session, project)
         try:
-            supervise(session, stop=stop, wake=wake, log=lambda text: say(_step(text)), monitor=monitor)
+            supervise(session, stop=stop, wake=wake, say=lambda text: say(_step(text)), monitor=monitor)
         finally:
             if live is not None:
                 live.stop()

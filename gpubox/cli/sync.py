@@ -168,7 +168,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             live = start_live_sync(syncer, session, wake, say=out)
             out(f"watching {project.root} → {host.name}:{session.remote_dir} (Ctrl-C stops)")
             try:
-                supervise(session, stop=stop, wake=wake, log=lambda text: out(f"  · {text}"))
+                supervise(session, stop=stop, wake=wake, say=lambda text: out(f"  · {text}"))
             finally:
                 live.stop()
         return 0

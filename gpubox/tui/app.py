@@ -424,7 +424,7 @@ class GpuboxApp(App[None]):
                     confirm=lambda text: self.ask_from_thread(
                         f"Rent a machine for {name}?", text, yes="Rent"
                     ),
-                    progress=line,
+                    say=line,
                     offer_id=offer_id,
                 )
             line(f"starting the gpubox process that holds {name} (connect, sync, env, services)…")

@@ -183,7 +183,7 @@ def test_supervisor_reconnects_after_sshd_restart(sshd: SshServer, tmp_path: Pat
     messages: list[str] = []
     worker = threading.Thread(
         target=supervise,
-        kwargs={"session": session, "stop": stop, "log": messages.append, "heartbeat_seconds": 0.1},
+        kwargs={"session": session, "stop": stop, "say": messages.append, "heartbeat_seconds": 0.1},
     )
     worker.start()
     try:
