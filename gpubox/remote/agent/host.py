@@ -1013,7 +1013,35 @@ put("ended_at", repr(time.time()))
 put("exit_code", str(code if code >= 0 else 128 - code))
 """
 
-_run_waiters: List[Any] = []
+_SETSID_EXEC = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+def _spawn_away(
+    argv: List[str], *, cwd: Optional[str] = None, env: Optional[Dict[str, str]] = None, log: str = os.devnull
+) -> int:
+    """Start *argv* as nobody's child here, in a session of its own (so its pid leads its process group), with
+    stdin from /dev/null and its output appended to *log*; return its pid.
+
+    Runs and services must outlive this agent and the SSH session it serves: a session that is killed outright
+    (an sshd restart that takes its sessions down, a killed connection) kills its descendants, and a process
+    started with a plain Popen stays the agent's descendant until the agent exits. A short-lived shell starts the
+    process in the background and exits at once, so it is re-parented to init before anything can go wrong."""
+    line = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
+    shell = subprocess.Popen(
+        ["/bin/sh", "-c", line, "gpubox-spawn", log, sys.executable, "-c", _SETSID_EXEC, *argv],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+    out, _ = shell.communicate()
+    try:
+        return int(out.strip())
+    except ValueError:
+        raise RequestError("spawn-failed", "could not start %s" % argv[0]) from None
 
 
 def _runs_dir() -> str:
@@ -1240,13 +1268,7 @@ def _progress(folder: str, spec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return progress or None
 
 
-def _reap_waiters() -> None:
-    """The agent is the waiters' parent while it lives: collect the ones that ended, so no zombies pile up."""
-    _run_waiters[:] = [waiter for waiter in _run_waiters if waiter.poll() is None]
-
-
 def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
-    _reap_waiters()
     project = args.get("project")
     shell = args.get("shell")
     env = args.get("env") or {}
@@ -1292,16 +1314,7 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
     spec = {"shell": shell, "cwd": cwd, "env": run_env, "name": args.get("name"), "started_at": time.time()}
     with open(os.path.join(folder, "log"), "wb"):
         pass
-    waiter = subprocess.Popen(
-        [sys.executable, "-c", _RUN_WAITER, folder],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-    )
-    _run_waiters.append(waiter)
-    spec["waiter"] = waiter.pid
+    spec["waiter"] = _spawn_away([sys.executable, "-c", _RUN_WAITER, folder])
     with open(os.path.join(folder, "spec.json.tmp"), "w") as handle:
         json.dump(spec, handle)
     os.replace(os.path.join(folder, "spec.json.tmp"), os.path.join(folder, "spec.json"))
@@ -1314,7 +1327,6 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def op_run_list(args: Dict[str, Any]) -> Dict[str, Any]:
-    _reap_waiters()
     ids = args.get("ids")
     runs = _runs_dir()
     if ids:
@@ -1549,21 +1561,11 @@ def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
         env["VIRTUAL_ENV"] = venv
         env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", "/usr/bin:/bin")
     os.makedirs(cwd, exist_ok=True)
-    with open(os.path.join(folder, "log"), "ab") as log:
-        log.write(("\n--- gpubox: starting at %s on port %d\n" % (time.ctime(), port)).encode())
-        log.flush()
-        process = subprocess.Popen(
-            ["/bin/sh", "-c", command.replace("{port}", str(port))],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-    _run_waiters.append(process)
-    spec = {"command": command, "port": port, "pid": process.pid, "secret": args.get("secret"), "cwd": cwd}
+    log = os.path.join(folder, "log")
+    with open(log, "ab") as handle:
+        handle.write(("\n--- gpubox: starting at %s on port %d\n" % (time.ctime(), port)).encode())
+    pid = _spawn_away(["/bin/sh", "-c", command.replace("{port}", str(port))], cwd=cwd, env=env, log=log)
+    spec = {"command": command, "port": port, "pid": pid, "secret": args.get("secret"), "cwd": cwd}
     temp = os.path.join(folder, "spec.json.tmp")
     with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
         json.dump(spec, handle)
@@ -1571,14 +1573,14 @@ def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
     wait = args.get("wait", 60)
     deadline = time.time() + (wait if isinstance(wait, (int, float)) else 60)
     while time.time() < deadline:
-        if process.poll() is not None:
+        if not _alive(pid):
             break
         if _port_answers(port):
             row = _service_row(folder)
             row["reused"] = False
             return row
         time.sleep(0.1)
-    _stop_group(process.pid)
+    _stop_group(pid)
     try:
         with open(os.path.join(folder, "log"), "rb") as handle:
             handle.seek(max(0, os.fstat(handle.fileno()).st_size - 2000))
@@ -1617,7 +1619,6 @@ def op_service_stop(args: Dict[str, Any]) -> Dict[str, Any]:
     folder = _service_dir(args)
     row = _service_row(folder)
     _stop_group(row.get("pid"))
-    _reap_waiters()
     return _service_row(folder)
 
 
@@ -1739,7 +1740,6 @@ def _dash_runs(recent: int, project: Optional[str]) -> List[Dict[str, Any]]:
 def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     """What a dashboard refresh needs from this host, in one answer (the selected run's new log bytes in the
     blob)."""
-    _reap_waiters()
     recent = args.get("recent", 10)
     project = args.get("project")
     if not isinstance(recent, int) or recent < 0:
