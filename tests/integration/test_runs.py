@@ -119,7 +119,10 @@ def test_reattach_after_sigkill_gives_a_byte_identical_log(project: Path, tmp_pa
             stderr=subprocess.DEVNULL,
             env=os.environ.copy(),
         )
-        time.sleep(1.2)
+        # Killed mid-stream: once it has written part of the log (a loaded machine may take seconds to connect).
+        deadline = time.monotonic() + 60
+        while first_out.stat().st_size == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         follower.send_signal(signal.SIGKILL)
         follower.wait()
     assert first_out.stat().st_size > 0
