@@ -75,7 +75,7 @@ def test_report_lines_for_gpu_cpu_and_broken_hosts() -> None:
     }
     assert gpu_line(broken, release=NEWEST).mark == "✗"
     assert gpu_line(broken, release=NEWEST).text.startswith(
-        "no usable NVIDIA GPU: the NVIDIA driver is not running"
+        "no usable NVIDIA GPU: the NVIDIA kernel module is not loaded"
     )
     assert short_gpu(broken, release=NEWEST) == "unusable"
     assert short_gpu(None, release=NEWEST) == "not probed yet"
