@@ -116,7 +116,7 @@ def test_check_reads_the_hosts_nvidia_smi(tmp_path: Path, project: Path, sshd: S
     assert people.stdout.splitlines()[:3] == [
         "gpubox check gpu (nvidia-smi table)",
         "  ✓ GPU    4× NVIDIA A100-SXM4-80GB  cc 8.0  driver 555.42.02 (CUDA ≤ 12.5)",
-        "  ✓ TensorFlow 2.21 (CUDA 12.5): compatible  (the newest release gpubox knows)",
+        "  ✓ TensorFlow 2.21 (CUDA 12.5): compatible  (newest gpubox knows)",
     ]
 
 
@@ -183,7 +183,7 @@ def test_a_cpu_only_host(project: Path, sshd: SshServer) -> None:
     assert result.returncode == 1, result.stderr
     assert result.stdout.splitlines()[1:3] == [
         "  · GPU    no NVIDIA GPU: training runs on CPU (nvidia-smi not found on PATH)",
-        "  ✗ TensorFlow 2.21: cannot use the GPU  (the newest release gpubox knows)",
+        "  ✗ TensorFlow 2.21: cannot use the GPU  (newest gpubox knows)",
     ]
 
 
