@@ -107,7 +107,7 @@ def test_the_failure_messages_exit_1_with_a_verdict(project: Path) -> None:
         (
             "hello\n",
             ["--nvidia-smi", "smi.txt"],
-            "gpubox: smi.txt: not an nvidia-smi table, XML (-q -x) or --query-gpu CSV output",
+            "gpubox: smi.txt: not an nvidia-smi table, -q text, XML (-q -x) or --query-gpu CSV output",
         ),
         (
             'Field "compute_cap" is not a valid field to query.\n',

@@ -17,7 +17,7 @@ from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, SmiSnapshot
 
 __all__ = ["offer_snapshot", "parse_nvidia_smi", "probe_snapshot", "snapshot_from_probe"]
 
-_NOT_NVIDIA_SMI = "not an nvidia-smi table, XML (-q -x) or --query-gpu CSV output"
+_NOT_NVIDIA_SMI = "not an nvidia-smi table, -q text, XML (-q -x) or --query-gpu CSV output"
 
 
 def parse_nvidia_smi(text: str) -> SmiSnapshot:

@@ -91,6 +91,14 @@ def read(text: str) -> SmiSnapshot | None:
         return None
     root = _outline(text)
     gpus = [_gpu(position, node) for position, node in enumerate(n for n in root.children if n.key == "GPU")]
+    attached = int_or_na(root.text("Attached GPUs"))
+    if not gpus and isinstance(attached, int) and attached > 0:
+        # Reading on would report no GPU on a machine nvidia-smi says has some.
+        return SmiSnapshot(
+            format="text",
+            state="unrecognized",
+            message=f"the nvidia-smi -q text is cut off before its first GPU (it counts {attached} attached)",
+        )
     driver = _version(root.text("KMD Version") or root.text("Driver Version"))
     cuda = _version(root.text("CUDA UMD Version") or root.text("CUDA Version"))
     return SmiSnapshot(
@@ -100,7 +108,7 @@ def read(text: str) -> SmiSnapshot | None:
         driver_version=driver,
         cuda_driver_max=cuda,
         cuda_driver_max_source="nvidia-smi" if cuda else NA,
-        attached_gpus=int_or_na(root.text("Attached GPUs")),
+        attached_gpus=attached,
         message="" if gpus else "the nvidia-smi -q text has no GPU section",
     )
 
