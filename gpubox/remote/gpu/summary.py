@@ -22,9 +22,12 @@ __all__ = ["MARKS", "GpuSummary", "describe_gpus", "gpu_line_text", "summarize"]
 def describe_gpus(snapshot: SmiSnapshot) -> str:
     """``1× NVIDIA A100-SXM4-40GB  cc 8.0  driver 550.54.14 (CUDA ≤ 12.4)``, as in design.md."""
     parts = []
-    for gpu, indexes in gpu_groups(snapshot.gpus):
+    for gpu, indexes in gpu_groups(gpu for gpu in snapshot.gpus if gpu.usable):
         cc = f"  cc {gpu.compute_capability}" if gpu.compute_capability else ""
         parts.append(f"{len(indexes)}× {gpu.name}{cc}")
+    for word in sorted({gpu.error_state for gpu in snapshot.gpus if not gpu.usable}):
+        count = sum(1 for gpu in snapshot.gpus if gpu.error_state == word)
+        parts.append(f"{count} in a fault state ({word})")
     text = " + ".join(parts)
     if snapshot.driver_version:
         text += f"  driver {snapshot.driver_version}"
@@ -85,12 +88,15 @@ class GpuSummary:
             return "none (CPU)"
         if self.snapshot.state != "gpus":
             return "unusable"
-        names = sorted(
-            {gpu.name for gpu in self.snapshot.gpus if gpu.usable} or {gpu.name for gpu in self.snapshot.gpus}
+        usable = [gpu for gpu in self.snapshot.gpus if gpu.usable]
+        names = sorted({gpu.name for gpu in usable})
+        what = (
+            "no usable GPU" if not names else names[0] if len(names) == 1 else f"mixed ({len(names)} models)"
         )
-        what = names[0] if len(names) == 1 else f"mixed ({len(names)} models)"
+        faulted = len(self.snapshot.gpus) - len(usable)
+        gpus = f"{len(usable)}× {what}" + (f" (+{faulted} faulted)" if faulted else "")
         short = _SHORT_NAMES.get(self.release.name, self.release.display_name)
-        return f"{len(self.snapshot.gpus)}× {what} · {short} {self.release.version} {self.verdict.level}"
+        return f"{gpus} · {short} {self.release.version} {self.verdict.level}"
 
     @property
     def label(self) -> str:
