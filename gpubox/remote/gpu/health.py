@@ -64,13 +64,16 @@ def gpu_findings(snapshot: SmiSnapshot) -> GpuFindings:
     gpus = snapshot.gpus
     faulted = tuple(gpu for gpu in gpus if not gpu.usable)
     lines: list[str] = []
+    healthy = ",".join(str(gpu.index) for gpu in gpus if gpu.usable)
+    # A framework opens every GPU it can see: a faulted one must be hidden from runs until it is reset.
+    meanwhile = f"; until then start runs with CUDA_VISIBLE_DEVICES={healthy}" if healthy else ""
     for word in sorted({gpu.error_state for gpu in faulted}):
         which = [gpu for gpu in faulted if gpu.error_state == word]
         reset = " ".join(f"`nvidia-smi -r -i {gpu.index}`" for gpu in which)
         lines.append(
             f"{_which(which)} {'is' if len(which) == 1 else 'are'} in a fault state (nvidia-smi shows "
             f"{word!r} instead of its figures, typically after an Xid error): no framework can use it; stop what "
-            f"runs on it and reset it ({reset}) or reboot the host"
+            f"runs on it and reset it ({reset}) or reboot the host{meanwhile}"
         )
     pending = [gpu for gpu in gpus if gpu.usable and gpu.ecc_pending]
     if pending:
