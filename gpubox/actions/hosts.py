@@ -7,10 +7,11 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from gpubox.actions.framework import project_framework
 from gpubox.cost import budgets_for, host_spend
 from gpubox.fmt import format_duration
 from gpubox.remote.agent import calls
-from gpubox.remote.gpu import load_rules
+from gpubox.remote.gpu import NEWEST, load_rules
 from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
 from gpubox.report import short_gpu
@@ -41,15 +42,19 @@ def target(host: HostConfig) -> str:
     return where
 
 
-def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, Any]]:
-    """Every configured host as `gpubox hosts --json` shows it: who holds it, price, spend and budgets.
+def host_rows(
+    hosts: HostsConfig, now: float | None = None, *, project: ProjectConfig | None = None
+) -> list[dict[str, Any]]:
+    """Every configured host as `gpubox hosts --json` shows it: who holds it, price, spend and budgets, and its
+    GPUs judged for *project*'s framework (the newest gpubox knows without a project).
 
     Reads only the state database; never connects."""
 
     rows = []
     now = time.time() if now is None else now
-    # `gpubox hosts` judges the GPUs for the newest TensorFlow gpubox knows; `gpubox check` for the project's own.
-    newest = load_rules().newest("tensorflow")
+    # The one rule of `gpubox check` (the project's pin, else the newest), without connecting.
+    framework = project_framework(project) if project is not None else None
+    release = framework.release if framework else load_rules().newest("tensorflow")
     with open_state() as state:
         ledger = state.billing()
         alerts = state.budget_alerts()
@@ -72,7 +77,8 @@ def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, An
                         "since": supervisor.started_at,
                     },
                     "endpoint": record.endpoint if record else None,
-                    "gpu": short_gpu(record.probe if record else None, release=newest),
+                    "gpu": short_gpu(record.probe if record else None, release=release),
+                    "gpu_judged_for": f"{release.label} ({framework.chosen_by if framework else NEWEST})",
                     "probed_at": record.probed_at if record else None,
                     "price_per_hour": price.amount,
                     "price_source": price.source,

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gpubox.actions import Say
+from gpubox.actions.framework import project_framework
 from gpubox.actions.monitor import HostMonitor, SyncActivity, SyncStatus
 from gpubox.actions.supervisor import claim_host, stop_on_signals, supervise
 from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.fmt import format_duration, format_usd
-from gpubox.remote.gpu import load_rules
 from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
 from gpubox.remote.tunnels import Tunnel
@@ -117,20 +117,22 @@ def connect(
         with open_state() as state:
             state.record_host(host.name, host.provider, session.spec.endpoint.display)
             state.record_probe(host.name, session.probe)
-        _say_report(session, time.monotonic() - started, say)
+        _say_report(session, project, time.monotonic() - started, say)
     except BaseException:
         session.close()
         raise
     return session
 
 
-def _say_report(session: HostSession, elapsed: float, say: Say) -> None:
+def _say_report(session: HostSession, project: ProjectConfig, elapsed: float, say: Say) -> None:
     endpoint = session.spec.endpoint
     how = "host key made by gpubox" if session.spec.trusted_host_keys else "host key checked"
     say(f"  ✓ connected {endpoint.display} ({how}) in {elapsed:.2f} s")
-    # `up` judges the GPUs for the newest TensorFlow gpubox knows; `gpubox check` for the project's own.
-    newest = load_rules().newest("tensorflow")
-    for line in host_report(session.probe, session.agent.hello, release=newest):
+    # The one rule of `gpubox check` (the project's pin, else the newest), without asking the env (check does).
+    framework = project_framework(project)
+    for line in host_report(
+        session.probe, session.agent.hello, release=framework.release, chosen_by=framework.chosen_by
+    ):
         say(line.render())
     host = session.host
     money = [host_price(host, session.probe).label()]

@@ -77,9 +77,10 @@ def _orphan_check(hosts: HostsConfig) -> tuple[list[dict[str, Any]], list[dict[s
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
-    hosts = load_hosts()
+    project = load_project()
+    hosts = load_hosts(project)
     orphans, problems, orphan_lines = _orphan_check(hosts)
-    rows = host_rows(hosts)
+    rows = host_rows(hosts, project=project)
     if args.json:
         print_json(
             {
@@ -106,6 +107,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
             for r in rows
         ],
     )
+    if rows:
+        out(f"  gpu: judged for {rows[0]['gpu_judged_for']}")
     for line in orphan_lines:
         out(line)
     return 0
@@ -113,9 +116,10 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
 
-    hosts = load_hosts()
+    project = load_project()
+    hosts = load_hosts(project)
     orphans, problems, orphan_lines = _orphan_check(hosts)
-    rows = host_rows(hosts)
+    rows = host_rows(hosts, project=project)
     now = time.time()
     with open_state() as state:
         for row in rows:
@@ -133,12 +137,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 {"name": tunnel.service, "host_port": tunnel.host_port, "tunnel": tunnel}
                 for tunnel in state.live_tunnels(host.name)
             ]
-    project = load_project() if args.show_secrets else None
+    secrets = project if args.show_secrets else None
     for row in rows:
         for service in row["services"]:
             tunnel = service.pop("tunnel")
             host = hosts.hosts[row["name"]]
-            service["url"] = service_url(host, project, tunnel, show_secret=project is not None)
+            service["url"] = service_url(host, secrets, tunnel, show_secret=secrets is not None)
     if args.json:
         print_json({"hosts": rows, "orphans": orphans, "provider_problems": problems})
         return 0

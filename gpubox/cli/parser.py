@@ -143,13 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--nvidia-smi",
         metavar="FILE",
-        help="offline: a saved nvidia-smi table, `-q -x` XML or --query-gpu CSV (- reads stdin)",
+        help="offline: a saved nvidia-smi table, `-q` text, `-q -x` XML or --query-gpu CSV (- reads stdin)",
     )
     check.add_argument(
         "--framework",
         metavar="SPEC",
-        help="tensorflow==2.21 or torch==2.10 (default: installed on the host, the requirements pin, "
-        "or the newest release gpubox knows)",
+        help="tensorflow==2.21 or torch==2.10 (default: installed in the project's env on the host, the "
+        "requirements pin, or the newest release gpubox knows)",
     )
     check.add_argument("--json", action="store_true", help="one JSON document on stdout")
     check.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")

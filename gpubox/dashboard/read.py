@@ -173,18 +173,18 @@ class StateReader:
         else:
             from gpubox.remote import gpu
 
-            snapshot = gpu.snapshot_from_probe(probe.get("nvidia_smi") or {})
+            snapshot = gpu.probe_snapshot(probe)
             if snapshot.state == "no_nvidia_smi":
                 text = gpu.gpu_line_text(snapshot)
                 found = ("none (CPU)", "cpu", text, (text,))
             else:
                 try:
-                    # The dashboard judges the release the project pins (else the newest), as `gpubox check` does.
-                    release = gpu.choose_framework(None, None, requirements).release
+                    # The one rule of `gpubox check` (the project's pin, else the newest), and the judgement says which.
+                    choice = gpu.choose_framework(None, None, requirements)
                 except GpuboxError as exc:
                     found = (gpu.gpu_line_text(snapshot), "unknown", str(exc), (str(exc),))
                 else:
-                    summary = gpu.summarize(snapshot, release)
+                    summary = gpu.summarize(snapshot, choice.release, chosen_by=choice.chosen_by)
                     found = (summary.label, summary.verdict.level, summary.judgement, summary.verdict.reasons)
         self._verdicts[key] = found
         return found

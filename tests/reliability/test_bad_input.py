@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"
 A100_X4 = (CAPTURES / "04_a100-sxm4-80gb-x4_555.txt").read_bytes()
 RTX_XML = (CAPTURES / "20_rtx-a5000-x2_590_qx.xml.txt").read_bytes()
+H200_Q = (CAPTURES / "62_h200_610_q.txt").read_bytes()
 NO_RUN = "r-987654321"  # the host's run folder is shared by every test: an id no test reaches
 FIVE_GB = 5 << 30
 README = Path(__file__).with_name("README.md")
@@ -544,7 +545,7 @@ CASES = [
         "smi-random-bytes",
         ("check", "--nvidia-smi", SMI),
         2,
-        "not an nvidia-smi table, XML (-q -x) or --query-gpu CSV output",
+        "not an nvidia-smi table, -q text, XML (-q -x) or --query-gpu CSV output",
         "64 KiB of random bytes",
         files={SMI: _garbage(65536, 9)},
     ),
@@ -564,6 +565,14 @@ CASES = [
         "not readable as XML",
         "-q -x XML cut in half",
         files={SMI: RTX_XML[: len(RTX_XML) // 2]},
+    ),
+    Case(
+        "smi-truncated-q-text",
+        ("check", "--nvidia-smi", SMI),
+        2,
+        "the nvidia-smi -q text is cut off before its first GPU (it counts 1 attached)",
+        "nvidia-smi -q text cut after its header",
+        files={SMI: H200_Q[: H200_Q.index(b"GPU 0000")]},
     ),
     Case(
         "smi-empty-file",
@@ -642,7 +651,7 @@ CASES = [
         "host-smi-driver-down",
         ("check", "box"),
         1,
-        "the NVIDIA driver is not running",
+        "the NVIDIA kernel module is not loaded",
         "nvidia-smi fails (exit 9)",
         host=lambda w: {"python": _python_with_smi(w, "driver-down")},
         kind="report",

@@ -107,6 +107,9 @@ class Probe(TypedDict, total=False):
     disk: dict[str, Any]
     """{"path", "exists", "free_bytes", "total_bytes"}, or {"path", "error"}"""
     nvidia_smi: NvidiaSmi
+    gpu_query: NvidiaSmi | None
+    """``--query-gpu=index,pci.bus_id,name,compute_cap --format=csv`` (without compute_cap where this nvidia-smi
+    refuses it); None when nvidia-smi itself gave no answer. Absent from agents before it."""
 
 
 def probe(agent: AgentSession, *, project_dir: str) -> Probe:

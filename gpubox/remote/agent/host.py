@@ -224,6 +224,7 @@ def op_probe(args: Dict[str, Any]) -> Dict[str, Any]:
     project_dir = args.get("project_dir") or "~"
     if not isinstance(project_dir, str):
         raise RequestError("bad-request", "project_dir must be a string")
+    smi = _nvidia_smi()
     return {
         "hostname": socket.gethostname(),
         "os": _os_name(),
@@ -233,8 +234,21 @@ def op_probe(args: Dict[str, Any]) -> Dict[str, Any]:
         "cpu_count": _cpu_count(),
         "memory": _memory(),
         "disk": _disk(project_dir),
-        "nvidia_smi": _nvidia_smi(),
+        "nvidia_smi": smi,
+        "gpu_query": _gpu_query() if smi.get("available") else None,
     }
+
+
+# The host's own word on each GPU: its compute capability (drivers from R510 on) and its full name (the table
+# cuts long names). An older nvidia-smi refuses the compute_cap field; the names alone are still worth asking.
+GPU_QUERY_FIELDS = ("index", "pci.bus_id", "name", "compute_cap")
+
+
+def _gpu_query() -> Dict[str, Any]:
+    answer = _nvidia_smi(("--query-gpu=" + ",".join(GPU_QUERY_FIELDS), "--format=csv"))
+    if not answer.get("available") and "not a valid field" in answer.get("output", ""):
+        answer = _nvidia_smi(("--query-gpu=" + ",".join(GPU_QUERY_FIELDS[:-1]), "--format=csv"))
+    return answer
 
 
 # ------------------------------------------------------------------------------------------------- sync
