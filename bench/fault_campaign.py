@@ -38,6 +38,7 @@ from tests.reliability.harness import (  # noqa: E402
     netem_unavailable_reason,
     run_schedule,
 )
+from tests.support import hosthome  # noqa: E402
 from tests.support.netns import NetnsLab, netns_unavailable_reason  # noqa: E402
 
 SECTION = "## Fault campaign (bench/fault_campaign.py)"
@@ -70,6 +71,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpubox-bench-faults-") as folder:
         work = Path(folder)
         os.environ["GPUBOX_HOME"] = str(work / "gpubox-home")
+        os.environ[hosthome.ENV_VARIABLE] = str(hosthome.make_session_host_home(work / "host-home"))
         with NetnsLab(1, work / "lab") as lab, SmallDisk(work / "disk", size_mb=64) as disk:
             host = lab.hosts[0]
             host.server.restart()  # its sessions must see the tmpfs

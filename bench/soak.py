@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _results import machine, publish  # noqa: E402
 
 from tests.reliability.harness import Counters, Invariants, Workspace  # noqa: E402
+from tests.support import hosthome  # noqa: E402
 from tests.support.netns import NetnsHost, NetnsLab, netns_unavailable_reason  # noqa: E402
 
 SECTION = "## Soak (bench/soak.py)"
@@ -88,6 +89,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpubox-bench-soak-") as folder:
         work = Path(folder)
         os.environ["GPUBOX_HOME"] = str(work / "gpubox-home")
+        os.environ[hosthome.ENV_VARIABLE] = str(hosthome.make_session_host_home(work / "host-home"))
         with NetnsLab(1, work / "lab") as lab:
             return soak(lab.hosts[0], work, options)
 

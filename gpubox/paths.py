@@ -9,7 +9,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["config_dir", "gpubox_home", "known_hosts_file", "local_host_dir", "ssh_config_file", "state_dir"]
+__all__ = [
+    "config_dir",
+    "gpubox_home",
+    "known_hosts_file",
+    "local_host_dir",
+    "local_host_home",
+    "ssh_config_file",
+    "state_dir",
+]
 
 
 def gpubox_home() -> Path | None:
@@ -43,6 +51,16 @@ def known_hosts_file() -> Path:
 def local_host_dir() -> Path:
     """Keys, config, pid and log of the private sshd behind the built-in ``local`` host."""
     return state_dir() / "local-sshd"
+
+
+def local_host_home() -> Path | None:
+    """``GPUBOX_LOCAL_HOME``: the home folder sessions on the ``local`` host get instead of the user's own.
+
+    Runs, envs, services and the trash then live under it, apart from what the user keeps in ``~/.gpubox`` (the
+    test suite gives each session such a home of its own).
+    """
+    value = os.environ.get("GPUBOX_LOCAL_HOME")
+    return Path(value).expanduser().resolve() if value else None
 
 
 def ssh_config_file() -> Path:

@@ -10,9 +10,23 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import hosthome
 from tests.support.sshd import SshServer
 
 pytest_plugins = ["tests.support.netns"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_host_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The test hosts' home for this session (see tests/support/hosthome.py), for every sshd and `local`."""
+    home = hosthome.make_session_host_home(tmp_path_factory.getbasetemp() / "host-home")
+    before = os.environ.get(hosthome.ENV_VARIABLE)
+    os.environ[hosthome.ENV_VARIABLE] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop(hosthome.ENV_VARIABLE, None)
+    else:
+        os.environ[hosthome.ENV_VARIABLE] = before
 
 
 @pytest.fixture(autouse=True)

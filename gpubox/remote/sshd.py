@@ -96,11 +96,14 @@ class SshdFiles:
         return " ".join(self.host_key.with_name(self.host_key.name + ".pub").read_text().split()[:2])
 
 
-def prepare_sshd_files(folder: Path, *, listen: str = "127.0.0.1", user: str | None = None) -> SshdFiles:
+def prepare_sshd_files(
+    folder: Path, *, listen: str = "127.0.0.1", user: str | None = None, home: Path | None = None
+) -> SshdFiles:
     """Create (or reuse) host key, client key, authorized_keys and an sshd config in *folder*.
 
     The port is not part of the config file; it is given on the command line so a restart can move to
-    another free port without rewriting anything.
+    another free port without rewriting anything. *home* gives the sessions another ``HOME`` than the user's
+    own (sshd applies ``SetEnv`` after its own ``HOME``): everything gpubox keeps on the host then lives there.
     """
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     files = SshdFiles.in_folder(folder)
@@ -139,6 +142,8 @@ def prepare_sshd_files(folder: Path, *, listen: str = "127.0.0.1", user: str | N
         "Subsystem sftp internal-sftp",
         "LogLevel INFO",
     ]
+    if home is not None:
+        lines.append(f'SetEnv "HOME={home}"')
     files.config.write_text("\n".join(lines) + "\n")
     return files
 

@@ -90,9 +90,11 @@ def _script(spec: EnvSpec, project_dir: str) -> str:
 
     steps = [
         "set -u",
-        f'D="$HOME/.gpubox/envs/{spec.key}"',
+        'mkdir -p "$HOME/.gpubox/envs" || exit 90',
+        # Built at the folder's real path: when ~/.gpubox/envs links to a bigger disk (or a cache shared by
+        # several homes), the venv's scripts must name the place that stays, not the link.
+        f'D="$(cd "$HOME/.gpubox/envs" && pwd -P)/{spec.key}"',
         f'if [ -f "$D/{READY}" ]; then echo "gpubox-env: cached $D"; exit 0; fi',
-        'mkdir -p "$HOME/.gpubox/envs"',
         # Two gpubox processes must not build the same env at once; flock(1) is util-linux, nearly always there.
         'exec 9>"$D.lock"',
         "command -v flock >/dev/null 2>&1 && flock 9",

@@ -51,7 +51,7 @@ def _connect(server: SshServer, tmp_path: Path, connect_timeout: float = 15.0) -
 
 
 def test_agent_is_uploaded_once_then_reused(sshd: SshServer, tmp_path: Path) -> None:
-    agent_file = Path(os.path.expanduser(f"~{sshd.user}")) / ".gpubox" / f"agent-{agent_hash()}.py"
+    agent_file = sshd.home / ".gpubox" / f"agent-{agent_hash()}.py"
     agent_file.unlink(missing_ok=True)
     with _connect(sshd, tmp_path) as connection:
         first = AgentSession(connection).start()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -18,13 +17,18 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import run_gpubox
+from tests.support.hosthome import host_home
 from tests.support.netns import NetnsHost, NetnsHostsFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "digits"
-# The namespace hosts log in as this user, whose home (runs, envs) they all share with this machine.
-HOST_RUNS = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".gpubox" / "runs"
+
+
+def host_runs() -> Path:
+    """The namespace hosts all log in with the session's test host home, so they share its runs folder."""
+    return host_home() / ".gpubox" / "runs"
+
 
 WORKER = """\
 import json, os, sys, time
@@ -135,7 +139,7 @@ def _wait_for(predicate: object, timeout: float, what: str) -> None:
 
 
 def _env_line(part: str) -> dict[str, str]:
-    log = (HOST_RUNS / part / "log").read_text()
+    log = (host_runs() / part / "log").read_text()
     return json.loads(next(line for line in log.splitlines() if line.startswith("env "))[4:])
 
 
@@ -172,7 +176,7 @@ def test_two_hosts_train_digits_with_multi_worker_mirrored_strategy(
     assert (tmp_path / "remote0" / "checkpoints" / "digits.keras").stat().st_size > 10_000
     assert not (tmp_path / "remote1" / "checkpoints" / "digits.keras").exists()
     config = [
-        json.loads(json.loads((HOST_RUNS / part / "spec.json").read_text())["env"]["TF_CONFIG"])
+        json.loads(json.loads((host_runs() / part / "spec.json").read_text())["env"]["TF_CONFIG"])
         for _, part in parts
     ]
     workers = config[0]["cluster"]["worker"]
@@ -202,7 +206,7 @@ def test_a_killed_worker_fails_the_run_and_the_watcher_stops_the_other(
     assert started.returncode == 0, started.stderr
     run_id, parts = _started(started.stdout)
     assert len(parts) == 2
-    logs = [HOST_RUNS / part / "log" for _, part in parts]
+    logs = [host_runs() / part / "log" for _, part in parts]
     _wait_for(lambda: all(b"env " in log.read_bytes() for log in logs), 30, "both workers to start")
 
     envs = [_env_line(part) for _, part in parts]
@@ -221,10 +225,10 @@ def test_a_killed_worker_fails_the_run_and_the_watcher_stops_the_other(
     assert envs[0]["MASTER_PORT"] not in envs[0]["TF_CONFIG"]
     assert _listing(project)[run_id]["state"] == "running"
 
-    victim = int((HOST_RUNS / parts[1][1] / "pid").read_text())
+    victim = int((host_runs() / parts[1][1] / "pid").read_text())
     os.killpg(victim, signal.SIGKILL)
     # Nobody follows the run: the watcher it left behind stops the other worker.
-    other = HOST_RUNS / parts[0][1]
+    other = host_runs() / parts[0][1]
     _wait_for(lambda: (other / "exit_code").exists(), 30, "the other worker to be stopped")
     assert (other / "stopped").exists()
 
@@ -268,9 +272,9 @@ def test_run_follow_stops_the_others_and_exits_with_the_failed_workers_code(
             header.append(line)
         run_id, parts = _started("".join(header))
         assert [host for host, _ in parts] == ["n1", "n0"]
-        logs = [HOST_RUNS / part / "log" for _, part in parts]
+        logs = [host_runs() / part / "log" for _, part in parts]
         _wait_for(lambda: all(b"env " in log.read_bytes() for log in logs), 30, "both workers to start")
-        os.killpg(int((HOST_RUNS / parts[0][1] / "pid").read_text()), signal.SIGKILL)  # the chief
+        os.killpg(int((host_runs() / parts[0][1] / "pid").read_text()), signal.SIGKILL)  # the chief
         stdout, stderr = follower.communicate(timeout=60)
     finally:
         if follower.poll() is None:
@@ -278,6 +282,6 @@ def test_run_follow_stops_the_others_and_exits_with_the_failed_workers_code(
             follower.wait()
     assert follower.returncode == 137, stderr
     assert f"worker 0 on n1 ({parts[0][1]}) failed (exit 137); stopping n0 ({parts[1][1]})" in stderr
-    assert (HOST_RUNS / parts[1][1] / "stopped").exists()
+    assert (host_runs() / parts[1][1] / "stopped").exists()
     assert "[n1] env " in stdout and "[n0] env " in stdout
     assert _listing(project)[run_id]["state"] == "failed"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import assert_one_line_error, run_gpubox
+from tests.support.hosthome import host_home
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +30,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def _host_log(run_id: str) -> bytes:
-    return (
-        (Path(os.path.expanduser("~" + os.environ.get("USER", "root"))) / ".gpubox" / "runs")
-        .joinpath(run_id, "log")
-        .read_bytes()
-    )
+    return (host_home() / ".gpubox" / "runs").joinpath(run_id, "log").read_bytes()
 
 
 def _runs(project: Path) -> dict[str, dict[str, object]]:

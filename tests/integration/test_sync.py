@@ -708,7 +708,7 @@ def cli_project(sshd: SshServer, tmp_path: Path) -> Iterator[CliProject]:
     host = tmp_path / "cli-host" / f"proj-{os.urandom(4).hex()}"
     (local / "hosts.toml").write_text(host_entry("box", sshd, accept_new=True, remote_dir=str(host)))
     (local / "gpubox.toml").write_text("[sync]\n")
-    project = CliProject(local, host, Path(os.path.expanduser(f"~{sshd.user}")))
+    project = CliProject(local, host, sshd.home)
     try:
         yield project
     finally:

@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import os
-import pwd
 import random
 import re
 import shutil
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support import hosthome
 from tests.support.netns import NetemUnavailable, NetnsHost
 from tests.support.sshd import SshServer, _descendants
 
@@ -62,19 +62,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def host_home() -> Path:
-    """The namespace hosts log in as this user: their ``~`` is this user's home folder from passwd."""
-    return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    """The namespace hosts log in as this user with the session's test host home as ``~``."""
+    return hosthome.host_home()
 
 
 def clear_stale_rehash_lock(min_age: float = 10.0) -> bool:
     """Remove pyenv's rehash lock when a killed login shell left it behind; True if it did.
 
-    The namespace hosts share this machine's home folder, and every SSH session runs ~/.bashrc (Debian's bash
-    does for sshd), which may run ``pyenv rehash`` under the lock ``~/.pyenv/shims/.pyenv-shim``. A session
+    Every SSH session on the namespace hosts runs the developer's ~/.bashrc (Debian's bash does for sshd, and
+    the test host home's .bashrc reads the developer's), which may run ``pyenv rehash`` under the lock ``~/.pyenv/shims/.pyenv-shim``. A session
     SIGKILLed inside it (what the sshd faults do) leaves the lock, and every later login on the machine, ours and
     anyone else's, then waits up to a minute for it. A rehash takes well under a second, so an older lock is stale.
     """
-    lock = host_home() / ".pyenv" / "shims" / ".pyenv-shim"
+    lock = hosthome.real_home() / ".pyenv" / "shims" / ".pyenv-shim"
     try:
         if time.time() - lock.stat().st_mtime < min_age:
             return False

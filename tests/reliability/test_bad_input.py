@@ -223,8 +223,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield found
     finally:
         server.stop()
-        # Deletions went to the trash in the ssh user's real home: leave nothing of this module there.
-        trash = Path(os.path.expanduser(f"~{server.user}")) / ".gpubox" / "trash"
+        # Deletions went to the trash in the session's host home: leave nothing of this module there.
+        trash = server.home / ".gpubox" / "trash"
         for folder in trash.glob(f"{remote.name}-*"):
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -92,8 +92,8 @@ class Place:
 
     @property
     def host_home(self) -> Path:
-        """The ssh user's home on the host (this machine): where the agent keeps ~/.gpubox."""
-        return Path(os.path.expanduser(f"~{self.server.user}"))
+        """The ssh user's home on the host (the session's test host home): where the agent keeps ~/.gpubox."""
+        return self.server.home
 
 
 def _place(base: Path, **host: object) -> Place:

@@ -18,18 +18,29 @@ from gpubox.remote.sshd import (
     sshd_command,
     wait_for_banner,
 )
+from tests.support import hosthome
 
 
 class SshServer:
-    """One sshd process. ``netns`` runs it inside that network namespace (root only)."""
+    """One sshd process. ``netns`` runs it inside that network namespace (root only).
+
+    Its sessions get the session's test host home (tests/support/hosthome.py), or *home* when given.
+    """
 
     def __init__(
-        self, folder: Path, *, listen: str = "127.0.0.1", port: int | None = None, netns: str | None = None
+        self,
+        folder: Path,
+        *,
+        listen: str = "127.0.0.1",
+        port: int | None = None,
+        netns: str | None = None,
+        home: Path | None = None,
     ) -> None:
         self.listen = listen
         self.netns = netns
         self.user = getpass.getuser()
-        self.files: SshdFiles = prepare_sshd_files(folder, listen=listen, user=self.user)
+        self.home = home or hosthome.host_home()
+        self.files: SshdFiles = prepare_sshd_files(folder, listen=listen, user=self.user, home=self.home)
         self.port = port or (22 if netns else free_port())
         self.proc: subprocess.Popen[bytes] | None = None
 

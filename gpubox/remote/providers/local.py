@@ -38,6 +38,8 @@ class LocalServer:
     pid: int
     port: int
     started_at: float
+    home: str | None = None
+    """The ``HOME`` its sessions get when it is not the user's own."""
 
 
 class LocalSshd:
@@ -56,13 +58,15 @@ class LocalSshd:
             yield
 
     def files(self) -> sshd.SshdFiles:
-        return sshd.prepare_sshd_files(self.folder, user=getpass.getuser())
+        return sshd.prepare_sshd_files(self.folder, user=getpass.getuser(), home=paths.local_host_home())
 
     def running(self) -> LocalServer | None:
         """The server if it runs and answers; stale records are ignored."""
         try:
             data = json.loads(self.record.read_text())
-            server = LocalServer(int(data["pid"]), int(data["port"]), float(data["started_at"]))
+            server = LocalServer(
+                int(data["pid"]), int(data["port"]), float(data["started_at"]), data.get("home")
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if not pid_alive(server.pid) or not self._is_ours(server.pid):
@@ -88,8 +92,13 @@ class LocalSshd:
     def ensure_running(self) -> LocalServer:
         with self._locked():
             server = self.running()
-            if server is not None:
+            home = paths.local_host_home()
+            wanted_home = str(home) if home is not None else None
+            if server is not None and server.home == wanted_home:
                 return server
+            if server is not None:
+                # GPUBOX_LOCAL_HOME changed: a server still giving sessions the old home would mix the two.
+                self._kill(server)
             sshd_path = sshd.find_sshd()
             files = self.files()
             sshd.ensure_privsep_dir()
@@ -116,7 +125,7 @@ class LocalSshd:
                         port = sshd.free_port()
                         continue
                     raise HostUnreachable(f"the local sshd did not start: {log or 'no log'}") from None
-                server = LocalServer(proc.pid, port, time.time())
+                server = LocalServer(proc.pid, port, time.time(), wanted_home)
                 tmp = self.record.with_suffix(".tmp")
                 tmp.write_text(json.dumps(server.__dict__))
                 os.replace(tmp, self.record)
@@ -131,15 +140,19 @@ class LocalSshd:
                 with contextlib.suppress(OSError):
                     self.record.unlink()
                 return False
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(server.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while pid_alive(server.pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if pid_alive(server.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(server.pid, signal.SIGKILL)
+            self._kill(server)
             return True
+
+    @staticmethod
+    def _kill(server: LocalServer) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while pid_alive(server.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if pid_alive(server.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.pid, signal.SIGKILL)
 
 
 def _tail(path: Path, lines: int = 3) -> str:
