@@ -155,11 +155,13 @@ def ensure_env(session: HostSession, spec: EnvSpec, *, show: ByteSink | None = N
     command = f"sh -c {shlex.quote(_script(spec, session.remote_dir))}"
     code = session.connection.stream(command, None, tee, tee)
     output = bytes(tee.kept).decode(errors="replace")
-    path = f"$HOME/.gpubox/envs/{spec.key}"
     if code == 0:
-        cached = "gpubox-env: cached" in output
-        home = session.agent.hello.get("home", "~")
-        return path.replace("$HOME", str(home)), cached
+        # The script names the env by its real path: everything installed into it later (tools, a pip
+        # install in a run) must write that path into its scripts, not a link to it that may go away.
+        said = re.search(r"^gpubox-env: (cached|ready) (.+)$", output, re.MULTILINE)
+        if said is None:
+            raise RemoteError(f"the env script on {session.host.name} did not say where it built the env")
+        return said.group(2).strip(), said.group(1) == "cached"
     tail = "\n".join(output.strip().splitlines()[-8:])
     if code == 90:
         raise RemoteError(

@@ -4,7 +4,6 @@ PATH that prints a real capture, and gpubox's parser and rules on the way back."
 from __future__ import annotations
 
 import json
-import pwd
 import shutil
 import socket
 import subprocess
@@ -16,6 +15,7 @@ from gpubox.config import load_project
 from gpubox.remote.gpu import FrameworkView, parse_nvidia_smi, run_check
 from gpubox.train.env import env_spec
 from tests.support.cli import assert_one_line_error, host_entry, run_gpubox
+from tests.support.hosthome import host_home
 from tests.support.sshd import SshServer
 
 pytestmark = pytest.mark.integration
@@ -308,8 +308,9 @@ def test_the_projects_env_is_what_is_judged(tmp_path: Path, project: Path, sshd:
     (project / "requirements.txt").write_text(f"# {tmp_path}\ntensorflow==2.17.*\n")
     spec = env_spec(load_project(project), _host_python_version(python))
     assert spec is not None
-    # The host's home (the sshd's user), not this test's: `~` here is a per-test client home.
-    env = Path(pwd.getpwnam(sshd.user).pw_dir) / ".gpubox" / "envs" / spec.key
+    # The test hosts' home, not this test's (`~` here is a per-test client home); its envs folder is a link
+    # into a cache shared across sessions, and gpubox names an env by its real path.
+    env = (host_home() / ".gpubox" / "envs").resolve() / spec.key
     try:
         # Not built yet: the pin decides, and the env is not asked (the host's own python is not asked either).
         document = json.loads(run_gpubox("check", "gpu", "--json", cwd=project).stdout)

@@ -346,12 +346,14 @@ def test_an_unreadable_file_is_reported_not_fatal(rig: Rig, monkeypatch: pytest.
             raise PermissionError(13, "Permission denied", locked)
         return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(engine.os, "open", open_)
-    report = rig.full()
-    assert report.unreadable == [("locked.bin", "Permission denied")]
-    assert report.errors == [] and report.sent == 3
-    rig.assert_same(local_exclude=("locked.bin",))
-    monkeypatch.undo()
+    # Only this patch is undone below: monkeypatch.undo() would also undo the fixtures' isolated state
+    # folder, and the next pass would write to the developer's real one.
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.os, "open", open_)
+        report = rig.full()
+        assert report.unreadable == [("locked.bin", "Permission denied")]
+        assert report.errors == [] and report.sent == 3
+        rig.assert_same(local_exclude=("locked.bin",))
     # Readable again: the next pass sends it (it was never recorded as on the host).
     assert rig.full().sent == 1
     rig.assert_same()

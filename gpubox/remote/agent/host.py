@@ -1422,7 +1422,9 @@ def op_env_ready(args: Dict[str, Any]) -> Dict[str, Any]:
     key = args.get("key")
     if not isinstance(key, str) or not key.isalnum():
         raise RequestError("bad-request", "key must be alphanumeric")
-    path = os.path.join(os.path.expanduser("~"), ".gpubox", "envs", key)
+    # Its real path: ~/.gpubox/envs may be a link to a bigger disk, and what is installed into the env later
+    # (tools, a run's pip install) writes the path it was given into its scripts' first line.
+    path = os.path.realpath(os.path.join(os.path.expanduser("~"), ".gpubox", "envs", key))
     return {"ready": os.path.isfile(os.path.join(path, ".gpubox-ready")), "path": path}
 
 
