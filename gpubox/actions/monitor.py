@@ -341,13 +341,13 @@ class HostMonitor:
         ]
 
     def _runs_reason(self, active: Sequence[Mapping[str, Any]]) -> str:
-        """ "r-7 active", or "2 runs active (1 of another project)": whose runs keep the host busy."""
+        """`run r-7 active`, or `2 runs active (1 of other projects)`: whose runs keep the host busy."""
         assert self.project is not None
         mine = [r for r in active if r.get("project") == self.project.id]
         if len(active) == 1:
             run = active[0]
             whose = "" if mine else f" (of project {run.get('project_name') or 'unknown'})"
-            return f"{run.get('id')} active{whose}"
+            return f"run {run.get('id')} active{whose}"
         others = len(active) - len(mine)
         return f"{len(active)} runs active" + (f" ({others} of other projects)" if others else "")
 
