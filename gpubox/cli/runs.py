@@ -314,8 +314,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
             mine = project_runs(session, project, every)
         finally:
             session.close()
-        known = {r.id for r in mine}
-        remember_runs(host.name, [r for r in every if r.id not in known] + mine)
+        ours = {r.id: r for r in mine}
+        every = [ours.get(r.id, r) for r in every]  # runs from before project ids, told by their folder
+        remember_runs(host.name, every)
         listed = every if args.all_projects else mine
     multi: list[Any] = []
     if unreachable is None:

@@ -186,6 +186,9 @@ def load_project(
     if root is None:
         start = (start or Path.cwd()).resolve()
         root, found_by = locate_project(start, held=held)
+    elif found_by == "cwd":
+        found_by = next((m for m in (PROJECT_FILE, HOSTS_MARKER) if (root / m).is_file()), found_by)
+        found_by = "git" if found_by == "cwd" and (root / ".git").exists() else found_by
     path = root / PROJECT_FILE
     if not os.path.lexists(path):
         return ProjectConfig(root=root, path=None, found_by=found_by, start=start)

@@ -458,7 +458,8 @@ def test_an_idle_rented_host_is_terminated_by_autostop_after_its_outputs_come_ho
         row = next(h for h in rig.json("status")["hosts"] if h["name"] == "vast-box")
         raise AssertionError(f"autostop did not terminate the idle instance: {row['autostop']}")
     assert (rig.project / "outputs" / "answer.txt").read_text() == "42\n"
-    log = (rig.state_dir() / "state" / "logs" / "up-vast-box.log").read_text()
+    (log_path,) = (rig.state_dir() / "state" / "logs").glob("up-vast-box-*.log")  # one per host and project
+    log = log_path.read_text()
     assert "pulled outputs" in log and "terminated vast instance" in log
     row = next(h for h in rig.json("hosts")["hosts"] if h["name"] == "vast-box")
     assert not row["billing_now"] and not row["up"]
