@@ -110,6 +110,7 @@ def take_down(
     confirm: Callable[[str], bool] | None = None,
     confirm_keep: Callable[[str], bool] | None = None,
     ask_to_pin: AskToPin | None = None,
+    asked: bool = False,
 ) -> None:
     """`gpubox down` for *project*: end the process holding *host* for it and stop its services. When no other
     project holds the host, also stop every project's services, stop the host where gpubox runs or rents it
@@ -118,7 +119,8 @@ def take_down(
 
     Active runs are named first. *confirm* is asked before runs would be stopped with the host (a rented one is
     terminated) and before terminating a rented host at all; *confirm_keep* when this project's runs keep running
-    after it lets go. Either answering no stops here, with nothing done."""
+    after it lets go. Either answering no stops here, with nothing done. *asked*: the caller has already asked
+    about taking the host down (the dashboard's own question), so only runs that would stop are asked about."""
 
     with open_state() as state:
         holders = state.host_supervisors(host.name)
@@ -128,7 +130,7 @@ def take_down(
     question = None
     if active is not None and terminating and active[0]:
         question = f"{len(active[0])} run(s) on {host.name} stop with it: {_named(active[0])}; terminate {host.name}?"
-    elif terminating:
+    elif terminating and not asked:
         question = f"terminate {host.name} (its {host.provider} instance and everything on its disk)?"
     if question is not None and confirm is not None and not confirm(question):
         raise GpuboxError(f"nothing taken down: {host.name} keeps running")

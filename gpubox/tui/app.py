@@ -501,6 +501,7 @@ class GpuboxApp(App[None]):
                 say=said.append,
                 confirm=lambda text: self.ask_from_thread(f"Terminate {name}?", text, yes="Terminate"),
                 ask_to_pin=self._ask_to_pin,
+                asked=True,
             )
         except GpuboxError as exc:
             self._say("down", f"down {name} failed", str(exc), "error", host=name)

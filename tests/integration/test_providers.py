@@ -296,6 +296,13 @@ def test_ssh_never_answering_times_out_with_the_instance_still_recorded_as_billi
         assert "  billing, not held  " in next(
             line for line in table.splitlines() if line.startswith("vast-box")
         )
+        # Terminating is asked about first, always; without a terminal it needs --yes, and nothing is done.
+        asked = assert_one_line_error(rig.gpubox("down", "vast-box"), 2)
+        assert asked == (
+            "gpubox: terminate vast-box (its vast instance and everything on its disk): asking needs a "
+            "terminal; pass --yes to go ahead"
+        )
+        assert vast.instances
         down = rig.gpubox("down", "vast-box", "--yes")
         assert down.returncode == 0, down.stdout + down.stderr
         assert f"terminated vast instance {instance_id}" in down.stdout
