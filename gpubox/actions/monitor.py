@@ -200,6 +200,14 @@ class HostMonitor:
                 self.beat_ledger()
             if self.stop.is_set():
                 return
+            if self.project is not None and not self.project.root.is_dir():
+                # Moved, renamed or deleted: the folder gpubox holds the host for is no project any more.
+                self.outcome = (
+                    f"the project folder {self.project.root} is gone (moved or deleted); let go of the host"
+                )
+                self.say(f"! {self.outcome}")
+                self.stop.set()
+                return
             lead = self._leads()
             if lead and now >= self.next_services:
                 self._list_services()

@@ -27,6 +27,7 @@ from gpubox.actions.supervisor import claim_host, stop_on_signals, supervise
 from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.fmt import format_duration, format_usd
+from gpubox.remote.folder import left_behind
 from gpubox.remote.gpu import load_rules
 from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
@@ -122,6 +123,13 @@ def connect(
         _say_report(session, time.monotonic() - started, say)
         if session.folder is not None:
             say(f"  ✓ folder {session.folder.describe()}")
+            if session.folder.created:
+                for gone in left_behind(session.agent, project):
+                    say(
+                        f"  · {gone.get('folder')} there was the folder of {gone.get('root')}, gone from this "
+                        f'machine: if this project was moved from there, remote_dir = "{gone.get("folder")}" '
+                        "in hosts.toml keeps its files and runs"
+                    )
         for other in others:
             say(
                 f"  · shared with project {other.project_name} ({other.root or '?'}), held by gpubox process {other.pid}"

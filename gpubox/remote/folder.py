@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProjectConfig
     from gpubox.remote.agent.client import AgentSession
 
-__all__ = ["FolderTaken", "HostFolder", "known_folder", "owner_record", "settle_folder"]
+__all__ = ["FolderTaken", "HostFolder", "known_folder", "left_behind", "owner_record", "settle_folder"]
 
 
 class FolderTaken(BadInput):
@@ -43,7 +43,8 @@ class HostFolder:
     exists: bool
     created: bool
     adopted: bool
-    """An older gpubox's folder of this project, taken over where it is."""
+    """An older gpubox's folder of this project, or that of a project gone from this machine, taken over where
+    it is."""
     explicit: bool
     """Set by ``remote_dir`` in hosts.toml."""
 
@@ -51,7 +52,7 @@ class HostFolder:
         """How `up` and `status` show it: ``~/gpubox/ml-3f9c2a (this project's; created)``."""
         how = "remote_dir in hosts.toml" if self.explicit else "this project's"
         if self.adopted:
-            how += "; an older gpubox's folder of this project, kept where it is"
+            how += "; taken over where it is, with its files and runs"
         elif self.created:
             how += "; created"
         elif not self.exists:
@@ -102,6 +103,12 @@ def settle_folder(
     owner = owner_record(project)
     answer = calls.project_folder(agent, folder=folder, owner=owner, legacy=legacy, claim=claim)
     theirs = answer.get("owner")
+    if theirs is not None and not answer.get("mine") and claim and _gone(theirs):
+        # Its project left this machine's folder (moved or renamed): the folder may go on as this project's.
+        answer = calls.project_folder(
+            agent, folder=folder, owner=owner, legacy=legacy, claim=True, take_over=theirs.get("id")
+        )
+        theirs = answer.get("owner")
     if theirs is not None and not answer.get("mine") and (claim or strict):
         raise FolderTaken(_taken(host, project, str(answer.get("folder") or folder), theirs))
     settled = HostFolder(
@@ -120,6 +127,14 @@ def settle_folder(
     return settled
 
 
+def _gone(owner: calls.ProjectOwner) -> bool:
+    """Whether the owner of a folder is a project of this machine whose own folder is gone from it."""
+    from pathlib import Path
+
+    root = owner.get("root")
+    return owner.get("machine") == socket.gethostname() and bool(root) and not Path(str(root)).exists()
+
+
 def _taken(host: HostConfig, project: ProjectConfig, folder: str, theirs: calls.ProjectOwner) -> str:
     other = theirs.get("root") or "?"
     machine = theirs.get("machine")
@@ -133,3 +148,18 @@ def _taken(host: HostConfig, project: ProjectConfig, folder: str, theirs: calls.
         f"{folder} on {host.name} belongs to project {theirs.get('name') or '?'} ({where}), not to this "
         f"project ({project.root}): {fix}"
     )
+
+
+def left_behind(agent: AgentSession, project: ProjectConfig) -> list[calls.ProjectOwner]:
+    """Folders on the host of projects of this machine whose folder here is gone: a project moved or renamed
+    (it is a new project to gpubox) may be one of them, with its files and runs."""
+    from pathlib import Path
+
+    machine = socket.gethostname()
+    found = []
+    for record in calls.projects(agent).get("projects", []):
+        root = record.get("root")
+        if record.get("machine") != machine or not root or root == str(project.root) or Path(root).exists():
+            continue
+        found.append(record)
+    return found

@@ -55,6 +55,8 @@ class RunInfo:
     project: str | None = None
     """The id of the project that started it; None for a run from before project ids (its cwd tells)."""
     project_name: str | None = None
+    project_folder: str | None = None
+    """The folder of the project it ran for, on the host (its cwd may be a subfolder)."""
 
     def label(self) -> str:
         """``r-7`` or ``r-7 (digits-b)`` with its --name."""
@@ -62,12 +64,14 @@ class RunInfo:
 
     def belongs_to(self, project_id: str, folders: Sequence[str]) -> bool:
         """Whether this is a run of the project *project_id*, whose folder on the host is one of *folders*
-        (absolute paths): by its project id, or, for a run from before project ids, by where it started."""
-        if self.project is not None:
-            return self.project == project_id
-        if not self.cwd:
+        (absolute paths): by its project id, or by the folder it ran in (a folder has one owner at a time, so
+        the runs of a folder taken over, and those from before project ids, go with it)."""
+        if self.project == project_id:
+            return True
+        place = self.project_folder or self.cwd
+        if not place:
             return False
-        return any(self.cwd == f or self.cwd.startswith(f.rstrip("/") + "/") for f in folders if f)
+        return any(place == f or place.startswith(f.rstrip("/") + "/") for f in folders if f)
 
     def progress_text(self) -> str:
         """'3/8 · loss 0.2991 · accuracy 0.9109 · ETA 0:00:12', or '' when nothing is known."""
@@ -130,6 +134,7 @@ class RunInfo:
                 cwd=cwd if isinstance(cwd, str) else None,
                 project=project.get("id") if isinstance(project.get("id"), str) else None,
                 project_name=project.get("name") if isinstance(project.get("name"), str) else None,
+                project_folder=project.get("folder") if isinstance(project.get("folder"), str) else None,
             )
         except (KeyError, TypeError, ValueError):
             raise AgentError(f"the agent on {host} sent a run record gpubox cannot read") from None

@@ -326,3 +326,41 @@ def test_an_older_gpubox_folder_is_adopted_with_its_files_and_runs(tmp_path: Pat
         assert json.loads(_ok("runs", "--json", cwd=other))["runs"] == []
     finally:
         _down(project)
+
+
+def test_a_moved_project_lets_go_and_can_take_its_folder_back(tmp_path: Path, made: list[Path]) -> None:
+    """Moving (or renaming) a project folder makes it a new project to gpubox: the supervisor of the old path
+    lets go of the host, `up` of the new path names the folder left behind, and `remote_dir` takes it over with
+    its files and runs."""
+    before, after = tmp_path / "proj", tmp_path / "proj-renamed"
+    before.mkdir()
+    (before / "train.py").write_text("print('hi')\n")
+    try:
+        up = _ok("up", "--detach", "--no-services", cwd=before)
+        folder = next(line.split()[2] for line in up.splitlines() if line.startswith("  ✓ folder "))
+        made.append(_on_host(folder))
+        ran = _ok("run", "-f", "--name", "first", "--", "python3", "train.py", cwd=before)
+        assert ran.splitlines()[-1] == "hi"
+        holder = json.loads(_ok("status", "--json", cwd=before))["hosts"][0]["supervisor"]["pid"]
+        before.rename(after)
+        deadline = time.monotonic() + 30
+        while pid_alive(holder) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not pid_alive(holder)  # the folder it held the host for is gone: it let go
+        again = _ok("up", "--detach", "--no-services", cwd=after)
+        made.append(_on_host(next(line.split()[2] for line in again.splitlines() if "✓ folder" in line)))
+        assert (
+            f"  · {_on_host(folder)} there was the folder of {before}, gone from this machine: if this project "
+            f'was moved from there, remote_dir = "{_on_host(folder)}" in hosts.toml keeps its files and runs'
+        ) in again.splitlines()
+        assert json.loads(_ok("runs", "--json", cwd=after))["runs"] == []
+        _ok("up", "--stop", cwd=after)
+        (after / "hosts.toml").write_text(f'[hosts.local]\nremote_dir = "{folder}"\n')
+        taken = _ok("up", "--detach", "--no-services", cwd=after)
+        assert (
+            f"  ✓ folder {folder} (remote_dir in hosts.toml; taken over where it is, with its files and runs)"
+            in (taken.splitlines())
+        )
+        assert [r["name"] for r in json.loads(_ok("runs", "--json", cwd=after))["runs"]] == ["first"]
+    finally:
+        _down(after if after.exists() else before)

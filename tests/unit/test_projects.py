@@ -118,7 +118,11 @@ def test_a_run_belongs_to_its_project_by_id_or_by_the_folder_it_started_in() -> 
 
     folders = ["/home/u/gpubox/ml"]
     assert run(project="abc123").belongs_to("abc123", folders)
-    assert not run(project="other1", cwd="/home/u/gpubox/ml").belongs_to("abc123", folders)
+    # A folder has one owner at a time: runs that ran there go with it (taken over from a project gone away).
+    assert run(project="other1", cwd="/home/u/gpubox/ml").belongs_to("abc123", folders)
+    assert not run(project="other1", cwd="/elsewhere", project_folder="/elsewhere").belongs_to(
+        "abc123", folders
+    )
     assert run(cwd="/home/u/gpubox/ml").belongs_to("abc123", folders)
     assert run(cwd="/home/u/gpubox/ml/src").belongs_to("abc123", folders)
     assert not run(cwd="/home/u/gpubox/ml-2").belongs_to("abc123", folders)

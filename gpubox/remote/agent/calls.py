@@ -443,11 +443,13 @@ def project_folder(
     owner: dict[str, str],
     legacy: str | None = None,
     claim: bool = False,
+    take_over: str | None = None,
 ) -> ProjectFolder:
     """Settle the project's folder on the host: *folder* (or *legacy*, an older gpubox's folder no project owns,
     when *folder* does not exist yet) and its owner; with *claim*, make it and record *owner* unless another
-    project owns it (then ``mine`` is false and ``owner`` says whose it is)."""
-    request = _fields(folder=folder, owner=owner, legacy=legacy, claim=claim)
+    project owns it (then ``mine`` is false and ``owner`` says whose it is); with *take_over* too (the id of
+    its owner, a project gone from its machine), the folder becomes this project's."""
+    request = _fields(folder=folder, owner=owner, legacy=legacy, claim=claim, take_over=take_over)
     return cast(ProjectFolder, agent.request("project_folder", request))
 
 

@@ -1048,6 +1048,10 @@ def op_project_folder(args: Dict[str, Any]) -> Dict[str, Any]:
         if os.path.isdir(legacy_real) and (legacy_owner is None or legacy_owner.get("id") == owner["id"]):
             chosen, chosen_real, adopted = legacy, legacy_real, legacy_owner is None
     current = _folder_owner(chosen_real)
+    taken_over = False
+    if current is not None and args.get("claim") and args.get("take_over") == current.get("id"):
+        # The client knows the owner is gone (a project moved away from its folder on the same machine).
+        current, taken_over = None, True
     mine = current is not None and current.get("id") == owner["id"]
     if os.path.lexists(chosen_real) and not os.path.isdir(chosen_real):
         raise RequestError("no-project", "%s on the host is not a folder" % chosen_real)
@@ -1065,7 +1069,7 @@ def op_project_folder(args: Dict[str, Any]) -> Dict[str, Any]:
         "path": chosen_real,
         "exists": exists,
         "created": created,
-        "adopted": adopted and mine,
+        "adopted": (adopted or taken_over) and mine,
         "owner": current,
         "mine": mine,
     }
@@ -1851,15 +1855,17 @@ def _run_scalars(spec: Dict[str, Any], have: Dict[str, Any], limit: int) -> Dict
 
 
 def _run_is_of(spec: Dict[str, Any], folder: Optional[str], owner: Optional[str]) -> bool:
-    """Whether a run (its spec) is the project's: the project id it was started with, or, for a run started
-    before runs had one, its folder (the project folder or one below it)."""
+    """Whether a run (its spec) is the project's: started with the project's id, or in the project's folder (or
+    one below it): a folder has one owner at a time, and runs from before project ids have only their folder."""
     project = spec.get("project")
-    if isinstance(project, dict) and isinstance(project.get("id"), str):
-        return owner is not None and project["id"] == owner
-    cwd = spec.get("cwd")
-    if folder is None or not isinstance(cwd, str):
+    if not isinstance(project, dict):
+        project = {}
+    if owner is not None and project.get("id") == owner:
+        return True
+    place = project.get("folder") or spec.get("cwd")
+    if folder is None or not isinstance(place, str):
         return False
-    return cwd == folder or cwd.startswith(folder.rstrip("/") + "/")
+    return place == folder or place.startswith(folder.rstrip("/") + "/")
 
 
 def _dash_runs(recent: int, project: Optional[str], owner: Optional[str] = None) -> List[Dict[str, Any]]:
