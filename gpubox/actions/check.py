@@ -30,7 +30,7 @@ def check_host(
     env there what it sees, and decide."""
 
     view: gpu.FrameworkView | None = None
-    session = connect_host(host, project.name, accept_new=accept_new, ask=ask, launch=host.spec.runs_own_sshd)
+    session = connect_host(host, project, accept_new=accept_new, ask=ask, launch=host.spec.runs_own_sshd)
     try:
         with open_state() as state:
             state.record_host(session.host.name, session.host.provider, session.spec.endpoint.display)

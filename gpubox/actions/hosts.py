@@ -60,7 +60,8 @@ def host_rows(
         alerts = state.budget_alerts()
         for host in hosts.hosts.values():
             record = state.host(host.name)
-            supervisor = state.supervisor(host.name)
+            holders = state.host_supervisors(host.name)
+            supervisor = holders[0] if holders else None
             price = host_price(host, record.probe if record else None)
             spend = host_spend((i for i in ledger if i.host == host.name), now)
             rows.append(
@@ -76,6 +77,18 @@ def host_rows(
                         "detached": supervisor.detached,
                         "since": supervisor.started_at,
                     },
+                    "projects": [
+                        {
+                            "id": held.project or None,
+                            "name": held.project_name if held.root else None,
+                            "root": held.root,
+                            "folder": held.folder,
+                            "pid": held.pid,
+                            "detached": held.detached,
+                            "since": held.started_at,
+                        }
+                        for held in holders
+                    ],
                     "endpoint": record.endpoint if record else None,
                     "gpu": short_gpu(record.probe if record else None, release=release),
                     "gpu_judged_for": f"{release.label} ({framework.chosen_by if framework else NEWEST})",
@@ -132,9 +145,10 @@ def service_url(
     if not show_secret or project is None:
         return url + "?token=<redacted>"
 
-    session = connect_host(host, project.name, probe=False, launch=False)
+    session = connect_host(host, project, probe=False, launch=False)
     try:
-        listed = calls.service_list(session.agent, key=service_key(session))
+        # The token of the service this tunnel reaches (its project's, which may not be this one).
+        listed = calls.service_list(session.agent, key=tunnel.service_key or service_key(session))
     finally:
         session.close()
     token = next((s.get("secret") for s in listed.get("services", []) if s.get("name") == "jupyter"), None)

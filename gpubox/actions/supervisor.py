@@ -42,7 +42,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from gpubox import paths
-from gpubox.config import HostConfig
+from gpubox.config import HostConfig, ProjectConfig
 from gpubox.cost import BillingHold
 from gpubox.errors import (
     EXIT_BAD_INPUT,
@@ -82,30 +82,44 @@ RECONNECT = Backoff(initial=0.5, maximum=15.0, deadline=None)
 @contextlib.contextmanager
 def claim_host(
     host: HostConfig,
+    project: ProjectConfig | None = None,
     *,
     detached: bool,
+    folder: str | None = None,
     log_file: str | None = None,
     probe: Mapping[str, Any] | None = None,
 ) -> Iterator[BillingHold]:
-    """Record this process as the one holding *host* up, with billing running, for as long as the block lasts.
+    """Record this process as the one holding *host* up for *project* (whose folder there is *folder*), with
+    billing running, for as long as the block lasts.
 
-    The billing interval is held by this process (see :class:`gpubox.cost.BillingHold`): the caller's loop beats
-    it, and it is closed with the exact time held on the way out (at its last heartbeat if the process is
-    killed). *probe* (the host's) lets an ssh host without price_per_hour be billed at a catalog estimate."""
+    The billing interval is the host's, whichever projects hold it (see :class:`gpubox.cost.BillingHold`): the
+    first supervisor opens it, the others join it, and the last one out closes it with the exact time held (at
+    its last heartbeat if the process is killed); one that leaves earlier hands it to another still holding the
+    host. *probe* (the host's) lets an ssh host without price_per_hour be billed at a catalog estimate."""
     pid = os.getpid()
     price = host_price(host, probe)
     with open_state() as state:
-        state.claim_supervisor(host.name, pid, detached=detached, log_file=log_file)
+        state.claim_supervisor(
+            host.name,
+            pid,
+            detached=detached,
+            log_file=log_file,
+            project=project.id if project is not None else "",
+            root=str(project.root) if project is not None else None,
+            folder=folder,
+        )
     hold = BillingHold(host.name, price, pid=pid)
     try:
         hold.open()
         yield hold
     finally:
-        hold.close()
+        with open_state() as state:
+            others = [s for s in state.host_supervisors(host.name) if s.pid != pid]
+        hold.close(hand_to=others[0].pid if others else None)
         with open_state() as state:
             state.release_supervisor(host.name, pid)
             state.clear_monitor(host.name, pid)
-            if host.spec.rents:
+            if host.spec.rents and not others:
                 _bill_unheld(state, host, price)
 
 
@@ -186,10 +200,12 @@ def supervise(
         say(f"reconnected to {name} after {time.monotonic() - lost_at:.1f} s")
 
 
-def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
-    """SIGTERM the process holding *host_name* up and wait for it to go; return its pid, None if none ran."""
+def stop_supervisor(host_name: str, project: str | None = None, *, timeout: float = 15.0) -> int | None:
+    """SIGTERM the process holding *host_name* up for the project *project* (its id; None: whichever holds the
+    host first) and wait for it to go; return its pid, None if none ran. Billing goes on while other projects
+    still hold the host."""
     with open_state() as state:
-        found = state.supervisor(host_name)
+        found = state.supervisor(host_name, project)
     if found is None:
         return None
     with contextlib.suppress(ProcessLookupError):
@@ -204,6 +220,8 @@ def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
             os.kill(found.pid, signal.SIGKILL)
     with open_state() as state:
         state.release_supervisor(host_name, found.pid)
+        if state.host_supervisors(host_name):
+            return found.pid  # another project still holds the host: its billing goes on with them
         rented = state.current_instance(host_name)
         if rented is None or not rented.billing:
             state.close_billing(host_name)
@@ -363,6 +381,7 @@ def start_supervisor(
     should_stop: Callable[[], bool] | None = None,
     cwd: Path | None = None,
     timeout: float = 60.0,
+    project: ProjectConfig | None = None,
 ) -> Supervised:
     """Start the supervisor that holds *host* from the background (its own session, log in the state folder)
     and return once it holds it. *say* hears its lines (connect, report, sync, env, services, tunnels),
@@ -373,9 +392,14 @@ def start_supervisor(
     (*ask_to_pin*; the supervisor pins the key it was shown) and a first sync that would delete many host files
     (*confirm_mass_delete*, given the reason and the count). Without a callback the answer is no. *timeout* is
     how long it may stay silent (it says it is alive every few seconds, so this catches a hung process, not a
-    slow env build)."""
+    slow env build). *project* (the one in *cwd*) names its log; it runs in the project's root when *cwd* is not
+    given."""
+    if cwd is None and project is not None:
+        cwd = project.root
     log_dir = paths.ensure_private_dir(paths.state_dir() / "logs")
-    log_path = log_dir / f"up-{host.name}.log"
+    # One log per host and project: several projects may hold one host at once.
+    project_id = project.id if project is not None else None
+    log_path = log_dir / (f"up-{host.name}-{project_id}.log" if project_id else f"up-{host.name}.log")
     events_read, events_write = os.pipe()
     answers_read, answers_write = os.pipe()
     command = [sys.executable, "-m", "gpubox", "up", host.name, "--no-tui", "--supervise-child"]

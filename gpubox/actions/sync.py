@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from gpubox.remote.folder import known_folder
 from gpubox.remote.session import connect_host
 from gpubox.sync.engine import Syncer
 from gpubox.sync.pull import pull
@@ -24,11 +25,19 @@ def make_syncer(
     """A Syncer for *host*; given a connect callable instead of a session, it connects only if it must."""
 
     settings = project.sync
+    if callable(session):
+        remote_dir = known_folder(host, project)
+        if remote_dir is None:
+            # Only the host can tell which folder is this project's (the first time): connect now.
+            session = session()
+            remote_dir = session.remote_dir
+    else:
+        remote_dir = session.remote_dir
     return Syncer(
         session,
         project,
         host_name=host.name,
-        remote_dir=host.remote_project_dir(project.name),
+        remote_dir=remote_dir,
         max_delete_count=settings.max_delete_count,
         max_delete_share=settings.max_delete_share,
         trash_days=settings.trash_days,
@@ -41,7 +50,7 @@ def sync_now(host: HostConfig, project: ProjectConfig, *, allow_mass_delete: boo
     sessions: list[HostSession] = []
 
     def connect() -> HostSession:
-        sessions.append(connect_host(host, project.name, probe=False, launch=False))
+        sessions.append(connect_host(host, project, probe=False, launch=False, folder="claim"))
         return sessions[-1]
 
     try:
@@ -54,7 +63,7 @@ def sync_now(host: HostConfig, project: ProjectConfig, *, allow_mass_delete: boo
 def pull_outputs(host: HostConfig, project: ProjectConfig, paths: Sequence[str] = ()) -> PullReport:
     """`gpubox pull`: the outputs folders (or *paths*) back from the host, incrementally."""
 
-    session = connect_host(host, project.name, probe=False, launch=False)
+    session = connect_host(host, project, probe=False, launch=False, folder="check")
     try:
         return pull(session, project, list(paths))
     finally:

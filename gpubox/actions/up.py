@@ -28,6 +28,7 @@ from gpubox.actions.supervisor import claim_host, stop_on_signals, supervise
 from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.fmt import format_duration, format_usd
+from gpubox.remote.folder import left_behind
 from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
 from gpubox.remote.tunnels import Tunnel
@@ -36,7 +37,7 @@ from gpubox.state import open_state
 from gpubox.sync.pull import pull
 from gpubox.sync.watch import LiveSync
 from gpubox.train.env import ensure_env, env_spec, tools_spec
-from gpubox.train.services import ensure_services, ensure_tools
+from gpubox.train.services import ensure_services, ensure_tools, service_key
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
@@ -78,10 +79,11 @@ class Prepared:
     services: list[ServiceState] = field(default_factory=list)
 
 
-def check_free(host: HostConfig, hosts: HostsConfig) -> None:
-    """Refuse to bring up a host another gpubox already holds, or one whose budget is spent."""
+def check_free(host: HostConfig, hosts: HostsConfig, project: ProjectConfig) -> None:
+    """Refuse to bring up a host this project already holds up, or one whose budget is spent. Other projects
+    may hold the same host at the same time."""
     with open_state() as state:
-        supervisor = state.supervisor(host.name)
+        supervisor = state.supervisor(host.name, project.id)
         spent = over_budget(host, hosts, state)
     if supervisor is not None:
         raise UsageError(
@@ -112,12 +114,26 @@ def connect(
     """Open the host (starting the local one), probe it, record it, and say the host report. *started* is when
     the user's wait began (for the connect time shown)."""
     started = time.monotonic() if started is None else started
-    session = connect_host(host, project.name, accept_new=options.accept_new, ask=ask)
+    session = connect_host(host, project, accept_new=options.accept_new, ask=ask, folder="claim")
     try:
         with open_state() as state:
             state.record_host(host.name, host.provider, session.spec.endpoint.display)
             state.record_probe(host.name, session.probe)
+            others = [s for s in state.host_supervisors(host.name) if s.project != project.id]
         _say_report(session, project, time.monotonic() - started, say)
+        if session.folder is not None:
+            say(f"  ✓ folder {session.folder.describe()}")
+            if session.folder.created:
+                for gone in left_behind(session.agent, project):
+                    say(
+                        f"  · {gone.get('folder')} there was the folder of {gone.get('root')}, gone from this "
+                        f'machine: if this project was moved from there, remote_dir = "{gone.get("folder")}" '
+                        "in hosts.toml keeps its files and runs"
+                    )
+        for other in others:
+            say(
+                f"  · shared with project {other.project_name} ({other.root or '?'}), held by gpubox process {other.pid}"
+            )
     except BaseException:
         session.close()
         raise
@@ -243,7 +259,12 @@ def hold(
     sync_status = SyncStatus()
     if prepared.first_sync is not None:
         sync_status.batch(prepared.first_sync, "start")
-    with stop_on_signals(stop, wake), claim_host(host, detached=detached, probe=session.probe) as billing:
+    with (
+        stop_on_signals(stop, wake),
+        claim_host(
+            host, project, folder=session.remote_dir, detached=detached, probe=session.probe
+        ) as billing,
+    ):
         live = (
             start_live_sync(
                 prepared.syncer, session, wake, say=say, on_change=activity.touch, status=sync_status
@@ -260,6 +281,8 @@ def hold(
                 host.name,
                 os.getpid(),
                 [(state.name, tunnel.local_port, state.host_port, state.path) for state, tunnel in tunnels],
+                project=project.id,
+                service_key=service_key(session),
             )
         shown = [(state.name, state.url(tunnel.local_port, show_secret=False)) for state, tunnel in tunnels]
         for name, url in shown:
@@ -277,6 +300,7 @@ def hold(
             hosts=hosts,
             activity=activity,
             sync=sync_status,
+            project=project,
         )
         if host.spec.rents:
             monitor.before_terminate = lambda: _pull_before_terminate(session, project)

@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-services", action="store_true", help="do not start Jupyter and TensorBoard")
     up.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
     up.add_argument(
-        "--yes", action="store_true", help="rent without asking (a rented host shows its price first)"
+        "--yes",
+        action="store_true",
+        help="rent without asking (a rented host shows its price first); sync a big or unusual folder",
     )
     up.add_argument(
         "--allow-mass-delete", action="store_true", help="let the first sync delete many host files at once"
@@ -93,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     down = add("down", "up:cmd_down", "stop holding a host; pull outputs and terminate a rented one")
     down.add_argument("host", nargs="?", metavar="HOST")
     down.add_argument("--keep-instance", action="store_true", help="leave the machine running")
-    down.add_argument("--yes", action="store_true", help="do not ask before stopping")
+    down.add_argument("--yes", action="store_true", help="do not ask (about active runs, or terminating)")
     down.add_argument(
         "--no-pull", action="store_true", help="terminate a rented host without pulling outputs"
     )
@@ -130,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-mass-delete", action="store_true", help="delete many host files without asking"
     )
     sync.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+    sync.add_argument(
+        "--yes", action="store_true", help="sync the home folder, /, or a first sync over 1 GB without asking"
+    )
 
     pull = add(
         "pull", "sync:cmd_pull", "bring outputs (or the named paths) back from the host, incrementally"
@@ -190,14 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-f", "--follow", action="store_true", help="stream its log; exit with its exit code")
     run.add_argument("--no-sync", action="store_true", help="start without syncing first")
     run.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+    run.add_argument(
+        "--yes", action="store_true", help="sync the home folder, /, or a first sync over 1 GB without asking"
+    )
 
-    runs = add("runs", "runs:cmd_runs", "runs on the host: state, duration, exit code")
+    runs = add("runs", "runs:cmd_runs", "this project's runs on the host: state, duration, exit code")
     runs.add_argument("--host", metavar="HOST")
     runs.add_argument("--all", action="store_true", help="every run, not only active and the last 10")
+    runs.add_argument(
+        "--all-projects", action="store_true", help="every project's runs on the host, this one's marked *"
+    )
     runs.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     logs = add("logs", "runs:cmd_logs", "a run's log; -f follows it to the end (and survives a dropped link)")
-    logs.add_argument("run", metavar="RUN")
+    logs.add_argument(
+        "run", metavar="RUN", nargs="?", help="a run id or --name label (default: this project's latest run)"
+    )
     logs.add_argument("--host", metavar="HOST")
     logs.add_argument("-f", "--follow", action="store_true", help="keep streaming until the run ends")
     logs.add_argument("--tail", type=int, metavar="N", help="start with the last N lines")
@@ -205,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     stop = add(
         "stop", "runs:cmd_stop", "stop a run: SIGTERM to its process group, SIGKILL after a grace period"
     )
-    stop.add_argument("run", metavar="RUN")
+    stop.add_argument(
+        "run",
+        metavar="RUN",
+        nargs="?",
+        help="a run id or --name label (default: this project's only active run)",
+    )
     stop.add_argument("--host", metavar="HOST")
     stop.add_argument("--grace", type=_seconds, default=10.0, help="seconds between SIGTERM and SIGKILL")
 

@@ -13,6 +13,7 @@ from gpubox.actions.sync import make_syncer
 from gpubox.actions.up import start_live_sync
 from gpubox.cli.output import (
     ask_to_pin,
+    check_first_sync,
     err,
     is_terminal,
     load_hosts,
@@ -130,11 +131,20 @@ def cmd_sync(args: argparse.Namespace) -> int:
     host = load_hosts(project).pick(args.host)
     if args.watch and (args.dry_run or args.json):
         raise UsageError("--watch keeps running; it cannot be combined with --dry-run or --json")
+    if not args.dry_run:
+        check_first_sync(project, host, yes=args.yes)
     sessions: list[HostSession] = []
 
     def connect() -> HostSession:
         sessions.append(
-            connect_host(host, project.name, accept_new=args.accept_new, ask=ask_to_pin(), probe=False)
+            connect_host(
+                host,
+                project,
+                accept_new=args.accept_new,
+                ask=ask_to_pin(),
+                probe=False,
+                folder="check" if args.dry_run else "claim",
+            )
         )
         return sessions[-1]
 
@@ -188,7 +198,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         first = None
     host = hosts.pick(first)
     normalise_paths(paths, project.root)  # a path outside the project is refused before anything starts
-    session = connect_host(host, project.name, accept_new=args.accept_new, ask=ask_to_pin(), probe=False)
+    session = connect_host(
+        host, project, accept_new=args.accept_new, ask=ask_to_pin(), probe=False, folder="check"
+    )
     try:
         report = pull(session, project, paths)
     finally:

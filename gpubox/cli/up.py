@@ -20,6 +20,7 @@ from gpubox.actions.sync import make_syncer
 from gpubox.cli.output import (
     LiveProgress,
     ask_to_pin,
+    check_first_sync,
     confirm,
     err,
     is_terminal,
@@ -47,11 +48,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     hosts = load_hosts(project)
     host = hosts.pick(args.host)
     if args.stop:
-        pid = stop_supervisor(host.name)
+        pid = stop_supervisor(host.name, project.id)
         out(
             f"stopped gpubox process {pid} holding {host.name}"
             if pid
-            else f"nothing was holding {host.name} up"
+            else f"nothing was holding {host.name} up for this project"
         )
         return 0
     options = up.UpOptions(
@@ -64,7 +65,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _supervise_in_background(args, host, project, hosts, options)
     # On a terminal `up` holds the host from the background and opens the dashboard on it.
     tui = not (args.no_tui or args.detach) and is_terminal()
-    up.check_free(host, hosts)
+    up.check_free(host, hosts, project)
+    if options.sync:
+        check_first_sync(project, host, yes=args.yes)
     started = time.monotonic()
     out(f"gpubox up {host.name}")
     if host.spec.rents:
@@ -125,6 +128,7 @@ def _start_in_background(host: HostConfig, project: ProjectConfig, options: up.U
             ask_to_pin=ask_key if ask is not None else None,
             confirm_mass_delete=ask_mass_delete,
             cwd=project.root,
+            project=project,
         )
     finally:
         shown.pause()
@@ -196,7 +200,7 @@ def _dashboard(project: ProjectConfig, hosts: HostsConfig, *, focus: str | None 
         hosts.get(focus)
     GpuboxApp(hosts, project, focus_host=focus).run()
     with open_state() as state:
-        held = [supervisor.host for supervisor in state.supervisors()]
+        held = list(dict.fromkeys(supervisor.host for supervisor in state.supervisors()))
     if len(held) == 1:
         out(f"left the dashboard: {held[0]} and its runs keep going; `gpubox down {held[0]}` stops it")
     elif held:
@@ -221,9 +225,18 @@ def cmd_down(args: argparse.Namespace) -> int:
         say=out,
         pull_outputs=not args.no_pull,
         confirm=lambda question: confirm(question, yes=args.yes),
+        confirm_keep=lambda question: _ask_on_terminal(question, yes=args.yes),
         ask_to_pin=ask_to_pin(),
     )
     return 0
+
+
+def _ask_on_terminal(question: str, *, yes: bool) -> bool:
+    """A question whose "yes" loses nothing: asked on a terminal, otherwise said and taken as yes."""
+    if yes or not is_terminal():
+        out(f"  {question.removesuffix(': go on?')}")
+        return True
+    return confirm(question, yes=False)
 
 
 def _down_orphans(hosts: HostsConfig, *, yes: bool) -> int:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from gpubox.config import ProjectConfig, ServiceConfig
     from gpubox.remote.session import HostSession
 
-__all__ = ["ServiceState", "ensure_services", "ensure_tools", "local_url", "service_key"]
+__all__ = ["ServiceState", "ensure_services", "ensure_tools", "local_url", "service_key", "service_key_for"]
 
 TOOLS = {"jupyter": ("jupyterlab", "jupyterlab"), "tensorboard": ("tensorboard", "tensorboard")}
 """For each built-in service: (module to import, package to install) when the env lacks it."""
@@ -45,8 +45,13 @@ class ServiceState:
 
 def service_key(session: HostSession) -> str:
     """One folder per project on the host, so two projects' TensorBoards never clash."""
-    digest = hashlib.sha1(session.remote_dir.encode("utf-8", "surrogateescape")).hexdigest()[:10]
-    base = session.remote_dir.rstrip("/").rsplit("/", 1)[-1] or "project"
+    return service_key_for(session.remote_dir)
+
+
+def service_key_for(remote_dir: str) -> str:
+    """The service key of the project whose folder on the host is *remote_dir* (as gpubox names it)."""
+    digest = hashlib.sha1(remote_dir.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    base = remote_dir.rstrip("/").rsplit("/", 1)[-1] or "project"
     return f"{base}-{digest}"
 
 

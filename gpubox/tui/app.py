@@ -440,6 +440,7 @@ class GpuboxApp(App[None]):
                 ),
                 should_stop=lambda: worker.is_cancelled,
                 cwd=self.project.root,
+                project=self.project,
             )
         except GpuboxError as exc:
             self.post_message(ProgressLine(f"✗ {exc}", done=True, failed=True))
@@ -500,6 +501,7 @@ class GpuboxApp(App[None]):
                 say=said.append,
                 confirm=lambda text: self.ask_from_thread(f"Terminate {name}?", text, yes="Terminate"),
                 ask_to_pin=self._ask_to_pin,
+                asked=True,
             )
         except GpuboxError as exc:
             self._say("down", f"down {name} failed", str(exc), "error", host=name)
@@ -632,7 +634,11 @@ class GpuboxApp(App[None]):
 
         try:
             with open_state() as state:
-                rows = {row.service: row for row in state.live_tunnels(name)}
+                rows = {
+                    row.service: row
+                    for row in state.live_tunnels(name)
+                    if row.project in (self.project.id, "")
+                }
             if service not in rows:
                 known = ", ".join(sorted(rows)) or "none"
                 raise GpuboxError(f"{service} is not tunnelled from {name} (tunnelled now: {known})")

@@ -137,7 +137,8 @@ def test_reattach_after_sigkill_gives_a_byte_identical_log(project: Path, tmp_pa
     [
         (["logs", "r-987654321"], "gpubox: no run r-987654321 on this host", 2),
         (["stop", "r-987654321"], "gpubox: no run r-987654321 on this host", 2),
-        (["logs", "seven"], "gpubox: 'seven' is not a run id", 2),
+        (["logs", "seven"], "gpubox: no run named 'seven' on local: give a run id (like r-7) or a --name", 2),
+        (["logs", "../seven"], "gpubox: '../seven' is not a run id", 2),
         (["run"], "gpubox: nothing to run: give a command after `--`", 2),
     ],
 )

@@ -304,7 +304,20 @@ CASES = [
         "unrecognized arguments: --frobnicate",
         "an option that does not exist",
     ),
-    Case("cli-missing-run-id", ("logs",), 2, "the following arguments are required: RUN", "no run id"),
+    Case(
+        "cli-logs-no-runs",
+        ("logs",),
+        2,
+        "this project has no runs on box yet",
+        "logs with no run id, in a project with no runs",
+    ),
+    Case(
+        "cli-stop-nothing-active",
+        ("stop",),
+        2,
+        "this project has no active run on box",
+        "stop with no run id and no active run",
+    ),
     Case(
         "cli-run-id-traversal", ("logs", "../../etc/passwd"), 2, "is not a run id", "a run id that is a path"
     ),
@@ -515,6 +528,14 @@ CASES = [
         "gpubox.toml is a 5 GB sparse file",
         files={"gpubox.toml": _sparse},
         bug="read 5 GB into memory",
+    ),
+    Case(
+        "project-run-cwd-outside",
+        ("run", "--", "true"),
+        2,
+        'run.cwd: expected a folder inside the project, relative to its root (like "src" or ".")',
+        "[run] cwd leads out of the project",
+        files={"gpubox.toml": '[run]\ncwd = "../elsewhere"\n'},
     ),
     Case(
         "project-max-size-infinite",

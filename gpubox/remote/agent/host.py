@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -936,11 +937,13 @@ def _ttys() -> List[Dict[str, Any]]:
 
 
 def op_idle(args: Dict[str, Any]) -> Dict[str, Any]:
+    active = _active_runs()
     return {
         "time": time.time(),
         "nvidia_smi": _nvidia_smi(IDLE_QUERY, IDLE_SMI_TIMEOUT) if args.get("gpu", True) else None,
         "ttys": _ttys() if args.get("ttys", True) else [],
-        "runs": _active_runs(),
+        "runs": len(active),
+        "active": active,
         "kernels": _busy_kernels(),
     }
 
@@ -973,21 +976,138 @@ def _busy_kernels() -> int:
     return busy
 
 
-def _active_runs() -> int:
-    """How many runs are starting or running on this host (any project: a run elsewhere also uses it)."""
+def _active_runs() -> List[Dict[str, Any]]:
+    """The runs starting or running on this host (any project's: a run elsewhere also uses it): their id, and
+    the id and name of their project when they have one."""
     runs = os.path.join(os.path.expanduser("~"), ".gpubox", "runs")
     try:
         names = [n for n in os.listdir(runs) if n.startswith("r-") and n[2:].isdigit()]
     except OSError:
-        return 0
-    active = 0
-    for name in names:
+        return []
+    active = []
+    for name in sorted(names, key=lambda n: int(n[2:])):
         folder = os.path.join(runs, name)
         if os.path.exists(os.path.join(folder, "exit_code")):
             continue
-        if _run_row(folder)["state"] in ("starting", "running"):
-            active += 1
+        row = _run_row(folder)
+        if row["state"] in ("starting", "running"):
+            project = row.get("project") or {}
+            active.append({"id": name, "project": project.get("id"), "project_name": project.get("name")})
     return active
+
+
+# --------------------------------------------------------------------------------------------- projects
+#
+# Which project each folder on this host belongs to: ~/.gpubox/projects/<hash of the folder's real path>.json
+# holds the owner's record ({id, name, root, machine, folder, claimed_at}), written when a project first claims
+# the folder. A record whose folder is gone is stale and ignored. gpubox refuses to sync a project into a folder
+# another project owns; a folder with no record (made before gpubox kept them) is free.
+
+
+def _projects_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".gpubox", "projects")
+
+
+def _real_folder(folder: Any) -> str:
+    if not isinstance(folder, str) or not folder or "\0" in folder:
+        raise RequestError("bad-request", "folder must be a non-empty path")
+    return os.path.realpath(os.path.abspath(os.path.expanduser(folder)))
+
+
+def _owner_path(real: str) -> str:
+    digest = hashlib.sha1(real.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    return os.path.join(_projects_dir(), digest + ".json")
+
+
+def _folder_owner(real: str) -> Optional[Dict[str, Any]]:
+    """The record of the project owning folder *real*; None when it has none (or the folder is gone)."""
+    if not os.path.isdir(real):
+        return None
+    try:
+        with open(_owner_path(real)) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("folder") != real or not isinstance(record.get("id"), str):
+        return None
+    return record
+
+
+def _write_owner(real: str, owner: Dict[str, Any]) -> Dict[str, Any]:
+    record = dict(owner, folder=real, claimed_at=time.time())
+    os.makedirs(_projects_dir(), mode=0o700, exist_ok=True)
+    path = _owner_path(real)
+    temp = "%s.%d.tmp" % (path, os.getpid())
+    with open(temp, "w") as handle:
+        json.dump(record, handle)
+    os.replace(temp, path)
+    return record
+
+
+def op_project_folder(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Settle a project's folder: ``folder`` (or, when that does not exist yet, ``legacy``, a folder of an older
+    gpubox layout that no other project owns), who owns it, and with ``claim`` make it and record ``owner``
+    as its owner unless another project owns it."""
+    owner = args.get("owner")
+    if not isinstance(owner, dict) or not isinstance(owner.get("id"), str) or not owner.get("id"):
+        raise RequestError("bad-request", "owner must be a record with an id")
+    owner = {k: v for k, v in owner.items() if k in ("id", "name", "root", "machine") and isinstance(v, str)}
+    folder = args.get("folder")
+    real = _real_folder(folder)
+    legacy = args.get("legacy")
+    chosen, chosen_real, adopted = folder, real, False
+    if legacy is not None and not os.path.lexists(real):
+        legacy_real = _real_folder(legacy)
+        legacy_owner = _folder_owner(legacy_real)
+        if os.path.isdir(legacy_real) and (legacy_owner is None or legacy_owner.get("id") == owner["id"]):
+            chosen, chosen_real, adopted = legacy, legacy_real, legacy_owner is None
+    current = _folder_owner(chosen_real)
+    taken_over = False
+    if current is not None and args.get("claim") and args.get("take_over") == current.get("id"):
+        # The client knows the owner is gone (a project moved away from its folder on the same machine).
+        current, taken_over = None, True
+    mine = current is not None and current.get("id") == owner["id"]
+    if os.path.lexists(chosen_real) and not os.path.isdir(chosen_real):
+        raise RequestError("no-project", "%s on the host is not a folder" % chosen_real)
+    exists = os.path.isdir(chosen_real)
+    created = False
+    if args.get("claim") and (current is None or mine):
+        if not exists:
+            os.makedirs(chosen_real)
+            created = exists = True
+        if current is None:
+            current = _write_owner(chosen_real, owner)
+        mine = True
+    return {
+        "folder": chosen,
+        "path": chosen_real,
+        "exists": exists,
+        "created": created,
+        "adopted": (adopted or taken_over) and mine,
+        "owner": current,
+        "mine": mine,
+    }
+
+
+def op_projects(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Every project folder with an owner record on this host (records of folders that are gone left out)."""
+    found = []
+    try:
+        names = sorted(os.listdir(_projects_dir()))
+    except OSError:
+        names = []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(_projects_dir(), name)) as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        folder = record.get("folder") if isinstance(record, dict) else None
+        if isinstance(folder, str) and _folder_owner(folder) == record:
+            found.append(record)
+    return {"projects": found}
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -1119,6 +1239,7 @@ def _run_row(folder: str) -> Dict[str, Any]:
         "command": spec.get("shell", ""),
         "name": spec.get("name"),
         "cwd": spec.get("cwd"),
+        "project": spec.get("project") if isinstance(spec.get("project"), dict) else None,
         "state": state,
         "pid": pid,
         "started_at": spec.get("started_at"),
@@ -1294,9 +1415,20 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise RequestError("bad-request", "env must map names to strings")
-    cwd = os.path.abspath(os.path.expanduser(project))
-    if not os.path.isdir(cwd):
-        raise RequestError("no-project", "the project folder %s does not exist on the host yet" % cwd)
+    root = os.path.abspath(os.path.expanduser(project))
+    if not os.path.isdir(root):
+        raise RequestError("no-project", "the project folder %s does not exist on the host yet" % root)
+    cwd = root
+    sub = args.get("cwd")
+    if sub:
+        # A subfolder of the project (where `gpubox run` was called, or [run] cwd): made if sync has not yet.
+        cwd = os.path.join(root, *_parts(sub))
+        if not os.path.realpath(cwd).startswith(os.path.realpath(root).rstrip("/") + "/"):
+            raise PathRefused("refusing cwd %r: it leads out of the project" % (sub,))
+        os.makedirs(cwd, exist_ok=True)
+    owner = args.get("owner")
+    if owner is not None and (not isinstance(owner, dict) or not isinstance(owner.get("id"), str)):
+        raise RequestError("bad-request", "owner must be a record with an id")
     runs = _runs_dir()
     os.makedirs(runs, mode=0o700, exist_ok=True)
     numbers = [int(name[2:]) for name in os.listdir(runs) if name.startswith("r-") and name[2:].isdigit()]
@@ -1315,7 +1447,7 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
         {
             "GPUBOX_RUN_ID": run_id,
             "GPUBOX_RUN_DIR": folder,
-            "GPUBOX_TB_DIR": os.path.join(cwd, "logs", run_id),
+            "GPUBOX_TB_DIR": os.path.join(root, "logs", run_id),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -1326,6 +1458,11 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
         run_env["VIRTUAL_ENV"] = venv
         run_env["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
     spec = {"shell": shell, "cwd": cwd, "env": run_env, "name": args.get("name"), "started_at": time.time()}
+    if owner is not None:
+        project_record = {k: v for k, v in owner.items() if k in ("id", "name") and isinstance(v, str)}
+        project_record["folder"] = root
+        spec["project"] = project_record
+
     with open(os.path.join(folder, "log"), "wb"):
         pass
     spec["waiter"] = _spawn_away([sys.executable, "-c", _RUN_WAITER, folder])
@@ -1627,8 +1764,31 @@ def op_service_list(args: Dict[str, Any]) -> Dict[str, Any]:
         for name in names:
             row = _service_row(os.path.join(root, project, name))
             row["key"] = project
+            row["rss_bytes"] = _group_rss(row["pid"]) if row["pid"] else None
             rows.append(row)
     return {"services": rows}
+
+
+def _group_rss(pgid: int) -> Optional[int]:
+    """Resident memory of every process in process group *pgid* (a service and its children), in bytes."""
+    total, seen = 0, False
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 22 and fields[2] == str(pgid):
+            total += int(fields[21]) * page
+            seen = True
+    return total if seen else None
 
 
 def op_service_stop(args: Dict[str, Any]) -> Dict[str, Any]:
@@ -1711,10 +1871,24 @@ def _run_scalars(spec: Dict[str, Any], have: Dict[str, Any], limit: int) -> Dict
     return found
 
 
-def _dash_runs(recent: int, project: Optional[str]) -> List[Dict[str, Any]]:
+def _run_is_of(spec: Dict[str, Any], folder: Optional[str], owner: Optional[str]) -> bool:
+    """Whether a run (its spec) is the project's: started with the project's id, or in the project's folder (or
+    one below it): a folder has one owner at a time, and runs from before project ids have only their folder."""
+    project = spec.get("project")
+    if not isinstance(project, dict):
+        project = {}
+    if owner is not None and project.get("id") == owner:
+        return True
+    place = project.get("folder") or spec.get("cwd")
+    if folder is None or not isinstance(place, str):
+        return False
+    return place == folder or place.startswith(folder.rstrip("/") + "/")
+
+
+def _dash_runs(recent: int, project: Optional[str], owner: Optional[str] = None) -> List[Dict[str, Any]]:
     """The rows of every run still going (any project's: they all use the host) and of the *recent* latest
-    ended ones (of *project*, the runs' folder on the host, when given), oldest first. With *project*, each row
-    says whether it is one of that project's runs (``mine``)."""
+    ended ones of the project (its id *owner*, or for older runs its folder *project* on the host), oldest
+    first. With either, each row says whether it is one of that project's runs (``mine``)."""
     runs = _runs_dir()
     try:
         names = [n for n in os.listdir(runs) if n.startswith("r-") and n[2:].isdigit()]
@@ -1722,6 +1896,7 @@ def _dash_runs(recent: int, project: Optional[str]) -> List[Dict[str, Any]]:
         return []
     names.sort(key=lambda n: int(n[2:]))
     wanted = os.path.abspath(os.path.expanduser(project)) if project else None
+    chosen = wanted is not None or owner is not None
     rows: Dict[str, Dict[str, Any]] = {}
     ended: List[str] = []
     for name in names:
@@ -1737,19 +1912,19 @@ def _dash_runs(recent: int, project: Optional[str]) -> List[Dict[str, Any]]:
     for name in reversed(ended):
         if found >= recent:
             break
-        if wanted is not None:
+        if chosen:
             try:
                 with open(os.path.join(runs, name, "spec.json")) as handle:
-                    if json.load(handle).get("cwd") != wanted:
+                    if not _run_is_of(json.load(handle), wanted, owner):
                         continue
             except (OSError, ValueError):
                 continue
         rows[name] = _run_row(os.path.join(runs, name))
         found += 1
     ordered = [rows[n] for n in names if n in rows]
-    if wanted is not None:
+    if chosen:
         for row in ordered:
-            row["mine"] = row.get("cwd") == wanted
+            row["mine"] = _run_is_of(row, wanted, owner)
     return ordered
 
 
@@ -1758,6 +1933,7 @@ def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     blob)."""
     recent = args.get("recent", 10)
     project = args.get("project")
+    owner = args.get("owner")
     if not isinstance(recent, int) or recent < 0:
         raise RequestError("bad-request", "recent must be a non-negative integer")
     if project is not None and not isinstance(project, str):
@@ -1765,7 +1941,7 @@ def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     result: Dict[str, Any] = {
         "time": time.time(),
         "nvidia_smi": _nvidia_smi(DASH_QUERY, IDLE_SMI_TIMEOUT) if args.get("gpu", True) else None,
-        "runs": _dash_runs(recent, project),
+        "runs": _dash_runs(recent, project, owner if isinstance(owner, str) else None),
         "run": None,
     }
     data = b""
@@ -1856,6 +2032,9 @@ OPS: Dict[str, Handler] = {
     "service_ensure": _no_blob(op_service_ensure),
     "service_list": _no_blob(op_service_list),
     "service_stop": _no_blob(op_service_stop),
+    # projects and their folders
+    "project_folder": _no_blob(op_project_folder),
+    "projects": _no_blob(op_projects),
     # the dashboard
     "dash": op_dash,
 }
