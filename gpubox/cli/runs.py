@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gpubox import paths
-from gpubox.actions.runs import prepare_run, remember_runs, stop_one_run
+from gpubox.actions.runs import prepare_run, remember_runs, stop_one_run, tell_run_sync
 from gpubox.actions.sync import make_syncer
 from gpubox.actions.up import build_env
 from gpubox.cli.output import ask_to_pin, err, load_hosts, load_project, out, print_json, table
@@ -45,9 +45,9 @@ def _run_on_hosts(args: argparse.Namespace) -> int:
 
     def prepare(session: HostSession, host: HostConfig) -> str | None:
         if not args.no_sync:
-            report = full_sync(make_syncer(session, project, host), allow_mass_delete=False, quiet=True)
-            if report.sent or report.deleted:
-                out(f"synced {host.name}: {report.summary()}")
+            syncer = make_syncer(session, project, host)
+            report = full_sync(syncer, allow_mass_delete=False, quiet=True, verify=True)
+            tell_run_sync(report, host.name, out)
         return build_env(session, project, say=out)
 
     return run_on_hosts(

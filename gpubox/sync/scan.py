@@ -10,7 +10,10 @@ from typing import Any
 
 from gpubox.sync.ignore import Decision, IgnoreRules
 
-__all__ = ["Entry", "ScanResult", "scan_path", "scan_tree"]
+__all__ = ["VCS_FOLDERS", "Entry", "ScanResult", "scan_path", "scan_tree"]
+
+VCS_FOLDERS = frozenset({".git", ".hg", ".svn"})
+"""A folder holding one of these is a version-control checkout (a .git file marks a worktree or submodule)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,8 @@ class ScanResult:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     skipped: set[str] = field(default_factory=set)
     """Paths that exist locally but are not sent (ignored, secret, output, too large, outside link)."""
+    checkouts: set[str] = field(default_factory=set)
+    """Folders the walk saw holding a .git, .hg or .svn ('' for the project folder itself)."""
 
 
 def _link_inside(relpath: str, target: str) -> bool:
@@ -126,6 +131,8 @@ def scan_tree(root: Path, rules: IgnoreRules, start: str = "", into: ScanResult 
         with listing:
             for item in listing:
                 relpath = f"{folder}/{item.name}" if folder else item.name
+                if item.name in VCS_FOLDERS:
+                    result.checkouts.add(folder)
                 try:
                     st = item.stat(follow_symlinks=False)
                 except OSError as exc:

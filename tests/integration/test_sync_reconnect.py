@@ -50,7 +50,7 @@ def test_watch_mode_survives_the_host_dying_and_coming_back(tmp_path: Path, sshd
             "session": session,
             "stop": stop,
             "wake": wake,
-            "log": lambda text: None,
+            "say": lambda text: None,
             "heartbeat_seconds": 0.2,
         },
     )

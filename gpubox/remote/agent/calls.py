@@ -174,7 +174,8 @@ def manifest(
 
 class ApplyAnswer(TypedDict):
     results: list[list[str]]
-    """One per op, in order: ["ok"], ["same"], ["gone"], ["kept"], ["conflict", note], ["refused", why],
+    """One per op, in order: ["ok"] (a deletion: ["ok", where in the trash]), ["same"], ["gone"], ["kept"],
+    ["conflict", note], ["miss", why] (a move whose origin is not the content named), ["refused", why],
     ["error", why]."""
     conflicts: list[str]
     """"path -> name it was set aside as", one per host file kept aside."""
@@ -212,6 +213,11 @@ def stage(agent: AgentSession, *, root: str, name: str | None, offset: int, blob
     file's name (a new one when *name* is None), which the finishing :func:`apply` op names as ``s``."""
     answer = agent.request("stage", {"root": root, "name": name, "offset": offset}, blob)
     return str(answer.get("name") or "")
+
+
+def discard_staged(agent: AgentSession, *, root: str, name: str) -> None:
+    """Remove a file staged by :func:`stage` that will not be applied (it grew past the size limit)."""
+    agent.request("stage", {"root": root, "name": name, "offset": 0, "discard": True})
 
 
 class ReadAnswer(TypedDict):
