@@ -526,6 +526,15 @@ def _move(
         conflicts.append(rel + " -> " + note)
     _verified_folders.clear()
     os.rename(source, path)
+    if op.get("T") is not None:
+        # Taken back out of the trash: the folders it leaves empty there go too.
+        folder, trash = os.path.dirname(source), os.path.dirname(trash_batch)
+        while folder.startswith(trash + "/"):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
     return ["conflict", note] if note else ["ok"]
 
 
