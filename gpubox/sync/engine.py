@@ -9,7 +9,6 @@ import json
 import os
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from gpubox.config import ProjectConfig
 from gpubox.errors import RemoteError
 from gpubox.remote.agent import calls
 from gpubox.state import open_state
-from gpubox.sync.ignore import IgnoreRules
+from gpubox.sync.ignore import rules_for
 from gpubox.sync.plan import (
     WIRE_CODES,
     Op,
@@ -32,12 +31,12 @@ from gpubox.sync.plan import (
     wipe_reason,
 )
 from gpubox.sync.report import BatchProgress, DeletionsHeld, SyncReport
-from gpubox.sync.scan import VCS_FOLDERS, Entry, ScanResult, scan_path, scan_tree
+from gpubox.sync.scan import VCS_FOLDERS, Entry, ScanResult, decode_manifest, scan_path, scan_tree
 
 if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
 
-__all__ = ["BatchProgress", "DeletionsHeld", "SyncReport", "Syncer", "decode_manifest", "rules_for"]
+__all__ = ["BatchProgress", "DeletionsHeld", "SyncReport", "Syncer"]
 
 BATCH_BYTES = 8 * 1024 * 1024
 PART_BYTES = 16 * 1024 * 1024
@@ -47,31 +46,6 @@ PIPELINE_DEPTH = 3
 TRASH_MEMORY_SECONDS = 15 * 60.0
 """How long a file this process deleted on the host may come back out of the trash as a move."""
 TRASH_MEMORY_FILES = 50_000
-
-
-def decode_manifest(blob: bytes, host: str) -> dict[str, Entry]:
-    """The agent's manifest (zlib-compressed JSON rows); anything else from the channel is an AgentError."""
-    from gpubox.errors import AgentError
-
-    try:
-        rows = json.loads(zlib.decompress(blob)) if blob else []
-        found = {row[0]: Entry.from_row(row[1:]) for row in rows}
-    except (zlib.error, ValueError, TypeError, KeyError, IndexError):
-        raise AgentError(f"the agent on {host} sent a file listing gpubox cannot read") from None
-    if not all(isinstance(path, str) for path in found):
-        raise AgentError(f"the agent on {host} sent a file listing gpubox cannot read")
-    return found
-
-
-def rules_for(project: ProjectConfig) -> IgnoreRules:
-    sync = project.sync
-    return IgnoreRules(
-        project.root,
-        extra_ignores=sync.ignore,
-        includes=sync.include,
-        outputs=sync.outputs,
-        max_file_size=int(sync.max_file_size_mb * 1024 * 1024),
-    )
 
 
 class Syncer:
@@ -171,10 +145,10 @@ class Syncer:
             for path in [*upserts, *removals]:
                 old = ancestor.get(path)
                 if old is not None and old.kind == "f":
-                    index.get(_facts(old), set()).discard(path)
+                    index.get(old.facts, set()).discard(path)
             for path, entry in upserts.items():
                 if entry.kind == "f":
-                    index.setdefault(_facts(entry), set()).add(path)
+                    index.setdefault(entry.facts, set()).add(path)
         ancestor.update(upserts)
         for path in removals:
             ancestor.pop(path, None)
@@ -185,7 +159,7 @@ class Syncer:
             index: dict[tuple[int, int, bool], set[str]] = {}
             for path, entry in self.ancestor().items():
                 if entry.kind == "f":
-                    index.setdefault(_facts(entry), set()).add(path)
+                    index.setdefault(entry.facts, set()).add(path)
             self._by_facts = index
         return self._by_facts
 
@@ -200,7 +174,7 @@ class Syncer:
         index = self._facts_index()
         found: set[str] = set()
         for entry in new:
-            for path in index.get(_facts(entry), ()):
+            for path in index.get(entry.facts, ()):
                 if (
                     path in candidates
                     or path in found
@@ -497,7 +471,8 @@ class Syncer:
         """Pair moves, hold back a wipe's deletions, record what needs no sending, send the rest. *covered*: the
         paths a live pass looked at (None: a full pass, which saw everything)."""
         ancestor = self.ancestor()
-        pair_moves(plan, ancestor, self._recent_trash())
+        if any(op.kind == "write" and op.expect is None for op in plan.ops):
+            pair_moves(plan, ancestor, self._recent_trash())
         earlier = {p: e for p, e in self.held.items() if covered is not None and p not in covered}
         vanished = self._vanished_checkouts()
         reason = None
@@ -840,10 +815,6 @@ def _read_upto(fd: int, limit: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
-
-
-def _facts(entry: Entry) -> tuple[int, int, bool]:
-    return entry.size, entry.mtime_ns, entry.executable
 
 
 def _outermost(changed: Iterable[str]) -> list[str]:

@@ -192,10 +192,6 @@ class Trashed:
     """Its place inside the project's trash folder on the host (``<batch>/<path>``)."""
 
 
-def _facts(entry: Entry) -> tuple[int, int, bool]:
-    return entry.size, entry.mtime_ns, entry.executable
-
-
 def _name(path: str) -> str:
     return path.rpartition("/")[2]
 
@@ -219,13 +215,15 @@ def pair_moves(plan: Plan, ancestor: Mapping[str, Entry], trashed: Iterable[Tras
     gone: dict[tuple[int, int, bool], list[str]] = {}
     for op in plan.ops:
         if op.kind == "delete" and op.expect is not None and op.expect.kind == "f":
-            gone.setdefault(_facts(op.expect), []).append(op.path)
+            gone.setdefault(op.expect.facts, []).append(op.path)
     for paths in gone.values():
         paths.sort()
     in_trash: dict[tuple[int, int, bool], list[Trashed]] = {}
     for item in trashed:
         if item.entry.kind == "f":
-            in_trash.setdefault(_facts(item.entry), []).append(item)
+            in_trash.setdefault(item.entry.facts, []).append(item)
+    if not gone and not in_trash:
+        return
     moved: dict[str, Op] = {}
     sources: set[str] = set()
     # Same file name first (a folder renamed or moved keeps its files' names), then any origin left.
@@ -233,7 +231,7 @@ def pair_moves(plan: Plan, ancestor: Mapping[str, Entry], trashed: Iterable[Tras
         for op in sorted(new_files, key=lambda op: op.path):
             if op.path in moved or op.entry is None:
                 continue
-            facts = _facts(op.entry)
+            facts = op.entry.facts
             origins = [p for p in gone.get(facts, ()) if not same_name or _name(p) == _name(op.path)]
             if origins:
                 gone[facts].remove(origins[0])

@@ -22,9 +22,9 @@ from gpubox.config import ProjectConfig
 from gpubox.errors import UsageError
 from gpubox.remote.agent import calls
 from gpubox.remote.session import HostSession
-from gpubox.sync.engine import BatchProgress, Syncer, decode_manifest
+from gpubox.sync.engine import BatchProgress, Syncer
 from gpubox.sync.ignore import Decision
-from gpubox.sync.scan import Entry
+from gpubox.sync.scan import Entry, decode_manifest
 
 __all__ = ["PullReport", "normalise_paths", "pull"]
 

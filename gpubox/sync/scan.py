@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpubox.sync.ignore import Decision, IgnoreRules
 
-__all__ = ["VCS_FOLDERS", "Entry", "ScanResult", "scan_path", "scan_tree"]
+__all__ = ["VCS_FOLDERS", "Entry", "ScanResult", "decode_manifest", "scan_path", "scan_tree"]
 
 VCS_FOLDERS = frozenset({".git", ".hg", ".svn"})
 """A folder holding one of these is a version-control checkout (a .git file marks a worktree or submodule)."""
@@ -34,14 +36,15 @@ class Entry:
         if other is None or other.kind != self.kind:
             return False
         if self.kind == "f":
-            return (self.size, self.mtime_ns, self.executable) == (
-                other.size,
-                other.mtime_ns,
-                other.executable,
-            )
+            return self.facts == other.facts
         if self.kind == "l":
             return self.target == other.target
         return True
+
+    @property
+    def facts(self) -> tuple[int, int, bool]:
+        """What a moved file keeps (size, mtime, exec bit): how a move is told from a delete and a new file."""
+        return self.size, self.mtime_ns, self.executable
 
     def row(self) -> list[Any]:
         """The agent's wire form."""
@@ -53,6 +56,20 @@ class Entry:
 
 
 FOLDER = Entry("d")
+
+
+def decode_manifest(blob: bytes, host: str) -> dict[str, Entry]:
+    """The agent's manifest (zlib-compressed JSON rows); anything else from the channel is an AgentError."""
+    from gpubox.errors import AgentError
+
+    try:
+        rows = json.loads(zlib.decompress(blob)) if blob else []
+        found = {row[0]: Entry.from_row(row[1:]) for row in rows}
+    except (zlib.error, ValueError, TypeError, KeyError, IndexError):
+        raise AgentError(f"the agent on {host} sent a file listing gpubox cannot read") from None
+    if not all(isinstance(path, str) for path in found):
+        raise AgentError(f"the agent on {host} sent a file listing gpubox cannot read")
+    return found
 
 
 @dataclass

@@ -167,7 +167,7 @@ def manifest(
     agent: AgentSession, *, root: str, skip: list[str] | None = None, only: list[str] | None = None
 ) -> tuple[Manifest, bytes]:
     """Every entry under *root* (or under the *only* subtrees), less *skip*; the rows come zlib-compressed in
-    the bytes (gpubox.sync.engine.decode_manifest reads them)."""
+    the bytes (gpubox.sync.scan.decode_manifest reads them)."""
     answer, blob = agent.request_with_blob("manifest", _fields(root=root, skip=skip, only=only))
     return cast(Manifest, answer), blob
 
