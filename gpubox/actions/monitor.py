@@ -53,10 +53,13 @@ class SyncStatus:
     """What live sync has done lately, published in the monitor report for the dashboard's sync line.
 
     The supervisor's live sync feeds it (:meth:`batch`, :meth:`problem`); *pending* says how many changed paths
-    wait for the next batch. Conflicts and errors count up over the supervisor's life; held-back secrets are
-    those of the latest pass that looked at them."""
+    wait for the next batch. Conflicts and errors count up over the supervisor's life; held-back secrets and
+    skipped large files are those of the latest pass that looked at them; deletions held back as a wipe are the
+    sync engine's own list after each pass; files changed on the host are those the latest pass that read the
+    host's listing found."""
 
     MAX_MESSAGES = 5
+    MAX_PATHS = 10
 
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
         self.wall = wall
@@ -66,6 +69,10 @@ class SyncStatus:
         self.last: dict[str, Any] | None = None
         self.conflicts: list[str] = []
         self.held_back: list[str] = []
+        self.too_large: dict[str, int] = {}
+        self.held_deletions: list[str] = []
+        self.held_reason: str | None = None
+        self.host_changed: list[str] = []
         self.errors: list[str] = []
         self.error_count = 0
         self.conflict_count = 0
@@ -79,17 +86,25 @@ class SyncStatus:
             self.changed_at = self.wall()
         self.last = {
             "why": why,
-            "files": int(report.sent) + int(report.deleted),
+            "files": int(report.sent) + int(report.deleted) + int(report.moved),
             "sent": int(report.sent),
             "deleted": int(report.deleted),
+            "moved": int(report.moved),
             "ms": round(float(report.seconds) * 1000.0, 1),
             "at": self.wall(),
         }
+        too_large = {str(path): int(size) for path, size in report.too_large}
         if why.split(" ", 1)[0].isdigit() and why.endswith(" changed"):
             # A batch of changed paths only saw those paths: add what it held back.
             self.held_back = sorted(set(self.held_back) | set(report.held_back))
+            self.too_large.update(too_large)
         else:
             self.held_back = list(report.held_back)  # a full pass saw everything
+            self.too_large = too_large
+        self.held_deletions = list(report.held_deletions)
+        self.held_reason = report.held_reason
+        if report.verified:
+            self.host_changed = list(report.host_changed)
         self.conflict_count += len(report.conflicts)
         self.conflicts = (self.conflicts + list(report.conflicts))[-self.MAX_MESSAGES :]
         for error in report.errors:
@@ -114,6 +129,12 @@ class SyncStatus:
             "recent_conflicts": list(self.conflicts),
             "held_back": len(self.held_back),
             "held_back_paths": self.held_back[: self.MAX_MESSAGES],
+            "too_large": [[path, size] for path, size in sorted(self.too_large.items())[: self.MAX_PATHS]],
+            "held_deletions": len(self.held_deletions),
+            "held_deletion_paths": self.held_deletions[: self.MAX_PATHS],
+            "held_reason": self.held_reason,
+            "host_changed": len(self.host_changed),
+            "host_changed_paths": self.host_changed[: self.MAX_PATHS],
             "errors": self.error_count,
             "recent_errors": list(self.errors),
         }

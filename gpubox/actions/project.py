@@ -85,8 +85,7 @@ def _synced_before(project: ProjectConfig, host: HostConfig) -> bool:
 def count_first_sync(project: ProjectConfig) -> FirstSync:
     """Files and bytes a first sync would send (what the ignore rules let through), counted until one of the
     limits is passed (a home folder's million files are not all counted first)."""
-    from gpubox.sync.engine import rules_for
-    from gpubox.sync.ignore import Decision
+    from gpubox.sync.ignore import Decision, rules_for
 
     rules = rules_for(project)
     base = str(project.root)

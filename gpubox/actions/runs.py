@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from gpubox.actions import Say, quiet
-from gpubox.actions.sync import make_syncer
+from gpubox.actions.sync import held_lines, host_changed_lines, make_syncer
 from gpubox.errors import UsageError
 from gpubox.remote.session import connect_host
 from gpubox.state import open_state
@@ -17,6 +17,7 @@ from gpubox.train.runs import RUN_ID, check_run_ref, list_runs, start_run, stop_
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProjectConfig
     from gpubox.remote.session import HostSession
+    from gpubox.sync.report import SyncReport
     from gpubox.train.runs import RunInfo
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "remember_runs",
     "run_subfolder",
     "stop_one_run",
+    "tell_run_sync",
 ]
 
 
@@ -123,9 +125,10 @@ def prepare_run(
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
     if sync:
-        report = make_syncer(session, project, host).full(allow_mass_delete=False)
-        if report.sent or report.deleted:
-            say(f"synced {host.name}: {report.summary()}")
+        # With the host's listing: a file edited there (through Jupyter, say) is what the run will use, and the
+        # user hears of it before it runs.
+        report = make_syncer(session, project, host).full(allow_mass_delete=False, verify=True)
+        tell_run_sync(report, host.name, say)
     spec = env_spec(project, str(session.agent.hello.get("python", "")))
     venv, cached = project_env(session, project)
     if spec is not None and not cached:
@@ -133,6 +136,18 @@ def prepare_run(
     run = start_run(session, argv, name=name, venv=venv, subfolder=run_subfolder(project))
     remember_runs(host.name, [run])
     return run
+
+
+def tell_run_sync(report: SyncReport, host: str, say: Say) -> None:
+    """What a run's sync changed, and what the run will see differently from the local folder."""
+    if report.sent or report.deleted or report.moved:
+        say(f"synced {host}: {report.summary()}")
+    for line in host_changed_lines(report.host_changed, host, running=True):
+        say(f"  {line}")
+    for conflict in report.conflicts:
+        say(f"  ! conflict: the host's copy was kept as {conflict}")
+    for line in held_lines(len(report.held_deletions), report.held_reason, host):
+        say(f"  {line}")
 
 
 def launch_run(

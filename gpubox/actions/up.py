@@ -25,6 +25,7 @@ from gpubox.actions import Say
 from gpubox.actions.framework import project_framework
 from gpubox.actions.monitor import HostMonitor, SyncActivity, SyncStatus
 from gpubox.actions.supervisor import claim_host, stop_on_signals, supervise
+from gpubox.actions.sync import held_lines, host_changed_lines, too_large_line
 from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.fmt import format_duration, format_usd
@@ -344,17 +345,50 @@ def start_live_sync(
     """Live sync for a held host; *on_change* hears of every batch that changed the host (activity), *status*
     of every batch and problem (the monitor report publishes it for the dashboard)."""
 
+    told_large: set[str] = set()
+    told_changed: set[str] = set()
+    told_held: list[int] = [0]
+    host = session.host.name
+    limit_mb = syncer.project.sync.max_file_size_mb
+
     def reported(report: SyncReport, why: str) -> None:
         if status is not None:
             status.batch(report, why)
-        if on_change is not None and (report.sent or report.deleted):
+        if on_change is not None and (report.sent or report.deleted or report.moved):
             on_change()
-        if report.sent or report.deleted or report.conflicts or report.errors or report.kept_on_host:
+        if (
+            report.sent
+            or report.deleted
+            or report.moved
+            or report.conflicts
+            or report.errors
+            or report.kept_on_host
+        ):
             say(f"  · sync ({why}): {report.summary()}")
         for conflict in report.conflicts:
             say(f"  ! conflict: the host's copy was kept as {conflict}")
         for error in report.errors:
             say(f"  ! sync error: {error}")
+        # What sync did not do is said once, not at every rescan.
+        kept = set(report.too_large_kept)
+        for path, size in report.too_large:
+            if path not in told_large:
+                told_large.add(path)
+                say("  ! " + too_large_line(path, size, limit_mb, kept=path in kept))
+        held = len(report.held_deletions)
+        if held != told_held[0]:
+            if held:
+                for line in held_lines(held, report.held_reason, host):
+                    say(f"  {line}")
+            else:
+                say(f"  · sync: no deletions held back on {host} any more")
+            told_held[0] = held
+        if report.verified:
+            fresh = [path for path in report.host_changed if path not in told_changed]
+            told_changed.intersection_update(report.host_changed)
+            told_changed.update(fresh)
+            for line in host_changed_lines(fresh, host):
+                say(f"  {line}")
 
     def problem(text: str) -> None:
         if status is not None:

@@ -11,6 +11,7 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from gpubox.actions.hosts import autostop_text, host_rows, service_url
+from gpubox.actions.sync import sync_lines
 from gpubox.cli.output import load_hosts, load_project, out, price, print_json, table
 from gpubox.config import HOSTS_FILE, PROJECT_FILE
 from gpubox.errors import BadInput, GpuboxError, HostError, HostUnreachable, UsageError
@@ -140,6 +141,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             row["folder_settled"] = folder is not None
             for held in row["projects"]:
                 held["this_project"] = held["id"] == project.id
+            row["sync"] = (seen[1].get("sync") if seen else None) or None
             row["services"] = [
                 {"name": tunnel.service, "host_port": tunnel.host_port, "tunnel": tunnel}
                 for tunnel in state.live_tunnels(host.name, project.id)
@@ -194,6 +196,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         out(line)
         if row["up"]:
             out(f"    autostop  {autostop_text(row['autostop'], row['autostop_minutes'])}")
+            for line in sync_lines(row["sync"], row["name"]):
+                out(f"    {line}")
         out(
             f"    folder    {row['folder']} (this project's{'' if row['folder_settled'] else ', made on first use'})"
         )

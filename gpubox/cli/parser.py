@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="rent without asking (a rented host shows its price first); sync a big or unusual folder",
     )
     up.add_argument(
-        "--allow-mass-delete", action="store_true", help="let the first sync delete many host files at once"
+        "--allow-mass-delete",
+        action="store_true",
+        help="let the first sync carry out deletions that look like a wipe",
     )
     up.add_argument(
         "--stop", action="store_true", help="end the gpubox process holding the host (host keeps running)"
@@ -129,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify", action="store_true", help="also compare with the host's files (finds changes made there)"
     )
     sync.add_argument(
-        "--allow-mass-delete", action="store_true", help="delete many host files without asking"
+        "--allow-mass-delete",
+        action="store_true",
+        help="carry out deletions held back as a wipe (also for a `gpubox up` or `sync --watch` running now)",
     )
     sync.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
     sync.add_argument(
@@ -137,11 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     pull = add(
-        "pull", "sync:cmd_pull", "bring outputs (or the named paths) back from the host, incrementally"
+        "pull",
+        "sync:cmd_pull",
+        "bring outputs and notebooks edited on the host (or the named paths) back from the host, incrementally",
     )
     pull.add_argument("host", nargs="?", metavar="HOST")
-    pull.add_argument("paths", nargs="*", metavar="PATH", help="default: the [sync] outputs folders")
+    pull.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="default: the [sync] outputs folders and the notebooks created or changed on the host",
+    )
     pull.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    push = add(
+        "push",
+        "sync:cmd_push",
+        "send the named paths to the host over copies edited there (local wins; the host's go to its trash)",
+    )
+    push.add_argument("host", nargs="?", metavar="HOST")
+    push.add_argument("paths", nargs="*", metavar="PATH", help="files or folders of the project")
+    push.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
 
     check = add("check", "check:cmd_check", "can the framework use this host's GPU? exits 1 when it cannot")
     check.add_argument("host", nargs="?", metavar="HOST", help="default: like `gpubox up`")

@@ -16,6 +16,7 @@ from gpubox.actions.runs import (
     remember_runs,
     run_subfolder,
     stop_one_run,
+    tell_run_sync,
 )
 from gpubox.actions.sync import make_syncer
 from gpubox.actions.up import build_env
@@ -63,9 +64,9 @@ def _run_on_hosts(args: argparse.Namespace) -> int:
 
     def prepare(session: HostSession, host: HostConfig) -> str | None:
         if not args.no_sync:
-            report = full_sync(make_syncer(session, project, host), allow_mass_delete=False, quiet=True)
-            if report.sent or report.deleted:
-                out(f"synced {host.name}: {report.summary()}")
+            syncer = make_syncer(session, project, host)
+            report = full_sync(syncer, allow_mass_delete=False, quiet=True, verify=True)
+            tell_run_sync(report, host.name, out)
         return build_env(session, project, say=out)
 
     return run_on_hosts(

@@ -29,11 +29,11 @@ from gpubox.cli.output import (
     out,
     step,
 )
-from gpubox.cli.sync import full_sync, tell_held_back
+from gpubox.cli.sync import ask_to_release, full_sync, tell_held_back
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.provision import find_orphans, terminate_orphans
 from gpubox.state import open_state
-from gpubox.sync.engine import MassDeletionRefused
+from gpubox.sync.report import DeletionsHeld
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
@@ -88,7 +88,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             ),
             make_syncer=lambda opened: make_syncer(opened, project, host),
             env_output=sys.stdout.buffer,
-            tell_sync=tell_held_back,
+            tell_sync=lambda report: tell_held_back(
+                report, host=host.name, limit_mb=project.sync.max_file_size_mb
+            ),
         )
         out(up.hold(prepared, project, hosts, detached=False, say=out))
     finally:
@@ -105,12 +107,7 @@ def _start_in_background(host: HostConfig, project: ProjectConfig, options: up.U
         if not is_terminal():
             return False
         shown.pause()
-        err(f"gpubox: {message}")
-        try:
-            answer = input(f"Delete those {deleting} files on the host (they go to its trash)? [y/N] ")
-        except EOFError:
-            answer = ""
-        return answer.strip().lower() in ("y", "yes")
+        return ask_to_release(message, deleting)
 
     ask = ask_to_pin()
 
@@ -149,14 +146,16 @@ def _supervise_in_background(
     channel = EventChannel(args.events_fd, args.answers_fd)
 
     def first_sync(syncer: Syncer) -> SyncReport:
-        try:
-            return syncer.full(
-                allow_mass_delete=options.allow_mass_delete, verify=True, progress=channel.sync_progress
-            )
-        except MassDeletionRefused as exc:
-            if not channel.confirm_mass_delete(str(exc), exc.deleting):
-                raise
-            return syncer.full(allow_mass_delete=True, verify=True, progress=channel.sync_progress)
+        report = syncer.full(
+            allow_mass_delete=options.allow_mass_delete, verify=True, progress=channel.sync_progress
+        )
+        # Deletions that look like a wipe are asked about where the user is; without a yes they stay held
+        # back (shown by `gpubox status`) and everything else is synced and watched.
+        if report.held_deletions and channel.confirm_mass_delete(
+            str(DeletionsHeld(report)), len(report.held_deletions)
+        ):
+            report.then(syncer.release(progress=channel.sync_progress))
+        return report
 
     session: HostSession | None = None
     try:
@@ -170,7 +169,9 @@ def _supervise_in_background(
                 first_sync=first_sync,
                 make_syncer=lambda opened: make_syncer(opened, project, host),
                 env_output=channel.env_sink(),
-                tell_sync=lambda report: tell_held_back(report, say=channel.say),
+                tell_sync=lambda report: tell_held_back(
+                    report, say=channel.say, host=host.name, limit_mb=project.sync.max_file_size_mb
+                ),
             )
         except GpuboxError as exc:
             channel.failed(exc)

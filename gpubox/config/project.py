@@ -28,10 +28,15 @@ class SyncConfig:
     include: tuple[str, ...] = ()
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     max_file_size_mb: float = 100.0
-    max_delete_count: int = 1000
-    """A batch deleting more tracked files than this pauses and asks (like rsync's --max-delete)."""
-    max_delete_share: float = 0.5
-    """...as does one deleting more than this share of them (once more than 10 files go)."""
+    wipe_share: float = 0.95
+    """Deletions at once of at least this share of the tracked files look like a wipe: held back until confirmed
+    (as are deletions leaving the project folder empty, or going with a vanished .git)."""
+    wipe_min_files: int = 10
+    """...once at least this many files go."""
+    max_delete_count: int | None = None
+    """An extra brake, off unless set: more deletions than this at once are held back (rsync's --max-delete)."""
+    max_delete_share: float | None = None
+    """An extra brake, off unless set: deletions of more than this share of the tracked files at once."""
     trash_days: float = 7.0
     """Files sync deleted on the host wait this long in ~/.gpubox/trash before they are pruned."""
 
@@ -120,6 +125,8 @@ SYNC_FIELDS: dict[str, checks.Check] = {
     "include": checks.string_list,
     "outputs": checks.string_list,
     "max_file_size_mb": checks.number(0, above=True),
+    "wipe_share": checks.share,
+    "wipe_min_files": checks.integer(0),
     "max_delete_count": checks.integer(0),
     "max_delete_share": checks.share,
     "trash_days": checks.number(0),

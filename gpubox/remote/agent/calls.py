@@ -186,14 +186,15 @@ def manifest(
     agent: AgentSession, *, root: str, skip: list[str] | None = None, only: list[str] | None = None
 ) -> tuple[Manifest, bytes]:
     """Every entry under *root* (or under the *only* subtrees), less *skip*; the rows come zlib-compressed in
-    the bytes (gpubox.sync.engine.decode_manifest reads them)."""
+    the bytes (gpubox.sync.scan.decode_manifest reads them)."""
     answer, blob = agent.request_with_blob("manifest", _fields(root=root, skip=skip, only=only))
     return cast(Manifest, answer), blob
 
 
 class ApplyAnswer(TypedDict):
     results: list[list[str]]
-    """One per op, in order: ["ok"], ["same"], ["gone"], ["kept"], ["conflict", note], ["refused", why],
+    """One per op, in order: ["ok"] (a deletion: ["ok", where in the trash]), ["same"], ["gone"], ["kept"],
+    ["conflict", note], ["miss", why] (a move whose origin is not the content named), ["refused", why],
     ["error", why]."""
     conflicts: list[str]
     """"path -> name it was set aside as", one per host file kept aside."""
@@ -231,6 +232,11 @@ def stage(agent: AgentSession, *, root: str, name: str | None, offset: int, blob
     file's name (a new one when *name* is None), which the finishing :func:`apply` op names as ``s``."""
     answer = agent.request("stage", {"root": root, "name": name, "offset": offset}, blob)
     return str(answer.get("name") or "")
+
+
+def discard_staged(agent: AgentSession, *, root: str, name: str) -> None:
+    """Remove a file staged by :func:`stage` that will not be applied (it grew past the size limit)."""
+    agent.request("stage", {"root": root, "name": name, "offset": 0, "discard": True})
 
 
 class ReadAnswer(TypedDict):

@@ -46,10 +46,11 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 # answer field, a new error kind, or a fix inside a handler: those change only this file's hash, so clients
 # upload the new file. The on-host layout under ~/.gpubox is a separate contract that no number guards:
 # agents of every gpubox version that reaches this host share it at the same time (PROTOCOL.md, "Layout").
-PROTOCOL = 1
+# 2: `apply` moves files on the host (op "mv"); an agent of protocol 1 fails a batch holding one.
+PROTOCOL = 2
 # AGENT_VERSION names this file's revision for a person reading a host's hello answer; nothing compares it
 # (the content hash decides which agent file runs). Bump it with PROTOCOL, or for any change worth seeing there.
-AGENT_VERSION = "1"
+AGENT_VERSION = "2"
 MAX_FRAME = 64 * 1024 * 1024
 NVIDIA_SMI_TIMEOUT = 20
 # Importing TensorFlow for the first time on a cold disk can take a minute; a hung import must not hang us.
@@ -447,7 +448,8 @@ def _trash_free(batch: str, rel: str) -> bool:
     return not os.path.lexists(os.path.join(batch, rel))
 
 
-def _to_trash(path: str, rel: str, trash_batch: str) -> None:
+def _to_trash(path: str, rel: str, trash_batch: str) -> str:
+    """Move *path* into the trash; return where it went, relative to the project's trash folder."""
     _verified_folders.clear()
     # Batches of the same second share a stamp: a path trashed twice (or a file, then a folder of that name)
     # goes to a sibling folder instead of failing or overwriting the first copy.
@@ -461,6 +463,93 @@ def _to_trash(path: str, rel: str, trash_batch: str) -> None:
         os.rename(path, destination)
     except OSError:
         shutil.move(path, destination)  # the trash is on another filesystem than the project
+    return os.path.basename(batch) + "/" + rel
+
+
+def _digest(path: str) -> str:
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def _move_source(root: str, op: Dict[str, Any], trash_batch: str) -> Optional[str]:
+    """Where a move's content is now: a path of the project (``f``) or of its trash folder (``T``); None when
+    a folder on the way is missing. A symlinked folder on the way is refused."""
+    if op.get("T") is not None:
+        parts = _parts(op.get("T"))
+        trash = os.path.dirname(trash_batch)
+        folder = os.path.join(trash, *parts[:-1])
+        if not os.path.isdir(folder):
+            return None
+        real_trash = os.path.realpath(trash)
+        if not (os.path.realpath(folder) + "/").startswith(real_trash + "/"):
+            raise PathRefused("refusing to move %r out of the trash through a symlink" % (op.get("T"),))
+        return os.path.join(folder, parts[-1])
+    parts = _parts(op.get("f"))
+    parent = _existing_parent(root, parts)
+    return None if parent is None else parent + "/" + parts[-1]
+
+
+def _move(
+    root: str,
+    op: Dict[str, Any],
+    path: str,
+    rel: str,
+    current: Optional[Row],
+    stamp: str,
+    trash_batch: str,
+    conflicts: List[str],
+) -> List[str]:
+    """Rename a file the host already holds to *path*, once its facts and digest show it is the content
+    wanted there; ``["miss", why]`` leaves everything as it was (the client then writes and deletes)."""
+    size, mtime, digest = op.get("n"), op.get("m"), op.get("h")
+    if not isinstance(size, int) or not isinstance(mtime, int) or not isinstance(digest, str):
+        raise RequestError("bad-request", "move %r needs n, m and h" % (rel,))
+    wanted = ["f", size, mtime, bool(op.get("x")), ""]
+    source = _move_source(root, op, trash_batch)
+    found = None if source is None else _lentry(source)
+    if source is None or found is None:
+        return ["miss", "the file to move is gone"]
+    if not _same(found, op.get("e")) or not _same(found, wanted):
+        return ["miss", "the file to move changed on the host"]
+    if _digest(source) != digest:
+        return ["miss", "the file to move holds other content"]
+    if _same(current, wanted):
+        # Already in place (an earlier batch wrote it): the origin goes the way of any deletion.
+        if op.get("T") is None:
+            _to_trash(source, "/".join(_parts(op.get("f"))), trash_batch)
+        return ["same"]
+    note = ""
+    if current is not None and current[0] == "d":
+        try:
+            _verified_folders.clear()
+            os.rmdir(path)
+        except OSError:
+            note = _set_aside(path, stamp)
+    elif current is not None:
+        note = _set_aside(path, stamp)  # something the client did not know of: kept, never overwritten
+    if note:
+        conflicts.append(rel + " -> " + note)
+    _verified_folders.clear()
+    os.rename(source, path)
+    if op.get("T") is not None:
+        # Taken back out of the trash: the folders it leaves empty there go too.
+        folder, trash = os.path.dirname(source), os.path.dirname(trash_batch)
+        while folder.startswith(trash + "/"):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
+    return ["conflict", note] if note else ["ok"]
 
 
 def _sweep_staging(staging: str) -> None:
@@ -650,6 +739,8 @@ def _apply_one(
                 os.rmdir(path)
             except OSError:
                 note = _set_aside(path, stamp)
+        elif current is not None and op.get("r"):
+            _to_trash(path, rel, trash_batch)  # local wins by request: the host's copy waits in the trash
         elif current is not None and not _same(current, expect):
             note = _set_aside(path, stamp)
         if note:
@@ -683,8 +774,9 @@ def _apply_one(
             return ["gone"]
         if current[0] == "d" or not _same(current, expect):
             return ["kept"]
-        _to_trash(path, rel, trash_batch)
-        return ["ok"]
+        return ["ok", _to_trash(path, rel, trash_batch)]
+    if kind == "mv":
+        return _move(root, op, path, rel, current, stamp, trash_batch, conflicts)
     if kind == "rmdir":
         if current is None:
             return ["gone"]
@@ -791,6 +883,11 @@ def op_stage(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     offset = args.get("offset")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise RequestError("bad-request", "offset must be a non-negative integer")
+    if args.get("discard"):
+        # The client gave up on this file (it grew past the size limit while being read): nothing stays.
+        with contextlib.suppress(OSError):
+            os.unlink(_staged_part(staging, name))
+        return {"name": name}, b""
     if name is None:
         if offset:
             raise RequestError("bad-request", "a staged file starts at offset 0")
