@@ -10,6 +10,7 @@ from typing import Any
 
 from gpubox.config import checks
 from gpubox.config.reader import Reader
+from gpubox.config.sweep import SweepConfig, read_sweep
 
 PROJECT_FILE = "gpubox.toml"
 DEFAULT_OUTPUTS = ("runs/", "checkpoints/", "logs/", "outputs/")
@@ -67,6 +68,8 @@ class ProjectConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     run: RunConfig = field(default_factory=RunConfig)
     services: Mapping[str, ServiceConfig] = field(default_factory=lambda: dict(BUILTIN_SERVICES))
+    sweep: SweepConfig | None = None
+    """``[sweep]``: the hyperparameter sweep `gpubox sweep` runs; None when the file has none."""
 
     @property
     def name(self) -> str:
@@ -117,9 +120,12 @@ def load_project(root: Path | None = None) -> ProjectConfig:
     if not os.path.lexists(path):
         return ProjectConfig(root=root, path=None)
     reader = Reader(path)
-    sections = ("sync", "env", "run", "services")
+    sections = ("sync", "env", "run", "services", "sweep")
     reader.check_keys(
-        (), reader.data, sections, otherwise=" (gpubox.toml has [sync], [env], [run] and [services.NAME])"
+        (),
+        reader.data,
+        sections,
+        otherwise=" (gpubox.toml has [sync], [env], [run], [services.NAME] and [sweep])",
     )
 
     def section(name: str, fields: dict[str, checks.Check]) -> dict[str, Any]:
@@ -160,4 +166,5 @@ def load_project(root: Path | None = None) -> ProjectConfig:
         implicit = other in BUILTIN_SERVICES and ("services", other, "port") not in reader.lines
         by = f'the built-in service "{other}"' if implicit else f'service "{other}"'
         raise reader.error(("services", blamed, "port"), f"port {service.port} is already used by {by}")
-    return ProjectConfig(root=root, path=path, sync=sync, env=env, run=run, services=services)
+    sweep = read_sweep(reader, reader.data["sweep"]) if "sweep" in reader.data else None
+    return ProjectConfig(root=root, path=path, sync=sync, env=env, run=run, services=services, sweep=sweep)

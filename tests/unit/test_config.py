@@ -361,7 +361,7 @@ def test_bad_hosts_toml(project: Path, text: str | bytes, message: str) -> None:
 
 # ---------------------------------------------------------------------------------------- bad gpubox.toml
 
-PROJECT_SECTIONS = "(gpubox.toml has [sync], [env], [run] and [services.NAME])"
+PROJECT_SECTIONS = "(gpubox.toml has [sync], [env], [run], [services.NAME] and [sweep])"
 STRING_LIST = "expected a list of non-empty strings"
 COMMAND = "expected a command: a non-empty string or a list of strings"
 
