@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import threading
 import time
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     import optuna
 
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
+    from gpubox.config.sweep import SweepConfig
     from gpubox.remote.connection import AskToPin
     from gpubox.remote.session import HostSession
 
@@ -52,6 +54,7 @@ __all__ = [
     "follow_sweep",
     "list_sweeps",
     "run_scheduler",
+    "stamped",
     "start_sweep",
     "stop_sweep",
     "sweep_costs",
@@ -67,6 +70,15 @@ START_TIMEOUT = 3600.0
 
 
 # ---------------------------------------------------------------------------------------------- lookups
+
+
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ")
+
+
+def stamped(text: str) -> str:
+    """A line of the scheduler's log: the local time it was said, then the line."""
+    now = time.time()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d} {text}"
 
 
 def _optuna() -> Any:
@@ -187,7 +199,7 @@ def start_sweep(
                 )
     if record is not None and record.scheduler_alive():
         return Started(name, "running", record, url, record.pid, Path(record.log) if record.log else None)
-    planned = sweep.planned(trials)
+    planned = _planned(sweep, existing, trials)
     if existing is not None:
         views = [glue.trial_view(t) for t in existing.get_trials(deepcopy=False)]
         mine = record.owner if record is not None else None
@@ -223,6 +235,14 @@ def start_sweep(
 
 
 # --------------------------------------------------------------------------------------------- the scheduler
+
+
+def _planned(sweep: SweepConfig, study: Any, trials: int | None) -> int:
+    """How many trials the sweep runs: --trials now, else the --trials given to it before, else [sweep]."""
+    if trials is None and study is not None:
+        before = study.user_attrs.get("trials")
+        trials = before if isinstance(before, int) and not isinstance(before, bool) else None
+    return sweep.planned(trials)
 
 
 def run_scheduler(
@@ -282,7 +302,9 @@ def run_scheduler(
         host = hosts.hosts.get(host_name)
         return None if host is None else lane(host, accepts_new=False)
 
-    planned = sweep.planned(trials)
+    planned = _planned(sweep, study, trials)
+    if trials is not None:
+        study.set_user_attr("trials", trials)
     scheduler = Scheduler(
         study, sweep, name=name, owner=record.owner, lanes=[lane(h) for h in chosen], planned=planned, say=say
     )
@@ -292,12 +314,16 @@ def run_scheduler(
     study.set_user_attr("reason", None)
     try:
         with stop_on_signals(stop):
-            taken = scheduler.adopt(lane_for)
-            done = len(glue.counted([glue.trial_view(t) for t in study.get_trials(deepcopy=False)]))
+            views = [glue.trial_view(t) for t in study.get_trials(deepcopy=False)]
+            ended = sum(1 for view in views if view.counts and view.ended)
             say(
-                f"sweep {name}: {sweep.direction} {sweep.metric}, {sweep.sampler}, {planned} trials "
-                f"({done} counted so far{f', {taken} to look for' if taken else ''}) on {', '.join(host_names)}"
+                f"sweep {name}: {sweep.direction} {sweep.metric}, {sweep.sampler}, {planned} trials"
+                f"{f' ({ended} ended before)' if ended else ''} on {', '.join(host_names)}"
             )
+            scheduler.adopt(lane_for)
+            again = scheduler.requeue_stopped()
+            if again:
+                say(f"  · {again} trial{'s' if again != 1 else ''} stopped before go again")
             scheduler.start_up(START_TIMEOUT)
             on_ready(os.getpid(), log)
             outcome = scheduler.run(stop.is_set)
@@ -385,7 +411,13 @@ def list_sweeps(*, storage: str | None = None) -> list[dict[str, Any]]:
             document = glue.sweep_document(
                 study, scheduler_alive=mine.scheduler_alive() if mine else None, storage_url=url
             )
-            ended = [t for t in document["trials"] if t["state"] in ("complete", "pruned", "failed")]
+            ended = [
+                t
+                for t in document["trials"]
+                if t["state"] in ("complete", "pruned", "failed")
+                and t["replaced_by"] is None
+                and not t["stopped"]
+            ]
             rows.append(
                 {
                     "name": study_name,
@@ -473,7 +505,7 @@ def _tail(path: Path | None) -> Iterator[Callable[[], list[str]]]:
             nonlocal pending
             pending += handle.read()
             *complete, pending = pending.split(b"\n")
-            return [line.decode("utf-8", "replace") for line in complete]
+            return [_STAMP.sub("", line.decode("utf-8", "replace")) for line in complete]
 
         yield lines
 

@@ -32,7 +32,7 @@ def render_sweep(document: Mapping[str, Any]) -> list[str]:
     """The text form of `gpubox sweep NAME --json`."""
     trials: Sequence[Mapping[str, Any]] = document["trials"]
     planned = document.get("planned")
-    ended = sum(1 for t in trials if t["state"] in ("complete", "pruned", "failed"))
+    ended = sum(1 for t in trials if t["state"] in ("complete", "pruned", "failed") and _counts(t))
     running = sum(1 for t in trials if t["state"] == "running")
     state = document["state"] + (f" (pid {document['pid']})" if document.get("pid") else "")
     cost = document.get("cost_usd")
@@ -63,7 +63,7 @@ def render_sweep(document: Mapping[str, Any]) -> list[str]:
                     trial["run"] or "",
                     "" if trial["duration_s"] is None else format_duration(trial["duration_s"]),
                     "" if trial["cost_usd"] is None else format_usd(trial["cost_usd"]),
-                    shorten(note, 50),
+                    shorten(note, 60),
                 ]
             )
         lines += [
@@ -79,9 +79,14 @@ def render_sweep(document: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _counts(trial: Mapping[str, Any]) -> bool:
+    """Whether a trial counts toward the sweep (not one lost and asked again, not one the user stopped)."""
+    return trial.get("replaced_by") is None and not trial.get("stopped")
+
+
 def _all_good(document: Mapping[str, Any]) -> bool:
     """The sweep ended by itself and every trial that counts finished or was pruned."""
-    counted = [t for t in document["trials"] if "asked again as trial" not in (t.get("note") or "")]
+    counted = [t for t in document["trials"] if _counts(t)]
     return document["state"] == "finished" and all(t["state"] in ("complete", "pruned") for t in counted)
 
 
@@ -90,6 +95,20 @@ def _scheduler(args: argparse.Namespace) -> int:
     host is ready, then to its log."""
     channel = EventChannel(args.events_fd, args.answers_fd)
     project = load_project()
+    ready = False
+
+    def say(text: str) -> None:
+        # Once on its own, each line of its log carries the time it was said (`--follow` shows them bare).
+        if ready:
+            out(sweeps.stamped(text))
+        else:
+            channel.say(text)
+
+    def on_ready(pid: int, log: str) -> None:
+        nonlocal ready
+        channel.ready_with(pid=pid, log=log)
+        ready = True
+
     try:
         outcome = sweeps.run_scheduler(
             project,
@@ -98,9 +117,9 @@ def _scheduler(args: argparse.Namespace) -> int:
             host_names=[name for name in (args.hosts or "").split(",") if name],
             trials=args.trials,
             accept_new=args.accept_new,
-            say=channel.say,
+            say=say,
             ask_to_pin=channel.ask_to_pin,
-            on_ready=lambda pid, log: channel.ready_with(pid=pid, log=log),
+            on_ready=on_ready,
         )
     except GpuboxError as exc:
         channel.failed(exc)

@@ -124,6 +124,27 @@ class Scheduler:
             self.say(f"  · trial {frozen.number}: looking for {view.run or 'its run'} on {lane.name}")
         return taken
 
+    def requeue_stopped(self) -> int:
+        """Ask the params of this machine's trials that `--stop` stopped again, as new trials: a resumed sweep
+        finishes the work it was stopped in (a grid its missing points). Returns how many."""
+        count = 0
+        for view in self._views():
+            if (
+                view.stopped
+                and view.replaced_by is None
+                and view.owner == self.owner
+                and view.state == "failed"
+            ):
+                frozen = self.study.get_trials(deepcopy=False)[view.number]
+                self.study.enqueue_trial(
+                    view.params, user_attrs={"attempt": 1, "retry_of": view.number}, skip_if_exists=False
+                )
+                waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                replacement = max(t.number for t in waiting)
+                self.study._storage.set_trial_user_attr(frozen._trial_id, "replaced_by", replacement)
+                count += 1
+        return count
+
     # -- the loop
 
     def start_up(self, timeout: float) -> None:
@@ -419,7 +440,7 @@ class Scheduler:
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         replacement = max(t.number for t in waiting)
         flight.trial.set_user_attr("replaced_by", replacement)
-        flight.trial.set_user_attr("note", f"lost: {why}; asked again as trial {replacement}")
+        flight.trial.set_user_attr("note", f"lost: {why}; again as trial {replacement}")
         self.study.tell(flight.trial, state=TrialState.FAIL)
         self._release(flight)
         self.say(f"  · trial {flight.number}: {why}; its params go again as trial {replacement}")

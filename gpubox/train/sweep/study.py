@@ -298,6 +298,8 @@ class TrialView:
             "exit_code": self.exit_code,
             "last_line": self.last_line,
             "note": self.note,
+            "replaced_by": self.replaced_by,
+            "stopped": self.stopped,
         }
 
 
