@@ -201,7 +201,7 @@ def start_sweep(
         return Started(name, "running", record, url, record.pid, Path(record.log) if record.log else None)
     planned = _planned(sweep, existing, trials)
     if existing is not None:
-        views = [glue.trial_view(t) for t in existing.get_trials(deepcopy=False)]
+        views = glue.trial_views(existing.get_trials(deepcopy=False))
         mine = record.owner if record is not None else None
         left_running = [v for v in views if v.state == "running" and v.owner == mine]
         if len(glue.counted(views)) >= planned and not left_running:
@@ -314,7 +314,7 @@ def run_scheduler(
     study.set_user_attr("reason", None)
     try:
         with stop_on_signals(stop):
-            views = [glue.trial_view(t) for t in study.get_trials(deepcopy=False)]
+            views = glue.trial_views(study.get_trials(deepcopy=False))
             ended = sum(1 for view in views if view.counts and view.ended)
             say(
                 f"sweep {name}: {sweep.direction} {sweep.metric}, {sweep.sampler}, {planned} trials"

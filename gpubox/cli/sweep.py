@@ -124,6 +124,9 @@ def _scheduler(args: argparse.Namespace) -> int:
     except GpuboxError as exc:
         channel.failed(exc)
         raise
+    except Exception as exc:
+        channel.failed(GpuboxError(f"internal error in the scheduler: {type(exc).__name__}: {exc}"))
+        raise
     finally:
         channel.close()
     return 0 if outcome in ("finished", "stopped", "interrupted") else 1

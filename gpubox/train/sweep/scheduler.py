@@ -26,7 +26,7 @@ from gpubox.fmt import format_duration, format_usd
 from gpubox.remote.agent import calls
 from gpubox.train.sweep.lane import Cycle, Flight, Lane, Observation, Slot, Started, StartOrder
 from gpubox.train.sweep.metrics import MetricReader
-from gpubox.train.sweep.study import TrialView, counted, distributions, trial_view
+from gpubox.train.sweep.study import TrialView, counted, distributions, trial_view, trial_views
 
 if TYPE_CHECKING:
     from gpubox.actions import Say
@@ -73,7 +73,7 @@ class Scheduler:
         self.study.set_user_attr("planned", planned)
 
     def _views(self) -> list[TrialView]:
-        return [trial_view(t) for t in self.study.get_trials(deepcopy=False)]
+        return trial_views(self.study.get_trials(deepcopy=False))
 
     def _run_name(self, number: int) -> str:
         return f"{self.name}#{number}"
@@ -135,13 +135,10 @@ class Scheduler:
                 and view.owner == self.owner
                 and view.state == "failed"
             ):
-                frozen = self.study.get_trials(deepcopy=False)[view.number]
+                # Linked from the new trial (retry_of): a finished trial takes no new attribute.
                 self.study.enqueue_trial(
                     view.params, user_attrs={"attempt": 1, "retry_of": view.number}, skip_if_exists=False
                 )
-                waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                replacement = max(t.number for t in waiting)
-                self.study._storage.set_trial_user_attr(frozen._trial_id, "replaced_by", replacement)
                 count += 1
         return count
 
@@ -312,6 +309,10 @@ class Scheduler:
                 self.starting[flight.lane.name].append(flight.order)
                 return
             self._replace(flight, "its run is not on the host" if flight.run_id else "its run never started")
+            return
+        if not flight.verified and row.get("name") != flight.run_name:
+            # Run ids are reused once a run's folder is gone: this one is another run now.
+            self._replace(flight, f"its run is not on the host ({row.get('id')} is another run now)")
             return
         if not flight.verified:
             flight.verified = True

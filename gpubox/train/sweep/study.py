@@ -19,7 +19,7 @@ import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -52,6 +52,7 @@ __all__ = [
     "study_names",
     "sweep_document",
     "trial_view",
+    "trial_views",
     "without_password",
 ]
 
@@ -344,6 +345,24 @@ def trial_view(trial: FrozenTrial, now: float | None = None) -> TrialView:
     )
 
 
+def trial_views(trials: Sequence[FrozenTrial], now: float | None = None) -> list[TrialView]:
+    """Every trial of a study as gpubox shows it, each lost or stopped one linked to the trial that asked its
+    params again (``retry_of`` on that one: a finished trial can take no new attribute)."""
+    now = time.time() if now is None else now
+    again: dict[int, int] = {}
+    for trial in trials:
+        retry_of = trial.user_attrs.get("retry_of")
+        if isinstance(retry_of, int) and not isinstance(retry_of, bool):
+            again.setdefault(retry_of, trial.number)
+    views = []
+    for trial in trials:
+        view = trial_view(trial, now)
+        if view.replaced_by is None and trial.number in again:
+            view = replace(view, replaced_by=again[trial.number])
+        views.append(view)
+    return views
+
+
 def counted(views: Sequence[TrialView]) -> list[TrialView]:
     """The trials that count toward the sweep's number (running ones included)."""
     return [view for view in views if view.counts]
@@ -372,7 +391,7 @@ def sweep_document(
     now = time.time() if now is None else now
     attrs = study.user_attrs
     config: Mapping[str, Any] = attrs.get("gpubox") or {}
-    views = [trial_view(trial, now) for trial in study.get_trials(deepcopy=False)]
+    views = trial_views(study.get_trials(deepcopy=False), now)
     state = str(attrs.get("state") or "interrupted")
     if state not in SWEEP_STATES:
         state = "interrupted"
