@@ -296,10 +296,12 @@ def test_a_killed_scheduler_is_resumed_its_running_trial_adopted_and_a_lost_one_
         document = _json(_sweep(project, "--show", "--json"))
         return next((t for t in document["trials"] if t["state"] == "running" and t["run"]), None)
 
-    trial = _wait_for(running, what="a trial to run")
+    _wait_for(running, what="a trial to run")
     os.kill(_record(project, "proj")["pid"], signal.SIGKILL)
     shown = _json(_sweep(project, "--show", "--json"))
     assert shown["state"] == "interrupted"
+    # The one running when the scheduler died (the first may have ended just before).
+    trial = next(t for t in shown["trials"] if t["state"] == "running")
     resumed = _sweep(project, "--follow", "--json")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     document = _json(resumed)

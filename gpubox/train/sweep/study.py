@@ -104,7 +104,8 @@ def without_password(url: str) -> str:
     parsed = make_url(url)
     if parsed.password is None:
         return url
-    return parsed.set(password=None).render_as_string(hide_password=False)
+    # URL.set() leaves a field given None as it was; the URL is a named tuple, and _replace does unset it.
+    return str(parsed._replace(password=None).render_as_string(hide_password=False))
 
 
 def redact_url(url: str) -> str:
