@@ -123,8 +123,8 @@ def _held_hosts(hosts: HostsConfig) -> list[HostConfig]:
 
 
 def sweep_hosts(hosts: HostsConfig, spec: str | None) -> list[HostConfig]:
-    """The hosts a sweep may use: ``--hosts a,b`` (one or more), else every host gpubox holds up now, else the
-    default host (like `gpubox run`)."""
+    """The hosts a new sweep may use: ``--hosts a,b`` (one or more), else every host gpubox holds up now, else
+    the default host (like `gpubox run`). A resumed sweep keeps the hosts it had unless --hosts is given."""
     if spec is not None:
         names = [name.strip() for name in spec.split(",") if name.strip()]
         if not names:
@@ -179,7 +179,8 @@ def start_sweep(
             "one another name (`gpubox sweep NAME`)"
         )
     url = _storage_for(name, record, storage)
-    chosen = sweep_hosts(hosts, host_spec)
+    if host_spec is not None:
+        sweep_hosts(hosts, host_spec)  # a bad --hosts is bad input, whatever the sweep's state
     glue = _optuna()
     existing = glue.load_existing(_open(url), name)
     if existing is not None:
@@ -215,6 +216,10 @@ def start_sweep(
         record = SweepRecord.from_json({**record.to_json(), "project_root": str(project.root)})
         save_record(record)
     mark_stop(name, wanted=False)
+    if host_spec is None and record.hosts and all(name in hosts.hosts for name in record.hosts):
+        chosen = [hosts.get(name) for name in record.hosts]  # a resumed sweep keeps its hosts
+    else:
+        chosen = sweep_hosts(hosts, host_spec)
     arguments = ["sweep", name, "--scheduler", "--hosts", ",".join(h.name for h in chosen)]
     if trials is not None:
         arguments += ["--trials", str(trials)]

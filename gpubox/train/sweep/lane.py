@@ -41,6 +41,8 @@ __all__ = ["LOG_PIECE", "Cycle", "Flight", "Lane", "Observation", "Slot", "Start
 LOG_PIECE = 1 << 20
 """The most log bytes one read brings."""
 _TRANSIENT = (HostUnreachable, AgentError)
+STOP_GRACE = 5.0
+"""Seconds between SIGTERM and SIGKILL for a pruned or stopped trial's run."""
 
 
 @dataclass
@@ -164,6 +166,11 @@ class Lane:
         self.down_since: float | None = None
         self.last_cycle = 0.0
         self.busy = False
+        self.preparing = False
+        self.abandoned = False
+        self.patience = max(10.0, 2 * host.connect_timeout) + STOP_GRACE + 5
+        """How long a cycle that only reads and starts may take before the link is taken for dead (a link that
+        drops silently leaves a read waiting for TCP to give up, many minutes)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sweep-{host.name}")
 
     @property
@@ -177,8 +184,24 @@ class Lane:
         self, results: queue.Queue[Cycle], flights: Sequence[Flight], starts: Sequence[StartOrder]
     ) -> None:
         self.busy = True
+        self.abandoned = False
         self.last_cycle = time.monotonic()
         self._executor.submit(self._cycle_into, results, list(flights), list(starts))
+
+    def stalled(self, now: float) -> bool:
+        """Whether the cycle under way has waited on the host longer than a live link would make it."""
+        return (
+            self.busy and not self.preparing and not self.abandoned and now - self.last_cycle > self.patience
+        )
+
+    def abandon(self) -> None:
+        """Close the link under the waiting cycle (from the scheduler's thread): its read fails at once, and the
+        lane reconnects as after any dropped link."""
+        self.abandoned = True
+        session = self.session
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session.connection.close()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -217,19 +240,24 @@ class Lane:
         self.delay = min(self.delay * 2, 15.0)
 
     def _cycle(self, cycle: Cycle, flights: list[Flight], starts: list[StartOrder]) -> None:
-        if self.session is None:
-            if time.monotonic() < self.next_connect:
-                return
-            self.session = self._connect(self.host)
-        if not self.prepared:
-            self._prepare_host()
-            cycle.prepared = True
+        if self.session is None or not self.prepared:
+            self.preparing = True  # connecting and preparing take their own time (an env build: minutes)
+            try:
+                if self.session is None:
+                    if time.monotonic() < self.next_connect:
+                        return
+                    self.session = self._connect(self.host)
+                if not self.prepared:
+                    self._prepare_host()
+                    cycle.prepared = True
+            finally:
+                self.preparing = False
         self.delay = 0.5
         session = self.session
         for flight in flights:
             if (flight.prune or flight.stop_for_user) and not flight.stop_sent and flight.run_id is not None:
                 with contextlib.suppress(UsageError):  # gone already: the poll below says so
-                    stop_run(session, flight.run_id, grace_seconds=10.0)
+                    stop_run(session, flight.run_id, grace_seconds=STOP_GRACE)
                 cycle.stopped.append(flight.number)
         # A trial whose start is on its way has nothing to read yet.
         watched = [f for f in flights if f.run_id is not None or not f.verified]

@@ -190,6 +190,11 @@ class Scheduler:
     def _submit_due(self) -> None:
         now = time.monotonic()
         for lane in self.lanes.values():
+            if lane.stalled(now):
+                self.say(
+                    f"  ! {lane.name}: no answer for {lane.patience:.0f} s; dropping the link to reconnect"
+                )
+                lane.abandon()
             if lane.busy or lane.fatal is not None:
                 continue
             orders = self.starting[lane.name]
