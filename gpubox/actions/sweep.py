@@ -111,7 +111,17 @@ def _storage_for(name: str, record: SweepRecord | None, given: str | None) -> st
     return record.storage if record is not None else default_storage_url()
 
 
-def _open(url: str) -> optuna.storages.RDBStorage:
+def _open(url: str, *, create: bool = False) -> optuna.storages.RDBStorage | None:
+    """The storage at *url*; None for a SQLite file that does not exist yet, unless *create* (a command that
+    only reads must not leave an empty database behind)."""
+    if url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        database = Path(make_url(url).database or "")
+        if not database.exists():
+            if not create:
+                return None
+            paths.ensure_private_dir(database.parent)
     storage: optuna.storages.RDBStorage = _optuna().open_storage(url)
     return storage
 
@@ -182,7 +192,9 @@ def start_sweep(
     if host_spec is not None:
         sweep_hosts(hosts, host_spec)  # a bad --hosts is bad input, whatever the sweep's state
     glue = _optuna()
-    existing = glue.load_existing(_open(url), name)
+    opened = _open(url, create=True)
+    assert opened is not None
+    existing = glue.load_existing(opened, name)
     if existing is not None:
         before = existing.user_attrs.get("gpubox") or {}
         direction = before.get("direction") or existing.direction.name.lower()
@@ -276,7 +288,9 @@ def run_scheduler(
         raise UsageError(f"no sweep {name} on this machine (`gpubox sweep` starts one)")
     url = os.environ.get(STORAGE_ENV) or record.storage
     glue = _optuna()
-    study, _made = glue.create_or_load(_open(url), name, sweep, str(project.root))
+    opened = _open(url, create=True)
+    assert opened is not None
+    study, _made = glue.create_or_load(opened, name, sweep, str(project.root))
     chosen = [hosts.get(n) for n in host_names]
     log = str(paths.state_dir() / "logs" / f"sweep-{name}.log")
     record = record.running_as(os.getpid(), log, tuple(h.name for h in chosen))
@@ -365,7 +379,8 @@ def run_scheduler(
 def _study_for(name: str, storage: str | None) -> tuple[Any, SweepRecord | None, str]:
     record = find_record(name)
     url = _storage_for(name, record, storage)
-    study = _optuna().load_existing(_open(url), name)
+    opened = _open(url)
+    study = None if opened is None else _optuna().load_existing(opened, name)
     if study is None:
         raise UsageError(f"no sweep {name} in {_optuna().redact_url(url)} (`gpubox sweeps` lists them)")
     return study, record, url
@@ -393,7 +408,7 @@ def list_sweeps(*, storage: str | None = None) -> list[dict[str, Any]]:
         wanted = [r for r in records if r.storage == url]
         try:
             opened = _open(storage if storage and glue.without_password(storage) == url else url)
-            names = glue.study_names(opened)
+            names = [] if opened is None else glue.study_names(opened)
         except GpuboxError as exc:
             for record in wanted:
                 rows.append(
@@ -455,7 +470,8 @@ def sweep_costs() -> list[dict[str, Any]]:
     found = []
     for record in records:
         try:
-            study = glue.load_existing(_open(record.storage), record.name)
+            opened = _open(record.storage)
+            study = None if opened is None else glue.load_existing(opened, record.name)
         except GpuboxError:
             continue
         if study is None:

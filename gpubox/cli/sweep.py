@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpubox.actions import sweep as sweeps
 from gpubox.actions.supervisor import EventChannel
 from gpubox.cli.output import ask_to_pin, err, load_hosts, load_project, out, print_json
 from gpubox.errors import GpuboxError
 from gpubox.fmt import columns, format_duration, format_usd, shorten
+
+if TYPE_CHECKING:
+    from gpubox.config import ProjectConfig
 
 __all__ = ["cmd_sweep", "cmd_sweeps", "render_sweep"]
 
@@ -132,41 +134,53 @@ def _scheduler(args: argparse.Namespace) -> int:
     return 0 if outcome in ("finished", "stopped", "interrupted") else 1
 
 
+def _print(document: Mapping[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(document)
+    else:
+        for line in render_sweep(document):
+            out(line)
+
+
+def _stop(args: argparse.Namespace, project: ProjectConfig) -> int:
+    say = err if args.json else out
+    name = sweeps.resolve_name(project, args.name)
+    stopped = sweeps.stop_sweep(project, load_hosts(project), name, storage=args.storage)
+    if stopped.scheduler_pid is not None:
+        say(f"sweep {name}: its scheduler (pid {stopped.scheduler_pid}) stopped its trials and ended")
+    for number, host, run in stopped.stopped:
+        say(f"  trial {number}: stopped {run} on {host}")
+    for number, host, run in stopped.unreachable:
+        say(
+            f"  ! trial {number}: {host} did not answer; {run} still runs there (`gpubox sweep {name} --stop` again)"
+        )
+    _print(sweeps.sweep_document(name, storage=args.storage), args.json)
+    return 1 if stopped.unreachable else 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     if args.scheduler:
         return _scheduler(args)
     project = load_project()
-    say = err if args.json else out
     if args.stop:
-        name = sweeps.resolve_name(project, args.name)
-        stopped = sweeps.stop_sweep(project, load_hosts(project), name, storage=args.storage)
-        if stopped.scheduler_pid is not None:
-            say(f"sweep {name}: its scheduler (pid {stopped.scheduler_pid}) stopped its trials and ended")
-        for number, host, run in stopped.stopped:
-            say(f"  trial {number}: stopped {run} on {host}")
-        for number, host, run in stopped.unreachable:
-            say(
-                f"  ! trial {number}: {host} did not answer; {run} still runs there (`gpubox sweep {name} --stop` again)"
-            )
-        document = sweeps.sweep_document(name, storage=args.storage)
-        if args.json:
-            print_json(document)
-        else:
-            for line in render_sweep(document):
-                out(line)
-        return 1 if stopped.unreachable else 0
+        return _stop(args, project)
     if args.show:
-        document = sweeps.sweep_document(sweeps.resolve_name(project, args.name), storage=args.storage)
-        if args.json:
-            print_json(document)
-        else:
-            for line in render_sweep(document):
-                out(line)
+        _print(
+            sweeps.sweep_document(sweeps.resolve_name(project, args.name), storage=args.storage), args.json
+        )
         return 0
     hosts = load_hosts(project)
     name = sweeps.resolve_name(project, args.name)
-    if not args.json:
-        out(f"gpubox sweep {name}")
+    headed = args.json
+
+    def say(text: str) -> None:
+        # The heading comes with the first line: a sweep refused before it starts prints only its one error.
+        nonlocal headed
+        if not headed:
+            out(f"gpubox sweep {name}")
+            headed = True
+        (err if args.json else out)(text)
+
     started = sweeps.start_sweep(
         project,
         hosts,
@@ -190,15 +204,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         say("  every trial has ended; raise `trials` in [sweep] (or give --trials) to run more")
     if args.follow:
         document = sweeps.follow_sweep(name, storage=args.storage, say=say)
-        if started.action == "started":
-            time.sleep(0)  # the follower printed the scheduler's lines; the summary comes next
     else:
         document = sweeps.sweep_document(name, storage=args.storage)
-    if args.json:
-        print_json(document)
-    else:
-        for line in render_sweep(document):
-            out(line)
+    _print(document, args.json)
     if args.follow:
         return 0 if _all_good(document) else 1
     return 0

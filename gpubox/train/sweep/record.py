@@ -56,10 +56,12 @@ def sweep_name_for(project_name: str) -> str:
     return name or "sweep"
 
 
-def sweeps_dir() -> Path:
+def sweeps_dir(*, create: bool = False) -> Path:
+    """``state/sweeps``; made (private) only by what writes there: a command that only reads changes nothing."""
     from gpubox import paths
 
-    return paths.ensure_private_dir(paths.state_dir() / "sweeps")
+    folder = paths.state_dir() / "sweeps"
+    return paths.ensure_private_dir(folder) if create else folder
 
 
 def default_storage_url() -> str:
@@ -146,6 +148,7 @@ def new_record(name: str, storage: str, project_root: str) -> SweepRecord:
 
 
 def save_record(record: SweepRecord) -> None:
+    sweeps_dir(create=True)
     write_atomically(record.path, json.dumps(record.to_json(), indent=1))
     with contextlib.suppress(OSError):
         os.chmod(record.path, 0o600)
@@ -163,6 +166,7 @@ def mark_stop(name: str, wanted: bool = True) -> None:
     """Ask the scheduler of *name* to stop (it looks for the mark when it is told to end), or clear the ask."""
     path = sweeps_dir() / f"{name}.stop"
     if wanted:
+        sweeps_dir(create=True)
         write_atomically(path, repr(time.time()))
     else:
         with contextlib.suppress(FileNotFoundError):
