@@ -60,6 +60,7 @@ __all__ = [
     "sweep_costs",
     "sweep_document",
     "sweep_hosts",
+    "trial_log_tail",
 ]
 
 STORAGE_ENV = "GPUBOX_SWEEP_STORAGE"
@@ -613,3 +614,28 @@ def _trial(study: Any, frozen: Any) -> Any:
     import optuna
 
     return optuna.Trial(study, frozen._trial_id)
+
+
+def trial_log_tail(
+    project: ProjectConfig, hosts: HostsConfig, host: str, run_id: str, lines: int = 400
+) -> list[str]:
+    """The last *lines* lines of a trial's run log (read from its host; the dashboard's trial log)."""
+    from gpubox.remote.agent import calls
+    from gpubox.remote.session import connect_host
+    from gpubox.train.runs import check_run_id
+
+    check_run_id(run_id)
+    window = 1 << 20
+    session = connect_host(hosts.get(host), project.name, probe=False, launch=False)
+    try:
+        head, _ = calls.run_log(session.agent, run_id=run_id, offset=0, max_bytes=1)
+        size = int(head.get("size", 0))
+        _, data = calls.run_log(session.agent, run_id=run_id, offset=max(0, size - window), max_bytes=window)
+    finally:
+        session.close()
+    text = data.decode("utf-8", "replace").replace("\r\n", "\n")
+    # A progress bar rewrites its line with \r: show each line as a terminal would have left it.
+    shown = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+    if shown and not shown[-1]:
+        shown.pop()
+    return shown[-lines:]
