@@ -79,7 +79,7 @@ async def test_the_screen_draws_a_view_and_orders_trials_best_first_or_by_number
         await pilot.press("b")
         assert [trials._rows[i] for i in range(trials.row_count)] == ["0", "1", "2", "3", "4"]
         curve = str(screen.query_one("#sweep-curve", Static).render())
-        assert "val_accuracy 0.97 (trial 1)" in curve
+        assert "best 0.97 · trial 1" in curve
         title = str(screen.query_one("#sweeps-title", Static).render())
         assert "digits: maximize val_accuracy · running" in title
         await pilot.press("escape")

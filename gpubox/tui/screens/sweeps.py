@@ -151,9 +151,7 @@ class SweepsScreen(Screen[None]):
         width = max(10, curve.size.width - 2 if curve.size.width else 34)
         lines = plot_lines([("best", "green", list(detail.best_curve))], width, CURVE_HEIGHT)
         best = detail.best_curve[-1][1] if detail.best_curve else None
-        head = Text(
-            f"{detail.metric} {'' if best is None else format(best, '.4g')} (trial {detail.best_number})\n"
-        )
+        head = Text(f"best {'' if best is None else format(best, '.4g')} · trial {detail.best_number}\n")
         curve.update(
             Text("\n").join([head, *lines])
             if best is not None
