@@ -133,15 +133,23 @@ def main() -> int:
 
         # The anchor: the same runs, one after another, as a shell loop of `gpubox run -f` does.
         loop_started = time.perf_counter()
+        loop_ids = []
         for lr, units in points:
-            gpubox(
+            ran = gpubox(
                 "run", "-f", "--host", "h0", "--", command.format(lr=lr, units=units), cwd=project, env=env
             )
+            loop_ids.append(
+                next(line.split()[1] for line in ran.stdout.splitlines() if line.startswith("started "))
+            )
         loop_wall = time.perf_counter() - loop_started
-        loop_runs = [r for r in runs_by_id(project, env, "h0").values() if "trial.py" in r["command"]]
-        loop_runs.sort(key=lambda r: r["started_at"])
+        listed = runs_by_id(project, env, "h0")
         loop_spans = [
-            (first_line_time(project, env, "h0", r["id"]), r["started_at"], r["ended_at"]) for r in loop_runs
+            (
+                first_line_time(project, env, "h0", run_id),
+                listed[run_id]["started_at"],
+                listed[run_id]["ended_at"],
+            )
+            for run_id in loop_ids
         ]
         loop_gaps = overheads(loop_spans)
 

@@ -225,7 +225,6 @@ def create_or_load(
             sampler=_sampler(config, 0),
             pruner=_pruner(config),
         )
-        study.set_user_attr("project_root", project_root)
         study.set_user_attr("created_at", time.time())
         made = True
     else:
@@ -242,6 +241,7 @@ def create_or_load(
         )
         made = False
     study.set_user_attr("gpubox", config.to_json())
+    study.set_user_attr("project_root", project_root)  # it may have moved since (a renamed folder)
     return study, made
 
 
