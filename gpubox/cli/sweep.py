@@ -200,6 +200,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             )
     elif started.action == "running":
         say(f"  already running (pid {started.pid}, log {started.log})")
+    elif (
+        project.sweep is not None
+        and project.sweep.sampler == "grid"
+        and project.sweep.planned(args.trials) == (project.sweep.grid_size())
+    ):
+        say("  every point of the grid has run; add values to [sweep.params] to run more")
     else:
         say("  every trial has ended; raise `trials` in [sweep] (or give --trials) to run more")
     if args.follow:

@@ -148,7 +148,7 @@ def test_a_grid_sweep_runs_every_point_once_and_finds_the_best(tmp_path: Path, c
     # The same name again: nothing left to run, nothing started.
     again = _sweep(project)
     assert again.returncode == 0, again.stderr
-    assert "every trial has ended" in again.stdout
+    assert "every point of the grid has run" in again.stdout
     assert "best: trial" in again.stdout
     listing = json.loads(run_gpubox("sweeps", "--json", cwd=project).stdout)["sweeps"]
     assert [(s["name"], s["state"], s["ended"], s["planned"]) for s in listing] == [

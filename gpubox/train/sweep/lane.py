@@ -343,6 +343,15 @@ class Lane:
                 if not ended or not data or offset + len(observation.log) >= size:
                     break
             found.append(observation)
+        ended_rows = [
+            o.row for o in found if o.row is not None and o.row.get("state") not in ("starting", "running")
+        ]
+        if ended_rows:
+            # What `gpubox cost` and `gpubox runs` know without connecting: the trial's run as it ended.
+            from gpubox.state import open_state
+
+            with open_state() as state:
+                state.cache_runs(self.name, [RunInfo.from_agent(self.name, row) for row in ended_rows])
         return found
 
     def _start(self, session: HostSession, order: StartOrder) -> Started:
