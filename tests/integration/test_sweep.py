@@ -439,3 +439,38 @@ def test_every_gpu_of_a_host_is_a_slot_with_its_own_cuda_visible_devices(
         # A quarter of the host's $4/h while it ran.
         assert trial["cost_usd"] == pytest.approx(1.0 * trial["duration_s"] / 3600, rel=1e-3)
     assert document["cost_usd"] == pytest.approx(sum(t["cost_usd"] for t in trials), abs=1e-5)
+
+
+def test_max_cost_stops_starting_trials_and_gpubox_cost_counts_the_sweep(
+    tmp_path: Path, sshd: SshServer
+) -> None:
+    # $3600/h is a dollar a second: a trial of about two seconds costs about $2, and a $5 budget holds two of them.
+    hosts = host_entry(
+        "dear", sshd, accept_new=True, remote_dir=str(tmp_path / "remote-dear"), price_per_hour=3600
+    )
+    sweep = (
+        GRID.replace("--epochs 3", "--epochs 4 --pause 0.4")
+        .replace("lr = [0.001, 0.01, 0.1]", "lr = [0.01]")
+        .replace("units = [32, 128]", "units = [8, 16, 32, 64, 128]")
+        .replace('sampler = "grid"', 'sampler = "grid"\nmax_cost_usd = 5')
+    )
+    project = _project(tmp_path, sweep, hosts=hosts)
+    result = _sweep(project, "--hosts", "dear", "--follow", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]  # it ended by itself, every trial it ran complete
+    document = _json(result)
+    trials = document["trials"]
+    assert 1 <= len(trials) < 5 and {t["state"] for t in trials} == {"complete"}
+    assert document["reason"].startswith("the next trial would take the sweep past max_cost_usd $5.00 (")
+    for trial in trials:
+        assert trial["cost_usd"] == pytest.approx(trial["duration_s"], rel=1e-3)  # one slot: the whole $1/s
+    assert document["cost_usd"] == pytest.approx(sum(t["cost_usd"] for t in trials), abs=1e-4)
+    cost = json.loads(run_gpubox("cost", "--json", cwd=project).stdout)
+    assert cost["sweeps"] == [
+        {
+            "name": "proj",
+            "state": "finished",
+            "trials": len(trials),
+            "spent_usd": pytest.approx(document["cost_usd"], abs=1e-4),
+            "max_cost_usd": 5.0,
+        }
+    ]
