@@ -655,7 +655,9 @@ def render_cost(document: Mapping[str, Any]) -> list[str]:
     header = ["HOST", "PROVIDER", "$/H", "HOURS", "SPENT", "BUDGET"]
     table: list[list[str]] = []
 
-    def money(amount: float, estimated: bool) -> str:
+    def money(amount: float | None, estimated: bool) -> str:
+        if amount is None:
+            return "?"  # a run on a host gpubox never held up: no price in the ledger for its time
         return ("~" if estimated else "") + format_usd(amount)
 
     def budget_cell(budget: Mapping[str, Any] | None) -> str:

@@ -69,6 +69,7 @@ __all__ = [
     "EventChannel",
     "Supervised",
     "claim_host",
+    "start_background",
     "start_supervisor",
     "stop_on_signals",
     "stop_supervisor",
@@ -326,7 +327,11 @@ class EventChannel:
 
     def ready(self, ready: Ready) -> None:
         """The host is held: say so, with the tunnels, and close the channel (the log goes on)."""
-        self._send({"event": "ready", "pid": ready.pid, "tunnels": [list(t) for t in ready.tunnels]})
+        self.ready_with(pid=ready.pid, tunnels=[list(t) for t in ready.tunnels])
+
+    def ready_with(self, **fields: Any) -> None:
+        """The background process is up and on its own now: send ``ready`` with *fields*, close the channel."""
+        self._send({"event": "ready", **fields})
         self.close()
 
     def failed(self, error: GpuboxError) -> None:
@@ -400,18 +405,60 @@ def start_supervisor(
     # One log per host and project: several projects may hold one host at once.
     project_id = project.id if project is not None else None
     log_path = log_dir / (f"up-{host.name}-{project_id}.log" if project_id else f"up-{host.name}.log")
+    arguments = ["up", host.name, "--no-tui", "--supervise-child"]
+    if options.accept_new:
+        arguments.append("--accept-new")
+    if not options.sync:
+        arguments.append("--no-sync")
+    if not options.services:
+        arguments.append("--no-services")
+    if options.allow_mass_delete:
+        arguments.append("--allow-mass-delete")
+    ready = start_background(
+        arguments,
+        what=f"the background gpubox for {host.name}",
+        log_path=log_path,
+        say=say,
+        on_sync=on_sync,
+        on_env=on_env,
+        ask_to_pin=ask_to_pin,
+        confirm_mass_delete=confirm_mass_delete,
+        should_stop=should_stop,
+        cwd=cwd,
+        timeout=timeout,
+        gave_up=f"gave up bringing {host.name} up",
+        not_ready="before holding it",
+    )
+    tunnels = tuple((str(name), str(url)) for name, url in ready.get("tunnels", []))
+    return Supervised(int(ready["pid"]), log_path, tunnels)
+
+
+def start_background(
+    arguments: list[str],
+    *,
+    what: str,
+    log_path: Path,
+    say: Say | None = None,
+    on_sync: Callable[[int, int], None] | None = None,
+    on_env: Callable[[str], None] | None = None,
+    ask_to_pin: AskToPin | None = None,
+    confirm_mass_delete: Callable[[str, int], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+    env: Mapping[str, str] | None = None,
+    gave_up: str = "gave up",
+    not_ready: str = "before it was ready",
+) -> dict[str, Any]:
+    """Start ``gpubox ARGUMENTS --events-fd N --answers-fd M`` in its own session (its output appended to
+    *log_path*), relay its event channel (see the module's docstring) until it says ``ready``, and return that
+    event. A ``failed`` event is raised here as the same kind of error; a process that dies or stays silent for
+    *timeout* seconds is a GpuboxError naming *what* and the log. The ``up`` supervisor and the sweep scheduler
+    both start this way."""
     events_read, events_write = os.pipe()
     answers_read, answers_write = os.pipe()
-    command = [sys.executable, "-m", "gpubox", "up", host.name, "--no-tui", "--supervise-child"]
+    command = [sys.executable, "-m", "gpubox", *arguments]
     command += ["--events-fd", str(events_write), "--answers-fd", str(answers_read)]
-    if options.accept_new:
-        command.append("--accept-new")
-    if not options.sync:
-        command.append("--no-sync")
-    if not options.services:
-        command.append("--no-services")
-    if options.allow_mass_delete:
-        command.append("--allow-mass-delete")
     try:
         with open(log_path, "ab") as log:
             child = subprocess.Popen(
@@ -422,6 +469,7 @@ def start_supervisor(
                 stderr=log,
                 start_new_session=True,
                 pass_fds=(events_write, answers_read),
+                env=None if env is None else {**os.environ, **env},
             )
     finally:
         os.close(events_write)
@@ -432,13 +480,11 @@ def start_supervisor(
         while True:
             if should_stop is not None and should_stop():
                 child.terminate()
-                raise GpuboxError(f"gave up bringing {host.name} up")
+                raise GpuboxError(gave_up)
             readable, _, _ = select.select([events], [], [], 0.2)
             if not readable:
                 if time.monotonic() > deadline:
-                    raise GpuboxError(
-                        f"the background gpubox for {host.name} said nothing for {timeout:g} s (log {log_path})"
-                    )
+                    raise GpuboxError(f"{what} said nothing for {timeout:g} s (log {log_path})")
                 continue
             data = os.read(events.fileno(), 1 << 16)
             if not data:
@@ -461,15 +507,12 @@ def start_supervisor(
                     answers.flush()
                     deadline = time.monotonic() + timeout
                 elif kind == "ready":
-                    tunnels = tuple((str(name), str(url)) for name, url in event.get("tunnels", []))
-                    return Supervised(int(event["pid"]), log_path, tunnels)
+                    return dict(event)
                 elif kind == "failed":
                     child.wait()
                     raise _error(str(event.get("message") or "failed"), int(event.get("exit_code") or 1))
     code = child.wait()
-    raise GpuboxError(
-        f"the background gpubox for {host.name} exited (status {code}) before holding it (log {log_path})"
-    )
+    raise GpuboxError(f"{what} exited (status {code}) {not_ready} (log {log_path})")
 
 
 def _answer(

@@ -247,6 +247,41 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--host", metavar="HOST")
     stop.add_argument("--grace", type=_seconds, default=10.0, help="seconds between SIGTERM and SIGKILL")
 
+    sweep = add(
+        "sweep",
+        "sweep:cmd_sweep",
+        "start or resume the project's hyperparameter sweep ([sweep] in gpubox.toml) on every GPU held, "
+        "detached; or show, follow or stop it",
+    )
+    sweep.add_argument("name", nargs="?", metavar="NAME", help="default: the project's name")
+    sweep.add_argument(
+        "--hosts", metavar="H1,H2", help="the hosts whose GPUs it uses (default: every host gpubox holds up)"
+    )
+    sweep.add_argument("--trials", type=int, metavar="N", help="trials in all (instead of [sweep] trials)")
+    sweep.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage: sqlite:///file.db, postgresql://user@host/db, mysql://... "
+        "(default: a SQLite file in gpubox's state folder)",
+    )
+    sweep.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="stay until it ends; exit 0 when every trial finished or was pruned",
+    )
+    sweep.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    sweep.add_argument("--show", action="store_true", help="show it, start nothing")
+    sweep.add_argument("--stop", action="store_true", help="stop scheduling and stop the running trials")
+    sweep.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+    sweep.add_argument("--scheduler", action="store_true", help=argparse.SUPPRESS)
+    sweep.add_argument("--events-fd", type=int, help=argparse.SUPPRESS)
+    sweep.add_argument("--answers-fd", type=int, help=argparse.SUPPRESS)
+
+    sweeps = add("sweeps", "sweep:cmd_sweeps", "hyperparameter sweeps: state, trials, best value, cost")
+    sweeps.add_argument("--storage", metavar="URL", help="also list the sweeps in this Optuna storage")
+    sweeps.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
     open_ = add(
         "open",
         "shell:cmd_open",

@@ -12,6 +12,7 @@ from typing import Any
 
 from gpubox.config import checks
 from gpubox.config.reader import Reader
+from gpubox.config.sweep import SweepConfig, read_sweep
 
 PROJECT_FILE = "gpubox.toml"
 HOSTS_MARKER = "hosts.toml"
@@ -82,6 +83,8 @@ class ProjectConfig:
     """How the root was found (see :func:`find_project_root`): gpubox.toml, hosts.toml, git, held or cwd."""
     start: Path | None = None
     """The folder the command was started in (None: the root)."""
+    sweep: SweepConfig | None = None
+    """``[sweep]``: the hyperparameter sweep `gpubox sweep` runs; None when the file has none."""
 
     @property
     def name(self) -> str:
@@ -200,9 +203,12 @@ def load_project(
     if not os.path.lexists(path):
         return ProjectConfig(root=root, path=None, found_by=found_by, start=start)
     reader = Reader(path)
-    sections = ("sync", "env", "run", "services")
+    sections = ("sync", "env", "run", "services", "sweep")
     reader.check_keys(
-        (), reader.data, sections, otherwise=" (gpubox.toml has [sync], [env], [run] and [services.NAME])"
+        (),
+        reader.data,
+        sections,
+        otherwise=" (gpubox.toml has [sync], [env], [run], [services.NAME] and [sweep])",
     )
 
     def section(name: str, fields: dict[str, checks.Check]) -> dict[str, Any]:
@@ -243,6 +249,15 @@ def load_project(
         implicit = other in BUILTIN_SERVICES and ("services", other, "port") not in reader.lines
         by = f'the built-in service "{other}"' if implicit else f'service "{other}"'
         raise reader.error(("services", blamed, "port"), f"port {service.port} is already used by {by}")
+    sweep = read_sweep(reader, reader.data["sweep"]) if "sweep" in reader.data else None
     return ProjectConfig(
-        root=root, path=path, sync=sync, env=env, run=run, services=services, found_by=found_by, start=start
+        root=root,
+        path=path,
+        sync=sync,
+        env=env,
+        run=run,
+        services=services,
+        found_by=found_by,
+        start=start,
+        sweep=sweep,
     )

@@ -43,6 +43,7 @@ from gpubox.tui.screens.main.panels.runs import RunsPanel
 from gpubox.tui.screens.main.screen import MainScreen
 from gpubox.tui.screens.modals import ConfirmScreen, HostPickerScreen, ProgressScreen, RunCommandScreen
 from gpubox.tui.screens.offers import OffersScreen
+from gpubox.tui.screens.sweeps import SweepsScreen
 from gpubox.tui.workers import Abandoned, interruptible
 
 __all__ = ["GpuboxApp", "open_in_browser"]
@@ -714,6 +715,9 @@ class GpuboxApp(App[None]):
 
     def action_provision(self) -> None:
         self.push_screen(OffersScreen(self.hosts_config, self.project))
+
+    def action_sweeps(self) -> None:
+        self.push_screen(SweepsScreen(self.hosts_config, self.project, live=self.live))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

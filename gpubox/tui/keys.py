@@ -53,6 +53,13 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec(
         "provision", "o", "Offers", "rent a machine: offers from the configured providers, cheapest first"
     ),
+    ActionSpec(
+        "sweeps",
+        "w",
+        "Sweeps",
+        "hyperparameter sweeps: trials, best so far, a trial's log, stop a sweep",
+        False,
+    ),
     ActionSpec("help", "question_mark", "Help", "keys, panels and what each action does"),
     ActionSpec(
         "quit", "q", "Quit", "leave the dashboard; hosts and runs keep going (`gpubox down` stops one)"

@@ -293,6 +293,10 @@ XML_BOMB = (
 )
 
 SMI = "smi.txt"  # the offline check's input file, in the project folder
+SWEEP = (
+    '[sweep]\ncommand = "python3 train.py --lr {lr}"\nmetric = "val_accuracy"\ndirection = "maximize"\n'
+    'sampler = "grid"\n\n[sweep.params]\nlr = [0.01, 0.1]\n'
+)
 
 CASES = [
     # -- command-line arguments
@@ -439,6 +443,61 @@ CASES = [
         "gpubox knows tensorflow and torch",
         "--framework pytorch",
         files={SMI: A100_X4},
+    ),
+    # -- sweeps (tests/unit/test_sweep.py has more [sweep] mistakes)
+    Case(
+        "sweep-without-sweep-table",
+        ("sweep",),
+        2,
+        "gpubox.toml: add one (command, metric, direction, [sweep.params])",
+        "gpubox sweep in a project whose gpubox.toml has no [sweep]",
+    ),
+    Case(
+        "sweep-unknown-placeholder",
+        ("sweep",),
+        2,
+        "gpubox.toml:2: sweep.command: {width} is not a parameter: [sweep.params] has lr",
+        "[sweep] command with a {placeholder} that is no parameter",
+        files={"gpubox.toml": SWEEP.replace("--lr {lr}", "--lr {lr} --width {width}")},
+    ),
+    Case(
+        "sweep-bad-name",
+        ("sweep", "my sweep;rm"),
+        2,
+        "'my sweep;rm' is not a sweep name",
+        "a sweep name with a space and shell syntax",
+        files={"gpubox.toml": SWEEP},
+    ),
+    Case(
+        "sweep-storage-not-a-database",
+        ("sweep", "--storage", "redis://localhost/0"),
+        2,
+        "--storage: 'redis' is not a database gpubox sweeps use (sqlite, postgresql or mysql)",
+        "--storage redis://localhost/0",
+        files={"gpubox.toml": SWEEP},
+    ),
+    Case(
+        "sweep-trials-zero",
+        ("sweep", "--trials", "0"),
+        2,
+        "--trials must be 1 or more",
+        "--trials 0",
+        files={"gpubox.toml": SWEEP},
+    ),
+    Case(
+        "sweep-unknown-host",
+        ("sweep", "--hosts", "nohost"),
+        2,
+        'unknown host "nohost"',
+        "--hosts naming a host not in hosts.toml",
+        files={"gpubox.toml": SWEEP},
+    ),
+    Case(
+        "sweep-show-unknown",
+        ("sweep", "nosuch", "--show"),
+        2,
+        "no sweep nosuch in sqlite:///",
+        "--show for a sweep that does not exist (and no study database is made for the asking)",
     ),
     # -- hosts.toml and gpubox.toml, broken and hostile (tests/unit/test_config.py has ~90 more)
     Case(

@@ -361,7 +361,7 @@ def test_bad_hosts_toml(project: Path, text: str | bytes, message: str) -> None:
 
 # ---------------------------------------------------------------------------------------- bad gpubox.toml
 
-PROJECT_SECTIONS = "(gpubox.toml has [sync], [env], [run] and [services.NAME])"
+PROJECT_SECTIONS = "(gpubox.toml has [sync], [env], [run], [services.NAME] and [sweep])"
 STRING_LIST = "expected a list of non-empty strings"
 COMMAND = "expected a command: a non-empty string or a list of strings"
 
@@ -685,7 +685,13 @@ def test_project_example_parses(tmp_path: Path) -> None:
 
 def test_project_example_custom_service_parses_when_uncommented(tmp_path: Path) -> None:
     text = PROJECT_EXAMPLE.read_text()
-    uncommented = re.sub(r"^# (\[services\.serving\]|command = |port = )", r"\1", text, flags=re.MULTILINE)
+    services, sweep = text.split(
+        "# [sweep]", 1
+    )  # the [sweep] block has its own test (tests/unit/test_sweep.py)
+    uncommented = re.sub(
+        r"^# (\[services\.serving\]|command = |port = )", r"\1", services, flags=re.MULTILINE
+    )
+    uncommented += "# [sweep]" + sweep
     assert uncommented != text
     _write(tmp_path / "gpubox.toml", uncommented)
     serving = load_project(tmp_path).services["serving"]
