@@ -6,7 +6,6 @@ layout is adopted by its own project with its files and runs."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
@@ -17,13 +16,14 @@ import pytest
 
 from gpubox.state import open_state, pid_alive
 from tests.support.cli import assert_one_line_error, run_gpubox
+from tests.support.hosthome import host_home
 
 pytestmark = pytest.mark.integration
 
 
 def _host_home() -> Path:
-    """The local host's home folder: the user the private sshd lets in (this user), as the host sees it."""
-    return Path(os.path.expanduser("~" + os.environ.get("USER", "root")))
+    """The local host's home folder as its sessions see it: the test session's own (tests/support/hosthome.py)."""
+    return host_home()
 
 
 @pytest.fixture
