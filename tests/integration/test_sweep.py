@@ -16,6 +16,7 @@ import optuna
 import pytest
 
 from tests.support.cli import assert_one_line_error, host_entry, run_gpubox
+from tests.support.hosthome import host_home
 from tests.support.sshd import SshServer
 
 pytestmark = pytest.mark.integration
@@ -326,7 +327,7 @@ def test_a_killed_scheduler_is_resumed_its_running_trial_adopted_and_a_lost_one_
     )
     os.kill(_record(project, "lost")["pid"], signal.SIGKILL)
     assert run_gpubox("stop", trial["run"], "--grace", "0", cwd=project).returncode == 0
-    runs_dir = Path(os.path.expanduser("~" + os.environ.get("USER", "root"))) / ".gpubox" / "runs"
+    runs_dir = host_home() / ".gpubox" / "runs"
     shutil.rmtree(runs_dir / trial["run"])
     resumed = _sweep(project, "lost", "--follow", "--json")
     document = _json(resumed)

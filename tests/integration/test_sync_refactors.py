@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import host_entry, run_gpubox
+from tests.support.hosthome import host_home
 from tests.support.sshd import SshServer
 from tests.support.trees import assert_same_tree, make_files, same_tree, snapshot, wait_until, write
 
@@ -35,7 +36,7 @@ class Project:
     local: Path
     host: Path
     home: Path
-    """The ssh user's home on the host (its ~/.gpubox/trash)."""
+    """The test host's home as its sessions see it (its ~/.gpubox/trash)."""
 
     def gpubox(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         return run_gpubox(*args, cwd=self.local, timeout=timeout)
@@ -66,7 +67,7 @@ def project(sshd: SshServer, tmp_path: Path) -> Iterator[Project]:
     host = tmp_path / "host" / f"refactor-{os.urandom(4).hex()}"
     (local / "hosts.toml").write_text(host_entry("box", sshd, accept_new=True, remote_dir=str(host)))
     (local / "gpubox.toml").write_text("[sync]\n")
-    made = Project(local, host, Path(os.path.expanduser(f"~{sshd.user}")))
+    made = Project(local, host, host_home())
     try:
         yield made
     finally:
