@@ -125,11 +125,17 @@ def connect(
         if session.folder is not None:
             say(f"  ✓ folder {session.folder.describe()}")
             if session.folder.created:
-                for gone in left_behind(session.agent, project):
+                gone_projects = left_behind(session.agent, project)
+                for gone in gone_projects[:LEFT_BEHIND_SHOWN]:
                     say(
                         f"  · {gone.get('folder')} there was the folder of {gone.get('root')}, gone from this "
                         f'machine: if this project was moved from there, remote_dir = "{gone.get("folder")}" '
                         "in hosts.toml keeps its files and runs"
+                    )
+                if len(gone_projects) > LEFT_BEHIND_SHOWN:
+                    say(
+                        f"  · and {len(gone_projects) - LEFT_BEHIND_SHOWN} more folders there of projects gone from "
+                        "this machine (`gpubox runs --all-projects` lists their runs)"
                     )
         for other in others:
             say(
@@ -139,6 +145,10 @@ def connect(
         session.close()
         raise
     return session
+
+
+LEFT_BEHIND_SHOWN = 2
+"""Folders of projects gone from this machine that a new project's `up` names (the likeliest first)."""
 
 
 def _say_report(session: HostSession, project: ProjectConfig, elapsed: float, say: Say) -> None:

@@ -152,7 +152,8 @@ def _taken(host: HostConfig, project: ProjectConfig, folder: str, theirs: calls.
 
 def left_behind(agent: AgentSession, project: ProjectConfig) -> list[calls.ProjectOwner]:
     """Folders on the host of projects of this machine whose folder here is gone: a project moved or renamed
-    (it is a new project to gpubox) may be one of them, with its files and runs."""
+    (it is a new project to gpubox) may be one of them, with its files and runs. Those of the same name come
+    first, then the most recently claimed."""
     from pathlib import Path
 
     machine = socket.gethostname()
@@ -162,4 +163,6 @@ def left_behind(agent: AgentSession, project: ProjectConfig) -> list[calls.Proje
         if record.get("machine") != machine or not root or root == str(project.root) or Path(root).exists():
             continue
         found.append(record)
+    # A moved project keeps its folder's name; a renamed one is likelier the most recent: those first.
+    found.sort(key=lambda r: (r.get("name") != project.name, -float(r.get("claimed_at") or 0)))
     return found

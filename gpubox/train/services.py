@@ -61,14 +61,17 @@ def _command(service: ServiceConfig, remote_dir: str) -> str:
     project = shell_word(remote_dir)
     if service.command is not None:
         return service.command
+    # `python -m`, not the console scripts: a script's first line names the env by the path it was installed
+    # through, and an env reached through a link that later changes (~/.gpubox/envs on another disk) keeps
+    # working only this way.
     if service.name == "tensorboard":
-        return f"tensorboard --logdir {project}/logs --host 127.0.0.1 --port {{port}} --reload_interval 2"
+        return f"python -m tensorboard.main --logdir {project}/logs --host 127.0.0.1 --port {{port}} --reload_interval 2"
     if service.name == "jupyter":
         # The token comes from JUPYTER_TOKEN in the environment: the command stays the same across restarts
         # (so a running Jupyter is recognised and reused) and the token never shows in `ps`.
         # Rented boxes often log you in as root, which Jupyter refuses without --allow-root.
         return (
-            f"jupyter lab --no-browser --ip=127.0.0.1 --port={{port}} --port-retries=0 --ServerApp.root_dir={project}"
+            f"python -m jupyterlab --no-browser --ip=127.0.0.1 --port={{port}} --port-retries=0 --ServerApp.root_dir={project}"
             ' $([ "$(id -u)" -eq 0 ] && echo --allow-root)'
         )
     raise RemoteError(f"service {service.name} has no command")
