@@ -130,6 +130,7 @@ EVERY_HOST_KEYS = frozenset(
         "on_budget",
         "autostop_minutes",
         "autostop_gpu_percent",
+        "max_hours",
     }
 )
 SSH_KEYS = frozenset(
