@@ -1,4 +1,4 @@
-"""What a host costs: its hourly price, the ledger of billed time, budgets, per-run cost and the idle policy.
+"""What a host costs: its hourly price, the ledger of billed time, budgets, and per-run cost.
 
 Prices, in order: the provider's live price (cloud providers, when they exist), ``price_per_hour`` in hosts.toml,
 then gpubox's dated price catalog (``gpubox/data/prices.toml``) for the GPU model of the last probe, shown as an
@@ -26,9 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from gpubox.fmt import columns, format_usd
 
-# The idle rules live in the agent's file: the one implementation the laptop and the host's guardian both run.
-from gpubox.remote.agent.host import IdleTracker, busy_reasons
-
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig
     from gpubox.state import BillingInterval, State
@@ -38,11 +35,9 @@ __all__ = [
     "BillingHold",
     "Budget",
     "HourlyPrice",
-    "IdleTracker",
     "PriceCatalog",
     "PriceOf",
     "RunCost",
-    "busy_reasons",
     "catalog_estimate",
     "cost_report",
     "elapsed",
@@ -463,7 +458,8 @@ def over_budget(host: HostConfig, hosts: HostsConfig, state: State) -> str | Non
     return None
 
 
-# -------------------------------------------------------------------------------------------------- idle
+# The idle rules (busy_reasons, IdleTracker) live in the agent's file, gpubox/remote/agent/host.py: the one
+# implementation that the laptop's monitor and the host's guardian both run.
 
 
 # ------------------------------------------------------------------------------------------ `gpubox cost`

@@ -7,7 +7,7 @@ the guardian's decisions). Every clock is injectable.
 
 A host with an autostop, a budget or ``max_hours`` has a guardian (the agent's ``guardian`` op, PROTOCOL.md):
 a process on the host that applies the same idle rules (the agent file's ``busy_reasons`` and ``IdleTracker``,
-which gpubox.cost re-exports) whether or not this laptop is there. While this supervisor leads the host it
+which this module imports too) whether or not this laptop is there. While this supervisor leads the host it
 sends the guardian what only the laptop knows (open ``gpubox ssh`` shells, the last sync batch) and the
 deadline its budgets give, shows the guardian's countdown, and routes every stop through the guardian's lock,
 so a host is stopped once whichever side gets there first. Where the guardian cannot act (a rented host, an
@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox.config import HostConfig, HostsConfig
-from gpubox.cost import BillingHold, Budget, IdleTracker, budgets_for, busy_reasons, elapsed
+from gpubox.cost import BillingHold, Budget, budgets_for, elapsed
 from gpubox.errors import AgentError, HostUnreachable, RemoteError
 from gpubox.fmt import format_duration
 from gpubox.remote.agent import calls
-from gpubox.remote.agent.host import sample_seconds
+
+# The idle rules live in the agent's file: the one implementation the laptop and the host's guardian both run.
+from gpubox.remote.agent.host import IdleTracker, busy_reasons, sample_seconds
 from gpubox.remote.gpu import gpu_readings
 from gpubox.state import open_state
 
