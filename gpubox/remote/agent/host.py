@@ -2368,16 +2368,24 @@ def guardian_stop(folder: str, config: Dict[str, Any], reason: str, why: str, by
             return done
         stop = config.get("stop") or {}
         kind = stop.get("kind")
+        # The stop's time is when it began; `sudo poweroff` may take this process down before it answers, so
+        # stopping.json says what began, and the next `start` reads it as the stop (see op_guardian).
+        record = {"ok": True, "at": time.time(), "reason": reason, "why": why, "by": by}  # type: Dict[str, Any]
+        stopping = os.path.join(folder, "stopping.json")
+        if kind in ("command", "signal"):
+            _write_json(stopping, dict(record, done="began: %s" % stop.get("action")))
         if kind == "command":
             ok, text = _command_stop(stop)
         elif kind == "signal":
             ok, text = _signal_stop(stop)
         else:
             ok, text = False, str(stop.get("why") or "this host cannot be stopped from itself")
+        with contextlib.suppress(OSError):
+            os.remove(stopping)
         if not ok:
             _decide(folder, "stop-failed", "%s: %s; %s keeps running" % (why, text, config.get("host")))
             return {"ok": False, "error": text}
-        record = {"ok": True, "at": time.time(), "reason": reason, "why": why, "done": text, "by": by}
+        record["done"] = text
         _write_json(os.path.join(folder, "stopped.json"), record)
         _decide(folder, "stopped", "%s: %s" % (why, text), reason=reason, by=by)
         return record
@@ -2594,10 +2602,13 @@ def op_guardian(args: Dict[str, Any]) -> Dict[str, Any]:
                 )
             record = None
         elif args.get("start"):
-            previous = _read_json(os.path.join(folder, "stopped.json"))
-            if previous is not None and record is None:
-                answer["previous"] = previous  # a stop the laptop did not see: it records it now
-                os.remove(os.path.join(folder, "stopped.json"))
+            for name in ("stopped.json", "stopping.json"):
+                previous = _read_json(os.path.join(folder, name))
+                if previous is not None and record is None:
+                    # A stop the laptop did not see (stopping.json: one that took the guardian down with the
+                    # host, such as a poweroff): it records it now.
+                    answer["previous"] = answer["previous"] or previous
+                    os.remove(os.path.join(folder, name))
             if record is None:
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(folder, "status.json"))  # the last guardian's view
