@@ -148,7 +148,7 @@ def guardian_lines(guardian: Mapping[str, Any] | None, now: float, decisions: in
         return [f"guardian  none ({guardian['error']}): only this laptop's gpubox keeps the watch"]
     who = f"pid {guardian.get('pid')} on the host" if guardian.get("running") else "not running on the host"
     how = (
-        f"{guardian.get('action')} itself, with or without this laptop"
+        f"will {guardian.get('action')} itself when due, with or without this laptop"
         if guardian.get("acts")
         else f"cannot stop it alone: {guardian.get('cannot')}"
     )
