@@ -615,7 +615,9 @@ class HostMonitor:
             return
         status = answer.get("status") or {}
         if not status:
-            self.next_sample = now + min(self.sample_seconds, 1.0)  # a new guardian's first look is moments away
+            self.next_sample = now + min(
+                self.sample_seconds, 1.0
+            )  # a new guardian's first look is moments away
         seen = status.get("autostop") or {}
         if seen:
             self.gpu_percent, self.gpu_note = seen.get("gpu_percent"), str(seen.get("gpu") or "")
