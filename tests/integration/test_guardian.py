@@ -5,6 +5,7 @@ ledger records the guardian's stop time when gpubox next connects."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -105,6 +106,12 @@ def _kill_laptop(pid: int) -> float:
 
 def _local_hosts(project: Path, tmp_path: Path, extra: str) -> None:
     (project / "hosts.toml").write_text(f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\n{extra}')
+
+
+def _end_run(run_id: str) -> None:
+    with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+        pgid = int((host_home() / ".gpubox" / "runs" / run_id / "pid").read_text())
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _start_run(project: Path, seconds: float) -> str:
@@ -215,7 +222,6 @@ def test_max_hours_stops_a_busy_host_and_warns_before(
     # 0.0845 h is 304 s: the 5-minute warning comes 4 s after `up`.
     _local_hosts(project, tmp_path, "max_hours = 0.0845\n")
     pid = _up_detached(project)
-    _start_run(project, 60)
     _guardian(project)
     warning = _wait(
         lambda: [d for d in _decisions(_folder()) if d["event"] == "warning"], what="the 5-minute warning"
@@ -240,8 +246,9 @@ def test_max_hours_stops_a_busy_host_and_warns_before(
     )
     processes.append(process)
     _wait(lambda: _holder("local"), what="a gpubox holding the host")
-    _start_run(project, 30)
+    run_id = _start_run(project, 30)
     out, _ = process.communicate(timeout=60)
+    _end_run(run_id)  # the session's test host is shared: a run left going keeps other tests' hosts busy
     assert process.returncode == 0, out
     assert re.search(r": max_hours: local is 0:00:0\d old: stopped the local sshd$", out.splitlines()[-1]), (
         out
