@@ -129,6 +129,8 @@ def autostop_text(autostop: Mapping[str, Any] | None, minutes: float) -> str:
     if phase == "warned":
         return f"idle for {format_duration(autostop['idle_seconds'])}: {action}"
     extra = f"; last activity: {autostop['last_activity']}" if autostop.get("last_activity") else ""
+    if autostop.get("stalled"):
+        extra += f"; {'; '.join(autostop['stalled'])} (not activity: stall_minutes)"
     return (
         f"in {left} ({autostop['gpu']}, idle {format_duration(autostop['idle_seconds'])}{extra}) → {action}"
     )

@@ -32,7 +32,7 @@ from gpubox.fmt import format_duration
 from gpubox.remote.agent import calls
 
 # The idle rules live in the agent's file: the one implementation the laptop and the host's guardian both run.
-from gpubox.remote.agent.host import IdleTracker, busy_reasons, sample_seconds
+from gpubox.remote.agent.host import IdleTracker, busy_reasons, sample_seconds, stalled_runs
 from gpubox.remote.gpu import gpu_readings
 from gpubox.state import open_state
 
@@ -236,6 +236,8 @@ class HostMonitor:
         self.budget_stop_at: float | None = None
         self.budget_why: str | None = None
         self._decisions_said = 0.0
+        self.stalled: list[str] = []
+        """Runs alive without progress for stall_minutes, not activity: "run r-3 stalled since 18:03:10"."""
 
     # -- scheduling
 
@@ -385,10 +387,13 @@ class HostMonitor:
         with open_state(self.state_path) as state:
             shells = len(state.shells(self.host.name))
             others = [r for pid, r in state.monitors(self.host.name).items() if pid != os.getpid()]
+        stall = (self.host.stall_minutes or 0) * 60.0
+        active = [dict(run) for run in answer.get("active") or []]
+        runs, self.stalled = stalled_runs(active, float(answer["time"]), stall)
         reasons = busy_reasons(
             gpu_percent=self.gpu_percent,
             gpu_threshold=self.host.autostop_gpu_percent,
-            active_runs=answer.get("runs"),
+            active_runs=runs if "active" in answer else answer.get("runs"),
             busy_kernels=answer.get("kernels"),
             shells=shells,
         )
@@ -556,6 +561,7 @@ class HostMonitor:
             # The local host's terminals are the laptop's own: they say nothing about using the host.
             "ttys": not host.spec.on_this_machine,
             "max_hours": host.max_hours or 0,
+            "stall_minutes": host.stall_minutes or 0,
             "budget_stop_at": None
             if self.budget_stop_at is None
             else self.budget_stop_at - self.guardian_offset,
@@ -711,6 +717,7 @@ class HostMonitor:
                 "remaining_seconds": None if remaining is None else round(remaining, 1),
                 "stops_at": None if remaining is None else wall + remaining,
                 "action": self.stop_action(),
+                "stalled": list(self.stalled),
             }
         return {
             "autostop": autostop,
@@ -764,6 +771,7 @@ class HostMonitor:
             "remaining_seconds": None if left is None else round(left, 1),
             "stops_at": None if left is None else self.wall() + left,
             "action": self.stop_action(),
+            "stalled": list(seen.get("stalled") or []),
             "by": "guardian",
         }
 

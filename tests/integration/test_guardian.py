@@ -259,3 +259,29 @@ def test_max_hours_stops_a_busy_host_and_warns_before(
 
 def _lines(project: Path) -> list[str]:
     return run_gpubox("status", cwd=project).stdout.splitlines()
+
+
+def test_a_stalled_run_is_not_activity_and_the_stop_says_so(project: Path, tmp_path: Path) -> None:
+    # A 3 s window and a 3 s stall: a run that prints once and then hangs (a stuck data loader).
+    _local_hosts(project, tmp_path, "autostop_minutes = 0.05\nstall_minutes = 0.05\n")
+    pid = _up_detached(project)
+    started = run_gpubox("run", "--no-sync", "--", "sh", "-c", "echo loading; sleep 60", cwd=project)
+    assert started.returncode == 0, started.stderr
+    run_id = re.search(r"\br-\d+\b", started.stdout + started.stderr).group(0)  # type: ignore[union-attr]
+    try:
+        stalled = _wait(
+            lambda: (a := _status(project)["autostop"]) and a.get("stalled") and a, what="the run to stall"
+        )
+        assert stalled["state"] == "counting" and stalled["busy"] == [], stalled
+        assert re.fullmatch(rf"run {run_id} stalled since \d\d:\d\d:\d\d", stalled["stalled"][0]), stalled
+        _kill_laptop(pid)
+        _wait(lambda: LocalSshd().running() is None, timeout=30, what="the guardian to stop the local sshd")
+        stopped = json.loads((_folder() / "stopped.json").read_text())
+        assert re.fullmatch(
+            rf"idle for 0:00:0\d \(run {run_id} stalled since \d\d:\d\d:\d\d\)", stopped["why"]
+        ), stopped
+        assert json.loads(
+            (host_home() / ".gpubox" / "runs" / run_id / "spec.json").read_text()
+        )  # still there
+    finally:
+        _end_run(run_id)

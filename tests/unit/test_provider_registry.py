@@ -54,6 +54,7 @@ SAMPLES = {
     "autostop_minutes": "30",
     "autostop_gpu_percent": "10",
     "max_hours": "12",
+    "stall_minutes": "20",
     "stop_command": '"sudo poweroff"',
     "gpu": '"A100"',
     "gpu_count": "2",

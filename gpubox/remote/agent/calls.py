@@ -156,6 +156,8 @@ class ActiveRun(TypedDict):
     project: str | None
     """The id of the project that started it (None for a run from before project ids)."""
     project_name: str | None
+    progress_at: NotRequired[float | None]
+    """When it last showed progress (host clock): its start, its log's last write, its newest TensorBoard file."""
 
 
 def idle(agent: AgentSession, *, gpu: bool = True, ttys: bool = True) -> Idle:

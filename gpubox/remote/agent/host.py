@@ -1089,8 +1089,38 @@ def _active_runs() -> List[Dict[str, Any]]:
         row = _run_row(folder)
         if row["state"] in ("starting", "running"):
             project = row.get("project") or {}
-            active.append({"id": name, "project": project.get("id"), "project_name": project.get("name")})
+            active.append(
+                {
+                    "id": name,
+                    "project": project.get("id"),
+                    "project_name": project.get("name"),
+                    "progress_at": _progress_at(folder),
+                }
+            )
     return active
+
+
+def _progress_at(folder: str) -> Optional[float]:
+    """When a run last showed progress (host wall clock): its start, its log's last write, or the newest file
+    in its TensorBoard folder (two levels: logs/<id>/train/events...)."""
+    spec = _read_json(os.path.join(folder, "spec.json")) or {}
+    moments = [float(spec["started_at"])] if isinstance(spec.get("started_at"), (int, float)) else []
+    with contextlib.suppress(OSError):
+        moments.append(os.stat(os.path.join(folder, "log")).st_mtime)
+    tb_dir = (spec.get("env") or {}).get("GPUBOX_TB_DIR")
+    if isinstance(tb_dir, str):
+        for top in [tb_dir] + [os.path.join(tb_dir, n) for n in _listdir(tb_dir)]:
+            for name in _listdir(top):
+                with contextlib.suppress(OSError):
+                    moments.append(os.stat(os.path.join(top, name)).st_mtime)
+    return max(moments) if moments else None
+
+
+def _listdir(folder: str) -> List[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 # --------------------------------------------------------------------------------------------- projects
@@ -2165,6 +2195,25 @@ class IdleTracker:
         return self.idle_since is not None and self.idle_seconds(now) >= self.window_seconds
 
 
+def stalled_runs(
+    active: List[Dict[str, Any]], now: float, stall_seconds: Optional[float]
+) -> Tuple[int, List[str]]:
+    """(How many of the *active* runs (the ``idle`` op's rows) count as busy, why the others do not): a run that
+    has shown no progress (no log line, no new event file) for *stall_seconds* is stalled, and a stalled run
+    is not activity. The GPU is judged on its own: a stalled run on a busy GPU still keeps the host up."""
+    if not stall_seconds:
+        return len(active), []
+    live, stalled = 0, []
+    for run in active:
+        at = run.get("progress_at")
+        if isinstance(at, (int, float)) and now - at >= stall_seconds:
+            stamp = time.strftime("%H:%M:%S", time.localtime(at))
+            stalled.append("run %s stalled since %s" % (run.get("id"), stamp))
+        else:
+            live += 1
+    return live, stalled
+
+
 def sample_seconds(window_seconds: float) -> float:
     """How often the idle rules look at a host with this autostop window (laptop and guardian alike)."""
     return min(30.0, max(0.5, window_seconds / 6))
@@ -2472,8 +2521,10 @@ class _Guardian:
             answer = op_idle({"gpu": True, "ttys": bool(config.get("ttys", True))})
             gpu_percent, gpu_note = busiest_gpu_percent(answer.get("nvidia_smi"))
             shells = int(laptop.get("shells") or 0) if fresh else 0
+            stall = float(config.get("stall_minutes") or 0) * 60.0
+            runs, stalled = stalled_runs(answer.get("active") or [], wall, stall)
             reasons = busy_reasons(
-                gpu_percent, float(config.get("gpu_percent", 5.0)), answer["runs"], answer["kernels"], shells
+                gpu_percent, float(config.get("gpu_percent", 5.0)), runs, answer["kernels"], shells
             )
             moments = []  # type: List[Tuple[float, str]]
             sync_at = laptop.get("sync_at")
@@ -2490,7 +2541,12 @@ class _Guardian:
                 if busy:
                     _decide(self.folder, "busy", "busy: %s" % "; ".join(reasons))
                 else:
-                    _decide(self.folder, "idle", "idle: countdown of %s started" % format_duration(window))
+                    note = " (%s)" % "; ".join(stalled) if stalled else ""
+                    _decide(
+                        self.folder,
+                        "idle",
+                        "idle%s: countdown of %s started" % (note, format_duration(window)),
+                    )
                     self.failed.discard("autostop")
             self.was_busy = busy
             remaining = self.tracker.remaining(now)
@@ -2508,11 +2564,13 @@ class _Guardian:
                 "idle_seconds": round(self.tracker.idle_seconds(now), 1),
                 "remaining_seconds": None if remaining is None else round(remaining, 1),
                 "stops_at": None if remaining is None else wall + remaining,
+                "stalled": stalled,
             }
             if remaining is not None:
                 wait = min(wait, max(remaining, 0.05))
             if self.tracker.due(now) and stop_for is None:
-                stop_for = ("autostop", "idle for %s" % format_duration(self.tracker.idle_seconds(now)))
+                why = "idle for %s" % format_duration(self.tracker.idle_seconds(now))
+                stop_for = ("autostop", why + (" (%s)" % "; ".join(stalled) if stalled else ""))
 
         status["due"] = None
         if stop_for is not None:

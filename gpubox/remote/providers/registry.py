@@ -131,6 +131,7 @@ EVERY_HOST_KEYS = frozenset(
         "autostop_minutes",
         "autostop_gpu_percent",
         "max_hours",
+        "stall_minutes",
     }
 )
 SSH_KEYS = frozenset(
