@@ -40,7 +40,16 @@ if TYPE_CHECKING:
     from gpubox.config import ProjectConfig
     from gpubox.remote.session import HostSession
 
-__all__ = ["LEDGER_BEAT_SECONDS", "HostMonitor", "SyncActivity", "SyncStatus", "guarded", "guardian_key"]
+__all__ = [
+    "LEDGER_BEAT_SECONDS",
+    "HostMonitor",
+    "SyncActivity",
+    "SyncStatus",
+    "cannot_stop_why",
+    "guarded",
+    "guardian_can_act",
+    "guardian_key",
+]
 
 LEDGER_BEAT_SECONDS = 2.0
 """How often the billing heartbeat is written: a killed gpubox loses at most this much billed time."""
@@ -57,6 +66,21 @@ def guardian_key(host: HostConfig) -> str:
     from gpubox.paths import machine_id
 
     return hashlib.sha1(f"{machine_id()}:{host.name}".encode()).hexdigest()[:16]
+
+
+def guardian_can_act(host: HostConfig) -> bool:
+    """Whether the host's guardian can stop it alone: it runs stop_command there, or stops `local`'s sshd."""
+    return bool(host.stop_command) or host.spec.runs_own_sshd
+
+
+def cannot_stop_why(host: HostConfig) -> str:
+    """Why a host's guardian cannot stop it alone (where :func:`guardian_can_act` is false)."""
+    if host.spec.rents:
+        return (
+            f"{host.provider} gives an instance no way to stop itself: the laptop's gpubox terminates it, "
+            "and it keeps billing while the laptop is away"
+        )
+    return "no stop_command for this ssh host: it keeps running (and billing)"
 
 
 def guarded(host: HostConfig, hosts: HostsConfig | None) -> bool:
@@ -537,17 +561,9 @@ class HostMonitor:
                     "why": "the local sshd is not running",
                 }
             else:
-                plan |= {"kind": "none", "why": self.cannot_stop_why()}
+                plan |= {"kind": "none", "why": cannot_stop_why(host)}
             self._stop_plan = plan
         return self._stop_plan
-
-    def cannot_stop_why(self) -> str:
-        if self.host.spec.rents:
-            return (
-                f"{self.host.provider} gives an instance no way to stop itself: the laptop's gpubox terminates it, "
-                "and it keeps billing while the laptop is away"
-            )
-        return "no stop_command for this ssh host: it keeps running (and billing)"
 
     def guardian_config(self) -> dict[str, Any]:
         host = self.host
@@ -638,8 +654,6 @@ class HostMonitor:
         host = self.host
         how = "started" if answer.get("started") else "adopted"
         self.say(f"guardian pid {answer.get('pid')} {how} on {host.name}: {self._watch_words()}")
-        if not self.guardian_acts():
-            self.say(f"! if this laptop goes away, {host.name} keeps running: {self.stop_plan().get('why')}")
         previous = answer.get("previous")
         if previous and previous.get("ok"):
             at = float(previous.get("at") or 0) + self.guardian_offset

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING
 
 from gpubox.actions import Say
 from gpubox.actions.framework import project_framework
-from gpubox.actions.monitor import HostMonitor, SyncActivity, SyncStatus
+from gpubox.actions.monitor import (
+    HostMonitor,
+    SyncActivity,
+    SyncStatus,
+    cannot_stop_why,
+    guarded,
+    guardian_can_act,
+)
 from gpubox.actions.supervisor import claim_host, stop_on_signals, supervise
 from gpubox.actions.sync import held_lines, host_changed_lines, too_large_line
 from gpubox.cost import over_budget
@@ -157,7 +164,11 @@ def _say_report(session: HostSession, project: ProjectConfig, elapsed: float, sa
         money.append(f"budget {format_usd(host.budget_usd)} (at 100 %: {host.on_budget})")
     if host.autostop_minutes:
         money.append(f"autostop after {host.autostop_minutes:g} min idle")
+    if host.max_hours:
+        money.append(f"stopped {host.max_hours:g} h after up (max_hours)")
     say("    " + " · ".join(money))
+    if guarded(host, None) and not guardian_can_act(host):
+        say(f"  ! if this laptop goes away, {host.name} keeps running: {cannot_stop_why(host)}")
 
 
 def prepare(

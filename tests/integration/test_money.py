@@ -488,6 +488,11 @@ def test_an_idle_ssh_host_runs_its_stop_command_or_warns_once(
         "  ! idle for 0:00:03: box is an ssh host without stop_command, so it keeps running (and billing); "
         "set stop_command in hosts.toml, or `gpubox down box`"
     ], out
+    # Said at `up`: the host's guardian cannot stop it alone.
+    assert (
+        "  ! if this laptop goes away, box keeps running: no stop_command for this ssh host: it keeps running "
+        "(and billing)" in out.splitlines()
+    ), out
 
     marker = tmp_path / "stopped"
     (project / "hosts.toml").write_text(
