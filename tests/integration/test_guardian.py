@@ -128,7 +128,7 @@ def test_the_guardian_stops_the_local_host_with_the_laptop_killed_once_a_busy_ru
     # $3600/h is $1 a second: the ledger's dollars are the seconds billed.
     _local_hosts(project, tmp_path, "autostop_minutes = 0.05\nprice_per_hour = 3600\n")  # a 3 s window
     pid = _up_detached(project)
-    run_id = _start_run(project, 6)
+    run_id = _start_run(project, 10)  # long enough for a loaded machine's `gpubox status` calls below
     guardian = _guardian(project)
     assert guardian["acts"] and guardian["action"] == "stop the local sshd", guardian
     assert "guardian  pid" in run_gpubox("status", cwd=project).stdout
