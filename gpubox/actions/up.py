@@ -300,7 +300,12 @@ def hold(
         for name, url in shown:
             say(tunnel_line(name, url))
         if not detached:
-            say(f"  holding {host.name}: Ctrl-C leaves it running (`gpubox down {host.name}` stops it)")
+            watched = (
+                ", its guardian still watching" if guarded(host, hosts) and guardian_can_act(host) else ""
+            )
+            say(
+                f"  holding {host.name}: Ctrl-C leaves it running{watched} (`gpubox down {host.name}` stops it)"
+            )
         if on_ready is not None:
             on_ready(Ready(os.getpid(), shown))
         monitor = HostMonitor(
