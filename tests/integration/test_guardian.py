@@ -87,6 +87,14 @@ def _folder() -> Path:
     raise AssertionError("no guardian folder of this test on the host")
 
 
+def _stop_record() -> dict[str, Any]:
+    """The guardian's stop record: written once the stop is done (the sshd may be gone a moment before)."""
+    record = _folder() / "stopped.json"
+    _wait(record.exists, what="the stop record")
+    found: dict[str, Any] = json.loads(record.read_text())
+    return found
+
+
 def _decisions(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (folder / "decisions.log").read_text().splitlines()]
 
@@ -138,7 +146,7 @@ def test_the_guardian_stops_the_local_host_with_the_laptop_killed_once_a_busy_ru
     assert LocalSshd().running() is not None
     _wait(lambda: LocalSshd().running() is None, timeout=30, what="the guardian to stop the local sshd")
     folder = _folder()
-    stopped = json.loads((folder / "stopped.json").read_text())
+    stopped = _stop_record()
     assert (stopped["reason"], stopped["by"], stopped["done"]) == (
         "autostop",
         "guardian",
@@ -276,7 +284,7 @@ def test_a_stalled_run_is_not_activity_and_the_stop_says_so(project: Path, tmp_p
         assert re.fullmatch(rf"run {run_id} stalled since \d\d:\d\d:\d\d", stalled["stalled"][0]), stalled
         _kill_laptop(pid)
         _wait(lambda: LocalSshd().running() is None, timeout=30, what="the guardian to stop the local sshd")
-        stopped = json.loads((_folder() / "stopped.json").read_text())
+        stopped = _stop_record()
         assert re.fullmatch(
             rf"idle for 0:00:0\d \(run {run_id} stalled since \d\d:\d\d:\d\d\)", stopped["why"]
         ), stopped
