@@ -1,4 +1,4 @@
-"""What a host costs: its hourly price, the ledger of billed time, budgets, per-run cost and the idle policy.
+"""What a host costs: its hourly price, the ledger of billed time, budgets, and per-run cost.
 
 Prices, in order: the provider's live price (cloud providers, when they exist), ``price_per_hour`` in hosts.toml,
 then gpubox's dated price catalog (``gpubox/data/prices.toml``) for the GPU model of the last probe, shown as an
@@ -24,7 +24,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpubox.fmt import columns, format_usd, plural
+from gpubox.fmt import columns, format_usd
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig
@@ -35,11 +35,9 @@ __all__ = [
     "BillingHold",
     "Budget",
     "HourlyPrice",
-    "IdleTracker",
     "PriceCatalog",
     "PriceOf",
     "RunCost",
-    "busy_reasons",
     "catalog_estimate",
     "cost_report",
     "elapsed",
@@ -460,71 +458,8 @@ def over_budget(host: HostConfig, hosts: HostsConfig, state: State) -> str | Non
     return None
 
 
-# -------------------------------------------------------------------------------------------------- idle
-
-
-def busy_reasons(
-    *,
-    gpu_percent: float | None,
-    gpu_threshold: float,
-    active_runs: int | None = None,
-    busy_kernels: int | None = None,
-    shells: int = 0,
-) -> list[str]:
-    """Why a host is not idle now (empty: idle). None counts mean "not known" (runs and Jupyter kernels are not
-    tracked yet) and keep nobody up; a GPU with unknown utilisation does not either. Moments of activity (a sync
-    batch, typing in a terminal) are not states: :class:`IdleTracker` takes them as ``last_activity``."""
-    reasons = []
-    if active_runs:
-        reasons.append(f"{plural(active_runs, 'run')} active")
-    if gpu_percent is not None and gpu_percent >= gpu_threshold:
-        reasons.append(f"GPU busy ({gpu_percent:g} % ≥ {gpu_threshold:g} %)")
-    if busy_kernels:
-        reasons.append(f"{plural(busy_kernels, 'Jupyter kernel')} busy")
-    if shells:
-        reasons.append(f"{plural(shells, 'interactive `gpubox ssh` shell')} open")
-    return reasons
-
-
-class IdleTracker:
-    """Whether a host has been idle for a whole window, from samples on the :func:`elapsed` clock.
-
-    Any busy sample, or activity seen locally (a sync batch), restarts the window. A gap between samples longer
-    than *max_gap* (the link was down, the laptop slept) restarts it too: nobody saw what happened meanwhile."""
-
-    def __init__(self, window_seconds: float, *, max_gap: float) -> None:
-        self.window_seconds = window_seconds
-        self.max_gap = max_gap
-        self.idle_since: float | None = None
-        self.busy: list[str] = []
-        self._last_sample: float | None = None
-
-    def observe(self, now: float, reasons: Sequence[str], last_activity: float | None = None) -> None:
-        gap = self._last_sample is not None and now - self._last_sample > self.max_gap
-        self._last_sample = now
-        self.busy = list(reasons)
-        if reasons:
-            self.idle_since = None
-            return
-        if self.idle_since is None or gap:
-            self.idle_since = now
-        if last_activity is not None and last_activity > self.idle_since:
-            self.idle_since = min(last_activity, now)
-
-    def reset(self) -> None:
-        self.idle_since = None
-        self._last_sample = None
-
-    def idle_seconds(self, now: float) -> float:
-        return 0.0 if self.idle_since is None else max(0.0, now - self.idle_since)
-
-    def remaining(self, now: float) -> float | None:
-        if self.idle_since is None:
-            return None
-        return max(0.0, self.window_seconds - self.idle_seconds(now))
-
-    def due(self, now: float) -> bool:
-        return self.idle_since is not None and self.idle_seconds(now) >= self.window_seconds
+# The idle rules (busy_reasons, IdleTracker) live in the agent's file, gpubox/remote/agent/host.py: the one
+# implementation that the laptop's monitor and the host's guardian both run.
 
 
 # ------------------------------------------------------------------------------------------ `gpubox cost`

@@ -67,9 +67,28 @@ def _stop_leftovers(gpubox_home: Path) -> None:
             row = json.loads(record.read_text())
             if isinstance(row["pid"], int) and holder_alive(row["pid"], row.get("token")):
                 os.kill(row["pid"], signal.SIGKILL)
+    _stop_guardians(gpubox_home)
     local = gpubox_home / "state" / "local-sshd"
     if (local / "server.json").exists():
         LocalSshd(local).stop()
+
+
+def _stop_guardians(gpubox_home: Path) -> None:
+    """The guardians this test's gpubox started on the test hosts (their config names its machine id)."""
+    import signal
+
+    try:
+        machine = (gpubox_home / "state" / "machine-id").read_text().strip()
+    except OSError:
+        return
+    for config in (hosthome.host_home() / ".gpubox" / "guardian").glob("*/config.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ProcessLookupError):
+            if json.loads(config.read_text()).get("laptop") != machine:
+                continue
+            pid = json.loads((config.parent / "pid").read_text())["pid"]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if str(config.parent).encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
 
 
 def _need_sshd() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from gpubox.actions import Say, quiet
+from gpubox.actions.monitor import guardian_key
 from gpubox.actions.runs import project_runs, remember_runs
 from gpubox.actions.supervisor import stop_supervisor
 from gpubox.errors import GpuboxError, HostError
@@ -53,6 +54,9 @@ def stop_host_services(
             ours |= {service_key_for(folder) for folder in state.project_folders(host.name).values()}
     stopped, left = [], []
     try:
+        if last_out:
+            # Nobody here holds the host any more: its guardian (if any) ends with the hold.
+            calls.guardian(session.agent, key=guardian_key(host), release=True, decisions=0)
         listed = calls.service_list(session.agent, key=None if every_project or last_out else own)
         for service in listed.get("services", []):
             if service.get("state") == "stopped":

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
     from gpubox.state import TunnelRecord
 
-__all__ = ["autostop_text", "host_rows", "service_url", "target"]
+__all__ = ["autostop_text", "guardian_lines", "host_rows", "service_url", "target"]
 
 
 def target(host: HostConfig) -> str:
@@ -129,9 +129,42 @@ def autostop_text(autostop: Mapping[str, Any] | None, minutes: float) -> str:
     if phase == "warned":
         return f"idle for {format_duration(autostop['idle_seconds'])}: {action}"
     extra = f"; last activity: {autostop['last_activity']}" if autostop.get("last_activity") else ""
+    if autostop.get("stalled"):
+        extra += f"; {'; '.join(autostop['stalled'])} (not activity: stall_minutes)"
     return (
         f"in {left} ({autostop['gpu']}, idle {format_duration(autostop['idle_seconds'])}{extra}) → {action}"
     )
+
+
+DEADLINE_WARN_SECONDS = 30 * 60
+
+
+def guardian_lines(guardian: Mapping[str, Any] | None, now: float, decisions: int = 3) -> list[str]:
+    """`gpubox status`'s lines about the host's guardian (from a monitor report's ``guardian`` part): who keeps
+    the watch, the max_hours deadline (a warning within its last 30 minutes) and its latest decisions."""
+    if not guardian:
+        return []
+    if guardian.get("running") is None:
+        return ["guardian  starting on the host"]
+    if guardian.get("error"):
+        return [f"guardian  none ({guardian['error']}): only this laptop's gpubox keeps the watch"]
+    who = f"pid {guardian.get('pid')} on the host" if guardian.get("running") else "not running on the host"
+    how = (
+        f"will {guardian.get('action')} itself when due, with or without this laptop"
+        if guardian.get("acts")
+        else f"cannot stop it alone: {guardian.get('cannot')}"
+    )
+    lines = [f"guardian  {who}; {how}"]
+    deadline = guardian.get("deadline_at")
+    if isinstance(deadline, int | float):
+        left = deadline - now
+        text = f"stops in {format_duration(max(0.0, left))} (max_hours = {guardian.get('max_hours'):g})"
+        lines.append(f"{'! ' if left <= DEADLINE_WARN_SECONDS else ''}deadline  {text}, whatever it is doing")
+    for index, decision in enumerate((guardian.get("decisions") or [])[-decisions:]):
+        at = decision.get("at")
+        stamp = time.strftime("%H:%M:%S", time.localtime(at)) if isinstance(at, int | float) else "?"
+        lines.append(f"{'decided' if index == 0 else '':<9} {stamp} {decision.get('text')}")
+    return lines
 
 
 def service_url(

@@ -1,13 +1,23 @@
 """The money and idle monitor of a held host, run from the supervisor's loop.
 
 Each tick it may: write the billing heartbeat (every :data:`LEDGER_BEAT_SECONDS`), check budgets (warnings at
-50, 80 and 100 %, each once; at 100 % stop the host unless ``on_budget = "warn"``), sample the host with the
-agent's ``idle`` op (GPU utilisation, terminals) and stop the host once it has been idle for
-``autostop_minutes``, and record what it saw for ``gpubox status`` (the countdown). Every clock is injectable.
+50, 80 and 100 %, each once; at 100 % stop the host unless ``on_budget = "warn"``), beat the host's guardian
+and take its verdict on idleness and the deadline, and record what it saw for ``gpubox status`` (the countdown,
+the guardian's decisions). Every clock is injectable.
+
+A host with an autostop, a budget or ``max_hours`` has a guardian (the agent's ``guardian`` op, PROTOCOL.md):
+a process on the host that applies the same idle rules (the agent file's ``busy_reasons`` and ``IdleTracker``,
+which this module imports too) whether or not this laptop is there. While this supervisor leads the host it
+sends the guardian what only the laptop knows (open ``gpubox ssh`` shells, the last sync batch) and the
+deadline its budgets give, shows the guardian's countdown, and routes every stop through the guardian's lock,
+so a host is stopped once whichever side gets there first. Where the guardian cannot act (a rented host, an
+ssh host without stop_command) this process acts on its verdict. Without a guardian (an agent error) the
+monitor samples the host with the ``idle`` op and keeps its own countdown, as before the guardian.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -16,10 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox.config import HostConfig, HostsConfig
-from gpubox.cost import BillingHold, Budget, IdleTracker, budgets_for, busy_reasons, elapsed
-from gpubox.errors import AgentError, HostUnreachable
+from gpubox.cost import BillingHold, Budget, budgets_for, elapsed
+from gpubox.errors import AgentError, HostUnreachable, RemoteError
 from gpubox.fmt import format_duration
 from gpubox.remote.agent import calls
+
+# The idle rules live in the agent's file: the one implementation the laptop and the host's guardian both run.
+from gpubox.remote.agent.host import IdleTracker, busy_reasons, sample_seconds, stalled_runs
 from gpubox.remote.gpu import gpu_readings
 from gpubox.state import open_state
 
@@ -27,15 +40,53 @@ if TYPE_CHECKING:
     from gpubox.config import ProjectConfig
     from gpubox.remote.session import HostSession
 
-__all__ = ["LEDGER_BEAT_SECONDS", "HostMonitor", "SyncActivity", "SyncStatus"]
+__all__ = [
+    "LEDGER_BEAT_SECONDS",
+    "HostMonitor",
+    "SyncActivity",
+    "SyncStatus",
+    "cannot_stop_why",
+    "guarded",
+    "guardian_can_act",
+    "guardian_key",
+]
 
 LEDGER_BEAT_SECONDS = 2.0
 """How often the billing heartbeat is written: a killed gpubox loses at most this much billed time."""
-MIN_SAMPLE_SECONDS = 0.5
-MAX_SAMPLE_SECONDS = 30.0
 STOP_COMMAND_TIMEOUT = 120.0
 SERVICES_SECONDS = 30.0
 """How often the host's lead supervisor lists every project's services (for `gpubox status`)."""
+DECISIONS_SHOWN = 5
+"""How many of the guardian's latest decisions `gpubox status` shows."""
+
+
+def guardian_key(host: HostConfig) -> str:
+    """The name of this laptop's guardian for *host* on the host (several laptops, or several host names for
+    one machine, each keep their own)."""
+    from gpubox.paths import machine_id
+
+    return hashlib.sha1(f"{machine_id()}:{host.name}".encode()).hexdigest()[:16]
+
+
+def guardian_can_act(host: HostConfig) -> bool:
+    """Whether the host's guardian can stop it alone: it runs stop_command there, or stops `local`'s sshd."""
+    return bool(host.stop_command) or host.spec.runs_own_sshd
+
+
+def cannot_stop_why(host: HostConfig) -> str:
+    """Why a host's guardian cannot stop it alone (where :func:`guardian_can_act` is false)."""
+    if host.spec.rents:
+        return (
+            f"{host.provider} gives an instance no way to stop itself: the laptop's gpubox terminates it, "
+            "and it keeps billing while the laptop is away"
+        )
+    return "no stop_command for this ssh host: it keeps running (and billing)"
+
+
+def guarded(host: HostConfig, hosts: HostsConfig | None) -> bool:
+    """Whether *host* gets a guardian: it has an autostop, a budget or a deadline."""
+    budget = host.budget_usd is not None or (hosts is not None and hosts.total_budget_usd is not None)
+    return bool(host.autostop_minutes) or bool(host.max_hours) or budget
 
 
 class SyncActivity:
@@ -181,7 +232,7 @@ class HostMonitor:
         self.state_path = state_path
         self.window = host.autostop_minutes * 60.0
         self.autostop = self.window > 0
-        self.sample_seconds = min(MAX_SAMPLE_SECONDS, max(MIN_SAMPLE_SECONDS, self.window / 6))
+        self.sample_seconds = sample_seconds(self.window) if self.autostop else heartbeat_seconds
         self.tracker = IdleTracker(self.window, max_gap=3 * self.sample_seconds + heartbeat_seconds)
         now = clock()
         self.next_link = now + heartbeat_seconds
@@ -198,13 +249,26 @@ class HostMonitor:
         """Every project's services running on the host (the lead looks every SERVICES_SECONDS), for `status`."""
         self.next_services = self.clock()
         self._warned: set[str] = set()
+        self.guarded = guarded(host, hosts)
+        self.guardian_key = guardian_key(host) if self.guarded else ""
+        self.guardian: dict[str, Any] | None = None
+        """The guardian's latest answer (its view of the host, its decisions); None before the first beat."""
+        self.guardian_offset = 0.0
+        """This machine's wall clock minus the host's, at the latest answer (status shows laptop times)."""
+        self.guardian_failed: str | None = None
+        self._stop_plan: dict[str, Any] | None = None
+        self.budget_stop_at: float | None = None
+        self.budget_why: str | None = None
+        self._decisions_said = 0.0
+        self.stalled: list[str] = []
+        """Runs alive without progress for stall_minutes, not activity: "run r-3 stalled since 18:03:10"."""
 
     # -- scheduling
 
     def wait_seconds(self) -> float:
         """How long the supervisor may sleep before the next tick is due."""
         due = [self.next_link, self.next_ledger]
-        if self.autostop:
+        if self.autostop or self.guarded:
             due.append(self.next_sample)
             # Once the window has run out without a stop (warned instead), only new samples matter.
             if self.tracker.idle_since is not None and not self._warned & {"autostop", "autostop-failed"}:
@@ -233,14 +297,19 @@ class HostMonitor:
             if lead and now >= self.next_services:
                 self._list_services()
             leading = self.autostop and lead
-            if leading and (now >= self.next_sample or check_link):
+            watching = self.guarded and lead and self.guardian_failed is None
+            if watching and (now >= self.next_sample or check_link):
+                self._beat_guardian()
+                if self.stop.is_set():
+                    return
+            elif leading and (now >= self.next_sample or check_link):
                 self._sample()
             elif check_link or now >= self.next_link:
                 self.session.heartbeat()
                 self.next_link = self.clock() + self.heartbeat_seconds
                 if self.autostop and not leading:
                     self.tracker.reset()  # another project's supervisor watches the host; start afresh if it goes
-            if leading and self.tracker.due(self.clock()):
+            if leading and not watching and self.tracker.due(self.clock()):
                 self._stop_host(
                     f"idle for {format_duration(self.tracker.idle_seconds(self.clock()))}", "autostop"
                 )
@@ -299,8 +368,23 @@ class HostMonitor:
                     upcoming.append(seconds)
             # Wake when the next threshold is due at this host's rate, not only at the next heartbeat.
             self.next_budget = now + min(upcoming) + 0.01 if upcoming else None
+            self._budget_deadline(rate)
         if exhausted and self.host.on_budget == "stop" and self._leads():
             self._stop_host(f"budget: {exhausted[0].describe(100)}", "budget")
+
+    def _budget_deadline(self, rate: float) -> None:
+        """When the first budget runs out at this host's rate (wall clock), for the guardian to stop the host
+        then if this laptop is gone by then. It assumes this host alone bills from now on: while the laptop is
+        here, the exact ledger above stops it (through the guardian) at the same moment or earlier."""
+        self.budget_stop_at = self.budget_why = None
+        if self.host.on_budget != "stop" or rate <= 0:
+            return
+        for budget in self.budgets:
+            at = self.wall() + max(0.0, budget.budget_usd - budget.spent_usd) * 3600.0 / rate
+            if self.budget_stop_at is None or at < self.budget_stop_at:
+                self.budget_stop_at = at
+                spent = Budget(budget.scope, budget.budget_usd, budget.budget_usd)
+                self.budget_why = f"budget: {spent.describe(100)}"
 
     def _budget_warning(self, budget: Budget, threshold: int) -> None:
         text = f"budget: {budget.describe(threshold)}"
@@ -327,10 +411,13 @@ class HostMonitor:
         with open_state(self.state_path) as state:
             shells = len(state.shells(self.host.name))
             others = [r for pid, r in state.monitors(self.host.name).items() if pid != os.getpid()]
+        stall = (self.host.stall_minutes or 0) * 60.0
+        active = [dict(run) for run in answer.get("active") or []]
+        runs, self.stalled = stalled_runs(active, float(answer["time"]), stall)
         reasons = busy_reasons(
             gpu_percent=self.gpu_percent,
             gpu_threshold=self.host.autostop_gpu_percent,
-            active_runs=answer.get("runs"),
+            active_runs=runs if "active" in answer else answer.get("runs"),
             busy_kernels=answer.get("kernels"),
             shells=shells,
         )
@@ -393,6 +480,20 @@ class HostMonitor:
 
     def _stop_host(self, why: str, reason: str) -> None:
         host = self.host
+        if self.guardian_acts():
+            # The guardian's lock makes this the one stop, whichever side (it or this laptop) asks first.
+            acted = calls.guardian(
+                self.session.agent, key=self.guardian_key, stop={"reason": reason, "why": why}
+            )
+            record = acted.get("acted") or {}
+            if record.get("ok"):
+                self._stopped_by(record)
+            elif reason + "-failed" not in self._warned:
+                self._warned.add(reason + "-failed")
+                self.say(
+                    f"! {why}: {record.get('error', 'the guardian did not stop it')}; {host.name} keeps running"
+                )
+            return
         if self.host.stop_command:
             done = self._run_stop_command(why, reason)
             if done is None:
@@ -425,6 +526,161 @@ class HostMonitor:
         self.say(f"! {self.outcome}")
         self.stop.set()
 
+    def _stopped_by(self, record: Mapping[str, Any]) -> None:
+        """The guardian stopped the host (asked by this laptop, or on its own): end like any stop."""
+        self.outcome = f"{record.get('why')}: {record.get('done')}"
+        if self.billing is not None:
+            self.billing.end_reason = str(record.get("reason") or "autostop")
+        self.say(f"! {self.outcome}")
+        self.stop.set()
+
+    # -- the guardian
+
+    def guardian_acts(self) -> bool:
+        """Whether the guardian stops this host itself (else this laptop acts on its verdict)."""
+        return self.guarded and self.guardian_failed is None and self.stop_plan()["kind"] != "none"
+
+    def stop_plan(self) -> dict[str, Any]:
+        """How the guardian stops the host (PROTOCOL.md, "The guardian"): run stop_command there, signal the
+        local sshd, or nothing it can do alone (``why`` says so)."""
+        if self._stop_plan is None:
+            host = self.host
+            plan: dict[str, Any] = {"action": self.stop_action()}
+            if host.stop_command:
+                plan |= {"kind": "command", "command": host.stop_command}
+            elif host.spec.runs_own_sshd:
+                from gpubox.remote.providers.local import LocalSshd
+
+                sshd = LocalSshd()
+                server = sshd.running()
+                plan |= {
+                    "kind": "signal" if server else "none",
+                    "pid": server.pid if server else None,
+                    "match": str(sshd.folder / "sshd_config"),
+                    "what": "the local sshd",
+                    "why": "the local sshd is not running",
+                }
+            else:
+                plan |= {"kind": "none", "why": cannot_stop_why(host)}
+            self._stop_plan = plan
+        return self._stop_plan
+
+    def guardian_config(self) -> dict[str, Any]:
+        host = self.host
+        from gpubox.paths import machine_id
+
+        return {
+            "host": host.name,
+            "laptop": machine_id(),
+            "autostop_minutes": host.autostop_minutes,
+            "gpu_percent": host.autostop_gpu_percent,
+            # The local host's terminals are the laptop's own: they say nothing about using the host.
+            "ttys": not host.spec.on_this_machine,
+            "max_hours": host.max_hours or 0,
+            "stall_minutes": host.stall_minutes or 0,
+            "budget_stop_at": None
+            if self.budget_stop_at is None
+            else self.budget_stop_at - self.guardian_offset,
+            "budget_why": self.budget_why,
+            "beat_seconds": self.sample_seconds,
+            "stop": self.stop_plan(),
+        }
+
+    def _laptop_beat(self) -> dict[str, Any]:
+        """What only this laptop knows: its open `gpubox ssh` shells and its last sync batch (host wall time)."""
+        now, wall = self.clock(), self.wall()
+        with open_state(self.state_path) as state:
+            shells = len(state.shells(self.host.name))
+            others = [r for pid, r in state.monitors(self.host.name).items() if pid != os.getpid()]
+        moments = []
+        if self.activity is not None and self.activity.last is not None:
+            moments.append(wall - (now - self.activity.last))
+        for other in others:
+            synced_at = (other.report.get("sync") or {}).get("changed_at")
+            if isinstance(synced_at, int | float):
+                moments.append(float(synced_at))
+        sync_at = max(moments) - self.guardian_offset if moments else None
+        return {"shells": shells, "sync_at": sync_at, "pid": os.getpid()}
+
+    def _beat_guardian(self) -> None:
+        first = self.guardian is None
+        try:
+            answer = calls.guardian(
+                self.session.agent,
+                key=self.guardian_key,
+                config=self.guardian_config(),
+                start=first,
+                beat=self._laptop_beat(),
+                decisions=DECISIONS_SHOWN,
+            )
+        except RemoteError as exc:
+            if isinstance(exc, AgentError) and not str(exc).startswith("agent on "):
+                raise  # the link, not the guardian: the supervisor reconnects
+            self.guardian_failed = str(exc)
+            self.say(f"! no guardian on {self.host.name} ({exc}): this gpubox keeps the watch alone")
+            return
+        now = self.clock()
+        self.next_sample = now + self.sample_seconds
+        self.next_link = now + self.heartbeat_seconds
+        self.guardian_offset = self.wall() - float(answer.get("time") or self.wall())
+        self.guardian = dict(answer)
+        if first:
+            self._guardian_started(answer)
+        for decision in answer.get("decisions") or []:
+            at = float(decision.get("at") or 0)
+            if at > self._decisions_said and decision.get("event") == "warning":
+                self.say(f"! {decision.get('text')}")
+            self._decisions_said = max(self._decisions_said, at)
+        stopped = answer.get("stopped")
+        if stopped and stopped.get("ok"):
+            self._stopped_by(stopped)
+            return
+        status = answer.get("status") or {}
+        if not status:
+            self.next_sample = now + min(
+                self.sample_seconds, 1.0
+            )  # a new guardian's first look is moments away
+        seen = status.get("autostop") or {}
+        if seen:
+            self.gpu_percent, self.gpu_note = seen.get("gpu_percent"), str(seen.get("gpu") or "")
+            self.last_activity = seen.get("last_activity")
+            if seen.get("busy"):
+                self._warned -= {"autostop", "autostop-failed"}  # a new idle stretch may warn again
+        due = status.get("due")
+        if due and not self.guardian_acts():
+            self._stop_host(str(due.get("why")), str(due.get("reason")))
+
+    def _guardian_started(self, answer: Mapping[str, Any]) -> None:
+        host = self.host
+        how = "started" if answer.get("started") else "adopted"
+        self.say(f"guardian pid {answer.get('pid')} {how} on {host.name}: {self._watch_words()}")
+        previous = answer.get("previous")
+        if previous and previous.get("ok"):
+            at = float(previous.get("at") or 0) + self.guardian_offset
+            with open_state(self.state_path) as state:
+                fixed = state.record_guardian_stop(
+                    host.name, at, f"{previous.get('reason')} (by the guardian)"
+                )
+            if fixed:
+                self.say(
+                    f"! while no gpubox held {host.name}, its guardian stopped it "
+                    f"{format_duration(self.wall() - at)} ago ({previous.get('why')}: {previous.get('done')}); "
+                    "the ledger counts until then"
+                )
+
+    def _watch_words(self) -> str:
+        host = self.host
+        words = []
+        if host.autostop_minutes:
+            words.append(f"autostop after {host.autostop_minutes:g} min idle")
+        if host.budget_usd is not None or (
+            self.hosts is not None and self.hosts.total_budget_usd is not None
+        ):
+            words.append("the budget")
+        if host.max_hours:
+            words.append(f"max_hours = {host.max_hours:g}")
+        return "keeps " + ", ".join(words or ["watch"]) + " with the laptop gone"
+
     def _run_stop_command(self, why: str, reason: str) -> str | None:
         command = self.host.stop_command or ""
         try:
@@ -448,7 +704,10 @@ class HostMonitor:
     def report(self) -> dict[str, Any]:
         now, wall = self.clock(), self.wall()
         autostop: dict[str, Any] | None = None
-        if self.autostop:
+        seen = ((self.guardian or {}).get("status") or {}).get("autostop")
+        if self.autostop and seen and self.guardian_failed is None:
+            autostop = self._guardian_autostop(seen)
+        elif self.autostop:
             remaining = self.tracker.remaining(now)
             if self.outcome is not None:
                 phase = "stopped"
@@ -472,6 +731,7 @@ class HostMonitor:
                 "remaining_seconds": None if remaining is None else round(remaining, 1),
                 "stops_at": None if remaining is None else wall + remaining,
                 "action": self.stop_action(),
+                "stalled": list(self.stalled),
             }
         return {
             "autostop": autostop,
@@ -485,8 +745,80 @@ class HostMonitor:
                 for b in self.budgets
             ],
             "outcome": self.outcome,
+            "guardian": self._guardian_report(),
             "sync": None if self.sync is None else self.sync.document(),
             "services": self.services,
+        }
+
+    def _guardian_autostop(self, seen: Mapping[str, Any]) -> dict[str, Any]:
+        """The autostop part of the report from the guardian's own countdown: one countdown, not two."""
+        assert self.guardian is not None
+        status = self.guardian.get("status") or {}
+        # How old the guardian's look is (host clock), so the countdown runs on from it.
+        age = max(0.0, float(self.guardian.get("time") or 0) - float(status.get("at") or 0))
+        age += max(0.0, self.wall() - self.guardian_offset - float(self.guardian.get("time") or 0))
+        remaining = seen.get("remaining_seconds")
+        left = None if remaining is None else max(0.0, float(remaining) - age)
+        busy = list(seen.get("busy") or [])
+        active = list(seen.get("active") or [])
+        if busy and active and self.project is not None and busy[0].endswith(" active"):
+            busy[0] = self._runs_reason(active)
+        if self.outcome is not None:
+            phase = "stopped"
+        elif busy:
+            phase = "busy"
+        elif left is None:
+            phase = "starting"
+        elif status.get("due") and not self.guardian_acts():
+            phase = "warned"
+        else:
+            phase = "counting"
+        return {
+            "minutes": self.host.autostop_minutes,
+            "gpu_percent_below": self.host.autostop_gpu_percent,
+            "state": phase,
+            "busy": busy,
+            "gpu": seen.get("gpu"),
+            "gpu_percent": seen.get("gpu_percent"),
+            "last_activity": seen.get("last_activity"),
+            "idle_seconds": round(float(seen.get("idle_seconds") or 0) + (age if left is not None else 0), 1),
+            "remaining_seconds": None if left is None else round(left, 1),
+            "stops_at": None if left is None else self.wall() + left,
+            "action": self.stop_action(),
+            "stalled": list(seen.get("stalled") or []),
+            "by": "guardian",
+        }
+
+    def _guardian_report(self) -> dict[str, Any] | None:
+        """The guardian as `gpubox status` shows it: who it is, the deadline, its latest decisions (times on this
+        machine's clock)."""
+        if not self.guarded:
+            return None
+        if self.guardian_failed is not None:
+            return {"running": False, "error": self.guardian_failed}
+        if self.guardian is None:
+            return {"running": None}
+        status = self.guardian.get("status") or {}
+        shift = self.guardian_offset
+
+        def here(moment: Any) -> float | None:
+            return None if not isinstance(moment, int | float) else float(moment) + shift
+
+        return {
+            "running": bool(self.guardian.get("running")),
+            "pid": self.guardian.get("pid"),
+            "acts": self.guardian_acts(),
+            "action": self.stop_plan().get("action"),
+            "cannot": None if self.guardian_acts() else self.stop_plan().get("why"),
+            "since": here(status.get("since")),
+            "deadline_at": here(status.get("deadline_at")),
+            "max_hours": self.host.max_hours,
+            "budget_stop_at": self.budget_stop_at,
+            "due": status.get("due"),
+            "decisions": [
+                {"at": here(d.get("at")), "event": d.get("event"), "text": d.get("text")}
+                for d in self.guardian.get("decisions") or []
+            ],
         }
 
     def _report(self) -> None:

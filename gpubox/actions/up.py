@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING
 
 from gpubox.actions import Say
 from gpubox.actions.framework import project_framework
-from gpubox.actions.monitor import HostMonitor, SyncActivity, SyncStatus
+from gpubox.actions.monitor import (
+    HostMonitor,
+    SyncActivity,
+    SyncStatus,
+    cannot_stop_why,
+    guarded,
+    guardian_can_act,
+)
 from gpubox.actions.supervisor import claim_host, stop_on_signals, supervise
 from gpubox.actions.sync import held_lines, host_changed_lines, too_large_line
 from gpubox.cost import over_budget
@@ -167,7 +174,11 @@ def _say_report(session: HostSession, project: ProjectConfig, elapsed: float, sa
         money.append(f"budget {format_usd(host.budget_usd)} (at 100 %: {host.on_budget})")
     if host.autostop_minutes:
         money.append(f"autostop after {host.autostop_minutes:g} min idle")
+    if host.max_hours:
+        money.append(f"stopped {host.max_hours:g} h after up (max_hours)")
     say("    " + " · ".join(money))
+    if guarded(host, None) and not guardian_can_act(host):
+        say(f"  ! if this laptop goes away, {host.name} keeps running: {cannot_stop_why(host)}")
 
 
 def prepare(
@@ -299,7 +310,12 @@ def hold(
         for name, url in shown:
             say(tunnel_line(name, url))
         if not detached:
-            say(f"  holding {host.name}: Ctrl-C leaves it running (`gpubox down {host.name}` stops it)")
+            watched = (
+                ", its guardian still watching" if guarded(host, hosts) and guardian_can_act(host) else ""
+            )
+            say(
+                f"  holding {host.name}: Ctrl-C leaves it running{watched} (`gpubox down {host.name}` stops it)"
+            )
         if on_ready is not None:
             on_ready(Ready(os.getpid(), shown))
         monitor = HostMonitor(

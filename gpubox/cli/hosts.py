@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from gpubox.actions.hosts import autostop_text, host_rows, service_url
+from gpubox.actions.hosts import autostop_text, guardian_lines, host_rows, service_url
 from gpubox.actions.sync import sync_lines
 from gpubox.cli.output import load_hosts, load_project, out, price, print_json, table
 from gpubox.config import HOSTS_FILE, PROJECT_FILE
@@ -136,6 +136,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 autostop["remaining_seconds"] = round(max(0.0, autostop["stops_at"] - now), 1)
             row["autostop"] = autostop
             row["autostop_minutes"] = host.autostop_minutes
+            row["guardian"] = (seen[1].get("guardian") if seen else None) or None
+            row["max_hours"] = host.max_hours
             folder = known_folder(host, project)
             row["folder"] = folder or host.remote_project_dir(project)
             row["folder_settled"] = folder is not None
@@ -196,6 +198,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         out(line)
         if row["up"]:
             out(f"    autostop  {autostop_text(row['autostop'], row['autostop_minutes'])}")
+            for line in guardian_lines(row["guardian"], now):
+                out(f"    {line}")
             for line in sync_lines(row["sync"], row["name"]):
                 out(f"    {line}")
         out(

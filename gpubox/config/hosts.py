@@ -53,6 +53,12 @@ class HostConfig:
     """Stop the host after it has been idle this long; 0 never does."""
     autostop_gpu_percent: float = 5.0
     """GPU utilisation (of the busiest GPU) below this counts as idle."""
+    stall_minutes: float | None = None
+    """A run that shows no progress this long (no log line, no new TensorBoard file) is stalled: not activity
+    for autostop. None: a run that lives is always activity."""
+    max_hours: float | None = None
+    """Stop the host at this age (hours since `gpubox up` brought it up) whatever it is doing; warnings 30 and 5
+    minutes before. Kept by the host's guardian, so it holds with the laptop gone."""
     stop_command: str | None = None
     """How to stop an ``ssh`` host when it idles out or spends its budget (run there over SSH), e.g. ``sudo
     poweroff``; without one gpubox only warns."""
@@ -201,6 +207,8 @@ HOST_FIELDS: dict[str, checks.Check] = {
     "on_budget": checks.choice("stop", "warn"),
     "autostop_minutes": checks.minutes_or_off,
     "autostop_gpu_percent": checks.percent,
+    "max_hours": checks.number(0, above=True),
+    "stall_minutes": checks.number(0, above=True),
     "stop_command": checks.command,
     "gpu": checks.gpu_name,
     "gpu_count": checks.integer(1, 16),

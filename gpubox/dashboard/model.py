@@ -43,6 +43,7 @@ HISTORY = 120
 LOG_LINES = 5000
 """Lines of the selected run's log the dashboard keeps."""
 AUTOSTOP_WARN_SECONDS = 60.0
+DEADLINE_WARN_MINUTES = (30, 5)
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
@@ -122,6 +123,7 @@ class Dashboard:
         """When each host first answered: runs that end after it are told of."""
         self._alerts_seen: set[tuple[str, int, float]] | None = None
         self._autostop_warned: set[str] = set()
+        self._deadline_warned: set[tuple[str, int]] = set()
         self._conflicts: dict[str, int] = {}
         self._sync_errors: dict[str, int] = {}
         self._held: dict[str, int] = {}
@@ -214,6 +216,30 @@ class Dashboard:
                     )
             else:
                 self._autostop_warned.discard(host.name)
+            self._deadline_events(host.name, report.get("guardian") or {}, sample.at)
+
+    def _deadline_events(self, host: str, guardian: Mapping[str, Any], now: float) -> None:
+        """max_hours: the guardian stops the host at its deadline whatever it does; warn 30 and 5 minutes
+        before (the same moments the guardian warns on the host's terminals)."""
+        from gpubox.fmt import format_duration
+
+        deadline = guardian.get("deadline_at")
+        if not isinstance(deadline, int | float):
+            return
+        left = float(deadline) - now
+        for minutes in DEADLINE_WARN_MINUTES:
+            if 0 < left <= minutes * 60 and (host, minutes) not in self._deadline_warned:
+                self._deadline_warned.update((host, m) for m in DEADLINE_WARN_MINUTES if m >= minutes)
+                self._events.append(
+                    Event(
+                        "deadline",
+                        f"{host} stops in {format_duration(left)}",
+                        f"max_hours = {guardian.get('max_hours')}: its guardian stops it then, whatever it is "
+                        "doing (raise max_hours in hosts.toml and `gpubox up` again to keep it longer)",
+                        "warning",
+                    )
+                )
+                break
 
     def apply_host(self, sample: HostSample, *, selection: int | None = None) -> None:
         """Feed one host's refresh; *selection* is :attr:`selection` when it was asked for (its log and curves

@@ -259,7 +259,7 @@ class SelectedRun:
 class Event:
     kind: str
     """``run-succeeded``, ``run-failed``, ``run-stopped``, ``budget``, ``autostop``, ``conflict``, ``sync-error``,
-    ``sync-held``, ``unreachable``, ``reconnected``."""
+    ``sync-held``, ``unreachable``, ``reconnected``, ``deadline`` (max_hours)."""
     title: str
     message: str
     severity: str = "information"

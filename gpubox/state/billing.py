@@ -197,6 +197,25 @@ class BillingTables(Database):
             (at, at, EXTRAPOLATE_MAX_SECONDS, at, reason, host),
         )
 
+    def record_guardian_stop(self, host: str, at: float, reason: str) -> bool:
+        """The host's guardian stopped *host* at *at* after its holder died: the interval that died with the
+        holder (closed at its last heartbeat) billed on until then. True when an interval was extended."""
+        with self.transaction():
+            self._repair_billing(host)
+            row = self.db.execute(
+                "SELECT id, ended_at, end_reason FROM billing WHERE host = ? AND started_at <= ? "
+                "ORDER BY started_at DESC, id DESC LIMIT 1",
+                (host, at),
+            ).fetchone()
+            if row is None or row[2] != DIED_REASON or row[1] is None or float(row[1]) > at:
+                return False
+            self.db.execute(
+                "UPDATE billing SET held_seconds = held_seconds + ?, heartbeat_at = ?, ended_at = ?, end_reason = ? "
+                "WHERE id = ?",
+                (at - float(row[1]), at, at, reason, row[0]),
+            )
+            return True
+
     def repair_billing(self, host: str | None = None) -> int:
         """Close intervals whose holder is gone, at their last heartbeat; return how many."""
         with self.transaction():

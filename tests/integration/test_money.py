@@ -395,13 +395,14 @@ def test_autostop_waits_while_a_run_is_active(
     process = _up(project)
     stop_processes.append(process)
     _held()
-    started = run_gpubox("run", "--no-sync", "--", "sleep", "5", cwd=project)
+    # 8 s: on a loaded machine `gpubox status` itself can take seconds, and must still find the run going.
+    started = run_gpubox("run", "--no-sync", "--", "sleep", "8", cwd=project)
     assert started.returncode == 0, started.stderr
     time.sleep(4)  # longer than the window: the run keeps the host up
     assert process.poll() is None
     autostop = _status(project)["autostop"]
     assert autostop["state"] == "busy" and any("run" in reason for reason in autostop["busy"]), autostop
-    out, _ = process.communicate(timeout=30)  # the run ends after 5 s, then the idle window runs out
+    out, _ = process.communicate(timeout=30)  # the run ends after 8 s, then the idle window runs out
     assert process.returncode == 0 and out.splitlines()[-1].endswith(": stopped the local sshd"), out
 
 
@@ -487,6 +488,11 @@ def test_an_idle_ssh_host_runs_its_stop_command_or_warns_once(
         "  ! idle for 0:00:03: box is an ssh host without stop_command, so it keeps running (and billing); "
         "set stop_command in hosts.toml, or `gpubox down box`"
     ], out
+    # Said at `up`: the host's guardian cannot stop it alone.
+    assert (
+        "  ! if this laptop goes away, box keeps running: no stop_command for this ssh host: it keeps running "
+        "(and billing)" in out.splitlines()
+    ), out
 
     marker = tmp_path / "stopped"
     (project / "hosts.toml").write_text(

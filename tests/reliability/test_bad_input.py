@@ -574,6 +574,14 @@ CASES = [
         files={"hosts.toml": '[hosts.a]\nproxy_jump = "gw;touch${IFS}x"\n'},
     ),
     Case(
+        "hosts-max-hours-zero",
+        ("hosts",),
+        2,
+        "max_hours: expected a number > 0, got 0",
+        "max_hours = 0 (a deadline that has already passed)",
+        files={"hosts.toml": "[hosts.a]\nmax_hours = 0\n"},
+    ),
+    Case(
         "project-is-a-folder",
         ("sync",),
         2,

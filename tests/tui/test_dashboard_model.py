@@ -134,6 +134,18 @@ def test_events_runs_budget_autostop_conflicts_and_lost_hosts() -> None:
     assert view.autostop_seconds == 42 and view.sync is not None and view.sync.conflicts == 1
 
 
+def test_the_max_hours_deadline_is_told_30_and_5_minutes_before_once_each() -> None:
+    hosts = HostsConfig(path=None, hosts={"box": HostConfig("box", max_hours=2.0)})
+    model = Dashboard(hosts, ProjectConfig(root=Path("/p"), path=None), clock=lambda: NOW)
+    guardian = {"running": True, "deadline_at": NOW + 3600, "max_hours": 2.0}
+    box = HostState("box", "ssh", True, held_by=1, held_since=NOW - 60, report={"guardian": guardian})
+    told = []
+    for at in (NOW, NOW + 1800, NOW + 1801, NOW + 3300, NOW + 3400, NOW + 3601):
+        model.apply_state(StateSample(at=at, hosts=(box,)))
+        told += [(e.kind, e.title) for e in model.take_events()]
+    assert told == [("deadline", "box stops in 0:30:00"), ("deadline", "box stops in 0:05:00")]
+
+
 def test_a_run_shorter_than_a_refresh_is_told_of_but_old_runs_are_not() -> None:
     model = _model()
     old = RunInfo("r-1", "box", "old", "succeeded", NOW - 999, NOW - 900, 0)

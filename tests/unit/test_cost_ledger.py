@@ -15,8 +15,6 @@ from gpubox.cost import (
     BillingHold,
     Budget,
     HourlyPrice,
-    IdleTracker,
-    busy_reasons,
     catalog_estimate,
     host_spend,
     hourly_price,
@@ -26,6 +24,7 @@ from gpubox.cost import (
     seconds_in_window,
 )
 from gpubox.errors import UsageError
+from gpubox.remote.agent.host import IdleTracker, busy_reasons
 from gpubox.remote.providers import host_price
 from gpubox.state import DIED_REASON, MIGRATIONS, State
 

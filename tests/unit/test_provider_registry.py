@@ -53,6 +53,8 @@ SAMPLES = {
     "on_budget": '"warn"',
     "autostop_minutes": "30",
     "autostop_gpu_percent": "10",
+    "max_hours": "12",
+    "stall_minutes": "20",
     "stop_command": '"sudo poweroff"',
     "gpu": '"A100"',
     "gpu_count": "2",

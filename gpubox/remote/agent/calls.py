@@ -13,7 +13,7 @@ This module imports no paramiko, so code that only names calls stays light.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
 
 if TYPE_CHECKING:
@@ -156,11 +156,54 @@ class ActiveRun(TypedDict):
     project: str | None
     """The id of the project that started it (None for a run from before project ids)."""
     project_name: str | None
+    progress_at: NotRequired[float | None]
+    """When it last showed progress (host clock): its start, its log's last write, its newest TensorBoard file."""
 
 
 def idle(agent: AgentSession, *, gpu: bool = True, ttys: bool = True) -> Idle:
     """What the host is doing, for idle autostop: GPU use, terminals, active runs, busy Jupyter kernels."""
     return cast(Idle, agent.request("idle", {"gpu": gpu, "ttys": ttys}))
+
+
+class Guardian(TypedDict):
+    running: bool
+    pid: int | None
+    started: bool
+    """A guardian was started by this call (not adopted)."""
+    previous: dict[str, Any] | None
+    """With ``start``: the stop record of an earlier guardian nobody had seen yet ({at, reason, why, done})."""
+    acted: dict[str, Any] | None
+    """With ``stop``: the stop record, or {"ok": false, "error"}."""
+    status: dict[str, Any] | None
+    """The guardian's latest look at the host (PROTOCOL.md, "The guardian")."""
+    stopped: dict[str, Any] | None
+    decisions: list[dict[str, Any]]
+    time: float
+
+
+def guardian(
+    agent: AgentSession,
+    *,
+    key: str,
+    config: Mapping[str, Any] | None = None,
+    start: bool = False,
+    beat: Mapping[str, Any] | None = None,
+    stop: Mapping[str, str] | None = None,
+    release: bool = False,
+    decisions: int = 10,
+) -> Guardian:
+    """Start or adopt the host's guardian (*start*), update its *config*, beat for the laptop, ask it to *stop*
+    the host now (once, whoever asks first), or *release* it; answers its latest view and decisions."""
+    fields = _fields(
+        key=key,
+        config=None if config is None else dict(config),
+        start=start or None,
+        beat=None if beat is None else dict(beat),
+        stop=None if stop is None else dict(stop),
+        release=release or None,
+        decisions=decisions,
+    )
+    return cast(Guardian, agent.request("guardian", fields))
 
 
 class NodeInfo(TypedDict):

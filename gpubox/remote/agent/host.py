@@ -1089,8 +1089,38 @@ def _active_runs() -> List[Dict[str, Any]]:
         row = _run_row(folder)
         if row["state"] in ("starting", "running"):
             project = row.get("project") or {}
-            active.append({"id": name, "project": project.get("id"), "project_name": project.get("name")})
+            active.append(
+                {
+                    "id": name,
+                    "project": project.get("id"),
+                    "project_name": project.get("name"),
+                    "progress_at": _progress_at(folder),
+                }
+            )
     return active
+
+
+def _progress_at(folder: str) -> Optional[float]:
+    """When a run last showed progress (host wall clock): its start, its log's last write, or the newest file
+    in its TensorBoard folder (two levels: logs/<id>/train/events...)."""
+    spec = _read_json(os.path.join(folder, "spec.json")) or {}
+    moments = [float(spec["started_at"])] if isinstance(spec.get("started_at"), (int, float)) else []
+    with contextlib.suppress(OSError):
+        moments.append(os.stat(os.path.join(folder, "log")).st_mtime)
+    tb_dir = (spec.get("env") or {}).get("GPUBOX_TB_DIR")
+    if isinstance(tb_dir, str):
+        for top in [tb_dir] + [os.path.join(tb_dir, n) for n in _listdir(tb_dir)]:
+            for name in _listdir(top):
+                with contextlib.suppress(OSError):
+                    moments.append(os.stat(os.path.join(top, name)).st_mtime)
+    return max(moments) if moments else None
+
+
+def _listdir(folder: str) -> List[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 # --------------------------------------------------------------------------------------------- projects
@@ -2092,6 +2122,607 @@ def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
 
 # ---------------------------------------------------------------------------------------------- op table
 
+# ------------------------------------------------------------------------------------------- idle rules
+#
+# The ONE implementation of gpubox's idle rules: the guardian below applies them on the host, and the laptop
+# (gpubox.cost re-exports both names) applies the very same code, so the two can never disagree on what idle is.
+
+
+def _plural(count: int, word: str) -> str:
+    return "%d %s%s" % (count, word, "" if count == 1 else "s")
+
+
+def busy_reasons(
+    gpu_percent: Optional[float] = None,
+    gpu_threshold: float = 5.0,
+    active_runs: Optional[int] = None,
+    busy_kernels: Optional[int] = None,
+    shells: int = 0,
+) -> List[str]:
+    """Why a host is not idle now (empty: idle). None counts mean "not known" and keep nobody up; a GPU with
+    unknown utilisation does not either. Moments of activity (a sync batch, typing in a terminal) are not
+    states: :class:`IdleTracker` takes them as ``last_activity``."""
+    reasons = []
+    if active_runs:
+        reasons.append("%s active" % _plural(active_runs, "run"))
+    if gpu_percent is not None and gpu_percent >= gpu_threshold:
+        reasons.append("GPU busy (%s %% ≥ %s %%)" % (format(gpu_percent, "g"), format(gpu_threshold, "g")))
+    if busy_kernels:
+        reasons.append("%s busy" % _plural(busy_kernels, "Jupyter kernel"))
+    if shells:
+        reasons.append("%s open" % _plural(shells, "interactive `gpubox ssh` shell"))
+    return reasons
+
+
+class IdleTracker:
+    """Whether a host has been idle for a whole window, from samples on a clock that never jumps.
+
+    Any busy sample, or activity seen (a sync batch, typing), restarts the window. A gap between samples longer
+    than *max_gap* (the link was down, the laptop slept) restarts it too: nobody saw what happened meanwhile."""
+
+    def __init__(self, window_seconds: float, max_gap: float) -> None:
+        self.window_seconds = window_seconds
+        self.max_gap = max_gap
+        self.idle_since = None  # type: Optional[float]
+        self.busy = []  # type: List[str]
+        self._last_sample = None  # type: Optional[float]
+
+    def observe(self, now: float, reasons: List[str], last_activity: Optional[float] = None) -> None:
+        gap = self._last_sample is not None and now - self._last_sample > self.max_gap
+        self._last_sample = now
+        self.busy = list(reasons)
+        if reasons:
+            self.idle_since = None
+            return
+        if self.idle_since is None or gap:
+            self.idle_since = now
+        if last_activity is not None and last_activity > self.idle_since:
+            self.idle_since = min(last_activity, now)
+
+    def reset(self) -> None:
+        self.idle_since = None
+        self._last_sample = None
+
+    def idle_seconds(self, now: float) -> float:
+        return 0.0 if self.idle_since is None else max(0.0, now - self.idle_since)
+
+    def remaining(self, now: float) -> Optional[float]:
+        if self.idle_since is None:
+            return None
+        return max(0.0, self.window_seconds - self.idle_seconds(now))
+
+    def due(self, now: float) -> bool:
+        return self.idle_since is not None and self.idle_seconds(now) >= self.window_seconds
+
+
+def stalled_runs(
+    active: List[Dict[str, Any]], now: float, stall_seconds: Optional[float]
+) -> Tuple[int, List[str]]:
+    """(How many of the *active* runs (the ``idle`` op's rows) count as busy, why the others do not): a run that
+    has shown no progress (no log line, no new event file) for *stall_seconds* is stalled, and a stalled run
+    is not activity. The GPU is judged on its own: a stalled run on a busy GPU still keeps the host up."""
+    if not stall_seconds:
+        return len(active), []
+    live, stalled = 0, []
+    for run in active:
+        at = run.get("progress_at")
+        if isinstance(at, (int, float)) and now - at >= stall_seconds:
+            stamp = time.strftime("%H:%M:%S", time.localtime(at))
+            stalled.append("run %s stalled since %s" % (run.get("id"), stamp))
+        else:
+            live += 1
+    return live, stalled
+
+
+def sample_seconds(window_seconds: float) -> float:
+    """How often the idle rules look at a host with this autostop window (laptop and guardian alike)."""
+    return min(30.0, max(0.5, window_seconds / 6))
+
+
+def format_duration(seconds: float) -> str:
+    """``0:03:07``, ``2d 1:00:00``: gpubox.fmt.format_duration's format (a unit test holds them together)."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = "%d:%02d:%02d" % (hours, minutes, secs)
+    return "%dd %s" % (days, clock) if days else clock
+
+
+def busiest_gpu_percent(nvidia_smi: Optional[Dict[str, Any]]) -> Tuple[Optional[float], str]:
+    """The busiest GPU's utilisation in the CSV of IDLE_QUERY (index, name, utilization.gpu), and a few words.
+    The laptop reads every form nvidia-smi prints (gpubox.remote.gpu); the guardian only ever asks this one."""
+    if not nvidia_smi:
+        return None, "not sampled"
+    if not nvidia_smi.get("available"):
+        reason = str(nvidia_smi.get("reason") or "nvidia-smi failed")
+        return None, "no GPU" if reason.startswith("nvidia-smi not found") else reason
+    values = []
+    rows = [line for line in str(nvidia_smi.get("output") or "").splitlines()[1:] if line.strip()]
+    for line in rows:
+        cell = line.rsplit(",", 1)[-1].strip().rstrip("%").strip()
+        try:
+            values.append(float(cell))
+        except ValueError:
+            continue
+    if not values:
+        return None, "%d GPU%s, utilisation not reported" % (len(rows), "" if len(rows) == 1 else "s")
+    busiest = max(values)
+    many = " (busiest of %d)" % len(rows) if len(rows) > 1 else ""
+    return busiest, "GPU %s %%%s" % (format(busiest, "g"), many)
+
+
+# --------------------------------------------------------------------------------------------- guardian
+#
+# The host's own watch (PROTOCOL.md, "The guardian"): a detached process started from this very file
+# (``python3 agent-<hash>.py guardian <folder>``) that applies the idle rules above, a deadline (max_hours) and
+# the budget deadline the laptop last computed, and stops the host itself when one says so, whether or not the
+# laptop is there. The laptop's holding gpubox beats through the `guardian` op (its shells, its last sync) and
+# takes the guardian's verdict instead of keeping a second countdown; a stop happens once, under a lock, by
+# whichever side gets there first (the file stopped.json says it happened).
+
+GUARDIAN_STOP_TIMEOUT = 120
+DEADLINE_WARNINGS = (30, 5)
+"""Minutes before a max_hours deadline at which the guardian warns (decisions log, the host's terminals)."""
+MAX_DECISIONS_BYTES = 256 * 1024
+_GUARDIAN_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _guardian_dir(key: Any) -> str:
+    if not isinstance(key, str) or not _GUARDIAN_KEY.match(key):
+        raise RequestError("bad-request", "key must be 1-64 letters, digits, - or _")
+    return os.path.join(os.path.expanduser("~"), ".gpubox", "guardian", key)
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: str, data: Dict[str, Any]) -> None:
+    temp = "%s.%d.tmp" % (path, os.getpid())
+    with open(temp, "w") as handle:
+        json.dump(data, handle)
+    os.replace(temp, path)
+
+
+def _elapsed() -> float:
+    """A clock that never jumps and counts through suspend (as gpubox.cost.elapsed on the laptop)."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(clock) if clock is not None else time.monotonic()
+
+
+def _guardian_pid(folder: str) -> Optional[Dict[str, Any]]:
+    """The pid record of the guardian of *folder* if that process still runs (and is that guardian)."""
+    record = _read_json(os.path.join(folder, "pid"))
+    pid = record.get("pid") if record else None
+    if not isinstance(pid, int) or not _alive(pid):
+        return None
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            if folder.encode() not in handle.read():
+                return None  # the pid was reused by another process
+    except OSError:
+        if os.path.isdir("/proc/self"):
+            return None
+    return record
+
+
+def _decide(folder: str, event: str, text: str, **fields: Any) -> None:
+    """One line in the guardian's decisions log: what it saw or did, and when (newest last)."""
+    path = os.path.join(folder, "decisions.log")
+    entry = dict(fields, at=round(time.time(), 3), event=event, text=text)
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path) > MAX_DECISIONS_BYTES:
+            with open(path, "rb") as handle:
+                handle.seek(-MAX_DECISIONS_BYTES // 2, os.SEEK_END)
+                tail = handle.read().split(b"\n", 1)[-1]
+            with open(path + ".tmp", "wb") as handle:
+                handle.write(tail)
+            os.replace(path + ".tmp", path)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def _last_decisions(folder: str, count: int) -> List[Dict[str, Any]]:
+    try:
+        with open(os.path.join(folder, "decisions.log")) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines[-count:] if count > 0 else []:
+        with contextlib.suppress(ValueError):
+            found.append(json.loads(line))
+    return found
+
+
+@contextlib.contextmanager
+def _guardian_lock(folder: str) -> Any:
+    import fcntl
+
+    with open(os.path.join(folder, "lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _tell_terminals(text: str) -> None:
+    """Write *text* on every terminal of this user on the host (as `wall` would, without needing it)."""
+    for tty in _ttys():
+        with contextlib.suppress(OSError):
+            fd = os.open("/dev/" + tty["tty"], os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                os.write(fd, ("\r\n*** gpubox: %s ***\r\n" % text).encode("utf-8"))
+            finally:
+                os.close(fd)
+
+
+def _signal_stop(stop: Dict[str, Any]) -> Tuple[bool, str]:
+    import signal
+
+    pid, match, what = stop.get("pid"), str(stop.get("match") or ""), str(stop.get("what") or "the server")
+    if not isinstance(pid, int) or not _alive(pid):
+        return True, "%s was not running" % what
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            if match.encode() not in handle.read():
+                return True, "%s was not running" % what  # its pid now names another process
+    except OSError:
+        return True, "%s was not running" % what
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + 5
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.02)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return True, "stopped %s" % what
+
+
+def _command_stop(stop: Dict[str, Any]) -> Tuple[bool, str]:
+    command = str(stop.get("command") or "")
+    try:
+        done = subprocess.run(
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=GUARDIAN_STOP_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return False, "`%s` did not finish within %d s" % (command, GUARDIAN_STOP_TIMEOUT)
+    except OSError as exc:
+        return False, "`%s` could not start: %s" % (command, exc)
+    if done.returncode == 0:
+        return True, "ran `%s` on the host" % command
+    lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
+    return False, "`%s` exited with status %d%s" % (
+        command,
+        done.returncode,
+        ": " + lines[-1] if lines else "",
+    )
+
+
+def guardian_stop(folder: str, config: Dict[str, Any], reason: str, why: str, by: str) -> Dict[str, Any]:
+    """Stop the host the way *config* says, at most once: under the folder's lock, and never again once
+    stopped.json records a stop. Answers that record, or ``{"ok": false, "error"}``."""
+    with _guardian_lock(folder):
+        done = _read_json(os.path.join(folder, "stopped.json"))
+        if done is not None:
+            return done
+        stop = config.get("stop") or {}
+        kind = stop.get("kind")
+        # The stop's time is when it began; `sudo poweroff` may take this process down before it answers, so
+        # stopping.json says what began, and the next `start` reads it as the stop (see op_guardian).
+        record = {"ok": True, "at": time.time(), "reason": reason, "why": why, "by": by}  # type: Dict[str, Any]
+        stopping = os.path.join(folder, "stopping.json")
+        if kind in ("command", "signal"):
+            _write_json(stopping, dict(record, done="began: %s" % stop.get("action")))
+        if kind == "command":
+            ok, text = _command_stop(stop)
+        elif kind == "signal":
+            ok, text = _signal_stop(stop)
+        else:
+            ok, text = False, str(stop.get("why") or "this host cannot be stopped from itself")
+        with contextlib.suppress(OSError):
+            os.remove(stopping)
+        if not ok:
+            _decide(folder, "stop-failed", "%s: %s; %s keeps running" % (why, text, config.get("host")))
+            return {"ok": False, "error": text}
+        record["done"] = text
+        _write_json(os.path.join(folder, "stopped.json"), record)
+        _decide(folder, "stopped", "%s: %s" % (why, text), reason=reason, by=by)
+        return record
+
+
+class _Guardian:
+    """One guardian's loop state (see guardian_main)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.tracker = None  # type: Optional[IdleTracker]
+        self.warned = set()  # type: Set[str]
+        self.laptop_fresh = None  # type: Optional[bool]
+        self.was_busy = None  # type: Optional[bool]
+        self.failed = set()  # type: Set[str]
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def still_mine(self) -> bool:
+        record = _read_json(self.path("pid"))
+        return record is not None and record.get("pid") == os.getpid()
+
+    def round(self, config: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], float]:
+        """Look at the host once; (the stop record if it stopped the host, seconds until the next look)."""
+        wall, now = time.time(), _elapsed()
+        host = str(config.get("host") or "this host")
+        since = float(config.get("since") or wall)
+        window = float(config.get("autostop_minutes") or 0) * 60.0
+        poll = sample_seconds(window) if window > 0 else 30.0
+        wait = poll
+        stop_for = None  # type: Optional[Tuple[str, str]]
+        status = {"pid": os.getpid(), "at": wall, "since": since, "host": host}  # type: Dict[str, Any]
+
+        laptop = _read_json(self.path("laptop.json")) or {}
+        seen_at = laptop.get("at")
+        beat = float(config.get("beat_seconds") or 5.0)
+        # The laptop beats every `beat` seconds: three missed beats (and slack for a busy laptop) is "gone".
+        fresh = isinstance(seen_at, (int, float)) and wall - seen_at <= 3 * beat + 2
+        if self.laptop_fresh is not None and fresh != self.laptop_fresh:
+            if fresh:
+                _decide(self.folder, "laptop-back", "the laptop's gpubox is back")
+            else:
+                away = format_duration(wall - seen_at) if isinstance(seen_at, (int, float)) else "ever"
+                _decide(
+                    self.folder, "laptop-gone", "the laptop's gpubox not seen for %s: watching alone" % away
+                )
+        self.laptop_fresh = fresh
+        status["laptop"] = {"seen_at": seen_at, "present": fresh}
+
+        max_hours = float(config.get("max_hours") or 0)
+        status["deadline_at"] = None
+        if max_hours > 0:
+            deadline = since + max_hours * 3600.0
+            left = deadline - wall
+            status["deadline_at"] = deadline
+            for minutes in DEADLINE_WARNINGS:
+                key = "deadline-%d" % minutes
+                if 0 < left <= minutes * 60 and max_hours * 60 > minutes and key not in self.warned:
+                    self.warned.add(key)
+                    text = "%s stops in %s: max_hours = %s, whatever it is doing" % (
+                        host,
+                        format_duration(left),
+                        format(max_hours, "g"),
+                    )
+                    _decide(self.folder, "warning", text, minutes=minutes)
+                    _tell_terminals(text)
+            if left <= 0:
+                stop_for = ("max_hours", "max_hours: %s is %s old" % (host, format_duration(wall - since)))
+            else:
+                wait = min(wait, left, *[left - m * 60 for m in DEADLINE_WARNINGS if left > m * 60])
+        budget_at = config.get("budget_stop_at")
+        if isinstance(budget_at, (int, float)):
+            if wall >= budget_at and stop_for is None:
+                stop_for = ("budget", str(config.get("budget_why") or "budget: used up"))
+            elif wall < budget_at:
+                wait = min(wait, budget_at - wall)
+        status["budget_stop_at"] = budget_at
+
+        status["autostop"] = None
+        if window > 0:
+            if self.tracker is None or self.tracker.window_seconds != window:
+                self.tracker = IdleTracker(window, max_gap=3 * poll + beat)
+            answer = op_idle({"gpu": True, "ttys": bool(config.get("ttys", True))})
+            gpu_percent, gpu_note = busiest_gpu_percent(answer.get("nvidia_smi"))
+            shells = int(laptop.get("shells") or 0) if fresh else 0
+            stall = float(config.get("stall_minutes") or 0) * 60.0
+            runs, stalled = stalled_runs(answer.get("active") or [], wall, stall)
+            reasons = busy_reasons(
+                gpu_percent, float(config.get("gpu_percent", 5.0)), runs, answer["kernels"], shells
+            )
+            moments = []  # type: List[Tuple[float, str]]
+            sync_at = laptop.get("sync_at")
+            if isinstance(sync_at, (int, float)):
+                moments.append((float(sync_at), "sync"))
+            typed = [t for t in answer.get("ttys") or [] if isinstance(t.get("idle_seconds"), (int, float))]
+            if typed:
+                latest = min(typed, key=lambda t: float(t["idle_seconds"]))
+                moments.append((wall - float(latest["idle_seconds"]), "typing on %s" % latest["tty"]))
+            last = max(moments) if moments else None
+            self.tracker.observe(now, reasons, None if last is None else now - max(0.0, wall - last[0]))
+            busy = bool(reasons)
+            if self.was_busy is None or busy != self.was_busy:
+                if busy:
+                    _decide(self.folder, "busy", "busy: %s" % "; ".join(reasons))
+                else:
+                    note = " (%s)" % "; ".join(stalled) if stalled else ""
+                    _decide(
+                        self.folder,
+                        "idle",
+                        "idle%s: countdown of %s started" % (note, format_duration(window)),
+                    )
+                    self.failed.discard("autostop")
+            self.was_busy = busy
+            remaining = self.tracker.remaining(now)
+            status["autostop"] = {
+                "minutes": float(config.get("autostop_minutes") or 0),
+                "busy": reasons,
+                "active": answer.get("active") or [],
+                "gpu": gpu_note,
+                "gpu_percent": gpu_percent,
+                "last_activity": (
+                    "%s %s ago" % (last[1], format_duration(wall - last[0]))
+                    if last is not None and wall - last[0] < window
+                    else None
+                ),
+                "idle_seconds": round(self.tracker.idle_seconds(now), 1),
+                "remaining_seconds": None if remaining is None else round(remaining, 1),
+                "stops_at": None if remaining is None else wall + remaining,
+                "stalled": stalled,
+            }
+            if remaining is not None:
+                wait = min(wait, max(remaining, 0.05))
+            if self.tracker.due(now) and stop_for is None:
+                why = "idle for %s" % format_duration(self.tracker.idle_seconds(now))
+                stop_for = ("autostop", why + (" (%s)" % "; ".join(stalled) if stalled else ""))
+
+        status["due"] = None
+        if stop_for is not None:
+            reason, why = stop_for
+            status["due"] = {"reason": reason, "why": why}
+            can_act = (config.get("stop") or {}).get("kind") in ("command", "signal")
+            if can_act and reason not in self.failed:
+                record = guardian_stop(self.folder, config, reason, why, "guardian")
+                if record.get("ok"):
+                    status["stopped"] = record
+                    _write_json(self.path("status.json"), status)
+                    return record, 0.0
+                self.failed.add(reason)  # once per idle stretch, like the laptop: no stop loop
+            elif not can_act and "due-" + reason not in self.warned:
+                self.warned.add("due-" + reason)
+                _decide(
+                    self.folder,
+                    "due",
+                    "%s: %s" % (why, (config.get("stop") or {}).get("why") or "cannot stop"),
+                )
+        elif self.tracker is None or self.tracker.idle_since is None:
+            self.warned.discard("due-autostop")
+        _write_json(self.path("status.json"), status)
+        return None, max(0.05, wait)
+
+
+def guardian_main(folder: str) -> int:
+    """The guardian's loop: until it stops the host, its config is withdrawn, or another guardian replaces it."""
+    import signal
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    guardian = _Guardian(folder)
+    _decide(
+        folder, "watching", "guardian pid %d watching (agent %s)" % (os.getpid(), os.path.basename(__file__))
+    )
+    while guardian.still_mine():
+        config = _read_json(guardian.path("config.json"))
+        if config is None or _read_json(guardian.path("stopped.json")) is not None:
+            break
+        try:
+            record, wait = guardian.round(config)
+        except Exception as exc:  # a bad sample must not end the watch
+            _decide(folder, "error", "%s: %s" % (type(exc).__name__, exc))
+            record, wait = None, 5.0
+        if record is not None:
+            break
+        time.sleep(wait)
+    if guardian.still_mine():
+        with contextlib.suppress(OSError):
+            os.remove(guardian.path("pid"))
+    return 0
+
+
+def op_guardian(args: Dict[str, Any]) -> Dict[str, Any]:
+    folder = _guardian_dir(args.get("key"))
+    if args.get("release") and not os.path.isdir(folder):
+        return {
+            "running": False,
+            "pid": None,
+            "started": False,
+            "previous": None,
+            "acted": None,
+            "status": None,
+            "stopped": None,
+            "decisions": [],
+            "time": time.time(),
+        }
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    config = args.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise RequestError("bad-request", "config must be an object")
+    answer = {"started": False, "previous": None, "acted": None}  # type: Dict[str, Any]
+    with _guardian_lock(folder):
+        record = _guardian_pid(folder)
+        if args.get("release"):
+            if record is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(record["pid"]), 15)
+            had = os.path.exists(os.path.join(folder, "config.json"))
+            for name in ("pid", "config.json", "laptop.json", "status.json"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
+            if had:
+                _decide(
+                    folder, "released", "`gpubox down`: the laptop let go of the host; the guardian ended"
+                )
+            record = None
+        elif args.get("start"):
+            for name in ("stopped.json", "stopping.json"):
+                previous = _read_json(os.path.join(folder, name))
+                if previous is not None and record is None:
+                    # A stop the laptop did not see (stopping.json: one that took the guardian down with the
+                    # host, such as a poweroff): it records it now.
+                    answer["previous"] = answer["previous"] or previous
+                    os.remove(os.path.join(folder, name))
+            if record is None:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, "status.json"))  # the last guardian's view
+            if record is not None and record.get("agent") != os.path.basename(__file__):
+                # A guardian of another gpubox version: this one's rules replace it.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(record["pid"]), 15)
+                record = None
+            if config is not None:
+                old = _read_json(os.path.join(folder, "config.json")) or {}
+                if record is not None and old.get("since"):
+                    config = dict(config, since=old["since"])  # adopted: the host's age goes on
+                _write_json(
+                    os.path.join(folder, "config.json"),
+                    dict(config, since=config.get("since") or time.time()),
+                )
+            if record is None and config is not None:
+                pid = _spawn_away(
+                    [sys.executable, os.path.abspath(__file__), "guardian", folder],
+                    cwd=os.path.expanduser("~"),
+                    log=os.path.join(folder, "log"),
+                )
+                record = {"pid": pid, "agent": os.path.basename(__file__), "started_at": time.time()}
+                _write_json(os.path.join(folder, "pid"), record)
+                answer["started"] = True
+            else:
+                _decide(
+                    folder,
+                    "adopted",
+                    "the laptop's gpubox adopted guardian pid %s" % (record or {}).get("pid"),
+                )
+        elif config is not None and record is not None:
+            old = _read_json(os.path.join(folder, "config.json")) or {}
+            new = dict(config, since=old.get("since") or time.time())
+            if new != old:
+                _write_json(os.path.join(folder, "config.json"), new)
+    beat = args.get("beat")
+    if isinstance(beat, dict):
+        _write_json(os.path.join(folder, "laptop.json"), dict(beat, at=time.time()))
+    stop = args.get("stop")
+    if isinstance(stop, dict):
+        current = _read_json(os.path.join(folder, "config.json")) or config or {}
+        answer["acted"] = guardian_stop(
+            folder, current, str(stop.get("reason") or "stop"), str(stop.get("why") or "stop"), "laptop"
+        )
+    answer.update(
+        running=record is not None,
+        pid=None if record is None else record.get("pid"),
+        status=_read_json(os.path.join(folder, "status.json")),
+        stopped=_read_json(os.path.join(folder, "stopped.json")),
+        decisions=_last_decisions(folder, int(args.get("decisions", 10))),
+        time=time.time(),
+    )
+    return answer
+
+
 Handler = Callable[[Dict[str, Any], bytes], Tuple[Dict[str, Any], bytes]]
 
 
@@ -2112,6 +2743,7 @@ OPS: Dict[str, Handler] = {
     "probe": _no_blob(op_probe),
     "framework": _no_blob(op_framework),
     "idle": _no_blob(op_idle),
+    "guardian": _no_blob(op_guardian),
     # sync
     "manifest": op_manifest,
     "apply": op_apply,
@@ -2171,4 +2803,6 @@ def serve(fd_in: int = 0, fd_out: int = 1) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["guardian"] and len(sys.argv) == 3:
+        sys.exit(guardian_main(sys.argv[2]))  # the host's guardian, started by the `guardian` op
     sys.exit(serve())

@@ -130,6 +130,8 @@ EVERY_HOST_KEYS = frozenset(
         "on_budget",
         "autostop_minutes",
         "autostop_gpu_percent",
+        "max_hours",
+        "stall_minutes",
     }
 )
 SSH_KEYS = frozenset(
