@@ -35,28 +35,49 @@ def cmd_init(args: argparse.Namespace) -> int:
         if os.path.exists(target):
             kept.append(name)
             continue
-        text = files("gpubox.data").joinpath(template).read_text()
+        text = commented_out(files("gpubox.data").joinpath(template).read_text(), name)
         tmp = target + ".tmp"
         with open(tmp, "x") as handle:
             handle.write(text)
         os.replace(tmp, target)
         written.append(name)
     for name in written:
-        out(f"wrote {name}")
+        out(f"wrote {name} (every setting commented out: the defaults apply until you uncomment one)")
     for name in kept:
         out(f"kept {name} (already there)")
     if HOSTS_FILE in written:
-        out("edit hosts.toml to add your machines; `gpubox up` works right away on the built-in local host")
+        out("`gpubox up` works right away on the built-in local host; for a machine of yours or a cloud,")
+        out("uncomment a [hosts.NAME] in hosts.toml")
     return 0
+
+
+def commented_out(example: str, name: str) -> str:
+    """An example file as a config that works as written: every setting and table commented out (so nothing
+    in it is live: no example host as the default, no stop command), its explanations kept."""
+    lines = [
+        f"# {name}, written by `gpubox init`. Nothing here is active yet: gpubox uses its defaults (the built-in",
+        "# `local` host) until you uncomment a line. Lines starting `# [` or `# key =` are settings.",
+        "",
+    ]
+    for line in example.splitlines():
+        stripped = line.strip()
+        lines.append(line if not stripped or stripped.startswith("#") else f"# {line}")
+    return "\n".join(lines) + "\n"
 
 
 def _orphan_check(hosts: HostsConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[str]]:
     """Ask each configured cloud provider for instances gpubox launched that no gpubox holds: (orphans as
     JSON, providers that could not be asked, lines to print)."""
 
-    if not configured_providers(hosts):
+    providers = configured_providers(hosts)
+    with open_state() as state:
+        renting = {record.provider for record in state.billing_instances()}
+    # A cloud without its API key is asked nothing and not mentioned (`gpubox offers` or `up` on one of its
+    # hosts says what is missing), unless gpubox has an instance of it on record that may be billing.
+    asked = [p for p in providers if os.environ.get(p.api_key_env, "").strip() or p.name in renting]
+    if not asked:
         return [], [], []
-    report = find_orphans(hosts)
+    report = find_orphans(hosts, providers=asked)
     orphans = [
         {
             "provider": o.provider,

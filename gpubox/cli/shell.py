@@ -63,6 +63,12 @@ def cmd_open(args: argparse.Namespace) -> int:
     host = load_hosts(project).pick(args.host)
     with open_state() as state:
         rows = {row.service: row for row in state.live_tunnels(host.name)}
+    services = sorted(name for name, service in project.services.items() if service.enabled)
+    if args.service not in rows and args.service not in services:
+        raise UsageError(
+            f"there is no service {args.service!r} (this project's: {', '.join(services) or 'none'}; "
+            "[services.NAME] in gpubox.toml adds one)"
+        )
     if args.service not in rows:
         known = ", ".join(sorted(rows)) or "none"
         raise GpuboxError(
