@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from gpubox.actions import Say, quiet
 from gpubox.actions.sync import make_syncer
+from gpubox.actions.up import build_env
 from gpubox.errors import UsageError
 from gpubox.remote.session import connect_host
 from gpubox.state import open_state
-from gpubox.train.env import ensure_env, env_spec
 from gpubox.train.runs import check_run_id, start_run, stop_run
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
     from gpubox.train.runs import RunInfo
 
-__all__ = ["launch_run", "prepare_run", "project_env", "remember_runs", "stop_one_run"]
+__all__ = ["launch_run", "prepare_run", "remember_runs", "stop_one_run"]
 
 
 def remember_runs(host: str, runs: Sequence[RunInfo]) -> None:
@@ -26,16 +26,6 @@ def remember_runs(host: str, runs: Sequence[RunInfo]) -> None:
 
     with open_state() as state:
         state.cache_runs(host, runs)
-
-
-def project_env(session: HostSession, project: ProjectConfig, *, show: Any = None) -> tuple[str | None, bool]:
-    """Build (or reuse) the project's env on the host: (its path or None when the project needs none, whether
-    it was already built)."""
-
-    spec = env_spec(project, str(session.agent.hello.get("python", "")))
-    if spec is None:
-        return None, True
-    return ensure_env(session, spec, show=show)
 
 
 def prepare_run(
@@ -47,9 +37,11 @@ def prepare_run(
     name: str | None = None,
     sync: bool = True,
     say: Say = quiet,
+    env_activity: Callable[[str], None] | None = None,
 ) -> RunInfo:
     """`gpubox run` up to the start: sync (the run starts only once the host has acknowledged the project as it
-    is now), build or reuse the env, start *argv* detached, and cache it."""
+    is now), build or reuse the env (saying so when it builds; *env_activity* hears what the build is doing),
+    start *argv* detached, and cache it."""
 
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
@@ -57,11 +49,8 @@ def prepare_run(
         report = make_syncer(session, project, host).full(allow_mass_delete=False)
         if report.sent or report.deleted:
             say(f"synced {host.name}: {report.summary()}")
-    spec = env_spec(project, str(session.agent.hello.get("python", "")))
-    venv, cached = project_env(session, project)
-    if spec is not None and not cached:
-        say(f"  ✓ env    {spec.path} ({spec.requirements or 'setup commands'}, built)")
-    run = start_run(session, argv, name=name, venv=venv)
+    venv = build_env(session, project, say=say, activity=env_activity, quiet_when_cached=True)
+    run = start_run(session, argv, name=name, venv=venv, outputs=project.sync.outputs)
     remember_runs(host.name, [run])
     return run
 

@@ -40,9 +40,10 @@ from gpubox.train.services import ensure_services, ensure_tools
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
-    from gpubox.remote.connection import AskToPin, ByteSink
+    from gpubox.remote.connection import AskToPin
     from gpubox.remote.session import HostSession
     from gpubox.sync.engine import Syncer, SyncReport
+    from gpubox.train.env import EnvSpec
     from gpubox.train.services import ServiceState
 
 __all__ = [
@@ -76,6 +77,8 @@ class Prepared:
     first_sync: SyncReport | None = None
     venv: str | None = None
     services: list[ServiceState] = field(default_factory=list)
+    service_venv: str | None = None
+    """The env the services run in (the project's, or one of their own)."""
 
 
 def check_free(host: HostConfig, hosts: HostsConfig) -> None:
@@ -149,12 +152,12 @@ def prepare(
     say: Say,
     first_sync: Callable[[Syncer], SyncReport],
     make_syncer: Callable[[HostSession], Syncer],
-    env_output: ByteSink | None = None,
+    env_activity: Callable[[str], None] | None = None,
     watching: bool = True,
     tell_sync: Callable[[SyncReport], None] | None = None,
 ) -> Prepared:
     """The first sync (through *first_sync*, which may show a progress bar or ask about a mass deletion), the
-    project's env (its build output to *env_output* when given) and the services. *tell_sync* hears the first
+    project's env (what its build is doing to *env_activity*) and the services. *tell_sync* hears the first
     sync's report after its summary line (the CLI lists what was held back)."""
     prepared = Prepared(session)
     if options.sync:
@@ -164,46 +167,80 @@ def prepare(
         say(f"  ✓ sync   {report.summary()}" + ("; watching for changes" if watching else ""))
         if tell_sync is not None:
             tell_sync(report)
-        prepared.venv = build_env(session, project, say=say, output=env_output)
+        prepared.venv = build_env(session, project, say=say, activity=env_activity)
     if options.services:
-        prepared.services = start_services(session, project, prepared.venv, say=say)
+        prepared.services, prepared.service_venv = start_services(
+            session, project, prepared.venv, say=say, env_activity=env_activity
+        )
     return prepared
 
 
 def build_env(
-    session: HostSession, project: ProjectConfig, *, say: Say, output: ByteSink | None = None
+    session: HostSession,
+    project: ProjectConfig,
+    *,
+    say: Say,
+    activity: Callable[[str], None] | None = None,
+    quiet_when_cached: bool = False,
 ) -> str | None:
-    """Build (or reuse) the project's env on the host; its path, None when the project needs none. With
-    *output*, the build streams there and both the start and the result are said; without, only a build is."""
+    """Build (or reuse) the project's env on the host; its path, None when the project needs none.
+
+    A build is said when it starts (with where pip's whole output is kept on the host) and when it ends;
+    *activity* hears what it is doing meanwhile, in a few words. A cached env is one line, or none with
+    *quiet_when_cached* (`gpubox run`)."""
     spec = env_spec(project, str(session.agent.hello.get("python", "")))
     if spec is None:
         return None
     what = spec.requirements or "setup commands"
-    if output is not None:
-        say(f"  · env    {spec.path} ({what})")
-    path, cached = ensure_env(session, spec, show=output)
-    if output is not None or not cached:
-        say(f"  ✓ env    {spec.path} ({what}{', cached' if cached else ', built'})")
-    return path
+    return _ensure(session, spec, what, say=say, activity=activity, quiet_when_cached=quiet_when_cached)
+
+
+def _ensure(
+    session: HostSession,
+    spec: EnvSpec,
+    what: str,
+    *,
+    say: Say,
+    activity: Callable[[str], None] | None,
+    quiet_when_cached: bool,
+) -> str:
+    def started(log: str) -> None:
+        say(f"  · env    building {spec.path} ({what}); pip's log on the host: {log}")
+
+    built = ensure_env(session, spec, on_start=started, on_activity=activity)
+    if not built.cached:
+        say(f"  ✓ env    {spec.path} ({what}, built in {format_duration(built.seconds)})")
+    elif not quiet_when_cached:
+        say(f"  ✓ env    {spec.path} ({what}, cached)")
+    return built.path
 
 
 def start_services(
-    session: HostSession, project: ProjectConfig, venv: str | None, *, say: Say
-) -> list[ServiceState]:
-    """Jupyter, TensorBoard and custom services on the host, inside the env (built for them if need be)."""
+    session: HostSession,
+    project: ProjectConfig,
+    venv: str | None,
+    *,
+    say: Say,
+    env_activity: Callable[[str], None] | None = None,
+) -> tuple[list[ServiceState], str | None]:
+    """Jupyter, TensorBoard and custom services on the host, inside the env (one of their own for a project
+    that needs none, built the first time); and that env."""
     enabled = [s for s in project.services.values() if s.enabled]
     if not enabled:
-        return []
+        return [], venv
     if venv is None:
-        venv, _cached = ensure_env(session, tools_spec(project, str(session.agent.hello.get("python", ""))))
-    installed = ensure_tools(session, venv, enabled)
+        spec = tools_spec(project, str(session.agent.hello.get("python", "")))
+        venv = _ensure(
+            session, spec, "for the services", say=say, activity=env_activity, quiet_when_cached=True
+        )
+    installed = ensure_tools(session, venv, enabled, say=say)
     if installed:
         say(f"  ✓ tools  installed {', '.join(installed)} into the env")
     states = ensure_services(session, project, venv)
     for state in states:
         how = "reused" if state.reused else "started"
         say(f"  ✓ {state.name:<12} {how} on the host's 127.0.0.1:{state.host_port}")
-    return states
+    return states, venv
 
 
 def tunnel_line(service: str, url: str) -> str:

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from gpubox import paths
 from gpubox.actions.runs import prepare_run, remember_runs, stop_one_run
 from gpubox.actions.sync import make_syncer
 from gpubox.actions.up import build_env
-from gpubox.cli.output import ask_to_pin, err, load_hosts, load_project, out, print_json, table
+from gpubox.cli.output import (
+    LiveProgress,
+    ask_to_pin,
+    err,
+    load_hosts,
+    load_project,
+    out,
+    print_json,
+    table,
+    terminal_width,
+)
 from gpubox.cli.sync import full_sync
 from gpubox.errors import UsageError
 from gpubox.fmt import format_duration
@@ -48,7 +60,7 @@ def _run_on_hosts(args: argparse.Namespace) -> int:
             report = full_sync(make_syncer(session, project, host), allow_mass_delete=False, quiet=True)
             if report.sent or report.deleted:
                 out(f"synced {host.name}: {report.summary()}")
-        return build_env(session, project, say=out)
+        return build_env(session, project, say=out, quiet_when_cached=True)
 
     return run_on_hosts(
         hosts,
@@ -132,9 +144,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
     session = connect_host(host, project.name, accept_new=args.accept_new, ask=ask_to_pin(), probe=False)
+    shown = LiveProgress()
     try:
         # The flush barrier: the run starts only after the host acknowledged the project as it is now.
-        run = prepare_run(session, project, host, argv, name=args.name, sync=not args.no_sync, say=out)
+        try:
+            run = prepare_run(
+                session,
+                project,
+                host,
+                argv,
+                name=args.name,
+                sync=not args.no_sync,
+                say=shown.say,
+                env_activity=shown.activity,
+            )
+        finally:
+            shown.pause()
         out(f"started {run.id} on {host.name}: {run.command}")
         if not args.follow:
             out(f"  follow it: gpubox logs {run.id} -f    stop it: gpubox stop {run.id}")
@@ -146,6 +171,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _stream_log(
+    host: HostConfig,
+    project: ProjectConfig,
+    run_id: str,
+    *,
+    follow: bool,
+    offset: int,
+    session: HostSession | None = None,
+) -> int:
+    with _following(run_id, host.name, follow):
+        return _copy_log(host, project, run_id, follow=follow, offset=offset, session=session)
+
+
+def _copy_log(
     host: HostConfig,
     project: ProjectConfig,
     run_id: str,
@@ -212,6 +250,20 @@ def _stream_log(
         err(f"gpubox: run {run_id} was lost on {host.name} (its process vanished without an exit code)")
         return 1
     return info.exit_code if info.exit_code is not None else 1
+
+
+@contextlib.contextmanager
+def _following(run_id: str, host: str, follow: bool) -> Iterator[None]:
+    """Ctrl-C while following a run stops only the following: say that the run goes on, and how to stop it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not follow:
+            raise
+        raise KeyboardInterrupt(
+            f"{run_id} keeps running on {host}; `gpubox stop {run_id}` stops it, "
+            f"`gpubox logs {run_id} -f` follows it again"
+        ) from None
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -288,27 +340,57 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs and not multi:
         out(f"no runs on {host.name} yet: `gpubox run -- python train.py` starts one")
         return 0
-    table(
-        ["id", "host", "state", "started", "duration", "exit", "progress", "command"],
-        [
-            [
-                r.id,
-                r.host,
-                r.state,
-                time.strftime("%m-%d %H:%M", time.localtime(r.started_at)) if r.started_at else "",
-                format_duration(r.duration(now) or 0),
-                "" if r.exit_code is None else str(r.exit_code),
-                r.progress_text(),
-                r.command if len(r.command) <= 60 else r.command[:57] + "...",
-            ]
-            for r in runs
-        ],
-    )
+    _runs_table(runs, now)
     if multi:
         out()
         for line in table_lines(multi, now):
             out(line)
     return 0
+
+
+def _runs_table(runs: list[RunInfo], now: float) -> None:
+    """The runs as a table that fits the terminal: the progress shows the metrics that matter most and the
+    command is shortened, to what the width leaves them (``--json`` has everything)."""
+    fixed = [
+        [
+            r.id,
+            r.host,
+            r.state,
+            _when(r.started_at, now),
+            format_duration(r.duration(now) or 0),
+            "" if r.exit_code is None else str(r.exit_code),
+        ]
+        for r in runs
+    ]
+    headers = ["id", "host", "state", "started", "duration", "exit", "progress", "command"]
+    width = terminal_width()
+    room = None
+    if width is not None:
+        used = sum(max(len(h), *(len(row[i]) for row in fixed)) + 2 for i, h in enumerate(headers[:6]))
+        room = max(20, width - used - 2)
+    commands = [r.command for r in runs]
+    natural = min(max(len(c) for c in commands), 60)
+    # The progress is what the table is looked at for: the command gets a quarter of what is left at first,
+    # then whatever the progress does not use.
+    command_room = natural if room is None else min(natural, max(12, room // 4))
+    progress = [r.progress_text(None if room is None else max(10, room - command_room - 2)) for r in runs]
+    if room is not None:
+        command_room = max(12, room - max(len("progress"), *(len(p) for p in progress)) - 2)
+    table(
+        headers,
+        [
+            [*row, text, command if len(command) <= command_room else command[: command_room - 1] + "…"]
+            for row, text, command in zip(fixed, progress, commands, strict=True)
+        ],
+    )
+
+
+def _when(started_at: float | None, now: float) -> str:
+    """When a run started: the time alone today, else the date too."""
+    if not started_at:
+        return ""
+    same_day = time.localtime(started_at)[:3] == time.localtime(now)[:3]
+    return time.strftime("%H:%M" if same_day else "%m-%d %H:%M", time.localtime(started_at))
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -169,3 +169,42 @@ def test_cost_prices_each_run_at_its_host_rate(project: Path, tmp_path: Path) ->
     assert 0.009 <= row["spent_usd"] <= 0.03, row
     text = run_gpubox("cost", cwd=project).stdout
     assert f"{run_id} on local (succeeded" in text
+
+
+def test_the_runs_table_fits_the_terminal_and_json_has_every_metric(project: Path) -> None:
+    """A run whose progress names many metrics (Keras's log line of a multi-output model) and a long command:
+    the table keeps to the terminal's width, loss and accuracy first; `--json` carries everything."""
+    names = ["loss", "accuracy", "val_loss", "val_accuracy"] + [f"head_{n}_precision" for n in range(8)]
+    line = " - ".join(f"{name}: 0.{n + 1:04d}" for n, name in enumerate(names))
+    (project / "job.py").write_text(
+        f"import time\nprint('Epoch 3/8', flush=True)\nprint('10/10 [====] - 1s - {line}', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    long_argument = "--config=" + "x" * 120
+    started = run_gpubox("run", "--", "python3", "job.py", long_argument, cwd=project)
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.splitlines()[-2].split()[1]
+    try:
+
+        def metrics() -> dict[str, float]:
+            progress = _runs(project)[run_id].get("progress") or {}
+            return dict(progress.get("metrics") or {})  # type: ignore[union-attr]
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not metrics():
+            time.sleep(0.5)
+        assert sorted(metrics()) == sorted(names)
+        for width, progress in ((80, "3/8 · loss 0.0001  "), (120, "3/8 · loss 0.0001 · accuracy 0.0002 · ")):
+            table = run_gpubox("runs", cwd=project, env=dict(os.environ, COLUMNS=str(width)))
+            assert table.returncode == 0, table.stderr
+            lines = table.stdout.splitlines()
+            assert max(len(text) for text in lines) <= width, table.stdout
+            (row,) = [text for text in lines if text.startswith(run_id + " ")]
+            assert progress in row and "…  python3 job" not in row, row  # whole metrics, never half of one
+            assert "  python3 job" in row and row.endswith("…"), row
+        # Piped with no width known: not cut to any terminal, the first metrics and the whole-ish command.
+        piped = run_gpubox("runs", cwd=project, env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+        (row,) = [text for text in piped.stdout.splitlines() if text.startswith(run_id + " ")]
+        assert "val_accuracy 0.0004" in row, row
+    finally:
+        run_gpubox("stop", run_id, "--grace", "1", cwd=project)

@@ -261,12 +261,15 @@ def run_start(
     name: str | None,
     env: dict[str, str],
     venv: str | None,
+    outputs: list[str] | None = None,
 ) -> RunRow:
-    """Start *shell* detached in the host's folder *project* (inside *venv* when given)."""
+    """Start *shell* detached in the host's folder *project* (inside *venv* when given); *outputs* are the
+    project's output folders (relative), where the run's TensorBoard event files are looked for."""
     return cast(
         RunRow,
         agent.request(
-            "run_start", {"project": project, "shell": shell, "name": name, "env": env, "venv": venv}
+            "run_start",
+            {"project": project, "shell": shell, "name": name, "env": env, "venv": venv, "outputs": outputs},
         ),
     )
 
