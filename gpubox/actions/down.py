@@ -65,7 +65,16 @@ def take_down(
     rents it (unless *keep_instance*), and close its billing. A rented host's outputs are pulled first (unless
     not *pull_outputs*); *confirm* is asked before terminating one under active runs."""
 
-    pid = stop_supervisor(host.name)
+    # What the supervisor's last line says happens to the host now (not "the host keeps running").
+    if keep_instance:
+        next_step = "`gpubox down --keep-instance` leaves it running"
+    elif host.spec.rents:
+        next_step = "`gpubox down` is terminating it"
+    elif host.spec.runs_own_sshd:
+        next_step = "`gpubox down` is stopping it"
+    else:
+        next_step = "`gpubox down` stops its services; the machine keeps running"
+    pid = stop_supervisor(host.name, why=next_step)
     if pid:
         say(f"stopped gpubox process {pid} holding {host.name}")
     if host.spec.rents:

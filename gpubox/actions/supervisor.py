@@ -70,6 +70,7 @@ __all__ = [
     "Supervised",
     "claim_host",
     "start_supervisor",
+    "stop_note",
     "stop_on_signals",
     "stop_supervisor",
     "supervise",
@@ -186,12 +187,17 @@ def supervise(
         say(f"reconnected to {name} after {time.monotonic() - lost_at:.1f} s")
 
 
-def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
-    """SIGTERM the process holding *host_name* up and wait for it to go; return its pid, None if none ran."""
+def stop_supervisor(host_name: str, *, timeout: float = 15.0, why: str | None = None) -> int | None:
+    """SIGTERM the process holding *host_name* up and wait for it to go; return its pid, None if none ran.
+    *why* is what happens to the host next (``gpubox down`` stops it): the supervisor's last line says it."""
     with open_state() as state:
         found = state.supervisor(host_name)
     if found is None:
         return None
+    if why is not None:
+        with contextlib.suppress(OSError):
+            paths.ensure_private_dir(paths.state_dir() / "logs")
+            _stop_note(found.pid).write_text(why)
     with contextlib.suppress(ProcessLookupError):
         os.kill(found.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -213,6 +219,22 @@ def stop_supervisor(host_name: str, *, timeout: float = 15.0) -> int | None:
                 host_name, rented.price_per_hour, price_source=f"live price from {rented.provider}"
             )
     return found.pid
+
+
+def _stop_note(pid: int) -> Path:
+    return paths.state_dir() / "logs" / f"stopping-{pid}.txt"
+
+
+def stop_note() -> str | None:
+    """What the process that stopped this supervisor said happens to the host next (read once)."""
+    note = _stop_note(os.getpid())
+    try:
+        text = note.read_text().strip()
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        note.unlink()
+    return text or None
 
 
 # ------------------------------------------------------------------------------- the background supervisor

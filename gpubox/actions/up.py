@@ -14,16 +14,21 @@ its progress up a structured channel; nothing is done twice.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gpubox import paths
 from gpubox.actions import Say
 from gpubox.actions.monitor import HostMonitor, SyncActivity, SyncStatus
-from gpubox.actions.supervisor import claim_host, stop_on_signals, supervise
+from gpubox.actions.services import ServiceWatch
+from gpubox.actions.supervisor import claim_host, stop_note, stop_on_signals, supervise
 from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.fmt import format_duration, format_usd
@@ -286,10 +291,28 @@ def hold(
             if prepared.syncer is not None
             else None
         )
+        remembered = _tunnel_ports(project, host.name)
         tunnels = [
-            (state, Tunnel(lambda: session.connection.transport, state.host_port, name=state.name).start())
+            (
+                state,
+                Tunnel(
+                    lambda: session.connection.transport,
+                    state.host_port,
+                    local_port=remembered.get(state.name),
+                    name=state.name,
+                ).start(),
+            )
             for state in prepared.services
         ]
+        _remember_tunnel_ports(project, host.name, {state.name: t.local_port for state, t in tunnels})
+        ServiceWatch(
+            session,
+            project,
+            prepared.service_venv,
+            {state.name: tunnel for state, tunnel in tunnels},
+            say=lambda text: say(_step(text)),
+            stop=stop,
+        ).start()
         with open_state() as database:
             database.record_tunnels(
                 host.name,
@@ -327,7 +350,42 @@ def hold(
     held = format_duration(time.monotonic() - started)
     if monitor.outcome is not None:
         return f"  left {host.name} after {held}: {monitor.outcome}"
+    next_step = stop_note()
+    if next_step is not None:
+        return f"  left {host.name} after {held}: {next_step}"
     return f"  left {host.name} after {held}; the host keeps running"
+
+
+def _tunnel_ports_file() -> Path:
+    return paths.state_dir() / "tunnel-ports.json"
+
+
+def _tunnel_ports(project: ProjectConfig, host: str) -> dict[str, int]:
+    """The local port each service's tunnel had last time for this project and host: used again when free, so
+    bookmarked URLs keep working across `down` and `up`."""
+    try:
+        known = json.loads(_tunnel_ports_file().read_text()).get(str(project.root), {}).get(host, {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(known, dict):
+        return {}
+    return {str(name): port for name, port in known.items() if isinstance(port, int) and 0 < port < 65536}
+
+
+def _remember_tunnel_ports(project: ProjectConfig, host: str, ports: dict[str, int]) -> None:
+    path = _tunnel_ports_file()
+    try:
+        known = json.loads(path.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    known.setdefault(str(project.root), {})[host] = ports
+    with contextlib.suppress(OSError):
+        paths.ensure_private_dir(path.parent)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(known, indent=1, sort_keys=True))
+        os.replace(temporary, path)
 
 
 def _step(text: str) -> str:

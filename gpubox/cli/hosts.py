@@ -18,6 +18,7 @@ from gpubox.fmt import either, format_duration, format_usd
 from gpubox.provision import collect_offers, configured_providers, describe_orphans, find_orphans
 from gpubox.remote.providers import provider_for
 from gpubox.remote.providers.registry import CLOUD_NAMES, provider_spec
+from gpubox.remote.tunnels import tunnel_answers
 from gpubox.state import open_state
 
 if TYPE_CHECKING:
@@ -151,7 +152,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             row["autostop"] = autostop
             row["autostop_minutes"] = host.autostop_minutes
             row["services"] = [
-                {"name": tunnel.service, "host_port": tunnel.host_port, "tunnel": tunnel}
+                {
+                    "name": tunnel.service,
+                    "host_port": tunnel.host_port,
+                    "answers": tunnel_answers(tunnel.local_port),
+                    "tunnel": tunnel,
+                }
                 for tunnel in state.live_tunnels(host.name)
             ]
     project = load_project() if args.show_secrets else None
@@ -195,7 +201,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if row["up"]:
             out(f"    autostop  {autostop_text(row['autostop'], row['autostop_minutes'])}")
         for service in row["services"]:
-            out(f"    {service['name']:<9} {service['url']}")
+            shown = "" if service["answers"] else "  (not answering: the supervisor starts it again)"
+            out(f"    {service['name']:<9} {service['url']}{shown}")
     for line in orphan_lines:
         out(line)
     return 0

@@ -122,8 +122,17 @@ def ensure_services(
     key = service_key(session)
     chosen = [s for s in project.services.values() if s.enabled and (names is None or s.name in names)]
     states = []
+    # Jupyter's token stays what it was (kept with the service on the host, also once stopped): a bookmarked
+    # URL keeps working across `down` and `up`.
+    before = {
+        str(row.get("name")): row.get("secret")
+        for row in calls.service_list(session.agent, key=key)["services"]
+        if isinstance(row.get("secret"), str) and row.get("secret")
+    }
     for service in chosen:
-        token = secrets.token_hex(24) if service.name == "jupyter" and service.command is None else None
+        token = None
+        if service.name == "jupyter" and service.command is None:
+            token = str(before.get(service.name) or secrets.token_hex(24))
         # A reused Jupyter keeps its token: the agent returns the one stored with it on the host.
         answer = calls.service_ensure(
             session.agent,

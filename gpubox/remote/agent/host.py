@@ -1708,6 +1708,9 @@ def _port_answers(port: int) -> bool:
 def _free_port(preferred: int) -> int:
     for port in [preferred + offset for offset in range(20)] + [0]:
         probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # As the servers bind (Jupyter, TensorBoard, http.server all reuse addresses): connections of a
+        # server that just died, left in TIME_WAIT, must not push its successor to another port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
             return int(probe.getsockname()[1])
@@ -1771,12 +1774,17 @@ def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
     if row["state"] == "running" and row["command"] == command:
         row["reused"] = True
         return row
-    with contextlib.suppress(OSError), open(os.path.join(folder, "spec.json")) as handle:
-        _stop_group(json.load(handle).get("pid"))
+    before: Dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, "spec.json")) as handle:
+        before = json.load(handle)
+    _stop_group(before.get("pid"))
     os.makedirs(folder, mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
     if "{port}" in command:
-        port = _free_port(preferred)
+        # The port it had last time, while free and asked for the same way: its tunnel's URL stays the same.
+        last = before.get("port")
+        same = before.get("asked") == preferred and isinstance(last, int) and 0 < last < 65536
+        port = _free_port(int(last) if same and isinstance(last, int) else preferred)
     elif _port_answers(preferred):
         # A command with its port written in cannot move: someone else's server holds it.
         raise RequestError("port-taken", "port %d is already taken on the host" % preferred)
@@ -1807,7 +1815,14 @@ def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
             close_fds=True,
         )
     _run_waiters.append(process)
-    spec = {"command": command, "port": port, "pid": process.pid, "secret": args.get("secret"), "cwd": cwd}
+    spec = {
+        "command": command,
+        "port": port,
+        "asked": preferred,
+        "pid": process.pid,
+        "secret": args.get("secret"),
+        "cwd": cwd,
+    }
     temp = os.path.join(folder, "spec.json.tmp")
     with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
         json.dump(spec, handle)
