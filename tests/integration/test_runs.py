@@ -168,7 +168,8 @@ def test_cost_prices_each_run_at_its_host_rate(project: Path, tmp_path: Path) ->
     # 36 $/h is a cent per second: a 1 s run costs about a cent (start-up time included).
     assert 0.009 <= row["spent_usd"] <= 0.03, row
     text = run_gpubox("cost", cwd=project).stdout
-    assert f"{run_id} on local (succeeded" in text
+    (line,) = [line for line in text.splitlines() if line.startswith(f"    {run_id} ")]
+    assert line.split()[1:3] == ["succeeded", "0.00"] and "$0.0" in line, text
 
 
 def test_the_runs_table_fits_the_terminal_and_json_has_every_metric(project: Path) -> None:
