@@ -570,9 +570,11 @@ def test_cost_groups_runs_by_host_and_lists_only_the_dearest_unless_all(
     assert runs[1] == "  box: 8 runs, 6.00 h, $12.00"
     assert [line.split()[0] for line in runs[2:7]] == ["r-8", "r-7", "r-6", "r-5", "r-4"]
     assert runs[2].split()[1:5] == ["succeeded", "1.33", "h", "$2.67"]
-    assert runs[7].startswith("  local: 7 runs, 0.00 h, $0.00")
-    assert runs[8] == "  (10 more not listed; `gpubox cost --all` lists every run)"
+    # The free host's runs: ours, and any other project's gpubox has heard of on the (shared) test host.
+    local = re.fullmatch(r"  local: (\d+) runs, 0\.00 h, \$0\.00", runs[7])
+    assert local is not None and int(local.group(1)) >= 7, runs[7]
+    assert runs[8] == f"  ({3 + int(local.group(1))} more not listed; `gpubox cost --all` lists every run)"
     assert len(runs) == 9
 
     everything = run_gpubox("cost", "--all", cwd=project).stdout.split("\nruns, by host:")[1].splitlines()
-    assert len([line for line in everything if line.startswith("    r-")]) == 15
+    assert len([line for line in everything if line.startswith("    r-")]) == 8 + int(local.group(1))
