@@ -200,19 +200,25 @@ class BillingHold:
         return open_state(self.state_path)
 
     def open(self) -> BillingHold:
+        """Open the host's interval, or join the one another holder of the same host (another project's
+        supervisor) has open: the host is billed once, and this holder counts on from the time already held."""
         from gpubox.state import process_token
 
         with self._state() as state:
+            now = self.wall()
             self._opened_at = self.elapsed()
             self.interval_id = state.open_billing(
                 self.host_name,
                 self.price.amount,
-                self.wall(),
+                now,
                 holder_pid=self.pid,
                 holder_token=process_token(self.pid),
                 price_source=self.price.source,
                 estimate=self.price.estimate,
             )
+            joined = state.billing_interval(self.interval_id)
+            if joined is not None and joined.holder_pid not in (None, self.pid):
+                self._opened_at -= joined.seconds(now)
         return self
 
     def held_seconds(self) -> float:
@@ -220,19 +226,39 @@ class BillingHold:
 
     def beat(self, state: State | None = None) -> None:
         """Write the time held so far; if someone closed the interval meanwhile, open a new one from now."""
+        from gpubox.state import process_token
+
         if self.interval_id is None:
             return
         if state is None:
             with self._state() as own:
                 return self.beat(own)
-        if not state.heartbeat_billing(self.interval_id, self.held_seconds(), self.wall()):
+        held = self.held_seconds()
+        if not state.heartbeat_billing(
+            self.interval_id, held, self.wall(), holder_pid=self.pid, holder_token=process_token(self.pid)
+        ):
             self.open()
 
-    def close(self, reason: str | None = None) -> None:
+    def close(self, reason: str | None = None, *, hand_to: int | None = None) -> None:
+        """Close the interval with the time held; with *hand_to* (another live holder of the same host), leave it
+        open for that process instead, which goes on counting it."""
+        from gpubox.state import process_token
+
         if self.interval_id is None:
             return
         with self._state() as state:
-            state.end_billing(self.interval_id, self.held_seconds(), self.wall(), reason or self.end_reason)
+            if hand_to is not None:
+                state.heartbeat_billing(
+                    self.interval_id,
+                    self.held_seconds(),
+                    self.wall(),
+                    holder_pid=hand_to,
+                    holder_token=process_token(hand_to),
+                )
+            else:
+                state.end_billing(
+                    self.interval_id, self.held_seconds(), self.wall(), reason or self.end_reason
+                )
         self.interval_id = None
 
 
@@ -634,7 +660,9 @@ def render_cost(document: Mapping[str, Any], *, all_runs: bool = False) -> list[
     header = ["HOST", "PROVIDER", "$/H", "HOURS", "SPENT", "BUDGET"]
     table: list[list[str]] = []
 
-    def money(amount: float, estimated: bool) -> str:
+    def money(amount: float | None, estimated: bool) -> str:
+        if amount is None:
+            return "?"  # a run on a host gpubox never held up: no price in the ledger for its time
         return ("~" if estimated else "") + format_usd(amount)
 
     def budget_cell(budget: Mapping[str, Any] | None) -> str:

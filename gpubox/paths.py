@@ -15,6 +15,7 @@ __all__ = [
     "known_hosts_file",
     "local_host_dir",
     "local_host_home",
+    "machine_id",
     "ssh_config_file",
     "state_dir",
 ]
@@ -72,3 +73,34 @@ def ensure_private_dir(path: Path) -> Path:
     """Create *path* (and parents) readable by this user only, since it may hold keys."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def machine_id() -> str:
+    """A random id of this gpubox installation (made once, kept in the state folder). Project ids are derived
+    from it and the project's path, so the same path on two laptops never names the same host folder."""
+    path = state_dir() / "machine-id"
+    for _attempt in range(3):
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            text = None
+        if text is not None and len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+            return text
+        import secrets
+
+        ensure_private_dir(path.parent)
+        made = secrets.token_hex(16)
+        # Named after the new id, not the process: threads of one process may be making one at the same time.
+        tmp = path.with_name(f"machine-id.{made}.tmp")
+        tmp.write_text(made + "\n")
+        try:
+            if text is None:
+                os.link(tmp, path)  # never over one another process made meanwhile: all must read the same id
+            else:
+                os.replace(tmp, path)  # unreadable as an id: made anew
+            return made
+        except FileExistsError:
+            continue
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise OSError(f"cannot settle {path}")

@@ -523,7 +523,14 @@ def take_down_rented(
     reached = record.state in ("running", "terminate-failed") and record.ssh_host is not None
     if reached:
         try:
-            session = connect_host(host, project.name, probe=False, launch=False, ask=ask_to_pin)  # type: ignore[arg-type]
+            session = connect_host(
+                host,
+                project,
+                probe=False,
+                launch=False,
+                ask=ask_to_pin,  # type: ignore[arg-type]
+                folder="check",
+            )
         except HostError as exc:
             if pull_outputs:
                 raise GpuboxError(

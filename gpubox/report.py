@@ -28,16 +28,16 @@ def _gib(value: Any) -> str:
     return f"{value / 2**30:.1f} GiB" if isinstance(value, int | float) else "N/A"
 
 
-def _summary(probe: Mapping[str, Any], release: FrameworkRelease) -> GpuSummary:
-    from gpubox.remote.gpu import snapshot_from_probe, summarize
+def _summary(probe: Mapping[str, Any], release: FrameworkRelease, chosen_by: str = "") -> GpuSummary:
+    from gpubox.remote.gpu import probe_snapshot, summarize
 
-    return summarize(snapshot_from_probe(probe.get("nvidia_smi") or {}), release)
+    return summarize(probe_snapshot(probe), release, chosen_by=chosen_by)
 
 
-def gpu_line(probe: Mapping[str, Any], *, release: FrameworkRelease) -> ReportLine:
-    """What the GPUs are and whether *release* can use them (`gpubox check` has the details, for the release
-    the project actually uses)."""
-    summary = _summary(probe, release)
+def gpu_line(probe: Mapping[str, Any], *, release: FrameworkRelease, chosen_by: str = "") -> ReportLine:
+    """What the GPUs are and whether *release* can use them, and why that release (`gpubox check` has the
+    details, and asks the project's env)."""
+    summary = _summary(probe, release, chosen_by)
     return ReportLine(summary.mark, "GPU", summary.line)
 
 
@@ -49,9 +49,13 @@ def short_gpu(probe: Mapping[str, Any] | None, *, release: FrameworkRelease) -> 
 
 
 def host_report(
-    probe: dict[str, Any], hello: dict[str, Any] | None = None, *, release: FrameworkRelease
+    probe: dict[str, Any],
+    hello: dict[str, Any] | None = None,
+    *,
+    release: FrameworkRelease,
+    chosen_by: str = "",
 ) -> list[ReportLine]:
-    """The host, python, disk and GPU lines; the GPUs judged for *release*."""
+    """The host, python, disk and GPU lines; the GPUs judged for *release* (*chosen_by* says why that one)."""
     python = probe.get("python") or {}
     memory = probe.get("memory") or {}
     disk = probe.get("disk") or {}
@@ -74,5 +78,5 @@ def host_report(
     else:
         where = disk.get("path", "?") + ("" if disk.get("exists") else " (created on first sync)")
         lines.append(ReportLine(OK, "disk", f"{_gib(disk.get('free_bytes'))} free for {where}"))
-    lines.append(gpu_line(probe, release=release))
+    lines.append(gpu_line(probe, release=release, chosen_by=chosen_by))
     return lines

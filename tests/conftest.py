@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -52,7 +53,7 @@ def _stop_leftovers(gpubox_home: Path) -> None:
     import signal
 
     from gpubox.remote.providers.local import LocalSshd
-    from gpubox.state import open_state
+    from gpubox.state import holder_alive, open_state
 
     database = gpubox_home / "state" / "gpubox.db"
     if database.exists():
@@ -60,6 +61,12 @@ def _stop_leftovers(gpubox_home: Path) -> None:
             for supervisor in state.supervisors():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(supervisor.pid, signal.SIGKILL)
+    for record in (gpubox_home / "state" / "sweeps").glob("*.json"):
+        # A sweep's scheduler (its trials are runs on the test host, short by design, left to end).
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, ProcessLookupError):
+            row = json.loads(record.read_text())
+            if isinstance(row["pid"], int) and holder_alive(row["pid"], row.get("token")):
+                os.kill(row["pid"], signal.SIGKILL)
     local = gpubox_home / "state" / "local-sshd"
     if (local / "server.json").exists():
         LocalSshd(local).stop()

@@ -4,7 +4,7 @@ It writes what TensorBoard and gpubox read: the standard Keras TensorBoard callb
 one custom scalar written with an explicit step through tf.summary.create_file_writer, a tf.keras.metrics
 metric, and a checkpoint in checkpoints/. Runs in well under a minute on 2 CPU cores.
 
-    python train.py [--epochs 8] [--multi-worker]
+    python train.py [--epochs 8] [--lr 0.001] [--units 64] [--multi-worker]
 
 Under `gpubox run`, GPUBOX_TB_DIR points into the project's logs/ folder so every run shows up in TensorBoard.
 """
@@ -22,7 +22,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 
-def build_model() -> tf.keras.Model:
+def build_model(lr: float = 1e-3, units: int = 64) -> tf.keras.Model:
     model = tf.keras.Sequential(
         [
             tf.keras.layers.Input(shape=(8, 8, 1)),
@@ -30,13 +30,13 @@ def build_model() -> tf.keras.Model:
             tf.keras.layers.MaxPooling2D(),
             tf.keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
             tf.keras.layers.Flatten(),
-            tf.keras.layers.Dense(64, activation="relu"),
+            tf.keras.layers.Dense(units, activation="relu"),
             tf.keras.layers.Dropout(0.2),
             tf.keras.layers.Dense(10),
         ]
     )
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(1e-3),
+        optimizer=tf.keras.optimizers.Adam(lr),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
@@ -70,7 +70,7 @@ def train_multi_worker(
     chief = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0) == 0
     global_batch = args.batch_size * strategy.num_replicas_in_sync
     with strategy.scope():
-        model = build_model()
+        model = build_model(args.lr, args.units)
     per_example = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
 
     def dataset(x: np.ndarray, y: np.ndarray, shuffle: bool) -> tf.distribute.DistributedDataset:
@@ -155,6 +155,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    parser.add_argument("--units", type=int, default=64, help="units of the dense layer")
     parser.add_argument(
         "--multi-worker", action="store_true", help="train with MultiWorkerMirroredStrategy (TF_CONFIG set)"
     )
@@ -170,7 +172,7 @@ def main() -> int:
         print("final " + json.dumps(final), flush=True)
         return 0
 
-    model = build_model()
+    model = build_model(args.lr, args.units)
     log_dir = os.environ.get("GPUBOX_TB_DIR", os.path.join("logs", "local"))
     callbacks: list[tf.keras.callbacks.Callback] = [
         tf.keras.callbacks.TensorBoard(log_dir=log_dir),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gpubox.actions.framework import env_framework_view
 from gpubox.remote import gpu
-from gpubox.remote.agent import calls
 from gpubox.remote.session import connect_host
 from gpubox.state import open_state
 from gpubox.train.env import requirements_file
@@ -26,21 +26,20 @@ def check_host(
     accept_new: bool = False,
     ask: AskToPin | None = None,
 ) -> CheckResult:
-    """`gpubox check HOST`: probe the host (starting only the free local one), ask its TensorFlow what it sees,
-    and decide."""
+    """`gpubox check HOST`: probe the host (starting only the free local one), ask the TensorFlow of the project's
+    env there what it sees, and decide."""
 
     view: gpu.FrameworkView | None = None
-    session = connect_host(host, project.name, accept_new=accept_new, ask=ask, launch=host.spec.runs_own_sshd)
+    session = connect_host(host, project, accept_new=accept_new, ask=ask, launch=host.spec.runs_own_sshd)
     try:
         with open_state() as state:
             state.record_host(session.host.name, session.host.provider, session.spec.endpoint.display)
             state.record_probe(session.host.name, session.probe)
-        snapshot = gpu.snapshot_from_probe(session.probe.get("nvidia_smi") or {})
+        snapshot = gpu.probe_snapshot(session.probe)
         if requested is None or requested.name == "tensorflow":
-            # Until projects get their own environment on the host, the interpreter gpubox runs there is where
-            # an installed TensorFlow would be.
+            # Where the project's runs start: its env on the host, else the interpreter gpubox runs there.
             python = (session.probe.get("python") or {}).get("executable") or host.python
-            view = gpu.FrameworkView.from_agent(calls.framework(session.agent, python=python))
+            view = env_framework_view(session, project, python)
     finally:
         session.close()
     return gpu.run_check(

@@ -7,10 +7,11 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from gpubox.actions.framework import project_framework
 from gpubox.cost import budgets_for, host_spend
 from gpubox.fmt import format_duration
 from gpubox.remote.agent import calls
-from gpubox.remote.gpu import load_rules
+from gpubox.remote.gpu import NEWEST, load_rules
 from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
 from gpubox.report import short_gpu
@@ -41,21 +42,26 @@ def target(host: HostConfig) -> str:
     return where
 
 
-def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, Any]]:
-    """Every configured host as `gpubox hosts --json` shows it: who holds it, price, spend and budgets.
+def host_rows(
+    hosts: HostsConfig, now: float | None = None, *, project: ProjectConfig | None = None
+) -> list[dict[str, Any]]:
+    """Every configured host as `gpubox hosts --json` shows it: who holds it, price, spend and budgets, and its
+    GPUs judged for *project*'s framework (the newest gpubox knows without a project).
 
     Reads only the state database; never connects."""
 
     rows = []
     now = time.time() if now is None else now
-    # `gpubox hosts` judges the GPUs for the newest TensorFlow gpubox knows; `gpubox check` for the project's own.
-    newest = load_rules().newest("tensorflow")
+    # The one rule of `gpubox check` (the project's pin, else the newest), without connecting.
+    framework = project_framework(project) if project is not None else None
+    release = framework.release if framework else load_rules().newest("tensorflow")
     with open_state() as state:
         ledger = state.billing()
         alerts = state.budget_alerts()
         for host in hosts.hosts.values():
             record = state.host(host.name)
-            supervisor = state.supervisor(host.name)
+            holders = state.host_supervisors(host.name)
+            supervisor = holders[0] if holders else None
             price = host_price(host, record.probe if record else None)
             spend = host_spend((i for i in ledger if i.host == host.name), now)
             rows.append(
@@ -71,8 +77,21 @@ def host_rows(hosts: HostsConfig, now: float | None = None) -> list[dict[str, An
                         "detached": supervisor.detached,
                         "since": supervisor.started_at,
                     },
+                    "projects": [
+                        {
+                            "id": held.project or None,
+                            "name": held.project_name if held.root else None,
+                            "root": held.root,
+                            "folder": held.folder,
+                            "pid": held.pid,
+                            "detached": held.detached,
+                            "since": held.started_at,
+                        }
+                        for held in holders
+                    ],
                     "endpoint": record.endpoint if record else None,
-                    "gpu": short_gpu(record.probe if record else None, release=newest),
+                    "gpu": short_gpu(record.probe if record else None, release=release),
+                    "gpu_judged_for": f"{release.label} ({framework.chosen_by if framework else NEWEST})",
                     "probed_at": record.probed_at if record else None,
                     "price_per_hour": price.amount,
                     "price_source": price.source,
@@ -126,9 +145,10 @@ def service_url(
     if not show_secret or project is None:
         return url + "?token=<redacted>"
 
-    session = connect_host(host, project.name, probe=False, launch=False)
+    session = connect_host(host, project, probe=False, launch=False)
     try:
-        listed = calls.service_list(session.agent, key=service_key(session))
+        # The token of the service this tunnel reaches (its project's, which may not be this one).
+        listed = calls.service_list(session.agent, key=tunnel.service_key or service_key(session))
     finally:
         session.close()
     token = next((s.get("secret") for s in listed.get("services", []) if s.get("name") == "jupyter"), None)

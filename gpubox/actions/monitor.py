@@ -8,9 +8,10 @@ agent's ``idle`` op (GPU utilisation, terminals) and stop the host once it has b
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from gpubox.remote.gpu import gpu_readings
 from gpubox.state import open_state
 
 if TYPE_CHECKING:
+    from gpubox.config import ProjectConfig
     from gpubox.remote.session import HostSession
 
 __all__ = ["LEDGER_BEAT_SECONDS", "HostMonitor", "SyncActivity", "SyncStatus"]
@@ -32,6 +34,8 @@ LEDGER_BEAT_SECONDS = 2.0
 MIN_SAMPLE_SECONDS = 0.5
 MAX_SAMPLE_SECONDS = 30.0
 STOP_COMMAND_TIMEOUT = 120.0
+SERVICES_SECONDS = 30.0
+"""How often the host's lead supervisor lists every project's services (for `gpubox status`)."""
 
 
 class SyncActivity:
@@ -49,10 +53,13 @@ class SyncStatus:
     """What live sync has done lately, published in the monitor report for the dashboard's sync line.
 
     The supervisor's live sync feeds it (:meth:`batch`, :meth:`problem`); *pending* says how many changed paths
-    wait for the next batch. Conflicts and errors count up over the supervisor's life; held-back secrets are
-    those of the latest pass that looked at them."""
+    wait for the next batch. Conflicts and errors count up over the supervisor's life; held-back secrets and
+    skipped large files are those of the latest pass that looked at them; deletions held back as a wipe are the
+    sync engine's own list after each pass; files changed on the host are those the latest pass that read the
+    host's listing found."""
 
     MAX_MESSAGES = 5
+    MAX_PATHS = 10
 
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
         self.wall = wall
@@ -62,26 +69,42 @@ class SyncStatus:
         self.last: dict[str, Any] | None = None
         self.conflicts: list[str] = []
         self.held_back: list[str] = []
+        self.too_large: dict[str, int] = {}
+        self.held_deletions: list[str] = []
+        self.held_reason: str | None = None
+        self.host_changed: list[str] = []
         self.errors: list[str] = []
         self.error_count = 0
         self.conflict_count = 0
+        self.changed_at: float | None = None
+        """When a batch last changed the host (wall clock): activity for the lead's autostop."""
 
     def batch(self, report: Any, why: str) -> None:
         """One pass of the sync engine ended (a :class:`gpubox.sync.engine.SyncReport`)."""
         self.batches += 1
+        if report.sent or report.deleted:
+            self.changed_at = self.wall()
         self.last = {
             "why": why,
-            "files": int(report.sent) + int(report.deleted),
+            "files": int(report.sent) + int(report.deleted) + int(report.moved),
             "sent": int(report.sent),
             "deleted": int(report.deleted),
+            "moved": int(report.moved),
             "ms": round(float(report.seconds) * 1000.0, 1),
             "at": self.wall(),
         }
+        too_large = {str(path): int(size) for path, size in report.too_large}
         if why.split(" ", 1)[0].isdigit() and why.endswith(" changed"):
             # A batch of changed paths only saw those paths: add what it held back.
             self.held_back = sorted(set(self.held_back) | set(report.held_back))
+            self.too_large.update(too_large)
         else:
             self.held_back = list(report.held_back)  # a full pass saw everything
+            self.too_large = too_large
+        self.held_deletions = list(report.held_deletions)
+        self.held_reason = report.held_reason
+        if report.verified:
+            self.host_changed = list(report.host_changed)
         self.conflict_count += len(report.conflicts)
         self.conflicts = (self.conflicts + list(report.conflicts))[-self.MAX_MESSAGES :]
         for error in report.errors:
@@ -99,12 +122,19 @@ class SyncStatus:
         return {
             "watching": self.watching,
             "batches": self.batches,
+            "changed_at": self.changed_at,
             "last": self.last,
             "pending": pending,
             "conflicts": self.conflict_count,
             "recent_conflicts": list(self.conflicts),
             "held_back": len(self.held_back),
             "held_back_paths": self.held_back[: self.MAX_MESSAGES],
+            "too_large": [[path, size] for path, size in sorted(self.too_large.items())[: self.MAX_PATHS]],
+            "held_deletions": len(self.held_deletions),
+            "held_deletion_paths": self.held_deletions[: self.MAX_PATHS],
+            "held_reason": self.held_reason,
+            "host_changed": len(self.host_changed),
+            "host_changed_paths": self.host_changed[: self.MAX_PATHS],
             "errors": self.error_count,
             "recent_errors": list(self.errors),
         }
@@ -129,9 +159,12 @@ class HostMonitor:
         clock: Callable[[], float] = elapsed,
         wall: Callable[[], float] = time.time,
         state_path: Path | None = None,
+        project: ProjectConfig | None = None,
     ) -> None:
         self.session = session
         self.host = host
+        self.project = project
+        """The project this supervisor holds the host for: its runs are "this project's" in the busy line."""
         self.stop = stop
         self.say = say
         self.before_terminate: Callable[[], str] | None = None
@@ -161,6 +194,9 @@ class HostMonitor:
         self.last_activity: str | None = None
         self.outcome: str | None = None
         """What the monitor did to the host (stopped it, and why); None while it holds it."""
+        self.services: list[dict[str, Any]] | None = None
+        """Every project's services running on the host (the lead looks every SERVICES_SECONDS), for `status`."""
+        self.next_services = self.clock()
         self._warned: set[str] = set()
 
     # -- scheduling
@@ -185,17 +221,38 @@ class HostMonitor:
                 self.beat_ledger()
             if self.stop.is_set():
                 return
-            if self.autostop and (now >= self.next_sample or check_link):
+            if self.project is not None and not self.project.root.is_dir():
+                # Moved, renamed or deleted: the folder gpubox holds the host for is no project any more.
+                self.outcome = (
+                    f"the project folder {self.project.root} is gone (moved or deleted); let go of the host"
+                )
+                self.say(f"! {self.outcome}")
+                self.stop.set()
+                return
+            lead = self._leads()
+            if lead and now >= self.next_services:
+                self._list_services()
+            leading = self.autostop and lead
+            if leading and (now >= self.next_sample or check_link):
                 self._sample()
             elif check_link or now >= self.next_link:
                 self.session.heartbeat()
                 self.next_link = self.clock() + self.heartbeat_seconds
-            if self.autostop and self.tracker.due(self.clock()):
+                if self.autostop and not leading:
+                    self.tracker.reset()  # another project's supervisor watches the host; start afresh if it goes
+            if leading and self.tracker.due(self.clock()):
                 self._stop_host(
                     f"idle for {format_duration(self.tracker.idle_seconds(self.clock()))}", "autostop"
                 )
         finally:
             self._report()
+
+    def _leads(self) -> bool:
+        """Whether this supervisor is the host's lead, which alone runs its autostop (when several projects hold
+        one host, the one holding it longest; the next takes over when it lets go)."""
+        with open_state(self.state_path) as state:
+            lead = state.supervisor(self.host.name)
+        return lead is None or lead.pid == os.getpid()
 
     def link_lost(self) -> None:
         """Nobody can see the host while the link is down: the idle window starts again once it is back."""
@@ -242,7 +299,7 @@ class HostMonitor:
                     upcoming.append(seconds)
             # Wake when the next threshold is due at this host's rate, not only at the next heartbeat.
             self.next_budget = now + min(upcoming) + 0.01 if upcoming else None
-        if exhausted and self.host.on_budget == "stop":
+        if exhausted and self.host.on_budget == "stop" and self._leads():
             self._stop_host(f"budget: {exhausted[0].describe(100)}", "budget")
 
     def _budget_warning(self, budget: Budget, threshold: int) -> None:
@@ -266,8 +323,10 @@ class HostMonitor:
         self.next_sample = now + self.sample_seconds
         self.next_link = now + self.heartbeat_seconds
         self.gpu_percent, self.gpu_note = gpu_readings(answer.get("nvidia_smi")).busiest()
+
         with open_state(self.state_path) as state:
             shells = len(state.shells(self.host.name))
+            others = [r for pid, r in state.monitors(self.host.name).items() if pid != os.getpid()]
         reasons = busy_reasons(
             gpu_percent=self.gpu_percent,
             gpu_threshold=self.host.autostop_gpu_percent,
@@ -275,9 +334,16 @@ class HostMonitor:
             busy_kernels=answer.get("kernels"),
             shells=shells,
         )
+        if answer.get("runs") and "active" in answer and self.project is not None:
+            reasons[0] = self._runs_reason(list(answer.get("active") or []))
         moments: list[tuple[float, str]] = []
         if self.activity is not None and self.activity.last is not None:
             moments.append((self.activity.last, "sync"))
+        for other in others:
+            # Another project's live sync on this host is activity too (its wall time, on this clock).
+            synced_at = (other.report.get("sync") or {}).get("changed_at")
+            if isinstance(synced_at, int | float):
+                moments.append((now - max(0.0, self.wall() - synced_at), "sync of another project"))
         typed = [t for t in answer.get("ttys") or [] if isinstance(t.get("idle_seconds"), int | float)]
         if typed:
             latest = min(typed, key=lambda t: float(t["idle_seconds"]))
@@ -292,6 +358,27 @@ class HostMonitor:
         self.tracker.observe(now, reasons, last[0] if last else None)
         if reasons or not was_idle:
             self._warned -= {"autostop", "autostop-failed"}  # a new idle stretch may warn again
+
+    def _list_services(self) -> None:
+        """Every project's services on the host, for `gpubox status` (those of projects that let go included)."""
+        self.next_services = self.clock() + SERVICES_SECONDS
+        listed = calls.service_list(self.session.agent, key=None).get("services", [])
+        self.services = [
+            {k: row.get(k) for k in ("key", "name", "state", "port", "rss_bytes")}  # never the token
+            for row in listed
+            if row.get("state") != "stopped"
+        ]
+
+    def _runs_reason(self, active: Sequence[Mapping[str, Any]]) -> str:
+        """`run r-7 active`, or `2 runs active (1 of other projects)`: whose runs keep the host busy."""
+        assert self.project is not None
+        mine = [r for r in active if r.get("project") == self.project.id]
+        if len(active) == 1:
+            run = active[0]
+            whose = "" if mine else f" (of project {run.get('project_name') or 'unknown'})"
+            return f"run {run.get('id')} active{whose}"
+        others = len(active) - len(mine)
+        return f"{len(active)} runs active" + (f" ({others} of other projects)" if others else "")
 
     # -- acting
 
@@ -399,10 +486,9 @@ class HostMonitor:
             ],
             "outcome": self.outcome,
             "sync": None if self.sync is None else self.sync.document(),
+            "services": self.services,
         }
 
     def _report(self) -> None:
-        import os
-
         with open_state(self.state_path) as state:
             state.record_monitor(self.host.name, os.getpid(), self.report(), self.wall())

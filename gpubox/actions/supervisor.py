@@ -42,7 +42,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from gpubox import paths
-from gpubox.config import HostConfig
+from gpubox.config import HostConfig, ProjectConfig
 from gpubox.cost import BillingHold
 from gpubox.errors import (
     EXIT_BAD_INPUT,
@@ -69,6 +69,7 @@ __all__ = [
     "EventChannel",
     "Supervised",
     "claim_host",
+    "start_background",
     "start_supervisor",
     "stop_note",
     "stop_on_signals",
@@ -83,30 +84,44 @@ RECONNECT = Backoff(initial=0.5, maximum=15.0, deadline=None)
 @contextlib.contextmanager
 def claim_host(
     host: HostConfig,
+    project: ProjectConfig | None = None,
     *,
     detached: bool,
+    folder: str | None = None,
     log_file: str | None = None,
     probe: Mapping[str, Any] | None = None,
 ) -> Iterator[BillingHold]:
-    """Record this process as the one holding *host* up, with billing running, for as long as the block lasts.
+    """Record this process as the one holding *host* up for *project* (whose folder there is *folder*), with
+    billing running, for as long as the block lasts.
 
-    The billing interval is held by this process (see :class:`gpubox.cost.BillingHold`): the caller's loop beats
-    it, and it is closed with the exact time held on the way out (at its last heartbeat if the process is
-    killed). *probe* (the host's) lets an ssh host without price_per_hour be billed at a catalog estimate."""
+    The billing interval is the host's, whichever projects hold it (see :class:`gpubox.cost.BillingHold`): the
+    first supervisor opens it, the others join it, and the last one out closes it with the exact time held (at
+    its last heartbeat if the process is killed); one that leaves earlier hands it to another still holding the
+    host. *probe* (the host's) lets an ssh host without price_per_hour be billed at a catalog estimate."""
     pid = os.getpid()
     price = host_price(host, probe)
     with open_state() as state:
-        state.claim_supervisor(host.name, pid, detached=detached, log_file=log_file)
+        state.claim_supervisor(
+            host.name,
+            pid,
+            detached=detached,
+            log_file=log_file,
+            project=project.id if project is not None else "",
+            root=str(project.root) if project is not None else None,
+            folder=folder,
+        )
     hold = BillingHold(host.name, price, pid=pid)
     try:
         hold.open()
         yield hold
     finally:
-        hold.close()
+        with open_state() as state:
+            others = [s for s in state.host_supervisors(host.name) if s.pid != pid]
+        hold.close(hand_to=others[0].pid if others else None)
         with open_state() as state:
             state.release_supervisor(host.name, pid)
             state.clear_monitor(host.name, pid)
-            if host.spec.rents:
+            if host.spec.rents and not others:
                 _bill_unheld(state, host, price)
 
 
@@ -187,11 +202,15 @@ def supervise(
         say(f"reconnected to {name} after {time.monotonic() - lost_at:.1f} s")
 
 
-def stop_supervisor(host_name: str, *, timeout: float = 15.0, why: str | None = None) -> int | None:
-    """SIGTERM the process holding *host_name* up and wait for it to go; return its pid, None if none ran.
-    *why* is what happens to the host next (``gpubox down`` stops it): the supervisor's last line says it."""
+def stop_supervisor(
+    host_name: str, project: str | None = None, *, timeout: float = 15.0, why: str | None = None
+) -> int | None:
+    """SIGTERM the process holding *host_name* up for the project *project* (its id; None: whichever holds the
+    host first) and wait for it to go; return its pid, None if none ran. Billing goes on while other projects
+    still hold the host. *why* is what happens to the host next (``gpubox down`` stops it): the supervisor's
+    last line says it."""
     with open_state() as state:
-        found = state.supervisor(host_name)
+        found = state.supervisor(host_name, project)
     if found is None:
         return None
     if why is not None:
@@ -210,6 +229,8 @@ def stop_supervisor(host_name: str, *, timeout: float = 15.0, why: str | None = 
             os.kill(found.pid, signal.SIGKILL)
     with open_state() as state:
         state.release_supervisor(host_name, found.pid)
+        if state.host_supervisors(host_name):
+            return found.pid  # another project still holds the host: its billing goes on with them
         rented = state.current_instance(host_name)
         if rented is None or not rented.billing:
             state.close_billing(host_name)
@@ -328,7 +349,11 @@ class EventChannel:
 
     def ready(self, ready: Ready) -> None:
         """The host is held: say so, with the tunnels, and close the channel (the log goes on)."""
-        self._send({"event": "ready", "pid": ready.pid, "tunnels": [list(t) for t in ready.tunnels]})
+        self.ready_with(pid=ready.pid, tunnels=[list(t) for t in ready.tunnels])
+
+    def ready_with(self, **fields: Any) -> None:
+        """The background process is up and on its own now: send ``ready`` with *fields*, close the channel."""
+        self._send({"event": "ready", **fields})
         self.close()
 
     def failed(self, error: GpuboxError) -> None:
@@ -369,6 +394,7 @@ def start_supervisor(
     should_stop: Callable[[], bool] | None = None,
     cwd: Path | None = None,
     timeout: float = 60.0,
+    project: ProjectConfig | None = None,
 ) -> Supervised:
     """Start the supervisor that holds *host* from the background (its own session, log in the state folder)
     and return once it holds it. *say* hears its lines (connect, report, sync, env, services, tunnels),
@@ -379,21 +405,68 @@ def start_supervisor(
     (*ask_to_pin*; the supervisor pins the key it was shown) and a first sync that would delete many host files
     (*confirm_mass_delete*, given the reason and the count). Without a callback the answer is no. *timeout* is
     how long it may stay silent (it says it is alive every few seconds, so this catches a hung process, not a
-    slow env build)."""
+    slow env build). *project* (the one in *cwd*) names its log; it runs in the project's root when *cwd* is not
+    given."""
+    if cwd is None and project is not None:
+        cwd = project.root
     log_dir = paths.ensure_private_dir(paths.state_dir() / "logs")
-    log_path = log_dir / f"up-{host.name}.log"
+    # One log per host and project: several projects may hold one host at once.
+    project_id = project.id if project is not None else None
+    log_path = log_dir / (f"up-{host.name}-{project_id}.log" if project_id else f"up-{host.name}.log")
+    arguments = ["up", host.name, "--no-tui", "--supervise-child"]
+    if options.accept_new:
+        arguments.append("--accept-new")
+    if not options.sync:
+        arguments.append("--no-sync")
+    if not options.services:
+        arguments.append("--no-services")
+    if options.allow_mass_delete:
+        arguments.append("--allow-mass-delete")
+    ready = start_background(
+        arguments,
+        what=f"the background gpubox for {host.name}",
+        log_path=log_path,
+        say=say,
+        on_sync=on_sync,
+        on_env=on_env,
+        ask_to_pin=ask_to_pin,
+        confirm_mass_delete=confirm_mass_delete,
+        should_stop=should_stop,
+        cwd=cwd,
+        timeout=timeout,
+        gave_up=f"gave up bringing {host.name} up",
+        not_ready="before holding it",
+    )
+    tunnels = tuple((str(name), str(url)) for name, url in ready.get("tunnels", []))
+    return Supervised(int(ready["pid"]), log_path, tunnels)
+
+
+def start_background(
+    arguments: list[str],
+    *,
+    what: str,
+    log_path: Path,
+    say: Say | None = None,
+    on_sync: Callable[[int, int], None] | None = None,
+    on_env: Callable[[str], None] | None = None,
+    ask_to_pin: AskToPin | None = None,
+    confirm_mass_delete: Callable[[str, int], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+    env: Mapping[str, str] | None = None,
+    gave_up: str = "gave up",
+    not_ready: str = "before it was ready",
+) -> dict[str, Any]:
+    """Start ``gpubox ARGUMENTS --events-fd N --answers-fd M`` in its own session (its output appended to
+    *log_path*), relay its event channel (see the module's docstring) until it says ``ready``, and return that
+    event. A ``failed`` event is raised here as the same kind of error; a process that dies or stays silent for
+    *timeout* seconds is a GpuboxError naming *what* and the log. The ``up`` supervisor and the sweep scheduler
+    both start this way."""
     events_read, events_write = os.pipe()
     answers_read, answers_write = os.pipe()
-    command = [sys.executable, "-m", "gpubox", "up", host.name, "--no-tui", "--supervise-child"]
+    command = [sys.executable, "-m", "gpubox", *arguments]
     command += ["--events-fd", str(events_write), "--answers-fd", str(answers_read)]
-    if options.accept_new:
-        command.append("--accept-new")
-    if not options.sync:
-        command.append("--no-sync")
-    if not options.services:
-        command.append("--no-services")
-    if options.allow_mass_delete:
-        command.append("--allow-mass-delete")
     try:
         with open(log_path, "ab") as log:
             child = subprocess.Popen(
@@ -404,6 +477,7 @@ def start_supervisor(
                 stderr=log,
                 start_new_session=True,
                 pass_fds=(events_write, answers_read),
+                env=None if env is None else {**os.environ, **env},
             )
     finally:
         os.close(events_write)
@@ -414,13 +488,11 @@ def start_supervisor(
         while True:
             if should_stop is not None and should_stop():
                 child.terminate()
-                raise GpuboxError(f"gave up bringing {host.name} up")
+                raise GpuboxError(gave_up)
             readable, _, _ = select.select([events], [], [], 0.2)
             if not readable:
                 if time.monotonic() > deadline:
-                    raise GpuboxError(
-                        f"the background gpubox for {host.name} said nothing for {timeout:g} s (log {log_path})"
-                    )
+                    raise GpuboxError(f"{what} said nothing for {timeout:g} s (log {log_path})")
                 continue
             data = os.read(events.fileno(), 1 << 16)
             if not data:
@@ -443,17 +515,14 @@ def start_supervisor(
                     answers.flush()
                     deadline = time.monotonic() + timeout
                 elif kind == "ready":
-                    tunnels = tuple((str(name), str(url)) for name, url in event.get("tunnels", []))
-                    return Supervised(int(event["pid"]), log_path, tunnels)
+                    return dict(event)
                 elif kind == "failed":
                     child.wait()
                     error = _error(str(event.get("message") or "failed"), int(event.get("exit_code") or 1))
                     error.details = tuple(str(line) for line in event.get("details") or ())
                     raise error
     code = child.wait()
-    raise GpuboxError(
-        f"the background gpubox for {host.name} exited (status {code}) before holding it (log {log_path})"
-    )
+    raise GpuboxError(f"{what} exited (status {code}) {not_ready} (log {log_path})")
 
 
 def _answer(

@@ -26,13 +26,15 @@ from typing import TYPE_CHECKING
 
 from gpubox import paths
 from gpubox.actions import Say
+from gpubox.actions.framework import project_framework
 from gpubox.actions.monitor import HostMonitor, SyncActivity, SyncStatus
 from gpubox.actions.services import ServiceWatch
 from gpubox.actions.supervisor import claim_host, stop_note, stop_on_signals, supervise
+from gpubox.actions.sync import held_lines, host_changed_lines, too_large_line
 from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.fmt import format_duration, format_usd
-from gpubox.remote.gpu import load_rules
+from gpubox.remote.folder import left_behind
 from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
 from gpubox.remote.tunnels import Tunnel
@@ -41,7 +43,7 @@ from gpubox.state import open_state
 from gpubox.sync.pull import pull
 from gpubox.sync.watch import LiveSync
 from gpubox.train.env import ensure_env, env_spec, tools_spec
-from gpubox.train.services import ensure_services, ensure_tools
+from gpubox.train.services import ensure_services, ensure_tools, service_key
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
@@ -86,10 +88,11 @@ class Prepared:
     """The env the services run in (the project's, or one of their own)."""
 
 
-def check_free(host: HostConfig, hosts: HostsConfig) -> None:
-    """Refuse to bring up a host another gpubox already holds, or one whose budget is spent."""
+def check_free(host: HostConfig, hosts: HostsConfig, project: ProjectConfig) -> None:
+    """Refuse to bring up a host this project already holds up, or one whose budget is spent. Other projects
+    may hold the same host at the same time."""
     with open_state() as state:
-        supervisor = state.supervisor(host.name)
+        supervisor = state.supervisor(host.name, project.id)
         spent = over_budget(host, hosts, state)
     if supervisor is not None:
         raise UsageError(
@@ -120,25 +123,51 @@ def connect(
     """Open the host (starting the local one), probe it, record it, and say the host report. *started* is when
     the user's wait began (for the connect time shown)."""
     started = time.monotonic() if started is None else started
-    session = connect_host(host, project.name, accept_new=options.accept_new, ask=ask)
+    session = connect_host(host, project, accept_new=options.accept_new, ask=ask, folder="claim")
     try:
         with open_state() as state:
             state.record_host(host.name, host.provider, session.spec.endpoint.display)
             state.record_probe(host.name, session.probe)
-        _say_report(session, time.monotonic() - started, say)
+            others = [s for s in state.host_supervisors(host.name) if s.project != project.id]
+        _say_report(session, project, time.monotonic() - started, say)
+        if session.folder is not None:
+            say(f"  ✓ folder {session.folder.describe()}")
+            if session.folder.created:
+                gone_projects = left_behind(session.agent, project)
+                for gone in gone_projects[:LEFT_BEHIND_SHOWN]:
+                    say(
+                        f"  · {gone.get('folder')} there was the folder of {gone.get('root')}, gone from this "
+                        f'machine: if this project was moved from there, remote_dir = "{gone.get("folder")}" '
+                        "in hosts.toml keeps its files and runs"
+                    )
+                if len(gone_projects) > LEFT_BEHIND_SHOWN:
+                    say(
+                        f"  · and {len(gone_projects) - LEFT_BEHIND_SHOWN} more folders there of projects gone from "
+                        "this machine (`gpubox runs --all-projects` lists their runs)"
+                    )
+        for other in others:
+            say(
+                f"  · shared with project {other.project_name} ({other.root or '?'}), held by gpubox process {other.pid}"
+            )
     except BaseException:
         session.close()
         raise
     return session
 
 
-def _say_report(session: HostSession, elapsed: float, say: Say) -> None:
+LEFT_BEHIND_SHOWN = 2
+"""Folders of projects gone from this machine that a new project's `up` names (the likeliest first)."""
+
+
+def _say_report(session: HostSession, project: ProjectConfig, elapsed: float, say: Say) -> None:
     endpoint = session.spec.endpoint
     how = "host key made by gpubox" if session.spec.trusted_host_keys else "host key checked"
     say(f"  ✓ connected {endpoint.display} ({how}) in {elapsed:.2f} s")
-    # `up` judges the GPUs for the newest TensorFlow gpubox knows; `gpubox check` for the project's own.
-    newest = load_rules().newest("tensorflow")
-    for line in host_report(session.probe, session.agent.hello, release=newest):
+    # The one rule of `gpubox check` (the project's pin, else the newest), without asking the env (check does).
+    framework = project_framework(project)
+    for line in host_report(
+        session.probe, session.agent.hello, release=framework.release, chosen_by=framework.chosen_by
+    ):
         say(line.render())
     host = session.host
     money = [host_price(host, session.probe).label()]
@@ -283,7 +312,12 @@ def hold(
     sync_status = SyncStatus()
     if prepared.first_sync is not None:
         sync_status.batch(prepared.first_sync, "start")
-    with stop_on_signals(stop, wake), claim_host(host, detached=detached, probe=session.probe) as billing:
+    with (
+        stop_on_signals(stop, wake),
+        claim_host(
+            host, project, folder=session.remote_dir, detached=detached, probe=session.probe
+        ) as billing,
+    ):
         live = (
             start_live_sync(
                 prepared.syncer, session, wake, say=say, on_change=activity.touch, status=sync_status
@@ -318,6 +352,8 @@ def hold(
                 host.name,
                 os.getpid(),
                 [(state.name, tunnel.local_port, state.host_port, state.path) for state, tunnel in tunnels],
+                project=project.id,
+                service_key=service_key(session),
             )
         shown = [(state.name, state.url(tunnel.local_port, show_secret=False)) for state, tunnel in tunnels]
         for name, url in shown:
@@ -335,6 +371,7 @@ def hold(
             hosts=hosts,
             activity=activity,
             sync=sync_status,
+            project=project,
         )
         if host.spec.rents:
             monitor.before_terminate = lambda: _pull_before_terminate(session, project)
@@ -364,7 +401,7 @@ def _tunnel_ports(project: ProjectConfig, host: str) -> dict[str, int]:
     """The local port each service's tunnel had last time for this project and host: used again when free, so
     bookmarked URLs keep working across `down` and `up`."""
     try:
-        known = json.loads(_tunnel_ports_file().read_text()).get(str(project.root), {}).get(host, {})
+        known = json.loads(_tunnel_ports_file().read_text()).get(project.id, {}).get(host, {})
     except (OSError, ValueError, AttributeError):
         return {}
     if not isinstance(known, dict):
@@ -380,7 +417,7 @@ def _remember_tunnel_ports(project: ProjectConfig, host: str, ports: dict[str, i
             known = {}
     except (OSError, ValueError):
         known = {}
-    known.setdefault(str(project.root), {})[host] = ports
+    known.setdefault(project.id, {})[host] = ports
     with contextlib.suppress(OSError):
         paths.ensure_private_dir(path.parent)
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
@@ -413,17 +450,50 @@ def start_live_sync(
     """Live sync for a held host; *on_change* hears of every batch that changed the host (activity), *status*
     of every batch and problem (the monitor report publishes it for the dashboard)."""
 
+    told_large: set[str] = set()
+    told_changed: set[str] = set()
+    told_held: list[int] = [0]
+    host = session.host.name
+    limit_mb = syncer.project.sync.max_file_size_mb
+
     def reported(report: SyncReport, why: str) -> None:
         if status is not None:
             status.batch(report, why)
-        if on_change is not None and (report.sent or report.deleted):
+        if on_change is not None and (report.sent or report.deleted or report.moved):
             on_change()
-        if report.sent or report.deleted or report.conflicts or report.errors or report.kept_on_host:
+        if (
+            report.sent
+            or report.deleted
+            or report.moved
+            or report.conflicts
+            or report.errors
+            or report.kept_on_host
+        ):
             say(f"  · sync ({why}): {report.summary()}")
         for conflict in report.conflicts:
             say(f"  ! conflict: the host's copy was kept as {conflict}")
         for error in report.errors:
             say(f"  ! sync error: {error}")
+        # What sync did not do is said once, not at every rescan.
+        kept = set(report.too_large_kept)
+        for path, size in report.too_large:
+            if path not in told_large:
+                told_large.add(path)
+                say("  ! " + too_large_line(path, size, limit_mb, kept=path in kept))
+        held = len(report.held_deletions)
+        if held != told_held[0]:
+            if held:
+                for line in held_lines(held, report.held_reason, host):
+                    say(f"  {line}")
+            else:
+                say(f"  · sync: no deletions held back on {host} any more")
+            told_held[0] = held
+        if report.verified:
+            fresh = [path for path in report.host_changed if path not in told_changed]
+            told_changed.intersection_update(report.host_changed)
+            told_changed.update(fresh)
+            for line in host_changed_lines(fresh, host):
+                say(f"  {line}")
 
     def problem(text: str) -> None:
         if status is not None:

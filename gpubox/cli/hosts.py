@@ -11,15 +11,18 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from gpubox.actions.hosts import autostop_text, host_rows, service_url
+from gpubox.actions.sync import sync_lines
 from gpubox.cli.output import load_hosts, load_project, out, price, print_json, table
 from gpubox.config import HOSTS_FILE, PROJECT_FILE
 from gpubox.errors import BadInput, GpuboxError, HostError, HostUnreachable, UsageError
 from gpubox.fmt import either, format_duration, format_usd
 from gpubox.provision import collect_offers, configured_providers, describe_orphans, find_orphans
+from gpubox.remote.folder import known_folder
 from gpubox.remote.providers import provider_for
 from gpubox.remote.providers.registry import CLOUD_NAMES, provider_spec
 from gpubox.remote.tunnels import tunnel_answers
 from gpubox.state import open_state
+from gpubox.train.services import service_key_for
 
 if TYPE_CHECKING:
     from gpubox.config import HostsConfig
@@ -99,9 +102,10 @@ def _orphan_check(hosts: HostsConfig) -> tuple[list[dict[str, Any]], list[dict[s
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
-    hosts = load_hosts()
+    project = load_project()
+    hosts = load_hosts(project)
     orphans, problems, orphan_lines = _orphan_check(hosts)
-    rows = host_rows(hosts)
+    rows = host_rows(hosts, project=project)
     if args.json:
         print_json(
             {
@@ -128,6 +132,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
             for r in rows
         ],
     )
+    if rows:
+        out(f"  gpu: judged for {rows[0]['gpu_judged_for']}")
     for line in orphan_lines:
         out(line)
     return 0
@@ -135,9 +141,10 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
 
-    hosts = load_hosts()
+    project = load_project()
+    hosts = load_hosts(project)
     orphans, problems, orphan_lines = _orphan_check(hosts)
-    rows = host_rows(hosts)
+    rows = host_rows(hosts, project=project)
     now = time.time()
     with open_state() as state:
         for row in rows:
@@ -151,6 +158,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 autostop["remaining_seconds"] = round(max(0.0, autostop["stops_at"] - now), 1)
             row["autostop"] = autostop
             row["autostop_minutes"] = host.autostop_minutes
+            folder = known_folder(host, project)
+            row["folder"] = folder or host.remote_project_dir(project)
+            row["folder_settled"] = folder is not None
+            for held in row["projects"]:
+                held["this_project"] = held["id"] == project.id
+            row["sync"] = (seen[1].get("sync") if seen else None) or None
             row["services"] = [
                 {
                     "name": tunnel.service,
@@ -158,16 +171,26 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "answers": tunnel_answers(tunnel.local_port),
                     "tunnel": tunnel,
                 }
-                for tunnel in state.live_tunnels(host.name)
+                for tunnel in state.live_tunnels(host.name, project.id)
             ]
-    project = load_project() if args.show_secrets else None
+            row["unheld_services"] = _unheld_services(
+                seen[1].get("services") if seen else None, row["projects"]
+            )
+    secrets = project if args.show_secrets else None
     for row in rows:
         for service in row["services"]:
             tunnel = service.pop("tunnel")
             host = hosts.hosts[row["name"]]
-            service["url"] = service_url(host, project, tunnel, show_secret=project is not None)
+            service["url"] = service_url(host, secrets, tunnel, show_secret=secrets is not None)
     if args.json:
-        print_json({"hosts": rows, "orphans": orphans, "provider_problems": problems})
+        print_json(
+            {
+                "project": {"id": project.id, "name": project.name, "root": str(project.root)},
+                "hosts": rows,
+                "orphans": orphans,
+                "provider_problems": problems,
+            }
+        )
         return 0
     up = [r for r in rows if r["up"] or r["instance"]["state"] in ("running", "unknown")]
     if not up:
@@ -200,12 +223,41 @@ def cmd_status(args: argparse.Namespace) -> int:
         out(line)
         if row["up"]:
             out(f"    autostop  {autostop_text(row['autostop'], row['autostop_minutes'])}")
+            for line in sync_lines(row["sync"], row["name"]):
+                out(f"    {line}")
+        out(
+            f"    folder    {row['folder']} (this project's{'' if row['folder_settled'] else ', made on first use'})"
+        )
+        if len(row["projects"]) > 1 or (row["projects"] and not row["projects"][0]["this_project"]):
+            for held in row["projects"]:
+                mark = (
+                    "this project"
+                    if held["this_project"]
+                    else (held["root"] or "a project of an older gpubox")
+                )
+                out(
+                    f"    held for  {held['name'] or '?'} ({mark}) by gpubox pid {held['pid']}: {held['folder'] or '?'}"
+                )
         for service in row["services"]:
             shown = "" if service["answers"] else "  (not answering: the supervisor starts it again)"
             out(f"    {service['name']:<9} {service['url']}{shown}")
+        for service in row["unheld_services"]:
+            memory = f", {service['rss_bytes'] / 2**20:.0f} MiB" if service.get("rss_bytes") else ""
+            out(
+                f"    ! {service['name']} of {service['key']} still runs (port {service['port']}{memory}) though "
+                f"its project let go of {row['name']}: the last `gpubox down {row['name']}` stops it"
+            )
     for line in orphan_lines:
         out(line)
     return 0
+
+
+def _unheld_services(
+    services: Sequence[Mapping[str, Any]] | None, projects: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Services the host's lead saw running whose project no gpubox holds the host for any more."""
+    held = {service_key_for(p["folder"]) for p in projects if p.get("folder")}
+    return [dict(s) for s in services or () if s.get("key") not in held]
 
 
 def cmd_offers(args: argparse.Namespace) -> int:

@@ -13,7 +13,8 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox import config
@@ -21,11 +22,12 @@ from gpubox.errors import UsageError
 from gpubox.fmt import columns, format_duration, format_usd
 
 if TYPE_CHECKING:
-    from gpubox.config import HostsConfig, ProjectConfig
+    from gpubox.config import HostConfig, HostsConfig, ProjectConfig
 
 __all__ = [
     "LiveProgress",
     "ask_to_pin",
+    "check_first_sync",
     "confirm",
     "err",
     "is_terminal",
@@ -148,8 +150,41 @@ def shown(path: str) -> str:
     return f"'{escaped}'"
 
 
-def load_project() -> ProjectConfig:
-    return config.load_project()
+def load_project(*, quiet: bool = False) -> ProjectConfig:
+    """The project of the current folder, found like git finds a repository (see
+    :func:`gpubox.config.project.locate_project`); says which folder when it is not the current one."""
+    from gpubox.actions.project import root_note
+
+    project = config.load_project(held=_held_roots())
+    note = root_note(project)
+    if note is not None and not quiet:
+        err(f"gpubox: {note}")
+    return project
+
+
+def _held_roots() -> Iterator[Path]:
+    """Project folders a gpubox process holds up now (read only when no marker file is found)."""
+    from gpubox.state import open_state
+
+    with open_state() as state:
+        roots = [s.root for s in state.supervisors() if s.root]
+    for root in roots:
+        yield Path(root)
+
+
+def check_first_sync(project: ProjectConfig, host: HostConfig, *, yes: bool) -> None:
+    """Before the first sync of a folder that is no clear project (the home folder, ``/``, or over 1 GB or
+    20,000 files without a gpubox.toml, hosts.toml or git work tree): ask, or with ``--yes`` go on; without a
+    terminal refuse."""
+    from gpubox.actions.project import first_sync_question
+
+    question = first_sync_question(project, host)
+    if question is None:
+        return
+    if not confirm(question, yes=yes):
+        raise UsageError(
+            "nothing sent: `gpubox init` in the project's own folder marks it (or answer yes, or --yes)"
+        )
 
 
 def load_hosts(project: ProjectConfig | None = None) -> HostsConfig:

@@ -95,10 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-services", action="store_true", help="do not start Jupyter and TensorBoard")
     up.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
     up.add_argument(
-        "--yes", action="store_true", help="rent without asking (a rented host shows its price first)"
+        "--yes",
+        action="store_true",
+        help="rent without asking (a rented host shows its price first); sync a big or unusual folder",
     )
     up.add_argument(
-        "--allow-mass-delete", action="store_true", help="let the first sync delete many host files at once"
+        "--allow-mass-delete",
+        action="store_true",
+        help="let the first sync carry out deletions that look like a wipe",
     )
     up.add_argument(
         "--stop", action="store_true", help="end the gpubox process holding the host (host keeps running)"
@@ -110,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     down = add("down", "up:cmd_down", "stop holding a host; pull outputs and terminate a rented one")
     down.add_argument("host", nargs="?", metavar="HOST")
     down.add_argument("--keep-instance", action="store_true", help="leave the machine running")
-    down.add_argument("--yes", action="store_true", help="do not ask before stopping")
+    down.add_argument("--yes", action="store_true", help="do not ask (about active runs, or terminating)")
     down.add_argument(
         "--no-pull", action="store_true", help="terminate a rented host without pulling outputs"
     )
@@ -144,29 +148,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify", action="store_true", help="also compare with the host's files (finds changes made there)"
     )
     sync.add_argument(
-        "--allow-mass-delete", action="store_true", help="delete many host files without asking"
+        "--allow-mass-delete",
+        action="store_true",
+        help="carry out deletions held back as a wipe (also for a `gpubox up` or `sync --watch` running now)",
     )
     sync.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+    sync.add_argument(
+        "--yes", action="store_true", help="sync the home folder, /, or a first sync over 1 GB without asking"
+    )
 
     pull = add(
-        "pull", "sync:cmd_pull", "bring outputs (or the named paths) back from the host, incrementally"
+        "pull",
+        "sync:cmd_pull",
+        "bring outputs and notebooks edited on the host (or the named paths) back from the host, incrementally",
     )
     pull.add_argument("host", nargs="?", metavar="HOST")
-    pull.add_argument("paths", nargs="*", metavar="PATH", help="default: the [sync] outputs folders")
+    pull.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="default: the [sync] outputs folders and the notebooks created or changed on the host",
+    )
     pull.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+
+    push = add(
+        "push",
+        "sync:cmd_push",
+        "send the named paths to the host over copies edited there (local wins; the host's go to its trash)",
+    )
+    push.add_argument("host", nargs="?", metavar="HOST")
+    push.add_argument("paths", nargs="*", metavar="PATH", help="files or folders of the project")
+    push.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
 
     check = add("check", "check:cmd_check", "can the framework use this host's GPU? exits 1 when it cannot")
     check.add_argument("host", nargs="?", metavar="HOST", help="default: like `gpubox up`")
     check.add_argument(
         "--nvidia-smi",
         metavar="FILE",
-        help="offline: a saved nvidia-smi table, `-q -x` XML or --query-gpu CSV (- reads stdin)",
+        help="offline: a saved nvidia-smi table, `-q` text, `-q -x` XML or --query-gpu CSV (- reads stdin)",
     )
     check.add_argument(
         "--framework",
         metavar="SPEC",
-        help="tensorflow==2.21 or torch==2.10 (default: installed on the host, the requirements pin, "
-        "or the newest release gpubox knows)",
+        help="tensorflow==2.21 or torch==2.10 (default: installed in the project's env on the host, the "
+        "requirements pin, or the newest release gpubox knows)",
     )
     check.add_argument("--json", action="store_true", help="one JSON document on stdout")
     check.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
@@ -208,14 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-f", "--follow", action="store_true", help="stream its log; exit with its exit code")
     run.add_argument("--no-sync", action="store_true", help="start without syncing first")
     run.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+    run.add_argument(
+        "--yes", action="store_true", help="sync the home folder, /, or a first sync over 1 GB without asking"
+    )
 
-    runs = add("runs", "runs:cmd_runs", "runs on the host: state, duration, exit code")
+    runs = add("runs", "runs:cmd_runs", "this project's runs on the host: state, duration, exit code")
     runs.add_argument("--host", metavar="HOST")
     runs.add_argument("--all", action="store_true", help="every run, not only active and the last 10")
+    runs.add_argument(
+        "--all-projects", action="store_true", help="every project's runs on the host, this one's marked *"
+    )
     runs.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     logs = add("logs", "runs:cmd_logs", "a run's log; -f follows it to the end (and survives a dropped link)")
-    logs.add_argument("run", metavar="RUN")
+    logs.add_argument(
+        "run", metavar="RUN", nargs="?", help="a run id or --name label (default: this project's latest run)"
+    )
     logs.add_argument("--host", metavar="HOST")
     logs.add_argument("-f", "--follow", action="store_true", help="keep streaming until the run ends")
     logs.add_argument("--tail", type=int, metavar="N", help="start with the last N lines")
@@ -223,9 +256,49 @@ def build_parser() -> argparse.ArgumentParser:
     stop = add(
         "stop", "runs:cmd_stop", "stop a run: SIGTERM to its process group, SIGKILL after a grace period"
     )
-    stop.add_argument("run", metavar="RUN")
+    stop.add_argument(
+        "run",
+        metavar="RUN",
+        nargs="?",
+        help="a run id or --name label (default: this project's only active run)",
+    )
     stop.add_argument("--host", metavar="HOST")
     stop.add_argument("--grace", type=_seconds, default=10.0, help="seconds between SIGTERM and SIGKILL")
+
+    sweep = add(
+        "sweep",
+        "sweep:cmd_sweep",
+        "start or resume the project's hyperparameter sweep ([sweep] in gpubox.toml) on every GPU held, "
+        "detached; or show, follow or stop it",
+    )
+    sweep.add_argument("name", nargs="?", metavar="NAME", help="default: the project's name")
+    sweep.add_argument(
+        "--hosts", metavar="H1,H2", help="the hosts whose GPUs it uses (default: every host gpubox holds up)"
+    )
+    sweep.add_argument("--trials", type=int, metavar="N", help="trials in all (instead of [sweep] trials)")
+    sweep.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage: sqlite:///file.db, postgresql://user@host/db, mysql://... "
+        "(default: a SQLite file in gpubox's state folder)",
+    )
+    sweep.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="stay until it ends; exit 0 when every trial finished or was pruned",
+    )
+    sweep.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    sweep.add_argument("--show", action="store_true", help="show it, start nothing")
+    sweep.add_argument("--stop", action="store_true", help="stop scheduling and stop the running trials")
+    sweep.add_argument("--accept-new", action="store_true", help="pin an unknown host key without asking")
+    sweep.add_argument("--scheduler", action="store_true", help=argparse.SUPPRESS)
+    sweep.add_argument("--events-fd", type=int, help=argparse.SUPPRESS)
+    sweep.add_argument("--answers-fd", type=int, help=argparse.SUPPRESS)
+
+    sweeps = add("sweeps", "sweep:cmd_sweeps", "hyperparameter sweeps: state, trials, best value, cost")
+    sweeps.add_argument("--storage", metavar="URL", help="also list the sweeps in this Optuna storage")
+    sweeps.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     open_ = add(
         "open",

@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from gpubox import paths
-from gpubox.actions.runs import prepare_run, remember_runs, stop_one_run
+from gpubox.actions.runs import (
+    pick_run,
+    prepare_run,
+    project_runs,
+    remember_runs,
+    run_subfolder,
+    stop_one_run,
+    tell_run_sync,
+)
 from gpubox.actions.sync import make_syncer
 from gpubox.actions.up import build_env
 from gpubox.cli.output import (
     LiveProgress,
     ask_to_pin,
+    check_first_sync,
     err,
+    is_terminal,
     load_hosts,
     load_project,
     out,
@@ -25,14 +36,14 @@ from gpubox.cli.output import (
     terminal_width,
 )
 from gpubox.cli.sync import full_sync
-from gpubox.errors import UsageError
+from gpubox.errors import GpuboxError, HostError, UsageError
 from gpubox.fmt import format_duration
 from gpubox.remote.agent import calls
 from gpubox.remote.pool import SessionPool
 from gpubox.remote.session import connect_host
 from gpubox.train import multihost
 from gpubox.train.multihost import pick_hosts, run_on_hosts, table_lines
-from gpubox.train.runs import check_run_id, follow_log, list_runs
+from gpubox.train.runs import RUN_ID, check_run_ref, follow_log, list_runs
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProjectConfig
@@ -57,15 +68,15 @@ def _run_on_hosts(args: argparse.Namespace) -> int:
 
     def prepare(session: HostSession, host: HostConfig) -> str | None:
         if not args.no_sync:
-            report = full_sync(make_syncer(session, project, host), allow_mass_delete=False, quiet=True)
-            if report.sent or report.deleted:
-                out(f"synced {host.name}: {report.summary()}")
+            syncer = make_syncer(session, project, host)
+            report = full_sync(syncer, allow_mass_delete=False, quiet=True, verify=True)
+            tell_run_sync(report, host.name, out)
         return build_env(session, project, say=out, quiet_when_cached=True)
 
     return run_on_hosts(
         hosts,
         argv,
-        project_name=project.name,
+        project=project,
         project_root=str(project.root),
         name=args.name,
         follow=args.follow,
@@ -84,7 +95,7 @@ def _multi_logs(args: argparse.Namespace) -> int:
     run = multihost.load_run(args.run)
     hosts = load_hosts(project)
     links = SessionPool(
-        [hosts.get(name) for name in run.hosts], project.name, deadline=None if args.follow else 30.0
+        [hosts.get(name) for name in run.hosts], project, deadline=None if args.follow else 30.0
     )
     try:
         offsets = None
@@ -105,7 +116,7 @@ def _multi_stop(args: argparse.Namespace) -> int:
     project = load_project()
     run = multihost.load_run(args.run)
     hosts = load_hosts(project)
-    links = SessionPool([hosts.get(name) for name in run.hosts], project.name)
+    links = SessionPool([hosts.get(name) for name in run.hosts], project)
     try:
         status = multihost.stop_multi(run, links, grace=args.grace)
     finally:
@@ -120,14 +131,17 @@ def _multi_stop(args: argparse.Namespace) -> int:
 
 
 def _multi_listing(
-    host: HostConfig, runs: list[RunInfo], project: ProjectConfig, everything: bool
+    host: HostConfig, runs: list[RunInfo], project: ProjectConfig, everything: bool, all_projects: bool
 ) -> tuple[list[RunInfo], list[Any]]:
-    """The host's own runs without the parts of multi-host runs, and the states of those multi-host runs."""
+    """The host's own runs without the parts of multi-host runs, and the states of those multi-host runs (this
+    project's, or every project's with *all_projects*)."""
 
     single, records = multihost.split_listing(host.name, runs)
+    if not all_projects:
+        records = [r for r in records if not r.project or r.project == str(project.root)]
     if not records:
         return single, []
-    found = multihost.statuses(records, host.name, runs, load_hosts(project), project.name)
+    found = multihost.statuses(records, host.name, runs, load_hosts(project), project)
     if not everything:
         found = [s for s in found if not s.finished] + [s for s in found if s.finished][-10:]
         found.sort(key=lambda s: int(s.run.id[2:]))
@@ -143,7 +157,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     argv = list(args.command_args) or ([project.run.command] if project.run.command else [])
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
-    session = connect_host(host, project.name, accept_new=args.accept_new, ask=ask_to_pin(), probe=False)
+    if not args.no_sync:
+        check_first_sync(project, host, yes=args.yes)
+    session = connect_host(
+        host, project, accept_new=args.accept_new, ask=ask_to_pin(), probe=False, folder="claim"
+    )
     shown = LiveProgress()
     try:
         # The flush barrier: the run starts only after the host acknowledged the project as it is now.
@@ -160,9 +178,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         finally:
             shown.pause()
-        out(f"started {run.id} on {host.name}: {run.command}")
+        where = run_subfolder(project)
+        out(f"started {run.label()} on {host.name}: {run.command}" + (f"  (in {where}/)" if where else ""))
         if not args.follow:
-            out(f"  follow it: gpubox logs {run.id} -f    stop it: gpubox stop {run.id}")
+            out(
+                f"  follow it: gpubox logs {run.name or run.id} -f    stop it: gpubox stop {run.name or run.id}"
+            )
             return 0
         # Follow on the same connection: the first line shows up without a second SSH handshake.
         return _stream_log(host, project, run.id, follow=True, offset=0, session=session)
@@ -201,7 +222,7 @@ def _copy_log(
 
     pool = SessionPool(
         [host],
-        project.name,
+        project,
         sessions={host.name: session} if session is not None else None,
         deadline=None if follow else 30.0,
     )
@@ -268,21 +289,44 @@ def _following(run_id: str, host: str, follow: bool) -> Iterator[None]:
 
 def cmd_logs(args: argparse.Namespace) -> int:
 
-    if args.run.startswith("m-"):
+    if args.run and args.run.startswith("m-"):
         return _multi_logs(args)
     project = load_project()
     host = _run_host(args, project)
-    run_id = check_run_id(args.run)
+    run_id = _which_run(host, project, args.run, purpose="logs")
     if args.tail is not None:
         return _tail_then_follow(host, project, run_id, max(0, args.tail), args.follow)
     return _stream_log(host, project, run_id, follow=args.follow, offset=0)
+
+
+def _which_run(host: HostConfig, project: ProjectConfig, wanted: str | None, *, purpose: str) -> str:
+    """The run a command names: a run id as it is; a --name label, or nothing (this project's latest run, for
+    `logs`), looked up on the host."""
+    if wanted is not None and RUN_ID.match(check_run_ref(wanted)):
+        return wanted
+    session = connect_host(host, project, probe=False, launch=False)
+    try:
+        runs = list_runs(session)
+        mine = project_runs(session, project, runs)
+    finally:
+        session.close()
+    if wanted is not None:
+        return pick_run(runs, wanted, project=project, mine=mine).id
+    if not mine:
+        raise UsageError(
+            f"this project has no runs on {host.name} yet: `gpubox run -- python train.py` starts one"
+            + (" (`gpubox runs --all-projects` lists the others there)" if runs else "")
+        )
+    latest = max(mine, key=lambda r: int(r.id[2:]))
+    err(f"gpubox: {purpose} of {latest.label()}, this project's latest run on {host.name} ({latest.state})")
+    return latest.id
 
 
 def _tail_then_follow(host: HostConfig, project: ProjectConfig, run_id: str, lines: int, follow: bool) -> int:
     """Print the last *lines* lines (looked for in the last MiB of the log), then follow if asked."""
 
     window = 1 << 20
-    session = connect_host(host, project.name, probe=False, launch=False)
+    session = connect_host(host, project, probe=False, launch=False)
     try:
         head, _ = calls.run_log(session.agent, run_id=run_id, offset=0, max_bytes=1)
         size = int(head.get("size", 0))
@@ -302,45 +346,67 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     project = load_project()
     host = _run_host(args, project)
-    session = connect_host(host, project.name, probe=False, launch=False)
+    unreachable = None
     try:
-        runs = list_runs(session)
-    finally:
-        session.close()
-    remember_runs(host.name, runs)
-    runs, multi = _multi_listing(host, runs, project, args.all)
+        session = connect_host(host, project, probe=False, launch=False)
+    except HostError as exc:
+        # A host that is down (after `gpubox down`, say) still has the runs gpubox last heard of.
+        unreachable = str(exc)
+        listed = _cached_runs(host, project, args.all_projects)
+    else:
+        try:
+            every = list_runs(session)
+            mine = project_runs(session, project, every)
+        finally:
+            session.close()
+        ours = {r.id: r for r in mine}
+        every = [ours.get(r.id, r) for r in every]  # runs from before project ids, told by their folder
+        remember_runs(host.name, every)
+        listed = every if args.all_projects else mine
+    multi: list[Any] = []
+    if unreachable is None:
+        listed, multi = _multi_listing(host, listed, project, args.all, args.all_projects)
     if not args.all:
-        active = [r for r in runs if not r.finished]
-        runs = active + [r for r in runs if r.finished][-10:]
-        runs.sort(key=lambda r: int(r.id[2:]))
+        active = [r for r in listed if not r.finished]
+        listed = active + [r for r in listed if r.finished][-10:]
+        listed.sort(key=lambda r: int(r.id[2:]))
     now = time.time()
     if args.json:
-        print_json(
-            {
-                "runs": [
-                    {
-                        "id": r.id,
-                        "host": r.host,
-                        "name": r.name,
-                        "command": r.command,
-                        "state": r.state,
-                        "started_at": r.started_at,
-                        "ended_at": r.ended_at,
-                        "duration_seconds": r.duration(now),
-                        "exit_code": r.exit_code,
-                        "log_bytes": r.log_bytes,
-                        "progress": r.progress,
-                    }
-                    for r in runs
-                ]
-                + [m.to_json(now) for m in multi]
-            }
-        )
+        document: dict[str, Any] = {
+            "project": {"id": project.id, "name": project.name, "root": str(project.root)},
+            "runs": [
+                {
+                    "id": r.id,
+                    "host": r.host,
+                    "name": r.name,
+                    "project": r.project,
+                    "project_name": r.project_name,
+                    "this_project": r.project == project.id,
+                    "command": r.command,
+                    "state": r.state,
+                    "started_at": r.started_at,
+                    "ended_at": r.ended_at,
+                    "duration_seconds": r.duration(now),
+                    "exit_code": r.exit_code,
+                    "log_bytes": r.log_bytes,
+                    "progress": r.progress,
+                }
+                for r in listed
+            ]
+            + [m.to_json(now) for m in multi],
+        }
+        if unreachable is not None:
+            document["unreachable"] = unreachable
+        print_json(document)
         return 0
-    if not runs and not multi:
-        out(f"no runs on {host.name} yet: `gpubox run -- python train.py` starts one")
+    if unreachable is not None:
+        err(f"gpubox: {host.name} cannot be reached ({unreachable}); its runs as gpubox last saw them:")
+    if not listed and not multi:
+        if unreachable is None:
+            whose = "" if args.all_projects else " of this project"
+            out(f"no runs{whose} on {host.name} yet: `gpubox run -- python train.py` starts one")
         return 0
-    _runs_table(runs, now)
+    _runs_table(listed, now, project, all_projects=args.all_projects, last_seen=unreachable is not None)
     if multi:
         out()
         for line in table_lines(multi, now):
@@ -348,25 +414,32 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runs_table(runs: list[RunInfo], now: float) -> None:
+def _runs_table(
+    runs: list[RunInfo], now: float, project: ProjectConfig, *, all_projects: bool, last_seen: bool
+) -> None:
     """The runs as a table that fits the terminal: the progress shows the metrics that matter most and the
-    command is shortened, to what the width leaves them (``--json`` has everything)."""
-    fixed = [
-        [
+    command is shortened, to what the width leaves them (``--json`` has everything). *last_seen*: the host
+    could not be asked, so an active run's state is as gpubox last saw it."""
+    fixed = []
+    for r in runs:
+        row = [
             r.id,
-            r.host,
-            r.state,
+            r.name or "",
+            r.state if not last_seen or r.finished else f"{r.state} (last seen)",
             _when(r.started_at, now),
             format_duration(r.duration(now) or 0),
             "" if r.exit_code is None else str(r.exit_code),
         ]
-        for r in runs
-    ]
-    headers = ["id", "host", "state", "started", "duration", "exit", "progress", "command"]
+        if all_projects:
+            row.insert(1, _project_mark(r, project))
+        fixed.append(row)
+    headers = ["id", "name", "state", "started", "duration", "exit"]
+    if all_projects:
+        headers.insert(1, "project")
     width = terminal_width()
     room = None
     if width is not None:
-        used = sum(max(len(h), *(len(row[i]) for row in fixed)) + 2 for i, h in enumerate(headers[:6]))
+        used = sum(max(len(h), *(len(row[i]) for row in fixed)) + 2 for i, h in enumerate(headers))
         room = max(20, width - used - 2)
     commands = [r.command for r in runs]
     natural = min(max(len(c) for c in commands), 60)
@@ -377,7 +450,7 @@ def _runs_table(runs: list[RunInfo], now: float) -> None:
     if room is not None:
         command_room = max(12, room - max(len("progress"), *(len(p) for p in progress)) - 2)
     table(
-        headers,
+        [*headers, "progress", "command"],
         [
             [*row, text, command if len(command) <= command_room else command[: command_room - 1] + "…"]
             for row, text, command in zip(fixed, progress, commands, strict=True)
@@ -393,15 +466,87 @@ def _when(started_at: float | None, now: float) -> str:
     return time.strftime("%H:%M" if same_day else "%m-%d %H:%M", time.localtime(started_at))
 
 
+def _project_mark(run: RunInfo, project: ProjectConfig) -> str:
+    """The PROJECT column of `runs --all-projects`: ``* ml`` for this project's, the others' by name."""
+    if run.project == project.id:
+        return f"* {project.name}"
+    if run.project_name:
+        return f"  {run.project_name}"
+    # A run from before project ids: the folder it started in.
+    return f"  ({os.path.basename((run.cwd or '?').rstrip('/'))})"
+
+
+def _cached_runs(host: HostConfig, project: ProjectConfig, all_projects: bool) -> list[RunInfo]:
+    """The runs of *host* as gpubox last heard of them (this project's, or every project's)."""
+    from gpubox.state import open_state
+    from gpubox.train.runs import RunInfo
+
+    with open_state() as state:
+        records = state.cached_runs(host.name)
+    return sorted(
+        (
+            RunInfo(
+                id=r.id,
+                host=r.host,
+                command=r.command,
+                state=r.state,
+                started_at=r.started_at,
+                ended_at=r.ended_at,
+                exit_code=r.exit_code,
+                name=r.name,
+                project=r.project,
+                project_name=r.project_name,
+            )
+            for r in records
+            if all_projects or r.project == project.id
+        ),
+        key=lambda r: int(r.id[2:]),
+    )
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
 
-    if args.run.startswith("m-"):
+    if args.run and args.run.startswith("m-"):
         return _multi_stop(args)
     project = load_project()
     host = _run_host(args, project)
-    run = stop_one_run(host, project, args.run, grace=args.grace)
-    out(
-        f"{run.id} on {host.name}: {run.state}"
-        + ("" if run.exit_code is None else f" (exit {run.exit_code})")
-    )
+    wanted = check_run_ref(args.run) if args.run else _only_active_run(host, project)
+    for one in wanted.split(",") if args.run is None else [wanted]:
+        run = stop_one_run(host, project, one, grace=args.grace)
+        out(
+            f"{run.label()} on {host.name}: {run.state}"
+            + ("" if run.exit_code is None else f" (exit {run.exit_code})")
+        )
     return 0
+
+
+def _only_active_run(host: HostConfig, project: ProjectConfig) -> str:
+    """`gpubox stop` without a run: this project's only active run; with several, ask which (on a terminal)."""
+    session = connect_host(host, project, probe=False, launch=False)
+    try:
+        runs = project_runs(session, project, list_runs(session))
+    finally:
+        session.close()
+    active = [r for r in runs if not r.finished]
+    if not active:
+        raise UsageError(f"this project has no active run on {host.name}: nothing to stop")
+    if len(active) == 1:
+        return active[0].id
+    listing = ", ".join(f"{r.label()} ({r.command})" for r in active)
+    if not is_terminal():
+        raise UsageError(
+            f"this project has {len(active)} active runs on {host.name}: {listing}; name one (`gpubox stop RUN`)"
+        )
+    err(f"this project has {len(active)} active runs on {host.name}:")
+    for r in active:
+        err(f"  {r.label():<20} {r.state:<9} {r.command}")
+    try:
+        answer = input("stop which? (a run id or name, `all`, or nothing to cancel) ").strip()
+    except EOFError:
+        answer = ""
+    if answer == "all":
+        return ",".join(r.id for r in active)
+    chosen = next((r for r in active if answer in (r.id, r.name)), None)
+    if chosen is None:
+        raise GpuboxError("nothing stopped" + (f": {answer!r} is none of them" if answer else ""))
+    return chosen.id

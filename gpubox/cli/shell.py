@@ -11,9 +11,10 @@ import webbrowser
 
 from gpubox import paths
 from gpubox.actions.hosts import service_url
+from gpubox.actions.runs import run_subfolder
 from gpubox.cli.output import ask_to_pin, load_hosts, load_project, out
 from gpubox.errors import GpuboxError, UsageError
-from gpubox.remote.session import open_connection, shell_word
+from gpubox.remote.session import connect_host, shell_word
 from gpubox.remote.ssh_config import write_ssh_config
 from gpubox.state import open_state
 
@@ -25,8 +26,15 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     project = load_project()
     host = load_hosts(project).get(args.host)
     command = list(args.command_args)
-    connection, _spec = open_connection(host, accept_new=args.accept_new, ask=ask_to_pin())
-    cd = f"cd {shell_word(host.remote_project_dir(project.name))} 2>/dev/null; "
+    session = connect_host(
+        host, project, accept_new=args.accept_new, ask=ask_to_pin(), probe=False, folder="claim"
+    )
+    session.agent.close()  # the folder is settled; the shell needs only the connection
+    connection = session.connection
+    # The matching subfolder of the project on the host (or [run] cwd), when it is there; else the project root.
+    root = shell_word(session.remote_dir)
+    sub = run_subfolder(project)
+    cd = f"cd {root} 2>/dev/null; " if not sub else f"cd {root}/{shlex.quote(sub)} 2>/dev/null || cd {root}; "
     shell_recorded = False
     try:
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -62,7 +70,9 @@ def cmd_open(args: argparse.Namespace) -> int:
     project = load_project()
     host = load_hosts(project).pick(args.host)
     with open_state() as state:
-        rows = {row.service: row for row in state.live_tunnels(host.name)}
+        tunnels = state.live_tunnels(host.name)
+        holders = {s.project: s for s in state.host_supervisors(host.name)}
+    rows = {row.service: row for row in tunnels if row.project == project.id}
     services = sorted(name for name, service in project.services.items() if service.enabled)
     if args.service not in rows and args.service not in services:
         raise UsageError(
@@ -70,9 +80,21 @@ def cmd_open(args: argparse.Namespace) -> int:
             "[services.NAME] in gpubox.toml adds one)"
         )
     if args.service not in rows:
+        theirs = [row for row in tunnels if row.service == args.service and row.project != project.id]
+        if theirs:
+            holder = holders.get(theirs[0].project)
+            whose = (
+                f"project {holder.project_name} ({holder.root})"
+                if holder and holder.root
+                else "another project"
+            )
+            raise GpuboxError(
+                f"{args.service} on {host.name} is tunnelled for {whose}, not for this project ({project.root}): "
+                f"`gpubox up {host.name}` here starts this project's own"
+            )
         known = ", ".join(sorted(rows)) or "none"
         raise GpuboxError(
-            f"{args.service} is not tunnelled from {host.name} (tunnelled now: {known}); "
+            f"{args.service} is not tunnelled from {host.name} for this project (tunnelled now: {known}); "
             f"`gpubox up {host.name}` starts the services and their tunnels"
         )
     url = service_url(host, project, rows[args.service], show_secret=True)

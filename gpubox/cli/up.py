@@ -19,6 +19,7 @@ from gpubox.actions.sync import make_syncer
 from gpubox.cli.output import (
     LiveProgress,
     ask_to_pin,
+    check_first_sync,
     confirm,
     err,
     is_terminal,
@@ -27,11 +28,11 @@ from gpubox.cli.output import (
     out,
     step,
 )
-from gpubox.cli.sync import full_sync, tell_held_back
+from gpubox.cli.sync import ask_to_release, full_sync, tell_held_back
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.provision import find_orphans, terminate_orphans
 from gpubox.state import open_state
-from gpubox.sync.engine import MassDeletionRefused
+from gpubox.sync.report import DeletionsHeld
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
@@ -46,11 +47,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     hosts = load_hosts(project)
     host = hosts.pick(args.host)
     if args.stop:
-        pid = stop_supervisor(host.name)
+        pid = stop_supervisor(host.name, project.id)
         out(
             f"stopped gpubox process {pid} holding {host.name}"
             if pid
-            else f"nothing was holding {host.name} up"
+            else f"nothing was holding {host.name} up for this project"
         )
         return 0
     options = up.UpOptions(
@@ -63,7 +64,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _supervise_in_background(args, host, project, hosts, options)
     # On a terminal `up` holds the host from the background and opens the dashboard on it.
     tui = not (args.no_tui or args.detach) and is_terminal()
-    up.check_free(host, hosts)
+    up.check_free(host, hosts, project)
+    if options.sync:
+        check_first_sync(project, host, yes=args.yes)
     started = time.monotonic()
     out(f"gpubox up {host.name}")
     if host.spec.rents:
@@ -85,7 +88,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             ),
             make_syncer=lambda opened: make_syncer(opened, project, host),
             env_activity=shown.activity,
-            tell_sync=tell_held_back,
+            tell_sync=lambda report: tell_held_back(
+                report, host=host.name, limit_mb=project.sync.max_file_size_mb
+            ),
         )
         shown.pause()
         out(up.hold(prepared, project, hosts, detached=False, say=out))
@@ -104,12 +109,7 @@ def _start_in_background(host: HostConfig, project: ProjectConfig, options: up.U
         if not is_terminal():
             return False
         shown.pause()
-        err(f"gpubox: {message}")
-        try:
-            answer = input(f"Delete those {deleting} files on the host (they go to its trash)? [y/N] ")
-        except EOFError:
-            answer = ""
-        return answer.strip().lower() in ("y", "yes")
+        return ask_to_release(message, deleting)
 
     ask = ask_to_pin()
 
@@ -127,6 +127,7 @@ def _start_in_background(host: HostConfig, project: ProjectConfig, options: up.U
             ask_to_pin=ask_key if ask is not None else None,
             confirm_mass_delete=ask_mass_delete,
             cwd=project.root,
+            project=project,
         )
     finally:
         shown.pause()
@@ -147,14 +148,16 @@ def _supervise_in_background(
     channel = EventChannel(args.events_fd, args.answers_fd)
 
     def first_sync(syncer: Syncer) -> SyncReport:
-        try:
-            return syncer.full(
-                allow_mass_delete=options.allow_mass_delete, verify=True, progress=channel.sync_progress
-            )
-        except MassDeletionRefused as exc:
-            if not channel.confirm_mass_delete(str(exc), exc.deleting):
-                raise
-            return syncer.full(allow_mass_delete=True, verify=True, progress=channel.sync_progress)
+        report = syncer.full(
+            allow_mass_delete=options.allow_mass_delete, verify=True, progress=channel.sync_progress
+        )
+        # Deletions that look like a wipe are asked about where the user is; without a yes they stay held
+        # back (shown by `gpubox status`) and everything else is synced and watched.
+        if report.held_deletions and channel.confirm_mass_delete(
+            str(DeletionsHeld(report)), len(report.held_deletions)
+        ):
+            report.then(syncer.release(progress=channel.sync_progress))
+        return report
 
     session: HostSession | None = None
     try:
@@ -168,7 +171,9 @@ def _supervise_in_background(
                 first_sync=first_sync,
                 make_syncer=lambda opened: make_syncer(opened, project, host),
                 env_activity=channel.env_activity,
-                tell_sync=lambda report: tell_held_back(report, say=channel.say),
+                tell_sync=lambda report: tell_held_back(
+                    report, say=channel.say, host=host.name, limit_mb=project.sync.max_file_size_mb
+                ),
             )
         except GpuboxError as exc:
             channel.failed(exc)
@@ -198,7 +203,7 @@ def _dashboard(project: ProjectConfig, hosts: HostsConfig, *, focus: str | None 
         hosts.get(focus)
     GpuboxApp(hosts, project, focus_host=focus).run()
     with open_state() as state:
-        held = [supervisor.host for supervisor in state.supervisors()]
+        held = list(dict.fromkeys(supervisor.host for supervisor in state.supervisors()))
     if len(held) == 1:
         out(f"left the dashboard: {held[0]} and its runs keep going; `gpubox down {held[0]}` stops it")
     elif held:
@@ -223,9 +228,18 @@ def cmd_down(args: argparse.Namespace) -> int:
         say=out,
         pull_outputs=not args.no_pull,
         confirm=lambda question: confirm(question, yes=args.yes),
+        confirm_keep=lambda question: _ask_on_terminal(question, yes=args.yes),
         ask_to_pin=ask_to_pin(),
     )
     return 0
+
+
+def _ask_on_terminal(question: str, *, yes: bool) -> bool:
+    """A question whose "yes" loses nothing: asked on a terminal, otherwise said and taken as yes."""
+    if yes or not is_terminal():
+        out(f"  {question.removesuffix(': go on?')}")
+        return True
+    return confirm(question, yes=False)
 
 
 def _down_orphans(hosts: HostsConfig, *, yes: bool) -> int:

@@ -55,6 +55,15 @@ def path_string(value: Any) -> str:
     return text
 
 
+def relative_folder(value: Any) -> str:
+    """A folder inside the project, relative to its root (``src/train``; ``.`` is the root itself)."""
+    text = path_string(value).strip()
+    parts = [part for part in text.replace("\\", "/").split("/") if part not in ("", ".")]
+    if text.startswith(("/", "~")) or ".." in parts:
+        raise Invalid('expected a folder inside the project, relative to its root (like "src" or ".")')
+    return "/".join(parts)
+
+
 def nonempty_string(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Invalid("expected a non-empty string")

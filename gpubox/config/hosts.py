@@ -12,7 +12,7 @@ from typing import Any
 
 from gpubox import paths
 from gpubox.config import checks
-from gpubox.config.project import find_project_root
+from gpubox.config.project import ProjectConfig, find_project_root
 from gpubox.config.reader import Reader, did_you_mean
 from gpubox.fmt import either
 from gpubox.remote.providers.registry import CLOUD_NAMES, PROVIDER_NAMES, SPECS, ProviderSpec, provider_spec
@@ -42,7 +42,7 @@ class HostConfig:
     connect_timeout: float = 15.0
     keepalive_seconds: int = 15
     remote_dir: str | None = None
-    """The project folder on the host; ``~/gpubox/<project folder name>`` when not set."""
+    """The project folder on the host; ``~/gpubox/<project folder name>-<project id>`` when not set."""
     python: str = "python3"
     price_per_hour: float | None = None
     budget_usd: float | None = None
@@ -87,8 +87,20 @@ class HostConfig:
         """What kind of host this is: rented or not, who runs its sshd, what ``down`` does to it."""
         return provider_spec(self.provider)
 
-    def remote_project_dir(self, project_name: str) -> str:
-        return self.remote_dir or f"~/gpubox/{project_name}"
+    def remote_project_dir(self, project: ProjectConfig | str) -> str:
+        """The project's folder on this host: ``remote_dir`` when set, else ``~/gpubox/<name>-<project id>``
+        (unique per project). Given only a name, the layout of gpubox before project ids: ``~/gpubox/<name>``."""
+        if self.remote_dir:
+            return self.remote_dir
+        if isinstance(project, str):
+            return legacy_project_dir(project)
+        return f"~/gpubox/{project.folder_name}"
+
+
+def legacy_project_dir(project_name: str) -> str:
+    """Where gpubox put a project before folders had the project's id (``~/gpubox/<name>``): adopted by the
+    project that synced there, never by another."""
+    return f"~/gpubox/{project_name}"
 
 
 @dataclass(frozen=True)

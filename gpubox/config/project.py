@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpubox.config import checks
 from gpubox.config.reader import Reader
+from gpubox.config.sweep import SweepConfig, read_sweep
 
 PROJECT_FILE = "gpubox.toml"
+HOSTS_MARKER = "hosts.toml"
+PROJECT_ID_LENGTH = 6
 DEFAULT_OUTPUTS = ("runs/", "checkpoints/", "logs/", "outputs/")
 
 
@@ -24,10 +29,15 @@ class SyncConfig:
     include: tuple[str, ...] = ()
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     max_file_size_mb: float = 100.0
-    max_delete_count: int = 1000
-    """A batch deleting more tracked files than this pauses and asks (like rsync's --max-delete)."""
-    max_delete_share: float = 0.5
-    """...as does one deleting more than this share of them (once more than 10 files go)."""
+    wipe_share: float = 0.95
+    """Deletions at once of at least this share of the tracked files look like a wipe: held back until confirmed
+    (as are deletions leaving the project folder empty, or going with a vanished .git)."""
+    wipe_min_files: int = 10
+    """...once at least this many files go."""
+    max_delete_count: int | None = None
+    """An extra brake, off unless set: more deletions than this at once are held back (rsync's --max-delete)."""
+    max_delete_share: float | None = None
+    """An extra brake, off unless set: deletions of more than this share of the tracked files at once."""
     trash_days: float = 7.0
     """Files sync deleted on the host wait this long in ~/.gpubox/trash before they are pruned."""
 
@@ -42,6 +52,8 @@ class EnvConfig:
 @dataclass(frozen=True)
 class RunConfig:
     command: str | None = None
+    cwd: str | None = None
+    """Where runs start, relative to the project root (default: the subfolder `gpubox run` is called from)."""
 
 
 @dataclass(frozen=True)
@@ -67,10 +79,46 @@ class ProjectConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     run: RunConfig = field(default_factory=RunConfig)
     services: Mapping[str, ServiceConfig] = field(default_factory=lambda: dict(BUILTIN_SERVICES))
+    found_by: str = "cwd"
+    """How the root was found (see :func:`find_project_root`): gpubox.toml, hosts.toml, git, held or cwd."""
+    start: Path | None = None
+    """The folder the command was started in (None: the root)."""
+    sweep: SweepConfig | None = None
+    """``[sweep]``: the hyperparameter sweep `gpubox sweep` runs; None when the file has none."""
 
     @property
     def name(self) -> str:
         return self.root.name or "project"
+
+    @functools.cached_property
+    def id(self) -> str:
+        """A short id of this project on this machine, stable while the folder stays where it is: from this
+        installation's machine id and the root's path (two clones, or two laptops, never share one)."""
+        from gpubox import paths
+        from gpubox.errors import StateError
+
+        try:
+            machine = paths.machine_id()
+        except OSError as exc:
+            raise StateError(f"cannot keep gpubox's machine id in {paths.state_dir()}: {exc}") from None
+        digest = hashlib.sha256(f"{machine}\0{self.root}".encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()[:PROJECT_ID_LENGTH]
+
+    @property
+    def folder_name(self) -> str:
+        """The default name of this project's folder on a host: ``ml-3f9c2a``."""
+        return f"{self.name}-{self.id}"
+
+    @property
+    def subfolder(self) -> str:
+        """Where the command started, relative to the root (``""`` at the root, or outside it)."""
+        if self.start is None:
+            return ""
+        try:
+            relative = self.start.relative_to(self.root)
+        except ValueError:
+            return ""
+        return relative.as_posix() if relative.parts else ""
 
 
 # ----------------------------------------------------------------------------------------------- schema
@@ -80,6 +128,8 @@ SYNC_FIELDS: dict[str, checks.Check] = {
     "include": checks.string_list,
     "outputs": checks.string_list,
     "max_file_size_mb": checks.number(0, above=True),
+    "wipe_share": checks.share,
+    "wipe_min_files": checks.integer(0),
     "max_delete_count": checks.integer(0),
     "max_delete_share": checks.share,
     "trash_days": checks.number(0),
@@ -89,7 +139,7 @@ ENV_FIELDS: dict[str, checks.Check] = {
     "requirements": checks.nonempty_string,
     "setup": checks.string_list,
 }
-RUN_FIELDS: dict[str, checks.Check] = {"command": checks.command}
+RUN_FIELDS: dict[str, checks.Check] = {"command": checks.command, "cwd": checks.relative_folder}
 SERVICE_FIELDS: dict[str, checks.Check] = {
     "command": checks.command,
     "port": checks.integer(1, 65535),
@@ -100,26 +150,65 @@ SERVICE_FIELDS: dict[str, checks.Check] = {
 # ------------------------------------------------------------------------------------------ gpubox.toml
 
 
-def find_project_root(start: Path | None = None) -> Path:
-    """The nearest folder upwards holding gpubox.toml, else the nearest holding .git, else *start*."""
+FOUND_BY = {
+    PROJECT_FILE: "its gpubox.toml",
+    HOSTS_MARKER: "its hosts.toml",
+    "git": "the root of its git work tree",
+    "held": "a gpubox process holds it up",
+    "cwd": "the current folder",
+}
+"""How each way of finding the root is told to the user."""
+
+
+def find_project_root(start: Path | None = None, *, held: Iterable[Path] = ()) -> Path:
+    """The project root for *start* (default: the current folder); see :func:`locate_project`."""
+    return locate_project(start, held=held)[0]
+
+
+def locate_project(start: Path | None = None, *, held: Iterable[Path] = ()) -> tuple[Path, str]:
+    """Walk up from *start* like git finds a repository: the nearest folder holding gpubox.toml, else one
+    holding hosts.toml, else the root of the enclosing git work tree, else the nearest of *held* (project
+    folders a gpubox process holds up) that encloses it, else *start* itself. Returns (root, how it was found:
+    a key of :data:`FOUND_BY`)."""
     here = (start or Path.cwd()).resolve()
     chain = [here, *here.parents]
-    for marker in (PROJECT_FILE, ".git"):
+    for marker in (PROJECT_FILE, HOSTS_MARKER):
         for folder in chain:
-            if (folder / marker).exists():
-                return folder
-    return here
+            if (folder / marker).is_file():
+                return folder, marker
+    for folder in chain:
+        if (folder / ".git").exists():
+            return folder, "git"
+    enclosing = [Path(root) for root in held if Path(root) in chain]
+    if enclosing:
+        return max(enclosing, key=lambda root: len(root.parts)), "held"
+    return here, "cwd"
 
 
-def load_project(root: Path | None = None) -> ProjectConfig:
-    root = root or find_project_root()
+def load_project(
+    root: Path | None = None,
+    *,
+    found_by: str = "cwd",
+    start: Path | None = None,
+    held: Iterable[Path] = (),
+) -> ProjectConfig:
+    """The project *root* (default: found from *start*, the current folder, as :func:`locate_project` says)."""
+    if root is None:
+        start = (start or Path.cwd()).resolve()
+        root, found_by = locate_project(start, held=held)
+    elif found_by == "cwd":
+        found_by = next((m for m in (PROJECT_FILE, HOSTS_MARKER) if (root / m).is_file()), found_by)
+        found_by = "git" if found_by == "cwd" and (root / ".git").exists() else found_by
     path = root / PROJECT_FILE
     if not os.path.lexists(path):
-        return ProjectConfig(root=root, path=None)
+        return ProjectConfig(root=root, path=None, found_by=found_by, start=start)
     reader = Reader(path)
-    sections = ("sync", "env", "run", "services")
+    sections = ("sync", "env", "run", "services", "sweep")
     reader.check_keys(
-        (), reader.data, sections, otherwise=" (gpubox.toml has [sync], [env], [run] and [services.NAME])"
+        (),
+        reader.data,
+        sections,
+        otherwise=" (gpubox.toml has [sync], [env], [run], [services.NAME] and [sweep])",
     )
 
     def section(name: str, fields: dict[str, checks.Check]) -> dict[str, Any]:
@@ -160,4 +249,15 @@ def load_project(root: Path | None = None) -> ProjectConfig:
         implicit = other in BUILTIN_SERVICES and ("services", other, "port") not in reader.lines
         by = f'the built-in service "{other}"' if implicit else f'service "{other}"'
         raise reader.error(("services", blamed, "port"), f"port {service.port} is already used by {by}")
-    return ProjectConfig(root=root, path=path, sync=sync, env=env, run=run, services=services)
+    sweep = read_sweep(reader, reader.data["sweep"]) if "sweep" in reader.data else None
+    return ProjectConfig(
+        root=root,
+        path=path,
+        sync=sync,
+        env=env,
+        run=run,
+        services=services,
+        found_by=found_by,
+        start=start,
+        sweep=sweep,
+    )

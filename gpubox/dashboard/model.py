@@ -124,6 +124,7 @@ class Dashboard:
         self._autostop_warned: set[str] = set()
         self._conflicts: dict[str, int] = {}
         self._sync_errors: dict[str, int] = {}
+        self._held: dict[str, int] = {}
         self._unreachable: set[str] = set()
 
     # -- feeding
@@ -185,6 +186,18 @@ class Dashboard:
                         )
                     )
                 self._sync_errors[host.name] = errors
+                held_now = int(sync.get("held_deletions") or 0)
+                if held_now and not self._held.get(host.name):
+                    self._events.append(
+                        Event(
+                            "sync-held",
+                            f"{held_now} deletions held back on {host.name}",
+                            f"{sync.get('held_reason') or 'they look like a wipe'}; everything else keeps "
+                            "syncing. Check the project folder; x lets them go (into the host's trash)",
+                            "warning",
+                        )
+                    )
+                self._held[host.name] = held_now
             autostop = report.get("autostop") or None
             remaining = self._autostop_remaining(autostop, sample.at)
             if remaining is not None and remaining <= AUTOSTOP_WARN_SECONDS:

@@ -48,7 +48,7 @@ class HostPoller:
     def __init__(
         self,
         host: HostConfig,
-        project_name: str,
+        project: ProjectConfig | str,
         *,
         connect: Callable[[], HostSession] | None = None,
         clock: Callable[[], float] = time.time,
@@ -56,7 +56,7 @@ class HostPoller:
         max_backoff: float = 30.0,
     ) -> None:
         self.host = host
-        self.project_name = project_name
+        self.project = project
         self._connect = connect or self._connect_host
         self.clock = clock
         self.session: HostSession | None = None
@@ -72,7 +72,7 @@ class HostPoller:
         from gpubox.remote.session import connect_host
 
         # Never launches anything: the dashboard watches what is up, `up` starts hosts.
-        return connect_host(self.host, self.project_name, probe=False, launch=False)
+        return connect_host(self.host, self.project, probe=False, launch=False)
 
     def poll(self, request: PollRequest) -> HostSample:
         now = self.clock()
@@ -86,8 +86,10 @@ class HostPoller:
         args: dict[str, Any] = {
             "gpu": self.gpu,
             "recent": request.recent,
-            # Finished runs of this project only; running ones of any (they all use the host).
-            "project": self.host.remote_project_dir(self.project_name),
+            # Finished runs of this project only (by its id; older runs by its folder); running ones of any
+            # (they all use the host).
+            "project": self.session.remote_dir,
+            "owner": None if isinstance(self.project, str) else self.project.id,
         }
         if request.run is not None:
             args.update(
@@ -161,7 +163,7 @@ class Polls:
         *,
         refresh_seconds: float,
         state_seconds: float,
-        poller: Callable[[HostConfig, str], HostPoller] = HostPoller,
+        poller: Callable[[HostConfig, ProjectConfig], HostPoller] = HostPoller,
     ) -> None:
         self.hosts = hosts
         self.project = project
@@ -184,7 +186,7 @@ class Polls:
             config = self.hosts.hosts.get(name)
             if config is None:
                 continue  # held by a gpubox process but gone from hosts.toml: nothing to connect with
-            self.pollers[name] = self._poller(config, self.project.name)
+            self.pollers[name] = self._poller(config, self.project)
             started.append(name)
         stopped = [(name, self.pollers.pop(name)) for name in set(self.pollers) - wanted]
         return started, stopped

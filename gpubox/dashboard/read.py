@@ -21,7 +21,7 @@ from gpubox.remote.gpu.readings import GpuReading, gpu_readings
 
 if TYPE_CHECKING:
     from gpubox.config import HostsConfig, ProjectConfig
-    from gpubox.state import BillingInterval
+    from gpubox.state import BillingInterval, Supervisor
     from gpubox.train.runs import RunInfo
 
 __all__ = ["HostSample", "HostState", "StateReader", "StateSample", "host_sample"]
@@ -70,7 +70,7 @@ class StateReader:
         """Everything the dashboard shows that the state database knows: never connects."""
         from gpubox.actions.hosts import service_url
         from gpubox.remote.providers import host_price
-        from gpubox.state import open_state
+        from gpubox.state import MonitorReport, open_state
         from gpubox.train.env import requirements_file
 
         now = time.time() if now is None else now
@@ -82,7 +82,12 @@ class StateReader:
             problems.append(str(exc))
         found: list[HostState] = []
         with open_state() as state:
-            held = {s.host: s for s in state.supervisors()}
+            held: dict[str, Supervisor] = {}
+            own: dict[str, Supervisor] = {}
+            for holder in state.supervisors():
+                held.setdefault(holder.host, holder)  # each host's lead comes first
+                if holder.project == self.project.id:
+                    own[holder.host] = holder
             ledger = state.billing()
             by_host: dict[str, list[BillingInterval]] = {}
             for interval in ledger:
@@ -112,6 +117,17 @@ class StateReader:
                 else:
                     amount, source, estimate = None, "not in hosts.toml any more", False
                 monitor = state.monitor(name) if supervisor is not None else None
+                mine = own.get(name)
+                if (
+                    monitor is not None
+                    and mine is not None
+                    and supervisor is not None
+                    and mine.pid != supervisor.pid
+                ):
+                    # The lead's report has the host's autostop and budgets; the sync line is this project's.
+                    ours = state.monitor(name, mine.pid)
+                    report = dict(monitor.report, sync=(ours.report.get("sync") if ours else None))
+                    monitor = MonitorReport(monitor.at, report)
                 views = tuple(
                     TunnelView(
                         host=name,
@@ -122,7 +138,7 @@ class StateReader:
                         else f"http://127.0.0.1:{row.local_port}{row.path}",
                     )
                     for row in tunnels
-                    if row.host == name
+                    if row.host == name and row.project in (self.project.id, "")
                 )
                 found.append(
                     HostState(
@@ -173,18 +189,18 @@ class StateReader:
         else:
             from gpubox.remote import gpu
 
-            snapshot = gpu.snapshot_from_probe(probe.get("nvidia_smi") or {})
+            snapshot = gpu.probe_snapshot(probe)
             if snapshot.state == "no_nvidia_smi":
                 text = gpu.gpu_line_text(snapshot)
                 found = ("none (CPU)", "cpu", text, (text,))
             else:
                 try:
-                    # The dashboard judges the release the project pins (else the newest), as `gpubox check` does.
-                    release = gpu.choose_framework(None, None, requirements).release
+                    # The one rule of `gpubox check` (the project's pin, else the newest), and the judgement says which.
+                    choice = gpu.choose_framework(None, None, requirements)
                 except GpuboxError as exc:
                     found = (gpu.gpu_line_text(snapshot), "unknown", str(exc), (str(exc),))
                 else:
-                    summary = gpu.summarize(snapshot, release)
+                    summary = gpu.summarize(snapshot, choice.release, chosen_by=choice.chosen_by)
                     found = (summary.label, summary.verdict.level, summary.judgement, summary.verdict.reasons)
         self._verdicts[key] = found
         return found

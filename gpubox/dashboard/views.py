@@ -64,6 +64,13 @@ class SyncView:
     errors: int = 0
     recent_errors: tuple[str, ...] = ()
     recent_conflicts: tuple[str, ...] = ()
+    held_deletions: int = 0
+    """Deletions held back because they look like a wipe (the ``x`` key lets them go)."""
+    held_reason: str | None = None
+    held_paths: tuple[str, ...] = ()
+    host_changed: int = 0
+    """Tracked files edited on the host since gpubox sent them (left alone)."""
+    host_changed_paths: tuple[str, ...] = ()
 
     @classmethod
     def from_report(cls, document: Mapping[str, Any]) -> SyncView:
@@ -80,6 +87,11 @@ class SyncView:
             errors=int(document.get("errors") or 0),
             recent_errors=tuple(str(e) for e in document.get("recent_errors") or ()),
             recent_conflicts=tuple(str(c) for c in document.get("recent_conflicts") or ()),
+            held_deletions=int(document.get("held_deletions") or 0),
+            held_reason=str(document["held_reason"]) if document.get("held_reason") else None,
+            held_paths=tuple(str(p) for p in document.get("held_deletion_paths") or ()),
+            host_changed=int(document.get("host_changed") or 0),
+            host_changed_paths=tuple(str(p) for p in document.get("host_changed_paths") or ()),
         )
 
     def text(self) -> str:
@@ -94,6 +106,10 @@ class SyncView:
             f"{self.held_back} held back",
             f"{self.errors} error{'' if self.errors == 1 else 's'}",
         ]
+        if self.host_changed:
+            parts.append(f"{self.host_changed} changed on the host (pull or push)")
+        if self.held_deletions:
+            parts.append(f"{self.held_deletions} deletions held back (x lets them go)")
         return " · ".join(parts)
 
 
@@ -245,7 +261,7 @@ class SelectedRun:
 class Event:
     kind: str
     """``run-succeeded``, ``run-failed``, ``run-stopped``, ``budget``, ``autostop``, ``conflict``, ``sync-error``,
-    ``unreachable``, ``reconnected``."""
+    ``sync-held``, ``unreachable``, ``reconnected``."""
     title: str
     message: str
     severity: str = "information"

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gpubox.config import HostConfig
+    from gpubox.config import HostConfig, ProjectConfig
     from gpubox.remote.connection import AskToPin
-    from gpubox.remote.session import HostSession
+    from gpubox.remote.session import FolderUse, HostSession
 
 __all__ = ["SessionPool"]
 
@@ -32,15 +32,17 @@ class SessionPool:
     def __init__(
         self,
         hosts: Iterable[HostConfig],
-        project_name: str,
+        project: ProjectConfig | str,
         *,
         sessions: dict[str, HostSession] | None = None,
         deadline: float | None = 30.0,
         accept_new: bool = False,
         ask: AskToPin | None = None,
+        folder: FolderUse = "look",
     ) -> None:
         self.hosts = {host.name: host for host in hosts}
-        self.project_name = project_name
+        self.project = project
+        self.folder: FolderUse = folder
         self.deadline = deadline
         self.accept_new = accept_new
         self.ask = ask
@@ -62,7 +64,8 @@ class SessionPool:
             session = with_backoff(
                 lambda: connect_host(
                     host,
-                    self.project_name,
+                    self.project,
+                    folder=self.folder,
                     accept_new=self.accept_new,
                     ask=self.ask,
                     probe=False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gpubox.config import HostConfig
 from gpubox.remote.agent import calls
@@ -12,7 +12,11 @@ from gpubox.remote.agent.client import AgentSession
 from gpubox.remote.connection import AskToPin, Backoff, Connection, with_backoff
 from gpubox.remote.providers import ConnectSpec, provider_for
 
-__all__ = ["HostSession", "connect_host", "open_connection", "shell_word"]
+if TYPE_CHECKING:
+    from gpubox.config import ProjectConfig
+    from gpubox.remote.folder import HostFolder
+
+__all__ = ["FolderUse", "HostSession", "connect_host", "open_connection", "shell_word"]
 
 
 def shell_word(path: str) -> str:
@@ -55,6 +59,10 @@ class HostSession:
     spec: ConnectSpec
     agent: AgentSession
     remote_dir: str
+    folder: HostFolder | None = None
+    """The project's folder as settled at connect (None when connected for a bare project name)."""
+    owner: dict[str, str] | None = None
+    """The project's {"id", "name"}: what runs started on this session are recorded as."""
     probe: dict[str, Any] = field(default_factory=dict)
     generation: int = 0
     """Incremented on every reconnect, so users of the session know to re-check what the host holds."""
@@ -106,19 +114,39 @@ def start_agent(connection: Connection, host: HostConfig) -> AgentSession:
     return agent
 
 
+FolderUse = Literal["claim", "check", "look"]
+"""What a command does with the project's folder on the host (see :func:`connect_host`)."""
+
+
 def connect_host(
     host: HostConfig,
-    project_name: str,
+    project: ProjectConfig | str,
     *,
     accept_new: bool = False,
     ask: AskToPin | None = None,
     launch: bool = True,
     probe: bool = True,
+    folder: FolderUse = "look",
 ) -> HostSession:
+    """Connect to *host* with the agent running, for *project*, whose folder there is settled on the way
+    (:mod:`gpubox.remote.folder`): ``claim`` makes it and records the project as its owner (commands that write
+    there: up, sync, run, ssh, pull), ``check`` refuses a folder another project owns without making anything (a
+    dry run), ``look`` only finds it (runs, logs, the dashboard). Given only a name (tests, tools), the folder is
+    ``remote_dir`` or the older layout's ``~/gpubox/<name>``, unchecked."""
     connection, spec = open_connection(host, accept_new=accept_new, ask=ask, launch=launch)
     try:
         agent = start_agent(connection, host)
-        session = HostSession(host, connection, spec, agent, host.remote_project_dir(project_name))
+        settled = None
+        owner = None
+        if isinstance(project, str):
+            remote_dir = host.remote_project_dir(project)
+        else:
+            from gpubox.remote.folder import settle_folder
+
+            settled = settle_folder(agent, host, project, claim=folder == "claim", strict=folder != "look")
+            remote_dir = settled.folder
+            owner = {"id": project.id, "name": project.name}
+        session = HostSession(host, connection, spec, agent, remote_dir, folder=settled, owner=owner)
         if probe:
             session.refresh_probe()
         return session

@@ -36,6 +36,13 @@ class AncestorTables(Database):
             for path, kind, size, mtime_ns, executable, target in rows
         }
 
+    def has_ancestor(self, host: str, project: str) -> bool:
+        """Whether the host has acknowledged anything of this project key (it was synced there)."""
+        row = self.db.execute(
+            "SELECT 1 FROM sync_ancestors WHERE host = ? AND project = ? LIMIT 1", (host, project)
+        ).fetchone()
+        return row is not None
+
     def update_ancestor(
         self,
         host: str,

@@ -132,16 +132,40 @@ class BillingTables(Database):
             )
             return int(cursor.lastrowid or 0)
 
-    def heartbeat_billing(self, interval_id: int, held_seconds: float, at: float | None = None) -> bool:
+    def heartbeat_billing(
+        self,
+        interval_id: int,
+        held_seconds: float,
+        at: float | None = None,
+        *,
+        holder_pid: int | None = None,
+        holder_token: str | None = None,
+    ) -> bool:
         """The holder's heartbeat: *held_seconds* so far (never decreases). False when the interval was closed
-        meanwhile (by `gpubox down`, say), so the holder knows to open a new one if it still holds the host."""
+        meanwhile (by `gpubox down`, say), so the holder knows to open a new one if it still holds the host.
+        With *holder_pid*, that process becomes the interval's holder (of the processes holding one host for
+        several projects, the one that beat last, or the one a leaving holder hands it to)."""
+        at = time.time() if at is None else at
         with self.transaction():
-            cursor = self.db.execute(
-                "UPDATE billing SET held_seconds = MAX(held_seconds, ?), heartbeat_at = ? "
-                "WHERE id = ? AND ended_at IS NULL",
-                (max(0.0, held_seconds), time.time() if at is None else at, interval_id),
-            )
+            if holder_pid is None:
+                cursor = self.db.execute(
+                    "UPDATE billing SET held_seconds = MAX(held_seconds, ?), heartbeat_at = ? "
+                    "WHERE id = ? AND ended_at IS NULL",
+                    (max(0.0, held_seconds), at, interval_id),
+                )
+            else:
+                cursor = self.db.execute(
+                    "UPDATE billing SET held_seconds = MAX(held_seconds, ?), heartbeat_at = ?, holder_pid = ?, "
+                    "holder_token = ? WHERE id = ? AND ended_at IS NULL",
+                    (max(0.0, held_seconds), at, holder_pid, holder_token, interval_id),
+                )
             return cursor.rowcount == 1
+
+    def billing_interval(self, interval_id: int) -> BillingInterval | None:
+        row = self.db.execute(
+            f"SELECT {self._BILLING_COLUMNS} FROM billing WHERE id = ?", (interval_id,)
+        ).fetchone()
+        return None if row is None else self._interval(row)
 
     def end_billing(
         self, interval_id: int, held_seconds: float, at: float | None = None, reason: str = "released"
@@ -202,22 +226,23 @@ class BillingTables(Database):
         if host is not None:
             query += " WHERE host = ?"
             args = (host,)
-        return [
-            BillingInterval(
-                id=int(r[0]),
-                host=str(r[1]),
-                price_per_hour=None if r[2] is None else float(r[2]),
-                price_source=r[3],
-                estimate=bool(r[4]),
-                started_at=float(r[5]),
-                held_seconds=float(r[6]),
-                heartbeat_at=None if r[7] is None else float(r[7]),
-                ended_at=None if r[8] is None else float(r[8]),
-                holder_pid=None if r[9] is None else int(r[9]),
-                end_reason=r[10],
-            )
-            for r in self.db.execute(query + " ORDER BY started_at, id", args)
-        ]
+        return [self._interval(r) for r in self.db.execute(query + " ORDER BY started_at, id", args)]
+
+    @staticmethod
+    def _interval(r: Any) -> BillingInterval:
+        return BillingInterval(
+            id=int(r[0]),
+            host=str(r[1]),
+            price_per_hour=None if r[2] is None else float(r[2]),
+            price_source=r[3],
+            estimate=bool(r[4]),
+            started_at=float(r[5]),
+            held_seconds=float(r[6]),
+            heartbeat_at=None if r[7] is None else float(r[7]),
+            ended_at=None if r[8] is None else float(r[8]),
+            holder_pid=None if r[9] is None else int(r[9]),
+            end_reason=r[10],
+        )
 
     def _has_dead_holders(self, host: str | None) -> bool:
         query = (

@@ -176,6 +176,61 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX instances_host ON instances(host, ended_at);
     """,
+    # 8: several projects on one host. A supervisor, its monitor report and its tunnels are per project (the id
+    # of gpubox.config.ProjectConfig; '' for rows of an older gpubox), each project's folder on each host is
+    # remembered once settled, and a cached run says which project started it.
+    """
+    CREATE TABLE supervisors_v8 (
+        host        TEXT NOT NULL,
+        project     TEXT NOT NULL DEFAULT '',
+        root        TEXT,
+        folder      TEXT,
+        pid         INTEGER NOT NULL,
+        started_at  REAL NOT NULL,
+        detached    INTEGER NOT NULL,
+        log_file    TEXT,
+        PRIMARY KEY (host, project)
+    );
+    INSERT INTO supervisors_v8(host, project, pid, started_at, detached, log_file)
+        SELECT host, '', pid, started_at, detached, log_file FROM supervisors;
+    DROP TABLE supervisors;
+    ALTER TABLE supervisors_v8 RENAME TO supervisors;
+    CREATE TABLE monitors_v8 (
+        host        TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        updated_at  REAL NOT NULL,
+        report      TEXT NOT NULL,
+        PRIMARY KEY (host, pid)
+    );
+    INSERT INTO monitors_v8(host, pid, updated_at, report) SELECT host, pid, updated_at, report FROM monitors;
+    DROP TABLE monitors;
+    ALTER TABLE monitors_v8 RENAME TO monitors;
+    CREATE TABLE tunnels_v8 (
+        host        TEXT NOT NULL,
+        project     TEXT NOT NULL DEFAULT '',
+        service     TEXT NOT NULL,
+        local_port  INTEGER NOT NULL,
+        host_port   INTEGER NOT NULL,
+        path        TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        service_key TEXT,
+        PRIMARY KEY (host, project, service)
+    );
+    INSERT INTO tunnels_v8(host, project, service, local_port, host_port, path, pid)
+        SELECT host, '', service, local_port, host_port, path, pid FROM tunnels;
+    DROP TABLE tunnels;
+    ALTER TABLE tunnels_v8 RENAME TO tunnels;
+    CREATE TABLE project_folders (
+        host        TEXT NOT NULL,
+        project     TEXT NOT NULL,
+        root        TEXT NOT NULL,
+        folder      TEXT NOT NULL,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (host, project)
+    );
+    ALTER TABLE runs ADD COLUMN project TEXT;
+    ALTER TABLE runs ADD COLUMN project_name TEXT;
+    """,
 )
 
 

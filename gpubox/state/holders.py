@@ -1,5 +1,6 @@
-"""Who holds what on this machine: the supervisors holding hosts up, what each last reported, the interactive
-shells open on a host and the tunnels a supervisor keeps open.
+"""Who holds what on this machine: the supervisors holding hosts up (one per project holding a host), what each
+last reported, the interactive shells open on a host, the tunnels a supervisor keeps open, and each project's
+folder on each host.
 
 Every row names a process; a row whose process died (kill -9, a crash, power loss) is ignored or dropped by
 whoever reads it next, so a dead holder never keeps a host "up".
@@ -70,9 +71,19 @@ class Supervisor:
     started_at: float
     detached: bool
     log_file: str | None
+    project: str = ""
+    """The id of the project it holds the host for ('' when recorded by a gpubox from before project ids)."""
+    root: str | None = None
+    """That project's folder on this machine."""
+    folder: str | None = None
+    """That project's folder on the host."""
 
     def alive(self) -> bool:
         return pid_alive(self.pid)
+
+    @property
+    def project_name(self) -> str:
+        return os.path.basename(self.root.rstrip("/")) if self.root else "a project"
 
 
 class MonitorReport(NamedTuple):
@@ -94,48 +105,77 @@ class TunnelRecord:
     """The URL path the service answers on (``/lab`` for Jupyter, say)."""
     pid: int
     """The supervisor holding the tunnel."""
+    project: str = ""
+    """The id of the project whose service it reaches ('' when recorded by an older gpubox)."""
+    service_key: str | None = None
+    """The service's project key on the host (where its Jupyter token is kept)."""
 
 
 class HolderTables(Database):
     """The supervisors, monitors, shells and tunnels tables (part of :class:`gpubox.state.State`)."""
 
-    # -- supervisors (the `gpubox up` process holding a host)
+    # -- supervisors (the `gpubox up` process holding a host for one project; several projects may hold one host)
 
-    def claim_supervisor(self, host: str, pid: int, *, detached: bool, log_file: str | None = None) -> None:
-        """Record *pid* as the supervisor of *host*; refuse while another live process holds it."""
+    _SUPERVISOR_COLUMNS = "host, pid, started_at, detached, log_file, project, root, folder"
+
+    def claim_supervisor(
+        self,
+        host: str,
+        pid: int,
+        *,
+        detached: bool,
+        log_file: str | None = None,
+        project: str = "",
+        root: str | None = None,
+        folder: str | None = None,
+    ) -> None:
+        """Record *pid* as the supervisor holding *host* for *project*; refuse while another live process holds
+        it for the same project (other projects may hold the same host at the same time)."""
         with self.transaction():
-            row = self.db.execute("SELECT pid FROM supervisors WHERE host = ?", (host,)).fetchone()
+            row = self.db.execute(
+                "SELECT pid FROM supervisors WHERE host = ? AND project = ?", (host, project)
+            ).fetchone()
             if row and row[0] != pid and pid_alive(row[0]):
                 raise UsageError(
                     f"{host} is already up in gpubox process {row[0]}: `gpubox up {host} --stop` ends it"
                 )
             self.db.execute(
-                "INSERT OR REPLACE INTO supervisors(host, pid, started_at, detached, log_file) VALUES (?,?,?,?,?)",
-                (host, pid, time.time(), int(detached), log_file),
+                "INSERT OR REPLACE INTO supervisors(host, project, root, folder, pid, started_at, detached, "
+                "log_file) VALUES (?,?,?,?,?,?,?,?)",
+                (host, project, root, folder, pid, time.time(), int(detached), log_file),
             )
 
     def release_supervisor(self, host: str, pid: int) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM supervisors WHERE host = ? AND pid = ?", (host, pid))
 
-    def supervisor(self, host: str) -> Supervisor | None:
-        """The live supervisor of *host*; a record left by a dead process is dropped on the way."""
-        row = self.db.execute(
-            "SELECT host, pid, started_at, detached, log_file FROM supervisors WHERE host = ?", (host,)
-        ).fetchone()
-        if row is None:
-            return None
-        found = Supervisor(row[0], row[1], row[2], bool(row[3]), row[4])
-        if not found.alive():
-            self.release_supervisor(host, found.pid)
-            return None
-        return found
+    def host_supervisors(self, host: str) -> list[Supervisor]:
+        """Every live supervisor of *host* (one per project holding it), the longest-held first: the first is
+        the host's lead, which alone runs its autostop. Records left by dead processes are dropped."""
+        rows = self.db.execute(
+            f"SELECT {self._SUPERVISOR_COLUMNS} FROM supervisors WHERE host = ? ORDER BY started_at, pid",
+            (host,),
+        ).fetchall()
+        found = [Supervisor(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+        dead = [s for s in found if not s.alive()]
+        for gone in dead:
+            self.release_supervisor(host, gone.pid)
+        return [s for s in found if s not in dead]
+
+    def supervisor(self, host: str, project: str | None = None) -> Supervisor | None:
+        """The live supervisor holding *host* for *project*; without *project*, the host's lead (any project's),
+        so None means nobody holds the host. A record left by a dead process is dropped on the way."""
+        held = self.host_supervisors(host)
+        if project is None:
+            return held[0] if held else None
+        return next((s for s in held if s.project == project), None)
 
     def supervisors(self) -> list[Supervisor]:
-        rows = self.db.execute("SELECT host FROM supervisors ORDER BY host").fetchall()
-        return [s for (name,) in rows if (s := self.supervisor(name)) is not None]
+        """Every live supervisor: each host's lead first, then the other projects holding it."""
+        rows = self.db.execute("SELECT DISTINCT host FROM supervisors ORDER BY host").fetchall()
+        return [s for (name,) in rows for s in self.host_supervisors(name)]
 
-    # -- monitor reports (what a supervisor last saw: idle countdown, budget)
+    # -- monitor reports (what each supervisor last saw: idle countdown, budget, its live sync)
 
     def record_monitor(self, host: str, pid: int, report: dict[str, Any], at: float | None = None) -> None:
         with self.transaction():
@@ -144,14 +184,35 @@ class HolderTables(Database):
                 (host, pid, time.time() if at is None else at, json.dumps(report)),
             )
 
-    def monitor(self, host: str) -> MonitorReport | None:
-        """What the live supervisor of *host* last reported; None when none runs."""
-        row = self.db.execute(
+    def monitor(self, host: str, pid: int | None = None) -> MonitorReport | None:
+        """What supervisor *pid* of *host* last reported; without *pid*, the host's lead (whose report has the
+        autostop countdown and budgets) or, when it has not reported yet, any live one. None when none runs."""
+        rows = self.db.execute(
+            "SELECT pid, updated_at, report FROM monitors WHERE host = ?" + (" AND pid = ?" if pid else ""),
+            (host, pid) if pid else (host,),
+        ).fetchall()
+        live = {
+            int(row[0]): MonitorReport(float(row[1]), json.loads(row[2]))
+            for row in rows
+            if pid_alive(int(row[0]))
+        }
+        if pid is not None:
+            return live.get(pid)
+        lead = self.supervisor(host)
+        if lead is not None and lead.pid in live:
+            return live[lead.pid]
+        return next(iter(live.values()), None)
+
+    def monitors(self, host: str) -> dict[int, MonitorReport]:
+        """The last report of every live supervisor of *host*, by pid."""
+        rows = self.db.execute(
             "SELECT pid, updated_at, report FROM monitors WHERE host = ?", (host,)
-        ).fetchone()
-        if row is None or not pid_alive(int(row[0])):
-            return None
-        return MonitorReport(float(row[1]), json.loads(row[2]))
+        ).fetchall()
+        return {
+            int(pid): MonitorReport(float(at), json.loads(report))
+            for pid, at, report in rows
+            if pid_alive(int(pid))
+        }
 
     def clear_monitor(self, host: str, pid: int) -> None:
         with self.transaction():
@@ -183,27 +244,73 @@ class HolderTables(Database):
 
     # -- tunnels (no secrets: a Jupyter token is fetched from the host when needed)
 
-    def record_tunnels(self, host: str, pid: int, tunnels: Iterable[tuple[str, int, int, str]]) -> None:
-        """(service, local port, host port, URL path) of the tunnels process *pid* now holds for *host*."""
+    def record_tunnels(
+        self,
+        host: str,
+        pid: int,
+        tunnels: Iterable[tuple[str, int, int, str]],
+        *,
+        project: str = "",
+        service_key: str | None = None,
+    ) -> None:
+        """(service, local port, host port, URL path) of the tunnels process *pid* now holds for *host* and
+        *project* (whose services on the host are under *service_key*)."""
         with self.transaction():
-            self.db.execute("DELETE FROM tunnels WHERE host = ?", (host,))
+            self.db.execute("DELETE FROM tunnels WHERE host = ? AND project = ?", (host, project))
             self.db.executemany(
-                "INSERT INTO tunnels(host, service, local_port, host_port, path, pid) VALUES (?, ?, ?, ?, ?, ?)",
-                [(host, service, local, remote, path, pid) for service, local, remote, path in tunnels],
+                "INSERT INTO tunnels(host, project, service, local_port, host_port, path, pid, service_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (host, project, service, local, remote, path, pid, service_key)
+                    for service, local, remote, path in tunnels
+                ],
             )
 
     def clear_tunnels(self, host: str, pid: int) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM tunnels WHERE host = ? AND pid = ?", (host, pid))
 
-    def live_tunnels(self, host: str | None = None) -> list[TunnelRecord]:
-        """Tunnels whose holder still runs (rows a killed supervisor left behind are ignored)."""
-        query = "SELECT host, service, local_port, host_port, path, pid FROM tunnels"
+    def live_tunnels(self, host: str | None = None, project: str | None = None) -> list[TunnelRecord]:
+        """Tunnels whose holder still runs (rows a killed supervisor left behind are ignored), of *host* and of
+        *project* when given."""
+        query = "SELECT host, service, local_port, host_port, path, pid, project, service_key FROM tunnels"
+        where, args = [], []
+        if host:
+            where.append("host = ?")
+            args.append(host)
+        if project is not None:
+            where.append("project = ?")
+            args.append(project)
         rows = self.db.execute(
-            query + (" WHERE host = ?" if host else ""), (host,) if host else ()
+            query + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY host, project, service",
+            args,
         ).fetchall()
         return [
-            TunnelRecord(str(h), str(service), int(local), int(remote), str(path), int(pid))
-            for h, service, local, remote, path, pid in rows
+            TunnelRecord(
+                str(h), str(service), int(local), int(remote), str(path), int(pid), str(p or ""), key
+            )
+            for h, service, local, remote, path, pid, p, key in rows
             if pid_alive(pid)
         ]
+
+    # -- each project's folder on each host, once settled (see gpubox.remote.folder)
+
+    def project_folder(self, host: str, project: str) -> str | None:
+        row = self.db.execute(
+            "SELECT folder FROM project_folders WHERE host = ? AND project = ?", (host, project)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def project_folders(self, host: str) -> dict[str, str]:
+        """Every project's folder on *host* that this machine has settled: {project id: folder}."""
+        rows = self.db.execute(
+            "SELECT project, folder FROM project_folders WHERE host = ?", (host,)
+        ).fetchall()
+        return {str(project): str(folder) for project, folder in rows}
+
+    def record_project_folder(self, host: str, project: str, root: str, folder: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO project_folders(host, project, root, folder, updated_at) VALUES (?,?,?,?,?)",
+                (host, project, root, folder, time.time()),
+            )

@@ -25,6 +25,9 @@ class RunRecord:
     started_at: float | None
     ended_at: float | None
     exit_code: int | None
+    project: str | None = None
+    """The id of the project that started it (None: unknown, from before project ids)."""
+    project_name: str | None = None
 
 
 class RunTables(Database):
@@ -35,7 +38,7 @@ class RunTables(Database):
         with self.transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO runs(host, id, command, name, state, started_at, ended_at, exit_code, "
-                "seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "seen_at, project, project_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         host,
@@ -47,14 +50,17 @@ class RunTables(Database):
                         r.ended_at,
                         r.exit_code,
                         time.time(),
+                        getattr(r, "project", None),
+                        getattr(r, "project_name", None),
                     )
                     for r in runs
                 ],
             )
 
-    def cached_runs(self) -> list[RunRecord]:
-        """Every run gpubox has heard of, oldest first."""
+    def cached_runs(self, host: str | None = None) -> list[RunRecord]:
+        """Every run gpubox has heard of (on *host* when given), oldest first."""
+        query = "SELECT host, id, command, name, state, started_at, ended_at, exit_code, project, project_name FROM runs"
         rows = self.db.execute(
-            "SELECT host, id, command, name, state, started_at, ended_at, exit_code FROM runs ORDER BY started_at"
+            query + (" WHERE host = ?" if host else "") + " ORDER BY started_at", (host,) if host else ()
         ).fetchall()
         return [RunRecord(*row) for row in rows]

@@ -9,106 +9,43 @@ import json
 import os
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gpubox import paths
 from gpubox.config import ProjectConfig
-from gpubox.errors import GpuboxError, RemoteError
+from gpubox.errors import RemoteError
 from gpubox.remote.agent import calls
 from gpubox.state import open_state
-from gpubox.sync.ignore import IgnoreRules
-from gpubox.sync.plan import WIRE_CODES, MassDeletion, Op, Plan, check_mass_deletion, plan_changes
-from gpubox.sync.scan import Entry, ScanResult, scan_path, scan_tree
+from gpubox.sync.ignore import rules_for
+from gpubox.sync.plan import (
+    WIRE_CODES,
+    Op,
+    Plan,
+    Trashed,
+    WipeGuard,
+    hold_deletions,
+    pair_moves,
+    plan_changes,
+    wipe_reason,
+)
+from gpubox.sync.report import BatchProgress, DeletionsHeld, SyncReport
+from gpubox.sync.scan import VCS_FOLDERS, Entry, ScanResult, decode_manifest, scan_path, scan_tree
 
 if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
 
-__all__ = ["BatchProgress", "MassDeletionRefused", "SyncReport", "Syncer", "decode_manifest", "rules_for"]
+__all__ = ["BatchProgress", "DeletionsHeld", "SyncReport", "Syncer"]
 
 BATCH_BYTES = 8 * 1024 * 1024
 PART_BYTES = 16 * 1024 * 1024
 """A file larger than this goes in pieces of this size (no frame to the agent may exceed its MAX_FRAME)."""
 BATCH_OPS = 2000
 PIPELINE_DEPTH = 3
-
-
-def decode_manifest(blob: bytes, host: str) -> dict[str, Entry]:
-    """The agent's manifest (zlib-compressed JSON rows); anything else from the channel is an AgentError."""
-    from gpubox.errors import AgentError
-
-    try:
-        rows = json.loads(zlib.decompress(blob)) if blob else []
-        found = {row[0]: Entry.from_row(row[1:]) for row in rows}
-    except (zlib.error, ValueError, TypeError, KeyError, IndexError):
-        raise AgentError(f"the agent on {host} sent a file listing gpubox cannot read") from None
-    if not all(isinstance(path, str) for path in found):
-        raise AgentError(f"the agent on {host} sent a file listing gpubox cannot read")
-    return found
-
-
-def rules_for(project: ProjectConfig) -> IgnoreRules:
-    sync = project.sync
-    return IgnoreRules(
-        project.root,
-        extra_ignores=sync.ignore,
-        includes=sync.include,
-        outputs=sync.outputs,
-        max_file_size=int(sync.max_file_size_mb * 1024 * 1024),
-    )
-
-
-@dataclass(frozen=True)
-class BatchProgress:
-    files_done: int
-    files_total: int
-    bytes_done: int
-    bytes_total: int
-
-
-@dataclass
-class SyncReport:
-    """What one sync pass did; every list is worth telling the user about."""
-
-    sent: int = 0
-    bytes_sent: int = 0
-    deleted: int = 0
-    in_sync: int = 0
-    seconds: float = 0.0
-    conflicts: list[str] = field(default_factory=list)
-    host_changed: list[str] = field(default_factory=list)
-    kept_on_host: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    held_back: list[str] = field(default_factory=list)
-    too_large: list[tuple[str, int]] = field(default_factory=list)
-    outside_links: list[tuple[str, str]] = field(default_factory=list)
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
-    planned: list[Op] = field(default_factory=list)
-
-    def summary(self) -> str:
-        parts = [f"{self.sent:,} sent ({_size(self.bytes_sent)})", f"{self.deleted:,} deleted"]
-        if self.in_sync:
-            parts.append(f"{self.in_sync:,} already there")
-        for label, items in (
-            ("conflicts kept on the host", self.conflicts),
-            ("changed on the host, left alone", self.host_changed),
-            ("errors", self.errors),
-            ("unreadable", self.unreadable),
-        ):
-            if items:
-                parts.append(f"{len(items)} {label}")
-        return ", ".join(parts) + f" in {self.seconds:.2f} s"
-
-
-def _size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{count} B"
+TRASH_MEMORY_SECONDS = 15 * 60.0
+"""How long a file this process deleted on the host may come back out of the trash as a move."""
+TRASH_MEMORY_FILES = 50_000
 
 
 class Syncer:
@@ -121,8 +58,7 @@ class Syncer:
         *,
         host_name: str | None = None,
         remote_dir: str | None = None,
-        max_delete_count: int = 1000,
-        max_delete_share: float = 0.5,
+        guard: WipeGuard | None = None,
         trash_days: float = 7.0,
     ) -> None:
         """*session* may be a callable that connects: a pass with nothing to send then never connects."""
@@ -145,8 +81,7 @@ class Syncer:
         self.project_key = f"{self.root}|{self.remote_dir}"
         digest = hashlib.sha1(self.project_key.encode("utf-8", "surrogateescape")).hexdigest()[:10]
         self.trash = f"{os.path.basename(self.remote_dir.rstrip('/')) or 'project'}-{digest}"
-        self.max_delete_count = max_delete_count
-        self.max_delete_share = max_delete_share
+        self.guard = guard or WipeGuard()
         self.trash_days = trash_days
         self._lock_path = paths.state_dir() / "locks" / f"sync-{host_name}-{digest}.lock"
         self._pending_path = self._lock_path.with_name(f"sync-{host_name}-{digest}.pending")
@@ -154,6 +89,20 @@ class Syncer:
         self._ancestor: dict[str, Entry] | None = None
         self._mutex = threading.Lock()
         self._pruned = False
+        self._token = os.urandom(6).hex()
+        self._writes = 0
+        self._stamp: str | None = None
+        """The lock file's content after this Syncer last wrote the ancestor (or first read it)."""
+        self._wrote = False
+        self.held: dict[str, Entry] = {}
+        """Deletions held back (path -> the ancestor's entry) until confirmed or no longer a wipe."""
+        self.held_reason: str | None = None
+        self._checkouts: set[str] = set()
+        """Folders seen holding a .git/.hg/.svn: one vanishing with its files is a wipe."""
+        self._trashed: OrderedDict[str, tuple[Trashed, float]] = OrderedDict()
+        self._by_facts: dict[tuple[int, int, bool], set[str]] | None = None
+        self._fallback: list[Op] = []
+        self._grown: list[Op] = []
 
     @property
     def session(self) -> HostSession:
@@ -180,6 +129,9 @@ class Syncer:
 
     def _record(self, upserts: dict[str, Entry], removals: Iterable[str]) -> None:
         removals = list(removals)
+        if not upserts and not removals:
+            return
+        self._wrote = True
         with open_state() as state:
             state.update_ancestor(
                 self.host_name,
@@ -188,15 +140,82 @@ class Syncer:
                 removals,
             )
         ancestor = self.ancestor()
+        index = self._by_facts
+        if index is not None:
+            for path in [*upserts, *removals]:
+                old = ancestor.get(path)
+                if old is not None and old.kind == "f":
+                    index.get(old.facts, set()).discard(path)
+            for path, entry in upserts.items():
+                if entry.kind == "f":
+                    index.setdefault(entry.facts, set()).add(path)
         ancestor.update(upserts)
         for path in removals:
             ancestor.pop(path, None)
 
+    def _facts_index(self) -> dict[tuple[int, int, bool], set[str]]:
+        """Tracked files by (size, mtime, exec bit), kept up to date by :meth:`_record`."""
+        if self._by_facts is None:
+            index: dict[tuple[int, int, bool], set[str]] = {}
+            for path, entry in self.ancestor().items():
+                if entry.kind == "f":
+                    index.setdefault(entry.facts, set()).add(path)
+            self._by_facts = index
+        return self._by_facts
+
+    def _unannounced_origins(self, scanned: ScanResult, candidates: set[str]) -> set[str]:
+        """Tracked files gone from the folder that a new file of this batch may have been moved from, though no
+        event named them yet: inotify tells of a folder moved into a folder made a moment before as a creation
+        now and a deletion half a second later. Their parent folders that are gone too come with them."""
+        ancestor = self.ancestor()
+        new = [e for p, e in scanned.entries.items() if e.kind == "f" and p not in ancestor]
+        if not new:
+            return set()
+        index = self._facts_index()
+        found: set[str] = set()
+        for entry in new:
+            for path in index.get(entry.facts, ()):
+                if (
+                    path in candidates
+                    or path in found
+                    or os.path.lexists(os.path.join(self._root_text, path))
+                ):
+                    continue
+                found.add(path)
+                parent = path.rpartition("/")[0]
+                while parent and parent in ancestor and parent not in candidates | found:
+                    if os.path.lexists(os.path.join(self._root_text, parent)):
+                        break
+                    found.add(parent)
+                    parent = parent.rpartition("/")[0]
+        return found
+
     def forget(self) -> None:
         """Drop the ancestor (the next full sync compares with the host's manifest from scratch)."""
-        with open_state() as state:
-            state.forget_ancestor(self.host_name, self.project_key)
-        self._ancestor = None
+        with self._exclusive():
+            with open_state() as state:
+                state.forget_ancestor(self.host_name, self.project_key)
+            self._ancestor = None
+            self._by_facts = None
+            self._wrote = True
+            self.held = {}
+
+    def adopt(self, entries: Mapping[str, Entry]) -> None:
+        """Record that the host and the local folder both hold *entries* now (a pull brought them home)."""
+        with self._exclusive():
+            self._record(dict(entries), [])
+            for path in entries:
+                self.held.pop(path, None)
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another gpubox (or another Syncer) wrote this project's ancestor since this one last looked:
+        a cheap read of the lock file, for a watcher that must not trust what it remembers."""
+        if self._stamp is None or self._mutex.locked():
+            return False
+        try:
+            return self._lock_path.read_text(errors="replace") != self._stamp
+        except OSError:
+            return False
 
     # -- writes sent but not acknowledged
     #
@@ -251,11 +270,40 @@ class Syncer:
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """One sync at a time per host and project, across threads and gpubox processes."""
+        """One sync at a time per host and project, across threads and gpubox processes.
+
+        The lock file also says who last wrote the ancestor: a Syncer that finds someone else's stamp there (a
+        `gpubox sync`, `pull` or `run` in another terminal) reads the ancestor again instead of trusting memory.
+        """
         paths.ensure_private_dir(self._lock_path.parent)
-        with self._mutex, open(self._lock_path, "w") as handle:
+        with self._mutex, open(self._lock_path, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+            handle.seek(0)
+            found = handle.read()
+            if found != self._stamp:
+                self._reload()
+                self._stamp = found
+            self._wrote = False
+            try:
+                yield
+            finally:
+                if self._wrote:
+                    self._writes += 1
+                    self._stamp = f"{self._token} {self._writes}"
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.write(self._stamp)
+                    handle.flush()
+
+    def _reload(self) -> None:
+        """Read the ancestor anew; held deletions the new ancestor no longer backs are let go."""
+        self._ancestor = None
+        self._by_facts = None
+        if self.held:
+            ancestor = self.ancestor()
+            self.held = {path: entry for path, entry in self.held.items() if ancestor.get(path) == entry}
+            if not self.held:
+                self.held_reason = None
 
     # -- host side
 
@@ -283,7 +331,8 @@ class Syncer:
 
         *verify* also compares with the host's own manifest (finds files changed or removed on the host behind
         gpubox's back); by default only when there is no ancestor yet. Without it, a pass that finds nothing to
-        send does not even connect.
+        send does not even connect. Deletions that look like a wipe are held back (:attr:`held`) unless
+        *allow_mass_delete*; everything else goes.
         """
         with self._exclusive():
             started = time.monotonic()
@@ -297,10 +346,10 @@ class Syncer:
             adopted: dict[str, Entry] = {}
             if interrupted and remote is not None:
                 ancestor, adopted = self._adopt_pending(remote, dry_run=dry_run)
-            plan = plan_changes(
-                scanned.entries, ancestor, remote, still_local=self._still_local(scanned, ancestor)
-            )
+            untrack, leave = self._still_local(scanned, ancestor)
+            plan = plan_changes(scanned.entries, ancestor, remote, still_local=untrack, leave_alone=leave)
             report = self._execute(plan, scanned, dry_run, allow_mass_delete, progress, started)
+            report.verified = remote is not None
             # What the interrupted pass got there and local still holds: already there, like plan.in_sync.
             report.in_sync += sum(
                 1 for path, entry in adopted.items() if entry.same(scanned.entries.get(path))
@@ -328,21 +377,85 @@ class Syncer:
                 prefix = path + "/"
                 candidates.update(p for p in ancestor if p.startswith(prefix))
             candidates.update(scanned.entries)
+            candidates |= self._unannounced_origins(scanned, candidates)
+            untrack, leave = self._still_local(scanned, ancestor, candidates)
             plan = plan_changes(
                 scanned.entries,
                 ancestor,
                 None,
                 paths=candidates,
-                still_local=self._still_local(scanned, ancestor, candidates),
+                still_local=untrack,
+                leave_alone=leave,
             )
-            return self._execute(plan, scanned, False, allow_mass_delete, progress, started)
+            return self._execute(
+                plan, scanned, False, allow_mass_delete, progress, started, covered=candidates
+            )
+
+    def release(self, progress: Callable[[BatchProgress], None] | None = None) -> SyncReport:
+        """Carry out the deletions held back (the user confirmed them): into the host's trash, as any other."""
+        return self.paths(list(self.held), allow_mass_delete=True, progress=progress)
+
+    def push(
+        self, names: Iterable[str], progress: Callable[[BatchProgress], None] | None = None
+    ) -> SyncReport:
+        """Send the local copy of each named path (and what lies under a folder) where the host's differs, even
+        when it changed on the host: local wins, and the host's copy goes to the host's trash, not lost."""
+        with self._exclusive():
+            started = time.monotonic()
+            names = _outermost(names)
+            scanned = ScanResult()
+            for name in names:
+                scan_path(self.root, self.rules, name, scanned)
+            _result, blob = calls.manifest(self.session.agent, root=self.remote_dir, only=names)
+            remote = decode_manifest(blob, self.session.agent.host)
+            ancestor = self.ancestor()
+            ops: list[Op] = []
+            in_sync: dict[str, Entry] = {}
+            for path, entry in scanned.entries.items():
+                there = remote.get(path)
+                if entry.same(there):
+                    if not entry.same(ancestor.get(path)):
+                        in_sync[path] = entry
+                    continue
+                kind = {"f": "write", "l": "link", "d": "mkdir"}[entry.kind]
+                ops.append(Op(kind, path, entry, ancestor.get(path), force=True))  # type: ignore[arg-type]
+            ops.sort(key=lambda op: (op.kind != "mkdir", op.path.count("/"), op.path))
+            report = SyncReport(
+                too_large=sorted(scanned.too_large),
+                held_back=sorted(scanned.held_back),
+                unreadable=sorted(scanned.unreadable),
+                outside_links=sorted(scanned.outside_links),
+                in_sync=len(in_sync),
+                planned=ops,
+                verified=True,
+            )
+            self._record(in_sync, [])
+            if ops:
+                self._send(ops, report, progress)
+            report.seconds = time.monotonic() - started
+            return report
 
     def _still_local(
         self, scanned: ScanResult, ancestor: dict[str, Entry], candidates: Iterable[str] | None = None
-    ) -> set[str]:
-        """Tracked paths missing from the scan that still exist locally (now ignored): never deleted."""
+    ) -> tuple[set[str], set[str]]:
+        """Tracked paths missing from the scan that still exist locally: (now ignored or secret: untracked, never
+        deleted; too large: still tracked, left alone, so that deleting the file later still deletes it)."""
         gone = [p for p in (candidates if candidates is not None else ancestor) if p not in scanned.entries]
-        return {p for p in gone if p in scanned.skipped or os.path.lexists(os.path.join(self._root_text, p))}
+        too_large = {path for path, _size in scanned.too_large}
+        leave = {p for p in gone if p in too_large}
+        untrack = {
+            p
+            for p in gone
+            if p not in leave and (p in scanned.skipped or os.path.lexists(os.path.join(self._root_text, p)))
+        }
+        return untrack, leave
+
+    def _vanished_checkouts(self) -> set[str]:
+        return {
+            folder
+            for folder in self._checkouts
+            if not any(os.path.lexists(os.path.join(self._root_text, folder, name)) for name in VCS_FOLDERS)
+        }
 
     def _execute(
         self,
@@ -352,33 +465,83 @@ class Syncer:
         allow_mass_delete: bool,
         progress: Callable[[BatchProgress], None] | None,
         started: float,
+        *,
+        covered: set[str] | None = None,
     ) -> SyncReport:
+        """Pair moves, hold back a wipe's deletions, record what needs no sending, send the rest. *covered*: the
+        paths a live pass looked at (None: a full pass, which saw everything)."""
+        ancestor = self.ancestor()
+        if any(op.kind == "write" and op.expect is None for op in plan.ops):
+            pair_moves(plan, ancestor, self._recent_trash())
+        earlier = {p: e for p, e in self.held.items() if covered is not None and p not in covered}
+        vanished = self._vanished_checkouts()
+        reason = None
+        if not allow_mass_delete:
+            reason = wipe_reason(
+                plan, ancestor, self.guard, gone_already=earlier, vanished_checkouts=vanished
+            )
+            if reason is not None:
+                hold_deletions(plan)
+        held = {**earlier, **{op.path: op.expect for op in plan.held if op.expect is not None}}
         report = SyncReport(
             held_back=sorted(scanned.held_back),
             too_large=sorted(scanned.too_large),
+            too_large_kept=sorted(path for path, _size in scanned.too_large if path in ancestor),
             outside_links=sorted(scanned.outside_links),
             unreadable=sorted(scanned.unreadable),
             host_changed=plan.host_changed,
-            planned=plan.ops,
+            planned=plan.ops + plan.held,
             in_sync=len(plan.in_sync),
+            held_deletions=sorted(path for path, entry in held.items() if entry.kind != "d"),
+            held_reason=reason or (self.held_reason if earlier else None),
         )
-        if not allow_mass_delete:
-            tracked = sum(1 for entry in self.ancestor().values() if entry.kind != "d")
-            try:
-                check_mass_deletion(
-                    plan, tracked, max_count=self.max_delete_count, max_share=self.max_delete_share
-                )
-            except MassDeletion as exc:
-                raise MassDeletionRefused(exc.deleting, exc.tracked) from None
         if dry_run:
             report.seconds = time.monotonic() - started
             return report
+        self.held, self.held_reason = held, report.held_reason if held else None
+        # A checkout that vanished stays remembered until a full pass finds nothing of it left to delete, or
+        # the user lets its deletions go.
+        if covered is None:
+            self._checkouts = scanned.checkouts | (vanished if reason else set())
+        elif allow_mass_delete:
+            self._checkouts = (self._checkouts - vanished) | scanned.checkouts
+        else:
+            self._checkouts |= scanned.checkouts
         if plan.in_sync or plan.untrack:
             self._record(plan.in_sync, plan.untrack)
         if plan.ops:
             self._send(plan.ops, report, progress)
         report.seconds = time.monotonic() - started
         return report
+
+    # -- the trash as a source of moves
+
+    def _remember_trashed(self, path: str, entry: Entry, where: str) -> None:
+        if entry.kind != "f":
+            return
+        self._trashed.pop(path, None)
+        self._trashed[path] = (Trashed(path, entry, where), time.monotonic())
+        while len(self._trashed) > TRASH_MEMORY_FILES:
+            self._trashed.popitem(last=False)
+
+    def _recent_trash(self) -> list[Trashed]:
+        cutoff = time.monotonic() - TRASH_MEMORY_SECONDS
+        while self._trashed and next(iter(self._trashed.values()))[1] < cutoff:
+            self._trashed.popitem(last=False)
+        return [item for item, _when in self._trashed.values()]
+
+    # -- sending
+
+    def _limit(self, path: str) -> int | None:
+        """The size a file may have when it is read (None: no limit, or the file is listed in [sync] include)."""
+        limit = self.rules.max_file_size
+        return None if limit is None or self.rules.included(path) else limit
+
+    def _too_large(self, op: Op, size: int, report: SyncReport) -> None:
+        """A file found over the limit when read: nothing of it is sent; a tracked one keeps its host copy."""
+        report.too_large.append((op.path, size))
+        if op.path in self.ancestor():
+            report.too_large_kept.append(op.path)
 
     def _batches(
         self, ops: list[Op], report: SyncReport
@@ -393,15 +556,24 @@ class Syncer:
                 "p": op.path,
                 "e": op.expect.row() if op.expect else None,
             }
+            if op.force:
+                item["r"] = 1
             if op.kind == "write":
                 content = self._read(op, report)
                 if content is None:
                     continue
                 data, entry = content
-                op = Op(op.kind, op.path, entry, op.expect)
+                op = Op(op.kind, op.path, entry, op.expect, force=op.force)
                 item.update(n=entry.size, m=entry.mtime_ns, x=entry.executable)
                 chunks.append(data)
                 size += len(data)
+            elif op.kind == "move":
+                digest = self._local_digest(op, report)
+                if digest is None:
+                    continue
+                assert op.entry is not None
+                item.update(n=op.entry.size, m=op.entry.mtime_ns, x=op.entry.executable, h=digest)
+                item["T" if op.from_trash else "f"] = op.source
             elif op.kind == "link" and op.entry is not None:
                 item["t"] = op.entry.target
             batch.append(op)
@@ -412,23 +584,68 @@ class Syncer:
         if batch:
             yield batch, wire, b"".join(chunks)
 
+    def _local_digest(self, op: Op, report: SyncReport) -> str | None:
+        """The SHA-256 of a move's local file, read only if it still has the facts the move was paired on;
+        otherwise the move becomes a write and a delete (sent after this round)."""
+        digest = hashlib.sha256()
+        try:
+            fd = os.open(os.path.join(self._root_text, op.path), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            self._unpair(op)
+            return None
+        try:
+            before = os.fstat(fd)
+            while chunk := os.read(fd, 1 << 20):
+                digest.update(chunk)
+            after = os.fstat(fd)
+        except OSError:
+            self._unpair(op)
+            return None
+        finally:
+            os.close(fd)
+        now = Entry("f", after.st_size, after.st_mtime_ns, bool(after.st_mode & 0o100))
+        if before.st_mtime_ns != after.st_mtime_ns or not now.same(op.entry):
+            self._unpair(op)
+            return None
+        return digest.hexdigest()
+
+    def _unpair(self, move: Op) -> None:
+        """A move that cannot be one: the new file is written, its origin deleted as any deletion would be."""
+        self._fallback.append(Op("write", move.path, move.entry, None))
+        if not move.from_trash:
+            self._fallback.append(Op("delete", move.source, None, move.expect))
+
     def _read(self, op: Op, report: SyncReport) -> tuple[bytes, Entry] | None:
-        """The file's bytes and the facts that go with exactly those bytes (it may have changed since the scan)."""
+        """The file's bytes and the facts that go with exactly those bytes (it may have changed since the scan).
+
+        The size limit holds at this moment: a file over it (grown since the scan) is not sent at all. A file
+        grown past one frame is sent in pieces instead (after this round)."""
         try:
             fd = os.open(os.path.join(self._root_text, op.path), os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
                 report.unreadable.append((op.path, exc.strerror or str(exc)))
             return None
+        limit = self._limit(op.path)
+        cap = PART_BYTES if limit is None else min(limit, PART_BYTES)
         try:
             before = os.fstat(fd)
-            data = _read_all(fd, before.st_size)
+            if limit is not None and before.st_size > limit:
+                self._too_large(op, before.st_size, report)
+                return None
+            data = _read_upto(fd, cap + 1)
             after = os.fstat(fd)
         except OSError as exc:
             report.unreadable.append((op.path, exc.strerror or str(exc)))
             return None
         finally:
             os.close(fd)
+        if len(data) > cap:
+            if limit is not None and max(len(data), after.st_size) > limit:
+                self._too_large(op, max(len(data), after.st_size), report)
+            else:
+                self._grown.append(op)
+            return None
         # Sent with the mtime read after the bytes: a write racing the read shows up as a later change.
         return data, Entry(
             "f", len(data), min(before.st_mtime_ns, after.st_mtime_ns), bool(after.st_mode & 0o100)
@@ -437,10 +654,26 @@ class Syncer:
     def _send(
         self, ops: list[Op], report: SyncReport, progress: Callable[[BatchProgress], None] | None
     ) -> None:
-        files_total = len(ops)
-        bytes_total = sum(op.entry.size for op in ops if op.kind == "write" and op.entry is not None)
-        done_files = 0
-        done_bytes = 0
+        """Send *ops* in pipelined batches, then what could not go that way: files grown past one frame, and
+        moves the host could not make (sent as writes and deletes in a second round)."""
+        self._fallback, self._grown = [], []
+        total_files = len(ops)
+        total_bytes = sum(op.entry.size for op in ops if op.kind == "write" and op.entry is not None)
+        done = [0, 0]
+
+        def step(batch: list[Op]) -> None:
+            done[0] += len(batch)
+            done[1] += sum(op.entry.size for op in batch if op.kind == "write" and op.entry is not None)
+            if progress is not None:
+                progress(BatchProgress(done[0], total_files, done[1], total_bytes))
+
+        self._send_round(ops, report, step)
+        if self._fallback:
+            again, self._fallback = self._fallback, []
+            self._send_round(again, report, lambda batch: None)
+        self._clear_pending()
+
+    def _send_round(self, ops: list[Op], report: SyncReport, step: Callable[[list[Op]], None]) -> None:
         sent_batches: list[list[Op]] = []
         large = [
             op for op in ops if op.kind == "write" and op.entry is not None and op.entry.size > PART_BYTES
@@ -463,26 +696,21 @@ class Syncer:
             batch = sent_batches[index]
             upserts, removals = self._absorb(batch, result, report)
             self._record(upserts, removals)
-            done_files += len(batch)
-            done_bytes += sum(op.entry.size for op in batch if op.kind == "write" and op.entry is not None)
-            if progress is not None:
-                progress(BatchProgress(done_files, files_total, done_bytes, bytes_total))
-        for op in large:
+            step(batch)
+        grown, self._grown = self._grown, []
+        for op in large + grown:
             sent = self._send_large(op, report, note)
             if sent is not None:
                 upserts, removals = self._absorb([sent[0]], sent[1], report)
                 self._record(upserts, removals)
-            done_files += 1
-            done_bytes += op.entry.size if op.entry is not None else 0
-            if progress is not None:
-                progress(BatchProgress(done_files, files_total, done_bytes, bytes_total))
-        self._clear_pending()
+            step([op])
 
     def _send_large(
         self, op: Op, report: SyncReport, note: Callable[[list[Op]], None] = lambda batch: None
     ) -> tuple[Op, calls.ApplyAnswer] | None:
         """A file too large for one frame: its bytes go in pieces into a staging file on the host (never all in
-        memory at once), then one `apply` puts it in place with the same just-in-time checks as any write."""
+        memory at once), then one `apply` puts it in place with the same just-in-time checks as any write. A
+        file that grows past the size limit while it is read is abandoned and its staged pieces discarded."""
         agent = self.session.agent
         try:
             fd = os.open(os.path.join(self._root_text, op.path), os.O_RDONLY | os.O_NOFOLLOW)
@@ -490,12 +718,21 @@ class Syncer:
             if not isinstance(exc, FileNotFoundError):
                 report.unreadable.append((op.path, exc.strerror or str(exc)))
             return None
+        limit = self._limit(op.path)
         name: str | None = None
         size = 0
         try:
             before = os.fstat(fd)
+            if limit is not None and before.st_size > limit:
+                self._too_large(op, before.st_size, report)
+                return None
             while True:
                 piece = os.pread(fd, PART_BYTES, size)
+                if limit is not None and size + len(piece) > limit:
+                    if name is not None:
+                        calls.discard_staged(agent, root=self.remote_dir, name=name)
+                    self._too_large(op, max(size + len(piece), os.fstat(fd).st_size), report)
+                    return None
                 if piece or name is None:
                     name = calls.stage(agent, root=self.remote_dir, name=name, offset=size, blob=piece)
                     size += len(piece)
@@ -518,7 +755,9 @@ class Syncer:
             "x": entry.executable,
             "s": name,
         }
-        sent = Op(op.kind, op.path, entry, op.expect)
+        if op.force:
+            item["r"] = 1
+        sent = Op(op.kind, op.path, entry, op.expect, force=op.force)
         note([sent])
         result = calls.apply(agent, root=self.remote_dir, trash=self.trash, ops=[item])
         return sent, result
@@ -534,7 +773,19 @@ class Syncer:
         report.conflicts += [str(c) for c in result.get("conflicts", [])]
         for op, outcome in zip(batch, outcomes, strict=True):
             status = outcome[0] if outcome else "error"
-            if status in ("ok", "same", "conflict") and op.entry is not None:
+            if op.kind == "move" and op.entry is not None:
+                if op.from_trash:
+                    self._trashed.pop(op.source.split("/", 1)[-1], None)
+                if status in ("ok", "same", "conflict"):
+                    upserts[op.path] = op.entry
+                    if not op.from_trash:
+                        removals.append(op.source)
+                    report.moved += 1
+                elif status == "miss":
+                    self._unpair(op)
+                else:
+                    report.errors.append(outcome[1] if len(outcome) > 1 else f"{op.path}: failed")
+            elif status in ("ok", "same", "conflict") and op.entry is not None:
                 upserts[op.path] = op.entry
                 if status != "same":
                     report.sent += 1
@@ -542,7 +793,9 @@ class Syncer:
                         report.bytes_sent += op.entry.size
             elif status in ("ok", "gone") and op.entry is None:
                 removals.append(op.path)
-                report.deleted += status == "ok"
+                report.deleted += status == "ok" and op.kind == "delete"  # files; folders go with them
+                if status == "ok" and len(outcome) > 1 and op.expect is not None:
+                    self._remember_trashed(op.path, op.expect, str(outcome[1]))
             elif status == "kept":
                 removals.append(op.path)
                 report.kept_on_host.append(op.path)
@@ -551,25 +804,16 @@ class Syncer:
         return upserts, removals
 
 
-class MassDeletionRefused(GpuboxError):
-    """Raised instead of deleting many host files at once; the command line asks or says how to go on."""
-
-    def __init__(self, deleting: int, tracked: int) -> None:
-        super().__init__(
-            f"sync paused: it would delete {deleting} of {tracked} tracked files on the host (a wiped folder or "
-            f"a wrong checkout?); check the project folder, then re-run with --allow-mass-delete to go on"
-        )
-        self.deleting = deleting
-        self.tracked = tracked
-
-
-def _read_all(fd: int, expected: int) -> bytes:
+def _read_upto(fd: int, limit: int) -> bytes:
+    """Up to *limit* bytes from *fd* (fewer at its end): a file that grows while read is never read forever."""
     chunks = []
-    while True:
-        chunk = os.read(fd, max(expected, 1 << 16))
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
         if not chunk:
             break
         chunks.append(chunk)
+        left -= len(chunk)
     return b"".join(chunks)
 
 

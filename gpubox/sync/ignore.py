@@ -21,8 +21,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pathspec
+
+if TYPE_CHECKING:
+    from gpubox.config import ProjectConfig
 
 __all__ = ["BUILTIN_IGNORES", "SECRET_PATTERNS", "Decision", "IgnoreRules"]
 
@@ -198,3 +202,15 @@ def relative(root: Path, path: str | os.PathLike[str]) -> str | None:
         return None
     text = rel.as_posix()
     return None if text in ("", ".") else text
+
+
+def rules_for(project: ProjectConfig) -> IgnoreRules:
+    """The project's rules as gpubox.toml's [sync] sets them."""
+    sync = project.sync
+    return IgnoreRules(
+        project.root,
+        extra_ignores=sync.ignore,
+        includes=sync.include,
+        outputs=sync.outputs,
+        max_file_size=int(sync.max_file_size_mb * 1024 * 1024),
+    )

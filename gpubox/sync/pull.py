@@ -1,8 +1,12 @@
-"""Bring what the host wrote (the outputs folders, or named paths) back to the local project, incrementally.
+"""Bring what the host wrote back to the local project, incrementally: the outputs folders and the notebooks
+created or edited on the host (Jupyter), or the paths named.
 
 A local file that matches the host's (size and mtime) is skipped. A local file that differs is replaced, but
-when it is newer than the host's copy it is first kept as ``NAME.gpubox-local-<UTC time>``: pull never loses
-a newer local file. Files arrive through a temp name and a rename, with the host's mtime and exec bit.
+first kept as ``NAME.gpubox-local-<UTC time>`` when it holds something the host's copy does not: in an outputs
+folder, when it is newer than the host's; elsewhere, when it changed since gpubox last synced it (both sides
+changed: a conflict copy). Files arrive through a temp name and a rename, with the host's mtime and exec bit.
+A file outside the outputs that pull brought home is recorded as in step on both sides, so sync does not send
+it back. By default only notebooks the host changed since gpubox synced them come home (``*.ipynb``).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from gpubox.config import ProjectConfig
 from gpubox.errors import UsageError
 from gpubox.remote.agent import calls
 from gpubox.remote.session import HostSession
-from gpubox.sync.engine import BatchProgress, decode_manifest
-from gpubox.sync.scan import Entry
+from gpubox.sync.engine import BatchProgress, Syncer
+from gpubox.sync.ignore import Decision
+from gpubox.sync.scan import Entry, decode_manifest
 
 __all__ = ["PullReport", "normalise_paths", "pull"]
 
 CHUNK = 8 * 1024 * 1024
+NOTEBOOK_SUFFIX = ".ipynb"
 
 
 @dataclass
@@ -32,14 +38,20 @@ class PullReport:
     bytes_fetched: int = 0
     unchanged: int = 0
     kept_local: list[str] = field(default_factory=list)
+    notebooks: list[str] = field(default_factory=list)
+    """Notebooks created or edited on the host that came home (a default pull looks for them)."""
     skipped_links: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
         text = f"{self.fetched:,} fetched ({self.bytes_fetched / 1e6:.1f} MB), {self.unchanged:,} unchanged"
+        if self.notebooks:
+            text += f", {len(self.notebooks)} notebook{'' if len(self.notebooks) == 1 else 's'} from the host"
         if self.kept_local:
-            text += f", {len(self.kept_local)} newer local files kept aside"
+            text += (
+                f", {len(self.kept_local)} local cop{'y' if len(self.kept_local) == 1 else 'ies'} kept aside"
+            )
         if self.errors:
             text += f", {len(self.errors)} errors"
         return text + f" in {self.seconds:.2f} s"
@@ -66,14 +78,23 @@ def pull(
     project: ProjectConfig,
     paths: Iterable[str] = (),
     *,
+    syncer: Syncer | None = None,
     progress: Callable[[BatchProgress], None] | None = None,
 ) -> PullReport:
+    """Pull *paths* (relative to the current folder), or the outputs folders and the host's new notebooks.
+    *syncer* (one is made when not given) knows what was last synced, for files outside the outputs."""
     started = time.monotonic()
-    wanted = normalise_paths(paths, project.root) or [o.strip("/") for o in project.sync.outputs]
-    _result, blob = calls.manifest(session.agent, root=session.remote_dir, only=wanted)
+    syncer = syncer if syncer is not None else Syncer(session, project)
+    named = normalise_paths(paths, project.root)
+    outputs = [o.strip("/") for o in project.sync.outputs]
+    _result, blob = calls.manifest(session.agent, root=session.remote_dir, only=named or outputs)
     remote = decode_manifest(blob, session.agent.host)
+    ancestor = syncer.ancestor()
+    if not named:
+        remote.update(_host_notebooks(session, syncer, ancestor, outputs))
     report = PullReport()
-    todo: list[tuple[str, Entry]] = []
+    todo: list[tuple[str, Entry, bool]] = []
+    adopt: dict[str, Entry] = {}
     for rel, entry in sorted(remote.items()):
         refused = _refusal(project.root, rel)
         if refused:
@@ -88,25 +109,59 @@ def pull(
             continue
         if entry.kind != "f":
             continue
-        if _local_entry(local) == entry:
+        here = _local_entry(local)
+        synced = syncer.rules.decide_path(rel, False, entry.size) is Decision.SEND
+        if here == entry:
             report.unchanged += 1
+            if synced and not entry.same(ancestor.get(rel)):
+                adopt[rel] = entry
             continue
         if local.is_dir() and not local.is_symlink():
             report.errors.append(f"{rel}: a folder is in the way of the host's file")
             continue
-        todo.append((rel, entry))
-    total_bytes = sum(e.size for _, e in todo)
+        if synced or rel in ancestor:
+            # A file sync carries: local's copy is kept aside when it changed since gpubox last synced it.
+            keep = here is not None and here.kind == "f" and not here.same(ancestor.get(rel))
+        else:
+            keep = here is not None and here.kind == "f" and here.mtime_ns > entry.mtime_ns
+        todo.append((rel, entry, keep))
+    total_bytes = sum(e.size for _, e, _ in todo)
     done_bytes = 0
-    for index, (rel, entry) in enumerate(todo):
-        fetched = _fetch(session, rel, entry, project.root / rel, report)
+    for index, (rel, entry, keep) in enumerate(todo):
+        fetched = _fetch(session, rel, entry, project.root / rel, report, keep)
         if fetched:
             report.fetched += 1
             report.bytes_fetched += entry.size
+            if syncer.rules.decide_path(rel, False, entry.size) is Decision.SEND:
+                adopt[rel] = entry
+            if not named and rel.endswith(NOTEBOOK_SUFFIX) and not _in_outputs(rel, outputs):
+                report.notebooks.append(rel)
         done_bytes += entry.size
         if progress is not None:
             progress(BatchProgress(index + 1, len(todo), done_bytes, total_bytes))
+    if adopt:
+        syncer.adopt(adopt)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _in_outputs(rel: str, outputs: list[str]) -> bool:
+    return any(rel == o or rel.startswith(o + "/") for o in outputs)
+
+
+def _host_notebooks(
+    session: HostSession, syncer: Syncer, ancestor: dict[str, Entry], outputs: list[str]
+) -> dict[str, Entry]:
+    """Notebooks on the host outside the outputs that sync would carry and that the host created or changed
+    since gpubox last synced them (what a default pull brings home)."""
+    _result, blob = calls.manifest(session.agent, root=session.remote_dir, skip=outputs)
+    found = {}
+    for rel, entry in decode_manifest(blob, session.agent.host).items():
+        if entry.kind != "f" or not rel.endswith(NOTEBOOK_SUFFIX) or entry.same(ancestor.get(rel)):
+            continue
+        if syncer.rules.decide_path(rel, False, entry.size) is Decision.SEND:
+            found[rel] = entry
+    return found
 
 
 def _refusal(root: Path, rel: str) -> str | None:
@@ -142,16 +197,20 @@ def _ensure_folder(path: Path, report: PullReport, rel: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _fetch(session: HostSession, rel: str, entry: Entry, target: Path, report: PullReport) -> bool:
+def _fetch(
+    session: HostSession, rel: str, entry: Entry, target: Path, report: PullReport, keep: bool
+) -> bool:
     try:
-        return _fetch_into(session, rel, entry, target, report)
+        return _fetch_into(session, rel, entry, target, report, keep)
     except OSError as exc:
         # A local file in the way of a folder, a full disk: this path fails, the pull goes on.
         report.errors.append(f"{rel}: {exc.strerror or exc}")
         return False
 
 
-def _fetch_into(session: HostSession, rel: str, entry: Entry, target: Path, report: PullReport) -> bool:
+def _fetch_into(
+    session: HostSession, rel: str, entry: Entry, target: Path, report: PullReport, keep: bool
+) -> bool:
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.gpubox-pull-{os.getpid()}")
     offset = 0
@@ -174,8 +233,7 @@ def _fetch_into(session: HostSession, rel: str, entry: Entry, target: Path, repo
                     break
         os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
         temp.chmod(0o755 if entry.executable else 0o644)
-        local = _local_entry(target)
-        if local is not None and local.kind == "f" and local.mtime_ns > entry.mtime_ns:
+        if keep and os.path.lexists(target):
             kept = target.with_name(
                 f"{target.name}.gpubox-local-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
             )

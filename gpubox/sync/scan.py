@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpubox.sync.ignore import Decision, IgnoreRules
 
-__all__ = ["Entry", "ScanResult", "scan_path", "scan_tree"]
+__all__ = ["VCS_FOLDERS", "Entry", "ScanResult", "decode_manifest", "scan_path", "scan_tree"]
+
+VCS_FOLDERS = frozenset({".git", ".hg", ".svn"})
+"""A folder holding one of these is a version-control checkout (a .git file marks a worktree or submodule)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +36,15 @@ class Entry:
         if other is None or other.kind != self.kind:
             return False
         if self.kind == "f":
-            return (self.size, self.mtime_ns, self.executable) == (
-                other.size,
-                other.mtime_ns,
-                other.executable,
-            )
+            return self.facts == other.facts
         if self.kind == "l":
             return self.target == other.target
         return True
+
+    @property
+    def facts(self) -> tuple[int, int, bool]:
+        """What a moved file keeps (size, mtime, exec bit): how a move is told from a delete and a new file."""
+        return self.size, self.mtime_ns, self.executable
 
     def row(self) -> list[Any]:
         """The agent's wire form."""
@@ -52,6 +58,20 @@ class Entry:
 FOLDER = Entry("d")
 
 
+def decode_manifest(blob: bytes, host: str) -> dict[str, Entry]:
+    """The agent's manifest (zlib-compressed JSON rows); anything else from the channel is an AgentError."""
+    from gpubox.errors import AgentError
+
+    try:
+        rows = json.loads(zlib.decompress(blob)) if blob else []
+        found = {row[0]: Entry.from_row(row[1:]) for row in rows}
+    except (zlib.error, ValueError, TypeError, KeyError, IndexError):
+        raise AgentError(f"the agent on {host} sent a file listing gpubox cannot read") from None
+    if not all(isinstance(path, str) for path in found):
+        raise AgentError(f"the agent on {host} sent a file listing gpubox cannot read")
+    return found
+
+
 @dataclass
 class ScanResult:
     entries: dict[str, Entry] = field(default_factory=dict)
@@ -63,6 +83,8 @@ class ScanResult:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     skipped: set[str] = field(default_factory=set)
     """Paths that exist locally but are not sent (ignored, secret, output, too large, outside link)."""
+    checkouts: set[str] = field(default_factory=set)
+    """Folders the walk saw holding a .git, .hg or .svn ('' for the project folder itself)."""
 
 
 def _link_inside(relpath: str, target: str) -> bool:
@@ -126,6 +148,8 @@ def scan_tree(root: Path, rules: IgnoreRules, start: str = "", into: ScanResult 
         with listing:
             for item in listing:
                 relpath = f"{folder}/{item.name}" if folder else item.name
+                if item.name in VCS_FOLDERS:
+                    result.checkouts.add(folder)
                 try:
                     st = item.stat(follow_symlinks=False)
                 except OSError as exc:

@@ -3,7 +3,12 @@
 Events are hints, never data: every batch re-stats the paths it was told about (editor safe-writes, renames and
 branch switches all end as "these paths changed"). A full rescan runs at start, after a reconnect, every
 ``rescan_seconds``, and at once when inotify reports a queue overflow; if inotify cannot watch the tree at all
-(out of watches), periodic rescans alone keep the host in step.
+(out of watches), periodic rescans alone keep the host in step. Those rescans also read the host's listing, so
+files edited there are found and reported.
+
+The watcher never trusts its memory of what the host holds: when another gpubox (`sync`, `pull`, `push`, `run`
+in another terminal) wrote this project's sync record, it rescans against the record and the host. That is also
+how deletions held back as a wipe are let go from another terminal (`gpubox sync --allow-mass-delete`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from gpubox.sync.ignore import IGNORE_FILES, relative
 __all__ = ["LiveSync", "WatchSettings"]
 
 _OVERFLOW_TEXT = "queue overflowed"
+ELSEWHERE = "changed by another gpubox"
 # Only events that can change what is sent. Opens and no-write closes are not even asked of inotify: sync reads
 # every file it sends, and those two events per file would fill the kernel queue and force endless rescans.
 _WATCHED_EVENTS: list[type[FileSystemEvent]] = [
@@ -67,6 +73,13 @@ class WatchSettings:
     """How often to rescan when inotify cannot watch the tree."""
     retry_seconds: tuple[float, float] = (1.0, 15.0)
     """After the host refused a batch (its disk full, say): first retry, doubling up to the second."""
+    elsewhere_seconds: float = 1.0
+    """How often to look whether another gpubox wrote this project's sync record."""
+
+
+def _rules_only(reason: str) -> bool:
+    """A rescan asked for because a .gitignore or .gpuboxignore changed (see :meth:`LiveSync.mark`)."""
+    return reason.endswith(tuple(f"{name} changed" for name in IGNORE_FILES))
 
 
 class _OverflowListener(logging.Handler):
@@ -226,11 +239,16 @@ class LiveSync:
             self.settings.fallback_rescan_seconds if self._polling else self.settings.rescan_seconds
         )
         next_rescan = time.monotonic() + rescan_every
+        next_look = time.monotonic() + self.settings.elsewhere_seconds
         with self._cond:
             while True:
                 if self._stop:
                     return None
                 now = time.monotonic()
+                if now >= next_look:
+                    next_look = now + self.settings.elsewhere_seconds
+                    if self._rescan_reason is None and self.syncer.changed_elsewhere():
+                        self._rescan_reason = ELSEWHERE
                 if self._rescan_reason is not None:
                     reason, self._rescan_reason = self._rescan_reason, None
                     self._rules_changed = None  # this full rescan reads the rule files anew
@@ -246,7 +264,9 @@ class LiveSync:
                     dirty, self._dirty = self._dirty, set()
                     rescan, self._retry_rescan = self._retry_rescan, None
                     return dirty, rescan
-                wake_at = next_rescan if self._retry_at is None else min(next_rescan, self._retry_at)
+                wake_at = min(next_rescan, next_look)
+                if self._retry_at is not None:
+                    wake_at = min(wake_at, self._retry_at)
                 if self._dirty:
                     quiet_until = self._last_dirty + self.settings.quiet_seconds
                     cap = self._first_dirty + self.settings.max_wait_seconds
@@ -274,8 +294,9 @@ class LiveSync:
                 rescan = rescan or "reconnected"
             try:
                 if rescan is not None:
-                    # After a reconnect the host may have changed meanwhile: compare with its manifest too.
-                    report = self.syncer.full(verify=rescan == "reconnected" or None)
+                    # Compare with the host's listing too (edits made there are found), except when only a
+                    # .gitignore changed: that rescan is about what is sent, and should be quick.
+                    report = self.syncer.full(verify=None if _rules_only(rescan) else True)
                     why = rescan
                 else:
                     report = self.syncer.paths(dirty)

@@ -197,9 +197,13 @@ def lines_that_matter(lines: list[str], most: int = 12) -> list[str]:
     return [lines[i] for i in chosen[-most:] if lines[i].strip()]
 
 
+_SAID_WHERE = re.compile(r"^gpubox-env: (cached|ready) (.+)$")
+
+
 class _BuildOutput:
     """Reads the build's output as it streams: the log's path on the host (handed to *on_start*: the build
-    begins), what it is doing now (each change handed to *on_activity*), and its last lines (for a failure)."""
+    begins), what it is doing now (each change handed to *on_activity*), its last lines (for a failure) and
+    where the env is."""
 
     def __init__(
         self, on_start: Callable[[str], None] | None, on_activity: Callable[[str], None] | None
@@ -208,6 +212,8 @@ class _BuildOutput:
         self.on_activity = on_activity
         self.log: str | None = None
         self.cached = False
+        self.path: str | None = None
+        """Where the env is, by its real path, as the script said (``gpubox-env: cached|ready PATH``)."""
         self.tail: deque[str] = deque(maxlen=400)
         self._partial = b""
 
@@ -231,10 +237,10 @@ class _BuildOutput:
             if self.on_start is not None:
                 self.on_start(self.log)
             return
-        if line.startswith("gpubox-env: cached"):
-            self.cached = True
-            return
-        if line.startswith("gpubox-env: ready"):
+        said = _SAID_WHERE.match(line)
+        if said is not None:
+            self.cached = said.group(1) == "cached"
+            self.path = said.group(2).strip()
             return
         self.tail.append(line)
         activity = pip_activity(line)
@@ -279,10 +285,12 @@ def ensure_env(
     code = session.connection.stream(command, None, output, output)
     output.close()
     seconds = time.monotonic() - started
-    home = str(session.agent.hello.get("home", "~"))
-    path = f"{home}/.gpubox/envs/{spec.key}"
     if code == 0:
-        return BuiltEnv(path, output.cached, None if output.cached else output.log, seconds)
+        # The script names the env by its real path: everything installed into it later (tools, a pip
+        # install in a run) must write that path into its scripts, not a link to it that may go away.
+        if output.path is None:
+            raise RemoteError(f"the env script on {session.host.name} did not say where it built the env")
+        return BuiltEnv(output.path, output.cached, None if output.cached else output.log, seconds)
     lines = list(output.tail)
     log = f" (the build's log on the host: {output.log})" if output.log else ""
     host = session.host.name

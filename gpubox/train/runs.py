@@ -29,7 +29,7 @@ from gpubox.remote.agent import calls
 if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
 
-__all__ = ["RunInfo", "follow_log", "list_runs", "run_env", "start_run", "stop_run"]
+__all__ = ["RunInfo", "check_run_ref", "follow_log", "list_runs", "run_env", "start_run", "stop_run"]
 
 RUN_ID = re.compile(r"^r-[0-9]{1,9}$")
 TERMINAL = ("succeeded", "failed", "stopped", "lost")
@@ -50,6 +50,28 @@ class RunInfo:
     progress: dict[str, Any] | None = None
     """While it runs: epoch/epochs (from Keras's "Epoch i/N" lines), metrics (from its TensorBoard event files),
     eta_seconds."""
+    cwd: str | None = None
+    """Where it started on the host."""
+    project: str | None = None
+    """The id of the project that started it; None for a run from before project ids (its cwd tells)."""
+    project_name: str | None = None
+    project_folder: str | None = None
+    """The folder of the project it ran for, on the host (its cwd may be a subfolder)."""
+
+    def label(self) -> str:
+        """``r-7`` or ``r-7 (digits-b)`` with its --name."""
+        return f"{self.id} ({self.name})" if self.name else self.id
+
+    def belongs_to(self, project_id: str, folders: Sequence[str]) -> bool:
+        """Whether this is a run of the project *project_id*, whose folder on the host is one of *folders*
+        (absolute paths): by its project id, or by the folder it ran in (a folder has one owner at a time, so
+        the runs of a folder taken over, and those from before project ids, go with it)."""
+        if self.project == project_id:
+            return True
+        place = self.project_folder or self.cwd
+        if not place:
+            return False
+        return any(place == f or place.startswith(f.rstrip("/") + "/") for f in folders if f)
 
     def progress_text(self, width: int | None = None) -> str:
         """'3/8 · loss 0.2991 · accuracy 0.9109 · ETA 0:00:12', or '' when nothing is known: the epoch, the
@@ -116,6 +138,8 @@ class RunInfo:
             if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)):
                 raise ValueError(exit_code)
             name = row.get("name")
+            project: dict[str, Any] = row["project"] if isinstance(row.get("project"), dict) else {}
+            cwd = row.get("cwd")
             return cls(
                 id=str(row["id"]),
                 host=host,
@@ -127,6 +151,10 @@ class RunInfo:
                 log_bytes=int(row.get("log_bytes", 0)),
                 name=None if name is None else str(name),
                 progress=row.get("progress") if isinstance(row.get("progress"), dict) else None,
+                cwd=cwd if isinstance(cwd, str) else None,
+                project=project.get("id") if isinstance(project.get("id"), str) else None,
+                project_name=project.get("name") if isinstance(project.get("name"), str) else None,
+                project_folder=project.get("folder") if isinstance(project.get("folder"), str) else None,
             )
         except (KeyError, TypeError, ValueError):
             raise AgentError(f"the agent on {host} sent a run record gpubox cannot read") from None
@@ -136,6 +164,20 @@ def check_run_id(run_id: str) -> str:
     if not RUN_ID.match(run_id):
         raise UsageError(f"{run_id!r} is not a run id (they look like r-7; `gpubox runs` lists them)")
     return run_id
+
+
+RUN_NAME = re.compile(r"^[\w .,#:@+=-]{1,200}$")
+"""What a ``--name`` label given in place of a run id may look like (no paths, quotes or shell syntax)."""
+
+
+def check_run_ref(text: str) -> str:
+    """A run id, or something that may be a run's ``--name`` label; anything else (a path, shell syntax, an id
+    with too many digits) is refused before any host is asked."""
+    if RUN_ID.match(text):
+        return text
+    if re.fullmatch(r"[rm]-[0-9]+", text) or not RUN_NAME.match(text) or text.strip() != text:
+        check_run_id(text)
+    return text
 
 
 def run_env(run_id: str, run_dir: str, remote_project: str, outputs_logs: str = "logs") -> dict[str, str]:
@@ -155,10 +197,12 @@ def start_run(
     name: str | None = None,
     extra_env: dict[str, str] | None = None,
     venv: str | None = None,
+    subfolder: str = "",
     outputs: Sequence[str] | None = None,
 ) -> RunInfo:
-    """Start *argv* in the host's project folder, detached; return once the host has recorded it. *outputs* are
-    the project's output folders (gpubox.toml's ``[sync] outputs``), where its metrics are looked for."""
+    """Start *argv* in the host's project folder (its *subfolder*, when given), detached, as a run of the
+    session's project; return once the host has recorded it. *outputs* are the project's output folders
+    (gpubox.toml's ``[sync] outputs``), where its metrics are looked for."""
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
     command = argv[0] if len(argv) == 1 else shlex.join(argv)
@@ -169,6 +213,8 @@ def start_run(
         name=name,
         env=dict(extra_env or {}),
         venv=venv,
+        owner=session.owner,
+        cwd=subfolder or None,
         outputs=output_folders(outputs) if outputs is not None else None,
     )
     return RunInfo.from_agent(session.host.name, result)

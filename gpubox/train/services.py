@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from gpubox.config import ProjectConfig, ServiceConfig
     from gpubox.remote.session import HostSession
 
-__all__ = ["ServiceState", "ensure_services", "ensure_tools", "local_url", "service_key"]
+__all__ = ["ServiceState", "ensure_services", "ensure_tools", "local_url", "service_key", "service_key_for"]
 
 TOOLS = {"jupyter": ("jupyterlab", "jupyterlab"), "tensorboard": ("tensorboard", "tensorboard")}
 """For each built-in service: (module to import, package to install) when the env lacks it."""
@@ -46,8 +46,13 @@ class ServiceState:
 
 def service_key(session: HostSession) -> str:
     """One folder per project on the host, so two projects' TensorBoards never clash."""
-    digest = hashlib.sha1(session.remote_dir.encode("utf-8", "surrogateescape")).hexdigest()[:10]
-    base = session.remote_dir.rstrip("/").rsplit("/", 1)[-1] or "project"
+    return service_key_for(session.remote_dir)
+
+
+def service_key_for(remote_dir: str) -> str:
+    """The service key of the project whose folder on the host is *remote_dir* (as gpubox names it)."""
+    digest = hashlib.sha1(remote_dir.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    base = remote_dir.rstrip("/").rsplit("/", 1)[-1] or "project"
     return f"{base}-{digest}"
 
 
@@ -57,14 +62,17 @@ def _command(service: ServiceConfig, remote_dir: str) -> str:
     project = shell_word(remote_dir)
     if service.command is not None:
         return service.command
+    # `python -m`, not the console scripts: a script's first line names the env by the path it was installed
+    # through, and an env reached through a link that later changes (~/.gpubox/envs on another disk) keeps
+    # working only this way.
     if service.name == "tensorboard":
-        return f"tensorboard --logdir {project}/logs --host 127.0.0.1 --port {{port}} --reload_interval 2"
+        return f"python -m tensorboard.main --logdir {project}/logs --host 127.0.0.1 --port {{port}} --reload_interval 2"
     if service.name == "jupyter":
         # The token comes from JUPYTER_TOKEN in the environment: the command stays the same across restarts
         # (so a running Jupyter is recognised and reused) and the token never shows in `ps`.
         # Rented boxes often log you in as root, which Jupyter refuses without --allow-root.
         return (
-            f"jupyter lab --no-browser --ip=127.0.0.1 --port={{port}} --port-retries=0 --ServerApp.root_dir={project}"
+            f"python -m jupyterlab --no-browser --ip=127.0.0.1 --port={{port}} --port-retries=0 --ServerApp.root_dir={project}"
             ' $([ "$(id -u)" -eq 0 ] && echo --allow-root)'
         )
     raise RemoteError(f"service {service.name} has no command")

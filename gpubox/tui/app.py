@@ -43,6 +43,7 @@ from gpubox.tui.screens.main.panels.runs import RunsPanel
 from gpubox.tui.screens.main.screen import MainScreen
 from gpubox.tui.screens.modals import ConfirmScreen, HostPickerScreen, ProgressScreen, RunCommandScreen
 from gpubox.tui.screens.offers import OffersScreen
+from gpubox.tui.screens.sweeps import SweepsScreen
 from gpubox.tui.workers import Abandoned, interruptible
 
 __all__ = ["GpuboxApp", "open_in_browser"]
@@ -440,6 +441,7 @@ class GpuboxApp(App[None]):
                 ),
                 should_stop=lambda: worker.is_cancelled,
                 cwd=self.project.root,
+                project=self.project,
             )
         except GpuboxError as exc:
             self.post_message(ProgressLine(f"✗ {exc}", done=True, failed=True))
@@ -500,6 +502,7 @@ class GpuboxApp(App[None]):
                 say=said.append,
                 confirm=lambda text: self.ask_from_thread(f"Terminate {name}?", text, yes="Terminate"),
                 ask_to_pin=self._ask_to_pin,
+                asked=True,
             )
         except GpuboxError as exc:
             self._say("down", f"down {name} failed", str(exc), "error", host=name)
@@ -585,16 +588,46 @@ class GpuboxApp(App[None]):
             self._sync_worker(name)
 
     @work(thread=True, name="sync", group="action:sync", exit_on_error=False)
-    def _sync_worker(self, name: str) -> None:
+    def _sync_worker(self, name: str, allow_mass_delete: bool = False) -> None:
         from gpubox.actions.sync import sync_now
 
         try:
-            report = interruptible(lambda: sync_now(self.hosts_config.get(name), self.project))
+            report = interruptible(
+                lambda: sync_now(
+                    self.hosts_config.get(name), self.project, allow_mass_delete=allow_mass_delete
+                )
+            )
         except GpuboxError as exc:
             self._say("sync", f"sync {name} failed", str(exc), "error", host=name)
             return
-        severity = "warning" if report.conflicts or report.errors else "information"
+        severity = "warning" if report.conflicts or report.errors or report.held_deletions else "information"
         self._say("sync", f"synced {name}", report.summary(), severity, host=name)
+
+    def action_release_deletions(self) -> None:
+        name = self._host(up=True)
+        if name is None:
+            return
+        view = self.snapshot.host(name)
+        sync = view.sync if view is not None else None
+        if sync is None or not sync.held_deletions:
+            self.notify(f"no deletions are held back on {name}", severity="information")
+            return
+        shown = ", ".join(sync.held_paths[:5]) + (
+            " …" if sync.held_deletions > len(sync.held_paths[:5]) else ""
+        )
+        self.push_screen(
+            ConfirmScreen(
+                f"Delete {sync.held_deletions} files on {name}?",
+                f"They were held back: {sync.held_reason or 'they look like a wipe'}. Deleted locally: {shown}. "
+                "They go to the host's trash (kept for [sync] trash_days), as `gpubox sync --allow-mass-delete`.",
+                yes="Delete",
+            ),
+            lambda yes: self._release(name) if yes else None,
+        )
+
+    def _release(self, name: str) -> None:
+        if self._begin("sync"):
+            self._sync_worker(name, allow_mass_delete=True)
 
     def action_pull(self) -> None:
         name = self._host(up=True)
@@ -632,7 +665,11 @@ class GpuboxApp(App[None]):
 
         try:
             with open_state() as state:
-                rows = {row.service: row for row in state.live_tunnels(name)}
+                rows = {
+                    row.service: row
+                    for row in state.live_tunnels(name)
+                    if row.project in (self.project.id, "")
+                }
             if service not in rows:
                 known = ", ".join(sorted(rows)) or "none"
                 raise GpuboxError(f"{service} is not tunnelled from {name} (tunnelled now: {known})")
@@ -678,6 +715,9 @@ class GpuboxApp(App[None]):
 
     def action_provision(self) -> None:
         self.push_screen(OffersScreen(self.hosts_config, self.project))
+
+    def action_sweeps(self) -> None:
+        self.push_screen(SweepsScreen(self.hosts_config, self.project, live=self.live))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -31,7 +31,19 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("new_run", "n", "Run", "start a command on the selected host, detached (↑/↓: history)"),
     ActionSpec("stop_run", "s", "Stop", "stop the selected run: SIGTERM, then SIGKILL (asks)"),
     ActionSpec("sync_now", "y", "Sync", "sync the project to the selected host now"),
-    ActionSpec("pull", "p", "Pull", "bring the outputs folders back from the selected host"),
+    ActionSpec(
+        "pull",
+        "p",
+        "Pull",
+        "bring the outputs folders and notebooks edited on the host back from the selected host",
+    ),
+    ActionSpec(
+        "release_deletions",
+        "x",
+        "Let go",
+        "carry out the deletions held back on the selected host as a wipe (into its trash), after asking",
+        False,  # not in the footer (its room is full): the sync line names the key while something is held
+    ),
     ActionSpec("open_tensorboard", "t", "TensorBoard", "open the selected host's TensorBoard in the browser"),
     ActionSpec("open_jupyter", "j", "Jupyter", "open the selected host's Jupyter (with its token)"),
     ActionSpec("logs", "l", "Logs", "the selected run's log, full screen, searchable"),
@@ -40,6 +52,13 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("check", "k", "Check", "can TensorFlow use the selected host's GPU? the full verdict"),
     ActionSpec(
         "provision", "o", "Offers", "rent a machine: offers from the configured providers, cheapest first"
+    ),
+    ActionSpec(
+        "sweeps",
+        "w",
+        "Sweeps",
+        "hyperparameter sweeps: trials, best so far, a trial's log, stop a sweep",
+        False,
     ),
     ActionSpec("help", "question_mark", "Help", "keys, panels and what each action does"),
     ActionSpec(

@@ -43,9 +43,9 @@ def test_up_detach_status_reuse_and_down_on_local(project: Path) -> None:
     assert lines[0] == "gpubox up local"
     assert lines[1].startswith("  ✓ connected ") and "(host key made by gpubox)" in lines[1]
     assert any(line.startswith("  · GPU    no NVIDIA GPU: training runs on CPU") for line in lines)
-    assert any(
-        "free for" in line and line.rstrip().endswith("remote (created on first sync)") for line in lines
-    )
+    # The project's folder on the host is made at once (an empty project works), and said.
+    assert any("free for" in line and line.rstrip().endswith("remote") for line in lines)
+    assert f"  ✓ folder {project.parent / 'remote'} (remote_dir in hosts.toml; created)" in lines
     assert any(line.startswith("  ✓ sync   ") for line in lines)
     assert "running in the background" in up.stdout
     server = _local().running()
@@ -98,7 +98,10 @@ def test_up_stop_ends_only_the_supervisor(project: Path) -> None:
     stopped = run_gpubox("up", "--stop", cwd=project)
     assert stopped.returncode == 0 and stopped.stdout.startswith("stopped gpubox process")
     assert _local().running() is not None  # the host keeps running
-    assert run_gpubox("up", "--stop", cwd=project).stdout.strip() == "nothing was holding local up"
+    assert (
+        run_gpubox("up", "--stop", cwd=project).stdout.strip()
+        == "nothing was holding local up for this project"
+    )
     assert (
         run_gpubox("down", "--keep-instance", cwd=project).stdout.strip()
         == "kept local running (--keep-instance)"

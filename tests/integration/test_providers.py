@@ -296,6 +296,13 @@ def test_ssh_never_answering_times_out_with_the_instance_still_recorded_as_billi
         assert "  billing, not held  " in next(
             line for line in table.splitlines() if line.startswith("vast-box")
         )
+        # Terminating is asked about first, always; without a terminal it needs --yes, and nothing is done.
+        asked = assert_one_line_error(rig.gpubox("down", "vast-box"), 2)
+        assert asked == (
+            "gpubox: terminate vast-box (its vast instance and everything on its disk): asking needs a "
+            "terminal; pass --yes to go ahead"
+        )
+        assert vast.instances
         down = rig.gpubox("down", "vast-box", "--yes")
         assert down.returncode == 0, down.stdout + down.stderr
         assert f"terminated vast instance {instance_id}" in down.stdout
@@ -458,7 +465,8 @@ def test_an_idle_rented_host_is_terminated_by_autostop_after_its_outputs_come_ho
         row = next(h for h in rig.json("status")["hosts"] if h["name"] == "vast-box")
         raise AssertionError(f"autostop did not terminate the idle instance: {row['autostop']}")
     assert (rig.project / "outputs" / "answer.txt").read_text() == "42\n"
-    log = (rig.state_dir() / "state" / "logs" / "up-vast-box.log").read_text()
+    (log_path,) = (rig.state_dir() / "state" / "logs").glob("up-vast-box-*.log")  # one per host and project
+    log = log_path.read_text()
     assert "pulled outputs" in log and "terminated vast instance" in log
     row = next(h for h in rig.json("hosts")["hosts"] if h["name"] == "vast-box")
     assert not row["billing_now"] and not row["up"]

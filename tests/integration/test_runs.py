@@ -116,7 +116,10 @@ def test_reattach_after_sigkill_gives_a_byte_identical_log(project: Path, tmp_pa
             stderr=subprocess.DEVNULL,
             env=os.environ.copy(),
         )
-        time.sleep(1.2)
+        # Killed mid-stream: once it has written part of the log (a loaded machine may take seconds to connect).
+        deadline = time.monotonic() + 60
+        while first_out.stat().st_size == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         follower.send_signal(signal.SIGKILL)
         follower.wait()
     assert first_out.stat().st_size > 0
@@ -134,7 +137,8 @@ def test_reattach_after_sigkill_gives_a_byte_identical_log(project: Path, tmp_pa
     [
         (["logs", "r-987654321"], "gpubox: no run r-987654321 on this host", 2),
         (["stop", "r-987654321"], "gpubox: no run r-987654321 on this host", 2),
-        (["logs", "seven"], "gpubox: 'seven' is not a run id", 2),
+        (["logs", "seven"], "gpubox: no run named 'seven' on local: give a run id (like r-7) or a --name", 2),
+        (["logs", "../seven"], "gpubox: '../seven' is not a run id", 2),
         (["run"], "gpubox: nothing to run: give a command after `--`", 2),
     ],
 )

@@ -68,7 +68,8 @@ def _wait(condition: object, seconds: float = 60.0) -> bool:
 
 
 def _up_log() -> str:
-    return (Path(os.environ["GPUBOX_HOME"]) / "state" / "logs" / "up-local.log").read_text()
+    (log,) = (Path(os.environ["GPUBOX_HOME"]) / "state" / "logs").glob("up-local-*.log")  # one per project
+    return log.read_text()
 
 
 def test_a_service_that_dies_is_started_again_and_urls_stay_the_same_across_down_and_up(

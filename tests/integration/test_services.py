@@ -16,6 +16,7 @@ import pytest
 
 from gpubox.remote.tunnels import bind_local
 from tests.support.cli import run_gpubox
+from tests.support.trees import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -246,7 +247,8 @@ def test_a_busy_jupyter_kernel_keeps_the_host_from_autostopping(project: Path, t
     import websocket
 
     (project / "hosts.toml").write_text(
-        f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\nautostop_minutes = 0.05\n'  # a 3 s window
+        # A 15 s window: long enough that starting the kernel on a loaded machine does not already count as idle.
+        f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\nautostop_minutes = 0.25\n'
     )
     (project / "gpubox.toml").write_text("[services.tensorboard]\nenabled = false\n")
     up = run_gpubox("up", "--detach", "--no-sync", cwd=project, timeout=900)
@@ -270,7 +272,7 @@ def test_a_busy_jupyter_kernel_keeps_the_host_from_autostopping(project: Path, t
                     "parent_header": {},
                     "metadata": {},
                     "content": {
-                        "code": "import time; time.sleep(8)",
+                        "code": "import time; time.sleep(60)",
                         "silent": False,
                         "store_history": False,
                     },
@@ -279,15 +281,23 @@ def test_a_busy_jupyter_kernel_keeps_the_host_from_autostopping(project: Path, t
                 }
             )
         )
-        time.sleep(4.5)  # longer than the window: the busy kernel keeps the host up
+        kernel_url = f"{base}/api/kernels/{kernel.json()['id']}"
+
+        def kernel_busy() -> bool:
+            answer = httpx.get(kernel_url, params={"token": token}, timeout=30)
+            return bool(answer.json().get("execution_state") == "busy")
+
+        assert wait_until(kernel_busy, timeout=60)
+        time.sleep(17)  # longer than the window: the busy kernel keeps the host up
         status = json.loads(run_gpubox("status", "--json", cwd=project).stdout)
         (local,) = [h for h in status["hosts"] if h["name"] == "local"]
         assert local["up"], local
         autostop = local["autostop"]
         assert autostop["state"] == "busy" and any("Jupyter kernel" in r for r in autostop["busy"]), autostop
+        # The cell is interrupted: once the kernel is idle, the window runs out and the local host is stopped.
+        httpx.post(f"{kernel_url}/interrupt", params={"token": token}, timeout=30)
     finally:
         channel.close()
-    # Once the cell finished, the window runs out and the local host is stopped.
     from gpubox.remote.providers.local import LocalSshd
 
     deadline = time.monotonic() + 40

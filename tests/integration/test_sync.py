@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from gpubox.actions.sync import wipe_guard
 from gpubox.config import HostConfig, ProjectConfig, SyncConfig
 from gpubox.errors import GpuboxError, RemoteError
 from gpubox.remote.connection import Backoff
@@ -141,8 +142,7 @@ def make_rig(sshd: SshServer, tmp_path: Path) -> Iterator[Callable[..., Rig]]:
         syncer = Syncer(
             session,
             project,
-            max_delete_count=project.sync.max_delete_count,
-            max_delete_share=project.sync.max_delete_share,
+            guard=wipe_guard(project.sync),
             trash_days=project.sync.trash_days,
         )
         rig = Rig(local, host, session, syncer, Path(session.agent.hello["home"]))
@@ -346,12 +346,14 @@ def test_an_unreadable_file_is_reported_not_fatal(rig: Rig, monkeypatch: pytest.
             raise PermissionError(13, "Permission denied", locked)
         return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(engine.os, "open", open_)
-    report = rig.full()
-    assert report.unreadable == [("locked.bin", "Permission denied")]
-    assert report.errors == [] and report.sent == 3
-    rig.assert_same(local_exclude=("locked.bin",))
-    monkeypatch.undo()
+    # Only this patch is undone below: monkeypatch.undo() would also undo the fixtures' isolated state
+    # folder, and the next pass would write to the developer's real one.
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.os, "open", open_)
+        report = rig.full()
+        assert report.unreadable == [("locked.bin", "Permission denied")]
+        assert report.errors == [] and report.sent == 3
+        rig.assert_same(local_exclude=("locked.bin",))
     # Readable again: the next pass sends it (it was never recorded as on the host).
     assert rig.full().sent == 1
     rig.assert_same()
@@ -765,7 +767,7 @@ def test_outputs_stay_on_the_host_and_pull_brings_them_back(cli_project: CliProj
     assert third.startswith("pull box: 2 fetched"), third
     (kept,) = (local / "runs" / "exp1").glob("metrics.json.gpubox-local-*")
     assert kept.read_text() == '{"loss": "my local edit"}\n'
-    assert f"kept your newer local copy: runs/exp1/metrics.json -> {kept.name}" in third
+    assert f"kept your local copy aside: runs/exp1/metrics.json -> {kept.name}" in third
     assert not list((local / "checkpoints").glob("*.gpubox-local-*"))
     assert snapshot(local / "runs", exclude=("*.gpubox-local-*",)) == snapshot(host / "runs")
     assert snapshot(local / "checkpoints") == snapshot(host / "checkpoints")
@@ -777,41 +779,58 @@ def test_outputs_stay_on_the_host_and_pull_brings_them_back(cli_project: CliProj
     assert (host / "runs" / "exp1" / "model.bin").stat().st_size == 300_000
 
 
-# ---------------------------------------------------------------------------- 9. mass-deletion guard
+# --------------------------------------------------------------------------------------- 9. wipe guard
 
 
-def test_mass_deletion_is_refused_then_allowed_into_the_trash(cli_project: CliProject) -> None:
+def test_deleting_most_files_goes_a_wipe_is_held_back_then_allowed_into_the_trash(
+    cli_project: CliProject,
+) -> None:
     local, host = cli_project.local, cli_project.host
     make_files(local, 40, folder="src", per_folder=10)
+    write(local, "train.py", "print('train')\n")
     _ok(cli_project.gpubox("sync"))
     assert_same_tree(local, host)
     before = snapshot(host)
+
+    # 30 of 43 files deleted on purpose: everyday work (they go to the host's trash, recoverable).
     doomed = sorted((local / "src").rglob("*.txt"))[:30]
     for path in doomed:
         path.unlink()
-
-    refused = cli_project.gpubox("sync")
-    assert refused.returncode == 1, (refused.stdout, refused.stderr)
-    lines = refused.stderr.splitlines()
-    assert len(lines) == 1, refused.stderr
-    assert lines[0].startswith(
-        "gpubox: sync paused: it would delete 30 of 42 tracked files on the host (a wiped folder or a wrong "
-        "checkout?)"
-    ), lines[0]
-    assert lines[0].endswith("re-run with --allow-mass-delete to go on")
-    assert snapshot(host) == before
-    assert cli_project.trash_batches() == []
-
-    allowed = _ok(cli_project.gpubox("sync", "--allow-mass-delete"))
-    assert "30 deleted" in allowed
+    assert "30 deleted" in _ok(cli_project.gpubox("sync"))
     assert_same_tree(local, host)
     (batch,) = cli_project.trash_batches()
     trashed = {rel: fact for rel, fact in snapshot(batch).items() if fact[0] == "f"}
     assert trashed == {rel: before[rel] for rel in (str(p.relative_to(local)) for p in doomed)}
 
+    # Everything but dot files and gpubox's config gone at once: a wipe, held back; the rest still goes.
+    before = snapshot(host)
+    for child in local.iterdir():
+        if not child.name.startswith(".") and child.name not in ("hosts.toml", "gpubox.toml"):
+            subprocess.run(["rm", "-rf", str(child)], check=True)
+    write(local, ".gitignore", "*.tmp\n")
+    held = cli_project.gpubox("sync")
+    assert held.returncode == 1, (held.stdout, held.stderr)
+    assert "Traceback" not in held.stderr
+    assert "1 sent" in held.stdout and "11 deletions held back" in held.stdout, held.stdout
+    line = held.stderr.strip()
+    assert line.startswith("gpubox: 11 deletions held back on the host: it would leave the project folder on")
+    assert line.endswith("`gpubox sync --allow-mass-delete` carries them out (into the host's trash)"), line
+    assert (host / ".gitignore").read_text() == "*.tmp\n"
+    assert {k: v for k, v in snapshot(host).items() if k != ".gitignore"} == before
+    assert len(cli_project.trash_batches()) == 1
+    # The dry run says the same, and what would be held.
+    dry = _ok(cli_project.gpubox("sync", "--dry-run"))
+    assert "delete train.py (held back)" in dry and "11 deletions held back" in dry
+
+    allowed = _ok(cli_project.gpubox("sync", "--allow-mass-delete"))
+    assert "11 deleted" in allowed
+    assert_same_tree(local, host)
+    assert len(cli_project.trash_batches()) == 2
+
     # A trash batch older than trash_days (7 by default) is pruned by the next sync that connects.
     month_ago = time.time() - 30 * 86400
-    os.utime(batch, (month_ago, month_ago))
+    for old in cli_project.trash_batches():
+        os.utime(old, (month_ago, month_ago))
     write(local, "new.txt", "something to send\n")
     _ok(cli_project.gpubox("sync"))
     assert cli_project.trash_batches() == []
@@ -826,6 +845,9 @@ REPORT_KEYS = {
     "sent",
     "bytes_sent",
     "deleted",
+    "moved",
+    "held_deletions",
+    "held_reason",
     "already_there",
     "seconds",
     "conflicts",
@@ -866,7 +888,7 @@ def test_dry_run_sends_nothing_and_json_is_one_document(cli_project: CliProject)
     write(local, "a.txt", "a changed\n")
     before = snapshot(host)
     planned = json.loads(_ok(cli_project.gpubox("sync", "--dry-run", "--json")))
-    assert set(planned) == REPORT_KEYS | {"would_send", "would_delete"}
+    assert set(planned) == REPORT_KEYS | {"would_send", "would_move", "would_delete"}
     assert (planned["dry_run"], planned["would_send"], planned["would_delete"]) == (
         True,
         ["a.txt"],

@@ -44,15 +44,12 @@ def test_watch_mode_survives_the_host_dying_and_coming_back(tmp_path: Path, sshd
         on_link_lost=wake.set,
         link_generation=lambda: session.generation,
     ).start()
+    # Called in a lambda, not through Thread's kwargs, so a renamed parameter is a type error, not a thread
+    # that dies quietly while the test waits for a catch-up that cannot come.
     keeper = threading.Thread(
-        target=supervise,
-        kwargs={
-            "session": session,
-            "stop": stop,
-            "wake": wake,
-            "log": lambda text: None,
-            "heartbeat_seconds": 0.2,
-        },
+        target=lambda: supervise(
+            session=session, stop=stop, wake=wake, say=lambda text: None, heartbeat_seconds=0.2
+        )
     )
     keeper.start()
     try:

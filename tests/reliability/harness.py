@@ -719,7 +719,7 @@ def tree_digest(
     the top-level output folders *exclude_host* and gpubox's staging folder (checked on its own).
     """
     from gpubox.config import load_project
-    from gpubox.sync.engine import rules_for
+    from gpubox.sync.ignore import rules_for
     from gpubox.sync.scan import scan_tree
 
     scanned = scan_tree(project, rules_for(load_project(project)))

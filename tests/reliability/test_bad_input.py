@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 CAPTURES = Path(__file__).parents[1] / "data" / "nvidia-smi"
 A100_X4 = (CAPTURES / "04_a100-sxm4-80gb-x4_555.txt").read_bytes()
 RTX_XML = (CAPTURES / "20_rtx-a5000-x2_590_qx.xml.txt").read_bytes()
+H200_Q = (CAPTURES / "62_h200_610_q.txt").read_bytes()
 NO_RUN = "r-987654321"  # the host's run folder is shared by every test: an id no test reaches
 FIVE_GB = 5 << 30
 README = Path(__file__).with_name("README.md")
@@ -292,6 +293,10 @@ XML_BOMB = (
 )
 
 SMI = "smi.txt"  # the offline check's input file, in the project folder
+SWEEP = (
+    '[sweep]\ncommand = "python3 train.py --lr {lr}"\nmetric = "val_accuracy"\ndirection = "maximize"\n'
+    'sampler = "grid"\n\n[sweep.params]\nlr = [0.01, 0.1]\n'
+)
 
 CASES = [
     # -- command-line arguments
@@ -323,7 +328,20 @@ CASES = [
         "unrecognized arguments: --frobnicate",
         "an option that does not exist",
     ),
-    Case("cli-missing-run-id", ("logs",), 2, "the following arguments are required: RUN", "no run id"),
+    Case(
+        "cli-logs-no-runs",
+        ("logs",),
+        2,
+        "this project has no runs on box yet",
+        "logs with no run id, in a project with no runs",
+    ),
+    Case(
+        "cli-stop-nothing-active",
+        ("stop",),
+        2,
+        "this project has no active run on box",
+        "stop with no run id and no active run",
+    ),
     Case(
         "cli-run-id-traversal", ("logs", "../../etc/passwd"), 2, "is not a run id", "a run id that is a path"
     ),
@@ -446,6 +464,61 @@ CASES = [
         "--framework pytorch",
         files={SMI: A100_X4},
     ),
+    # -- sweeps (tests/unit/test_sweep.py has more [sweep] mistakes)
+    Case(
+        "sweep-without-sweep-table",
+        ("sweep",),
+        2,
+        "gpubox.toml: add one (command, metric, direction, [sweep.params])",
+        "gpubox sweep in a project whose gpubox.toml has no [sweep]",
+    ),
+    Case(
+        "sweep-unknown-placeholder",
+        ("sweep",),
+        2,
+        "gpubox.toml:2: sweep.command: {width} is not a parameter: [sweep.params] has lr",
+        "[sweep] command with a {placeholder} that is no parameter",
+        files={"gpubox.toml": SWEEP.replace("--lr {lr}", "--lr {lr} --width {width}")},
+    ),
+    Case(
+        "sweep-bad-name",
+        ("sweep", "my sweep;rm"),
+        2,
+        "'my sweep;rm' is not a sweep name",
+        "a sweep name with a space and shell syntax",
+        files={"gpubox.toml": SWEEP},
+    ),
+    Case(
+        "sweep-storage-not-a-database",
+        ("sweep", "--storage", "redis://localhost/0"),
+        2,
+        "--storage: 'redis' is not a database gpubox sweeps use (sqlite, postgresql or mysql)",
+        "--storage redis://localhost/0",
+        files={"gpubox.toml": SWEEP},
+    ),
+    Case(
+        "sweep-trials-zero",
+        ("sweep", "--trials", "0"),
+        2,
+        "--trials must be 1 or more",
+        "--trials 0",
+        files={"gpubox.toml": SWEEP},
+    ),
+    Case(
+        "sweep-unknown-host",
+        ("sweep", "--hosts", "nohost"),
+        2,
+        'unknown host "nohost"',
+        "--hosts naming a host not in hosts.toml",
+        files={"gpubox.toml": SWEEP},
+    ),
+    Case(
+        "sweep-show-unknown",
+        ("sweep", "nosuch", "--show"),
+        2,
+        "no sweep nosuch in sqlite:///",
+        "--show for a sweep that does not exist (and no study database is made for the asking)",
+    ),
     # -- hosts.toml and gpubox.toml, broken and hostile (tests/unit/test_config.py has ~90 more)
     Case(
         "hosts-dangling-symlink",
@@ -536,6 +609,14 @@ CASES = [
         bug="read 5 GB into memory",
     ),
     Case(
+        "project-run-cwd-outside",
+        ("run", "--", "true"),
+        2,
+        'run.cwd: expected a folder inside the project, relative to its root (like "src" or ".")',
+        "[run] cwd leads out of the project",
+        files={"gpubox.toml": '[run]\ncwd = "../elsewhere"\n'},
+    ),
+    Case(
         "project-max-size-infinite",
         ("sync",),
         2,
@@ -564,7 +645,7 @@ CASES = [
         "smi-random-bytes",
         ("check", "--nvidia-smi", SMI),
         2,
-        "not an nvidia-smi table, XML (-q -x) or --query-gpu CSV output",
+        "not an nvidia-smi table, -q text, XML (-q -x) or --query-gpu CSV output",
         "64 KiB of random bytes",
         files={SMI: _garbage(65536, 9)},
     ),
@@ -584,6 +665,14 @@ CASES = [
         "not readable as XML",
         "-q -x XML cut in half",
         files={SMI: RTX_XML[: len(RTX_XML) // 2]},
+    ),
+    Case(
+        "smi-truncated-q-text",
+        ("check", "--nvidia-smi", SMI),
+        2,
+        "the nvidia-smi -q text is cut off before its first GPU (it counts 1 attached)",
+        "nvidia-smi -q text cut after its header",
+        files={SMI: H200_Q[: H200_Q.index(b"GPU 0000")]},
     ),
     Case(
         "smi-empty-file",
@@ -662,7 +751,7 @@ CASES = [
         "host-smi-driver-down",
         ("check", "box"),
         1,
-        "the NVIDIA driver is not running",
+        "the NVIDIA kernel module is not loaded",
         "nvidia-smi fails (exit 9)",
         host=lambda w: {"python": _python_with_smi(w, "driver-down")},
         kind="report",

@@ -68,6 +68,11 @@ def _cell(table: RunsTable | HostsTable, key: str, column: str) -> str:
 
 
 @pytest.mark.timeout(900)
+def _failed(app: RecordingApp) -> bool:
+    """The progress dialog said the up failed (its ✗ line): no point waiting for the host any longer."""
+    return any(line.startswith("✗") for line in app.progress_lines)
+
+
 async def test_up_brings_local_up_from_the_dashboard(project_root: Path) -> None:
     app = _app(project_root)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -77,7 +82,8 @@ async def test_up_brings_local_up_from_the_dashboard(project_root: Path) -> None
         await pilot.press("u")
         await wait_until(pilot, lambda: isinstance(app.screen, ProgressScreen), 10, "the progress dialog")
         # The env (TensorFlow) and the services (Jupyter, TensorBoard) are built by the process that holds the host.
-        await wait_until(pilot, lambda: _state(app) == "up", 840, "local up")
+        await wait_until(pilot, lambda: _state(app) == "up" or _failed(app), 840, "local up")
+        assert not _failed(app), "\n".join(app.progress_lines)
         await wait_until(pilot, lambda: "up" in _cell(hosts, "local", "state"), 10, "the row saying up")
     lines = "\n".join(app.progress_lines)
     assert "✓ connected" in lines and "✓ sync" in lines, lines

@@ -16,6 +16,7 @@ import pytest
 
 from gpubox.state import open_state
 from tests.support.cli import run_gpubox
+from tests.support.hosthome import ENV_VARIABLE
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,8 @@ def test_up_on_a_terminal_opens_the_dashboard_and_q_leaves_the_host_up(tmp_path:
     (project / "train.py").write_text("print('hi')\n")
     (project / "hosts.toml").write_text(f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\n')
     socket = str(tmp_path / "tmux.sock")
-    env = {key: os.environ[key] for key in ("PATH", "HOME", "GPUBOX_HOME")}
+    # The test host's home too: without it the `local` host would be the developer's real home.
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "GPUBOX_HOME", ENV_VARIABLE)}
     env |= {"TERM": "xterm-256color", "LANG": "C.UTF-8"}
     script = (
         f"cd {shlex.quote(str(project))} && {shlex.quote(sys.executable)} -m gpubox up --no-services; "

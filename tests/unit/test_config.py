@@ -361,7 +361,7 @@ def test_bad_hosts_toml(project: Path, text: str | bytes, message: str) -> None:
 
 # ---------------------------------------------------------------------------------------- bad gpubox.toml
 
-PROJECT_SECTIONS = "(gpubox.toml has [sync], [env], [run] and [services.NAME])"
+PROJECT_SECTIONS = "(gpubox.toml has [sync], [env], [run], [services.NAME] and [sweep])"
 STRING_LIST = "expected a list of non-empty strings"
 COMMAND = "expected a command: a non-empty string or a list of strings"
 
@@ -685,7 +685,13 @@ def test_project_example_parses(tmp_path: Path) -> None:
 
 def test_project_example_custom_service_parses_when_uncommented(tmp_path: Path) -> None:
     text = PROJECT_EXAMPLE.read_text()
-    uncommented = re.sub(r"^# (\[services\.serving\]|command = |port = )", r"\1", text, flags=re.MULTILINE)
+    services, sweep = text.split(
+        "# [sweep]", 1
+    )  # the [sweep] block has its own test (tests/unit/test_sweep.py)
+    uncommented = re.sub(
+        r"^# (\[services\.serving\]|command = |port = )", r"\1", services, flags=re.MULTILINE
+    )
+    uncommented += "# [sweep]" + sweep
     assert uncommented != text
     _write(tmp_path / "gpubox.toml", uncommented)
     serving = load_project(tmp_path).services["serving"]
@@ -718,7 +724,9 @@ def test_hosts_example_documents_every_key() -> None:
 def test_project_example_documents_every_key() -> None:
     text = PROJECT_EXAMPLE.read_text()
     data = tomllib.loads(text)
-    assert set(SYNC_FIELDS) <= set(data["sync"])
+    # The explicit deletion brakes are off unless set: the example shows them commented out.
+    sync_text = text.split("[sync]", 1)[1].split("\n[", 1)[0]
+    assert set(SYNC_FIELDS) <= set(data["sync"]) | _documented(sync_text)
     assert set(ENV_FIELDS) <= set(data["env"])
     assert set(RUN_FIELDS) <= set(data["run"])
     written = {key for service in data["services"].values() for key in service}

@@ -49,6 +49,8 @@ class Expected:
     verdict: str
     says: tuple[str, ...] = ()
     """Phrases the reasons must contain."""
+    suggests: bool = True
+    """A failing verdict says what would work (not when no release gpubox knows runs the GPU)."""
 
 
 def _times(count: int, gpu: tuple[str, str | None, int]) -> list[tuple[str, str | None, int]]:
@@ -58,6 +60,9 @@ def _times(count: int, gpu: tuple[str, str | None, int]) -> list[tuple[str, str 
 MVC = "through minor-version compatibility"
 OLD_DRIVER = "needs a driver ≥ 525.60.13"
 PTX = "runs only through PTX JIT of compute_90"
+WINDOWS = "TensorFlow has no native Windows GPU support after 2.10"
+RELOAD = "reboot the host, or reload the nvidia kernel modules"
+OFF_THE_BUS = "a GPU has fallen off the bus"
 
 EXPECTED: dict[str, Expected] = {
     "01_h100-sxm-x8_565.txt": Expected(
@@ -111,11 +116,13 @@ EXPECTED: dict[str, Expected] = {
     "16_rtx2080super_610-kmd-umd-header.txt": Expected(
         "table", "610.57.04", "13.3", [("NVIDIA GeForce RTX 2080 ...", "7.5", 8192)], "ok"
     ),
+    # MIG: a process sees only its slices.
     "17_h100-80gb-mig_590.txt": Expected(
-        "table", "590.48.01", "13.1", [("NVIDIA H100 80GB HBM3", "9.0", 81559)], "ok", ("4 MIG devices",)
+        "table", "590.48.01", "13.1", [("NVIDIA H100 80GB HBM3", "9.0", 81559)], "warn", ("4 MIG devices",)
     ),
+    # Native Windows (WDDM): TensorFlow after 2.10 has no GPU there.
     "18_windows-rtx2080super-wddm_591.txt": Expected(
-        "table", "591.86", "13.1", [("NVIDIA GeForce RTX 2080 ...", "7.5", 8192)], "ok"
+        "table", "591.86", "13.1", [("NVIDIA GeForce RTX 2080 ...", "7.5", 8192)], "fail", (WINDOWS,)
     ),
     "19_rtx2070-laptop_440.txt": Expected(
         "table", "440.100", "10.2", [("GeForce RTX 207...", "7.5", 7973)], "fail", (OLD_DRIVER,)
@@ -143,7 +150,7 @@ EXPECTED: dict[str, Expected] = {
         "535.54.03",
         "12.2",
         [("NVIDIA A100-SXM4-80GB", "8.0", 81920)],
-        "ok",
+        "warn",
         (MVC, "counts 4 attached GPUs but describes 1", "4 MIG devices"),
     ),
     # No <cuda_version> in this old schema, and 384.66 predates every CUDA 11 toolkit driver.
@@ -171,7 +178,7 @@ EXPECTED: dict[str, Expected] = {
         "table", "390.12", None, _times(2, ("Tesla K80", "3.7", 12206)), "fail", (OLD_DRIVER,)
     ),
     "42_windows-rtx5060-wddm_576.txt": Expected(
-        "table", "576.88", "12.9", [("NVIDIA GeForce RTX 5060", "12.0", 8151)], "warn", (PTX,)
+        "table", "576.88", "12.9", [("NVIDIA GeForce RTX 5060", "12.0", 8151)], "fail", (WINDOWS, PTX)
     ),
     "44_b200-x8_575.txt": Expected(
         "table", "575.57.08", "12.9", _times(8, ("NVIDIA B200", "10.0", 183359)), "warn", (PTX,)
@@ -192,6 +199,79 @@ EXPECTED: dict[str, Expected] = {
     ),
     "46_gtx-titan-kepler_367_no-procs.txt": Expected(
         "table", "367.57", None, [("GeForce GTX TITAN", "3.5", 6078)], "fail", (OLD_DRIVER,)
+    ),
+    # nvidia-smi's failure states: each a fail that says what it means and what to do.
+    "50_nvml-mismatch_570.txt": Expected(
+        "message", None, None, [], "fail", (RELOAD, "(NVML library version: 570.124)")
+    ),
+    "51_nvml-mismatch.txt": Expected("message", None, None, [], "fail", (RELOAD,)),
+    "52_no-devices.txt": Expected("message", None, None, [], "fail", ("loaded but sees no GPU", "lspci")),
+    "53_driver-unreachable.txt": Expected(
+        "message", None, None, [], "fail", ("kernel module is not loaded", "reboot the host")
+    ),
+    "54_device-handle-unknown-error.txt": Expected(
+        "message", None, None, [], "fail", (OFF_THE_BUS, "0000:0B:00.0: Unknown Error")
+    ),
+    "55_gpu-lost.txt": Expected("message", None, None, [], "fail", (OFF_THE_BUS, "GPU is lost")),
+    "56_dmesg-fallen-off-the-bus.txt": Expected(
+        "message", None, None, [], "fail", (OFF_THE_BUS, "The NVIDIA GPU 0000:b3:00.0 (PCI ID: 10de:26b5)")
+    ),
+    # One GPU of eight in a fault state: the others still work.
+    "57_a40-x8-gpu4-err_525.txt": Expected(
+        "table",
+        "525.60.13",
+        "12.0",
+        [
+            *_times(4, ("NVIDIA A40", "8.6", 46068)),
+            ("ERR!", None, 46068),
+            *_times(3, ("NVIDIA A40", "8.6", 46068)),
+        ],
+        "warn",
+        (
+            "GPU 4 is in a fault state (nvidia-smi shows 'ERR!'",
+            "nvidia-smi -r -i 4",
+            "7× NVIDIA A40 (cc 8.6)",
+        ),
+    ),
+    "58_h100-gpu-requires-reset_query-gpu.csv.txt": Expected(
+        "csv", None, None, [("unknown", None, None)], "fail", ("'GPU requires reset'", "nvidia-smi -r -i 0")
+    ),
+    # Unified memory: nvidia-smi has no memory figure for the GB10.
+    "59_gb10-dgx-spark_580_not-supported.txt": Expected(
+        "table", "580.126.09", "13.0", [("NVIDIA GB10", "12.1", None)], "warn", ("'Not Supported'", PTX)
+    ),
+    "60_gb10-dgx-spark_580_query-gpu-noheader.csv.txt": Expected(
+        "csv", None, None, [("NVIDIA GB10", "12.1", None)], "warn", (PTX,)
+    ),
+    # nvidia-smi -q plain text, old and new (KMD Version, "[Deprecated …]" after the driver version).
+    "61_gtx680_470_q.txt": Expected(
+        "text",
+        "470.256.02",
+        "11.4",
+        [("NVIDIA GeForce GTX 680", "3.0", 2000)],
+        "fail",
+        (OLD_DRIVER, "below TensorFlow 2.21's minimum compute capability 6.0"),
+        suggests=False,  # Kepler 3.0: below every release gpubox knows
+    ),
+    "62_h200_610_q.txt": Expected("text", "610.43.02", "13.3", [("NVIDIA H200", "9.0", 143771)], "ok"),
+    "63_compute-cap-rejected_470.txt": Expected("message", None, None, [], "fail", ("refused the query",)),
+    # compute_cap from the host: the CSV has no CUDA field, so the driver table gives 12.8.
+    "64_titanv-rtx5880ada_570_query-gpu-compute-cap.csv.txt": Expected(
+        "csv",
+        "570.86.15",
+        "12.8",
+        [("NVIDIA TITAN V", "7.0", None), ("NVIDIA RTX 5880 Ada Generation", "8.9", None)],
+        "warn",
+        ("mixed GPUs",),
+    ),
+    # Trimmed in its source: one of 8 GPUs, a row remap pending.
+    "65_a100-x8-remapped-rows-pending_510_q-trimmed.txt": Expected(
+        "text",
+        "510.73.08",
+        "11.6",
+        [("NVIDIA A100-SXM4-80GB", "8.0", None)],
+        "fail",
+        (OLD_DRIVER, "remap or page retirement is pending", "counts 8 attached GPUs but describes 1"),
     ),
 }
 
@@ -221,8 +301,9 @@ def test_capture_into_the_check_document(capture: str) -> None:
     reasons = " | ".join(document["reasons"])
     for phrase in expected.says:
         assert phrase in reasons
-    # A verdict that is not ok says what would work, unless nothing gpubox knows would.
-    if expected.verdict == "fail":
+    # A failing verdict on GPUs that work says what would work; a broken host or GPU has no release that would.
+    working = document["nvidia_smi"]["state"] == "gpus" and "fault state" not in reasons
+    if expected.verdict == "fail" and working and expected.suggests:
         assert document["suggestion"] is not None and document["suggestion"]["options"]
 
 

@@ -98,8 +98,12 @@ def test_csv_with_header_and_no_units() -> None:
 @pytest.mark.parametrize(
     ("output", "state", "says"),
     [
-        (NO_DEVICES, "no_devices", "no NVIDIA GPU: nvidia-smi found no devices (No devices were found)"),
-        (NO_DRIVER, "driver_unreachable", "no usable NVIDIA GPU: the NVIDIA driver is not running"),
+        (
+            NO_DEVICES,
+            "no_devices",
+            "no usable NVIDIA GPU: the driver is loaded but sees no GPU (No devices were found); on a rented machine",
+        ),
+        (NO_DRIVER, "driver_unreachable", "no usable NVIDIA GPU: the NVIDIA kernel module is not loaded"),
     ],
 )
 def test_the_failure_messages_are_a_verdict_not_a_crash(output: str, state: str, says: str) -> None:
@@ -217,7 +221,7 @@ def test_not_available_is_a_value_not_an_exception() -> None:
         ("NVIDIA GeForce RTX 2080 ...", "7.5", "name table (truncated name)"),
         ("GeForce RTX 207...", "7.5", "name table (truncated name)"),
         ("NVIDIA GeForce ...", NA, "unknown (truncated name fits models of different compute capabilities)"),
-        ("NVIDIA T400", NA, "unknown (not in gpubox's name table)"),  # not a T4
+        ("NVIDIA T400", "7.5", "name table"),  # a T400, not a T4
         ("NVIDIA A1000", NA, "unknown (not in gpubox's name table)"),  # not an A10
         ("Graphics Device", NA, "unknown (not in gpubox's name table)"),
     ],

@@ -72,7 +72,7 @@ def test_an_nvidia_smi_that_fails_saying_not_found_is_not_a_cpu_host() -> None:
         asked.append(args["gpu"])
         return {"nvidia_smi": WRAPPER_LOST if args["gpu"] else None, "runs": []}, b""
 
-    session = SimpleNamespace(agent=SimpleNamespace(request_with_blob=dash))
+    session = SimpleNamespace(agent=SimpleNamespace(request_with_blob=dash), remote_dir="~/gpubox/p")
     poller = HostPoller(HostConfig("box"), "p", connect=lambda: session)
     for _ in range(3):
         sample = poller.poll(PollRequest())
@@ -86,7 +86,7 @@ def test_a_cpu_host_is_asked_once() -> None:
         asked.append(args["gpu"])
         return {"nvidia_smi": NOT_INSTALLED if args["gpu"] else None, "runs": []}, b""
 
-    session = SimpleNamespace(agent=SimpleNamespace(request_with_blob=dash))
+    session = SimpleNamespace(agent=SimpleNamespace(request_with_blob=dash), remote_dir="~/gpubox/p")
     poller = HostPoller(HostConfig("box"), "p", connect=lambda: session)
     notes = [poller.poll(PollRequest()).gpu_note for _ in range(3)]
     assert asked == [True, False, False] and notes == ["no GPU", "not sampled", "not sampled"]

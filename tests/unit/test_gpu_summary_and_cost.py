@@ -75,7 +75,7 @@ def test_report_lines_for_gpu_cpu_and_broken_hosts() -> None:
     }
     assert gpu_line(broken, release=NEWEST).mark == "✗"
     assert gpu_line(broken, release=NEWEST).text.startswith(
-        "no usable NVIDIA GPU: the NVIDIA driver is not running"
+        "no usable NVIDIA GPU: the NVIDIA kernel module is not loaded"
     )
     assert short_gpu(broken, release=NEWEST) == "unusable"
     assert short_gpu(None, release=NEWEST) == "not probed yet"
@@ -118,3 +118,46 @@ def test_prices_and_spend() -> None:
     assert spent_usd(intervals, now=7200.0 + 1800.0) == pytest.approx(1.2 + 1.0)
     assert format_usd(1234.5) == "$1,234.50"
     assert format_duration(12) == "0:00:12" and format_duration(90061) == "1d 1:01:01"
+
+
+def _capture(name: str) -> str:
+    return (CAPTURES / name).read_text(encoding="utf-8")
+
+
+def test_a_faulted_gpu_is_counted_apart_and_a_broken_host_is_said_once() -> None:
+    from gpubox.remote.gpu.check import render_check, run_check
+
+    err = parse_nvidia_smi(_capture("57_a40-x8-gpu4-err_525.txt"))
+    summary = summarize(err, NEWEST, chosen_by="pinned in requirements.txt")
+    assert summary.label == "7× NVIDIA A40 (+1 faulted)"
+    assert summary.cell == "7× NVIDIA A40 (+1 faulted) · TF 2.21 warn"
+    assert summary.line.startswith("7× NVIDIA A40  cc 8.6 + 1 in a fault state (ERR!)  driver 525.60.13")
+    assert summary.line.endswith(": usable, with warnings (pinned in requirements.txt)")
+
+    reset = render_check(
+        run_check(parse_nvidia_smi(_capture("58_h100-gpu-requires-reset_query-gpu.csv.txt")), host=None)
+    )
+    assert reset[0] == "  ✗ GPU    1 in a fault state (GPU requires reset)"
+
+    mismatch = render_check(run_check(parse_nvidia_smi(_capture("51_nvml-mismatch.txt")), host=None))
+    assert mismatch[0].startswith("  ✗ GPU    no usable NVIDIA GPU: the NVIDIA driver was upgraded")
+    assert mismatch[1:] == ["  ✗ TensorFlow 2.21: cannot use the GPU  (newest gpubox knows)"]
+
+
+def test_the_host_report_says_which_release_it_judged() -> None:
+    probe = {"nvidia_smi": {"available": True, "exit_code": 0, "output": _capture("11_h200_550.txt")}}
+    line = gpu_line(probe, release=NEWEST, chosen_by="newest gpubox knows")
+    assert line.text.endswith(
+        "· TensorFlow 2.21 (CUDA 12.5 via minor-version compatibility): compatible (newest gpubox knows)"
+    )
+
+
+def test_the_hosts_own_compute_capability_wins_over_the_name_table() -> None:
+    table = {"available": True, "exit_code": 0, "output": _capture("11_h200_550.txt")}
+    query = {"available": True, "exit_code": 0, "output": _capture("30_h200_590_query-gpu-full.csv.txt")}
+    refused = {"available": False, "exit_code": 2, "output": _capture("63_compute-cap-rejected_470.txt")}
+    assert [g.compute_capability_source for g in snapshot_from_probe(table, query).gpus] == ["nvidia-smi"]
+    for answer in (None, refused):
+        assert [g.compute_capability_source for g in snapshot_from_probe(table, answer).gpus] == [
+            "name table"
+        ]

@@ -232,7 +232,7 @@ def test_what_tensorflow_itself_sees_has_the_last_word() -> None:
     )
     assert with_framework_view(ok, release, blind).level == "fail"
     assert with_framework_view(ok, release, blind).reasons[0] == (
-        "TensorFlow 2.17.1 in /usr/bin/python3 sees no GPU; it is a CPU-only build"
+        "TensorFlow 2.17.1 in /usr/bin/python3 on the host sees no GPU; it is a CPU-only build"
     )
     failed = assess(host("V100", driver="470"), release)
     seeing = FrameworkView(python="py", installed=True, version="2.17.0", gpus=("/physical_device:GPU:0",))
@@ -260,7 +260,7 @@ def test_which_release_is_checked() -> None:
     too_old = FrameworkView(python="py", installed=True, version="1.15.5", gpus=())
     assert choose_framework(None, too_old, requirements).release.version == "2.15"
     chosen = choose_framework(None, None, None)
-    assert (chosen.release, chosen.chosen_by) == (newest, "the newest release gpubox knows")
+    assert (chosen.release, chosen.chosen_by) == (newest, "newest gpubox knows")
 
 
 def test_the_document_carries_the_suggestion_and_the_framework_view() -> None:
@@ -274,6 +274,7 @@ def test_the_document_carries_the_suggestion_and_the_framework_view() -> None:
         ],
     }
     assert document["framework_sees"] == {
+        "where": "py on the host",
         "python": "py",
         "installed": False,
         "version": None,

@@ -9,7 +9,18 @@ import pytest
 
 from gpubox import errors
 
-HEAVY = ("paramiko", "textual", "watchdog", "tensorflow", "fabric", "invoke", "rich", "httpx")
+HEAVY = (
+    "paramiko",
+    "textual",
+    "watchdog",
+    "tensorflow",
+    "fabric",
+    "invoke",
+    "rich",
+    "httpx",
+    "optuna",
+    "sqlalchemy",
+)
 CORE = (
     "gpubox.remote",
     "gpubox.remote.connection",
@@ -44,7 +55,9 @@ def test_core_modules_never_load_textual() -> None:
     assert "textual" not in loaded
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["up", "--help"], ["ssh", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["--version"], ["up", "--help"], ["ssh", "--help"], ["sweep", "--help"]]
+)
 def test_help_imports_nothing_heavy(argv: list[str]) -> None:
     code = f"import sys; sys.argv = ['gpubox', *{argv!r}]\nfrom gpubox.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
     loaded = _loaded_after(code)

@@ -76,7 +76,7 @@ def test_newer_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     raw.execute("PRAGMA user_version = 99")
     raw.close()
     with pytest.raises(
-        StateError, match=r"has schema 99, newer than this gpubox knows \(7\): upgrade gpubox"
+        StateError, match=r"has schema 99, newer than this gpubox knows \(8\): upgrade gpubox"
     ):
         State(path)
 
@@ -318,20 +318,20 @@ def _schema(path: Path) -> list[tuple[str, str, str, str]]:
         raw.close()
 
 
-def test_a_fresh_database_has_the_schema_of_431ca71(tmp_path: Path) -> None:
+def test_a_fresh_database_has_the_schema_of_a_migrated_431ca71(tmp_path: Path) -> None:
     _database_of_431ca71(tmp_path / "old.db")
+    State(tmp_path / "old.db").close()
     State(tmp_path / "new.db").close()
     assert _schema(tmp_path / "new.db") == _schema(tmp_path / "old.db")
-    assert len(MIGRATIONS) == SCHEMA_OF_431CA71
+    assert len(MIGRATIONS) == SCHEMA_OF_431CA71 + 1  # 8: several projects on one host
 
 
-def test_a_database_of_431ca71_opens_unchanged_and_reads_the_same(tmp_path: Path) -> None:
+def test_a_database_of_431ca71_opens_migrated_and_reads_the_same(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     _database_of_431ca71(path)
-    before = _schema(path)
     me = os.getpid()
     with State(path) as state:
-        assert state.schema_version == SCHEMA_OF_431CA71
+        assert state.schema_version == len(MIGRATIONS)
         assert state.host("box") == HostRecord(
             "box", "ssh", "me@10.0.0.5:22", {"os": "Debian 12", "gpus": [{"name": "H100"}]}, 1700000000.0
         )
@@ -379,11 +379,17 @@ def test_a_database_of_431ca71_opens_unchanged_and_reads_the_same(tmp_path: Path
         # Reading with repair on closes the interval of the dead holder at its last heartbeat, as before.
         (cloud,) = state.billing("cloud")
         assert (cloud.ended_at, cloud.end_reason) == (1699995120.0, DIED_REASON)
-    assert _schema(path) == before
+        # The holder of an older gpubox holds the host for a project it did not record.
+        (held,) = state.host_supervisors("box")
+        assert (held.project, held.root, held.folder) == ("", None, None)
+        assert state.supervisor("box", "") == held and state.supervisor("box", "abc123") is None
 
 
-def test_writes_make_the_same_database_as_431ca71(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The writes of the script that made :data:`DATABASE_OF_431CA71`, through today's methods."""
+def test_writes_make_the_same_database_as_a_migrated_431ca71(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writes of the script that made :data:`DATABASE_OF_431CA71`, through today's methods, make the same
+    database as that one after its migration."""
     monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)
     with State(tmp_path / "new.db") as state:
         state.record_host("box", "ssh", "me@10.0.0.5:22")
@@ -450,4 +456,10 @@ def test_writes_make_the_same_database_as_431ca71(tmp_path: Path, monkeypatch: p
         state.end_instance("vast", "77", "terminated by gpubox down", at=1699985000.0)
         dump = "\n".join(state.db.iterdump())
     expected = DATABASE_OF_431CA71.replace("LIVE_PID,'box','LIVE_TOKEN'", "4000002,'box','777'")
-    assert dump == expected.replace("LIVE_PID", "4000000").strip()
+    old = tmp_path / "old.db"
+    raw = sqlite3.connect(old)
+    raw.executescript(expected.replace("LIVE_PID", "4000000"))
+    raw.execute(f"PRAGMA user_version = {SCHEMA_OF_431CA71}")
+    raw.close()
+    with State(old) as migrated:
+        assert dump == "\n".join(migrated.db.iterdump())

@@ -1,10 +1,19 @@
-"""plan_changes: every branch of the one-way-safe table, the order of ops, and the mass-deletion guard."""
+"""plan_changes: every branch of the one-way-safe table, the order of ops, moves, and what counts as a wipe."""
 
 from __future__ import annotations
 
 import pytest
 
-from gpubox.sync.plan import MassDeletion, Op, Plan, check_mass_deletion, plan_changes
+from gpubox.sync.plan import (
+    Op,
+    Plan,
+    Trashed,
+    WipeGuard,
+    hold_deletions,
+    pair_moves,
+    plan_changes,
+    wipe_reason,
+)
 from gpubox.sync.scan import FOLDER, Entry
 
 
@@ -106,10 +115,18 @@ def test_local_delete_of_something_gone_from_the_host_only_untracks() -> None:
 
 
 def test_still_local_paths_are_untracked_never_deleted() -> None:
-    # Now ignored, secret or too large: gone from the scan, still on disk.
+    # Now ignored or secret: gone from the scan, still on disk.
     for remote in ({"a": V1}, None):
         plan = plan_changes({}, {"a": V1}, remote, still_local=["a"])
         assert plan.ops == [] and plan.untrack == ["a"]
+
+
+def test_paths_left_alone_stay_tracked_and_untouched() -> None:
+    # Grown over the size limit: the host keeps the copy sent earlier, and the path stays tracked.
+    for remote in ({"a": V1, "b": V1}, None):
+        plan = plan_changes({}, {"a": V1, "b": V1}, remote, leave_alone=["a"])
+        assert [(op.kind, op.path) for op in plan.ops] == [("delete", "b")]
+        assert plan.untrack == [] and plan.host_changed == []
 
 
 # ------------------------------------------------------------------------ live sync (no manifest)
@@ -166,58 +183,198 @@ def test_a_file_that_became_a_folder_and_back() -> None:
     ]
 
 
-# ------------------------------------------------------------------------------ mass-deletion guard
+# --------------------------------------------------------------------------------------------- moves
+
+A, B, C = f(100, 5_000), f(200, 6_000), f(100, 7_000)
 
 
-def _deleting(count: int, folders: int = 0) -> Plan:
-    ops = [Op("delete", f"f{i}", None, V1) for i in range(count)]
-    ops += [Op("rmdir", f"d{i}", None, FOLDER) for i in range(folders)]
-    return Plan(ops=ops)
+def _moves(plan: Plan) -> list[tuple[str, str, bool]]:
+    return [(op.source, op.path, op.from_trash) for op in plan.ops if op.kind == "move"]
 
 
-def guard(plan: Plan, tracked: int, *, max_count: int = 1000, max_share: float = 0.5) -> MassDeletion | None:
-    try:
-        check_mass_deletion(plan, tracked, max_count=max_count, max_share=max_share)
-    except MassDeletion as exc:
-        return exc
-    return None
+def test_a_folder_rename_becomes_moves_and_no_deletion_is_left() -> None:
+    ancestor = {"old": FOLDER, "old/a.py": A, "old/b.py": B, "keep.py": C}
+    local = {"new": FOLDER, "new/a.py": A, "new/b.py": B, "keep.py": C}
+    plan = plan_changes(local, ancestor, None)
+    pair_moves(plan, ancestor)
+    assert [(op.kind, op.path) for op in plan.ops] == [
+        ("move", "new/a.py"),
+        ("move", "new/b.py"),
+        ("rmdir", "old"),
+        ("mkdir", "new"),
+    ]
+    assert _moves(plan) == [("old/a.py", "new/a.py", False), ("old/b.py", "new/b.py", False)]
+    moved = next(op for op in plan.ops if op.kind == "move")
+    assert moved.expect == A and moved.entry == A  # the agent checks the origin against the ancestor
+    assert wipe_reason(plan, ancestor, WipeGuard()) is None
 
 
-def test_nothing_deleted_never_trips() -> None:
-    assert guard(Plan(ops=[Op("write", "a", V1, None)]), 0) is None
-    assert guard(_deleting(0, folders=50), 50) is None  # folders are not counted
+def test_moves_prefer_the_same_file_name_and_pair_each_origin_once() -> None:
+    # Two deleted files with the same facts; the new file keeps one of their names.
+    ancestor = {"x/one.txt": A, "y/two.txt": A}
+    local = {"z/two.txt": A, "z/copy.txt": A, "z/third.txt": A}
+    plan = plan_changes(local, ancestor, None)
+    pair_moves(plan, ancestor)
+    moves = _moves(plan)
+    assert ("y/two.txt", "z/two.txt", False) in moves and len(moves) == 2
+    assert sorted(source for source, _, _ in moves) == ["x/one.txt", "y/two.txt"]
+    assert [op.path for op in plan.ops if op.kind == "write"] == [
+        next(p for p in local if p not in {dest for _, dest, _ in moves})
+    ]
+
+
+def test_no_move_where_facts_differ_or_the_target_is_tracked() -> None:
+    ancestor = {"a": A, "b": B}
+    # Same size, other mtime: a new file, not a rename.
+    plan = plan_changes({"c": f(100, 5_001)}, ancestor, None)
+    pair_moves(plan, ancestor)
+    assert _moves(plan) == []
+    # A rotation (a -> b, b -> c): b is tracked, so it is written; c's origin b still exists locally.
+    plan = plan_changes({"b": A, "c": B}, ancestor, None)
+    pair_moves(plan, ancestor)
+    assert _moves(plan) == [] and {op.kind for op in plan.ops} == {"write", "delete"}
+    # An exec bit changed on the way: not the same facts.
+    plan = plan_changes({"c": f(100, 5_000, executable=True)}, {"a": A}, None)
+    pair_moves(plan, {"a": A})
+    assert _moves(plan) == []
+
+
+def test_a_new_file_may_come_back_out_of_the_trash() -> None:
+    trashed = [Trashed("old/a.py", A, "20260101T000000Z/old/a.py")]
+    plan = plan_changes({"new/a.py": A, "other": B}, {}, None)
+    pair_moves(plan, {}, trashed)
+    assert _moves(plan) == [("20260101T000000Z/old/a.py", "new/a.py", True)]
+    assert [op.path for op in plan.ops if op.kind == "write"] == ["other"]
+
+
+def test_a_move_is_not_counted_as_a_deletion() -> None:
+    ancestor = {f"src/{i}.py": f(10 + i, 1_000 + i) for i in range(25)} | {"train.py": C}
+    local = {"lib": FOLDER} | {f"lib/{i}.py": f(10 + i, 1_000 + i) for i in range(25)} | {"train.py": C}
+    plan = plan_changes(local, ancestor, None)
+    assert wipe_reason(plan, ancestor, WipeGuard(share=0.5)) is not None  # 25 of 26 deleted, as a plan alone
+    pair_moves(plan, ancestor)
+    assert len(_moves(plan)) == 25 and not plan.deletions
+    assert wipe_reason(plan, ancestor, WipeGuard(share=0.5)) is None
+
+
+# --------------------------------------------------------------------------------------------- wipes
+
+
+def _tree(count: int, *, hidden: int = 0, folder: str = "src") -> dict[str, Entry]:
+    tree = {f"{folder}/f{i}.py": f(10, i + 1) for i in range(count)}
+    tree |= {f".hidden{i}": f(10, 10_000 + i) for i in range(hidden)}
+    return tree
+
+
+def _deleting(paths: list[str], ancestor: dict[str, Entry]) -> Plan:
+    return Plan(ops=[Op("delete", p, None, ancestor[p]) for p in paths])
+
+
+def test_nothing_deleted_is_never_a_wipe() -> None:
+    assert wipe_reason(Plan(ops=[Op("write", "a", V1, None)]), {}, WipeGuard()) is None
+    ancestor = {f"d{i}": FOLDER for i in range(50)}
+    plan = Plan(ops=[Op("rmdir", p, None, FOLDER) for p in ancestor])
+    assert wipe_reason(plan, ancestor, WipeGuard()) is None  # folders are not counted
+
+
+def test_deleting_a_generated_folder_or_most_files_is_everyday_work() -> None:
+    ancestor = _tree(300, folder="generated") | _tree(41, folder="src")
+    assert (
+        wipe_reason(
+            _deleting([p for p in ancestor if p.startswith("generated/")], ancestor), ancestor, WipeGuard()
+        )
+        is None
+    )
+    ancestor = _tree(30) | _tree(12, folder="docs")
+    assert (
+        wipe_reason(_deleting([p for p in ancestor if p.startswith("src/")], ancestor), ancestor, WipeGuard())
+        is None
+    )
+
+
+def test_the_project_folder_left_nearly_empty_is_a_wipe() -> None:
+    # Only gpubox's config and a couple of files left after many went.
+    ancestor = _tree(13) | {"gpubox.toml": V1, "hosts.toml": V2}
+    reason = wipe_reason(_deleting([f"src/f{i}.py" for i in range(11)], ancestor), ancestor, WipeGuard())
+    assert reason is not None and "nearly empty" in reason
+    # ...but a small project losing a few files is not.
+    ancestor = _tree(5)
+    assert wipe_reason(_deleting([f"src/f{i}.py" for i in range(3)], ancestor), ancestor, WipeGuard()) is None
+
+
+def test_the_project_folder_left_empty_is_a_wipe() -> None:
+    # `rm -rf *` spares dot files: the folder is still "empty" of the project.
+    ancestor = _tree(5, hidden=2)
+    reason = wipe_reason(
+        _deleting([p for p in ancestor if p.startswith("src/")], ancestor), ancestor, WipeGuard()
+    )
+    assert reason is not None and "empty" in reason
+    # A one-file project deleting its file is not; a file arriving in the same batch means work goes on.
+    assert wipe_reason(_deleting(["a"], {"a": V1}), {"a": V1}, WipeGuard()) is None
+    plan = _deleting(list(_tree(5)), _tree(5))
+    plan.ops.append(Op("write", "fresh.py", V1, None))
+    assert wipe_reason(plan, _tree(5), WipeGuard()) is None
 
 
 @pytest.mark.parametrize(
-    ("deleting", "tracked", "trips"),
+    ("deleting", "tracked", "share", "min_files", "wipe"),
     [
-        (10, 12, False),  # over half, but only the minimum (10) or fewer go
-        (11, 22, False),  # exactly half is not more than half
-        (11, 21, True),  # more than half, more than the minimum
-        (12, 100, False),
-        (51, 100, True),
-        (1, 1, False),  # a one-file project deleting its file is no mass deletion
-        (2, 2, True),  # every tracked file at once: a wiped or unmounted folder
-        (5, 4, True),
+        (95, 100, 0.95, 10, True),  # 95 %: nearly everything
+        (90, 100, 0.95, 10, False),  # 90 %
+        (9, 9 + 1, 0.5, 10, False),  # fewer than min_files
+        (10, 20, 0.5, 10, True),
+        (300, 341, 0.95, 10, False),  # the generated folder of the issue
     ],
 )
-def test_share_and_emptied_thresholds(deleting: int, tracked: int, trips: bool) -> None:
-    caught = guard(_deleting(deleting), tracked)
-    assert (caught is not None) == trips
-    if caught is not None:
-        assert (caught.deleting, caught.tracked) == (deleting, tracked)
-        assert str(caught) == f"{deleting} of {tracked} tracked files"
+def test_share_threshold(deleting: int, tracked: int, share: float, min_files: int, wipe: bool) -> None:
+    ancestor = _tree(tracked - 1) | {"keep/me.py": V1}
+    doomed = [p for p in ancestor if p.startswith("src/")][:deleting]
+    reason = wipe_reason(_deleting(doomed, ancestor), ancestor, WipeGuard(share=share, min_files=min_files))
+    assert (reason is not None) == wipe, reason
+    if reason is not None:
+        assert f"{deleting} of {tracked} tracked files" in reason
 
 
-def test_count_threshold() -> None:
-    assert guard(_deleting(1000), 100_000) is None
-    caught = guard(_deleting(1001), 100_000)
-    assert caught is not None and caught.deleting == 1001
-    assert guard(_deleting(6), 100, max_count=5) is not None
-    assert guard(_deleting(5), 100, max_count=5) is None
+def test_deletions_held_before_count_as_gone() -> None:
+    ancestor = _tree(20) | {"keep/me.py": V1}
+    first = [p for p in ancestor if p.startswith("src/")][:15]
+    assert wipe_reason(_deleting(first, ancestor), ancestor, WipeGuard()) is None
+    rest = [p for p in ancestor if p not in first]
+    reason = wipe_reason(_deleting(rest[:1], ancestor), ancestor, WipeGuard(), gone_already=first + rest[1:])
+    assert reason is not None and "empty" in reason
 
 
-def test_share_is_configurable() -> None:
-    assert guard(_deleting(20), 100, max_share=0.1) is not None
-    assert guard(_deleting(20), 100, max_share=0.2) is None
-    assert guard(_deleting(60), 100, max_share=0.9) is None
+def test_a_vanished_checkout_holds_the_deletions_under_it() -> None:
+    ancestor = _tree(100) | _tree(3, folder="vendor/lib")
+    plan = _deleting(["vendor/lib/f0.py", "vendor/lib/f1.py", "vendor/lib/f2.py"], ancestor)
+    assert wipe_reason(plan, ancestor, WipeGuard()) is None
+    reason = wipe_reason(plan, ancestor, WipeGuard(), vanished_checkouts=["vendor/lib"])
+    assert reason is not None and "vendor/lib" in reason
+    # A deletion elsewhere is not held for it; the project's own checkout covers every deletion.
+    assert (
+        wipe_reason(
+            _deleting(["src/f0.py"], ancestor), ancestor, WipeGuard(), vanished_checkouts=["vendor/lib"]
+        )
+        is None
+    )
+    assert (
+        wipe_reason(_deleting(["src/f0.py"], ancestor), ancestor, WipeGuard(), vanished_checkouts=[""])
+        is not None
+    )
+
+
+def test_the_explicit_brakes_are_off_unless_set() -> None:
+    ancestor = _tree(200)
+    plan = _deleting(list(ancestor)[:60], ancestor)
+    assert wipe_reason(plan, ancestor, WipeGuard()) is None
+    assert "max_delete_count" in (wipe_reason(plan, ancestor, WipeGuard(max_count=50)) or "")
+    assert "max_delete_share" in (wipe_reason(plan, ancestor, WipeGuard(max_share=0.25)) or "")
+    assert wipe_reason(plan, ancestor, WipeGuard(max_count=60, max_share=0.3)) is None
+
+
+def test_holding_keeps_everything_but_the_deletions() -> None:
+    ancestor = {"old": FOLDER, "old/a": V1, "b": V2}
+    plan = plan_changes({"b": V3, "c": V1}, ancestor, None)
+    hold_deletions(plan)
+    assert [(op.kind, op.path) for op in plan.ops] == [("write", "b"), ("write", "c")]
+    assert [(op.kind, op.path) for op in plan.held] == [("delete", "old/a"), ("rmdir", "old")]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gpubox.remote.agent.client import AgentSession
 
 __all__ = [
+    "ActiveRun",
     "ApplyAnswer",
     "DashAnswer",
     "DashRun",
@@ -31,9 +32,13 @@ __all__ = [
     "NodeInfo",
     "NvidiaSmi",
     "Probe",
+    "ProjectFolder",
+    "ProjectOwner",
+    "Projects",
     "ReadAnswer",
     "RunList",
     "RunLog",
+    "RunProject",
     "RunRow",
     "RunState",
     "ServiceList",
@@ -49,6 +54,8 @@ __all__ = [
     "manifest",
     "node_info",
     "probe",
+    "project_folder",
+    "projects",
     "prune_trash",
     "read",
     "run_list",
@@ -107,6 +114,9 @@ class Probe(TypedDict, total=False):
     disk: dict[str, Any]
     """{"path", "exists", "free_bytes", "total_bytes"}, or {"path", "error"}"""
     nvidia_smi: NvidiaSmi
+    gpu_query: NvidiaSmi | None
+    """``--query-gpu=index,pci.bus_id,name,compute_cap --format=csv`` (without compute_cap where this nvidia-smi
+    refuses it); None when nvidia-smi itself gave no answer. Absent from agents before it."""
 
 
 def probe(agent: AgentSession, *, project_dir: str) -> Probe:
@@ -136,7 +146,16 @@ class Idle(TypedDict):
     ttys: list[dict[str, Any]]
     """[{"tty": "pts/3", "idle_seconds": 12.5}, ...]: this user's terminals"""
     runs: int
+    active: NotRequired[list[ActiveRun]]
+    """The runs counted in ``runs`` (an agent from before project ids leaves this out)."""
     kernels: int
+
+
+class ActiveRun(TypedDict):
+    id: str
+    project: str | None
+    """The id of the project that started it (None for a run from before project ids)."""
+    project_name: str | None
 
 
 def idle(agent: AgentSession, *, gpu: bool = True, ttys: bool = True) -> Idle:
@@ -167,14 +186,15 @@ def manifest(
     agent: AgentSession, *, root: str, skip: list[str] | None = None, only: list[str] | None = None
 ) -> tuple[Manifest, bytes]:
     """Every entry under *root* (or under the *only* subtrees), less *skip*; the rows come zlib-compressed in
-    the bytes (gpubox.sync.engine.decode_manifest reads them)."""
+    the bytes (gpubox.sync.scan.decode_manifest reads them)."""
     answer, blob = agent.request_with_blob("manifest", _fields(root=root, skip=skip, only=only))
     return cast(Manifest, answer), blob
 
 
 class ApplyAnswer(TypedDict):
     results: list[list[str]]
-    """One per op, in order: ["ok"], ["same"], ["gone"], ["kept"], ["conflict", note], ["refused", why],
+    """One per op, in order: ["ok"] (a deletion: ["ok", where in the trash]), ["same"], ["gone"], ["kept"],
+    ["conflict", note], ["miss", why] (a move whose origin is not the content named), ["refused", why],
     ["error", why]."""
     conflicts: list[str]
     """"path -> name it was set aside as", one per host file kept aside."""
@@ -214,6 +234,11 @@ def stage(agent: AgentSession, *, root: str, name: str | None, offset: int, blob
     return str(answer.get("name") or "")
 
 
+def discard_staged(agent: AgentSession, *, root: str, name: str) -> None:
+    """Remove a file staged by :func:`stage` that will not be applied (it grew past the size limit)."""
+    agent.request("stage", {"root": root, "name": name, "offset": 0, "discard": True})
+
+
 class ReadAnswer(TypedDict):
     files: list[list[Any]]
     """One per file asked: [path, [size, mtime_ns, executable] or None, error or None, bytes in the blob]."""
@@ -236,6 +261,13 @@ def prune_trash(agent: AgentSession, *, trash: str, days: float) -> int:
 RunState = Literal["starting", "running", "succeeded", "failed", "stopped", "lost"]
 
 
+class RunProject(TypedDict, total=False):
+    id: str
+    name: str
+    folder: str
+    """The project's folder on the host (the run's cwd may be a subfolder of it)."""
+
+
 class RunRow(TypedDict):
     id: str
     command: str
@@ -247,6 +279,8 @@ class RunRow(TypedDict):
     ended_at: float | None
     exit_code: int | None
     log_bytes: int
+    project: NotRequired[RunProject | None]
+    """The project that started it (None, or absent from an older agent, for runs from before project ids)."""
     progress: dict[str, Any] | None
     """Of a running run: {"epoch", "epochs", "epochs_logged", "metrics", "eta_seconds"}, each when known."""
     mine: NotRequired[bool]
@@ -261,16 +295,16 @@ def run_start(
     name: str | None,
     env: dict[str, str],
     venv: str | None,
+    owner: dict[str, str] | None = None,
+    cwd: str | None = None,
     outputs: list[str] | None = None,
 ) -> RunRow:
-    """Start *shell* detached in the host's folder *project* (inside *venv* when given); *outputs* are the
-    project's output folders (relative), where the run's TensorBoard event files are looked for."""
+    """Start *shell* detached in the host's folder *project* (in its subfolder *cwd* when given, inside *venv*
+    when given), recorded as a run of the project *owner* ({"id", "name"}); *outputs* are the project's output
+    folders (relative to *project*), where the run's TensorBoard event files are looked for."""
+    request = {"project": project, "shell": shell, "name": name, "env": env, "venv": venv}
     return cast(
-        RunRow,
-        agent.request(
-            "run_start",
-            {"project": project, "shell": shell, "name": name, "env": env, "venv": venv, "outputs": outputs},
-        ),
+        RunRow, agent.request("run_start", request | _fields(owner=owner, cwd=cwd or None, outputs=outputs))
     )
 
 
@@ -327,6 +361,8 @@ class ServiceRow(TypedDict):
     log: str
     key: NotRequired[str]
     """In a service_list answer: the project key the service belongs to."""
+    rss_bytes: NotRequired[int | None]
+    """In a service_list answer: the resident memory of its process group (None when it is not running)."""
 
 
 class StartedService(TypedDict):
@@ -385,6 +421,60 @@ def service_stop(agent: AgentSession, *, key: str, name: str) -> ServiceRow:
     return cast(ServiceRow, agent.request("service_stop", {"key": key, "name": name}))
 
 
+# --------------------------------------------------------------------------------------------- projects
+
+
+class ProjectOwner(TypedDict, total=False):
+    """Who a folder on the host belongs to, as recorded there."""
+
+    id: str
+    name: str
+    root: str
+    """The project's folder on the machine that claimed it."""
+    machine: str
+    folder: str
+    claimed_at: float
+
+
+class ProjectFolder(TypedDict):
+    folder: str
+    """The folder settled on, as asked (``folder``, or ``legacy`` when that was adopted)."""
+    path: str
+    """Its real path on the host."""
+    exists: bool
+    created: bool
+    adopted: bool
+    """A folder of an older gpubox that no project owned, now this project's."""
+    owner: ProjectOwner | None
+    mine: bool
+
+
+def project_folder(
+    agent: AgentSession,
+    *,
+    folder: str,
+    owner: dict[str, str],
+    legacy: str | None = None,
+    claim: bool = False,
+    take_over: str | None = None,
+) -> ProjectFolder:
+    """Settle the project's folder on the host: *folder* (or *legacy*, an older gpubox's folder no project owns,
+    when *folder* does not exist yet) and its owner; with *claim*, make it and record *owner* unless another
+    project owns it (then ``mine`` is false and ``owner`` says whose it is); with *take_over* too (the id of
+    its owner, a project gone from its machine), the folder becomes this project's."""
+    request = _fields(folder=folder, owner=owner, legacy=legacy, claim=claim, take_over=take_over)
+    return cast(ProjectFolder, agent.request("project_folder", request))
+
+
+class Projects(TypedDict):
+    projects: list[ProjectOwner]
+
+
+def projects(agent: AgentSession) -> Projects:
+    """Every project folder on the host with its owner."""
+    return cast(Projects, agent.request("projects", {}))
+
+
 # ------------------------------------------------------------------------------------------- dashboard
 
 
@@ -410,6 +500,7 @@ def dash(
     gpu: bool = True,
     recent: int = 10,
     project: str | None = None,
+    owner: str | None = None,
     run: str | None = None,
     log_offset: int | None = None,
     scalars: dict[str, int] | None = None,
@@ -417,12 +508,14 @@ def dash(
     log_tail: int | None = None,
     log_max: int | None = None,
 ) -> tuple[DashAnswer, bytes]:
-    """One dashboard refresh of one host: GPUs, the runs going and the *recent* latest ended (of *project*), and
-    for the selected *run* its new scalar points and the next piece of its log (the bytes)."""
+    """One dashboard refresh of one host: GPUs, the runs going and the *recent* latest ended of the project (its id
+    *owner*, or its folder *project* for runs from before project ids), and for the selected *run* its new
+    scalar points and the next piece of its log (the bytes)."""
     request = _fields(
         gpu=gpu,
         recent=recent,
         project=project,
+        owner=owner,
         run=run,
         log_offset=log_offset,
         scalars=scalars,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -45,10 +46,11 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 # answer field, a new error kind, or a fix inside a handler: those change only this file's hash, so clients
 # upload the new file. The on-host layout under ~/.gpubox is a separate contract that no number guards:
 # agents of every gpubox version that reaches this host share it at the same time (PROTOCOL.md, "Layout").
-PROTOCOL = 1
+# 2: `apply` moves files on the host (op "mv"); an agent of protocol 1 fails a batch holding one.
+PROTOCOL = 2
 # AGENT_VERSION names this file's revision for a person reading a host's hello answer; nothing compares it
 # (the content hash decides which agent file runs). Bump it with PROTOCOL, or for any change worth seeing there.
-AGENT_VERSION = "1"
+AGENT_VERSION = "2"
 MAX_FRAME = 64 * 1024 * 1024
 NVIDIA_SMI_TIMEOUT = 20
 # Importing TensorFlow for the first time on a cold disk can take a minute; a hung import must not hang us.
@@ -224,6 +226,7 @@ def op_probe(args: Dict[str, Any]) -> Dict[str, Any]:
     project_dir = args.get("project_dir") or "~"
     if not isinstance(project_dir, str):
         raise RequestError("bad-request", "project_dir must be a string")
+    smi = _nvidia_smi()
     return {
         "hostname": socket.gethostname(),
         "os": _os_name(),
@@ -233,8 +236,21 @@ def op_probe(args: Dict[str, Any]) -> Dict[str, Any]:
         "cpu_count": _cpu_count(),
         "memory": _memory(),
         "disk": _disk(project_dir),
-        "nvidia_smi": _nvidia_smi(),
+        "nvidia_smi": smi,
+        "gpu_query": _gpu_query() if smi.get("available") else None,
     }
+
+
+# The host's own word on each GPU: its compute capability (drivers from R510 on) and its full name (the table
+# cuts long names). An older nvidia-smi refuses the compute_cap field; the names alone are still worth asking.
+GPU_QUERY_FIELDS = ("index", "pci.bus_id", "name", "compute_cap")
+
+
+def _gpu_query() -> Dict[str, Any]:
+    answer = _nvidia_smi(("--query-gpu=" + ",".join(GPU_QUERY_FIELDS), "--format=csv"))
+    if not answer.get("available") and "not a valid field" in answer.get("output", ""):
+        answer = _nvidia_smi(("--query-gpu=" + ",".join(GPU_QUERY_FIELDS[:-1]), "--format=csv"))
+    return answer
 
 
 # ------------------------------------------------------------------------------------------------- sync
@@ -432,7 +448,8 @@ def _trash_free(batch: str, rel: str) -> bool:
     return not os.path.lexists(os.path.join(batch, rel))
 
 
-def _to_trash(path: str, rel: str, trash_batch: str) -> None:
+def _to_trash(path: str, rel: str, trash_batch: str) -> str:
+    """Move *path* into the trash; return where it went, relative to the project's trash folder."""
     _verified_folders.clear()
     # Batches of the same second share a stamp: a path trashed twice (or a file, then a folder of that name)
     # goes to a sibling folder instead of failing or overwriting the first copy.
@@ -446,6 +463,93 @@ def _to_trash(path: str, rel: str, trash_batch: str) -> None:
         os.rename(path, destination)
     except OSError:
         shutil.move(path, destination)  # the trash is on another filesystem than the project
+    return os.path.basename(batch) + "/" + rel
+
+
+def _digest(path: str) -> str:
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def _move_source(root: str, op: Dict[str, Any], trash_batch: str) -> Optional[str]:
+    """Where a move's content is now: a path of the project (``f``) or of its trash folder (``T``); None when
+    a folder on the way is missing. A symlinked folder on the way is refused."""
+    if op.get("T") is not None:
+        parts = _parts(op.get("T"))
+        trash = os.path.dirname(trash_batch)
+        folder = os.path.join(trash, *parts[:-1])
+        if not os.path.isdir(folder):
+            return None
+        real_trash = os.path.realpath(trash)
+        if not (os.path.realpath(folder) + "/").startswith(real_trash + "/"):
+            raise PathRefused("refusing to move %r out of the trash through a symlink" % (op.get("T"),))
+        return os.path.join(folder, parts[-1])
+    parts = _parts(op.get("f"))
+    parent = _existing_parent(root, parts)
+    return None if parent is None else parent + "/" + parts[-1]
+
+
+def _move(
+    root: str,
+    op: Dict[str, Any],
+    path: str,
+    rel: str,
+    current: Optional[Row],
+    stamp: str,
+    trash_batch: str,
+    conflicts: List[str],
+) -> List[str]:
+    """Rename a file the host already holds to *path*, once its facts and digest show it is the content
+    wanted there; ``["miss", why]`` leaves everything as it was (the client then writes and deletes)."""
+    size, mtime, digest = op.get("n"), op.get("m"), op.get("h")
+    if not isinstance(size, int) or not isinstance(mtime, int) or not isinstance(digest, str):
+        raise RequestError("bad-request", "move %r needs n, m and h" % (rel,))
+    wanted = ["f", size, mtime, bool(op.get("x")), ""]
+    source = _move_source(root, op, trash_batch)
+    found = None if source is None else _lentry(source)
+    if source is None or found is None:
+        return ["miss", "the file to move is gone"]
+    if not _same(found, op.get("e")) or not _same(found, wanted):
+        return ["miss", "the file to move changed on the host"]
+    if _digest(source) != digest:
+        return ["miss", "the file to move holds other content"]
+    if _same(current, wanted):
+        # Already in place (an earlier batch wrote it): the origin goes the way of any deletion.
+        if op.get("T") is None:
+            _to_trash(source, "/".join(_parts(op.get("f"))), trash_batch)
+        return ["same"]
+    note = ""
+    if current is not None and current[0] == "d":
+        try:
+            _verified_folders.clear()
+            os.rmdir(path)
+        except OSError:
+            note = _set_aside(path, stamp)
+    elif current is not None:
+        note = _set_aside(path, stamp)  # something the client did not know of: kept, never overwritten
+    if note:
+        conflicts.append(rel + " -> " + note)
+    _verified_folders.clear()
+    os.rename(source, path)
+    if op.get("T") is not None:
+        # Taken back out of the trash: the folders it leaves empty there go too.
+        folder, trash = os.path.dirname(source), os.path.dirname(trash_batch)
+        while folder.startswith(trash + "/"):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
+    return ["conflict", note] if note else ["ok"]
 
 
 def _sweep_staging(staging: str) -> None:
@@ -635,6 +739,8 @@ def _apply_one(
                 os.rmdir(path)
             except OSError:
                 note = _set_aside(path, stamp)
+        elif current is not None and op.get("r"):
+            _to_trash(path, rel, trash_batch)  # local wins by request: the host's copy waits in the trash
         elif current is not None and not _same(current, expect):
             note = _set_aside(path, stamp)
         if note:
@@ -668,8 +774,9 @@ def _apply_one(
             return ["gone"]
         if current[0] == "d" or not _same(current, expect):
             return ["kept"]
-        _to_trash(path, rel, trash_batch)
-        return ["ok"]
+        return ["ok", _to_trash(path, rel, trash_batch)]
+    if kind == "mv":
+        return _move(root, op, path, rel, current, stamp, trash_batch, conflicts)
     if kind == "rmdir":
         if current is None:
             return ["gone"]
@@ -776,6 +883,11 @@ def op_stage(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     offset = args.get("offset")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise RequestError("bad-request", "offset must be a non-negative integer")
+    if args.get("discard"):
+        # The client gave up on this file (it grew past the size limit while being read): nothing stays.
+        with contextlib.suppress(OSError):
+            os.unlink(_staged_part(staging, name))
+        return {"name": name}, b""
     if name is None:
         if offset:
             raise RequestError("bad-request", "a staged file starts at offset 0")
@@ -922,11 +1034,13 @@ def _ttys() -> List[Dict[str, Any]]:
 
 
 def op_idle(args: Dict[str, Any]) -> Dict[str, Any]:
+    active = _active_runs()
     return {
         "time": time.time(),
         "nvidia_smi": _nvidia_smi(IDLE_QUERY, IDLE_SMI_TIMEOUT) if args.get("gpu", True) else None,
         "ttys": _ttys() if args.get("ttys", True) else [],
-        "runs": _active_runs(),
+        "runs": len(active),
+        "active": active,
         "kernels": _busy_kernels(),
     }
 
@@ -959,21 +1073,138 @@ def _busy_kernels() -> int:
     return busy
 
 
-def _active_runs() -> int:
-    """How many runs are starting or running on this host (any project: a run elsewhere also uses it)."""
+def _active_runs() -> List[Dict[str, Any]]:
+    """The runs starting or running on this host (any project's: a run elsewhere also uses it): their id, and
+    the id and name of their project when they have one."""
     runs = os.path.join(os.path.expanduser("~"), ".gpubox", "runs")
     try:
         names = [n for n in os.listdir(runs) if n.startswith("r-") and n[2:].isdigit()]
     except OSError:
-        return 0
-    active = 0
-    for name in names:
+        return []
+    active = []
+    for name in sorted(names, key=lambda n: int(n[2:])):
         folder = os.path.join(runs, name)
         if os.path.exists(os.path.join(folder, "exit_code")):
             continue
-        if _run_row(folder)["state"] in ("starting", "running"):
-            active += 1
+        row = _run_row(folder)
+        if row["state"] in ("starting", "running"):
+            project = row.get("project") or {}
+            active.append({"id": name, "project": project.get("id"), "project_name": project.get("name")})
     return active
+
+
+# --------------------------------------------------------------------------------------------- projects
+#
+# Which project each folder on this host belongs to: ~/.gpubox/projects/<hash of the folder's real path>.json
+# holds the owner's record ({id, name, root, machine, folder, claimed_at}), written when a project first claims
+# the folder. A record whose folder is gone is stale and ignored. gpubox refuses to sync a project into a folder
+# another project owns; a folder with no record (made before gpubox kept them) is free.
+
+
+def _projects_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".gpubox", "projects")
+
+
+def _real_folder(folder: Any) -> str:
+    if not isinstance(folder, str) or not folder or "\0" in folder:
+        raise RequestError("bad-request", "folder must be a non-empty path")
+    return os.path.realpath(os.path.abspath(os.path.expanduser(folder)))
+
+
+def _owner_path(real: str) -> str:
+    digest = hashlib.sha1(real.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    return os.path.join(_projects_dir(), digest + ".json")
+
+
+def _folder_owner(real: str) -> Optional[Dict[str, Any]]:
+    """The record of the project owning folder *real*; None when it has none (or the folder is gone)."""
+    if not os.path.isdir(real):
+        return None
+    try:
+        with open(_owner_path(real)) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("folder") != real or not isinstance(record.get("id"), str):
+        return None
+    return record
+
+
+def _write_owner(real: str, owner: Dict[str, Any]) -> Dict[str, Any]:
+    record = dict(owner, folder=real, claimed_at=time.time())
+    os.makedirs(_projects_dir(), mode=0o700, exist_ok=True)
+    path = _owner_path(real)
+    temp = "%s.%d.tmp" % (path, os.getpid())
+    with open(temp, "w") as handle:
+        json.dump(record, handle)
+    os.replace(temp, path)
+    return record
+
+
+def op_project_folder(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Settle a project's folder: ``folder`` (or, when that does not exist yet, ``legacy``, a folder of an older
+    gpubox layout that no other project owns), who owns it, and with ``claim`` make it and record ``owner``
+    as its owner unless another project owns it."""
+    owner = args.get("owner")
+    if not isinstance(owner, dict) or not isinstance(owner.get("id"), str) or not owner.get("id"):
+        raise RequestError("bad-request", "owner must be a record with an id")
+    owner = {k: v for k, v in owner.items() if k in ("id", "name", "root", "machine") and isinstance(v, str)}
+    folder = args.get("folder")
+    real = _real_folder(folder)
+    legacy = args.get("legacy")
+    chosen, chosen_real, adopted = folder, real, False
+    if legacy is not None and not os.path.lexists(real):
+        legacy_real = _real_folder(legacy)
+        legacy_owner = _folder_owner(legacy_real)
+        if os.path.isdir(legacy_real) and (legacy_owner is None or legacy_owner.get("id") == owner["id"]):
+            chosen, chosen_real, adopted = legacy, legacy_real, legacy_owner is None
+    current = _folder_owner(chosen_real)
+    taken_over = False
+    if current is not None and args.get("claim") and args.get("take_over") == current.get("id"):
+        # The client knows the owner is gone (a project moved away from its folder on the same machine).
+        current, taken_over = None, True
+    mine = current is not None and current.get("id") == owner["id"]
+    if os.path.lexists(chosen_real) and not os.path.isdir(chosen_real):
+        raise RequestError("no-project", "%s on the host is not a folder" % chosen_real)
+    exists = os.path.isdir(chosen_real)
+    created = False
+    if args.get("claim") and (current is None or mine):
+        if not exists:
+            os.makedirs(chosen_real)
+            created = exists = True
+        if current is None:
+            current = _write_owner(chosen_real, owner)
+        mine = True
+    return {
+        "folder": chosen,
+        "path": chosen_real,
+        "exists": exists,
+        "created": created,
+        "adopted": (adopted or taken_over) and mine,
+        "owner": current,
+        "mine": mine,
+    }
+
+
+def op_projects(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Every project folder with an owner record on this host (records of folders that are gone left out)."""
+    found = []
+    try:
+        names = sorted(os.listdir(_projects_dir()))
+    except OSError:
+        names = []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(_projects_dir(), name)) as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        folder = record.get("folder") if isinstance(record, dict) else None
+        if isinstance(folder, str) and _folder_owner(folder) == record:
+            found.append(record)
+    return {"projects": found}
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -1013,7 +1244,35 @@ put("ended_at", repr(time.time()))
 put("exit_code", str(code if code >= 0 else 128 - code))
 """
 
-_run_waiters: List[Any] = []
+_SETSID_EXEC = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+def _spawn_away(
+    argv: List[str], *, cwd: Optional[str] = None, env: Optional[Dict[str, str]] = None, log: str = os.devnull
+) -> int:
+    """Start *argv* as nobody's child here, in a session of its own (so its pid leads its process group), with
+    stdin from /dev/null and its output appended to *log*; return its pid.
+
+    Runs and services must outlive this agent and the SSH session it serves: a session that is killed outright
+    (an sshd restart that takes its sessions down, a killed connection) kills its descendants, and a process
+    started with a plain Popen stays the agent's descendant until the agent exits. A short-lived shell starts the
+    process in the background and exits at once, so it is re-parented to init before anything can go wrong."""
+    line = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
+    shell = subprocess.Popen(
+        ["/bin/sh", "-c", line, "gpubox-spawn", log, sys.executable, "-c", _SETSID_EXEC, *argv],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+    out, _ = shell.communicate()
+    try:
+        return int(out.strip())
+    except ValueError:
+        raise RequestError("spawn-failed", "could not start %s" % argv[0]) from None
 
 
 def _runs_dir() -> str:
@@ -1077,6 +1336,7 @@ def _run_row(folder: str) -> Dict[str, Any]:
         "command": spec.get("shell", ""),
         "name": spec.get("name"),
         "cwd": spec.get("cwd"),
+        "project": spec.get("project") if isinstance(spec.get("project"), dict) else None,
         "state": state,
         "pid": pid,
         "started_at": spec.get("started_at"),
@@ -1211,7 +1471,7 @@ class _RunEvents:
     that changed are listed again; each event file is judged once."""
 
     def __init__(self, folder: str, spec: Dict[str, Any]) -> None:
-        self.cwd = str(spec.get("cwd") or "")
+        cwd = os.path.normpath(str(spec.get("cwd") or "/"))
         env = spec.get("env") or {}
         tb_dir = env.get("GPUBOX_TB_DIR") if isinstance(env, dict) else None
         self.tb_dir = os.path.normpath(tb_dir) if isinstance(tb_dir, str) and tb_dir else None
@@ -1219,18 +1479,24 @@ class _RunEvents:
         self.started = float(started) if isinstance(started, (int, float)) else 0.0
         self.run_id = os.path.basename(folder)
         self.folder = folder
+        # The project folder (a run may start in a subfolder of it): recorded with the run, else the one its
+        # GPUBOX_TB_DIR (<project>/logs/<id>) is in.
+        record = spec.get("project")
+        project = record.get("folder") if isinstance(record, dict) else None
+        if not isinstance(project, str) or not project:
+            project = os.path.dirname(os.path.dirname(self.tb_dir)) if self.tb_dir else cwd
+        project = os.path.normpath(project)
         outputs = spec.get("outputs")
         if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
             outputs = list(_DEFAULT_OUTPUTS)
         self.roots = []  # type: List[str]
-        for name in outputs:
-            root = os.path.normpath(os.path.join(self.cwd, name))
-            if (
-                self.cwd
-                and (root == self.cwd or root.startswith(self.cwd + os.sep))
-                and root not in self.roots
-            ):
-                self.roots.append(root)
+        # The output folders of the project, and of the subfolder the run started in (a script writing to
+        # "logs/x" from there writes below it).
+        for base in [project] + ([cwd] if self._under(cwd, project) and cwd != project else []):
+            for name in outputs:
+                root = os.path.normpath(os.path.join(base, name))
+                if project != "/" and self._under(root, base) and root != base and root not in self.roots:
+                    self.roots.append(root)
         self.listed = {}  # type: Dict[str, Tuple[int, List[str]]]
         self.judged = {}  # type: Dict[str, Optional[str]]
         """event file path -> its series prefix, or None when it is not this run's"""
@@ -1477,13 +1743,7 @@ def _last_scalars(folder: str, spec: Dict[str, Any]) -> Dict[str, Tuple[int, flo
     return found
 
 
-def _reap_waiters() -> None:
-    """The agent is the waiters' parent while it lives: collect the ones that ended, so no zombies pile up."""
-    _run_waiters[:] = [waiter for waiter in _run_waiters if waiter.poll() is None]
-
-
 def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
-    _reap_waiters()
     project = args.get("project")
     shell = args.get("shell")
     env = args.get("env") or {}
@@ -1495,9 +1755,20 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise RequestError("bad-request", "env must map names to strings")
-    cwd = os.path.abspath(os.path.expanduser(project))
-    if not os.path.isdir(cwd):
-        raise RequestError("no-project", "the project folder %s does not exist on the host yet" % cwd)
+    root = os.path.abspath(os.path.expanduser(project))
+    if not os.path.isdir(root):
+        raise RequestError("no-project", "the project folder %s does not exist on the host yet" % root)
+    cwd = root
+    sub = args.get("cwd")
+    if sub:
+        # A subfolder of the project (where `gpubox run` was called, or [run] cwd): made if sync has not yet.
+        cwd = os.path.join(root, *_parts(sub))
+        if not os.path.realpath(cwd).startswith(os.path.realpath(root).rstrip("/") + "/"):
+            raise PathRefused("refusing cwd %r: it leads out of the project" % (sub,))
+        os.makedirs(cwd, exist_ok=True)
+    owner = args.get("owner")
+    if owner is not None and (not isinstance(owner, dict) or not isinstance(owner.get("id"), str)):
+        raise RequestError("bad-request", "owner must be a record with an id")
     runs = _runs_dir()
     os.makedirs(runs, mode=0o700, exist_ok=True)
     numbers = [int(name[2:]) for name in os.listdir(runs) if name.startswith("r-") and name[2:].isdigit()]
@@ -1516,7 +1787,7 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
         {
             "GPUBOX_RUN_ID": run_id,
             "GPUBOX_RUN_DIR": folder,
-            "GPUBOX_TB_DIR": os.path.join(cwd, "logs", run_id),
+            "GPUBOX_TB_DIR": os.path.join(root, "logs", run_id),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -1534,18 +1805,14 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
     spec = {"shell": shell, "cwd": cwd, "env": run_env, "name": args.get("name"), "started_at": time.time()}
     if outputs is not None:
         spec["outputs"] = outputs
+    if owner is not None:
+        project_record = {k: v for k, v in owner.items() if k in ("id", "name") and isinstance(v, str)}
+        project_record["folder"] = root
+        spec["project"] = project_record
+
     with open(os.path.join(folder, "log"), "wb"):
         pass
-    waiter = subprocess.Popen(
-        [sys.executable, "-c", _RUN_WAITER, folder],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-    )
-    _run_waiters.append(waiter)
-    spec["waiter"] = waiter.pid
+    spec["waiter"] = _spawn_away([sys.executable, "-c", _RUN_WAITER, folder])
     with open(os.path.join(folder, "spec.json.tmp"), "w") as handle:
         json.dump(spec, handle)
     os.replace(os.path.join(folder, "spec.json.tmp"), os.path.join(folder, "spec.json"))
@@ -1558,7 +1825,6 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def op_run_list(args: Dict[str, Any]) -> Dict[str, Any]:
-    _reap_waiters()
     ids = args.get("ids")
     runs = _runs_dir()
     if ids:
@@ -1640,7 +1906,9 @@ def op_env_ready(args: Dict[str, Any]) -> Dict[str, Any]:
     key = args.get("key")
     if not isinstance(key, str) or not key.isalnum():
         raise RequestError("bad-request", "key must be alphanumeric")
-    path = os.path.join(os.path.expanduser("~"), ".gpubox", "envs", key)
+    # Its real path: ~/.gpubox/envs may be a link to a bigger disk, and what is installed into the env later
+    # (tools, a run's pip install) writes the path it was given into its scripts' first line.
+    path = os.path.realpath(os.path.join(os.path.expanduser("~"), ".gpubox", "envs", key))
     return {"ready": os.path.isfile(os.path.join(path, ".gpubox-ready")), "path": path}
 
 
@@ -1801,25 +2069,15 @@ def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
         env["VIRTUAL_ENV"] = venv
         env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", "/usr/bin:/bin")
     os.makedirs(cwd, exist_ok=True)
-    with open(os.path.join(folder, "log"), "ab") as log:
-        log.write(("\n--- gpubox: starting at %s on port %d\n" % (time.ctime(), port)).encode())
-        log.flush()
-        process = subprocess.Popen(
-            ["/bin/sh", "-c", command.replace("{port}", str(port))],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-    _run_waiters.append(process)
+    log = os.path.join(folder, "log")
+    with open(log, "ab") as handle:
+        handle.write(("\n--- gpubox: starting at %s on port %d\n" % (time.ctime(), port)).encode())
+    pid = _spawn_away(["/bin/sh", "-c", command.replace("{port}", str(port))], cwd=cwd, env=env, log=log)
     spec = {
         "command": command,
         "port": port,
         "asked": preferred,
-        "pid": process.pid,
+        "pid": pid,
         "secret": args.get("secret"),
         "cwd": cwd,
     }
@@ -1830,14 +2088,14 @@ def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
     wait = args.get("wait", 60)
     deadline = time.time() + (wait if isinstance(wait, (int, float)) else 60)
     while time.time() < deadline:
-        if process.poll() is not None:
+        if not _alive(pid):
             break
         if _port_answers(port):
             row = _service_row(folder)
             row["reused"] = False
             return row
         time.sleep(0.1)
-    _stop_group(process.pid)
+    _stop_group(pid)
     try:
         with open(os.path.join(folder, "log"), "rb") as handle:
             handle.seek(max(0, os.fstat(handle.fileno()).st_size - 2000))
@@ -1868,15 +2126,37 @@ def op_service_list(args: Dict[str, Any]) -> Dict[str, Any]:
         for name in names:
             row = _service_row(os.path.join(root, project, name))
             row["key"] = project
+            row["rss_bytes"] = _group_rss(row["pid"]) if row["pid"] else None
             rows.append(row)
     return {"services": rows}
+
+
+def _group_rss(pgid: int) -> Optional[int]:
+    """Resident memory of every process in process group *pgid* (a service and its children), in bytes."""
+    total, seen = 0, False
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 22 and fields[2] == str(pgid):
+            total += int(fields[21]) * page
+            seen = True
+    return total if seen else None
 
 
 def op_service_stop(args: Dict[str, Any]) -> Dict[str, Any]:
     folder = _service_dir(args)
     row = _service_row(folder)
     _stop_group(row.get("pid"))
-    _reap_waiters()
     return _service_row(folder)
 
 
@@ -1905,10 +2185,24 @@ def _run_scalars(folder: str, spec: Dict[str, Any], have: Dict[str, Any], limit:
     return found
 
 
-def _dash_runs(recent: int, project: Optional[str]) -> List[Dict[str, Any]]:
+def _run_is_of(spec: Dict[str, Any], folder: Optional[str], owner: Optional[str]) -> bool:
+    """Whether a run (its spec) is the project's: started with the project's id, or in the project's folder (or
+    one below it): a folder has one owner at a time, and runs from before project ids have only their folder."""
+    project = spec.get("project")
+    if not isinstance(project, dict):
+        project = {}
+    if owner is not None and project.get("id") == owner:
+        return True
+    place = project.get("folder") or spec.get("cwd")
+    if folder is None or not isinstance(place, str):
+        return False
+    return place == folder or place.startswith(folder.rstrip("/") + "/")
+
+
+def _dash_runs(recent: int, project: Optional[str], owner: Optional[str] = None) -> List[Dict[str, Any]]:
     """The rows of every run still going (any project's: they all use the host) and of the *recent* latest
-    ended ones (of *project*, the runs' folder on the host, when given), oldest first. With *project*, each row
-    says whether it is one of that project's runs (``mine``)."""
+    ended ones of the project (its id *owner*, or for older runs its folder *project* on the host), oldest
+    first. With either, each row says whether it is one of that project's runs (``mine``)."""
     runs = _runs_dir()
     try:
         names = [n for n in os.listdir(runs) if n.startswith("r-") and n[2:].isdigit()]
@@ -1916,6 +2210,7 @@ def _dash_runs(recent: int, project: Optional[str]) -> List[Dict[str, Any]]:
         return []
     names.sort(key=lambda n: int(n[2:]))
     wanted = os.path.abspath(os.path.expanduser(project)) if project else None
+    chosen = wanted is not None or owner is not None
     rows: Dict[str, Dict[str, Any]] = {}
     ended: List[str] = []
     for name in names:
@@ -1931,28 +2226,28 @@ def _dash_runs(recent: int, project: Optional[str]) -> List[Dict[str, Any]]:
     for name in reversed(ended):
         if found >= recent:
             break
-        if wanted is not None:
+        if chosen:
             try:
                 with open(os.path.join(runs, name, "spec.json")) as handle:
-                    if json.load(handle).get("cwd") != wanted:
+                    if not _run_is_of(json.load(handle), wanted, owner):
                         continue
             except (OSError, ValueError):
                 continue
         rows[name] = _run_row(os.path.join(runs, name))
         found += 1
     ordered = [rows[n] for n in names if n in rows]
-    if wanted is not None:
+    if chosen:
         for row in ordered:
-            row["mine"] = row.get("cwd") == wanted
+            row["mine"] = _run_is_of(row, wanted, owner)
     return ordered
 
 
 def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     """What a dashboard refresh needs from this host, in one answer (the selected run's new log bytes in the
     blob)."""
-    _reap_waiters()
     recent = args.get("recent", 10)
     project = args.get("project")
+    owner = args.get("owner")
     if not isinstance(recent, int) or recent < 0:
         raise RequestError("bad-request", "recent must be a non-negative integer")
     if project is not None and not isinstance(project, str):
@@ -2010,7 +2305,7 @@ def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
                 "scalars": _run_scalars(folder, spec, have, max(1, limit)),
             }
     # After the selected run's curves: its progress then comes from the series just read.
-    result["runs"] = _dash_runs(recent, project)
+    result["runs"] = _dash_runs(recent, project, owner if isinstance(owner, str) else None)
     return result, data
 
 
@@ -2053,6 +2348,9 @@ OPS: Dict[str, Handler] = {
     "service_ensure": _no_blob(op_service_ensure),
     "service_list": _no_blob(op_service_list),
     "service_stop": _no_blob(op_service_stop),
+    # projects and their folders
+    "project_folder": _no_blob(op_project_folder),
+    "projects": _no_blob(op_projects),
     # the dashboard
     "dash": op_dash,
 }

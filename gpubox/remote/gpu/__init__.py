@@ -7,13 +7,16 @@ One module per concern; this file is the package's public surface (the rest of g
 - :mod:`~gpubox.remote.gpu.formats`: one module per form nvidia-smi prints, and the order they are tried in
   (**to read a new form, add a module there**).
 - :mod:`~gpubox.remote.gpu.parse`: :func:`parse_nvidia_smi` (any form, never raises on odd input),
-  :func:`snapshot_from_probe` (the agent's answer), :func:`offer_snapshot` (a cloud offer).
+  :func:`probe_snapshot` (a whole ``probe`` answer: the table with the host's own compute capabilities),
+  :func:`snapshot_from_probe` (one nvidia-smi answer), :func:`offer_snapshot` (a cloud offer).
 - :mod:`~gpubox.remote.gpu.readings`: :func:`gpu_readings`, the GPUs' load right now (idle autostop, the
   dashboard), with the one definition of "no GPU".
 - :mod:`~gpubox.remote.gpu.rules`: ``gpubox/data/gpu_compat.toml`` (CUDA, drivers, releases, compute
   capabilities), read by :func:`load_rules`.
-- :mod:`~gpubox.remote.gpu.frameworks`: which release is judged (``--framework``, the host, a requirements
-  pin).
+- :mod:`~gpubox.remote.gpu.frameworks`: which release is judged, by one rule (``--framework``, what the
+  project's env has installed, a requirements pin, the newest), and what it says it sees.
+- :mod:`~gpubox.remote.gpu.health`: the GPUs' own state (a broken driver stack, faults, ECC, unified memory,
+  MIG, native Windows), each with what it means and what to do.
 - :mod:`~gpubox.remote.gpu.verdict`: :func:`assess` (ok / warn / fail with reasons) and :func:`suggest`.
 - :mod:`~gpubox.remote.gpu.summary`: :func:`summarize`, the one GPU summary (host report, ``hosts``, the
   dashboard), for a framework release the caller chooses and the summary names.
@@ -22,13 +25,14 @@ One module per concern; this file is the package's public surface (the rest of g
 
 from gpubox.remote.gpu.check import CheckResult, check_document, render_check, run_check
 from gpubox.remote.gpu.frameworks import (
+    NEWEST,
     FrameworkChoice,
     FrameworkView,
     choose_framework,
     framework_from_requirements,
     parse_framework_spec,
 )
-from gpubox.remote.gpu.parse import offer_snapshot, parse_nvidia_smi, snapshot_from_probe
+from gpubox.remote.gpu.parse import offer_snapshot, parse_nvidia_smi, probe_snapshot, snapshot_from_probe
 from gpubox.remote.gpu.readings import GpuReading, GpuReadings, gpu_readings
 from gpubox.remote.gpu.rules import Arch, CompatRules, FrameworkRelease, load_rules
 from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, NaType, SmiSnapshot
@@ -46,6 +50,7 @@ from gpubox.remote.gpu.verdict import (
 __all__ = [
     "MARKS",
     "NA",
+    "NEWEST",
     "Arch",
     "CheckResult",
     "CompatRules",
@@ -72,6 +77,7 @@ __all__ = [
     "offer_snapshot",
     "parse_framework_spec",
     "parse_nvidia_smi",
+    "probe_snapshot",
     "render_check",
     "run_check",
     "snapshot_from_probe",

@@ -111,12 +111,15 @@ def run_check(
 def render_check(result: CheckResult) -> list[str]:
     """``gpubox check`` for people: the GPU line, the verdict line, then the reasons and what would work."""
     snapshot, verdict, release = result.snapshot, result.verdict, result.choice.release
-    gpu_mark = "·" if snapshot.state == "no_nvidia_smi" else "✓" if snapshot.state == "gpus" else "✗"
+    usable = snapshot.state == "gpus" and any(gpu.usable for gpu in snapshot.gpus)
+    gpu_mark = "·" if snapshot.state == "no_nvidia_smi" else "✓" if usable else "✗"
     lines = [
         f"  {gpu_mark} GPU    {gpu_line_text(snapshot)}",
         f"  {MARKS[verdict.level]} {verdict_summary(snapshot, release, verdict)}  ({result.choice.chosen_by})",
     ]
-    lines.extend(f"      · {reason}" for reason in verdict.reasons)
+    # Without GPUs the GPU line already says why, and what to do.
+    said = gpu_line_text(snapshot)
+    lines.extend(f"      · {reason}" for reason in verdict.reasons if reason != said)
     if verdict.suggestion is not None:
         lines.extend(f"      → {option.text}" for option in verdict.suggestion.options)
     return lines

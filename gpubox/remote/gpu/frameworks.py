@@ -1,5 +1,7 @@
-"""Which framework release is judged: ``--framework tensorflow==2.21``, what is installed on the host (and
-what it says it sees), a requirements file's pin, or the newest release gpubox knows.
+"""Which framework release is judged, by one rule for ``gpubox check``, ``up``'s report, the hosts table and the
+dashboard: ``--framework tensorflow==2.21`` (check only), else the version installed where the project's runs
+start (the project's env on the host, or the host's python when the project has no env; only ``check`` asks
+the host), else the requirements file's pin, else the newest release gpubox knows; and the choice says which.
 
 TensorFlow and PyTorch releases themselves are rows of the rules
 (:class:`~gpubox.remote.gpu.rules.FrameworkRelease`): they live with the rules that load them.
@@ -16,6 +18,7 @@ from gpubox.errors import BadInput, UsageError
 from gpubox.remote.gpu.rules import CompatRules, FrameworkRelease, Version, load_rules, version_numbers
 
 __all__ = [
+    "NEWEST",
     "FrameworkChoice",
     "FrameworkView",
     "choose_framework",
@@ -37,14 +40,21 @@ class FrameworkView:
 
     python: str
     installed: bool | None
-    """None when the python did not answer (timed out, crashed)."""
+    """None when the python did not answer (timed out, crashed) or was not asked (an env not built yet)."""
     version: str | None = None
     gpus: tuple[str, ...] | None = None
     built_with_cuda: bool | None = None
     reason: str = ""
+    place: str = ""
+    """Where that python is, in words: ``the project's env``; "" for a bare python on the host."""
+
+    @property
+    def where(self) -> str:
+        """``the project's env`` or ``/usr/bin/python3 on the host``."""
+        return self.place or f"{self.python} on the host"
 
     @classmethod
-    def from_agent(cls, answer: Mapping[str, Any]) -> FrameworkView:
+    def from_agent(cls, answer: Mapping[str, Any], *, place: str = "") -> FrameworkView:
         gpus = answer.get("gpus")
         return cls(
             python=str(answer.get("python") or "python"),
@@ -53,10 +63,12 @@ class FrameworkView:
             gpus=tuple(str(g) for g in gpus) if isinstance(gpus, list) else None,
             built_with_cuda=answer.get("built_with_cuda"),
             reason=str(answer.get("reason") or ""),
+            place=place,
         )
 
     def document(self) -> dict[str, Any]:
         return {
+            "where": self.where,
             "python": self.python,
             "installed": self.installed,
             "version": self.version,
@@ -167,7 +179,8 @@ def choose_framework(
     requirements: tuple[str, str] | None,
     rules: CompatRules | None = None,
 ) -> FrameworkChoice:
-    """``--framework``, else what is installed on the host, else the requirements pin, else the newest.
+    """``--framework``, else what is *installed* where the project runs (see the module), else the requirements
+    pin, else the newest; ``chosen_by`` says which.
 
     *requirements* is ``(file name, text)``.
     """
@@ -177,9 +190,13 @@ def choose_framework(
     if installed is not None and installed.installed and installed.version:
         release = rules.release("tensorflow", installed.version)
         if release is not None:
-            return FrameworkChoice(release, f"installed in {installed.python} on the host")
+            return FrameworkChoice(release, f"installed in {installed.where}")
     if requirements is not None:
         pinned = framework_from_requirements(requirements[1], rules)
         if pinned is not None:
             return FrameworkChoice(pinned, f"pinned in {requirements[0]}")
-    return FrameworkChoice(rules.newest("tensorflow"), "the newest release gpubox knows")
+    return FrameworkChoice(rules.newest("tensorflow"), NEWEST)
+
+
+NEWEST = "newest gpubox knows"
+"""``chosen_by`` when nothing names a release."""

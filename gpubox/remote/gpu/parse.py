@@ -15,23 +15,35 @@ from gpubox.remote.gpu.formats import read_any
 from gpubox.remote.gpu.rules import load_rules
 from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, SmiSnapshot
 
-__all__ = ["offer_snapshot", "parse_nvidia_smi", "snapshot_from_probe"]
+__all__ = ["offer_snapshot", "parse_nvidia_smi", "probe_snapshot", "snapshot_from_probe"]
 
-_NOT_NVIDIA_SMI = "not an nvidia-smi table, XML (-q -x) or --query-gpu CSV output"
+_NOT_NVIDIA_SMI = "not an nvidia-smi table, -q text, XML (-q -x) or --query-gpu CSV output"
 
 
 def parse_nvidia_smi(text: str) -> SmiSnapshot:
     """Read whatever nvidia-smi printed; never raises on odd input (see :attr:`SmiSnapshot.state`)."""
+    return _complete(_read(text))
+
+
+def _read(text: str) -> SmiSnapshot:
     cleaned = text.replace("\ufeff", "").strip()  # Windows shells save a BOM in front
-    snapshot = read_any(cleaned) or SmiSnapshot(format="none", state="unrecognized", message=_NOT_NVIDIA_SMI)
-    return _complete(snapshot)
+    return read_any(cleaned) or SmiSnapshot(format="none", state="unrecognized", message=_NOT_NVIDIA_SMI)
 
 
-def snapshot_from_probe(nvidia_smi: Mapping[str, Any]) -> SmiSnapshot:
-    """The snapshot behind the agent's ``probe`` answer: ``{available, output, reason, exit_code}``."""
+def probe_snapshot(probe: Mapping[str, Any]) -> SmiSnapshot:
+    """The snapshot behind a whole ``probe`` answer: nvidia-smi's table, with the names and compute
+    capabilities the host itself gave in ``gpu_query`` (absent from agents before it)."""
+    return snapshot_from_probe(probe.get("nvidia_smi") or {}, probe.get("gpu_query"))
+
+
+def snapshot_from_probe(
+    nvidia_smi: Mapping[str, Any], gpu_query: Mapping[str, Any] | None = None
+) -> SmiSnapshot:
+    """The snapshot behind an agent's nvidia-smi answer (``{available, output, reason, exit_code}``), completed
+    with *gpu_query*, the answer to ``--query-gpu=index,pci.bus_id,name,compute_cap`` when the host was asked."""
     output = nvidia_smi.get("output") or ""
     if nvidia_smi.get("available"):
-        return parse_nvidia_smi(output)
+        return _complete(_with_query(_read(output), gpu_query))
     reason = str(nvidia_smi.get("reason") or "nvidia-smi gave no answer")
     if output.strip():
         # nvidia-smi ran and failed; its words say why ("No devices were found", no driver, …).
@@ -41,6 +53,37 @@ def snapshot_from_probe(nvidia_smi: Mapping[str, Any]) -> SmiSnapshot:
     if "exit_code" not in nvidia_smi and "not found" in reason:
         return SmiSnapshot(format="none", state="no_nvidia_smi", message=reason)
     return SmiSnapshot(format="none", state="failed", message=reason)
+
+
+def _with_query(snapshot: SmiSnapshot, gpu_query: Mapping[str, Any] | None) -> SmiSnapshot:
+    """The host's own word on each GPU's compute capability (drivers from R510), and its full name where the
+    table cut it short; matched by PCI bus id, else by index."""
+    if not gpu_query or not gpu_query.get("available") or snapshot.state != "gpus":
+        return snapshot
+    answered = _read(str(gpu_query.get("output") or ""))
+    if answered.state != "gpus":
+        return snapshot
+    by_bus = {_bus_key(gpu.bus_id): gpu for gpu in answered.gpus if gpu.bus_id}
+    by_index = {gpu.index: gpu for gpu in answered.gpus}
+    gpus = []
+    for gpu in snapshot.gpus:
+        said = by_bus.get(_bus_key(gpu.bus_id)) if gpu.bus_id else None
+        said = said or by_index.get(gpu.index)
+        if said is not None:
+            if said.compute_capability_source == "nvidia-smi":
+                gpu = replace(
+                    gpu, compute_capability=said.compute_capability, compute_capability_source="nvidia-smi"
+                )
+            if gpu.name_truncated and said.name != "unknown" and said.name.startswith(gpu.name[:-3]):
+                gpu = replace(gpu, name=said.name)
+        gpus.append(gpu)
+    return replace(snapshot, gpus=tuple(gpus))
+
+
+def _bus_key(bus_id: str) -> str:
+    """``00000000:18:00.0`` and ``0000:18:00.0`` name one device: compare without the domain's leading zeros."""
+    domain, _, rest = bus_id.partition(":")
+    return f"{domain.lstrip('0') or '0'}:{rest}".casefold()
 
 
 def _complete(snapshot: SmiSnapshot) -> SmiSnapshot:

@@ -1,7 +1,8 @@
 """The compatibility rules: what ``gpubox/data/gpu_compat.toml`` says, read once.
 
 CUDA toolkits and the drivers they need, per framework release (a :class:`FrameworkRelease` row) its CUDA and
-the architectures in its wheels, and a GPU name → compute capability table. Every row there names its source;
+the architectures in its wheels, the last releases that use a GPU on native Windows, and a GPU name → compute
+capability table. Every row there names its source;
 no fact lives in this code.
 """
 
@@ -82,6 +83,8 @@ class CompatRules:
     releases: tuple[FrameworkRelease, ...]
     capability_rows: tuple[tuple[str, str], ...]
     """(compute capability, model) with the model normalised by :func:`_model_key`."""
+    windows_last_gpu_release: Mapping[str, str]
+    """Per framework, its last release whose native Windows wheels use the GPU (none listed: all do)."""
 
     def releases_of(self, name: str) -> list[FrameworkRelease]:
         return sorted((r for r in self.releases if r.name == name), key=lambda r: version_numbers(r.version))
@@ -167,7 +170,7 @@ def _parse_arch(label: str) -> Arch:
 @functools.cache
 def load_rules() -> CompatRules:
     data = tomllib.loads(files("gpubox.data").joinpath("gpu_compat.toml").read_text(encoding="utf-8"))
-    for table in ("cuda_major", "cuda_toolkit", "framework", "gpu"):
+    for table in ("cuda_major", "cuda_toolkit", "framework", "gpu", "windows"):
         for position, row in enumerate(data.get(table, []), 1):
             if not isinstance(row, dict) or not str(row.get("source", "")).strip():
                 raise ValueError(f"gpu_compat.toml: [[{table}]] row {position} has no source")
@@ -196,4 +199,7 @@ def load_rules() -> CompatRules:
         capability_rows=tuple(
             (row["cc"], _model_key(model)) for row in data["gpu"] for model in row["models"]
         ),
+        windows_last_gpu_release={
+            row["framework"]: row["last_gpu_release"] for row in data.get("windows", [])
+        },
     )

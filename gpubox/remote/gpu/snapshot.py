@@ -8,16 +8,19 @@ could not be read. The ``*_or_na`` helpers are how every nvidia-smi form turns a
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "FAULT_WORDS",
     "NA",
     "GpuSnapshot",
     "NaType",
     "SmiFormat",
     "SmiSnapshot",
     "SmiState",
+    "fault_in",
     "int_or_na",
     "value_or_na",
     "version_or_na",
@@ -43,12 +46,14 @@ class NaType(str):
 
 NA = NaType()
 
-SmiFormat = Literal["table", "xml", "csv", "message", "none"]
+SmiFormat = Literal["table", "xml", "text", "csv", "message", "none"]
 SmiState = Literal[
     "gpus",  # nvidia-smi listed GPUs
     "no_nvidia_smi",  # not installed: a CPU-only host
     "no_devices",  # "No devices were found"
     "driver_unreachable",  # "couldn't communicate with the NVIDIA driver"
+    "driver_mismatch",  # "Failed to initialize NVML: Driver/library version mismatch"
+    "gpu_lost",  # "Unable to determine the device handle for GPU …", "GPU is lost", "fallen off the bus"
     "query_rejected",  # an old nvidia-smi refused a --query-gpu field
     "failed",  # nvidia-smi ran but failed in a way gpubox does not know
     "unrecognized",  # text that is none of the forms above
@@ -71,10 +76,26 @@ class GpuSnapshot:
     compute_capability: str | NaType = NA
     compute_capability_source: str = "unknown"
     """``nvidia-smi`` (its compute_cap field), ``name table``, ``name table (truncated name)`` or why unknown."""
+    driver_model: str | NaType = NA
+    """``WDDM``, ``TCC`` or ``MCDM`` on native Windows (the table's Driver-Model column); NA on Linux and WSL."""
+    error_state: str = ""
+    """What nvidia-smi printed instead of this GPU's figures when the GPU is in a fault state (``ERR!``,
+    ``GPU requires reset``); "" for a healthy GPU."""
+    memory_not_supported: bool = False
+    """nvidia-smi says memory is ``Not Supported``: a unified-memory GPU (GB10) whose memory is the host's."""
+    ecc_uncorrected: int | NaType = NA
+    """Uncorrectable ECC errors since the driver loaded (the table's ``Volatile Uncorr. ECC``)."""
+    ecc_pending: bool = False
+    """A memory row remap or page retirement waits for a GPU reset (``-q``: ``Pending : Yes``)."""
 
     @property
     def name_truncated(self) -> bool:
         return self.name.endswith("...")
+
+    @property
+    def usable(self) -> bool:
+        """False when nvidia-smi shows the GPU in a fault state: no framework can use it until it is reset."""
+        return not self.error_state
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,21 @@ class SmiSnapshot:
     attached_gpus: int | NaType = NA
     message: str = ""
     """What nvidia-smi (or the probe) said when there is no GPU list, or what could not be read."""
+
+
+FAULT_WORDS: tuple[str, ...] = ("GPU requires reset", "ERR!")
+"""What nvidia-smi prints in place of a figure it cannot read from a GPU in a fault state: ``[GPU requires
+reset]`` in ``--query-gpu`` CSV and ``-q``, ``ERR!`` in the default table."""
+
+
+def fault_in(values: Iterable[str | None]) -> str:
+    """The first fault word among *values* (see :data:`FAULT_WORDS`), "" when there is none."""
+    for value in values:
+        if value:
+            for word in FAULT_WORDS:
+                if word.casefold() in value.casefold():
+                    return word
+    return ""
 
 
 _NA_WORDS = frozenset({"n/a", "not found", "not supported", "unknown", "unknown error", ""})

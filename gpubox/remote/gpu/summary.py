@@ -1,9 +1,9 @@
 """A host's GPUs in a few words for people, judged for one framework release: the ``GPU`` line of
 ``gpubox up``'s host report, the GPU cell of ``gpubox hosts``, the dashboard's badge.
 
-:func:`summarize` is the one summary. The caller chooses the release it judges and the summary says which:
-``gpubox up`` and ``gpubox hosts`` judge the newest TensorFlow gpubox knows, the dashboard the project's pin
-(``gpubox check`` goes further: see :mod:`gpubox.remote.gpu.check`).
+:func:`summarize` is the one summary, of the release the one rule chose
+(:func:`~gpubox.remote.gpu.frameworks.choose_framework`: the project's pin, else the newest gpubox knows, for
+``up``, ``hosts`` and the dashboard; ``gpubox check`` also asks the project's env), and it says which.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gpubox.remote.gpu.health import no_gpu_reason
 from gpubox.remote.gpu.rules import CompatRules, FrameworkRelease
 from gpubox.remote.gpu.snapshot import SmiSnapshot
-from gpubox.remote.gpu.verdict import Verdict, assess, gpu_groups, no_gpu_reason, verdict_summary
+from gpubox.remote.gpu.verdict import Verdict, assess, gpu_groups, verdict_summary
 
 __all__ = ["MARKS", "GpuSummary", "describe_gpus", "gpu_line_text", "summarize"]
 
@@ -21,9 +22,12 @@ __all__ = ["MARKS", "GpuSummary", "describe_gpus", "gpu_line_text", "summarize"]
 def describe_gpus(snapshot: SmiSnapshot) -> str:
     """``1× NVIDIA A100-SXM4-40GB  cc 8.0  driver 550.54.14 (CUDA ≤ 12.4)``, as in design.md."""
     parts = []
-    for gpu, indexes in gpu_groups(snapshot.gpus):
+    for gpu, indexes in gpu_groups(gpu for gpu in snapshot.gpus if gpu.usable):
         cc = f"  cc {gpu.compute_capability}" if gpu.compute_capability else ""
         parts.append(f"{len(indexes)}× {gpu.name}{cc}")
+    for word in sorted({gpu.error_state for gpu in snapshot.gpus if not gpu.usable}):
+        count = sum(1 for gpu in snapshot.gpus if gpu.error_state == word)
+        parts.append(f"{count} in a fault state ({word})")
     text = " + ".join(parts)
     if snapshot.driver_version:
         text += f"  driver {snapshot.driver_version}"
@@ -51,6 +55,8 @@ class GpuSummary:
     release: FrameworkRelease
     """The release judged, as the caller chose it; the words below name it."""
     verdict: Verdict
+    chosen_by: str = ""
+    """Why that release (``pinned in requirements.txt``, ``newest gpubox knows``): said after the judgement."""
 
     @property
     def mark(self) -> str:
@@ -64,8 +70,9 @@ class GpuSummary:
 
     @property
     def judgement(self) -> str:
-        """``TensorFlow 2.21 (CUDA 12.5 via minor-version compatibility): compatible``."""
-        return verdict_summary(self.snapshot, self.release, self.verdict)
+        """``TensorFlow 2.21 (CUDA 12.5 via minor-version compatibility): compatible (pinned in requirements.txt)``."""
+        said = verdict_summary(self.snapshot, self.release, self.verdict)
+        return f"{said} ({self.chosen_by})" if self.chosen_by else said
 
     @property
     def line(self) -> str:
@@ -81,25 +88,32 @@ class GpuSummary:
             return "none (CPU)"
         if self.snapshot.state != "gpus":
             return "unusable"
-        names = sorted({gpu.name for gpu in self.snapshot.gpus})
-        what = names[0] if len(names) == 1 else f"mixed ({len(names)} models)"
+        usable = [gpu for gpu in self.snapshot.gpus if gpu.usable]
+        names = sorted({gpu.name for gpu in usable})
+        what = (
+            "no usable GPU" if not names else names[0] if len(names) == 1 else f"mixed ({len(names)} models)"
+        )
+        faulted = len(self.snapshot.gpus) - len(usable)
+        gpus = f"{len(usable)}× {what}" + (f" (+{faulted} faulted)" if faulted else "")
         short = _SHORT_NAMES.get(self.release.name, self.release.display_name)
-        return f"{len(self.snapshot.gpus)}× {what} · {short} {self.release.version} {self.verdict.level}"
+        return f"{gpus} · {short} {self.release.version} {self.verdict.level}"
 
     @property
     def label(self) -> str:
         """The GPUs alone, for the dashboard's badge: ``8× NVIDIA H100 80GB HBM3``, ``5× mixed``."""
         if self.snapshot.state == "no_nvidia_smi":
             return "none (CPU)"
-        names = sorted({gpu.name for gpu in self.snapshot.gpus})
+        names = sorted({gpu.name for gpu in self.snapshot.gpus if gpu.usable})
         if not names:
             return "no usable GPU"
-        return f"{len(self.snapshot.gpus)}× {names[0] if len(names) == 1 else 'mixed'}"
+        faulted = sum(1 for gpu in self.snapshot.gpus if not gpu.usable)
+        label = f"{len(self.snapshot.gpus) - faulted}× {names[0] if len(names) == 1 else 'mixed'}"
+        return label + (f" (+{faulted} faulted)" if faulted else "")
 
 
 def summarize(
-    snapshot: SmiSnapshot, release: FrameworkRelease, rules: CompatRules | None = None
+    snapshot: SmiSnapshot, release: FrameworkRelease, rules: CompatRules | None = None, *, chosen_by: str = ""
 ) -> GpuSummary:
     """*snapshot*'s GPUs judged for *release* (the verdict of :func:`~gpubox.remote.gpu.verdict.assess`,
-    without suggestions)."""
-    return GpuSummary(snapshot, release, assess(snapshot, release, rules))
+    without suggestions); *chosen_by* says why that release."""
+    return GpuSummary(snapshot, release, assess(snapshot, release, rules), chosen_by)

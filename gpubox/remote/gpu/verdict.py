@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, cast
 
 from gpubox.remote.gpu.frameworks import FrameworkView
+from gpubox.remote.gpu.health import gpu_findings, no_gpu_reason, windows_failure
 from gpubox.remote.gpu.rules import CompatRules, FrameworkRelease, load_rules, version_numbers
 from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, SmiSnapshot
 
@@ -134,7 +135,8 @@ def _kernel_fit(gpu: GpuSnapshot, release: FrameworkRelease, snapshot: SmiSnapsh
     if not gpu.compute_capability:
         return _KernelFit(
             "unknown",
-            f"compute capability {gpu.compute_capability_source}: cannot tell whether {release.label} has kernels for it",
+            f"cannot tell the compute capability of {gpu.name} ({gpu.compute_capability_source}), so not whether "
+            f"{release.label} has kernels for it",
         )
     cc = cast(tuple[int, int], version_numbers(gpu.compute_capability)[:2])
     # Machine code for X.y runs on X.z with z >= y; PTX is compiled forward by the driver for any newer GPU.
@@ -182,21 +184,6 @@ def _gpu_words(gpu: GpuSnapshot, indexes: Sequence[int]) -> str:
     return f"{which} {gpu.name} ({cc})" if len(indexes) <= 2 else f"{len(indexes)}× {gpu.name} ({cc})"
 
 
-_NO_GPU_REASONS: Mapping[str, str] = {
-    "no_nvidia_smi": "no NVIDIA GPU: training runs on CPU ({message})",
-    "no_devices": "no NVIDIA GPU: nvidia-smi found no devices ({message})",
-    "driver_unreachable": "no usable NVIDIA GPU: the NVIDIA driver is not running ({message})",
-    "query_rejected": "nvidia-smi refused the query ({message})",
-    "failed": "no usable NVIDIA GPU: {message}",
-    "unrecognized": "gpubox could not read the nvidia-smi output ({message})",
-}
-
-
-def no_gpu_reason(snapshot: SmiSnapshot) -> str:
-    """Why a snapshot without GPUs has none, in words (its state and what nvidia-smi or the probe said)."""
-    return _NO_GPU_REASONS[snapshot.state].format(message=snapshot.message)
-
-
 def assess(
     snapshot: SmiSnapshot,
     release: FrameworkRelease,
@@ -214,9 +201,16 @@ def assess(
     rules = rules or load_rules()
     if snapshot.state != "gpus":
         return Verdict("fail", (no_gpu_reason(snapshot),))
+    findings = gpu_findings(snapshot)
+    healthy = [gpu for gpu in snapshot.gpus if gpu.usable]
+    if not healthy:
+        return Verdict("fail", findings.lines)
     failures: list[str] = []
-    warnings: list[str] = []
+    warnings: list[str] = list(findings.lines)
     notes: list[str] = []
+    windows = windows_failure(snapshot, release, rules)
+    if windows is not None:
+        failures.append(windows)
 
     driver = _driver_fit(snapshot, release, rules)
     if driver.kind == "too_old":
@@ -231,9 +225,10 @@ def assess(
     else:
         notes.append(driver.why)
 
-    fits = {gpu.index: _kernel_fit(gpu, release, snapshot) for gpu in snapshot.gpus}
-    usable = [gpu for gpu in snapshot.gpus if fits[gpu.index].kind != "none"]
-    for gpu, indexes in gpu_groups(snapshot.gpus):
+    fits = {gpu.index: _kernel_fit(gpu, release, snapshot) for gpu in healthy}
+    usable = [gpu for gpu in healthy if fits[gpu.index].kind != "none"]
+    models = gpu_groups(healthy)
+    for gpu, indexes in models:
         fit = fits[gpu.index]
         words = f"{_gpu_words(gpu, indexes)}: {fit.why}"
         if fit.kind == "none":
@@ -244,12 +239,11 @@ def assess(
             warnings.append(words)
         else:
             notes.append(words)
-    models = gpu_groups(snapshot.gpus)
     if len({gpu.name for gpu, _ in models}) > 1:
         counts = ", ".join(f"{len(indexes)}× {gpu.name}" for gpu, indexes in models)
         warnings.append(f"mixed GPUs ({counts}): training across them runs at the pace of the slowest")
     if look_ahead and not failures:
-        warnings.extend(_dropped_next(snapshot, release, rules, fits))
+        warnings.extend(_dropped_next(healthy, release, rules, fits, snapshot))
     notes.extend(_snapshot_notes(snapshot))
     if release.confidence == "U":
         notes.append(f"{release.label}'s data is unconfirmed: {release.note}")
@@ -258,13 +252,17 @@ def assess(
 
 
 def _dropped_next(
-    snapshot: SmiSnapshot, release: FrameworkRelease, rules: CompatRules, fits: Mapping[int, _KernelFit]
+    gpus: Sequence[GpuSnapshot],
+    release: FrameworkRelease,
+    rules: CompatRules,
+    fits: Mapping[int, _KernelFit],
+    snapshot: SmiSnapshot,
 ) -> list[str]:
     following = rules.next_release(release)
     if following is None:
         return []
     dropped = []
-    for gpu, indexes in gpu_groups(snapshot.gpus):
+    for gpu, indexes in gpu_groups(gpus):
         if fits[gpu.index].kind in ("native", "ptx") and _kernel_fit(gpu, following, snapshot).kind == "none":
             dropped.append(
                 f"{following.label} drops {_gpu_words(gpu, indexes)}: {release.label} is the last release "
@@ -285,13 +283,6 @@ def _snapshot_notes(snapshot: SmiSnapshot) -> list[str]:
             f"nvidia-smi counts {snapshot.attached_gpus} attached GPUs but describes {len(snapshot.gpus)}: "
             "the verdict covers the ones described"
         )
-    for gpu in snapshot.gpus:
-        if gpu.mig_mode == "Enabled":
-            slices = f" into {gpu.mig_devices} MIG devices" if gpu.mig_devices else ""
-            notes.append(
-                f"GPU {gpu.index} is split{slices} (MIG): a process sees the MIG slices it is given, not the "
-                "whole GPU"
-            )
     return notes
 
 
@@ -360,7 +351,7 @@ def with_framework_view(verdict: Verdict, release: FrameworkRelease, view: Frame
             verdict,
             reasons=(
                 *verdict.reasons,
-                f"TensorFlow in {view.python} on the host: {why}; the verdict rests on gpubox's rules",
+                f"TensorFlow in {view.where}: {why}; the verdict rests on gpubox's rules",
             ),
         )
     if version_numbers(view.version)[:2] != version_numbers(release.version)[:2]:
@@ -368,7 +359,7 @@ def with_framework_view(verdict: Verdict, release: FrameworkRelease, view: Frame
             verdict,
             reasons=(
                 *verdict.reasons,
-                f"TensorFlow {view.version} is installed in {view.python} on the host (the check is for {release.version})",
+                f"TensorFlow {view.version} is installed in {view.where} (the check is for {release.version})",
             ),
         )
     seen = view.gpus or ()
@@ -376,10 +367,10 @@ def with_framework_view(verdict: Verdict, release: FrameworkRelease, view: Frame
         build = "; it is a CPU-only build" if view.built_with_cuda is False else ""
         return Verdict(
             "fail",
-            (f"TensorFlow {view.version} in {view.python} sees no GPU{build}", *verdict.reasons),
+            (f"TensorFlow {view.version} in {view.where} sees no GPU{build}", *verdict.reasons),
             verdict.suggestion,
         )
-    saw = f"TensorFlow {view.version} in {view.python} sees {len(seen)} GPU{'s' if len(seen) != 1 else ''}"
+    saw = f"TensorFlow {view.version} in {view.where} sees {len(seen)} GPU{'s' if len(seen) != 1 else ''}"
     if verdict.level == "fail":
         return Verdict(
             "warn", (f"{saw}: it has the last word over gpubox's rules", *verdict.reasons), verdict.suggestion

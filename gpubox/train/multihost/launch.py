@@ -17,7 +17,7 @@ from gpubox.train.multihost.watcher import spawn_watcher
 from gpubox.train.multihost.wiring import host_port, wire, worker_env
 
 if TYPE_CHECKING:
-    from gpubox.config import HostConfig
+    from gpubox.config import HostConfig, ProjectConfig
     from gpubox.remote.connection import AskToPin
     from gpubox.remote.session import HostSession
 
@@ -65,7 +65,7 @@ def run_on_hosts(
     hosts: Sequence[HostConfig],
     argv: Sequence[str],
     *,
-    project_name: str,
+    project: ProjectConfig | str,
     project_root: str,
     name: str | None,
     follow: bool,
@@ -77,7 +77,9 @@ def run_on_hosts(
     stream: IO[bytes],
 ) -> int:
     """`gpubox run --hosts`: prepare every host (sync, env) in parallel, start the workers, maybe follow."""
-    pool = SessionPool(hosts, project_name, deadline=None if follow else 30.0, accept_new=accept_new, ask=ask)
+    pool = SessionPool(
+        hosts, project, deadline=None if follow else 30.0, accept_new=accept_new, ask=ask, folder="claim"
+    )
     try:
         venvs: list[str | None] = [None] * len(hosts)
         failures: list[BaseException] = []

@@ -28,7 +28,7 @@ from gpubox.train.multihost.record import (
 from gpubox.train.runs import RunInfo
 
 if TYPE_CHECKING:
-    from gpubox.config import HostsConfig
+    from gpubox.config import HostsConfig, ProjectConfig
 
 __all__ = [
     "STOP_GRACE",
@@ -349,7 +349,11 @@ def split_listing(host: str, runs: Sequence[RunInfo]) -> tuple[list[RunInfo], li
 
 
 def statuses(
-    records: Sequence[MultiRun], host: str, runs: Sequence[RunInfo], hosts: HostsConfig, project_name: str
+    records: Sequence[MultiRun],
+    host: str,
+    runs: Sequence[RunInfo],
+    hosts: HostsConfig,
+    project: ProjectConfig | str,
 ) -> list[MultiStatus]:
     """The state of each of *records*, from what *host* just said (*runs*), the cache, and the other hosts."""
     known = cached_infos()
@@ -360,9 +364,7 @@ def statuses(
         for p in run.parts
         if p.host != host and not has_finished(known.get((p.host, p.run_id)))
     }
-    pool = SessionPool(
-        [hosts.get(name) for name in needed if name in hosts.hosts], project_name, deadline=5.0
-    )
+    pool = SessionPool([hosts.get(name) for name in needed if name in hosts.hosts], project, deadline=5.0)
     try:
         found = []
         for run in records:

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gpubox.remote.gpu.formats import csv, message, table, xml
+from gpubox.remote.gpu.formats import csv, message, table, text, xml
 from gpubox.remote.gpu.snapshot import SmiSnapshot
 
 __all__ = ["READERS", "Reader", "read_any"]
 
 Reader = Callable[[str], SmiSnapshot | None]
 
-READERS: tuple[Reader, ...] = (xml.read, table.read, message.read, csv.read)
-"""In this order: the XML (text starting with ``<``) and the table (its ``| NVIDIA-SMI`` banner) announce
-themselves; nvidia-smi's failure messages come before the CSV, which is told by its columns."""
+READERS: tuple[Reader, ...] = (xml.read, table.read, text.read, message.read, csv.read)
+"""In this order: the XML (text starting with ``<``), the table (its ``| NVIDIA-SMI`` banner) and the ``-q`` text
+(its ``NVSMI LOG`` banner or ``Attached GPUs`` line) announce themselves; nvidia-smi's failure messages come
+before the CSV, which is told by its columns."""
 
 
 def read_any(text: str) -> SmiSnapshot | None:

@@ -7,7 +7,15 @@ import re
 from collections.abc import Sequence
 
 from gpubox.remote.gpu.rules import load_rules
-from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, SmiSnapshot, int_or_na, value_or_na, version_or_na
+from gpubox.remote.gpu.snapshot import (
+    NA,
+    GpuSnapshot,
+    SmiSnapshot,
+    fault_in,
+    int_or_na,
+    value_or_na,
+    version_or_na,
+)
 
 __all__ = ["read"]
 
@@ -51,6 +59,7 @@ def read(text: str) -> SmiSnapshot | None:
     for position, row in enumerate(body):
         index = int_or_na(cell(row, "index"))
         capability = value_or_na(cell(row, "compute_cap"))
+        model = value_or_na(cell(row, "driver_model.current"))
         gpus.append(
             GpuSnapshot(
                 index=index if isinstance(index, int) else position,
@@ -63,6 +72,8 @@ def read(text: str) -> SmiSnapshot | None:
                 mig_mode=value_or_na(cell(row, "mig.mode.current")),
                 compute_capability=capability if re.fullmatch(r"\d+\.\d+", capability) else NA,
                 compute_capability_source="nvidia-smi" if capability else "unknown",
+                driver_model=model if model in ("WDDM", "TCC", "WDM", "MCDM") else NA,
+                error_state=fault_in(row),
             )
         )
     drivers = [version_or_na(cell(row, "driver_version")) for row in body]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, SmiSnapshot
+from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, SmiSnapshot, fault_in, int_or_na
 
 __all__ = ["read"]
 
@@ -16,7 +16,8 @@ _SMI_VERSION = re.compile(r"NVIDIA-SMI\s+(\d+(?:\.\d+)+)")
 _DRIVER_VERSION = re.compile(r"(?:Driver|KMD) Version:\s*(\d+(?:\.\d+)+)")
 _CUDA_VERSION = re.compile(r"CUDA (?:UMD )?Version:\s*(\d+(?:\.\d+)+)")
 # "   0  NVIDIA H100 80GB HBM3          On  ": index, name, then Persistence-M (Linux) or Driver-Model (Windows).
-_GPU_CELL = re.compile(r"^(\d+)\s+(.+?)\s+(?:On|Off|WDDM|TCC|WDM|MCDM|N/A)$")
+_GPU_CELL = re.compile(r"^(\d+)\s+(.+?)\s+(On|Off|WDDM|TCC|WDM|MCDM|N/A)$")
+_WINDOWS_DRIVER_MODELS = frozenset({"WDDM", "TCC", "WDM", "MCDM"})
 _BUS_ID = re.compile(r"([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f])")
 _MEMORY = re.compile(r"(\d+)MiB\s*/\s*(\d+)MiB")
 _PERCENT = re.compile(r"^(\d+)%")
@@ -89,6 +90,8 @@ def read(text: str) -> SmiSnapshot | None:
         utilization = _PERCENT.match(second[2]) if len(second) > 2 else None
         third = _cells(group[2]) if len(group) > 2 else []
         mig = third[2] if len(third) > 2 and third[2] in ("Enabled", "Disabled") else NA
+        mode = found.group(3)
+        ecc = first[2] if len(first) > 2 else None
         gpus.append(
             GpuSnapshot(
                 index=index,
@@ -99,6 +102,11 @@ def read(text: str) -> SmiSnapshot | None:
                 bus_id=bus.group(1) if bus else NA,
                 mig_mode=mig,
                 mig_devices=mig_counts.get(index, 0),
+                driver_model=mode if mode in _WINDOWS_DRIVER_MODELS else NA,
+                # A GPU in a fault state prints ERR! over its name and figures (capture 57).
+                error_state=fault_in(cell for line in group for cell in _cells(line)),
+                memory_not_supported=len(second) > 1 and second[1].startswith("Not Supported"),
+                ecc_uncorrected=int_or_na(ecc) if ecc and ecc.isdigit() else NA,
             )
         )
     if gpus and ruler is not None and not _box_closed(lines, ruler):

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, SmiSnapshot, int_or_na, value_or_na, version_or_na
+from typing import TYPE_CHECKING
+
+from gpubox.remote.gpu.snapshot import (
+    NA,
+    GpuSnapshot,
+    NaType,
+    SmiSnapshot,
+    fault_in,
+    int_or_na,
+    value_or_na,
+    version_or_na,
+)
+
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
 
 __all__ = ["read"]
 
@@ -41,6 +55,18 @@ def read(text: str) -> SmiSnapshot | None:
                 architecture=value_or_na(gpu.findtext("product_architecture")),
                 mig_mode=value_or_na(gpu.findtext("mig_mode/current_mig")),
                 mig_devices=len(gpu.findall("mig_devices/mig_device")),
+                driver_model=_windows_driver_model(gpu.findtext("driver_model/current_dm")),
+                error_state=fault_in(element.text for element in gpu.iter()),
+                memory_not_supported=(gpu.findtext("fb_memory_usage/total") or "").strip() == "Not Supported",
+                ecc_uncorrected=_uncorrected(gpu),
+                ecc_pending=any(
+                    (gpu.findtext(path) or "").strip() == "Yes"
+                    for path in (
+                        "retired_pages/pending_blacklist",
+                        "retired_pages/pending_retirement",
+                        "remapped_rows/remapped_row_pending",
+                    )
+                ),
             )
         )
     cuda = version_or_na(root.findtext("cuda_version"))
@@ -54,3 +80,22 @@ def read(text: str) -> SmiSnapshot | None:
         attached_gpus=int_or_na(root.findtext("attached_gpus")),
         message="" if gpus else "the XML lists no <gpu>",
     )
+
+
+def _windows_driver_model(value: str | None) -> str | NaType:
+    model = value_or_na(value)
+    return model if model in ("WDDM", "TCC", "WDM", "MCDM") else NA
+
+
+def _uncorrected(gpu: Element) -> int | NaType:
+    """Volatile uncorrectable ECC errors: DRAM + SRAM on Ampere and later, double-bit before."""
+    counts = [
+        int_or_na(gpu.findtext(path))
+        for path in (
+            "ecc_errors/volatile/dram_uncorrectable",
+            "ecc_errors/volatile/sram_uncorrectable",
+            "ecc_errors/volatile/double_bit/total",
+        )
+    ]
+    numbers = [count for count in counts if isinstance(count, int)]
+    return sum(numbers) if numbers else NA
