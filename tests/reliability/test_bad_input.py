@@ -315,6 +315,13 @@ CASES = [
         "open a service the project does not have",
     ),
     Case(
+        "cli-open-misspelt-service",
+        ("open", "tensorbord", "box"),
+        2,
+        "there is no service 'tensorbord'; did you mean 'tensorboard'? (this project's: jupyter, tensorboard; ",
+        "open a misspelt service",
+    ),
+    Case(
         "cli-misspelt-command",
         ("stauts",),
         2,
