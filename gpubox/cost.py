@@ -580,8 +580,13 @@ def cost_report(
     }
 
 
-def render_cost(document: Mapping[str, Any]) -> list[str]:
-    """The text form of :func:`cost_report`."""
+RUNS_SHOWN = 5
+"""Runs listed per host by `gpubox cost` (those that cost the most); ``--all`` lists every one."""
+
+
+def render_cost(document: Mapping[str, Any], *, all_runs: bool = False) -> list[str]:
+    """The text form of :func:`cost_report`: hosts, totals, then the runs grouped by host (each host's count,
+    hours and spend, and the :data:`RUNS_SHOWN` that cost the most; every run with *all_runs*)."""
     lines = [
         f"cost since {document['since'][:16].replace('T', ' ')}"
         if document["since"]
@@ -623,17 +628,53 @@ def render_cost(document: Mapping[str, Any]) -> list[str]:
         ]
     )
     lines += columns(header, table)
-    if document["runs"]:
-        lines.append("")
-        lines.append("runs:")
-    for run in document["runs"]:
-        lines.append(
-            f"  {run['id']} on {run['host']} ({run['state']}, {run['hours']:.2f} h): "
-            f"{money(run['spent_usd'], run['spent_is_estimate'])}  {run['command'][:60]}"
-        )
+    lines += _run_groups(document["runs"], money, all_runs=all_runs)
     if document["catalog"]:
         lines.append(
             f"~ estimated from gpubox's price catalog ({document['catalog']['as_of']}); "
             "set price_per_hour in hosts.toml for exact figures"
         )
+    return lines
+
+
+def _run_groups(
+    runs: Sequence[Mapping[str, Any]], money: Callable[[float, bool], str], *, all_runs: bool
+) -> list[str]:
+    if not runs:
+        return []
+    by_host: dict[str, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        by_host.setdefault(str(run["host"]), []).append(run)
+    lines = ["", "runs, by host:" if all_runs else f"runs, by host (the {RUNS_SHOWN} dearest of each):"]
+    hidden = 0
+
+    def spend(group: list[Mapping[str, Any]]) -> float:
+        return sum(run["spent_usd"] or 0.0 for run in group)
+
+    for host, group in sorted(by_host.items(), key=lambda item: (-spend(item[1]), item[0])):
+        spent = spend(group)
+        estimated = any(run["spent_is_estimate"] for run in group)
+        hours = sum(run["hours"] for run in group)
+        count = f"{len(group)} run{'s' if len(group) != 1 else ''}"
+        lines.append(f"  {host}: {count}, {hours:.2f} h, {money(spent, estimated)}")
+        priced = [run for run in group if all_runs or (run["spent_usd"] or 0.0) > 0]
+        if not all_runs:
+            # The dearest first; a run still going counts up to now.
+            priced.sort(key=lambda run: (-(run["spent_usd"] or 0.0), str(run["id"])))
+            hidden += len(group) - min(len(priced), RUNS_SHOWN)
+            priced = priced[:RUNS_SHOWN]
+        shown = [
+            [
+                f"    {run['id']}",
+                str(run["state"]),
+                f"{run['hours']:.2f} h",
+                "?" if run["spent_usd"] is None else money(run["spent_usd"], run["spent_is_estimate"]),
+                str(run["command"])[:60],
+            ]
+            for run in priced
+        ]
+        if shown:
+            lines += columns(["", "", "", "", ""], shown)[1:]
+    if hidden:
+        lines.append(f"  ({hidden} more not listed; `gpubox cost --all` lists every run)")
     return lines

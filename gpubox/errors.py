@@ -58,9 +58,14 @@ EXIT_INTERRUPTED = 130
 
 
 class GpuboxError(Exception):
-    """Base of every error gpubox reports to a user; ``str()`` is the one-line message."""
+    """Base of every error gpubox reports to a user; ``str()`` is the one-line message.
+
+    ``details`` are lines that show why (the end of pip's output for a failed env build): printed before the
+    message, which stays the last line.
+    """
 
     exit_code = EXIT_FAILED
+    details: tuple[str, ...] = ()
 
 
 class BadInput(GpuboxError):

@@ -150,7 +150,18 @@ def take_down(
         else:
             say(keep)
 
-    pid = stop_supervisor(host.name, project.id)
+    # What the supervisor's last line says happens to the host now (not "the host keeps running").
+    if others:
+        next_step = "`gpubox down` let go of it for this project; other projects still hold it"
+    elif keep_instance:
+        next_step = "`gpubox down --keep-instance` leaves it running"
+    elif host.spec.rents:
+        next_step = "`gpubox down` is terminating it"
+    elif host.spec.runs_own_sshd:
+        next_step = "`gpubox down` is stopping it"
+    else:
+        next_step = "`gpubox down` stops its services; the machine keeps running"
+    pid = stop_supervisor(host.name, project.id, why=next_step)
     if pid:
         say(f"stopped gpubox process {pid} holding {host.name}")
     if others:

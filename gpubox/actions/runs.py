@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from gpubox.actions import Say, quiet
 from gpubox.actions.sync import held_lines, host_changed_lines, make_syncer
+from gpubox.actions.up import build_env
 from gpubox.errors import UsageError
 from gpubox.remote.session import connect_host
 from gpubox.state import open_state
-from gpubox.train.env import ensure_env, env_spec
 from gpubox.train.runs import RUN_ID, check_run_ref, list_runs, start_run, stop_run
 
 if TYPE_CHECKING:
@@ -24,7 +24,6 @@ __all__ = [
     "launch_run",
     "pick_run",
     "prepare_run",
-    "project_env",
     "project_folders",
     "project_runs",
     "remember_runs",
@@ -99,16 +98,6 @@ def run_subfolder(project: ProjectConfig) -> str:
     return project.subfolder
 
 
-def project_env(session: HostSession, project: ProjectConfig, *, show: Any = None) -> tuple[str | None, bool]:
-    """Build (or reuse) the project's env on the host: (its path or None when the project needs none, whether
-    it was already built)."""
-
-    spec = env_spec(project, str(session.agent.hello.get("python", "")))
-    if spec is None:
-        return None, True
-    return ensure_env(session, spec, show=show)
-
-
 def prepare_run(
     session: HostSession,
     project: ProjectConfig,
@@ -118,9 +107,11 @@ def prepare_run(
     name: str | None = None,
     sync: bool = True,
     say: Say = quiet,
+    env_activity: Callable[[str], None] | None = None,
 ) -> RunInfo:
     """`gpubox run` up to the start: sync (the run starts only once the host has acknowledged the project as it
-    is now), build or reuse the env, start *argv* detached, and cache it."""
+    is now), build or reuse the env (saying so when it builds; *env_activity* hears what the build is doing),
+    start *argv* detached, and cache it."""
 
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
@@ -129,11 +120,10 @@ def prepare_run(
         # user hears of it before it runs.
         report = make_syncer(session, project, host).full(allow_mass_delete=False, verify=True)
         tell_run_sync(report, host.name, say)
-    spec = env_spec(project, str(session.agent.hello.get("python", "")))
-    venv, cached = project_env(session, project)
-    if spec is not None and not cached:
-        say(f"  ✓ env    {spec.path} ({spec.requirements or 'setup commands'}, built)")
-    run = start_run(session, argv, name=name, venv=venv, subfolder=run_subfolder(project))
+    venv = build_env(session, project, say=say, activity=env_activity, quiet_when_cached=True)
+    run = start_run(
+        session, argv, name=name, venv=venv, subfolder=run_subfolder(project), outputs=project.sync.outputs
+    )
     remember_runs(host.name, [run])
     return run
 

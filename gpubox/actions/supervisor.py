@@ -11,10 +11,10 @@ JSON object per line (:class:`EventChannel`) until the host is held, then closes
 
     {"event": "line", "text": "  ✓ sync   14 sent ..."}      a line for the user, worded as the CLI prints it
     {"event": "sync", "done": 1048576, "total": 9437184}     bytes of the first sync (for a progress bar)
-    {"event": "env", "text": "Collecting tensorflow ..."}    the env build's latest output line
+    {"event": "env", "text": "collecting tensorflow"}        what the env build is doing now
     {"event": "alive"}                                       every few seconds while nothing else is said
     {"event": "ready", "pid": 4242, "tunnels": [["jupyter", "http://127.0.0.1:8888/lab?token=<redacted>"]]}
-    {"event": "failed", "message": "...", "exit_code": 3, "reason": "host_key_unknown", ...}
+    {"event": "failed", "message": "...", "exit_code": 1, "details": ["ERROR: ..."]}
 
     {"event": "ask", "question": "host_key", "host": ..., "key_type": ..., "fingerprint": ...}
     {"event": "ask", "question": "mass_delete", "message": ..., "deleting": 31}
@@ -71,6 +71,7 @@ __all__ = [
     "claim_host",
     "start_background",
     "start_supervisor",
+    "stop_note",
     "stop_on_signals",
     "stop_supervisor",
     "supervise",
@@ -201,14 +202,21 @@ def supervise(
         say(f"reconnected to {name} after {time.monotonic() - lost_at:.1f} s")
 
 
-def stop_supervisor(host_name: str, project: str | None = None, *, timeout: float = 15.0) -> int | None:
+def stop_supervisor(
+    host_name: str, project: str | None = None, *, timeout: float = 15.0, why: str | None = None
+) -> int | None:
     """SIGTERM the process holding *host_name* up for the project *project* (its id; None: whichever holds the
     host first) and wait for it to go; return its pid, None if none ran. Billing goes on while other projects
-    still hold the host."""
+    still hold the host. *why* is what happens to the host next (``gpubox down`` stops it): the supervisor's
+    last line says it."""
     with open_state() as state:
         found = state.supervisor(host_name, project)
     if found is None:
         return None
+    if why is not None:
+        with contextlib.suppress(OSError):
+            paths.ensure_private_dir(paths.state_dir() / "logs")
+            _stop_note(found.pid).write_text(why)
     with contextlib.suppress(ProcessLookupError):
         os.kill(found.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -232,6 +240,22 @@ def stop_supervisor(host_name: str, project: str | None = None, *, timeout: floa
                 host_name, rented.price_per_hour, price_source=f"live price from {rented.provider}"
             )
     return found.pid
+
+
+def _stop_note(pid: int) -> Path:
+    return paths.state_dir() / "logs" / f"stopping-{pid}.txt"
+
+
+def stop_note() -> str | None:
+    """What the process that stopped this supervisor said happens to the host next (read once)."""
+    note = _stop_note(os.getpid())
+    try:
+        text = note.read_text().strip()
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        note.unlink()
+    return text or None
 
 
 # ------------------------------------------------------------------------------- the background supervisor
@@ -318,11 +342,9 @@ class EventChannel:
     def sync_progress(self, step: BatchProgress) -> None:
         self._send({"event": "sync", "done": step.bytes_done, "total": step.bytes_total})
 
-    def env_sink(self) -> _EnvLines:
-        """Where the env build writes its output: each line goes to the log and up the channel."""
-        return _EnvLines(self)
-
-    def env_output(self, text: str) -> None:
+    def env_activity(self, text: str) -> None:
+        """What the env build is doing now (pip's whole output stays in its log on the host)."""
+        print(f"  · env    {text}", flush=True)
         self._send({"event": "env", "text": text})
 
     def ready(self, ready: Ready) -> None:
@@ -335,33 +357,19 @@ class EventChannel:
         self.close()
 
     def failed(self, error: GpuboxError) -> None:
-        self._send({"event": "failed", "message": str(error), "exit_code": error.exit_code})
+        self._send(
+            {
+                "event": "failed",
+                "message": str(error),
+                "exit_code": error.exit_code,
+                "details": list(error.details),
+            }
+        )
         self.close()
 
     def close(self) -> None:
         with self._lock:
             self._close()
-
-
-class _EnvLines:
-    """A byte sink for the env build (pip's output, prefixed ``    | ``): to the log, and line by line up the
-    channel so a terminal can show the latest one."""
-
-    def __init__(self, channel: EventChannel) -> None:
-        self.channel = channel
-        self.partial = b""
-
-    def write(self, data: bytes, /) -> int:
-        sys.stdout.buffer.write(data)
-        *lines, self.partial = (self.partial + data).split(b"\n")
-        for line in lines:
-            text = line.decode("utf-8", "replace").removeprefix("    | ").strip()
-            if text:
-                self.channel.env_output(text)
-        return len(data)
-
-    def flush(self) -> None:
-        sys.stdout.buffer.flush()
 
 
 @dataclass(frozen=True)
@@ -390,8 +398,8 @@ def start_supervisor(
 ) -> Supervised:
     """Start the supervisor that holds *host* from the background (its own session, log in the state folder)
     and return once it holds it. *say* hears its lines (connect, report, sync, env, services, tunnels),
-    *on_sync* the first sync's bytes (done, total), *on_env* the env build's output lines. It runs in *cwd*,
-    the project folder (default: this process's).
+    *on_sync* the first sync's bytes (done, total), *on_env* what the env build is doing, each time that
+    changes. It runs in *cwd*, the project folder (default: this process's).
 
     The two questions a background process meets are passed up and answered here: an unknown host key
     (*ask_to_pin*; the supervisor pins the key it was shown) and a first sync that would delete many host files
@@ -510,7 +518,9 @@ def start_background(
                     return dict(event)
                 elif kind == "failed":
                     child.wait()
-                    raise _error(str(event.get("message") or "failed"), int(event.get("exit_code") or 1))
+                    error = _error(str(event.get("message") or "failed"), int(event.get("exit_code") or 1))
+                    error.details = tuple(str(line) for line in event.get("details") or ())
+                    raise error
     code = child.wait()
     raise GpuboxError(f"{what} exited (status {code}) {not_ready} (log {log_path})")
 

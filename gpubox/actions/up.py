@@ -14,13 +14,17 @@ its progress up a structured channel; nothing is done twice.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gpubox import paths
 from gpubox.actions import Say
 from gpubox.actions.framework import project_framework
 from gpubox.actions.monitor import (
@@ -31,7 +35,8 @@ from gpubox.actions.monitor import (
     guarded,
     guardian_can_act,
 )
-from gpubox.actions.supervisor import claim_host, stop_on_signals, supervise
+from gpubox.actions.services import ServiceWatch
+from gpubox.actions.supervisor import claim_host, stop_note, stop_on_signals, supervise
 from gpubox.actions.sync import held_lines, host_changed_lines, too_large_line
 from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
@@ -49,9 +54,10 @@ from gpubox.train.services import ensure_services, ensure_tools, service_key
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
-    from gpubox.remote.connection import AskToPin, ByteSink
+    from gpubox.remote.connection import AskToPin
     from gpubox.remote.session import HostSession
     from gpubox.sync.engine import Syncer, SyncReport
+    from gpubox.train.env import EnvSpec
     from gpubox.train.services import ServiceState
 
 __all__ = [
@@ -85,6 +91,8 @@ class Prepared:
     first_sync: SyncReport | None = None
     venv: str | None = None
     services: list[ServiceState] = field(default_factory=list)
+    service_venv: str | None = None
+    """The env the services run in (the project's, or one of their own)."""
 
 
 def check_free(host: HostConfig, hosts: HostsConfig, project: ProjectConfig) -> None:
@@ -189,12 +197,12 @@ def prepare(
     say: Say,
     first_sync: Callable[[Syncer], SyncReport],
     make_syncer: Callable[[HostSession], Syncer],
-    env_output: ByteSink | None = None,
+    env_activity: Callable[[str], None] | None = None,
     watching: bool = True,
     tell_sync: Callable[[SyncReport], None] | None = None,
 ) -> Prepared:
     """The first sync (through *first_sync*, which may show a progress bar or ask about a mass deletion), the
-    project's env (its build output to *env_output* when given) and the services. *tell_sync* hears the first
+    project's env (what its build is doing to *env_activity*) and the services. *tell_sync* hears the first
     sync's report after its summary line (the CLI lists what was held back)."""
     prepared = Prepared(session)
     if options.sync:
@@ -204,46 +212,80 @@ def prepare(
         say(f"  ✓ sync   {report.summary()}" + ("; watching for changes" if watching else ""))
         if tell_sync is not None:
             tell_sync(report)
-        prepared.venv = build_env(session, project, say=say, output=env_output)
+        prepared.venv = build_env(session, project, say=say, activity=env_activity)
     if options.services:
-        prepared.services = start_services(session, project, prepared.venv, say=say)
+        prepared.services, prepared.service_venv = start_services(
+            session, project, prepared.venv, say=say, env_activity=env_activity
+        )
     return prepared
 
 
 def build_env(
-    session: HostSession, project: ProjectConfig, *, say: Say, output: ByteSink | None = None
+    session: HostSession,
+    project: ProjectConfig,
+    *,
+    say: Say,
+    activity: Callable[[str], None] | None = None,
+    quiet_when_cached: bool = False,
 ) -> str | None:
-    """Build (or reuse) the project's env on the host; its path, None when the project needs none. With
-    *output*, the build streams there and both the start and the result are said; without, only a build is."""
+    """Build (or reuse) the project's env on the host; its path, None when the project needs none.
+
+    A build is said when it starts (with where pip's whole output is kept on the host) and when it ends;
+    *activity* hears what it is doing meanwhile, in a few words. A cached env is one line, or none with
+    *quiet_when_cached* (`gpubox run`)."""
     spec = env_spec(project, str(session.agent.hello.get("python", "")))
     if spec is None:
         return None
     what = spec.requirements or "setup commands"
-    if output is not None:
-        say(f"  · env    {spec.path} ({what})")
-    path, cached = ensure_env(session, spec, show=output)
-    if output is not None or not cached:
-        say(f"  ✓ env    {spec.path} ({what}{', cached' if cached else ', built'})")
-    return path
+    return _ensure(session, spec, what, say=say, activity=activity, quiet_when_cached=quiet_when_cached)
+
+
+def _ensure(
+    session: HostSession,
+    spec: EnvSpec,
+    what: str,
+    *,
+    say: Say,
+    activity: Callable[[str], None] | None,
+    quiet_when_cached: bool,
+) -> str:
+    def started(log: str) -> None:
+        say(f"  · env    building {spec.path} ({what}); pip's log on the host: {log}")
+
+    built = ensure_env(session, spec, on_start=started, on_activity=activity)
+    if not built.cached:
+        say(f"  ✓ env    {spec.path} ({what}, built in {format_duration(built.seconds)})")
+    elif not quiet_when_cached:
+        say(f"  ✓ env    {spec.path} ({what}, cached)")
+    return built.path
 
 
 def start_services(
-    session: HostSession, project: ProjectConfig, venv: str | None, *, say: Say
-) -> list[ServiceState]:
-    """Jupyter, TensorBoard and custom services on the host, inside the env (built for them if need be)."""
+    session: HostSession,
+    project: ProjectConfig,
+    venv: str | None,
+    *,
+    say: Say,
+    env_activity: Callable[[str], None] | None = None,
+) -> tuple[list[ServiceState], str | None]:
+    """Jupyter, TensorBoard and custom services on the host, inside the env (one of their own for a project
+    that needs none, built the first time); and that env."""
     enabled = [s for s in project.services.values() if s.enabled]
     if not enabled:
-        return []
+        return [], venv
     if venv is None:
-        venv, _cached = ensure_env(session, tools_spec(project, str(session.agent.hello.get("python", ""))))
-    installed = ensure_tools(session, venv, enabled)
+        spec = tools_spec(project, str(session.agent.hello.get("python", "")))
+        venv = _ensure(
+            session, spec, "for the services", say=say, activity=env_activity, quiet_when_cached=True
+        )
+    installed = ensure_tools(session, venv, enabled, say=say)
     if installed:
         say(f"  ✓ tools  installed {', '.join(installed)} into the env")
     states = ensure_services(session, project, venv)
     for state in states:
         how = "reused" if state.reused else "started"
         say(f"  ✓ {state.name:<12} {how} on the host's 127.0.0.1:{state.host_port}")
-    return states
+    return states, venv
 
 
 def tunnel_line(service: str, url: str) -> str:
@@ -294,10 +336,28 @@ def hold(
             if prepared.syncer is not None
             else None
         )
+        remembered = _tunnel_ports(project, host.name)
         tunnels = [
-            (state, Tunnel(lambda: session.connection.transport, state.host_port, name=state.name).start())
+            (
+                state,
+                Tunnel(
+                    lambda: session.connection.transport,
+                    state.host_port,
+                    local_port=remembered.get(state.name),
+                    name=state.name,
+                ).start(),
+            )
             for state in prepared.services
         ]
+        _remember_tunnel_ports(project, host.name, {state.name: t.local_port for state, t in tunnels})
+        ServiceWatch(
+            session,
+            project,
+            prepared.service_venv,
+            {state.name: tunnel for state, tunnel in tunnels},
+            say=lambda text: say(_step(text)),
+            stop=stop,
+        ).start()
         with open_state() as database:
             database.record_tunnels(
                 host.name,
@@ -343,7 +403,42 @@ def hold(
     held = format_duration(time.monotonic() - started)
     if monitor.outcome is not None:
         return f"  left {host.name} after {held}: {monitor.outcome}"
+    next_step = stop_note()
+    if next_step is not None:
+        return f"  left {host.name} after {held}: {next_step}"
     return f"  left {host.name} after {held}; the host keeps running"
+
+
+def _tunnel_ports_file() -> Path:
+    return paths.state_dir() / "tunnel-ports.json"
+
+
+def _tunnel_ports(project: ProjectConfig, host: str) -> dict[str, int]:
+    """The local port each service's tunnel had last time for this project and host: used again when free, so
+    bookmarked URLs keep working across `down` and `up`."""
+    try:
+        known = json.loads(_tunnel_ports_file().read_text()).get(project.id, {}).get(host, {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(known, dict):
+        return {}
+    return {str(name): port for name, port in known.items() if isinstance(port, int) and 0 < port < 65536}
+
+
+def _remember_tunnel_ports(project: ProjectConfig, host: str, ports: dict[str, int]) -> None:
+    path = _tunnel_ports_file()
+    try:
+        known = json.loads(path.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    known.setdefault(project.id, {})[host] = ports
+    with contextlib.suppress(OSError):
+        paths.ensure_private_dir(path.parent)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(known, indent=1, sort_keys=True))
+        os.replace(temporary, path)
 
 
 def _step(text: str) -> str:

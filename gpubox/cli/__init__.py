@@ -46,10 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GpuboxError as exc:
         if debug:
             raise
+        for line in exc.details:
+            _err(f"    | {line}")
         _err(f"gpubox: {exc}")
         return exc.exit_code
-    except KeyboardInterrupt:
-        _err("gpubox: interrupted")
+    except KeyboardInterrupt as exc:
+        # A command may say what Ctrl-C left behind (a run that keeps running) as the interrupt's message.
+        _err(f"gpubox: interrupted: {exc}" if str(exc) else "gpubox: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`gpubox hosts | head`); point stdout at /dev/null so the exit flush is quiet.

@@ -25,7 +25,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     if args.json:
         print_json(document)
         return 0
-    for line in render_cost(document):
+    for line in render_cost(document, all_runs=args.all):
         out(line)
     if document["sweeps"]:
         out("")

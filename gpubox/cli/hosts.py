@@ -20,6 +20,7 @@ from gpubox.provision import collect_offers, configured_providers, describe_orph
 from gpubox.remote.folder import known_folder
 from gpubox.remote.providers import provider_for
 from gpubox.remote.providers.registry import CLOUD_NAMES, provider_spec
+from gpubox.remote.tunnels import tunnel_answers
 from gpubox.state import open_state
 from gpubox.train.services import service_key_for
 
@@ -38,28 +39,49 @@ def cmd_init(args: argparse.Namespace) -> int:
         if os.path.exists(target):
             kept.append(name)
             continue
-        text = files("gpubox.data").joinpath(template).read_text()
+        text = commented_out(files("gpubox.data").joinpath(template).read_text(), name)
         tmp = target + ".tmp"
         with open(tmp, "x") as handle:
             handle.write(text)
         os.replace(tmp, target)
         written.append(name)
     for name in written:
-        out(f"wrote {name}")
+        out(f"wrote {name} (every setting commented out: the defaults apply until you uncomment one)")
     for name in kept:
         out(f"kept {name} (already there)")
     if HOSTS_FILE in written:
-        out("edit hosts.toml to add your machines; `gpubox up` works right away on the built-in local host")
+        out("`gpubox up` works right away on the built-in local host; for a machine of yours or a cloud,")
+        out("uncomment a [hosts.NAME] in hosts.toml")
     return 0
+
+
+def commented_out(example: str, name: str) -> str:
+    """An example file as a config that works as written: every setting and table commented out (so nothing
+    in it is live: no example host as the default, no stop command), its explanations kept."""
+    lines = [
+        f"# {name}, written by `gpubox init`. Nothing here is active yet: gpubox uses its defaults (the built-in",
+        "# `local` host) until you uncomment a line. Lines starting `# [` or `# key =` are settings.",
+        "",
+    ]
+    for line in example.splitlines():
+        stripped = line.strip()
+        lines.append(line if not stripped or stripped.startswith("#") else f"# {line}")
+    return "\n".join(lines) + "\n"
 
 
 def _orphan_check(hosts: HostsConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[str]]:
     """Ask each configured cloud provider for instances gpubox launched that no gpubox holds: (orphans as
     JSON, providers that could not be asked, lines to print)."""
 
-    if not configured_providers(hosts):
+    providers = configured_providers(hosts)
+    with open_state() as state:
+        renting = {record.provider for record in state.billing_instances()}
+    # A cloud without its API key is asked nothing and not mentioned (`gpubox offers` or `up` on one of its
+    # hosts says what is missing), unless gpubox has an instance of it on record that may be billing.
+    asked = [p for p in providers if os.environ.get(p.api_key_env, "").strip() or p.name in renting]
+    if not asked:
         return [], [], []
-    report = find_orphans(hosts)
+    report = find_orphans(hosts, providers=asked)
     orphans = [
         {
             "provider": o.provider,
@@ -145,7 +167,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 held["this_project"] = held["id"] == project.id
             row["sync"] = (seen[1].get("sync") if seen else None) or None
             row["services"] = [
-                {"name": tunnel.service, "host_port": tunnel.host_port, "tunnel": tunnel}
+                {
+                    "name": tunnel.service,
+                    "host_port": tunnel.host_port,
+                    "answers": tunnel_answers(tunnel.local_port),
+                    "tunnel": tunnel,
+                }
                 for tunnel in state.live_tunnels(host.name, project.id)
             ]
             row["unheld_services"] = _unheld_services(
@@ -216,7 +243,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                     f"    held for  {held['name'] or '?'} ({mark}) by gpubox pid {held['pid']}: {held['folder'] or '?'}"
                 )
         for service in row["services"]:
-            out(f"    {service['name']:<9} {service['url']}")
+            shown = "" if service["answers"] else "  (not answering: the supervisor starts it again)"
+            out(f"    {service['name']:<9} {service['url']}{shown}")
         for service in row["unheld_services"]:
             memory = f", {service['rss_bytes'] / 2**20:.0f} MiB" if service.get("rss_bytes") else ""
             out(

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox import config
 from gpubox.errors import UsageError
-from gpubox.fmt import columns, format_usd
+from gpubox.fmt import columns, format_duration, format_usd
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
@@ -37,6 +40,7 @@ __all__ = [
     "shown",
     "step",
     "table",
+    "terminal_width",
 ]
 
 
@@ -91,6 +95,13 @@ def confirm(question: str, *, yes: bool) -> bool:
 
 def step(text: str) -> None:
     out(f"  {text}" if text.startswith("! ") else f"  · {text}")
+
+
+def terminal_width() -> int | None:
+    """The columns a table may take: the terminal's (or ``COLUMNS``), None when output goes to a pipe or file."""
+    if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
+        return None
+    return shutil.get_terminal_size((100, 24)).columns
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -181,44 +192,79 @@ def load_hosts(project: ProjectConfig | None = None) -> HostsConfig:
 
 
 class LiveProgress:
-    """Progress that changes in place on a terminal: the first sync's bytes as a bar, the env build's latest
-    output line. Anything printed for good goes through :meth:`say`, which clears them first; nothing is drawn
-    when stdout is not a terminal. A bar is only drawn while bytes flow, so a question asked meanwhile is never
-    overwritten."""
+    """Progress that changes in place on a terminal: the first sync's bytes as a bar, the env build's current
+    step with the time it has taken so far. Anything printed for good goes through :meth:`say`, which clears
+    them first; nothing is drawn when stdout is not a terminal. A bar is only drawn while bytes flow, so a
+    question asked meanwhile is never overwritten."""
 
     def __init__(self) -> None:
         self.enabled = sys.stdout.isatty()
         self._bar: Any = None
         self._task: Any = None
         self._line = ""
+        self._activity = ""
+        self._since: float | None = None
+        self._lock = threading.RLock()
+        self._ticker: threading.Thread | None = None
 
     def sync(self, done: int, total: int) -> None:
         if not self.enabled:
             return
-        self._clear_line()
-        if self._bar is None:
-            self._bar = progress_bar(True)
-            self._bar.start()
-            self._task = self._bar.add_task("sync", total=total or 1)
-        self._bar.update(self._task, completed=done, total=total or 1)
+        with self._lock:
+            self._clear_line()
+            if self._bar is None:
+                self._bar = progress_bar(True)
+                self._bar.start()
+                self._task = self._bar.add_task("sync", total=total or 1)
+            self._bar.update(self._task, completed=done, total=total or 1)
 
     def line(self, text: str) -> None:
         if not self.enabled:
             return
-        self._stop_bar()
-        width = shutil.get_terminal_size((80, 24)).columns - 1
-        self._line = text if len(text) <= width else text[: max(0, width - 1)] + "…"
-        sys.stdout.write("\r\x1b[2K" + self._line)
-        sys.stdout.flush()
+        with self._lock:
+            self._stop_bar()
+            width = shutil.get_terminal_size((80, 24)).columns - 1
+            self._line = text if len(text) <= width else text[: max(0, width - 1)] + "…"
+            sys.stdout.write("\r\x1b[2K" + self._line)
+            sys.stdout.flush()
+
+    def activity(self, text: str) -> None:
+        """The env build's current step, shown as ``  · env    STEP · 1:23`` (the clock keeps ticking while a
+        step is silent, such as pip installing a big wheel)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._since is None:
+                self._since = time.monotonic()
+            self._activity = text
+            self._draw_activity()
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, name="progress-clock", daemon=True)
+                self._ticker.start()
+
+    def _draw_activity(self) -> None:
+        if self._since is not None and self._activity:
+            self.line(f"  · env    {self._activity} · {format_duration(time.monotonic() - self._since)}")
+
+    def _tick(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                if self._since is not None and self._line:
+                    self._draw_activity()
 
     def say(self, text: str) -> None:
-        self.pause()
-        out(text)
+        with self._lock:
+            self.pause()
+            self._since = None
+            self._activity = ""
+            out(text)
 
     def pause(self) -> None:
         """Clear what is drawn (before a line for good, or a question)."""
-        self._stop_bar()
-        self._clear_line()
+        with self._lock:
+            self._stop_bar()
+            self._clear_line()
 
     def _stop_bar(self) -> None:
         if self._bar is not None:

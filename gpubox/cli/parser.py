@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -24,7 +25,23 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but bad usage is one line and exit 2, like every other bad input."""
 
     def error(self, message: str) -> NoReturn:
+        choice = _INVALID_CHOICE.match(message)
+        if choice is not None:
+            import difflib
+
+            word, options = choice.group(2), _QUOTED.findall(choice.group(3))
+            close = difflib.get_close_matches(word, options, n=1, cutoff=0.75)
+            what = "command" if choice.group(1) == "COMMAND" else f"{choice.group(1)}"
+            hint = f"; did you mean `{self.prog} {close[0]}`?" if close and what == "command" else ""
+            if close and what != "command":
+                hint = f'; did you mean "{close[0]}"?'
+            listed = "" if hint else f" (one of: {', '.join(options)})"
+            raise UsageError(f"unknown {what} {word!r}{hint}{listed} (see `{self.prog} --help`)")
         raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+_INVALID_CHOICE = re.compile(r"argument (\S+?): invalid choice: '([^']*)' \(choose from (.*)\)$")
+_QUOTED = re.compile(r"'([^']*)'")
 
 
 def _seconds(text: str) -> float:
@@ -201,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DATE",
         help="only time from DATE on: 2026-11-01, 2026-11-01T09:30, or 7d / 12h / 30m",
     )
+    cost.add_argument("--all", action="store_true", help="list every run (default: the dearest few per host)")
     cost.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     run = add("run", "runs:cmd_run", "sync, then start a command on the host, detached; prints its run id")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from gpubox import paths
@@ -21,6 +23,7 @@ from gpubox.actions.runs import (
 from gpubox.actions.sync import make_syncer
 from gpubox.actions.up import build_env
 from gpubox.cli.output import (
+    LiveProgress,
     ask_to_pin,
     check_first_sync,
     err,
@@ -30,6 +33,7 @@ from gpubox.cli.output import (
     out,
     print_json,
     table,
+    terminal_width,
 )
 from gpubox.cli.sync import full_sync
 from gpubox.errors import GpuboxError, HostError, UsageError
@@ -67,7 +71,7 @@ def _run_on_hosts(args: argparse.Namespace) -> int:
             syncer = make_syncer(session, project, host)
             report = full_sync(syncer, allow_mass_delete=False, quiet=True, verify=True)
             tell_run_sync(report, host.name, out)
-        return build_env(session, project, say=out)
+        return build_env(session, project, say=out, quiet_when_cached=True)
 
     return run_on_hosts(
         hosts,
@@ -158,9 +162,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     session = connect_host(
         host, project, accept_new=args.accept_new, ask=ask_to_pin(), probe=False, folder="claim"
     )
+    shown = LiveProgress()
     try:
         # The flush barrier: the run starts only after the host acknowledged the project as it is now.
-        run = prepare_run(session, project, host, argv, name=args.name, sync=not args.no_sync, say=out)
+        try:
+            run = prepare_run(
+                session,
+                project,
+                host,
+                argv,
+                name=args.name,
+                sync=not args.no_sync,
+                say=shown.say,
+                env_activity=shown.activity,
+            )
+        finally:
+            shown.pause()
         where = run_subfolder(project)
         out(f"started {run.label()} on {host.name}: {run.command}" + (f"  (in {where}/)" if where else ""))
         if not args.follow:
@@ -175,6 +192,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _stream_log(
+    host: HostConfig,
+    project: ProjectConfig,
+    run_id: str,
+    *,
+    follow: bool,
+    offset: int,
+    session: HostSession | None = None,
+) -> int:
+    with _following(run_id, host.name, follow):
+        return _copy_log(host, project, run_id, follow=follow, offset=offset, session=session)
+
+
+def _copy_log(
     host: HostConfig,
     project: ProjectConfig,
     run_id: str,
@@ -241,6 +271,20 @@ def _stream_log(
         err(f"gpubox: run {run_id} was lost on {host.name} (its process vanished without an exit code)")
         return 1
     return info.exit_code if info.exit_code is not None else 1
+
+
+@contextlib.contextmanager
+def _following(run_id: str, host: str, follow: bool) -> Iterator[None]:
+    """Ctrl-C while following a run stops only the following: say that the run goes on, and how to stop it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not follow:
+            raise
+        raise KeyboardInterrupt(
+            f"{run_id} keeps running on {host}; `gpubox stop {run_id}` stops it, "
+            f"`gpubox logs {run_id} -f` follows it again"
+        ) from None
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -362,30 +406,64 @@ def cmd_runs(args: argparse.Namespace) -> int:
             whose = "" if args.all_projects else " of this project"
             out(f"no runs{whose} on {host.name} yet: `gpubox run -- python train.py` starts one")
         return 0
-    headers = ["id", "name", "state", "started", "duration", "exit", "progress", "command"]
-    if args.all_projects:
-        headers.insert(1, "project")
-    rows = []
-    for r in listed:
-        row = [
-            r.id,
-            r.name or "",
-            r.state if unreachable is None or r.finished else f"{r.state} (last seen)",
-            time.strftime("%m-%d %H:%M", time.localtime(r.started_at)) if r.started_at else "",
-            format_duration(r.duration(now) or 0),
-            "" if r.exit_code is None else str(r.exit_code),
-            r.progress_text(),
-            r.command if len(r.command) <= 60 else r.command[:57] + "...",
-        ]
-        if args.all_projects:
-            row.insert(1, _project_mark(r, project))
-        rows.append(row)
-    table(headers, rows)
+    _runs_table(listed, now, project, all_projects=args.all_projects, last_seen=unreachable is not None)
     if multi:
         out()
         for line in table_lines(multi, now):
             out(line)
     return 0
+
+
+def _runs_table(
+    runs: list[RunInfo], now: float, project: ProjectConfig, *, all_projects: bool, last_seen: bool
+) -> None:
+    """The runs as a table that fits the terminal: the progress shows the metrics that matter most and the
+    command is shortened, to what the width leaves them (``--json`` has everything). *last_seen*: the host
+    could not be asked, so an active run's state is as gpubox last saw it."""
+    fixed = []
+    for r in runs:
+        row = [
+            r.id,
+            r.name or "",
+            r.state if not last_seen or r.finished else f"{r.state} (last seen)",
+            _when(r.started_at, now),
+            format_duration(r.duration(now) or 0),
+            "" if r.exit_code is None else str(r.exit_code),
+        ]
+        if all_projects:
+            row.insert(1, _project_mark(r, project))
+        fixed.append(row)
+    headers = ["id", "name", "state", "started", "duration", "exit"]
+    if all_projects:
+        headers.insert(1, "project")
+    width = terminal_width()
+    room = None
+    if width is not None:
+        used = sum(max(len(h), *(len(row[i]) for row in fixed)) + 2 for i, h in enumerate(headers))
+        room = max(20, width - used - 2)
+    commands = [r.command for r in runs]
+    natural = min(max(len(c) for c in commands), 60)
+    # The progress is what the table is looked at for: the command gets a quarter of what is left at first,
+    # then whatever the progress does not use.
+    command_room = natural if room is None else min(natural, max(12, room // 4))
+    progress = [r.progress_text(None if room is None else max(10, room - command_room - 2)) for r in runs]
+    if room is not None:
+        command_room = max(12, room - max(len("progress"), *(len(p) for p in progress)) - 2)
+    table(
+        [*headers, "progress", "command"],
+        [
+            [*row, text, command if len(command) <= command_room else command[: command_room - 1] + "…"]
+            for row, text, command in zip(fixed, progress, commands, strict=True)
+        ],
+    )
+
+
+def _when(started_at: float | None, now: float) -> str:
+    """When a run started: the time alone today, else the date too."""
+    if not started_at:
+        return ""
+    same_day = time.localtime(started_at)[:3] == time.localtime(now)[:3]
+    return time.strftime("%H:%M" if same_day else "%m-%d %H:%M", time.localtime(started_at))
 
 
 def _project_mark(run: RunInfo, project: ProjectConfig) -> str:

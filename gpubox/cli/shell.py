@@ -73,6 +73,16 @@ def cmd_open(args: argparse.Namespace) -> int:
         tunnels = state.live_tunnels(host.name)
         holders = {s.project: s for s in state.host_supervisors(host.name)}
     rows = {row.service: row for row in tunnels if row.project == project.id}
+    services = sorted(name for name, service in project.services.items() if service.enabled)
+    if args.service not in rows and args.service not in services:
+        import difflib
+
+        close = difflib.get_close_matches(args.service, services, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(
+            f"there is no service {args.service!r}{hint} (this project's: {', '.join(services) or 'none'}; "
+            "[services.NAME] in gpubox.toml adds one)"
+        )
     if args.service not in rows:
         theirs = [row for row in tunnels if row.service == args.service and row.project != project.id]
         if theirs:

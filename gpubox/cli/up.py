@@ -9,7 +9,6 @@ this process does it all and holds the host itself.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -77,23 +76,26 @@ def cmd_up(args: argparse.Namespace) -> int:
         code = _start_in_background(host, project, options)
         return _dashboard(project, hosts, focus=host.name) if tui and code == 0 else code
     session = up.connect(host, project, options=options, say=out, ask=ask_to_pin(), started=started)
+    shown = LiveProgress()
     try:
         prepared = up.prepare(
             session,
             project,
             options=options,
-            say=out,
+            say=shown.say,
             first_sync=lambda syncer: full_sync(
                 syncer, allow_mass_delete=options.allow_mass_delete, verify=True
             ),
             make_syncer=lambda opened: make_syncer(opened, project, host),
-            env_output=sys.stdout.buffer,
+            env_activity=shown.activity,
             tell_sync=lambda report: tell_held_back(
                 report, host=host.name, limit_mb=project.sync.max_file_size_mb
             ),
         )
+        shown.pause()
         out(up.hold(prepared, project, hosts, detached=False, say=out))
     finally:
+        shown.pause()
         session.close()
     return 0
 
@@ -121,7 +123,7 @@ def _start_in_background(host: HostConfig, project: ProjectConfig, options: up.U
             options=options,
             say=shown.say,
             on_sync=shown.sync,
-            on_env=lambda text: shown.line(f"  · env    {text}"),
+            on_env=shown.activity,
             ask_to_pin=ask_key if ask is not None else None,
             confirm_mass_delete=ask_mass_delete,
             cwd=project.root,
@@ -168,7 +170,7 @@ def _supervise_in_background(
                 say=channel.say,
                 first_sync=first_sync,
                 make_syncer=lambda opened: make_syncer(opened, project, host),
-                env_output=channel.env_sink(),
+                env_activity=channel.env_activity,
                 tell_sync=lambda report: tell_held_back(
                     report, say=channel.say, host=host.name, limit_mb=project.sync.max_file_size_mb
                 ),

@@ -26,6 +26,8 @@ __all__ = [
     "as_float",
     "as_int",
     "curve_groups",
+    "curve_metric",
+    "curve_name",
 ]
 
 
@@ -292,14 +294,32 @@ class DashboardSnapshot:
         return next((r for r in self.runs if r.host == host and r.id == run_id), None)
 
 
+_SPLITS = ("train", "training", "test", "val", "valid", "validation", "eval")
+"""The last part of a PyTorch-style tag (``Loss/train``) that names the split, not the metric."""
+
+
+def curve_metric(tag: str) -> str:
+    """The metric a series shows: ``loss`` for ``train/epoch_loss``, ``custom/loss`` and ``runs_x/Loss/train``."""
+    parts = tag.split("/")
+    name = parts[-2] if len(parts) >= 2 and parts[-1].lower() in _SPLITS else parts[-1]
+    name = name[len("epoch_") :] if name.startswith("epoch_") else name
+    return name.lower() if name.lower() in ("loss", "accuracy") else name
+
+
+def curve_name(tag: str) -> str:
+    """What tells a series from the others of its metric: ``train``, ``custom``, ``Dec04_12-00-00_box/test``."""
+    parts = tag.split("/")
+    if len(parts) >= 2 and parts[-1].lower() in _SPLITS:
+        return "/".join(parts[:-2] + parts[-1:])
+    return "/".join(parts[:-1]) or tag
+
+
 def curve_groups(curves: Sequence[Curve]) -> list[tuple[str, list[Curve]]]:
     """Curves grouped for plotting, one plot per metric: ``loss`` (train and validation together) first, then
     accuracy, then the rest in name order."""
     groups: dict[str, list[Curve]] = {}
     for curve in curves:
-        name = curve.tag.rsplit("/", 1)[-1]
-        name = name[len("epoch_") :] if name.startswith("epoch_") else name
-        groups.setdefault(name, []).append(curve)
+        groups.setdefault(curve_metric(curve.tag), []).append(curve)
 
     def order(name: str) -> tuple[int, str]:
         return (0 if name == "loss" else 1 if name == "accuracy" else 2, name)

@@ -452,6 +452,14 @@ class Connection:
         except paramiko.ChannelException as exc:
             raise HostUnreachable(f"cannot reach {what} through its jump host: {exc.text}") from None
         except (paramiko.SSHException, EOFError) as exc:
+            transport = conn.client.get_transport()
+            if transport is not None and not transport.remote_version:
+                # TCP was accepted but no "SSH-2.0-..." line came: something else listens there, or nothing
+                # answers behind a forwarder.
+                raise HostUnreachable(
+                    f"no SSH banner from {hop.hostname}:{hop.port} within {self.connect_timeout:g} s "
+                    "(is this an SSH server?)"
+                ) from None
             raise HostUnreachable(f"SSH handshake with {what} failed: {exc or type(exc).__name__}") from None
         except OSError as exc:
             raise HostUnreachable(f"cannot reach {what}: {exc.strerror or exc}") from None

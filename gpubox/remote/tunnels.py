@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import paramiko
 
-__all__ = ["Tunnel", "bind_local"]
+__all__ = ["Tunnel", "bind_local", "tunnel_answers"]
 
 CHUNK = 64 * 1024
 PORT_TRIES = 20
@@ -116,7 +116,11 @@ class Tunnel:
                 # The link is down or nothing listens on the host: this browser request fails, the next may not.
                 self.failures += 1
                 return
-            _pump(client, channel)
+            try:
+                _pump(client, channel)
+            except (OSError, EOFError, ValueError, paramiko.SSHException):
+                # The browser reset the connection, or the link dropped mid-copy: that connection is over.
+                return
         finally:
             with contextlib.suppress(Exception):
                 if channel is not None:
@@ -153,3 +157,17 @@ def _pump(client: socket.socket, channel: paramiko.Channel) -> None:
                         client.shutdown(socket.SHUT_WR)
         if channel.closed and not channel.recv_ready():
             return
+
+
+def tunnel_answers(local_port: int, timeout: float = 3.0) -> bool:
+    """Whether the service behind a tunnel answers: the tunnel closes a connection at once when nothing
+    listens on the host's port (or the link is down), so an HTTP request that gets bytes back, or is held open
+    (a server that speaks something else), counts as answering; a refused connection or an early close not."""
+    try:
+        with socket.create_connection(("127.0.0.1", local_port), timeout=timeout) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            return bool(sock.recv(1))
+    except TimeoutError:
+        return True
+    except OSError:
+        return False

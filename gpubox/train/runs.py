@@ -73,22 +73,42 @@ class RunInfo:
             return False
         return any(place == f or place.startswith(f.rstrip("/") + "/") for f in folders if f)
 
-    def progress_text(self) -> str:
-        """'3/8 · loss 0.2991 · accuracy 0.9109 · ETA 0:00:12', or '' when nothing is known."""
+    def progress_text(self, width: int | None = None) -> str:
+        """'3/8 · loss 0.2991 · accuracy 0.9109 · ETA 0:00:12', or '' when nothing is known: the epoch, the
+        metrics that matter most first (Keras's loss and accuracy, then any other loss, then the rest by name)
+        and the ETA. Within *width* characters: as many metrics as fit, the ETA left out before the first
+        metric is, which is cut short rather than left out (all of them are in ``runs --json``); without a
+        width, the first four."""
         if not self.progress:
             return ""
         from gpubox.fmt import format_duration
 
-        parts = []
+        head = []
         if "epoch" in self.progress:
-            parts.append(f"{self.progress['epoch']}/{self.progress['epochs']}")
-        metrics = self.progress.get("metrics") or {}
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            if key in metrics:
-                parts.append(f"{key} {metrics[key]:.4g}")
+            head.append(f"{self.progress['epoch']}/{self.progress['epochs']}")
+        tail = []
         if "eta_seconds" in self.progress:
-            parts.append(f"ETA {format_duration(self.progress['eta_seconds'])}")
-        return " · ".join(parts)
+            tail.append(f"ETA {format_duration(self.progress['eta_seconds'])}")
+        metrics = self.progress.get("metrics") or {}
+        parts = [
+            f"{key} {metrics[key]:.4g}" if isinstance(metrics[key], int | float) else f"{key} {metrics[key]}"
+            for key in sorted(metrics, key=_metric_rank)
+        ]
+        if width is None:
+            return " · ".join([*head, *parts[:4], *tail])
+
+        def fits(*chosen: str) -> bool:
+            return len(" · ".join(chosen)) <= width
+
+        shown: list[str] = []
+        for part in parts:
+            if not fits(*head, *shown, part, *tail):
+                if shown:
+                    break
+                tail = []  # the most important metric matters more than the ETA (and is cut if need be)
+            shown.append(part)
+        text = " · ".join([*head, *shown, *tail])
+        return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
     @property
     def finished(self) -> bool:
@@ -178,9 +198,11 @@ def start_run(
     extra_env: dict[str, str] | None = None,
     venv: str | None = None,
     subfolder: str = "",
+    outputs: Sequence[str] | None = None,
 ) -> RunInfo:
     """Start *argv* in the host's project folder (its *subfolder*, when given), detached, as a run of the
-    session's project; return once the host has recorded it."""
+    session's project; return once the host has recorded it. *outputs* are the project's output folders
+    (gpubox.toml's ``[sync] outputs``), where its metrics are looked for."""
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
     command = argv[0] if len(argv) == 1 else shlex.join(argv)
@@ -193,8 +215,31 @@ def start_run(
         venv=venv,
         owner=session.owner,
         cwd=subfolder or None,
+        outputs=output_folders(outputs) if outputs is not None else None,
     )
     return RunInfo.from_agent(session.host.name, result)
+
+
+_KERAS_FIRST = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _metric_rank(name: str) -> tuple[int, int, str]:
+    """Keras's loss and accuracy first, then other losses, then the rest; the shorter name (the less nested
+    writer) first."""
+    if name in _KERAS_FIRST:
+        return (0, _KERAS_FIRST.index(name), name)
+    return (1 if "loss" in name.lower() else 2, len(name), name)
+
+
+def output_folders(outputs: Sequence[str]) -> list[str]:
+    """The plain folders among gpubox.toml's output patterns (``logs/``, ``results/tb``): where a run's event
+    files are looked for; patterns with wildcards are left out."""
+    found = []
+    for pattern in outputs:
+        folder = pattern.strip().strip("/")
+        if folder and not any(c in folder for c in "*?[]!") and ".." not in folder.split("/"):
+            found.append(folder)
+    return found
 
 
 def list_runs(session: HostSession, ids: Sequence[str] | None = None) -> list[RunInfo]:

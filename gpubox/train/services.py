@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -77,21 +78,40 @@ def _command(service: ServiceConfig, remote_dir: str) -> str:
     raise RemoteError(f"service {service.name} has no command")
 
 
-def ensure_tools(session: HostSession, venv: str, services: list[ServiceConfig]) -> list[str]:
-    """Install the built-in services' packages into the env when it lacks them; return what was installed."""
-    missing = []
-    for service in services:
-        module, package = TOOLS.get(service.name, (None, None))
-        if module is None or package is None:
-            continue
-        probe = session.connection.run(
-            f"{shlex.quote(venv + '/bin/python')} -c 'import {module}'", timeout=120
-        )
-        if not probe.ok:
-            missing.append(package)
+def ensure_tools(
+    session: HostSession,
+    venv: str,
+    services: list[ServiceConfig],
+    *,
+    say: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Install the built-in services' packages into the env when it lacks them (saying so first, to *say*);
+    return what was installed.
+
+    A package counts as there when it imports *and* its command is found the way the service will look for it
+    (the env's ``bin/`` first, then the PATH). The install holds the env's build lock: two gpubox processes
+    sharing an env never run pip into it at once, and the second finds the first's work."""
+    python = shlex.quote(venv + "/bin/python")
+    path = shlex.quote(venv + "/bin") + ':"$PATH"'
+
+    def lacking(module: str, command: str) -> str:
+        found = f"PATH={path} command -v {shlex.quote(command)} >/dev/null"
+        return f"{{ {python} -c 'import {module}' 2>/dev/null && {found}; }}"
+
+    wanted = [(s.name, *TOOLS[s.name]) for s in services if s.name in TOOLS]
+    missing = [
+        package
+        for name, module, package in wanted
+        if not session.connection.run(lacking(module, name), timeout=120).ok
+    ]
     if missing:
+        if say is not None:
+            say(f"  · tools  installing {', '.join(missing)} into the env (once per env)")
+        lock = shlex.quote(venv + ".lock")
+        checks = " && ".join(lacking(module, name) for name, module, package in wanted if package in missing)
         install = session.connection.run(
-            f"{shlex.quote(venv + '/bin/python')} -m pip install --disable-pip-version-check --no-input "
+            f"exec 9>{lock}; command -v flock >/dev/null 2>&1 && flock 9; {checks} || "
+            f"{python} -m pip install --disable-pip-version-check --no-input "
             + " ".join(shlex.quote(p) for p in missing),
             timeout=900,
         )
@@ -110,8 +130,17 @@ def ensure_services(
     key = service_key(session)
     chosen = [s for s in project.services.values() if s.enabled and (names is None or s.name in names)]
     states = []
+    # Jupyter's token stays what it was (kept with the service on the host, also once stopped): a bookmarked
+    # URL keeps working across `down` and `up`.
+    before = {
+        str(row.get("name")): row.get("secret")
+        for row in calls.service_list(session.agent, key=key)["services"]
+        if isinstance(row.get("secret"), str) and row.get("secret")
+    }
     for service in chosen:
-        token = secrets.token_hex(24) if service.name == "jupyter" and service.command is None else None
+        token = None
+        if service.name == "jupyter" and service.command is None:
+            token = str(before.get(service.name) or secrets.token_hex(24))
         # A reused Jupyter keeps its token: the agent returns the one stored with it on the host.
         answer = calls.service_ensure(
             session.agent,

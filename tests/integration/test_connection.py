@@ -52,6 +52,25 @@ def test_unreachable_host_is_exit_3_with_one_line(tmp_path: Path) -> None:
     assert line == f"gpubox: cannot reach {_user()}@127.0.0.1:{port}: connection refused"
 
 
+def test_a_port_that_accepts_tcp_but_never_speaks_ssh_says_so(tmp_path: Path) -> None:
+    """Something other than sshd on the port (a forwarder with nothing behind it, a database): TCP connects,
+    no SSH banner ever comes."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepted by the kernel, never answered
+    port = silent.getsockname()[1]
+    try:
+        project = _project(
+            tmp_path, f'[hosts.quiet]\nhostname = "127.0.0.1"\nport = {port}\nconnect_timeout = 2\n'
+        )
+        line = assert_one_line_error(run_gpubox("ssh", "quiet", "--", "true", cwd=project), 3)
+        assert line == f"gpubox: no SSH banner from 127.0.0.1:{port} within 2 s (is this an SSH server?)"
+    finally:
+        silent.close()
+
+
 def _user() -> str:
     import getpass
 

@@ -27,6 +27,7 @@ from gpubox.remote.connection import Connection, Endpoint
 from gpubox.remote.gpu.readings import gpu_readings
 from gpubox.remote.providers.local import LocalSshd
 from gpubox.state import DIED_REASON, BillingInterval, open_state, pid_alive
+from gpubox.train.runs import RunInfo
 from tests.support.cli import assert_one_line_error, host_entry, run_gpubox
 from tests.support.sshd import SshServer
 
@@ -538,3 +539,48 @@ def test_agent_idle_op_reads_the_gpu_and_terminals(
             "no GPU",
         )
         plain.close()
+
+
+def test_cost_groups_runs_by_host_and_lists_only_the_dearest_unless_all(
+    project: Path, tmp_path: Path
+) -> None:
+    """Real runs on the free local host make one summary line; a paid host lists its dearest few."""
+    (project / "hosts.toml").write_text(
+        f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\n\n'
+        '[hosts.box]\nhostname = "box.example.org"\nprice_per_hour = 2.0\n'
+    )
+    (project / "job.sh").write_text("true\n")
+    try:
+        for _ in range(7):
+            assert (
+                run_gpubox("run", "--host", "local", "-f", "--", "sh", "job.sh", cwd=project).returncode == 0
+            )
+    finally:
+        run_gpubox("down", "local", cwd=project)
+    now = time.time()
+    with open_state() as state:
+        state.open_billing("box", 2.0, at=now - 10 * 3600)
+        state.close_billing("box", at=now)
+        state.cache_runs(
+            "box",
+            [
+                RunInfo(f"r-{n}", "box", f"python train.py --size {n}", "succeeded", now - n * 600, now, 0)
+                for n in range(1, 9)
+            ],
+        )
+    text = run_gpubox("cost", cwd=project)
+    assert text.returncode == 0, text.stderr
+    runs = text.stdout.split("\nruns, by host")[1].splitlines()
+    assert runs[0] == " (the 5 dearest of each):"
+    # The dearest host first, and its dearest runs (the longest here) first.
+    assert runs[1] == "  box: 8 runs, 6.00 h, $12.00"
+    assert [line.split()[0] for line in runs[2:7]] == ["r-8", "r-7", "r-6", "r-5", "r-4"]
+    assert runs[2].split()[1:5] == ["succeeded", "1.33", "h", "$2.67"]
+    # The free host's runs: ours, and any other project's gpubox has heard of on the (shared) test host.
+    local = re.fullmatch(r"  local: (\d+) runs, 0\.00 h, \$0\.00", runs[7])
+    assert local is not None and int(local.group(1)) >= 7, runs[7]
+    assert runs[8] == f"  ({3 + int(local.group(1))} more not listed; `gpubox cost --all` lists every run)"
+    assert len(runs) == 9
+
+    everything = run_gpubox("cost", "--all", cwd=project).stdout.split("\nruns, by host:")[1].splitlines()
+    assert len([line for line in everything if line.startswith("    r-")]) == 8 + int(local.group(1))

@@ -172,4 +172,105 @@ def test_cost_prices_each_run_at_its_host_rate(project: Path, tmp_path: Path) ->
     # 36 $/h is a cent per second: a 1 s run costs about a cent (start-up time included).
     assert 0.009 <= row["spent_usd"] <= 0.03, row
     text = run_gpubox("cost", cwd=project).stdout
-    assert f"{run_id} on local (succeeded" in text
+    (line,) = [line for line in text.splitlines() if line.startswith(f"    {run_id} ")]
+    assert line.split()[1:3] == ["succeeded", "0.00"] and "$0.0" in line, text
+
+
+def test_the_runs_table_fits_the_terminal_and_json_has_every_metric(project: Path) -> None:
+    """A run whose progress names many metrics (Keras's log line of a multi-output model) and a long command:
+    the table keeps to the terminal's width, loss and accuracy first; `--json` carries everything."""
+    names = ["loss", "accuracy", "val_loss", "val_accuracy"] + [f"head_{n}_precision" for n in range(8)]
+    line = " - ".join(f"{name}: 0.{n + 1:04d}" for n, name in enumerate(names))
+    (project / "job.py").write_text(
+        f"import time\nprint('Epoch 3/8', flush=True)\nprint('10/10 [====] - 1s - {line}', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    long_argument = "--config=" + "x" * 120
+    started = run_gpubox("run", "--", "python3", "job.py", long_argument, cwd=project)
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.splitlines()[-2].split()[1]
+    try:
+
+        def metrics() -> dict[str, float]:
+            progress = _runs(project)[run_id].get("progress") or {}
+            return dict(progress.get("metrics") or {})  # type: ignore[union-attr]
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not metrics():
+            time.sleep(0.5)
+        assert sorted(metrics()) == sorted(names)
+        for width, progress in ((80, "3/8 · loss 0.0001  "), (120, "3/8 · loss 0.0001 · accuracy 0.0002 · ")):
+            table = run_gpubox("runs", cwd=project, env=dict(os.environ, COLUMNS=str(width)))
+            assert table.returncode == 0, table.stderr
+            lines = table.stdout.splitlines()
+            assert max(len(text) for text in lines) <= width, table.stdout
+            (row,) = [text for text in lines if text.startswith(run_id + " ")]
+            assert progress in row and "…  python3 job" not in row, row  # whole metrics, never half of one
+            assert "  python3 job" in row and row.endswith("…"), row
+        # Piped with no width known: not cut to any terminal, the first metrics and the whole-ish command.
+        piped = run_gpubox("runs", cwd=project, env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+        (row,) = [text for text in piped.stdout.splitlines() if text.startswith(run_id + " ")]
+        assert "val_accuracy 0.0004" in row, row
+    finally:
+        run_gpubox("stop", run_id, "--grace", "1", cwd=project)
+
+
+EVENT_WRITER = '''
+import os, socket, struct, sys, time
+
+def varint(value):
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+def field(number, wire, payload):
+    return varint(number << 3 | wire) + payload
+
+def scalar(step, tag, value):
+    """One TensorBoard event holding a simple_value scalar (PyTorch's SummaryWriter writes these)."""
+    item = field(1, 2, varint(len(tag)) + tag.encode()) + field(2, 5, struct.pack("<f", value))
+    summary = field(1, 2, varint(len(item)) + item)
+    event = field(1, 1, struct.pack("<d", time.time())) + field(2, 0, varint(step)) + field(5, 2, varint(len(summary)) + summary)
+    return struct.pack("<Q", len(event)) + bytes(4) + event + bytes(4)
+
+folder = sys.argv[1]
+os.makedirs(folder, exist_ok=True)
+name = "events.out.tfevents.%d.%s.%d.0" % (time.time(), socket.gethostname(), os.getpid())
+with open(os.path.join(folder, name), "wb") as handle:
+    for step in range(3):
+        handle.write(scalar(step, "Loss/train", 0.5 / (step + 1)))
+print("written", flush=True)
+time.sleep(float(sys.argv[2]))
+'''
+
+
+def test_a_run_from_a_subfolder_finds_the_event_files_it_writes_there(project: Path) -> None:
+    """`cd src && gpubox run -- python writer.py`: the script writes ``logs/x`` relative to where it runs, which is
+    the host's copy of src/; those scalars are the run's metrics, and so are the ones under the project's own
+    output folders."""
+    (project / "src").mkdir()
+    (project / "src" / "writer.py").write_text(EVENT_WRITER)
+    (project / "gpubox.toml").write_text("")  # the project root, however deep gpubox is called from
+    started = run_gpubox(
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "python3 writer.py logs/x 0 && python3 writer.py ../runs/y 60",
+        cwd=project / "src",
+    )
+    assert started.returncode == 0, started.stderr
+    run_id = next(line.split()[1] for line in started.stdout.splitlines() if line.startswith("started "))
+    try:
+        metrics: dict[str, object] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(metrics) < 2:
+            metrics = dict((_runs(project)[run_id].get("progress") or {}).get("metrics") or {})  # type: ignore[union-attr]
+            time.sleep(0.5)
+        assert metrics == {"x/Loss/train": pytest.approx(0.5 / 3), "y/Loss/train": pytest.approx(0.5 / 3)}
+    finally:
+        run_gpubox("stop", run_id, "--grace", "1", cwd=project)

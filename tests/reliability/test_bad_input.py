@@ -303,7 +303,34 @@ SWEEP = (
 
 CASES = [
     # -- command-line arguments
-    Case("cli-unknown-command", ("bogus",), 2, "invalid choice: 'bogus'", "a command that does not exist"),
+    Case(
+        "cli-unknown-command",
+        ("bogus",),
+        2,
+        "unknown command 'bogus' (one of: init, ",
+        "a command that does not exist",
+    ),
+    Case(
+        "cli-open-unknown-service",
+        ("open", "foo", "box"),
+        2,
+        "there is no service 'foo' (this project's: jupyter, tensorboard; [services.NAME] in gpubox.toml adds one)",
+        "open a service the project does not have",
+    ),
+    Case(
+        "cli-open-misspelt-service",
+        ("open", "tensorbord", "box"),
+        2,
+        "there is no service 'tensorbord'; did you mean 'tensorboard'? (this project's: jupyter, tensorboard; ",
+        "open a misspelt service",
+    ),
+    Case(
+        "cli-misspelt-command",
+        ("stauts",),
+        2,
+        "unknown command 'stauts'; did you mean `gpubox status`?",
+        "a misspelt command",
+    ),
     Case(
         "cli-unknown-option",
         ("sync", "--frobnicate"),

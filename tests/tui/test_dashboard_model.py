@@ -222,3 +222,23 @@ def test_one_poll_per_host_at_a_time_the_next_armed_when_it_has_answered() -> No
     started, stopped = polls.follow(["b"])
     assert started == [] and [name for name, _poller in stopped] == ["a"]
     assert polls.begin("a") is None and polls.answered("a", failed=False, cancelled=False) is None
+
+
+def test_curves_of_any_writer_group_by_metric() -> None:
+    """Keras's, a custom tf.summary writer's and PyTorch's `Loss/train` series land in the plots they belong to."""
+    from gpubox.dashboard.views import Curve, curve_groups, curve_name
+
+    tags = [
+        "train/epoch_loss",
+        "validation/epoch_loss",
+        "custom/loss",
+        "Dec04_12-00-00_box/Loss/train",
+        "Dec04_12-00-00_box/Loss/test",
+        "search/lr-0.01/accuracy",
+        "train/epoch_accuracy",
+    ]
+    groups = curve_groups([Curve(tag, ((0, 1.0),)) for tag in tags])
+    assert [(metric, [curve_name(c.tag) for c in curves]) for metric, curves in groups] == [
+        ("loss", ["train", "validation", "custom", "Dec04_12-00-00_box/train", "Dec04_12-00-00_box/test"]),
+        ("accuracy", ["search/lr-0.01", "train"]),
+    ]

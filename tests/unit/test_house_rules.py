@@ -83,7 +83,8 @@ def test_version() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["bogus"], "gpubox: argument COMMAND: invalid choice: 'bogus'"),
+        (["bogus"], "gpubox: unknown command 'bogus' (one of: init, hosts, status, "),
+        (["stauts"], "gpubox: unknown command 'stauts'; did you mean `gpubox status`?"),
         (["up", "--frobnicate"], "gpubox: unrecognized arguments: --frobnicate"),
         (["hosts", "--", "x"], "gpubox: `--` starts a remote command, which this command does not take"),
         (["ssh"], "gpubox: the following arguments are required: HOST"),

@@ -340,11 +340,15 @@ def run_start(
     venv: str | None,
     owner: dict[str, str] | None = None,
     cwd: str | None = None,
+    outputs: list[str] | None = None,
 ) -> RunRow:
     """Start *shell* detached in the host's folder *project* (in its subfolder *cwd* when given, inside *venv*
-    when given), recorded as a run of the project *owner* ({"id", "name"})."""
+    when given), recorded as a run of the project *owner* ({"id", "name"}); *outputs* are the project's output
+    folders (relative to *project*), where the run's TensorBoard event files are looked for."""
     request = {"project": project, "shell": shell, "name": name, "env": env, "venv": venv}
-    return cast(RunRow, agent.request("run_start", request | _fields(owner=owner, cwd=cwd or None)))
+    return cast(
+        RunRow, agent.request("run_start", request | _fields(owner=owner, cwd=cwd or None, outputs=outputs))
+    )
 
 
 class RunList(TypedDict):

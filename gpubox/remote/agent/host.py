@@ -1377,12 +1377,13 @@ def _run_row(folder: str) -> Dict[str, Any]:
     }
 
 
-# -- progress: what Keras already writes. The epoch count comes from its "Epoch i/N" log lines; loss and
-# metrics from the standard TensorBoard callback's event files (TFRecord framing, protobuf by hand: the agent
-# has only the standard library), falling back to the log's own "loss: 0.29" figures.
+# -- progress: what training already writes. The epoch count comes from Keras's "Epoch i/N" log lines; loss
+# and metrics from the log's own "loss: 0.29" figures, then from the TensorBoard event files the run wrote (see
+# "metrics without code changes" below; TFRecord framing and protobuf by hand: the agent has only the
+# standard library).
 
 _EPOCH_LINE = re.compile(rb"Epoch (\d+)/(\d+)")
-_LOG_METRIC = re.compile(rb"(?<![\w.])([a-z_]+): (\d+\.\d+(?:e[-+]?\d+)?)")
+_LOG_METRIC = re.compile(rb"(?<![\w.])([a-z_][a-z0-9_]*): (\d+\.\d+(?:e[-+]?\d+)?)")
 
 
 def _varint(data: bytes, at: int) -> Tuple[int, int]:
@@ -1432,6 +1433,8 @@ def _scalar_of(value_message: bytes) -> Tuple[Optional[str], Optional[float]]:
             for tfield, twire, tvalue in _fields(value):
                 if tfield == 1 and twire == 0:
                     dtype = tvalue
+                elif tfield == 2 and twire == 2 and _elements(tvalue) != 1:
+                    return tag, None  # a histogram or any other tensor that is not one number
                 elif tfield == 4 and twire == 2 and len(tvalue) in (4, 8):  # tensor_content
                     number = struct.unpack("<f" if len(tvalue) == 4 else "<d", tvalue)[0]
                 elif tfield == 5 and twire == 2 and len(tvalue) >= 4:  # packed float_val
@@ -1445,28 +1448,15 @@ def _scalar_of(value_message: bytes) -> Tuple[Optional[str], Optional[float]]:
     return tag, number
 
 
-def _event_scalars(path: str) -> Dict[str, Tuple[int, float, float]]:
-    """The last (step, value, wall time) of every scalar tag in one TensorBoard event file."""
-    last: Dict[str, Tuple[int, float, float]] = {}
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return last
-    at = 0
-    while at + 12 <= len(data):
-        (size,) = struct.unpack("<Q", data[at : at + 8])
-        record = data[at + 12 : at + 12 + size]
-        if len(record) < size:
-            break  # the writer is mid-record
-        at += 12 + size + 4
-        try:
-            wall, step, points = _event_points(record)
-        except IndexError:
-            continue
-        for tag, number in points:
-            last[tag] = (step, number, wall)
-    return last
+def _elements(shape: bytes) -> int:
+    """How many numbers a TensorShapeProto holds (1 for a scalar, which has no dims)."""
+    count = 1
+    for field, wire, value in _fields(shape):
+        if field == 2 and wire == 2:
+            for dfield, dwire, dvalue in _fields(value):
+                if dfield == 1 and dwire == 0:
+                    count *= dvalue
+    return count
 
 
 def _event_points(record: bytes) -> Tuple[float, int, List[Tuple[str, float]]]:
@@ -1489,6 +1479,210 @@ def _event_points(record: bytes) -> Tuple[float, int, List[Tuple[str, float]]]:
     return wall, step, found
 
 
+# -- metrics without code changes: the scalars of every TensorBoard event file the run wrote anywhere under the
+# project's output folders (Keras's train/ and validation/, tf.summary writers, PyTorch's SummaryWriter, nested
+# run folders), plus GPUBOX_TB_DIR. Finding them is cheap on big log folders: only folders whose mtime changed
+# are listed again, an event file is judged by its name (TensorFlow and PyTorch put the writer's start time and
+# pid there), other runs' GPUBOX_TB_DIR folders are skipped whole, and files are read incrementally, skipping
+# records too big to hold only scalars (images, audio, large histograms) without reading them.
+
+_DEFAULT_OUTPUTS = ("runs", "checkpoints", "logs", "outputs")
+"""The output folders of a run whose spec names none (started by an older gpubox)."""
+_EVENT_NAME = re.compile(r"tfevents\.(\d+)\.(?:.*)\.(\d+)\.\d+(?:\.v2)?$")
+_RUN_FOLDER = re.compile(r"r-\d+$")
+_BIG_RECORD = 4096
+"""Bytes: an event record larger than this holds an image, audio or a large histogram; a scalar takes < 1 KiB."""
+_CLOCK_SLACK = 2.0
+"""Seconds: an event file's name has its creation time in whole seconds."""
+
+
+class _RunEvents:
+    """The event files of one run, found incrementally: every folder's mtime is remembered and only the folders
+    that changed are listed again; each event file is judged once."""
+
+    def __init__(self, folder: str, spec: Dict[str, Any]) -> None:
+        cwd = os.path.normpath(str(spec.get("cwd") or "/"))
+        env = spec.get("env") or {}
+        tb_dir = env.get("GPUBOX_TB_DIR") if isinstance(env, dict) else None
+        self.tb_dir = os.path.normpath(tb_dir) if isinstance(tb_dir, str) and tb_dir else None
+        started = spec.get("started_at")
+        self.started = float(started) if isinstance(started, (int, float)) else 0.0
+        self.run_id = os.path.basename(folder)
+        self.folder = folder
+        # The project folder (a run may start in a subfolder of it): recorded with the run, else the one its
+        # GPUBOX_TB_DIR (<project>/logs/<id>) is in.
+        record = spec.get("project")
+        project = record.get("folder") if isinstance(record, dict) else None
+        if not isinstance(project, str) or not project:
+            project = os.path.dirname(os.path.dirname(self.tb_dir)) if self.tb_dir else cwd
+        project = os.path.normpath(project)
+        outputs = spec.get("outputs")
+        if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+            outputs = list(_DEFAULT_OUTPUTS)
+        self.roots = []  # type: List[str]
+        # The output folders of the project, and of the subfolder the run started in (a script writing to
+        # "logs/x" from there writes below it).
+        for base in [project] + ([cwd] if self._under(cwd, project) and cwd != project else []):
+            for name in outputs:
+                root = os.path.normpath(os.path.join(base, name))
+                if project != "/" and self._under(root, base) and root != base and root not in self.roots:
+                    self.roots.append(root)
+        self.listed = {}  # type: Dict[str, Tuple[int, List[str]]]
+        self.judged = {}  # type: Dict[str, Optional[str]]
+        """event file path -> its series prefix, or None when it is not this run's"""
+
+    def files(self) -> Dict[str, str]:
+        """{event file: series prefix} of every event file this run wrote, as of now."""
+        ended_text = _read_text(self.folder, "ended_at")
+        try:
+            ended = float(ended_text) if ended_text else None
+        except ValueError:
+            ended = None
+        pid_text = _read_text(self.folder, "pid")
+        group = int(pid_text) if pid_text and pid_text.isdigit() else None
+        roots = list(self.roots)
+        if self.tb_dir is not None and not any(self._under(self.tb_dir, root) for root in roots):
+            roots.append(self.tb_dir)
+        for root in roots:
+            stack = [root]
+            while stack:
+                folder = stack.pop()
+                stack.extend(self._children(folder, ended, group))
+        return {path: prefix for path, prefix in self.judged.items() if prefix is not None}
+
+    @staticmethod
+    def _under(path: str, root: str) -> bool:
+        return path == root or path.startswith(root + os.sep)
+
+    def _children(self, folder: str, ended: Optional[float], group: Optional[int]) -> List[str]:
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except OSError:
+            self.listed.pop(folder, None)
+            return []
+        known = self.listed.get(folder)
+        if known is not None and known[0] == mtime:
+            return known[1]
+        children = []  # type: List[str]
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return []
+        for entry in entries:
+            path = entry.path
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    # Another run's GPUBOX_TB_DIR (logs/r-<n>) is that run's: not walked at all.
+                    if (
+                        _RUN_FOLDER.match(entry.name)
+                        and entry.name != self.run_id
+                        and (self.tb_dir is None or os.path.dirname(self.tb_dir) == folder)
+                    ):
+                        continue
+                    children.append(path)
+                elif "tfevents" in entry.name and path not in self.judged:
+                    self.judged[path] = self._judge(entry, folder, ended, group)
+            except OSError:
+                continue
+        self.listed[folder] = (mtime, children)
+        return children
+
+    def _judge(self, entry: Any, folder: str, ended: Optional[float], group: Optional[int]) -> Optional[str]:
+        """The series prefix of an event file this run wrote (created while it ran, by none of another
+        process group's living processes), else None."""
+        match = _EVENT_NAME.search(entry.name)
+        if match:
+            created = float(match.group(1))
+            writer = int(match.group(2))
+        else:
+            created = entry.stat().st_mtime
+            writer = None
+        if created + _CLOCK_SLACK < self.started or (ended is not None and created > ended + _CLOCK_SLACK):
+            return None
+        if writer is not None and group is not None and writer != group:
+            try:
+                if os.getpgid(writer) != group:
+                    return None  # written by a living process of something else (another run)
+            except OSError:
+                pass  # the writer has ended: it was this run's, as far as anyone can tell now
+        base = self.tb_dir if self.tb_dir is not None and self._under(folder, self.tb_dir) else None
+        if base is None:
+            base = next((root for root in self.roots if self._under(folder, root)), folder)
+        rel = os.path.relpath(folder, base)
+        return "" if rel == "." else rel.replace(os.sep, "/") + "/"
+
+
+_run_events = {}  # type: Dict[Tuple[str, Any], _RunEvents]
+
+
+def _events_of(folder: str, spec: Dict[str, Any]) -> Dict[str, str]:
+    key = (folder, spec.get("started_at"))
+    found = _run_events.get(key)
+    if found is None:
+        found = _run_events[key] = _RunEvents(folder, spec)
+    return found.files()
+
+
+def _new_records(path: str, offset: int) -> Tuple[int, List[bytes]]:
+    """The whole records of an event file from *offset* on (records too big to hold only scalars skipped
+    unread), and the offset after the last one (a record being written is left for next time)."""
+    records = []  # type: List[bytes]
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if offset > size:
+                offset = 0  # the file was replaced by a shorter one
+            handle.seek(offset)
+            while offset + 12 <= size:
+                header = handle.read(12)
+                if len(header) < 12:
+                    break
+                (length,) = struct.unpack("<Q", header[:8])
+                end = offset + 12 + length + 4
+                if end > size:
+                    break
+                if length > _BIG_RECORD:
+                    handle.seek(end)
+                else:
+                    body = handle.read(length + 4)
+                    if len(body) < length + 4:
+                        break
+                    records.append(body[:length])
+                offset = end
+    except OSError:
+        pass
+    return offset, records
+
+
+_series_cache = {}  # type: Dict[str, List[Any]]
+"""Event file -> [bytes read, {tag: [[step, value], ...]}, {tag: wall time of its last point}]: each look
+reads only what is new."""
+
+
+def _event_series(path: str) -> Tuple[Dict[str, List[List[float]]], Dict[str, float]]:
+    """Every scalar point of every tag in one event file, and the wall time of each tag's last point."""
+    cached = _series_cache.get(path)
+    if cached is None:
+        cached = _series_cache[path] = [0, {}, {}]
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return {}, {}
+    if size < cached[0]:
+        cached[:] = [0, {}, {}]
+    if size > cached[0]:
+        cached[0], records = _new_records(path, cached[0])
+        for record in records:
+            try:
+                wall, step, points = _event_points(record)
+            except (IndexError, struct.error):
+                continue
+            for tag, number in points:
+                cached[1].setdefault(tag, []).append([step, number])
+                cached[2][tag] = wall
+    return cached[1], cached[2]
+
+
 def _progress(folder: str, spec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     try:
         with open(os.path.join(folder, "log"), "rb") as handle:
@@ -1505,21 +1699,16 @@ def _progress(folder: str, spec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         for name, number in _LOG_METRIC.findall(line):
             metrics[name.decode()] = float(number)
     walls: List[float] = []
-    tb_dir = (spec.get("env") or {}).get("GPUBOX_TB_DIR")
-    if isinstance(tb_dir, str) and os.path.isdir(tb_dir):
-        for part in sorted(os.listdir(tb_dir)):
-            sub = os.path.join(tb_dir, part)
-            if not os.path.isdir(sub):
-                continue
-            for name in sorted(os.listdir(sub)):
-                if "tfevents" not in name:
-                    continue
-                for tag, (step, number, wall) in _event_scalars(os.path.join(sub, name)).items():
-                    if tag.startswith("epoch_"):
-                        key = tag[len("epoch_") :] if part == "train" else "%s_%s" % (part[:3], tag[6:])
-                        metrics[key] = number
-                        progress["epochs_logged"] = max(progress.get("epochs_logged", 0), step + 1)
-                        walls.append(wall)
+    for series, (step, number, wall) in sorted(_last_scalars(folder, spec).items()):
+        where, _, tag = series.rpartition("/")
+        part = where.rpartition("/")[2]
+        if tag.startswith("epoch_") and part in ("train", "validation"):
+            # Keras's TensorBoard callback: the names its own log lines use (loss, val_loss, ...).
+            metrics[tag[6:] if part == "train" else "val_" + tag[6:]] = number
+            progress["epochs_logged"] = max(progress.get("epochs_logged", 0), step + 1)
+            walls.append(wall)
+        else:
+            metrics[series] = number
     if metrics:
         progress["metrics"] = metrics
     started = spec.get("started_at")
@@ -1528,6 +1717,60 @@ def _progress(folder: str, spec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         per_epoch = ((max(walls) if walls else time.time()) - started) / done
         progress["eta_seconds"] = max(0.0, per_epoch * (progress["epochs"] - done))
     return progress or None
+
+
+def _last_scalars(folder: str, spec: Dict[str, Any]) -> Dict[str, Tuple[int, float, float]]:
+    """{series: (step, value, wall time)} of the last point of each of the run's scalars.
+
+    Kept in the run's folder (``scalars.json``: per event file, the bytes read and each tag's last point), so
+    a `gpubox runs` on a new connection reads only what was written since the last look."""
+    path = os.path.join(folder, "scalars.json")
+    try:
+        with open(path) as handle:
+            kept = json.load(handle)
+        if not isinstance(kept, dict):
+            kept = {}
+    except (OSError, ValueError):
+        kept = {}
+    found = {}  # type: Dict[str, Tuple[int, float, float]]
+    changed = False
+    for event_file, prefix in sorted(_events_of(folder, spec).items()):
+        if event_file in _series_cache:
+            # This agent reads the file for the dashboard's curves already: its last points are there.
+            series, walls = _event_series(event_file)
+            for name, line in series.items():
+                if line:
+                    found[prefix + name] = (int(line[-1][0]), float(line[-1][1]), walls.get(name, 0.0))
+            continue
+        entry = kept.get(event_file)
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)):
+            entry = [0, {}]
+        try:
+            size = os.path.getsize(event_file)
+        except OSError:
+            continue
+        if size < entry[0]:
+            entry = [0, {}]
+        if size > entry[0]:
+            entry[0], records = _new_records(event_file, entry[0])
+            for record in records:
+                try:
+                    wall, step, points = _event_points(record)
+                except (IndexError, struct.error):
+                    continue
+                for tag, number in points:
+                    entry[1][tag] = [step, number, wall]
+            kept[event_file] = entry
+            changed = True
+        for tag, point in entry[1].items():
+            if isinstance(point, list) and len(point) == 3:
+                found[prefix + tag] = (int(point[0]), float(point[1]), float(point[2]))
+    if changed:
+        with contextlib.suppress(OSError, ValueError):
+            with open(path + ".tmp", "w") as handle:
+                json.dump(kept, handle)
+            os.replace(path + ".tmp", path)
+    return found
 
 
 def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
@@ -1578,6 +1821,11 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    outputs = args.get("outputs")
+    if outputs is not None and (
+        not isinstance(outputs, list) or not all(isinstance(o, str) and o for o in outputs)
+    ):
+        raise RequestError("bad-request", "outputs must be a list of folder names")
     venv = args.get("venv")
     if isinstance(venv, str) and venv:
         # Inside the project's env, as `source bin/activate` would do.
@@ -1585,6 +1833,8 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
         run_env["VIRTUAL_ENV"] = venv
         run_env["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
     spec = {"shell": shell, "cwd": cwd, "env": run_env, "name": args.get("name"), "started_at": time.time()}
+    if outputs is not None:
+        spec["outputs"] = outputs
     if owner is not None:
         project_record = {k: v for k, v in owner.items() if k in ("id", "name") and isinstance(v, str)}
         project_record["folder"] = root
@@ -1756,6 +2006,9 @@ def _port_answers(port: int) -> bool:
 def _free_port(preferred: int) -> int:
     for port in [preferred + offset for offset in range(20)] + [0]:
         probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # As the servers bind (Jupyter, TensorBoard, http.server all reuse addresses): connections of a
+        # server that just died, left in TIME_WAIT, must not push its successor to another port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
             return int(probe.getsockname()[1])
@@ -1819,12 +2072,17 @@ def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
     if row["state"] == "running" and row["command"] == command:
         row["reused"] = True
         return row
-    with contextlib.suppress(OSError), open(os.path.join(folder, "spec.json")) as handle:
-        _stop_group(json.load(handle).get("pid"))
+    before: Dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, "spec.json")) as handle:
+        before = json.load(handle)
+    _stop_group(before.get("pid"))
     os.makedirs(folder, mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
     if "{port}" in command:
-        port = _free_port(preferred)
+        # The port it had last time, while free and asked for the same way: its tunnel's URL stays the same.
+        last = before.get("port")
+        same = before.get("asked") == preferred and isinstance(last, int) and 0 < last < 65536
+        port = _free_port(int(last) if same and isinstance(last, int) else preferred)
     elif _port_answers(preferred):
         # A command with its port written in cannot move: someone else's server holds it.
         raise RequestError("port-taken", "port %d is already taken on the host" % preferred)
@@ -1845,7 +2103,14 @@ def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
     with open(log, "ab") as handle:
         handle.write(("\n--- gpubox: starting at %s on port %d\n" % (time.ctime(), port)).encode())
     pid = _spawn_away(["/bin/sh", "-c", command.replace("{port}", str(port))], cwd=cwd, env=env, log=log)
-    spec = {"command": command, "port": port, "pid": pid, "secret": args.get("secret"), "cwd": cwd}
+    spec = {
+        "command": command,
+        "port": port,
+        "asked": preferred,
+        "pid": pid,
+        "secret": args.get("secret"),
+        "cwd": cwd,
+    }
     temp = os.path.join(folder, "spec.json.tmp")
     with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
         json.dump(spec, handle)
@@ -1933,62 +2198,14 @@ def op_service_stop(args: Dict[str, Any]) -> Dict[str, Any]:
 
 DASH_QUERY = ("--query-gpu=index,name,utilization.gpu,memory.used,memory.total", "--format=csv")
 
-_series_cache: Dict[str, List[Any]] = {}
-"""Event file path -> [bytes read so far, {tag: [[step, value], ...]}]: each refresh reads only what is new."""
 
-
-def _event_series(path: str) -> Dict[str, List[List[float]]]:
-    """Every scalar point of every tag in one event file, read incrementally (whole records only)."""
-    cached = _series_cache.get(path)
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        return {}
-    if cached is None or size < cached[0]:
-        cached = [0, {}]
-        _series_cache[path] = cached
-    if size > cached[0]:
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(cached[0])
-                data = handle.read(size - cached[0])
-        except OSError:
-            data = b""
-        at = 0
-        while at + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[at : at + 8])
-            end = at + 12 + length + 4
-            if end > len(data):
-                break  # the writer is mid-record: read it next time
-            record = data[at + 12 : at + 12 + length]
-            at = end
-            try:
-                _wall, step, points = _event_points(record)
-            except (IndexError, struct.error):
-                continue
-            for tag, number in points:
-                cached[1].setdefault(tag, []).append([step, number])
-        cached[0] += at
-    series: Dict[str, List[List[float]]] = cached[1]
-    return series
-
-
-def _run_scalars(spec: Dict[str, Any], have: Dict[str, Any], limit: int) -> Dict[str, Any]:
+def _run_scalars(folder: str, spec: Dict[str, Any], have: Dict[str, Any], limit: int) -> Dict[str, Any]:
     """{"train/epoch_loss": {"from": n, "points": [[step, value], ...]}, ...}: the points after the first *n*
     the client already has (from 0 again when the series got shorter, e.g. its files were replaced)."""
     series: Dict[str, List[List[float]]] = {}
-    tb_dir = (spec.get("env") or {}).get("GPUBOX_TB_DIR")
-    if not isinstance(tb_dir, str) or not os.path.isdir(tb_dir):
-        return {}
-    for part in sorted(os.listdir(tb_dir)):
-        sub = os.path.join(tb_dir, part)
-        if not os.path.isdir(sub):
-            continue
-        for name in sorted(os.listdir(sub)):
-            if "tfevents" not in name:
-                continue
-            for tag, points in _event_series(os.path.join(sub, name)).items():
-                series.setdefault(part + "/" + tag, []).extend(points)
+    for event_file, prefix in sorted(_events_of(folder, spec).items()):
+        for tag, points in _event_series(event_file)[0].items():
+            series.setdefault(prefix + tag, []).extend(points)
     found: Dict[str, Any] = {}
     for key, points in series.items():
         start = have.get(key, 0)
@@ -2068,7 +2285,7 @@ def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     result: Dict[str, Any] = {
         "time": time.time(),
         "nvidia_smi": _nvidia_smi(DASH_QUERY, IDLE_SMI_TIMEOUT) if args.get("gpu", True) else None,
-        "runs": _dash_runs(recent, project, owner if isinstance(owner, str) else None),
+        "runs": [],
         "run": None,
     }
     data = b""
@@ -2115,8 +2332,10 @@ def op_dash(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
                 "id": run_id,
                 "offset": offset,
                 "size": size,
-                "scalars": _run_scalars(spec, have, max(1, limit)),
+                "scalars": _run_scalars(folder, spec, have, max(1, limit)),
             }
+    # After the selected run's curves: its progress then comes from the series just read.
+    result["runs"] = _dash_runs(recent, project, owner if isinstance(owner, str) else None)
     return result, data
 
 

@@ -8,7 +8,7 @@ from rich.console import RenderableType
 from rich.text import Text
 from textual.widget import Widget
 
-from gpubox.dashboard.views import Curve
+from gpubox.dashboard.views import Curve, curve_name
 
 __all__ = ["COLORS", "CurvePlot", "plot_lines"]
 
@@ -120,7 +120,7 @@ class CurvePlot(Widget):
         """``loss ━ train 0.299 ━ val 0.312``: the metric, then each curve's colour, name and last value."""
         text = Text(self.title, style="bold")
         for index, curve in enumerate(self.curves):
-            name = curve.tag.split("/", 1)[0] if "/" in curve.tag else curve.tag
+            name = curve_name(curve.tag)
             name = _SHORT_NAMES.get(name, name)
             last = f" {curve.points[-1][1]:.3g}" if curve.points else ""
             text.append(" ━", style=COLORS[index % len(COLORS)])

@@ -1,0 +1,157 @@
+"""Services and tunnels over a host's held life, through the real CLI on the real local host: a service that
+dies is started again and `status` says what answers meanwhile; URLs (ports, Jupyter's token) stay the same
+across `down` and `up`; a browser that resets a connection leaves no traceback; and the foreground `up` says
+what `down` does to the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import hosthome
+from tests.support.cli import run_gpubox
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "digits"
+FILES = '\n[services.files]\ncommand = "python3 -m http.server {port} --bind 127.0.0.1"\nport = 8123\n'
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    # The digits example's env (TensorFlow, TensorBoard; Jupyter goes in the first time): the suite's cached one.
+    (folder / "requirements.txt").write_text((EXAMPLE / "requirements.txt").read_text())
+    (folder / "gpubox.toml").write_text((EXAMPLE / "gpubox.toml").read_text() + FILES)
+    (folder / "hosts.toml").write_text(f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\n')
+    yield folder
+    run_gpubox("down", "local", cwd=folder)
+
+
+def _services(project: Path) -> dict[str, dict[str, object]]:
+    status = run_gpubox("status", "--json", "--show-secrets", cwd=project)
+    assert status.returncode == 0, status.stderr
+    (local,) = [h for h in json.loads(status.stdout)["hosts"] if h["name"] == "local"]
+    return {str(service["name"]): service for service in local["services"]}
+
+
+def _host_service(project: Path, name: str) -> dict[str, object]:
+    """The service's own record on the host (its pid, port and token)."""
+    found = list((hosthome.host_home() / ".gpubox" / "services").glob(f"*/{name}/spec.json"))
+    remote = str(project.parent / "remote")
+    for spec_file in found:
+        spec = json.loads(spec_file.read_text())
+        if spec.get("cwd") == remote:
+            return dict(spec)
+    raise AssertionError(f"no {name} service for {remote} on the host: {found}")
+
+
+def _wait(condition: object, seconds: float = 60.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _up_log() -> str:
+    (log,) = (Path(os.environ["GPUBOX_HOME"]) / "state" / "logs").glob("up-local-*.log")  # one per project
+    return log.read_text()
+
+
+def test_a_service_that_dies_is_started_again_and_urls_stay_the_same_across_down_and_up(
+    project: Path,
+) -> None:
+    up = run_gpubox("up", "--detach", cwd=project, timeout=900)
+    assert up.returncode == 0, up.stdout + up.stderr
+    before = _services(project)
+    assert set(before) == {"jupyter", "tensorboard", "files"} and all(s["answers"] for s in before.values())
+
+    # The custom server dies on the host: `status` says it does not answer, then the supervisor starts it again
+    # behind the same URL.
+    files = _host_service(project, "files")
+    os.killpg(int(files["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    assert _services(project)["files"]["answers"] is False
+    status = run_gpubox("status", cwd=project).stdout
+    assert "(not answering: the supervisor starts it again)" in status, status
+    assert _wait(lambda: _services(project)["files"]["answers"] is True)
+    assert "files had stopped on the host; started it again" in _up_log()
+    assert httpx.get(str(before["files"]["url"]), timeout=30).status_code == 200
+
+    # So does Jupyter, with the same port and token: the bookmarked URL works on.
+    jupyter = _host_service(project, "jupyter")
+    os.killpg(int(jupyter["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    assert _wait(lambda: _host_service(project, "jupyter")["pid"] != jupyter["pid"])
+    assert _wait(lambda: _services(project)["jupyter"]["answers"] is True, 120)
+    assert _services(project)["jupyter"]["url"] == before["jupyter"]["url"]
+    url = str(before["jupyter"]["url"])
+    token = url.split("token=")[1]
+    api = url.split("/lab")[0] + "/api/status"
+    assert httpx.get(api, params={"token": token}, timeout=30).status_code == 200
+
+    # down, then up: every URL as it was.
+    assert run_gpubox("down", "local", cwd=project).returncode == 0
+    again = run_gpubox("up", "--detach", cwd=project, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = _services(project)
+    assert {name: s["url"] for name, s in after.items()} == {name: s["url"] for name, s in before.items()}
+    assert "Traceback" not in _up_log()
+
+
+def test_a_browser_that_resets_its_connection_leaves_no_traceback(project: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir(exist_ok=True)
+    (remote / "big.bin").write_bytes(os.urandom(8 << 20))
+    up = run_gpubox("up", "--detach", cwd=project, timeout=900)
+    assert up.returncode == 0, up.stdout + up.stderr
+    url = str(_services(project)["files"]["url"])
+    port = int(url.split(":")[2].split("/")[0])
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET /big.bin HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            assert sock.recv(4096)
+            # Close with a reset (RST), as a browser tab that is shut mid-download does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(2)
+    assert httpx.get(url, timeout=30).status_code == 200  # the tunnel serves on
+    log = _up_log()
+    assert "Traceback" not in log and "Exception in thread" not in log, log[-3000:]
+
+
+def test_the_foreground_up_says_down_stopped_the_host(project: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpubox", "up", "--no-tui", "--no-services"],
+        cwd=project,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("  holding local"):
+            break
+    down = run_gpubox("down", "local", cwd=project)
+    assert down.returncode == 0, down.stderr
+    rest, stderr = process.communicate(timeout=60)
+    last = rest.rstrip().splitlines()[-1]
+    assert last.startswith("  left local after ") and last.endswith(": `gpubox down` is stopping it"), (
+        rest,
+        stderr,
+    )
+    assert "the host keeps running" not in rest
