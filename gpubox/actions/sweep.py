@@ -321,7 +321,13 @@ def run_scheduler(
 
     def lane(host: HostConfig, accepts_new: bool = True) -> Lane:
         return Lane(
-            host, connect=connect, prepare=prepare, per_gpu=sweep.per_gpu, say=say, accepts_new=accepts_new
+            host,
+            connect=connect,
+            prepare=prepare,
+            per_gpu=sweep.per_gpu,
+            say=say,
+            accepts_new=accepts_new,
+            outputs=project.sync.outputs,
         )
 
     def lane_for(host_name: str) -> Lane | None:

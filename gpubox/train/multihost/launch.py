@@ -32,6 +32,7 @@ def launch(
     name: str | None,
     venvs: Sequence[str | None],
     project_root: str,
+    outputs: Sequence[str] | None = None,
 ) -> MultiRun:
     """Start one worker per host (sync and env already done); return the run's record."""
     from gpubox.train.runs import start_run
@@ -47,7 +48,7 @@ def launch(
     try:
         for index, session in enumerate(sessions):
             env = worker_env(index, cluster, master_addr, master_port, run.id)
-            info = start_run(session, argv, name=name, extra_env=env, venv=venvs[index])
+            info = start_run(session, argv, name=name, extra_env=env, venv=venvs[index], outputs=outputs)
             run.parts.append(Part(session.host.name, info.id, index, cluster[index]))
             save_run(run)
             remember([(session.host.name, info)])
@@ -108,7 +109,8 @@ def run_on_hosts(
             thread.join()
         if failures:
             raise failures[0]
-        run = launch(pool, hosts, argv, name=name, venvs=venvs, project_root=project_root)
+        outputs = project.sync.outputs if not isinstance(project, str) else None
+        run = launch(pool, hosts, argv, name=name, venvs=venvs, project_root=project_root, outputs=outputs)
         try:
             spawn_watcher(run)
         except OSError as exc:

@@ -145,8 +145,11 @@ class Lane:
         per_gpu: int,
         say: Say,
         accepts_new: bool = True,
+        outputs: Sequence[str] | None = None,
     ) -> None:
         self.host = host
+        self.outputs = outputs
+        """The project's output folders, where the agent looks for a trial's metrics."""
         self.name = host.name
         self._connect = connect
         self._prepare = prepare
@@ -356,7 +359,14 @@ class Lane:
 
     def _start(self, session: HostSession, order: StartOrder) -> Started:
         try:
-            run = start_run(session, [order.shell], name=order.name, extra_env=order.env, venv=self.venv)
+            run = start_run(
+                session,
+                [order.shell],
+                name=order.name,
+                extra_env=order.env,
+                venv=self.venv,
+                outputs=self.outputs,
+            )
         except _TRANSIENT:
             raise  # the link: the start may or may not have happened, the next cycle looks for it by name
         except (
