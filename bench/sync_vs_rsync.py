@@ -136,9 +136,9 @@ def compare_tree(bench: Bench, name: str, maker, repeat: int, changed: int = 0) 
     gp_target = bench.work / f"host-gpubox-{name}"
     rs_target = bench.work / f"host-rsync-{name}"
     bench.project(source, gp_target)
-    initial = {"gpubox": [], "rsync": []}
-    noop = {"gpubox": [], "rsync": []}
-    edits = {"gpubox": [], "rsync": []}
+    initial: dict[str, list[float]] = {"gpubox": [], "rsync": []}
+    noop: dict[str, list[float]] = {"gpubox": [], "rsync": []}
+    edits: dict[str, list[float]] = {"gpubox": [], "rsync": []}
     for round_ in range(repeat):
         for target in (gp_target, rs_target):
             shutil.rmtree(target, ignore_errors=True)
