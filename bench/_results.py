@@ -39,3 +39,17 @@ def publish(title: str, lines: list[str], write: bool) -> None:
     print(report)
     if write:
         write_section(title, report)
+
+
+def compile_gpubox() -> None:
+    """Write gpubox's bytecode once, as installing it would (pip compiles at install time).
+
+    From a checkout under PYTHONDONTWRITEBYTECODE=1 (set on some development machines) every command would
+    otherwise compile all of gpubox's sources again, ~0.6 s of each one-shot command on a 2-core machine: a
+    cost no installed user pays.
+    """
+    import compileall
+
+    import gpubox
+
+    compileall.compile_dir(str(Path(gpubox.__file__).parent), quiet=1)
