@@ -11,6 +11,6 @@ echo "== mypy (strict on gpubox/)"
 .venv/bin/mypy
 echo "== pytest"
 # gpubox compiled once here: where PYTHONDONTWRITEBYTECODE is set (some CI images set it), every `python -m
-# gpubox` the tests start would otherwise compile it again (about 0.4 s each, thousands of times).
+# gpubox` the tests start would otherwise compile it again (about 0.25 s each, thousands of times).
 .venv/bin/python -m compileall -q -j 0 gpubox >/dev/null
 exec .venv/bin/pytest "$@"
