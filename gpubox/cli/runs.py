@@ -36,7 +36,7 @@ from gpubox.cli.output import (
     terminal_width,
 )
 from gpubox.cli.sync import full_sync
-from gpubox.errors import GpuboxError, HostError, UsageError
+from gpubox.errors import GpuboxError, HostUnreachable, UsageError
 from gpubox.fmt import format_duration
 from gpubox.remote.agent import calls
 from gpubox.remote.pool import SessionPool
@@ -349,8 +349,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     unreachable = None
     try:
         session = connect_host(host, project, probe=False, launch=False)
-    except HostError as exc:
-        # A host that is down (after `gpubox down`, say) still has the runs gpubox last heard of.
+    except HostUnreachable as exc:
+        # A host that is down (after `gpubox down`, say) still has the runs gpubox last heard of. A host that
+        # cannot be trusted (a changed key) or refuses the login is an error: nothing is shown as if from it.
         unreachable = str(exc)
         listed = _cached_runs(host, project, args.all_projects)
     else:
@@ -406,7 +407,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             whose = "" if args.all_projects else " of this project"
             out(f"no runs{whose} on {host.name} yet: `gpubox run -- python train.py` starts one")
         return 0
-    _runs_table(listed, now, project, all_projects=args.all_projects, last_seen=unreachable is not None)
+    if listed:  # a host whose only runs are workers of multi-host runs has just the second table
+        _runs_table(listed, now, project, all_projects=args.all_projects, last_seen=unreachable is not None)
     if multi:
         out()
         for line in table_lines(multi, now):

@@ -214,7 +214,6 @@ class Workspace:
         )
         if gpubox_toml:
             (self.project / "gpubox.toml").write_text(gpubox_toml)
-        self.up_log = self.gpubox_home / "state" / "logs" / f"up-{HOST_NAME}.log"
         self.pid: int | None = None
         """The detached ``gpubox up`` process holding the host, while one is meant to run."""
 
@@ -275,6 +274,13 @@ class Workspace:
             self.gpubox("up", HOST_NAME, "--stop", timeout=60)
             _wait_gone(self.pid)
             self.pid = None
+
+    @property
+    def up_log(self) -> Path:
+        """The background up's log: one per host and project (``up-HOST-PROJECTID.log``)."""
+        logs = self.gpubox_home / "state" / "logs"
+        found = sorted(logs.glob(f"up-{HOST_NAME}-*.log"), key=lambda p: p.stat().st_mtime)
+        return found[-1] if found else logs / f"up-{HOST_NAME}.log"
 
     def up_log_text(self) -> str:
         try:

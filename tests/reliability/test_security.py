@@ -34,7 +34,7 @@ import pytest
 
 from gpubox.errors import GpuboxError, RemoteError
 from gpubox.remote.agent.client import AgentSession
-from gpubox.remote.agent.host import MAX_FRAME
+from gpubox.remote.agent.host import MAX_FRAME, PROTOCOL
 from gpubox.remote.connection import Connection, Endpoint
 from tests.reliability.support_snapshots import difference, sqlite_dump, state_facts, tree_facts
 from tests.support.cli import host_entry
@@ -661,7 +661,7 @@ def test_a_good_request_after_a_refused_one_still_works(agent: AgentSession, gro
     """One bad request does not end the session (only a broken frame does)."""
     with pytest.raises(GpuboxError):
         agent.request("apply", {"root": str(ground.root), "trash": "x", "ops": "not a list"})
-    assert agent.request("hello")["protocol"] == 1
+    assert agent.request("hello")["protocol"] == PROTOCOL
 
 
 # ------------------------------------------------------------------------------------ 6. provider API keys
