@@ -1914,21 +1914,29 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
+    stats = _proc_stats()
+    if stats is None:
+        return True
+    return any(len(f) > 3 and f[3] == str(pgid) and f[0] not in ("Z", "X") for f in stats)
+
+
+def _proc_stats() -> Optional[List[List[str]]]:
+    """Every process's /proc/PID/stat fields after its command name (state, ppid, pgrp, session, ...); None
+    where /proc cannot be read."""
     try:
         names = os.listdir("/proc")
     except OSError:
-        return True
+        return None
+    found = []
     for name in names:
         if not name.isdigit():
             continue
         try:
             with open("/proc/%s/stat" % name) as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
+                found.append(handle.read().rsplit(")", 1)[1].split())
         except (OSError, IndexError):
             continue
-        if len(fields) > 3 and fields[3] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return found
 
 
 def op_env_ready(args: Dict[str, Any]) -> Dict[str, Any]:
@@ -2165,18 +2173,10 @@ def _group_rss(pgid: int) -> Optional[int]:
     """Resident memory of every process in process group *pgid* (a service and its children), in bytes."""
     total, seen = 0, False
     page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-    try:
-        names = os.listdir("/proc")
-    except OSError:
+    stats = _proc_stats()
+    if stats is None:
         return None
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
+    for fields in stats:
         if len(fields) > 22 and fields[2] == str(pgid):
             total += int(fields[21]) * page
             seen = True
