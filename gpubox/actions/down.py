@@ -11,6 +11,7 @@ from gpubox.actions import Say, quiet
 from gpubox.actions.monitor import guardian_key
 from gpubox.actions.runs import project_runs, remember_runs
 from gpubox.actions.supervisor import stop_supervisor
+from gpubox.actions.sync import pull_outputs as pull_outputs_of
 from gpubox.errors import GpuboxError, HostError
 from gpubox.provision import take_down_rented
 from gpubox.remote.agent import calls
@@ -75,6 +76,19 @@ def stop_host_services(
     if left:
         say(f"left {', '.join(left)} running on {host.name}: started from another machine or an older gpubox")
     return stopped
+
+
+def _last_pull(host: HostConfig, project: ProjectConfig, say: Say) -> None:
+    """The outputs come home before the host stops (a failure is said; the files stay on the host's disk)."""
+    try:
+        report = pull_outputs_of(host, project)
+    except GpuboxError as exc:
+        say(f"! outputs not pulled from {host.name} ({exc}): they stay there; `gpubox pull` after `gpubox up`")
+        return
+    if report.fetched or report.errors or report.kept_local:
+        say(f"pulled outputs from {host.name}: {report.summary()}")
+    for error in report.errors:
+        say(f"  ! {error}")
 
 
 def _active_runs(host: HostConfig, project: ProjectConfig) -> tuple[list[RunInfo], list[RunInfo]] | None:
@@ -183,6 +197,8 @@ def take_down(
             ask_to_pin=ask_to_pin,
         )
         return
+    if pull_outputs and not keep_instance and host.spec.runs_own_sshd:
+        _last_pull(host, project, say)
     # The last project out stops the services of every project this machine used the host for; every project's
     # when the host itself stops (stopping the local host's sshd would not stop them).
     stop_host_services(

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpubox.config import HostConfig, HostsConfig
 from gpubox.cost import BillingHold, Budget, budgets_for, elapsed
-from gpubox.errors import AgentError, HostUnreachable, RemoteError
+from gpubox.errors import AgentError, GpuboxError, HostUnreachable, RemoteError
 from gpubox.fmt import format_duration
 from gpubox.remote.agent import calls
 
@@ -39,6 +39,7 @@ from gpubox.state import open_state
 if TYPE_CHECKING:
     from gpubox.config import ProjectConfig
     from gpubox.remote.session import HostSession
+    from gpubox.sync.follow import OutputsFollower
 
 __all__ = [
     "LEDGER_BEAT_SECONDS",
@@ -56,6 +57,8 @@ LEDGER_BEAT_SECONDS = 2.0
 STOP_COMMAND_TIMEOUT = 120.0
 SERVICES_SECONDS = 30.0
 """How often the host's lead supervisor lists every project's services (for `gpubox status`)."""
+LAPTOP_GRACE = 120.0
+"""How long (beyond two samples) a guardian waits for the present laptop's last pull before a stop."""
 DECISIONS_SHOWN = 5
 """How many of the guardian's latest decisions `gpubox status` shows."""
 
@@ -218,9 +221,10 @@ class HostMonitor:
         """The project this supervisor holds the host for: its runs are "this project's" in the busy line."""
         self.stop = stop
         self.say = say
-        self.before_terminate: Callable[[], str] | None = None
-        """For a rented host: what to do before terminating it (pull the outputs); raising stops the
-        termination."""
+        self.before_stop: Callable[[], str] | None = None
+        """The last pull of the outputs before this laptop stops the host (or lets its guardian): says what it
+        did; a GpuboxError raised stops the termination of a rented host (its disk goes with it)."""
+        self.outputs: OutputsFollower | None = None  # the report publishes its state for `gpubox status`
         self.billing = billing
         self.hosts = hosts
         self.activity = activity
@@ -480,6 +484,8 @@ class HostMonitor:
 
     def _stop_host(self, why: str, reason: str) -> None:
         host = self.host
+        if not self._pull_first(why, reason):
+            return
         if self.guardian_acts():
             # The guardian's lock makes this the one stop, whichever side (it or this laptop) asks first.
             acted = calls.guardian(
@@ -507,13 +513,9 @@ class HostMonitor:
                 )
             return
         else:
-            from gpubox.errors import GpuboxError
             from gpubox.remote.providers import provider_for
 
             try:
-                if host.spec.rents and self.before_terminate is not None:
-                    # Terminating a rented machine deletes its disk: bring the outputs home first.
-                    self.say(f"· {why}: {self.before_terminate()}")
                 done = provider_for(host).terminate(host)
             except GpuboxError as exc:
                 if reason not in self._warned:
@@ -525,6 +527,23 @@ class HostMonitor:
             self.billing.end_reason = reason
         self.say(f"! {self.outcome}")
         self.stop.set()
+
+    def _pull_first(self, why: str, reason: str) -> bool:
+        """The last pull of the outputs before a stop; False when the stop must not happen (a rented host whose
+        outputs could not all come home: terminating it deletes its disk)."""
+        if self.before_stop is None or (not self.host.spec.stops_on_down and not self.host.stop_command):
+            return True
+        try:
+            self.say(f"· {why}: {self.before_stop()}")
+        except GpuboxError as exc:
+            if not self.host.spec.rents:
+                self.say(f"! {why}: {exc}; stopping anyway (what did not come home stays on the host's disk)")
+                return True
+            if reason not in self._warned:
+                self._warned.add(reason)
+                self.say(f"! {why}, but {self.host.name} was not terminated: {exc}")
+            return False
+        return True
 
     def _stopped_by(self, record: Mapping[str, Any]) -> None:
         """The guardian stopped the host (asked by this laptop, or on its own): end like any stop."""
@@ -583,6 +602,8 @@ class HostMonitor:
             else self.budget_stop_at - self.guardian_offset,
             "budget_why": self.budget_why,
             "beat_seconds": self.sample_seconds,
+            # While this laptop is here, a stop waits for it to pull the outputs first (PROTOCOL.md).
+            "laptop_grace": LAPTOP_GRACE + 2 * self.sample_seconds if self.before_stop is not None else 0,
             "stop": self.stop_plan(),
         }
 
@@ -647,7 +668,7 @@ class HostMonitor:
             if seen.get("busy"):
                 self._warned -= {"autostop", "autostop-failed"}  # a new idle stretch may warn again
         due = status.get("due")
-        if due and not self.guardian_acts():
+        if due and (not self.guardian_acts() or due.get("laptop_pulls")):
             self._stop_host(str(due.get("why")), str(due.get("reason")))
 
     def _guardian_started(self, answer: Mapping[str, Any]) -> None:
@@ -747,6 +768,7 @@ class HostMonitor:
             "outcome": self.outcome,
             "guardian": self._guardian_report(),
             "sync": None if self.sync is None else self.sync.document(),
+            "outputs": None if self.outputs is None else self.outputs.document(),
             "services": self.services,
         }
 

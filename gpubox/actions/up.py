@@ -38,6 +38,7 @@ from gpubox.actions.monitor import (
 from gpubox.actions.services import ServiceWatch
 from gpubox.actions.supervisor import claim_host, stop_note, stop_on_signals, supervise
 from gpubox.actions.sync import held_lines, host_changed_lines, too_large_line
+from gpubox.actions.sync import make_syncer as syncer_for
 from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.fmt import format_duration, format_usd
@@ -47,6 +48,7 @@ from gpubox.remote.session import connect_host
 from gpubox.remote.tunnels import Tunnel
 from gpubox.report import host_report
 from gpubox.state import open_state
+from gpubox.sync.follow import OutputsFollower
 from gpubox.sync.pull import pull
 from gpubox.sync.watch import LiveSync
 from gpubox.train.env import ensure_env, env_spec, tools_spec
@@ -389,11 +391,25 @@ def hold(
             sync=sync_status,
             project=project,
         )
-        if host.spec.rents:
-            monitor.before_terminate = lambda: _pull_before_terminate(session, project)
+        follower = None
+        if prepared.syncer is not None and project.sync.pull_outputs_seconds > 0:
+            # Its own Syncer: the follower's thread must not share live sync's caches.
+            follower = OutputsFollower(
+                session,
+                project,
+                syncer_for(session, project, host),
+                every=project.sync.pull_outputs_seconds,
+                say=lambda text: say(_step(text)),
+            ).start()
+            monitor.outputs = follower
+            monitor.before_stop = follower.final
+        elif host.spec.rents:
+            monitor.before_stop = lambda: _pull_before_terminate(session, project)
         try:
             supervise(session, stop=stop, wake=wake, say=lambda text: say(_step(text)), monitor=monitor)
         finally:
+            if follower is not None:
+                follower.stop()
             if live is not None:
                 live.stop()
             for _state, tunnel in tunnels:

@@ -22,6 +22,7 @@ from gpubox.remote.providers import provider_for
 from gpubox.remote.providers.registry import CLOUD_NAMES, provider_spec
 from gpubox.remote.tunnels import tunnel_answers
 from gpubox.state import open_state
+from gpubox.sync.follow import behind_text
 from gpubox.train.services import service_key_for
 
 if TYPE_CHECKING:
@@ -166,6 +167,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             for held in row["projects"]:
                 held["this_project"] = held["id"] == project.id
             row["sync"] = (seen[1].get("sync") if seen else None) or None
+            # The outputs line is this project's (its own supervisor's), not the host lead's.
+            ours = next((h["pid"] for h in row["projects"] if h["id"] == project.id), None) if seen else None
+            own = state.monitor(host.name, ours) if ours else None
+            row["outputs"] = (own[1].get("outputs") if own else None) or None
             row["services"] = [
                 {
                     "name": tunnel.service,
@@ -229,6 +234,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 out(f"    {line}")
             for line in sync_lines(row["sync"], row["name"]):
                 out(f"    {line}")
+            behind = behind_text(row["outputs"], now)
+            if behind is not None:
+                out(f"    outputs   {behind}")
         out(
             f"    folder    {row['folder']} (this project's{'' if row['folder_settled'] else ', made on first use'})"
         )

@@ -40,6 +40,9 @@ class SyncConfig:
     """An extra brake, off unless set: deletions of more than this share of the tracked files at once."""
     trash_days: float = 7.0
     """Files sync deleted on the host wait this long in ~/.gpubox/trash before they are pruned."""
+    pull_outputs_seconds: float = 15.0
+    """While `gpubox up` holds the host, the outputs folders come home every this many seconds (0: only at
+    `gpubox pull` and before a stop)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ SYNC_FIELDS: dict[str, checks.Check] = {
     "max_delete_count": checks.integer(0),
     "max_delete_share": checks.share,
     "trash_days": checks.number(0),
+    "pull_outputs_seconds": checks.number(0),
 }
 ENV_FIELDS: dict[str, checks.Check] = {
     "python": checks.no_space_string("a python executable"),

@@ -30,6 +30,7 @@ from gpubox.dashboard.views import (
     as_int,
 )
 from gpubox.remote.gpu.readings import GpuReading
+from gpubox.sync.follow import behind_text
 
 if TYPE_CHECKING:
     from gpubox.config import HostsConfig, ProjectConfig
@@ -389,6 +390,7 @@ class Dashboard:
                     unreachable_since=sample.unreachable_since if sample is not None else None,
                     problem=sample.error if sample is not None and not sample.ok else None,
                     sync=SyncView.from_report(report["sync"]) if report.get("sync") else None,
+                    outputs_text=behind_text(report.get("outputs"), now),
                     sampled_at=sample.at if sample is not None else None,
                 )
             )

@@ -124,9 +124,13 @@ class StateReader:
                     and supervisor is not None
                     and mine.pid != supervisor.pid
                 ):
-                    # The lead's report has the host's autostop and budgets; the sync line is this project's.
+                    # The lead's report has the host's autostop and budgets; the sync and outputs lines are this project's.
                     ours = state.monitor(name, mine.pid)
-                    report = dict(monitor.report, sync=(ours.report.get("sync") if ours else None))
+                    report = dict(
+                        monitor.report,
+                        sync=(ours.report.get("sync") if ours else None),
+                        outputs=(ours.report.get("outputs") if ours else None),
+                    )
                     monitor = MonitorReport(monitor.at, report)
                 views = tuple(
                     TunnelView(

@@ -171,6 +171,8 @@ class HostView(HostFacts):
     unreachable_since: float | None = None
     problem: str | None = None
     sync: SyncView | None = None
+    outputs_text: str | None = None
+    """How far the local copy of the outputs is behind the host's (`3 files / 40.0 MB behind, ...`)."""
     sampled_at: float | None = None
 
     @property

@@ -7,12 +7,21 @@ folder, when it is newer than the host's; elsewhere, when it changed since gpubo
 changed: a conflict copy). Files arrive through a temp name and a rename, with the host's mtime and exec bit.
 A file outside the outputs that pull brought home is recorded as in step on both sides, so sync does not send
 it back. By default only notebooks the host changed since gpubox synced them come home (``*.ipynb``).
+
+Newest files come first (the latest checkpoint before older ones). While `gpubox up` holds the host, the outputs
+follower (:mod:`gpubox.sync.follow`) pulls this way every few seconds, asking only for the files that stood
+still since its previous look (*ready*) and remembering what it wrote (*pulled*): a local file that changed
+since is kept aside before it is replaced, and a growing log (an event file, ``*.log``) it pulled before gets
+only its new bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
+import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,10 +35,18 @@ from gpubox.sync.engine import BatchProgress, Syncer
 from gpubox.sync.ignore import Decision
 from gpubox.sync.scan import Entry, decode_manifest
 
-__all__ = ["PullReport", "normalise_paths", "pull"]
+__all__ = ["GROWING_LOGS", "PullReport", "growing_log", "normalise_paths", "pull"]
 
 CHUNK = 8 * 1024 * 1024
 NOTEBOOK_SUFFIX = ".ipynb"
+GROWING_LOGS = ("events.out.tfevents.*", "*.log", "*.csv", "*.jsonl", "*.txt")
+"""Files a run only appends to while it goes on: what they hold at any moment is whole as far as it goes, so the
+follower takes them while they grow (a checkpoint must stand still first)."""
+
+
+def growing_log(rel: str) -> bool:
+    name = rel.rpartition("/")[2]
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in GROWING_LOGS)
 
 
 @dataclass
@@ -43,6 +60,14 @@ class PullReport:
     skipped_links: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    waiting: int = 0
+    """Host files left for later because they were still changing (not *ready*)."""
+    behind_files: int = 0
+    """Host files that differ from the local copy after this pull (still changing, failed, or not reached)."""
+    behind_bytes: int = 0
+    fetched_paths: list[str] = field(default_factory=list)
+    listing: dict[str, Entry] = field(default_factory=dict, repr=False)
+    """The host's entries this pull looked at."""
 
     def summary(self) -> str:
         text = f"{self.fetched:,} fetched ({self.bytes_fetched / 1e6:.1f} MB), {self.unchanged:,} unchanged"
@@ -80,9 +105,15 @@ def pull(
     *,
     syncer: Syncer | None = None,
     progress: Callable[[BatchProgress], None] | None = None,
+    notebooks: bool = True,
+    ready: Callable[[str, Entry], bool] | None = None,
+    pulled: dict[str, Entry] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> PullReport:
-    """Pull *paths* (relative to the current folder), or the outputs folders and the host's new notebooks.
-    *syncer* (one is made when not given) knows what was last synced, for files outside the outputs."""
+    """Pull *paths* (relative to the current folder), or the outputs folders and (with *notebooks*) the host's
+    new notebooks. *syncer* (one is made when not given) knows what was last synced, for files outside the
+    outputs. *ready* says which changed host files to take now (the others count as waiting); *pulled* is the
+    caller's memory of what it wrote (updated here); *should_stop* ends the pull between files."""
     started = time.monotonic()
     syncer = syncer if syncer is not None else Syncer(session, project)
     named = normalise_paths(paths, project.root)
@@ -90,9 +121,9 @@ def pull(
     _result, blob = calls.manifest(session.agent, root=session.remote_dir, only=named or outputs)
     remote = decode_manifest(blob, session.agent.host)
     ancestor = syncer.ancestor()
-    if not named:
+    if not named and notebooks:
         remote.update(_host_notebooks(session, syncer, ancestor, outputs))
-    report = PullReport()
+    report = PullReport(listing=remote)
     todo: list[tuple[str, Entry, bool]] = []
     adopt: dict[str, Entry] = {}
     for rel, entry in sorted(remote.items()):
@@ -113,25 +144,59 @@ def pull(
         synced = syncer.rules.decide_path(rel, False, entry.size) is Decision.SEND
         if here == entry:
             report.unchanged += 1
+            if pulled is not None:
+                pulled[rel] = entry
             if synced and not entry.same(ancestor.get(rel)):
                 adopt[rel] = entry
             continue
         if local.is_dir() and not local.is_symlink():
             report.errors.append(f"{rel}: a folder is in the way of the host's file")
             continue
+        if ready is not None and not ready(rel, entry):
+            report.waiting += 1
+            report.behind_files += 1
+            report.behind_bytes += entry.size
+            continue
         if synced or rel in ancestor:
             # A file sync carries: local's copy is kept aside when it changed since gpubox last synced it.
             keep = here is not None and here.kind == "f" and not here.same(ancestor.get(rel))
+        elif pulled is not None and rel in pulled:
+            # Pulled before: local's copy is kept aside when it changed since (an edit here, not the host's).
+            keep = here is not None and here.kind == "f" and not here.same(pulled[rel])
         else:
             keep = here is not None and here.kind == "f" and here.mtime_ns > entry.mtime_ns
         todo.append((rel, entry, keep))
+    # The newest first: the latest checkpoint is the one to have if the host goes away mid-pull.
+    todo.sort(key=lambda item: -item[1].mtime_ns)
     total_bytes = sum(e.size for _, e, _ in todo)
     done_bytes = 0
     for index, (rel, entry, keep) in enumerate(todo):
-        fetched = _fetch(session, rel, entry, project.root / rel, report, keep)
+        if should_stop is not None and should_stop():
+            left = todo[index:]
+            report.behind_files += len(left)
+            report.behind_bytes += sum(e.size for _, e, _ in left)
+            break
+        here = _local_entry(project.root / rel)
+        grown = (
+            pulled is not None
+            and not keep
+            and here is not None
+            and here.kind == "f"
+            and here.same(pulled.get(rel))
+            and entry.size >= here.size
+            and growing_log(rel)
+        )
+        start = here.size if grown and here is not None else 0
+        fetched = _fetch(session, rel, entry, project.root / rel, report, keep, start)
+        if not fetched:
+            report.behind_files += 1
+            report.behind_bytes += entry.size
+        elif pulled is not None:
+            pulled[rel] = entry
         if fetched:
             report.fetched += 1
-            report.bytes_fetched += entry.size
+            report.bytes_fetched += entry.size - start
+            report.fetched_paths.append(rel)
             if syncer.rules.decide_path(rel, False, entry.size) is Decision.SEND:
                 adopt[rel] = entry
             if not named and rel.endswith(NOTEBOOK_SUFFIX) and not _in_outputs(rel, outputs):
@@ -198,10 +263,16 @@ def _ensure_folder(path: Path, report: PullReport, rel: str) -> None:
 
 
 def _fetch(
-    session: HostSession, rel: str, entry: Entry, target: Path, report: PullReport, keep: bool
+    session: HostSession,
+    rel: str,
+    entry: Entry,
+    target: Path,
+    report: PullReport,
+    keep: bool,
+    start: int = 0,
 ) -> bool:
     try:
-        return _fetch_into(session, rel, entry, target, report, keep)
+        return _fetch_into(session, rel, entry, target, report, keep, start)
     except OSError as exc:
         # A local file in the way of a folder, a full disk: this path fails, the pull goes on.
         report.errors.append(f"{rel}: {exc.strerror or exc}")
@@ -209,28 +280,46 @@ def _fetch(
 
 
 def _fetch_into(
-    session: HostSession, rel: str, entry: Entry, target: Path, report: PullReport, keep: bool
+    session: HostSession,
+    rel: str,
+    entry: Entry,
+    target: Path,
+    report: PullReport,
+    keep: bool,
+    start: int = 0,
 ) -> bool:
+    """Fetch *rel* into a temp name next to *target*, then rename it over. With *start* (a growing log whose
+    first *start* bytes the local copy already holds), those bytes are copied locally and only the rest is
+    read, up to the size the host listed (a log may grow meanwhile: what it held then is whole)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.gpubox-pull-{os.getpid()}")
-    offset = 0
+    temp = target.with_name(f".{target.name}.gpubox-pull-{os.getpid()}-{threading.get_ident()}")
+    offset = start
     try:
         with open(temp, "wb") as handle:
-            while True:
-                answer, data = calls.read(
-                    session.agent, root=session.remote_dir, files=[[rel, offset, CHUNK]]
-                )
+            if start:
+                with open(target, "rb") as local:
+                    shutil.copyfileobj(local, handle, CHUNK)
+                offset = handle.tell()
+            while offset < entry.size or not start:
+                want = CHUNK if not start else min(CHUNK, entry.size - offset)
+                answer, data = calls.read(session.agent, root=session.remote_dir, files=[[rel, offset, want]])
                 _path, facts, error, _count = answer["files"][0]
                 if error:
                     report.errors.append(f"{rel}: {error}")
                     return False
-                if facts[1] != entry.mtime_ns:
+                if start and facts[0] < entry.size:
+                    report.errors.append(f"{rel}: shrank on the host while being pulled; pull again")
+                    return False
+                if not start and facts[1] != entry.mtime_ns:
                     report.errors.append(f"{rel}: changed on the host while being pulled; pull again")
                     return False
                 handle.write(data)
                 offset += len(data)
-                if not data or offset >= facts[0]:
+                if not data or (not start and offset >= facts[0]):
                     break
+            if start and offset != entry.size:
+                report.errors.append(f"{rel}: shrank on the host while being pulled; pull again")
+                return False
         os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
         temp.chmod(0o755 if entry.executable else 0o644)
         if keep and os.path.lexists(target):

@@ -2669,6 +2669,7 @@ class _Guardian:
         self.laptop_fresh = None  # type: Optional[bool]
         self.was_busy = None  # type: Optional[bool]
         self.failed = set()  # type: Set[str]
+        self.due_at = {}  # type: Dict[str, float]
 
     def path(self, name: str) -> str:
         return os.path.join(self.folder, name)
@@ -2796,7 +2797,13 @@ class _Guardian:
             reason, why = stop_for
             status["due"] = {"reason": reason, "why": why}
             can_act = (config.get("stop") or {}).get("kind") in ("command", "signal")
-            if can_act and reason not in self.failed:
+            grace = float(config.get("laptop_grace") or 0)
+            due_for = wall - self.due_at.setdefault(reason, wall)
+            if can_act and reason not in self.failed and fresh and due_for < grace:
+                # The laptop is here: it pulls the outputs home, then asks for this stop (through the lock).
+                status["due"]["laptop_pulls"] = True
+                wait = min(wait, max(0.05, grace - due_for))
+            elif can_act and reason not in self.failed:
                 record = guardian_stop(self.folder, config, reason, why, "guardian")
                 if record.get("ok"):
                     status["stopped"] = record
@@ -2810,7 +2817,9 @@ class _Guardian:
                     "due",
                     "%s: %s" % (why, (config.get("stop") or {}).get("why") or "cannot stop"),
                 )
-        elif self.tracker is None or self.tracker.idle_since is None:
+        else:
+            self.due_at.clear()
+        if stop_for is None and (self.tracker is None or self.tracker.idle_since is None):
             self.warned.discard("due-autostop")
         _write_json(self.path("status.json"), status)
         return None, max(0.05, wait)

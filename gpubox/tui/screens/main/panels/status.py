@@ -26,6 +26,9 @@ def status_lines(snapshot: DashboardSnapshot, host: HostView | None) -> Text:
         text.append(sync.text(), style="red" if sync.errors or sync.conflicts else "")
         if sync.recent_errors:
             text.append(f" · last: {sync.recent_errors[-1]}", style="red")
+    if shown is not None and shown.outputs_text:
+        text.append(" · outputs ", style="bold")
+        text.append(shown.outputs_text)
     text.append("\n")
     text.append("tunnels ", style="bold")
     # The selected host's tunnels (all of them when one host has any); a count for the others.
