@@ -83,7 +83,9 @@ def _last_pull(host: HostConfig, project: ProjectConfig, say: Say) -> None:
     try:
         report = pull_outputs_of(host, project)
     except GpuboxError as exc:
-        say(f"! outputs not pulled from {host.name} ({exc}): they stay there; `gpubox pull` after `gpubox up`")
+        say(
+            f"! outputs not pulled from {host.name} ({exc}): they stay there; `gpubox pull` after `gpubox up`"
+        )
         return
     if report.fetched or report.errors or report.kept_local:
         say(f"pulled outputs from {host.name}: {report.summary()}")

@@ -534,7 +534,7 @@ class HostMonitor:
         if self.before_stop is None or (not self.host.spec.stops_on_down and not self.host.stop_command):
             return True
         try:
-            self.say(f"· {why}: {self.before_stop()}")
+            self.say(f"{why}: {self.before_stop()}")
         except GpuboxError as exc:
             if not self.host.spec.rents:
                 self.say(f"! {why}: {exc}; stopping anyway (what did not come home stays on the host's disk)")
