@@ -24,7 +24,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpubox.fmt import columns, format_usd
+from gpubox.fmt import columns, format_duration, format_usd
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig
@@ -32,19 +32,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUDGET_THRESHOLDS",
+    "NO_ETA",
+    "NO_PRICE",
     "BillingHold",
     "Budget",
     "HourlyPrice",
     "PriceCatalog",
     "PriceOf",
     "RunCost",
+    "RunMoney",
     "catalog_estimate",
     "cost_report",
     "elapsed",
     "hourly_price",
     "load_catalog",
+    "overrun_warnings",
     "parse_since",
     "run_cost",
+    "run_money",
     "spent_usd",
 ]
 
@@ -378,6 +383,109 @@ def run_rows(state: State, now: float, since: float | None) -> list[dict[str, An
             }
         )
     return rows
+
+
+NO_PRICE = "N/A"
+"""What a money cell shows for a host without a price."""
+NO_ETA = "—"
+"""What a cost-to-finish cell shows for a run whose end gpubox cannot foresee (``--json`` says why)."""
+
+
+@dataclass(frozen=True)
+class RunMoney:
+    """An active run's money: what it cost so far and what it will cost to finish (its ETA × the host's $/h)."""
+
+    run_id: str
+    host: str
+    spent_usd: float | None
+    to_finish_usd: float | None
+    eta_seconds: float | None
+    price_per_hour: float | None
+    estimate: bool
+    why: str | None = None
+    """Why there is no cost to finish (no price, no ETA yet), or None."""
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "spent_usd": None if self.spent_usd is None else round(self.spent_usd, 4),
+            "to_finish_usd": None if self.to_finish_usd is None else round(self.to_finish_usd, 4),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+            "price_per_hour": self.price_per_hour,
+            "estimate": self.estimate,
+            "to_finish_why": self.why,
+        }
+
+    def spent_text(self) -> str:
+        return (
+            NO_PRICE
+            if self.spent_usd is None
+            else ("~" if self.estimate else "") + format_usd(self.spent_usd)
+        )
+
+    def to_finish_text(self) -> str:
+        if self.price_per_hour is None:
+            return NO_PRICE
+        if self.to_finish_usd is None:
+            return NO_ETA
+        return ("~" if self.estimate else "") + format_usd(self.to_finish_usd)
+
+    def line(self) -> str:
+        """``r-7: $0.40 so far · $1.10 to finish (ETA 0:51:00 at $1.29/h)``."""
+        text = f"{self.run_id}: {self.spent_text()} so far · {self.to_finish_text()} to finish"
+        if (
+            self.to_finish_usd is not None
+            and self.eta_seconds is not None
+            and self.price_per_hour is not None
+        ):
+            text += f" (ETA {format_duration(self.eta_seconds)} at {format_usd(self.price_per_hour)}/h)"
+        elif self.why:
+            text += f" ({self.why})"
+        return text
+
+
+def run_money(
+    run_id: str,
+    host: str,
+    *,
+    started_at: float | None,
+    progress: Mapping[str, Any] | None,
+    price: HourlyPrice,
+    now: float,
+) -> RunMoney:
+    """What an active run has cost since it started and will cost to finish, at the host's rate *price*."""
+    rate = price.amount
+    seconds = max(0.0, now - started_at) if started_at is not None else None
+    spent = None if rate is None or seconds is None else rate * seconds / 3600.0
+    progress = progress or {}
+    eta = progress.get("eta_seconds")
+    eta = float(eta) if isinstance(eta, int | float) and not isinstance(eta, bool) else None
+    why = None
+    if rate is None:
+        why = f"no price for {host} ({price.source}): set price_per_hour in hosts.toml"
+    elif eta is None:
+        if not progress.get("epochs"):
+            why = "no ETA: its log shows no Keras 'Epoch i/N' line, so gpubox cannot tell how much is left"
+        else:
+            why = "no ETA yet: the first epoch has not ended"
+    to_finish = None if rate is None or eta is None else rate * eta / 3600.0
+    return RunMoney(run_id, host, spent, to_finish, eta, rate, price.estimate, why)
+
+
+def overrun_warnings(money: RunMoney, budgets: Sequence[Budget]) -> list[str]:
+    """Each budget that *money*'s run would pass before it ends: what it needs, and what is left."""
+    if money.to_finish_usd is None:
+        return []
+    found = []
+    for budget in budgets:
+        left = max(0.0, budget.budget_usd - budget.spent_usd)
+        if money.to_finish_usd > left:
+            whose = "the total_budget_usd" if budget.scope == TOTAL_SCOPE else f"{budget.scope}'s budget"
+            found.append(
+                f"run {money.run_id} needs ~{format_usd(money.to_finish_usd)} more to finish (ETA "
+                f"{format_duration(money.eta_seconds or 0)} at {format_usd(money.price_per_hour or 0)}/h), but only "
+                f"{format_usd(left)} is left of {whose} of {format_usd(budget.budget_usd)}"
+            )
+    return found
 
 
 # ----------------------------------------------------------------------------------------------- budgets

@@ -39,7 +39,6 @@ from gpubox.state import open_state
 if TYPE_CHECKING:
     from gpubox.config import ProjectConfig
     from gpubox.remote.session import HostSession
-    from gpubox.sync.follow import OutputsFollower
 
 __all__ = [
     "LEDGER_BEAT_SECONDS",
@@ -224,7 +223,7 @@ class HostMonitor:
         self.before_stop: Callable[[], str] | None = None
         """The last pull of the outputs before this laptop stops the host (or lets its guardian): says what it
         did; a GpuboxError raised stops the termination of a rented host (its disk goes with it)."""
-        self.outputs: OutputsFollower | None = None  # the report publishes its state for `gpubox status`
+        self.published: dict[str, Callable[[], Any]] = {}  # more parts of the report ("outputs", "runs")
         self.billing = billing
         self.hosts = hosts
         self.activity = activity
@@ -768,7 +767,7 @@ class HostMonitor:
             "outcome": self.outcome,
             "guardian": self._guardian_report(),
             "sync": None if self.sync is None else self.sync.document(),
-            "outputs": None if self.outputs is None else self.outputs.document(),
+            **{part: document() for part, document in self.published.items()},
             "services": self.services,
         }
 

@@ -35,6 +35,7 @@ from gpubox.actions.monitor import (
     guarded,
     guardian_can_act,
 )
+from gpubox.actions.runmoney import RunMoneyWatch
 from gpubox.actions.services import ServiceWatch
 from gpubox.actions.supervisor import claim_host, stop_note, stop_on_signals, supervise
 from gpubox.actions.sync import held_lines, host_changed_lines, too_large_line
@@ -401,13 +402,18 @@ def hold(
                 every=project.sync.pull_outputs_seconds,
                 say=lambda text: say(_step(text)),
             ).start()
-            monitor.outputs = follower
+            monitor.published["outputs"] = follower.document
             monitor.before_stop = follower.final
         elif host.spec.rents:
             monitor.before_stop = lambda: _pull_before_terminate(session, project)
+        money = RunMoneyWatch(
+            session, project, hosts, billing.price, say=lambda text: say(_step(text))
+        ).start()
+        monitor.published["runs"] = money.document
         try:
             supervise(session, stop=stop, wake=wake, say=lambda text: say(_step(text)), monitor=monitor)
         finally:
+            money.stop()
             if follower is not None:
                 follower.stop()
             if live is not None:

@@ -11,6 +11,7 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from gpubox.actions.hosts import autostop_text, guardian_lines, host_rows, service_url
+from gpubox.actions.runmoney import money_lines
 from gpubox.actions.sync import sync_lines
 from gpubox.cli.output import load_hosts, load_project, out, price, print_json, table
 from gpubox.config import HOSTS_FILE, PROJECT_FILE
@@ -171,6 +172,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             ours = next((h["pid"] for h in row["projects"] if h["id"] == project.id), None) if seen else None
             own = state.monitor(host.name, ours) if ours else None
             row["outputs"] = (own[1].get("outputs") if own else None) or None
+            row["runs"] = (own[1].get("runs") if own else None) or []
             row["services"] = [
                 {
                     "name": tunnel.service,
@@ -237,6 +239,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             behind = behind_text(row["outputs"], now)
             if behind is not None:
                 out(f"    outputs   {behind}")
+            for line in money_lines(row["runs"]):
+                out(f"    {line}")
         out(
             f"    folder    {row['folder']} (this project's{'' if row['folder_settled'] else ', made on first use'})"
         )

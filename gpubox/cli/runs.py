@@ -47,6 +47,7 @@ from gpubox.train.runs import RUN_ID, check_run_ref, follow_log, list_runs
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProjectConfig
+    from gpubox.cost import RunMoney
     from gpubox.remote.session import HostSession
     from gpubox.train.runs import RunInfo
 
@@ -372,6 +373,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         listed = active + [r for r in listed if r.finished][-10:]
         listed.sort(key=lambda r: int(r.id[2:]))
     now = time.time()
+    # Only what the host says now is priced (runs as last seen may have ended meanwhile).
+    money, warnings = _money(host, project, listed, now) if unreachable is None else ({}, [])
     if args.json:
         document: dict[str, Any] = {
             "project": {"id": project.id, "name": project.name, "root": str(project.root)},
@@ -391,6 +394,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
                     "exit_code": r.exit_code,
                     "log_bytes": r.log_bytes,
                     "progress": r.progress,
+                    "money": money[r.id].document() if r.id in money else None,
+                    "budget_warnings": [text for run_id, text in warnings if run_id == r.id],
                 }
                 for r in listed
             ]
@@ -408,7 +413,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
             out(f"no runs{whose} on {host.name} yet: `gpubox run -- python train.py` starts one")
         return 0
     if listed:  # a host whose only runs are workers of multi-host runs has just the second table
-        _runs_table(listed, now, project, all_projects=args.all_projects, last_seen=unreachable is not None)
+        _runs_table(
+            listed,
+            now,
+            project,
+            all_projects=args.all_projects,
+            last_seen=unreachable is not None,
+            money=money,
+        )
+        for _run_id, text in warnings:
+            out(f"! {text}")
     if multi:
         out()
         for line in table_lines(multi, now):
@@ -416,8 +430,29 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _money(
+    host: HostConfig, project: ProjectConfig, runs: list[RunInfo], now: float
+) -> tuple[dict[str, RunMoney], list[tuple[str, str]]]:
+    """Each active run's cost so far and to finish at the host's $/h, and the budgets finishing would pass."""
+    from gpubox.actions.runmoney import active_money
+    from gpubox.remote.providers import host_price
+    from gpubox.state import open_state
+
+    with open_state() as state:
+        record = state.host(host.name)
+    price = host_price(host, record.probe if record else None)
+    found, warnings = active_money(runs, host, load_hosts(project), price, now)
+    return {m.run_id: m for m in found}, warnings
+
+
 def _runs_table(
-    runs: list[RunInfo], now: float, project: ProjectConfig, *, all_projects: bool, last_seen: bool
+    runs: list[RunInfo],
+    now: float,
+    project: ProjectConfig,
+    *,
+    all_projects: bool,
+    last_seen: bool,
+    money: dict[str, RunMoney] | None = None,
 ) -> None:
     """The runs as a table that fits the terminal: the progress shows the metrics that matter most and the
     command is shortened, to what the width leaves them (``--json`` has everything). *last_seen*: the host
@@ -432,10 +467,15 @@ def _runs_table(
             format_duration(r.duration(now) or 0),
             "" if r.exit_code is None else str(r.exit_code),
         ]
+        if money:
+            cost = money.get(r.id)
+            row += [cost.spent_text(), cost.to_finish_text()] if cost else ["", ""]
         if all_projects:
             row.insert(1, _project_mark(r, project))
         fixed.append(row)
     headers = ["id", "name", "state", "started", "duration", "exit"]
+    if money:
+        headers += ["cost", "to finish"]
     if all_projects:
         headers.insert(1, "project")
     width = terminal_width()

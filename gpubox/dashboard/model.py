@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from gpubox.actions.runmoney import money_lines
 from gpubox.dashboard.poller import PollRequest
 from gpubox.dashboard.read import HostSample, StateSample
 from gpubox.dashboard.views import (
@@ -129,6 +130,7 @@ class Dashboard:
         self._sync_errors: dict[str, int] = {}
         self._held: dict[str, int] = {}
         self._unreachable: set[str] = set()
+        self._overrun_warned: set[tuple[str, str, str]] = set()
 
     # -- feeding
 
@@ -159,6 +161,15 @@ class Dashboard:
             self._unreachable.discard(gone)
         for host in sample.hosts:
             report = host.report or {}
+            for row in report.get("runs") or ():
+                for text in row.get("warnings") or ():
+                    # Once per run and budget, as in the `up` terminal.
+                    key = (host.name, str(row.get("id")), str(text).rpartition(" left of ")[2])
+                    if key not in self._overrun_warned:
+                        self._overrun_warned.add(key)
+                        self._events.append(
+                            Event("budget", f"cost to finish of {row.get('id')}", text, "warning")
+                        )
             sync = report.get("sync") or None
             if sync:
                 conflicts = int(sync.get("conflicts") or 0)
@@ -391,6 +402,9 @@ class Dashboard:
                     problem=sample.error if sample is not None and not sample.ok else None,
                     sync=SyncView.from_report(report["sync"]) if report.get("sync") else None,
                     outputs_text=behind_text(report.get("outputs"), now),
+                    run_money=tuple(
+                        line.removeprefix("run       ") for line in money_lines(report.get("runs"))
+                    ),
                     sampled_at=sample.at if sample is not None else None,
                 )
             )

@@ -130,6 +130,7 @@ class StateReader:
                         monitor.report,
                         sync=(ours.report.get("sync") if ours else None),
                         outputs=(ours.report.get("outputs") if ours else None),
+                        runs=(ours.report.get("runs") if ours else None),
                     )
                     monitor = MonitorReport(monitor.at, report)
                 views = tuple(

@@ -172,6 +172,8 @@ class HostView(HostFacts):
     problem: str | None = None
     sync: SyncView | None = None
     outputs_text: str | None = None
+    run_money: tuple[str, ...] = ()
+    """Each active run of this project's: ``r-7: $0.40 so far · $1.10 to finish (ETA 0:51:00 at $1.29/h)``."""
     """How far the local copy of the outputs is behind the host's (`3 files / 40.0 MB behind, ...`)."""
     sampled_at: float | None = None
 

@@ -151,3 +151,66 @@ def test_the_last_pull_completes_before_an_autostop(project: Path, tmp_path: Pat
     log = _up_log(project)
     pulled = log.index("pulled outputs: 1 fetched")
     assert pulled < log.index("stopped the local sshd"), log
+
+
+EPOCHS = """
+import time
+print("Epoch 1/2000", flush=True)
+time.sleep(0.5)
+print("Epoch 2/2000", flush=True)
+time.sleep(120)
+"""
+
+
+def test_cost_to_finish_in_runs_and_status_with_a_budget_warning_once(project: Path, tmp_path: Path) -> None:
+    # $36/h is a cent a second; finishing 1998 more epochs of at least 0.5 s passes the $0.50 budget.
+    (project / "hosts.toml").write_text(
+        f'[hosts.local]\nremote_dir = "{tmp_path / "remote"}"\nprice_per_hour = 36\nbudget_usd = 0.5\n'
+        'on_budget = "warn"\n'
+    )
+    (project / "epochs.py").write_text(EPOCHS)
+    done = run_gpubox("up", "--detach", "--no-services", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with_eta = run_gpubox("run", "--", "python3", "epochs.py", cwd=project)
+    without = run_gpubox("run", "--", "sleep", "120", cwd=project)
+    first = re.search(r"\br-\d+\b", with_eta.stdout).group(0)  # type: ignore[union-attr]
+    second = re.search(r"\br-\d+\b", without.stdout).group(0)  # type: ignore[union-attr]
+    try:
+
+        def listed() -> dict[str, Any]:
+            document = json.loads(run_gpubox("runs", "--json", cwd=project).stdout)
+            return {row["id"]: row for row in document["runs"]}
+
+        rows = _wait(lambda: (r := listed())[first]["money"]["to_finish_usd"] and r, what="an ETA")
+        money = rows[first]["money"]
+        assert money["price_per_hour"] == 36
+        assert money["to_finish_usd"] == pytest.approx(money["eta_seconds"] * 36 / 3600, rel=0.01)
+        assert money["to_finish_usd"] > 5  # at least 0.5 s × 1998 epochs at a cent a second
+        assert money["spent_usd"] > 0 and money["to_finish_why"] is None
+        assert rows[first]["budget_warnings"] and "$0.50" in rows[first]["budget_warnings"][0]
+        other = rows[second]["money"]
+        assert other["to_finish_usd"] is None and "no ETA" in other["to_finish_why"]
+        assert not rows[second]["budget_warnings"]
+
+        table = run_gpubox("runs", cwd=project).stdout
+        assert "to finish" in table and "—" in table
+        assert f"! run {first} needs ~$" in table and "left of local's budget of $0.50" in table
+
+        status = _wait(
+            lambda: (
+                (text := run_gpubox("status", cwd=project).stdout)
+                and f"run       {first}: $" in text
+                and text
+            ),
+            what="status to show the runs' cost to finish",
+        )
+        assert re.search(rf"run       {first}: \$\d+\.\d\d so far · \$\d+\.\d\d to finish \(ETA ", status), (
+            status
+        )
+        assert f"run       {second}: $" in status and "— to finish (no ETA" in status
+        time.sleep(11)  # another look of the supervisor: the warning is not said again
+        log = _up_log(project)
+        assert log.count(f"run {first} needs") == 1, log
+    finally:
+        for run_id in (first, second):
+            run_gpubox("stop", run_id, cwd=project)

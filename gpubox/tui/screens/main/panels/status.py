@@ -29,6 +29,9 @@ def status_lines(snapshot: DashboardSnapshot, host: HostView | None) -> Text:
     if shown is not None and shown.outputs_text:
         text.append(" · outputs ", style="bold")
         text.append(shown.outputs_text)
+    for line in shown.run_money if shown is not None else ():
+        text.append(" · ")
+        text.append(line, style="yellow" if "!" in line else "")
     text.append("\n")
     text.append("tunnels ", style="bold")
     # The selected host's tunnels (all of them when one host has any); a count for the others.
