@@ -22,15 +22,13 @@ The handshake, one line of JSON each way before the relay starts::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
 import stat
 import struct
-import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,16 +50,25 @@ _UNIX_PATH_LIMIT = 100  # sun_path is 104 bytes on macOS and 108 on Linux, with 
 
 
 def control_path(host: str, project_id: str) -> Path:
-    """Where the holder of *host* for the project *project_id* listens.
+    """Where the holder of *host* for the project *project_id* listens: ``state/control/HOST@PROJECT.sock``."""
+    return paths.state_dir() / "control" / f"{host}@{project_id}.sock"
 
-    ``state/control/HOST@PROJECT.sock``; when that is too long for a Unix socket address (a deep state folder),
-    a name hashed from it in a private folder of this user under the system's temporary folder, as OpenSSH's
-    ``ControlPath %C`` does."""
-    wanted = paths.state_dir() / "control" / f"{host}@{project_id}.sock"
-    if len(os.fsencode(wanted)) <= _UNIX_PATH_LIMIT:
-        return wanted
-    digest = hashlib.sha256(os.fsencode(wanted)).hexdigest()[:24]
-    return Path(tempfile.gettempdir()) / f"gpubox-{os.getuid()}" / f"{digest}.sock"
+
+@contextlib.contextmanager
+def _address(path: Path) -> Iterator[str]:
+    """*path* as a Unix socket address. A path too long for one (a deep state folder; the limit is about 100
+    bytes) is reached through its folder's descriptor, ``/proc/self/fd/N/NAME``, on Linux; elsewhere it is
+    refused, and commands connect on their own."""
+    if len(os.fsencode(path)) <= _UNIX_PATH_LIMIT:
+        yield os.fspath(path)
+        return
+    if not os.path.isdir("/proc/self/fd"):
+        raise OSError(f"the path {path} is too long for a Unix socket")
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{folder}/{path.name}"
+    finally:
+        os.close(folder)
 
 
 def _private_folder(folder: Path) -> None:
@@ -166,7 +173,8 @@ def open_control_agent(host: str, project_id: str) -> ControlAgent | None:
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.settimeout(HANDSHAKE_TIMEOUT)
-        connection.connect(os.fspath(path))
+        with _address(path) as address:
+            connection.connect(address)
         _send_json_line(connection, {"want": "agent", "protocol": PROTOCOL})
         line, rest = _read_line(connection)
         answer = json.loads(line)
@@ -217,7 +225,8 @@ class ControlServer:
             # Made 0600 from the start (umask), not chmod-ed after: no moment where another user could connect.
             old_umask = os.umask(0o177)
             try:
-                listener.bind(os.fspath(self.path))
+                with _address(self.path) as address:
+                    listener.bind(address)
             finally:
                 os.umask(old_umask)
             listener.listen(16)
@@ -367,7 +376,8 @@ def open_control_agent_alive(path: Path) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
-        probe.connect(os.fspath(path))
+        with _address(path) as address:
+            probe.connect(address)
         return True
     except OSError:
         return False

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from gpubox import paths
 from gpubox.remote.control import ControlServer, control_path, open_control_agent
 from gpubox.remote.providers.local import LocalSshd
 from gpubox.state import pid_alive
@@ -76,6 +75,8 @@ def _up(project: Path) -> int:
 def test_one_shot_commands_ride_the_held_connection(project: Path) -> None:
     _up(project)
     socket_path = control_path("local", _project_id(project))
+    # pytest's folders make a state folder too deep for a Unix socket address: the descriptor route is used.
+    assert len(os.fsencode(socket_path)) > 100
     info = socket_path.lstat()
     assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
     assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
@@ -153,18 +154,6 @@ def test_commands_still_work_after_the_holders_link_dropped(project: Path) -> No
     else:
         pytest.fail("commands never rode the holder again after its link came back")
     assert run_gpubox("down", "local", "--yes", cwd=project).returncode == 0
-
-
-def test_a_deep_state_folder_gets_a_short_private_socket_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    deep = tmp_path / ("d" * 60) / ("e" * 60)
-    monkeypatch.setenv("GPUBOX_HOME", str(deep))
-    path = control_path("a-host-with-a-long-name", "abcdef")
-    assert len(os.fsencode(path)) < 104
-    assert not str(path).startswith(str(paths.state_dir()))
-    assert control_path("a-host-with-a-long-name", "abcdef") == path  # the same holder and client agree
-    assert control_path("a-host-with-a-long-name", "abcdeg") != path
 
 
 def test_a_folder_others_can_write_is_refused(tmp_path: Path) -> None:
