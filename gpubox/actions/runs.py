@@ -7,8 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from gpubox.actions import Say, quiet
-from gpubox.actions.sync import held_lines, host_changed_lines, make_syncer
-from gpubox.actions.up import build_env
 from gpubox.errors import UsageError
 from gpubox.remote.session import connect_host
 from gpubox.state import open_state
@@ -113,6 +111,10 @@ def prepare_run(
     is now), build or reuse the env (saying so when it builds; *env_activity* hears what the build is doing),
     start *argv* detached, and cache it."""
 
+    # The sync engine and the env build load here, not with the module: `runs`, `logs` and `stop` need neither.
+    from gpubox.actions.env import build_env
+    from gpubox.actions.sync import make_syncer
+
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
     if sync:
@@ -130,6 +132,8 @@ def prepare_run(
 
 def tell_run_sync(report: SyncReport, host: str, say: Say) -> None:
     """What a run's sync changed, and what the run will see differently from the local folder."""
+    from gpubox.actions.sync import held_lines, host_changed_lines
+
     if report.sent or report.deleted or report.moved:
         say(f"synced {host}: {report.summary()}")
     for line in host_changed_lines(report.host_changed, host, running=True):

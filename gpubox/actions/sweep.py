@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from gpubox import paths
 from gpubox.actions import Say, quiet
+from gpubox.actions.env import build_env
 from gpubox.actions.supervisor import start_background, stop_on_signals
 from gpubox.actions.sync import make_syncer
-from gpubox.actions.up import build_env
 from gpubox.errors import BadInput, GpuboxError, UsageError
 from gpubox.state import open_state
 from gpubox.train.multihost import pick_hosts
@@ -311,6 +311,7 @@ def run_scheduler(
             probe=False,
             launch=host.spec.runs_own_sshd,
             folder="claim",
+            ride=False,  # a lane holds its host for the whole sweep, whoever else holds it
         )
 
     def prepare(session: HostSession, host: HostConfig) -> str | None:

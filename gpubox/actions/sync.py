@@ -9,14 +9,12 @@ from typing import TYPE_CHECKING, Any
 from gpubox.fmt import format_duration
 from gpubox.remote.folder import known_folder
 from gpubox.remote.session import connect_host
-from gpubox.sync.engine import Syncer
-from gpubox.sync.plan import WipeGuard
-from gpubox.sync.pull import pull
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProjectConfig, SyncConfig
     from gpubox.remote.session import HostSession
     from gpubox.sync.engine import Syncer, SyncReport
+    from gpubox.sync.plan import WipeGuard
     from gpubox.sync.pull import PullReport
 
 __all__ = [
@@ -112,6 +110,8 @@ def too_large_line(path: str, size: int, limit_mb: float, *, kept: bool) -> str:
 
 def wipe_guard(settings: SyncConfig) -> WipeGuard:
     """What counts as a wipe for this project ([sync] in gpubox.toml)."""
+    from gpubox.sync.plan import WipeGuard
+
     return WipeGuard(
         share=settings.wipe_share,
         min_files=settings.wipe_min_files,
@@ -124,6 +124,8 @@ def make_syncer(
     session: HostSession | Callable[[], HostSession], project: ProjectConfig, host: HostConfig
 ) -> Syncer:
     """A Syncer for *host*; given a connect callable instead of a session, it connects only if it must."""
+    # The engine (and pathspec under it) loads here, not with the module: `status` reads the sync lines only.
+    from gpubox.sync.engine import Syncer
 
     settings = project.sync
     if callable(session):
@@ -163,6 +165,8 @@ def sync_now(host: HostConfig, project: ProjectConfig, *, allow_mass_delete: boo
 def pull_outputs(host: HostConfig, project: ProjectConfig, paths: Sequence[str] = ()) -> PullReport:
     """`gpubox pull`: the outputs folders and the notebooks edited on the host (or *paths*) back from the host,
     incrementally."""
+
+    from gpubox.sync.pull import pull
 
     session = connect_host(host, project, probe=False, launch=False, folder="check")
     try:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from gpubox import paths
 from gpubox.actions import Say
+from gpubox.actions.env import build_env, ensure_built
 from gpubox.actions.framework import project_framework
 from gpubox.actions.monitor import (
     HostMonitor,
@@ -43,6 +44,7 @@ from gpubox.actions.sync import make_syncer as syncer_for
 from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.fmt import format_duration, format_usd
+from gpubox.remote.control import ControlServer, control_path
 from gpubox.remote.folder import left_behind
 from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
@@ -52,7 +54,7 @@ from gpubox.state import open_state
 from gpubox.sync.follow import OutputsFollower
 from gpubox.sync.pull import pull
 from gpubox.sync.watch import LiveSync
-from gpubox.train.env import ensure_env, env_spec, tools_spec
+from gpubox.train.env import tools_spec
 from gpubox.train.services import ensure_services, ensure_tools, service_key
 
 if TYPE_CHECKING:
@@ -60,7 +62,6 @@ if TYPE_CHECKING:
     from gpubox.remote.connection import AskToPin
     from gpubox.remote.session import HostSession
     from gpubox.sync.engine import Syncer, SyncReport
-    from gpubox.train.env import EnvSpec
     from gpubox.train.services import ServiceState
 
 __all__ = [
@@ -133,7 +134,8 @@ def connect(
     """Open the host (starting the local one), probe it, record it, and say the host report. *started* is when
     the user's wait began (for the connect time shown)."""
     started = time.monotonic() if started is None else started
-    session = connect_host(host, project, accept_new=options.accept_new, ask=ask, folder="claim")
+    # Never through a control socket: this process becomes the holder.
+    session = connect_host(host, project, accept_new=options.accept_new, ask=ask, folder="claim", ride=False)
     try:
         with open_state() as state:
             state.record_host(host.name, host.provider, session.spec.endpoint.display)
@@ -223,46 +225,6 @@ def prepare(
     return prepared
 
 
-def build_env(
-    session: HostSession,
-    project: ProjectConfig,
-    *,
-    say: Say,
-    activity: Callable[[str], None] | None = None,
-    quiet_when_cached: bool = False,
-) -> str | None:
-    """Build (or reuse) the project's env on the host; its path, None when the project needs none.
-
-    A build is said when it starts (with where pip's whole output is kept on the host) and when it ends;
-    *activity* hears what it is doing meanwhile, in a few words. A cached env is one line, or none with
-    *quiet_when_cached* (`gpubox run`)."""
-    spec = env_spec(project, str(session.agent.hello.get("python", "")))
-    if spec is None:
-        return None
-    what = spec.requirements or "setup commands"
-    return _ensure(session, spec, what, say=say, activity=activity, quiet_when_cached=quiet_when_cached)
-
-
-def _ensure(
-    session: HostSession,
-    spec: EnvSpec,
-    what: str,
-    *,
-    say: Say,
-    activity: Callable[[str], None] | None,
-    quiet_when_cached: bool,
-) -> str:
-    def started(log: str) -> None:
-        say(f"  · env    building {spec.path} ({what}); pip's log on the host: {log}")
-
-    built = ensure_env(session, spec, on_start=started, on_activity=activity)
-    if not built.cached:
-        say(f"  ✓ env    {spec.path} ({what}, built in {format_duration(built.seconds)})")
-    elif not quiet_when_cached:
-        say(f"  ✓ env    {spec.path} ({what}, cached)")
-    return built.path
-
-
 def start_services(
     session: HostSession,
     project: ProjectConfig,
@@ -278,7 +240,7 @@ def start_services(
         return [], venv
     if venv is None:
         spec = tools_spec(project, str(session.agent.hello.get("python", "")))
-        venv = _ensure(
+        venv = ensure_built(
             session, spec, "for the services", say=say, activity=env_activity, quiet_when_cached=True
         )
     installed = ensure_tools(session, venv, enabled, say=say)
@@ -379,6 +341,7 @@ def hold(
             say(
                 f"  holding {host.name}: Ctrl-C leaves it running{watched} (`gpubox down {host.name}` stops it)"
             )
+        control = _serve_control(session, project, say)
         if on_ready is not None:
             on_ready(Ready(os.getpid(), shown))
         monitor = HostMonitor(
@@ -413,6 +376,8 @@ def hold(
         try:
             supervise(session, stop=stop, wake=wake, say=lambda text: say(_step(text)), monitor=monitor)
         finally:
+            if control is not None:
+                control.close()
             money.stop()
             if follower is not None:
                 follower.stop()
@@ -429,6 +394,23 @@ def hold(
     if next_step is not None:
         return f"  left {host.name} after {held}: {next_step}"
     return f"  left {host.name} after {held}; the host keeps running"
+
+
+def _serve_control(session: HostSession, project: ProjectConfig, say: Say) -> ControlServer | None:
+    """Let this project's one-shot commands ride the held connection (see :mod:`gpubox.remote.control`)."""
+    from gpubox.remote.session import start_agent
+
+    host = session.host
+    path = control_path(host.name, project.id)
+    try:
+        return ControlServer(path, lambda: start_agent(session.connection, host), label=host.name).start()
+    except OSError as exc:
+        say(
+            _step(
+                f"! other commands connect on their own: no control socket at {path} ({exc.strerror or exc})"
+            )
+        )
+        return None
 
 
 def _tunnel_ports_file() -> Path:

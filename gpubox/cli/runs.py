@@ -20,8 +20,6 @@ from gpubox.actions.runs import (
     stop_one_run,
     tell_run_sync,
 )
-from gpubox.actions.sync import make_syncer
-from gpubox.actions.up import build_env
 from gpubox.cli.output import (
     LiveProgress,
     ask_to_pin,
@@ -35,7 +33,6 @@ from gpubox.cli.output import (
     table,
     terminal_width,
 )
-from gpubox.cli.sync import full_sync
 from gpubox.errors import GpuboxError, HostUnreachable, UsageError
 from gpubox.fmt import format_duration
 from gpubox.remote.agent import calls
@@ -66,6 +63,10 @@ def _run_on_hosts(args: argparse.Namespace) -> int:
     argv = list(args.command_args) or ([project.run.command] if project.run.command else [])
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
+
+    from gpubox.actions.env import build_env
+    from gpubox.actions.sync import make_syncer
+    from gpubox.cli.sync import full_sync
 
     def prepare(session: HostSession, host: HostConfig) -> str | None:
         if not args.no_sync:

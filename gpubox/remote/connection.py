@@ -16,13 +16,12 @@ import hashlib
 import io
 import logging
 import os
-import random
 import re
 import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
@@ -39,6 +38,7 @@ from gpubox.errors import (
     HostUnreachable,
     RemoteError,
 )
+from gpubox.remote.backoff import Backoff, with_backoff
 
 if TYPE_CHECKING:
     import fabric
@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+DEFAULT_BACKOFF = Backoff()
 
 # paramiko's transport thread logs a dropped socket ("Socket exception: Connection reset by peer (104)") at ERROR;
 # with no handler anywhere, Python's last-resort handler printed it to stderr beside gpubox's one-line error.
@@ -278,51 +279,6 @@ def public_key_from_line(text: str) -> paramiko.PKey:
     return paramiko.PKey.from_type_string(key_type, base64.b64decode(blob))
 
 
-# -------------------------------------------------------------------------------------------- backoff
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with jitter, bounded by a deadline: the one retry policy of gpubox."""
-
-    initial: float = 0.5
-    factor: float = 2.0
-    maximum: float = 10.0
-    jitter: float = 0.2
-    deadline: float | None = 120.0
-
-    def delays(self) -> Iterator[float]:
-        delay = self.initial
-        while True:
-            yield delay * (1 + random.uniform(-self.jitter, self.jitter))
-            delay = min(delay * self.factor, self.maximum)
-
-
-def with_backoff(
-    action: Callable[[], T],
-    backoff: Backoff = Backoff(),
-    *,
-    retry_on: tuple[type[BaseException], ...] = (HostUnreachable,),
-    on_retry: Callable[[BaseException, float], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> T:
-    """Run *action* until it succeeds; retry only what waiting can fix (an unreachable host, not a bad key)."""
-    started = time.monotonic()
-    delays = backoff.delays()
-    while True:
-        try:
-            return action()
-        except retry_on as exc:
-            delay = next(delays)
-            elapsed = time.monotonic() - started
-            if should_stop() or (backoff.deadline is not None and elapsed + delay > backoff.deadline):
-                raise
-            if on_retry is not None:
-                on_retry(exc, delay)
-            sleep(delay)
-
-
 # ------------------------------------------------------------------------------------------- connection
 
 
@@ -488,7 +444,7 @@ class Connection:
                 conn.client.close()
         self._chain = []
 
-    def reconnect(self, backoff: Backoff = Backoff(), **kwargs: Any) -> Connection:
+    def reconnect(self, backoff: Backoff = DEFAULT_BACKOFF, **kwargs: Any) -> Connection:
         """Drop the transport and connect again, retrying with backoff while the host is unreachable."""
         self.close()
         return with_backoff(self.open, backoff, **kwargs)

@@ -23,7 +23,7 @@ from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProjectConfig
-    from gpubox.remote.agent.client import AgentSession
+    from gpubox.remote.agent.framing import FramedAgent
 
 __all__ = ["FolderTaken", "HostFolder", "known_folder", "left_behind", "owner_record", "settle_folder"]
 
@@ -92,7 +92,7 @@ def _legacy_candidate(host: HostConfig, project: ProjectConfig) -> str | None:
 
 
 def settle_folder(
-    agent: AgentSession, host: HostConfig, project: ProjectConfig, *, claim: bool, strict: bool = True
+    agent: FramedAgent, host: HostConfig, project: ProjectConfig, *, claim: bool, strict: bool = True
 ) -> HostFolder:
     """Settle the project's folder on the host (see the module's docstring). With *claim*, make it and record the
     project as its owner. A folder another project owns is refused (:class:`FolderTaken`, one line naming both)
@@ -150,7 +150,7 @@ def _taken(host: HostConfig, project: ProjectConfig, folder: str, theirs: calls.
     )
 
 
-def left_behind(agent: AgentSession, project: ProjectConfig) -> list[calls.ProjectOwner]:
+def left_behind(agent: FramedAgent, project: ProjectConfig) -> list[calls.ProjectOwner]:
     """Folders on the host of projects of this machine whose folder here is gone: a project moved or renamed
     (it is a new project to gpubox) may be one of them, with its files and runs. Those of the same name come
     first, then the most recently claimed."""

@@ -50,12 +50,12 @@ class SessionPool:
         self._locks = {name: threading.Lock() for name in self.hosts}
 
     def get(self, name: str) -> HostSession:
-        from gpubox.remote.connection import Backoff, with_backoff
+        from gpubox.remote.backoff import Backoff, with_backoff
         from gpubox.remote.session import connect_host
 
         with self._locks[name]:
             session = self._sessions.get(name)
-            if session is not None and session.connection.is_alive():
+            if session is not None and session.is_alive():
                 return session
             if session is not None:
                 session.close()

@@ -7,14 +7,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from gpubox.config import HostConfig
+from gpubox.errors import HostUnreachable
 from gpubox.remote.agent import calls
-from gpubox.remote.agent.client import AgentSession
-from gpubox.remote.connection import AskToPin, Backoff, Connection, with_backoff
-from gpubox.remote.providers import ConnectSpec, provider_for
+from gpubox.remote.backoff import Backoff, with_backoff
 
+# paramiko (through the connection and the agent's SSH client) and the providers load only when a session opens
+# a connection of its own: a command that rides the held connection's control socket never needs them.
 if TYPE_CHECKING:
     from gpubox.config import ProjectConfig
+    from gpubox.remote.agent.client import AgentSession
+    from gpubox.remote.agent.framing import FramedAgent
+    from gpubox.remote.connection import AskToPin, Connection
     from gpubox.remote.folder import HostFolder
+    from gpubox.remote.providers import ConnectSpec
 
 __all__ = ["FolderUse", "HostSession", "connect_host", "open_connection", "shell_word"]
 
@@ -34,6 +39,9 @@ def open_connection(
     host: HostConfig, *, accept_new: bool = False, ask: AskToPin | None = None, launch: bool | None = None
 ) -> tuple[Connection, ConnectSpec]:
     """Open the SSH transport to *host*. ``launch`` starts the host first (default: only the free ``local``)."""
+    from gpubox.remote.connection import Connection
+    from gpubox.remote.providers import provider_for
+
     provider = provider_for(host)
     if launch if launch is not None else host.spec.runs_own_sshd:
         provider.launch(host)
@@ -52,12 +60,16 @@ def open_connection(
 
 @dataclass
 class HostSession:
-    """A connected host with its agent running."""
+    """A connected host with its agent running.
+
+    The agent is either started on an SSH connection of the session's own, or reached through the control socket
+    of the process holding the host (:mod:`gpubox.remote.control`); then :attr:`connection` is opened only when
+    something needs a channel of its own (a shell, an env build's output), on first use."""
 
     host: HostConfig
-    connection: Connection
-    spec: ConnectSpec
-    agent: AgentSession
+    _connection: Connection | None
+    _spec: ConnectSpec | None
+    agent: FramedAgent
     remote_dir: str
     folder: HostFolder | None = None
     """The project's folder as settled at connect (None when connected for a bare project name)."""
@@ -66,6 +78,34 @@ class HostSession:
     probe: dict[str, Any] = field(default_factory=dict)
     generation: int = 0
     """Incremented on every reconnect, so users of the session know to re-check what the host holds."""
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            self._connection, spec = open_connection(self.host, launch=False)
+            self._spec = self._spec or spec
+        return self._connection
+
+    @property
+    def spec(self) -> ConnectSpec:
+        if self._spec is None:
+            from gpubox.remote.providers import provider_for
+
+            self._spec = provider_for(self.host).connect_spec(self.host)
+        return self._spec
+
+    @property
+    def rides_holder(self) -> bool:
+        """Whether the agent is reached through the holder's control socket (no SSH connection of our own)."""
+        from gpubox.remote.control import ControlAgent
+
+        return isinstance(self.agent, ControlAgent)
+
+    def is_alive(self) -> bool:
+        """Whether the session can still reach the host's agent."""
+        if self._connection is not None and not self.rides_holder:
+            return self._connection.is_alive()
+        return self.agent.is_alive()
 
     def refresh_probe(self) -> dict[str, Any]:
         self.probe = dict(calls.probe(self.agent, project_dir=self.remote_dir))
@@ -80,9 +120,11 @@ class HostSession:
         self.agent.close()
 
         def attempt() -> None:
-            self.connection.close()
-            self.connection.open()
-            self.agent = start_agent(self.connection, self.host)
+            # A session that rode the holder's socket gets a connection of its own here: the holder let go.
+            connection = self.connection
+            connection.close()
+            connection.open()
+            self.agent = start_agent(connection, self.host)
 
         with_backoff(attempt, backoff, **kwargs)
         self.generation += 1
@@ -90,7 +132,8 @@ class HostSession:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.agent.close()
-        self.connection.close()
+        if self._connection is not None:
+            self._connection.close()
 
 
 def start_agent(connection: Connection, host: HostConfig) -> AgentSession:
@@ -99,6 +142,7 @@ def start_agent(connection: Connection, host: HostConfig) -> AgentSession:
     Only a bare command name (found on PATH, possibly through a wrapper such as a pyenv shim) is remembered; a
     configured path is always used as written, since a wrapper script there may set up what the user needs.
     """
+    from gpubox.remote.agent.client import AgentSession
     from gpubox.state import open_state
 
     remember = "/" not in host.python
@@ -127,15 +171,48 @@ def connect_host(
     launch: bool = True,
     probe: bool = True,
     folder: FolderUse = "look",
+    ride: bool = True,
 ) -> HostSession:
     """Connect to *host* with the agent running, for *project*, whose folder there is settled on the way
     (:mod:`gpubox.remote.folder`): ``claim`` makes it and records the project as its owner (commands that write
     there: up, sync, run, ssh, pull), ``check`` refuses a folder another project owns without making anything (a
     dry run), ``look`` only finds it (runs, logs, the dashboard). Given only a name (tests, tools), the folder is
-    ``remote_dir`` or the older layout's ``~/gpubox/<name>``, unchecked."""
+    ``remote_dir`` or the older layout's ``~/gpubox/<name>``, unchecked.
+
+    With *ride* (the default), a project's command reaches the agent through the control socket of the process
+    that holds the host for that project, when one does; the holder itself, and what holds a host for long on
+    its own (a sweep's lanes), pass ``ride=False``."""
+    if ride and not isinstance(project, str):
+        from gpubox.remote.control import open_control_agent
+
+        held = open_control_agent(host.name, project.id)
+        if held is not None:
+            try:
+                return _session_with(host, project, None, None, held, probe=probe, folder=folder)
+            except HostUnreachable:
+                held.close()  # the holder let go mid-way: connect directly
     connection, spec = open_connection(host, accept_new=accept_new, ask=ask, launch=launch)
     try:
-        agent = start_agent(connection, host)
+        return _session_with(
+            host, project, connection, spec, start_agent(connection, host), probe=probe, folder=folder
+        )
+    except BaseException:
+        connection.close()
+        raise
+
+
+def _session_with(
+    host: HostConfig,
+    project: ProjectConfig | str,
+    connection: Connection | None,
+    spec: ConnectSpec | None,
+    agent: FramedAgent,
+    *,
+    probe: bool,
+    folder: FolderUse,
+) -> HostSession:
+    """The session on a started *agent*, with the project's folder settled and the host probed if asked."""
+    try:
         settled = None
         owner = None
         if isinstance(project, str):
@@ -151,5 +228,5 @@ def connect_host(
             session.refresh_probe()
         return session
     except BaseException:
-        connection.close()
+        agent.close()
         raise

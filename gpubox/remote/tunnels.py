@@ -13,8 +13,11 @@ import select
 import socket
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import paramiko
+# paramiko loads with the first forwarded connection: `gpubox status` asks whether a tunnel answers without it.
+if TYPE_CHECKING:
+    import paramiko
 
 __all__ = ["Tunnel", "bind_local", "tunnel_answers"]
 
@@ -106,6 +109,8 @@ class Tunnel:
             ).start()
 
     def _forward(self, client: socket.socket, address: tuple[str, int]) -> None:
+        import paramiko
+
         channel = None
         try:
             try:

@@ -160,3 +160,10 @@ def test_cost_imports_nothing_from_remote() -> None:
 
 def test_fmt_is_a_leaf() -> None:
     assert _gpubox_imports("gpubox.fmt") <= {"gpubox.errors"}
+
+
+def test_the_clients_protocol_constants_are_the_agents() -> None:
+    """framing.py repeats host.py's PROTOCOL and MAX_FRAME so that the client need not load the agent's file."""
+    from gpubox.remote.agent import framing, host
+
+    assert (framing.PROTOCOL, framing.MAX_FRAME) == (host.PROTOCOL, host.MAX_FRAME)

@@ -201,7 +201,9 @@ class _FakeLink:
         self.name = name
         self.alive = True
         self.closed = False
-        self.connection = SimpleNamespace(is_alive=lambda: self.alive)
+
+    def is_alive(self) -> bool:
+        return self.alive
 
     def close(self) -> None:
         self.closed = True

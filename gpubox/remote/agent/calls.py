@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
 
 if TYPE_CHECKING:
-    from gpubox.remote.agent.client import AgentSession
+    from gpubox.remote.agent.framing import FramedAgent
 
 __all__ = [
     "ActiveRun",
@@ -85,7 +85,7 @@ class Hello(TypedDict, total=False):
     home: str
 
 
-def hello(agent: AgentSession, *, client_protocol: int | None = None) -> Hello:
+def hello(agent: FramedAgent, *, client_protocol: int | None = None) -> Hello:
     """The agent's versions and where it runs. With *client_protocol* the agent checks it against its own and
     refuses a different one (error kind ``protocol-mismatch``); without, it is a plain round trip (a heartbeat)."""
     return cast(Hello, agent.request("hello", _fields(client_protocol=client_protocol)))
@@ -119,7 +119,7 @@ class Probe(TypedDict, total=False):
     refuses it); None when nvidia-smi itself gave no answer. Absent from agents before it."""
 
 
-def probe(agent: AgentSession, *, project_dir: str) -> Probe:
+def probe(agent: FramedAgent, *, project_dir: str) -> Probe:
     """What the host is: OS, Python, CPUs, memory, free disk where the project is (or will be), nvidia-smi."""
     return cast(Probe, agent.request("probe", {"project_dir": project_dir}))
 
@@ -135,7 +135,7 @@ class Framework(TypedDict, total=False):
     built_with_cuda: bool | None
 
 
-def framework(agent: AgentSession, *, python: str, timeout: float | None = None) -> Framework:
+def framework(agent: FramedAgent, *, python: str, timeout: float | None = None) -> Framework:
     """What TensorFlow installed in *python* on the host reports (the only framework asked about today)."""
     return cast(Framework, agent.request("framework", _fields(python=python, timeout=timeout)))
 
@@ -160,7 +160,7 @@ class ActiveRun(TypedDict):
     """When it last showed progress (host clock): its start, its log's last write, its newest TensorBoard file."""
 
 
-def idle(agent: AgentSession, *, gpu: bool = True, ttys: bool = True) -> Idle:
+def idle(agent: FramedAgent, *, gpu: bool = True, ttys: bool = True) -> Idle:
     """What the host is doing, for idle autostop: GPU use, terminals, active runs, busy Jupyter kernels."""
     return cast(Idle, agent.request("idle", {"gpu": gpu, "ttys": ttys}))
 
@@ -182,7 +182,7 @@ class Guardian(TypedDict):
 
 
 def guardian(
-    agent: AgentSession,
+    agent: FramedAgent,
     *,
     key: str,
     config: Mapping[str, Any] | None = None,
@@ -212,7 +212,7 @@ class NodeInfo(TypedDict):
     hostname: str
 
 
-def node_info(agent: AgentSession, *, toward: str | None, ports: int = 1) -> NodeInfo:
+def node_info(agent: FramedAgent, *, toward: str | None, ports: int = 1) -> NodeInfo:
     """For a multi-host run: the address this host sends from toward *toward*, and *ports* free TCP ports."""
     return cast(NodeInfo, agent.request("node_info", {"toward": toward, "ports": ports}))
 
@@ -226,7 +226,7 @@ class Manifest(TypedDict):
 
 
 def manifest(
-    agent: AgentSession, *, root: str, skip: list[str] | None = None, only: list[str] | None = None
+    agent: FramedAgent, *, root: str, skip: list[str] | None = None, only: list[str] | None = None
 ) -> tuple[Manifest, bytes]:
     """Every entry under *root* (or under the *only* subtrees), less *skip*; the rows come zlib-compressed in
     the bytes (gpubox.sync.scan.decode_manifest reads them)."""
@@ -244,7 +244,7 @@ class ApplyAnswer(TypedDict):
 
 
 def apply(
-    agent: AgentSession, *, root: str, trash: str, ops: list[dict[str, Any]], blob: bytes = b""
+    agent: FramedAgent, *, root: str, trash: str, ops: list[dict[str, Any]], blob: bytes = b""
 ) -> ApplyAnswer:
     """One batch of writes, links, folders and deletions, each checked against what the client last saw; the
     written files' bytes come one after another in *blob* (or were staged before, see :func:`stage`)."""
@@ -253,7 +253,7 @@ def apply(
 
 
 def apply_batches(
-    agent: AgentSession,
+    agent: FramedAgent,
     batches: Iterable[tuple[list[dict[str, Any]], bytes]],
     *,
     root: str,
@@ -270,14 +270,14 @@ def apply_batches(
         answers.close()  # a consumer that stops early: the pipeline reads the answers still due
 
 
-def stage(agent: AgentSession, *, root: str, name: str | None, offset: int, blob: bytes) -> str:
+def stage(agent: FramedAgent, *, root: str, name: str | None, offset: int, blob: bytes) -> str:
     """Write one piece of a file too large for one frame into the host's staging folder; returns the staged
     file's name (a new one when *name* is None), which the finishing :func:`apply` op names as ``s``."""
     answer = agent.request("stage", {"root": root, "name": name, "offset": offset}, blob)
     return str(answer.get("name") or "")
 
 
-def discard_staged(agent: AgentSession, *, root: str, name: str) -> None:
+def discard_staged(agent: FramedAgent, *, root: str, name: str) -> None:
     """Remove a file staged by :func:`stage` that will not be applied (it grew past the size limit)."""
     agent.request("stage", {"root": root, "name": name, "offset": 0, "discard": True})
 
@@ -287,13 +287,13 @@ class ReadAnswer(TypedDict):
     """One per file asked: [path, [size, mtime_ns, executable] or None, error or None, bytes in the blob]."""
 
 
-def read(agent: AgentSession, *, root: str, files: list[list[Any]]) -> tuple[ReadAnswer, bytes]:
+def read(agent: FramedAgent, *, root: str, files: list[list[Any]]) -> tuple[ReadAnswer, bytes]:
     """Byte ranges of files under *root*: *files* is [[path, offset, length], ...]; the bytes follow in order."""
     answer, blob = agent.request_with_blob("read", {"root": root, "files": files})
     return cast(ReadAnswer, answer), blob
 
 
-def prune_trash(agent: AgentSession, *, trash: str, days: float) -> int:
+def prune_trash(agent: FramedAgent, *, trash: str, days: float) -> int:
     """Remove this project's trash batches older than *days* on the host; returns how many went."""
     answer = agent.request("prune_trash", {"trash": trash, "days": days})
     return int(answer.get("removed", 0))
@@ -331,7 +331,7 @@ class RunRow(TypedDict):
 
 
 def run_start(
-    agent: AgentSession,
+    agent: FramedAgent,
     *,
     project: str,
     shell: str,
@@ -355,7 +355,7 @@ class RunList(TypedDict):
     runs: list[RunRow]
 
 
-def run_list(agent: AgentSession, *, ids: list[str] | None = None) -> RunList:
+def run_list(agent: FramedAgent, *, ids: list[str] | None = None) -> RunList:
     """The runs *ids* (an unknown one is a ``no-such-run`` error), or every run on the host, oldest first."""
     return cast(RunList, agent.request("run_list", {"ids": ids}))
 
@@ -366,7 +366,7 @@ class RunLog(TypedDict):
 
 
 def run_log(
-    agent: AgentSession, *, run_id: str, offset: int = 0, max_bytes: int = 1 << 20
+    agent: FramedAgent, *, run_id: str, offset: int = 0, max_bytes: int = 1 << 20
 ) -> tuple[RunLog, bytes]:
     """Up to *max_bytes* of the run's log from byte *offset*, with the run's row (read first: once it says the
     run ended, every byte it wrote is in the file) and the log's size."""
@@ -374,7 +374,7 @@ def run_log(
     return cast(RunLog, answer), blob
 
 
-def run_stop(agent: AgentSession, *, run_id: str, grace: float = 10.0) -> RunRow:
+def run_stop(agent: FramedAgent, *, run_id: str, grace: float = 10.0) -> RunRow:
     """SIGTERM the run's process group, SIGKILL it after *grace* seconds; the row once it ended."""
     return cast(RunRow, agent.request("run_stop", {"id": run_id, "grace": grace}))
 
@@ -384,7 +384,7 @@ class EnvReady(TypedDict):
     path: str
 
 
-def env_ready(agent: AgentSession, *, key: str) -> EnvReady:
+def env_ready(agent: FramedAgent, *, key: str) -> EnvReady:
     """Whether the project env ``~/.gpubox/envs/<key>`` is built (its marker is written last)."""
     return cast(EnvReady, agent.request("env_ready", {"key": key}))
 
@@ -424,7 +424,7 @@ class StartedService(TypedDict):
 
 
 def service_ensure(
-    agent: AgentSession,
+    agent: FramedAgent,
     *,
     key: str,
     name: str,
@@ -455,12 +455,12 @@ class ServiceList(TypedDict):
     services: list[ServiceRow]
 
 
-def service_list(agent: AgentSession, *, key: str | None) -> ServiceList:
+def service_list(agent: FramedAgent, *, key: str | None) -> ServiceList:
     """The services of the project *key*, or of every project on the host when *key* is None."""
     return cast(ServiceList, agent.request("service_list", {"key": key}))
 
 
-def service_stop(agent: AgentSession, *, key: str, name: str) -> ServiceRow:
+def service_stop(agent: FramedAgent, *, key: str, name: str) -> ServiceRow:
     return cast(ServiceRow, agent.request("service_stop", {"key": key, "name": name}))
 
 
@@ -493,7 +493,7 @@ class ProjectFolder(TypedDict):
 
 
 def project_folder(
-    agent: AgentSession,
+    agent: FramedAgent,
     *,
     folder: str,
     owner: dict[str, str],
@@ -513,7 +513,7 @@ class Projects(TypedDict):
     projects: list[ProjectOwner]
 
 
-def projects(agent: AgentSession) -> Projects:
+def projects(agent: FramedAgent) -> Projects:
     """Every project folder on the host with its owner."""
     return cast(Projects, agent.request("projects", {}))
 
@@ -538,7 +538,7 @@ class DashAnswer(TypedDict):
 
 
 def dash(
-    agent: AgentSession,
+    agent: FramedAgent,
     *,
     gpu: bool = True,
     recent: int = 10,

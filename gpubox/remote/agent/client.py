@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import collections
 import hashlib
-import itertools
-import json
 import shlex
 import struct
 import threading
-from collections.abc import Generator, Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import paramiko
 
-from gpubox.errors import AgentError, HostUnreachable, RemoteError, UsageError
+from gpubox.errors import AgentError, HostUnreachable
 from gpubox.remote.agent import calls
-from gpubox.remote.agent.host import MAX_FRAME, PROTOCOL
+from gpubox.remote.agent.framing import PROTOCOL, FramedAgent, protocol_mismatch
 from gpubox.remote.connection import Connection
 
 __all__ = ["AgentSession", "agent_hash", "agent_source"]
@@ -95,23 +91,15 @@ def _send_all(channel: paramiko.Channel, data: bytes) -> None:
         view = view[sent:]
 
 
-def _protocol_mismatch(host: str, agent_protocol: Any) -> AgentError:
-    """The one error for an agent and a client that speak different protocols, whichever side noticed."""
-    return AgentError(f"the agent on {host} speaks protocol {agent_protocol}, this gpubox {PROTOCOL}")
-
-
-class AgentSession:
-    """One running agent on one host; requests are serialised (one in flight at a time)."""
+class AgentSession(FramedAgent):
+    """One running agent on one host, on an SSH exec channel of its own."""
 
     def __init__(self, connection: Connection, *, python: str = "python3", prefer: str | None = None) -> None:
+        super().__init__()
         self.connection = connection
         self.python = python
         self.prefer = prefer
         self.channel: paramiko.Channel | None = None
-        self.hello: dict[str, Any] = {}
-        self._buffer = bytearray()
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
 
     @property
     def host(self) -> str:
@@ -150,7 +138,7 @@ class AgentSession:
         try:
             self.hello = dict(calls.hello(self, client_protocol=PROTOCOL))
             if self.hello.get("protocol") != PROTOCOL:
-                raise _protocol_mismatch(self.host, self.hello.get("protocol"))
+                raise protocol_mismatch(self.host, self.hello.get("protocol"))
         except AgentError:
             self.close()  # the agent exits once its channel closes
             raise
@@ -187,7 +175,7 @@ class AgentSession:
         last = text[-1] if text else f"exit status {code}"
         return AgentError(f"the gpubox agent on {self.host} stopped: {last}")
 
-    def _recv_into_buffer(self) -> None:
+    def _recv_chunk(self) -> bytes:
         assert self.channel is not None
         try:
             try:
@@ -206,7 +194,15 @@ class AgentSession:
             chunk = b""
         if not chunk:
             raise self._fail_to_start()
-        self._buffer += chunk
+        return chunk
+
+    def _send_bytes(self, data: bytes) -> None:
+        if self.channel is None:
+            raise AgentError("the agent is not started")
+        try:
+            _send_all(self.channel, data)
+        except (OSError, paramiko.SSHException, EOFError):
+            raise self._fail_to_start() from None
 
     def _recv_now(self) -> bytes:
         assert self.channel is not None
@@ -243,113 +239,11 @@ class AgentSession:
         threading.Thread(target=ask, name="gpubox-link-probe", daemon=True).start()
         return answered.wait(timeout)
 
-    def _read_line(self) -> str:
-        while b"\n" not in self._buffer:
-            if len(self._buffer) > 4096:
-                raise AgentError(f"the gpubox agent on {self.host} sent an unexpected greeting")
-            self._recv_into_buffer()
-        line, _, rest = bytes(self._buffer).partition(b"\n")
-        self._buffer = bytearray(rest)
-        return line.decode(errors="replace").strip()
-
-    def _read_exact(self, count: int) -> bytes:
-        while len(self._buffer) < count:
-            self._recv_into_buffer()
-        data = bytes(self._buffer[:count])
-        del self._buffer[:count]
-        return data
-
-    def request(self, op: str, args: dict[str, Any] | None = None, blob: bytes = b"") -> dict[str, Any]:
-        """One op's answer. gpubox code calls the op's function in calls.py instead, which names the op and its
-        fields; this and :meth:`request_with_blob` are what those functions (and tests of the agent) use."""
-        result, _ = self.request_with_blob(op, args, blob)
-        return result
-
-    def request_with_blob(
-        self, op: str, args: dict[str, Any] | None = None, blob: bytes = b""
-    ) -> tuple[dict[str, Any], bytes]:
-        with self._lock:
-            request_id = self._send(op, args, blob)
-            return self._receive(request_id)
-
-    def pipeline(
-        self, requests: Iterator[tuple[str, dict[str, Any], bytes]], depth: int = 2
-    ) -> Generator[tuple[dict[str, Any], bytes], None, None]:
-        """Send up to *depth* requests ahead of their answers, so the host works while the next batch travels.
-
-        Answers come back in request order; the session is held for the whole pipeline.
-        """
-        with self._lock:
-            in_flight: collections.deque[int] = collections.deque()
-            try:
-                for op, args, blob in requests:
-                    in_flight.append(self._send(op, args, blob))
-                    if len(in_flight) >= depth:
-                        yield self._receive(in_flight.popleft())
-                while in_flight:
-                    yield self._receive(in_flight.popleft())
-            finally:
-                # Answers still due must be read, or the next request would get one of them.
-                while in_flight:
-                    try:
-                        self._receive(in_flight.popleft())
-                    except (RemoteError, AgentError):
-                        continue
-                    except HostUnreachable:
-                        break
-
-    def _send(self, op: str, args: dict[str, Any] | None, blob: bytes) -> int:
-        if self.channel is None:
-            raise AgentError("the agent is not started")
-        request_id = next(self._ids)
-        message: dict[str, Any] = {"id": request_id, "op": op, "args": args or {}}
-        if blob:
-            message["blob"] = len(blob)
-        body = json.dumps(message, separators=(",", ":")).encode()
-        if len(body) > MAX_FRAME or len(blob) > MAX_FRAME:
-            raise AgentError(
-                f"a {op} request of {len(body) + len(blob)} bytes is over the agent's frame limit"
-            )
-        try:
-            _send_all(self.channel, struct.pack(">I", len(body)) + body)
-            if blob:
-                _send_all(self.channel, blob)
-        except (OSError, paramiko.SSHException, EOFError):
-            raise self._fail_to_start() from None
-        return request_id
-
-    def _receive(self, request_id: int) -> tuple[dict[str, Any], bytes]:
-        (length,) = struct.unpack(">I", self._read_exact(4))
-        if length > MAX_FRAME:
-            raise AgentError(f"the agent on {self.host} sent a frame of {length} bytes")
-        try:
-            response = json.loads(self._read_exact(length))
-        except ValueError:
-            raise AgentError(f"the agent on {self.host} sent something that is not JSON") from None
-        reply_blob = b""
-        size = response.get("blob", 0) if isinstance(response, dict) else 0
-        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FRAME:
-            raise AgentError(f"the agent on {self.host} announced a binary part of {size!r} bytes")
-        if size:
-            reply_blob = self._read_exact(size)
-        if not isinstance(response, dict) or response.get("id") not in (request_id, None):
-            raise AgentError(f"the agent on {self.host} answered out of turn")
-        if not response.get("ok"):
-            error = response.get("error")
-            if not isinstance(error, dict):
-                raise AgentError(f"the agent on {self.host} sent an error gpubox cannot read: {error!r:.80}")
-            kind = error.get("kind", "error")
-            if kind == "protocol-mismatch":
-                raise _protocol_mismatch(self.host, error.get("protocol"))
-            if kind in ("protocol", "unknown-op", "bad-request", "internal"):
-                raise AgentError(f"agent on {self.host}: {error.get('message', kind)}")
-            if kind == "no-such-run":
-                raise UsageError(
-                    f"{error.get('message', kind)} ({self.host}); `gpubox runs` lists the runs there"
-                )
-            raise RemoteError(f"{self.host}: {error.get('message', kind)}")
-        result = response.get("result")
-        return (result if isinstance(result, dict) else {}), reply_blob
+    def is_alive(self) -> bool:
+        channel = self.channel
+        if channel is None or channel.closed or channel.exit_status_ready():
+            return False
+        return self.connection.is_alive()
 
     def close(self) -> None:
         if self.channel is not None:
