@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from gpubox.errors import GpuboxError
 from gpubox.fmt import plural
-from gpubox.sync.pull import growing_log, pull
 
 if TYPE_CHECKING:
     from gpubox.config import ProjectConfig
@@ -28,6 +27,9 @@ if TYPE_CHECKING:
     from gpubox.sync.scan import Entry
 
 __all__ = ["OutputsFollower", "behind_text"]
+
+# The pull (and the sync engine and pathspec under it) load when the follower first looks, not with this module:
+# `gpubox status` imports it for behind_text only.
 
 
 class OutputsFollower:
@@ -89,6 +91,8 @@ class OutputsFollower:
 
     def look(self) -> PullReport:
         """One background round: pull what stood still since the previous look, and what grows."""
+        from gpubox.sync.pull import growing_log, pull
+
         with self._one_at_a_time:
             previous = self._previous
 
@@ -112,6 +116,8 @@ class OutputsFollower:
     def final(self) -> str:
         """The last pull before the host stops: every file that differs, still changing or not. Raises
         GpuboxError when something could not come home (the caller decides whether to stop anyway)."""
+        from gpubox.sync.pull import pull
+
         with self._one_at_a_time:
             report = pull(
                 self.session, self.project, (), syncer=self.syncer, notebooks=False, pulled=self.pulled
@@ -123,6 +129,8 @@ class OutputsFollower:
         return f"pulled outputs: {report.summary()}"
 
     def _took(self, report: PullReport, *, final: bool = False) -> None:
+        from gpubox.sync.pull import growing_log
+
         self.behind_files = report.behind_files
         self.behind_bytes = report.behind_bytes
         self.waiting = report.waiting
