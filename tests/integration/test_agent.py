@@ -11,7 +11,7 @@ import pytest
 
 from gpubox.actions.supervisor import supervise
 from gpubox.errors import AgentError, RemoteError
-from gpubox.remote.agent import calls, host
+from gpubox.remote.agent import calls, framing, host
 from gpubox.remote.agent import client as agent_client
 from gpubox.remote.agent.client import AgentSession, agent_hash, agent_source
 from gpubox.remote.agent.host import PROTOCOL
@@ -273,6 +273,7 @@ def test_this_agent_refuses_a_client_of_a_newer_protocol(
     python, _home = _python_with_home(tmp_path)
     with monkeypatch.context() as newer_gpubox:
         newer_gpubox.setattr(agent_client, "PROTOCOL", PROTOCOL + 1)
+        newer_gpubox.setattr(framing, "PROTOCOL", PROTOCOL + 1)
         with _connect(sshd, tmp_path) as connection, pytest.raises(AgentError) as caught:
             AgentSession(connection, python=python).start()
     assert str(caught.value) == (
