@@ -47,8 +47,13 @@ def host_price(host: HostConfig, probe: Mapping[str, Any] | None = None) -> Hour
     """What *host* costs per hour (:func:`gpubox.cost.hourly_price`), given its live price and the GPUs in
     *probe*, its last probe."""
     from gpubox.cost import hourly_price
-    from gpubox.remote.gpu import snapshot_from_probe
 
     smi = (probe or {}).get("nvidia_smi")
-    gpus = [gpu.name for gpu in snapshot_from_probe(smi).gpus] if smi else []
+    gpus = []
+    if smi:
+        from gpubox.remote.gpu import (
+            snapshot_from_probe,  # the GPU readers load only for a host that has GPUs
+        )
+
+        gpus = [gpu.name for gpu in snapshot_from_probe(smi).gpus]
     return hourly_price(host, gpus, live=live_price(host))

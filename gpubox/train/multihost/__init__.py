@@ -35,31 +35,77 @@ torchrun variables), ``launch.py`` (``run --hosts``), ``status.py`` (the run's s
 from :class:`gpubox.remote.pool.SessionPool`.
 """
 
-from gpubox.train.multihost.launch import launch, run_on_hosts
-from gpubox.train.multihost.logs import follow_logs, tail_offsets
-from gpubox.train.multihost.record import (
-    MultiRun,
-    Part,
-    all_runs,
-    check_multi_id,
-    is_multi_id,
-    load_run,
-    new_run,
-    save_run,
-)
-from gpubox.train.multihost.status import (
-    MultiStatus,
-    aggregate,
-    exit_code,
-    fetch_status,
-    split_listing,
-    status_of,
-    statuses,
-    stop_multi,
-    table_lines,
-)
-from gpubox.train.multihost.watcher import spawn_watcher, watch
-from gpubox.train.multihost.wiring import host_port, pick_hosts, worker_env
+from typing import TYPE_CHECKING, Any
+
+# The names below load their module on first use (PEP 562), not with the package: `gpubox runs` needs the listing
+# helpers of status.py, not the launcher, the log streams and the watcher.
+if TYPE_CHECKING:
+    from gpubox.train.multihost.launch import launch, run_on_hosts
+    from gpubox.train.multihost.logs import follow_logs, tail_offsets
+    from gpubox.train.multihost.record import (
+        MultiRun,
+        Part,
+        all_runs,
+        check_multi_id,
+        is_multi_id,
+        load_run,
+        new_run,
+        save_run,
+    )
+    from gpubox.train.multihost.status import (
+        MultiStatus,
+        aggregate,
+        exit_code,
+        fetch_status,
+        split_listing,
+        status_of,
+        statuses,
+        stop_multi,
+        table_lines,
+    )
+    from gpubox.train.multihost.watcher import spawn_watcher, watch
+    from gpubox.train.multihost.wiring import host_port, pick_hosts, worker_env
+
+_WHERE = {
+    "MultiRun": "record",
+    "MultiStatus": "status",
+    "Part": "record",
+    "aggregate": "status",
+    "all_runs": "record",
+    "check_multi_id": "record",
+    "exit_code": "status",
+    "fetch_status": "status",
+    "follow_logs": "logs",
+    "host_port": "wiring",
+    "is_multi_id": "record",
+    "launch": "launch",
+    "load_run": "record",
+    "new_run": "record",
+    "pick_hosts": "wiring",
+    "run_on_hosts": "launch",
+    "save_run": "record",
+    "spawn_watcher": "watcher",
+    "split_listing": "status",
+    "status_of": "status",
+    "statuses": "status",
+    "stop_multi": "status",
+    "table_lines": "status",
+    "tail_offsets": "logs",
+    "watch": "watcher",
+    "worker_env": "wiring",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MultiRun",
