@@ -13,4 +13,7 @@ echo "== pytest"
 # gpubox compiled once here: where PYTHONDONTWRITEBYTECODE is set (some CI images set it), every `python -m
 # gpubox` the tests start would otherwise compile it again (about 0.25 s each, thousands of times).
 .venv/bin/python -m compileall -q -j 0 gpubox >/dev/null
-exec .venv/bin/pytest "$@"
+# Three test processes share the machine's cores (most tests wait on sshd, TensorFlow or a timeout, not the CPU):
+# the 2-core suite takes about half as long. Each process has its own host home and sshd servers; a test file runs
+# whole in one process, since some share a module-scoped host. GPUBOX_TEST_WORKERS=0 runs them one at a time.
+exec .venv/bin/pytest -n "${GPUBOX_TEST_WORKERS:-3}" --dist loadfile "$@"

@@ -362,16 +362,17 @@ def test_autostop_waits_while_the_gpu_is_busy_then_stops_the_idle_local_host(
     project: Path, tmp_path: Path, fake_gpu: tuple[str, Path], stop_processes: list[subprocess.Popen[str]]
 ) -> None:
     python, utilization = fake_gpu
-    _local_hosts(project, tmp_path, f'python = "{python}"\nautostop_minutes = 0.05\n')  # a 3 s window
+    # A 6 s window: wide enough that a loaded machine's `gpubox status` calls still see the countdown.
+    _local_hosts(project, tmp_path, f'python = "{python}"\nautostop_minutes = 0.1\n')
     process = _up(project, "--no-sync")
     stop_processes.append(process)
     _held()
-    time.sleep(4.5)  # longer than the window: the GPU at 90 % keeps the host up
+    time.sleep(7)  # longer than the window: the GPU at 90 % keeps the host up
     assert process.poll() is None
     busy = _status(project)["autostop"]
     assert (busy["state"], busy["busy"], busy["gpu"]) == ("busy", ["GPU busy (90 % ≥ 5 %)"], "GPU 90 %")
     assert (
-        "    autostop  waiting: GPU busy (90 % ≥ 5 %) (after 0.05 min idle)"
+        "    autostop  waiting: GPU busy (90 % ≥ 5 %) (after 0.1 min idle)"
         in run_gpubox("status", cwd=project).stdout.splitlines()
     )
 
@@ -379,12 +380,12 @@ def test_autostop_waits_while_the_gpu_is_busy_then_stops_the_idle_local_host(
     counting = _wait(
         lambda: (a := _status(project)["autostop"]) and a["state"] == "counting" and a, what="the countdown"
     )
-    assert 0 < counting["remaining_seconds"] <= 3 and counting["action"] == "stop the local sshd"
+    assert 0 < counting["remaining_seconds"] <= 6 and counting["action"] == "stop the local sshd"
     out, _ = process.communicate(timeout=20)
     assert process.returncode == 0, out
     assert out.splitlines()[-1].startswith("  left local after ")
     assert out.splitlines()[-1].endswith(": stopped the local sshd")
-    assert "  ! idle for 0:00:03: stopped the local sshd" in out.splitlines()
+    assert "  ! idle for 0:00:06: stopped the local sshd" in out.splitlines()
     assert LocalSshd().running() is None
     assert _ledger()[0].end_reason == "autostop"
 
@@ -392,30 +393,30 @@ def test_autostop_waits_while_the_gpu_is_busy_then_stops_the_idle_local_host(
 def test_autostop_waits_while_a_run_is_active(
     project: Path, tmp_path: Path, stop_processes: list[subprocess.Popen[str]]
 ) -> None:
-    _local_hosts(project, tmp_path, "autostop_minutes = 0.05\n")  # a 3 s window
+    _local_hosts(project, tmp_path, "autostop_minutes = 0.1\n")  # a 6 s window: `gpubox run` starts within it
     process = _up(project)
     stop_processes.append(process)
     _held()
-    # 8 s: on a loaded machine `gpubox status` itself can take seconds, and must still find the run going.
-    started = run_gpubox("run", "--no-sync", "--", "sleep", "8", cwd=project)
+    # 14 s: on a loaded machine `gpubox status` itself can take seconds, and must still find the run going.
+    started = run_gpubox("run", "--no-sync", "--", "sleep", "14", cwd=project)
     assert started.returncode == 0, started.stderr
-    time.sleep(4)  # longer than the window: the run keeps the host up
+    time.sleep(7)  # longer than the window: the run keeps the host up
     assert process.poll() is None
     autostop = _status(project)["autostop"]
     assert autostop["state"] == "busy" and any("run" in reason for reason in autostop["busy"]), autostop
-    out, _ = process.communicate(timeout=30)  # the run ends after 8 s, then the idle window runs out
+    out, _ = process.communicate(timeout=40)  # the run ends after 14 s, then the idle window runs out
     assert process.returncode == 0 and out.splitlines()[-1].endswith(": stopped the local sshd"), out
 
 
 def test_autostop_waits_while_sync_batches_happen(
     project: Path, tmp_path: Path, stop_processes: list[subprocess.Popen[str]]
 ) -> None:
-    _local_hosts(project, tmp_path, "autostop_minutes = 0.05\n")
+    _local_hosts(project, tmp_path, "autostop_minutes = 0.1\n")
     process = _up(project)
     stop_processes.append(process)
     _held()
     edited = project / "train.py"
-    deadline = time.monotonic() + 5  # longer than the 3 s window, with a batch every 0.3 s
+    deadline = time.monotonic() + 8  # longer than the 6 s window, with a batch every 0.3 s
     n = 0
     while time.monotonic() < deadline:
         n += 1

@@ -751,7 +751,17 @@ def tree_digest(
 
 # Top-level names in the host user's home and /tmp that other work on this shared machine (test runners, pip,
 # other checkouts' namespace labs) may create at any time; gpubox's own are checked by name below.
-_HOME_CHURN = (".cache", ".local", ".config", ".python_history", ".bash_history", ".lesshst", ".wget-hsts")
+# ~/.keras is TensorFlow's own (the user's training writes it, not gpubox), made whenever a test's run first imports Keras.
+_HOME_CHURN = (
+    ".cache",
+    ".local",
+    ".config",
+    ".keras",
+    ".python_history",
+    ".bash_history",
+    ".lesshst",
+    ".wget-hsts",
+)
 _TEMPFILE_NAME = re.compile(r"^tmp[a-z0-9_]{8}$")
 _TMP_CHURN_PREFIXES = ("pytest-of-", "tmp", "pip-", "gpubox-netns.lock", "gpubox-bench-", "systemd-", "ssh-")
 
