@@ -41,6 +41,9 @@ def stop_host_services(
     this machine has used the host for (no gpubox here holds it any more), leaving other machines' alone."""
 
     if provider_for(host).status(host).state == "stopped":
+        if last_out and host.spec.on_this_machine:
+            # The sshd is gone but the guardian, on this very machine, may still watch: end it directly.
+            _release_local_guardian(host)
         return []
     try:
         session = connect_host(host, project, probe=False, launch=False)
@@ -75,6 +78,16 @@ def stop_host_services(
     if left:
         say(f"left {', '.join(left)} running on {host.name}: started from another machine or an older gpubox")
     return stopped
+
+
+def _release_local_guardian(host: HostConfig) -> None:
+    from pathlib import Path
+
+    from gpubox import paths
+    from gpubox.remote.agent.host import guardian_release
+
+    home = paths.local_host_home() or Path.home()
+    guardian_release(str(home / ".gpubox" / "guardian" / guardian_key(host)))
 
 
 def _active_runs(host: HostConfig, project: ProjectConfig) -> tuple[list[RunInfo], list[RunInfo]] | None:

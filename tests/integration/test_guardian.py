@@ -293,3 +293,22 @@ def test_a_stalled_run_is_not_activity_and_the_stop_says_so(project: Path, tmp_p
         )  # still there
     finally:
         _end_run(run_id)
+
+
+def test_down_ends_the_guardian_of_a_local_host_whose_sshd_is_already_stopped(
+    project: Path, tmp_path: Path
+) -> None:
+    # The sshd gone (stopped by hand, or the machine's own doing) leaves the guardian watching on this machine:
+    # `down` must still end it, without the sshd it would have reached it through.
+    _local_hosts(project, tmp_path, "autostop_minutes = 10\n")
+    pid = _up_detached(project)
+    guardian = _guardian(project)
+    folder = _folder()
+    _kill_laptop(pid)
+    assert LocalSshd().stop()
+    assert pid_alive(guardian["pid"])
+    done = run_gpubox("down", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _wait(lambda: not pid_alive(guardian["pid"]), what="`down` to end the guardian")
+    assert _decisions(folder)[-1]["event"] == "released"
+    assert not (folder / "config.json").exists()

@@ -2844,6 +2844,30 @@ def guardian_main(folder: str) -> int:
     return 0
 
 
+def _release_locked(folder: str, record: Optional[Dict[str, Any]]) -> None:
+    if record is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(record["pid"]), 15)
+    had = os.path.exists(os.path.join(folder, "config.json"))
+    for name in ("pid", "config.json", "laptop.json", "status.json", "api-key"):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(folder, name))
+    if had:
+        _decide(folder, "released", "`gpubox down`: the laptop let go of the host; the guardian ended")
+
+
+def guardian_release(folder: str) -> bool:
+    """End the guardian of *folder* and withdraw its config, as the `guardian` op's ``release`` does: for the
+    laptop's own machine, whose guardian it reaches without SSH (the `local` host with its sshd stopped).
+    True if a guardian was running."""
+    if not os.path.isdir(folder):
+        return False
+    with _guardian_lock(folder):
+        record = _guardian_pid(folder)
+        _release_locked(folder, record)
+    return record is not None
+
+
 def op_guardian(args: Dict[str, Any]) -> Dict[str, Any]:
     folder = _guardian_dir(args.get("key"))
     if args.get("release") and not os.path.isdir(folder):
@@ -2866,17 +2890,7 @@ def op_guardian(args: Dict[str, Any]) -> Dict[str, Any]:
     with _guardian_lock(folder):
         record = _guardian_pid(folder)
         if args.get("release"):
-            if record is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(record["pid"]), 15)
-            had = os.path.exists(os.path.join(folder, "config.json"))
-            for name in ("pid", "config.json", "laptop.json", "status.json"):
-                with contextlib.suppress(OSError):
-                    os.remove(os.path.join(folder, name))
-            if had:
-                _decide(
-                    folder, "released", "`gpubox down`: the laptop let go of the host; the guardian ended"
-                )
+            _release_locked(folder, record)
             record = None
         elif args.get("start"):
             for name in ("stopped.json", "stopping.json"):
