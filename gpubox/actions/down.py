@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from gpubox.actions import Say, quiet
-from gpubox.actions.monitor import guardian_key
+from gpubox.actions.guardian import guardian_key
 from gpubox.actions.runs import project_runs, remember_runs
 from gpubox.actions.supervisor import stop_supervisor
 from gpubox.errors import GpuboxError, HostError

@@ -17,7 +17,6 @@ monitor samples the host with the ``idle`` op and keeps its own countdown, as be
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -25,6 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpubox.actions.guardian import (
+    guarded,
+    guardian_key,
+    stop_action,
+    stop_plan,
+)
 from gpubox.config import HostConfig, HostsConfig
 from gpubox.cost import BillingHold, Budget, budgets_for, elapsed
 from gpubox.errors import AgentError, HostUnreachable, RemoteError
@@ -45,10 +50,6 @@ __all__ = [
     "HostMonitor",
     "SyncActivity",
     "SyncStatus",
-    "cannot_stop_why",
-    "guarded",
-    "guardian_can_act",
-    "guardian_key",
 ]
 
 LEDGER_BEAT_SECONDS = 2.0
@@ -58,35 +59,6 @@ SERVICES_SECONDS = 30.0
 """How often the host's lead supervisor lists every project's services (for `gpubox status`)."""
 DECISIONS_SHOWN = 5
 """How many of the guardian's latest decisions `gpubox status` shows."""
-
-
-def guardian_key(host: HostConfig) -> str:
-    """The name of this laptop's guardian for *host* on the host (several laptops, or several host names for
-    one machine, each keep their own)."""
-    from gpubox.paths import machine_id
-
-    return hashlib.sha1(f"{machine_id()}:{host.name}".encode()).hexdigest()[:16]
-
-
-def guardian_can_act(host: HostConfig) -> bool:
-    """Whether the host's guardian can stop it alone: it runs stop_command there, or stops `local`'s sshd."""
-    return bool(host.stop_command) or host.spec.runs_own_sshd
-
-
-def cannot_stop_why(host: HostConfig) -> str:
-    """Why a host's guardian cannot stop it alone (where :func:`guardian_can_act` is false)."""
-    if host.spec.rents:
-        return (
-            f"{host.provider} gives an instance no way to stop itself: the laptop's gpubox terminates it, "
-            "and it keeps billing while the laptop is away"
-        )
-    return "no stop_command for this ssh host: it keeps running (and billing)"
-
-
-def guarded(host: HostConfig, hosts: HostsConfig | None) -> bool:
-    """Whether *host* gets a guardian: it has an autostop, a budget or a deadline."""
-    budget = host.budget_usd is not None or (hosts is not None and hosts.total_budget_usd is not None)
-    return bool(host.autostop_minutes) or bool(host.max_hours) or budget
 
 
 class SyncActivity:
@@ -470,17 +442,19 @@ class HostMonitor:
     # -- acting
 
     def stop_action(self) -> str:
-        if self.host.stop_command:
-            return "run stop_command on the host"
-        if self.host.spec.runs_own_sshd:
-            return "stop the local sshd"
-        if not self.host.spec.stops_on_down:
-            return "warn only (no stop_command for this ssh host)"
-        return "terminate the instance"
+        return stop_action(self.host)
 
     def _stop_host(self, why: str, reason: str) -> None:
         host = self.host
-        if self.guardian_acts():
+        if self.guardian_acts() and self.guardian_waits_for_laptop():
+            # This laptop terminates the rented host itself (after its outputs), and says so to the guardian
+            # first: the pull sends no beats, and the guardian must not stop the instance under it meanwhile.
+            calls.guardian(
+                self.session.agent,
+                key=self.guardian_key,
+                beat=dict(self._laptop_beat(), stopping_until=time.time() - self.guardian_offset + 1800),
+            )
+        elif self.guardian_acts():
             # The guardian's lock makes this the one stop, whichever side (it or this laptop) asks first.
             acted = calls.guardian(
                 self.session.agent, key=self.guardian_key, stop={"reason": reason, "why": why}
@@ -519,6 +493,9 @@ class HostMonitor:
                 if reason not in self._warned:
                     self._warned.add(reason)
                     self.say(f"! {why}, but {host.name} was not terminated: {exc}")
+                if self.guardian_acts() and self.guardian_waits_for_laptop():
+                    # The guardian may stop it again if this laptop goes away.
+                    calls.guardian(self.session.agent, key=self.guardian_key, beat=self._laptop_beat())
                 return
         self.outcome = f"{why}: {done}"
         if self.billing is not None:
@@ -541,29 +518,15 @@ class HostMonitor:
         return self.guarded and self.guardian_failed is None and self.stop_plan()["kind"] != "none"
 
     def stop_plan(self) -> dict[str, Any]:
-        """How the guardian stops the host (PROTOCOL.md, "The guardian"): run stop_command there, signal the
-        local sshd, or nothing it can do alone (``why`` says so)."""
+        """How the guardian stops the host (see :func:`gpubox.actions.guardian.stop_plan`)."""
         if self._stop_plan is None:
-            host = self.host
-            plan: dict[str, Any] = {"action": self.stop_action()}
-            if host.stop_command:
-                plan |= {"kind": "command", "command": host.stop_command}
-            elif host.spec.runs_own_sshd:
-                from gpubox.remote.providers.local import LocalSshd
-
-                sshd = LocalSshd()
-                server = sshd.running()
-                plan |= {
-                    "kind": "signal" if server else "none",
-                    "pid": server.pid if server else None,
-                    "match": str(sshd.folder / "sshd_config"),
-                    "what": "the local sshd",
-                    "why": "the local sshd is not running",
-                }
-            else:
-                plan |= {"kind": "none", "why": cannot_stop_why(host)}
-            self._stop_plan = plan
+            self._stop_plan = stop_plan(self.host)
         return self._stop_plan
+
+    def guardian_waits_for_laptop(self) -> bool:
+        """A rented host's guardian leaves the stop to this laptop while it is there: the laptop brings the
+        outputs home first, then terminates the instance."""
+        return bool(self.stop_plan()["kind"] == "provider")
 
     def guardian_config(self) -> dict[str, Any]:
         host = self.host
@@ -605,6 +568,7 @@ class HostMonitor:
     def _beat_guardian(self) -> None:
         first = self.guardian is None
         try:
+            plan = self.stop_plan()
             answer = calls.guardian(
                 self.session.agent,
                 key=self.guardian_key,
@@ -612,6 +576,8 @@ class HostMonitor:
                 start=first,
                 beat=self._laptop_beat(),
                 decisions=DECISIONS_SHOWN,
+                # self_stop = "key" (the user's consent): the guardian's own copy of the key, sent once.
+                api_key=self.host.provider_settings().api_key() if first and plan.get("key_file") else None,
             )
         except RemoteError as exc:
             if isinstance(exc, AgentError) and not str(exc).startswith("agent on "):
@@ -647,7 +613,7 @@ class HostMonitor:
             if seen.get("busy"):
                 self._warned -= {"autostop", "autostop-failed"}  # a new idle stretch may warn again
         due = status.get("due")
-        if due and not self.guardian_acts():
+        if due and (not self.guardian_acts() or due.get("by") == "laptop"):
             self._stop_host(str(due.get("why")), str(due.get("reason")))
 
     def _guardian_started(self, answer: Mapping[str, Any]) -> None:

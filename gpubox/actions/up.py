@@ -27,14 +27,8 @@ from typing import TYPE_CHECKING
 from gpubox import paths
 from gpubox.actions import Say
 from gpubox.actions.framework import project_framework
-from gpubox.actions.monitor import (
-    HostMonitor,
-    SyncActivity,
-    SyncStatus,
-    cannot_stop_why,
-    guarded,
-    guardian_can_act,
-)
+from gpubox.actions.guardian import cannot_stop_why, guarded, guardian_can_act
+from gpubox.actions.monitor import HostMonitor, SyncActivity, SyncStatus
 from gpubox.actions.services import ServiceWatch
 from gpubox.actions.supervisor import claim_host, stop_note, stop_on_signals, supervise
 from gpubox.actions.sync import held_lines, host_changed_lines, too_large_line
