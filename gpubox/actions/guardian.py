@@ -18,6 +18,7 @@ __all__ = [
     "guardian_key",
     "provider_stop_plan",
     "self_stop_mode",
+    "settle_guardian_stops",
     "stop_action",
     "stop_plan",
 ]
@@ -141,3 +142,55 @@ def provider_stop_plan(host: HostConfig, instance_id: str) -> dict[str, Any]:
             else f"terminate it through the {host.provider} API"
         ),
     }
+
+
+def settle_guardian_stops(hosts: HostsConfig, *, ask_providers: bool = True) -> list[str]:
+    """Close the ledger where a host's guardian stopped it while no gpubox held it, at the time it did so, once
+    (a second look changes nothing): for the built-in `local` host from the guardian's own record on this
+    machine; for a rented host from its provider's record (*ask_providers*), for an ssh host when `up` next
+    connects (the guardian's record is on the host). Returns what it found, in words."""
+    from gpubox.state import open_state
+
+    said = []
+    with open_state() as state:
+        held = {s.host for s in state.supervisors() if s.alive()}
+    for host in hosts.hosts.values():
+        if host.name in held:
+            continue  # its holder sees the guardian's stop itself
+        if host.spec.on_this_machine and guarded(host, hosts):
+            found = _local_stop_record(host)
+            if found is not None:
+                with open_state() as state:
+                    if state.record_guardian_stop(
+                        host.name, float(found["at"]), f"{found.get('reason')} (by the guardian)"
+                    ):
+                        said.append(
+                            f"{host.name}: its guardian stopped it ({found.get('why')}: {found.get('done')})"
+                        )
+        elif host.spec.rents and ask_providers:
+            from gpubox.remote.providers import provider_for
+
+            with open_state() as state:
+                recorded = state.current_instance(host.name)
+            if recorded is not None:
+                status = provider_for(host).status(host)  # settles an instance stopped meanwhile
+                if status.state == "stopped":
+                    said.append(f"{host.name}: {status.detail}")
+    return said
+
+
+def _local_stop_record(host: HostConfig) -> dict[str, Any] | None:
+    import json
+    from pathlib import Path
+
+    from gpubox import paths
+
+    folder = (paths.local_host_home() or Path.home()) / ".gpubox" / "guardian" / guardian_key(host)
+    for name in ("stopped.json", "stopping.json"):
+        try:
+            found = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(found, dict) and isinstance(found.get("at"), int | float) and found.get("ok"):
+            return found
+    return None
