@@ -168,6 +168,9 @@ class FakeCloud:
         self.boot_seconds = boot_seconds
         self.rate_limit_per_second = rate_limit_per_second
         self.launch_min_interval = launch_min_interval
+        self.on_launch: Callable[[FakeInstance], None] | None = None
+        """Called with each instance the API launches, as it starts (a test gives its sshd the instance's
+        variables: its id, its own key)."""
         self.capacity_available = True
         self.quota_exceeded = False
         self.terminate_fails = False
@@ -355,6 +358,8 @@ class FakeCloud:
         )
         with self.lock:
             self.instances[instance_id] = instance
+        if booting and self.on_launch is not None:
+            self.on_launch(instance)
         return instance
 
     def _terminate(self, instance: FakeInstance) -> None:
