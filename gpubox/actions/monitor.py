@@ -775,6 +775,7 @@ class HostMonitor:
             "pid": self.guardian.get("pid"),
             "acts": self.guardian_acts(),
             "action": self.stop_plan().get("action"),
+            "laptop_first": self.guardian_waits_for_laptop(),
             "cannot": None if self.guardian_acts() else self.stop_plan().get("why"),
             "since": here(status.get("since")),
             "deadline_at": here(status.get("deadline_at")),
