@@ -114,6 +114,14 @@ def main() -> int:
                     status = json.loads(gpubox_run("status", "--json"))
                     row = next(h for h in status["hosts"] if h["name"] == "box")
                     assert row["instance"]["state"] == "stopped", row
+                    # Terminated in the console, as its user would: the machine is free for the next trial.
+                    import httpx
+
+                    for instance_id in list(cloud.instances):
+                        httpx.delete(
+                            f"{cloud.url}/api/v0/instances/{instance_id}/",
+                            headers={"Authorization": f"Bearer {cloud.api_key}"},
+                        ).raise_for_status()
     anchor = window + poll
     median = statistics.median(gaps)
     lines = [
