@@ -477,9 +477,14 @@ def settle_ended(host: HostConfig, record: InstanceRecord, instance: Instance | 
         when = instance.stopped_at
         forget_instance(host, record, f"stopped outside gpubox ({provider}'s record)", at=when)
         at = "" if when is None else f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}"
+        unknown = (
+            ""
+            if when is not None
+            else f"; {provider} does not say when, so the ledger counts only until a gpubox last held it"
+        )
         return (
             f"{provider} instance {record.instance_id} was stopped{at} (by its guardian or in the {provider} "
-            f"console); its disk is kept, and billed by {provider}, until you terminate it there"
+            f"console); its disk is kept, and billed by {provider}, until you terminate it there{unknown}"
         )
     forget_instance(host, record, "ended outside gpubox (the provider no longer runs it)")
     return f"{provider} instance {record.instance_id} is gone (ended outside gpubox)"
