@@ -26,6 +26,7 @@ from gpubox.remote.providers.cloud import (
     host_from_instance_name,
     instance_name,
     note_instance,
+    settle_ended,
     terminate_recorded,
 )
 from gpubox.remote.providers.registry import CLOUD_NAMES, Capability
@@ -236,8 +237,7 @@ def ensure_instance(
             else:
                 say(f"{host.provider} instance {record.instance_id} was launched earlier; waiting for it")
             return wait_for_ssh(api, host, record.instance_id, say, poll_seconds=poll_seconds)
-        forget_instance(host, record, "ended outside gpubox (the provider no longer runs it)")
-        say(f"the {host.provider} instance recorded for {host.name} ({record.instance_id}) is gone")
+        say(settle_ended(host, record, instance))
 
     offer = _choose_offer(api, host, offer_id)
     memory = f" {offer.gpu_memory_gb:g} GB" if offer.gpu_memory_gb else ""

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from gpubox.actions import Say, quiet
-from gpubox.actions.monitor import guardian_key
+from gpubox.actions.guardian import guardian_key
 from gpubox.actions.runs import project_runs, remember_runs
 from gpubox.actions.supervisor import stop_supervisor
 from gpubox.actions.sync import pull_outputs as pull_outputs_of
@@ -42,6 +42,9 @@ def stop_host_services(
     this machine has used the host for (no gpubox here holds it any more), leaving other machines' alone."""
 
     if provider_for(host).status(host).state == "stopped":
+        if last_out and host.spec.on_this_machine:
+            # The sshd is gone but the guardian, on this very machine, may still watch: end it directly.
+            _release_local_guardian(host)
         return []
     try:
         session = connect_host(host, project, probe=False, launch=False)
@@ -91,6 +94,16 @@ def _last_pull(host: HostConfig, project: ProjectConfig, say: Say) -> None:
         say(f"pulled outputs from {host.name}: {report.summary()}")
     for error in report.errors:
         say(f"  ! {error}")
+
+
+def _release_local_guardian(host: HostConfig) -> None:
+    from pathlib import Path
+
+    from gpubox import paths
+    from gpubox.remote.agent.host import guardian_release
+
+    home = paths.local_host_home() or Path.home()
+    guardian_release(str(home / ".gpubox" / "guardian" / guardian_key(host)))
 
 
 def _active_runs(host: HostConfig, project: ProjectConfig) -> tuple[list[RunInfo], list[RunInfo]] | None:

@@ -149,11 +149,15 @@ def guardian_lines(guardian: Mapping[str, Any] | None, now: float, decisions: in
     if guardian.get("error"):
         return [f"guardian  none ({guardian['error']}): only this laptop's gpubox keeps the watch"]
     who = f"pid {guardian.get('pid')} on the host" if guardian.get("running") else "not running on the host"
-    how = (
-        f"will {guardian.get('action')} itself when due, with or without this laptop"
-        if guardian.get("acts")
-        else f"cannot stop it alone: {guardian.get('cannot')}"
-    )
+    if guardian.get("acts") and guardian.get("laptop_first"):
+        how = (
+            f"if this laptop is gone when due, it will {guardian.get('action')} itself (while the laptop holds "
+            "it, the laptop brings the outputs home and terminates it)"
+        )
+    elif guardian.get("acts"):
+        how = f"will {guardian.get('action')} itself when due, with or without this laptop"
+    else:
+        how = f"cannot stop it alone: {guardian.get('cannot')}"
     lines = [f"guardian  {who}; {how}"]
     deadline = guardian.get("deadline_at")
     if isinstance(deadline, int | float):

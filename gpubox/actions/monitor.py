@@ -17,7 +17,6 @@ monitor samples the host with the ``idle`` op and keeps its own countdown, as be
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -25,6 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpubox.actions.guardian import (
+    guarded,
+    guardian_key,
+    stop_action,
+    stop_plan,
+)
 from gpubox.config import HostConfig, HostsConfig
 from gpubox.cost import BillingHold, Budget, budgets_for, elapsed
 from gpubox.errors import AgentError, GpuboxError, HostUnreachable, RemoteError
@@ -45,10 +50,6 @@ __all__ = [
     "HostMonitor",
     "SyncActivity",
     "SyncStatus",
-    "cannot_stop_why",
-    "guarded",
-    "guardian_can_act",
-    "guardian_key",
 ]
 
 LEDGER_BEAT_SECONDS = 2.0
@@ -60,35 +61,6 @@ LAPTOP_GRACE = 120.0
 """How long (beyond two samples) a guardian waits for the present laptop's last pull before a stop."""
 DECISIONS_SHOWN = 5
 """How many of the guardian's latest decisions `gpubox status` shows."""
-
-
-def guardian_key(host: HostConfig) -> str:
-    """The name of this laptop's guardian for *host* on the host (several laptops, or several host names for
-    one machine, each keep their own)."""
-    from gpubox.paths import machine_id
-
-    return hashlib.sha1(f"{machine_id()}:{host.name}".encode()).hexdigest()[:16]
-
-
-def guardian_can_act(host: HostConfig) -> bool:
-    """Whether the host's guardian can stop it alone: it runs stop_command there, or stops `local`'s sshd."""
-    return bool(host.stop_command) or host.spec.runs_own_sshd
-
-
-def cannot_stop_why(host: HostConfig) -> str:
-    """Why a host's guardian cannot stop it alone (where :func:`guardian_can_act` is false)."""
-    if host.spec.rents:
-        return (
-            f"{host.provider} gives an instance no way to stop itself: the laptop's gpubox terminates it, "
-            "and it keeps billing while the laptop is away"
-        )
-    return "no stop_command for this ssh host: it keeps running (and billing)"
-
-
-def guarded(host: HostConfig, hosts: HostsConfig | None) -> bool:
-    """Whether *host* gets a guardian: it has an autostop, a budget or a deadline."""
-    budget = host.budget_usd is not None or (hosts is not None and hosts.total_budget_usd is not None)
-    return bool(host.autostop_minutes) or bool(host.max_hours) or budget
 
 
 class SyncActivity:
@@ -473,19 +445,25 @@ class HostMonitor:
     # -- acting
 
     def stop_action(self) -> str:
-        if self.host.stop_command:
-            return "run stop_command on the host"
-        if self.host.spec.runs_own_sshd:
-            return "stop the local sshd"
-        if not self.host.spec.stops_on_down:
-            return "warn only (no stop_command for this ssh host)"
-        return "terminate the instance"
+        return stop_action(self.host)
 
     def _stop_host(self, why: str, reason: str) -> None:
         host = self.host
+        laptop_stops = self.guardian_acts() and self.guardian_waits_for_laptop()
+        if laptop_stops:
+            # This laptop terminates the rented host itself (after its outputs), and says so to the guardian
+            # first: the pull sends no beats, and the guardian must not stop the instance under it meanwhile.
+            calls.guardian(
+                self.session.agent,
+                key=self.guardian_key,
+                beat=dict(self._laptop_beat(), stopping_until=time.time() - self.guardian_offset + 1800),
+            )
         if not self._pull_first(why, reason):
+            if laptop_stops:
+                # The guardian may stop it again if this laptop goes away.
+                calls.guardian(self.session.agent, key=self.guardian_key, beat=self._laptop_beat())
             return
-        if self.guardian_acts():
+        if self.guardian_acts() and not laptop_stops:
             # The guardian's lock makes this the one stop, whichever side (it or this laptop) asks first.
             acted = calls.guardian(
                 self.session.agent, key=self.guardian_key, stop={"reason": reason, "why": why}
@@ -520,6 +498,9 @@ class HostMonitor:
                 if reason not in self._warned:
                     self._warned.add(reason)
                     self.say(f"! {why}, but {host.name} was not terminated: {exc}")
+                if laptop_stops:
+                    # The guardian may stop it again if this laptop goes away.
+                    calls.guardian(self.session.agent, key=self.guardian_key, beat=self._laptop_beat())
                 return
         self.outcome = f"{why}: {done}"
         if self.billing is not None:
@@ -559,29 +540,15 @@ class HostMonitor:
         return self.guarded and self.guardian_failed is None and self.stop_plan()["kind"] != "none"
 
     def stop_plan(self) -> dict[str, Any]:
-        """How the guardian stops the host (PROTOCOL.md, "The guardian"): run stop_command there, signal the
-        local sshd, or nothing it can do alone (``why`` says so)."""
+        """How the guardian stops the host (see :func:`gpubox.actions.guardian.stop_plan`)."""
         if self._stop_plan is None:
-            host = self.host
-            plan: dict[str, Any] = {"action": self.stop_action()}
-            if host.stop_command:
-                plan |= {"kind": "command", "command": host.stop_command}
-            elif host.spec.runs_own_sshd:
-                from gpubox.remote.providers.local import LocalSshd
-
-                sshd = LocalSshd()
-                server = sshd.running()
-                plan |= {
-                    "kind": "signal" if server else "none",
-                    "pid": server.pid if server else None,
-                    "match": str(sshd.folder / "sshd_config"),
-                    "what": "the local sshd",
-                    "why": "the local sshd is not running",
-                }
-            else:
-                plan |= {"kind": "none", "why": cannot_stop_why(host)}
-            self._stop_plan = plan
+            self._stop_plan = stop_plan(self.host)
         return self._stop_plan
+
+    def guardian_waits_for_laptop(self) -> bool:
+        """A rented host's guardian leaves the stop to this laptop while it is there: the laptop brings the
+        outputs home first, then terminates the instance."""
+        return bool(self.stop_plan()["kind"] == "provider")
 
     def guardian_config(self) -> dict[str, Any]:
         host = self.host
@@ -625,6 +592,7 @@ class HostMonitor:
     def _beat_guardian(self) -> None:
         first = self.guardian is None
         try:
+            plan = self.stop_plan()
             answer = calls.guardian(
                 self.session.agent,
                 key=self.guardian_key,
@@ -632,6 +600,8 @@ class HostMonitor:
                 start=first,
                 beat=self._laptop_beat(),
                 decisions=DECISIONS_SHOWN,
+                # self_stop = "key" (the user's consent): the guardian's own copy of the key, sent once.
+                api_key=self.host.provider_settings().api_key() if first and plan.get("key_file") else None,
             )
         except RemoteError as exc:
             if isinstance(exc, AgentError) and not str(exc).startswith("agent on "):
@@ -667,7 +637,9 @@ class HostMonitor:
             if seen.get("busy"):
                 self._warned -= {"autostop", "autostop-failed"}  # a new idle stretch may warn again
         due = status.get("due")
-        if due and (not self.guardian_acts() or due.get("laptop_pulls")):
+        # Due and left to this laptop: a rented host's guardian waits for it to stop it (by), a local or ssh host's
+        # for it to pull the outputs first (laptop_pulls).
+        if due and (not self.guardian_acts() or due.get("laptop_pulls") or due.get("by") == "laptop"):
             self._stop_host(str(due.get("why")), str(due.get("reason")))
 
     def _guardian_started(self, answer: Mapping[str, Any]) -> None:
@@ -830,6 +802,7 @@ class HostMonitor:
             "pid": self.guardian.get("pid"),
             "acts": self.guardian_acts(),
             "action": self.stop_plan().get("action"),
+            "laptop_first": self.guardian_waits_for_laptop(),
             "cannot": None if self.guardian_acts() else self.stop_plan().get("why"),
             "since": here(status.get("since")),
             "deadline_at": here(status.get("deadline_at")),

@@ -28,14 +28,8 @@ from gpubox import paths
 from gpubox.actions import Say
 from gpubox.actions.env import build_env, ensure_built
 from gpubox.actions.framework import project_framework
-from gpubox.actions.monitor import (
-    HostMonitor,
-    SyncActivity,
-    SyncStatus,
-    cannot_stop_why,
-    guarded,
-    guardian_can_act,
-)
+from gpubox.actions.guardian import cannot_stop_why, guarded, guardian_can_act, self_stop_mode
+from gpubox.actions.monitor import HostMonitor, SyncActivity, SyncStatus
 from gpubox.actions.runmoney import RunMoneyWatch
 from gpubox.actions.services import ServiceWatch
 from gpubox.actions.supervisor import claim_host, stop_note, stop_on_signals, supervise
@@ -122,6 +116,38 @@ def rent(host: HostConfig, *, confirm: Callable[[str], bool], say: Say) -> None:
         ensure_instance(host, confirm=confirm, say=say)
 
 
+def self_stop_question(host: HostConfig, hosts: HostsConfig) -> str | None:
+    """The question `up` asks once for a rented host whose cloud gives an instance no key of its own (Lambda),
+    when it has an autostop, a budget or a deadline and hosts.toml records no answer yet; None otherwise."""
+    if not (host.spec.rents and guarded(host, hosts)) or self_stop_mode(host) is not None:
+        return None
+    if hosts.path is None or host.spec.self_stop is None:
+        return None
+    loses = (
+        ""
+        if host.spec.self_stop.keeps_disk
+        else f" ({host.provider} cannot stop one: what is on its disk goes)"
+    )
+    return (
+        f"{host.provider} gives {host.name} no key of its own to stop itself with: may its guardian use your "
+        f"{host.provider} API key (${host.provider_settings().api_key_env}), kept on the host in a file only you "
+        f"can read, to terminate it if this laptop goes away{loses}? (recorded in {hosts.path.name} as "
+        "self_stop; no: it keeps billing while the laptop is away)"
+    )
+
+
+def record_self_stop(host: HostConfig, hosts: HostsConfig, agreed: bool, say: Say) -> None:
+    """Write the answer to :func:`self_stop_question` into hosts.toml (its comments kept): never asked again."""
+    from gpubox.config.writer import set_host_key
+
+    assert hosts.path is not None
+    value = "key" if agreed else "off"
+    set_host_key(
+        hosts.path, host.name, "self_stop", value, f"answered at `gpubox up` on {time.strftime('%Y-%m-%d')}"
+    )
+    say(f'recorded self_stop = "{value}" for {host.name} in {hosts.path}')
+
+
 def connect(
     host: HostConfig,
     project: ProjectConfig,
@@ -191,7 +217,8 @@ def _say_report(session: HostSession, project: ProjectConfig, elapsed: float, sa
         money.append(f"stopped {host.max_hours:g} h after up (max_hours)")
     say("    " + " · ".join(money))
     if guarded(host, None) and not guardian_can_act(host):
-        say(f"  ! if this laptop goes away, {host.name} keeps running: {cannot_stop_why(host)}")
+        billing = " and billing" if host.spec.rents else ""
+        say(f"  ! if this laptop goes away, {host.name} keeps running{billing}: {cannot_stop_why(host)}")
 
 
 def prepare(

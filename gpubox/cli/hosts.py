@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
+from gpubox.actions.guardian import settle_guardian_stops
 from gpubox.actions.hosts import autostop_text, guardian_lines, host_rows, service_url
 from gpubox.actions.runmoney import money_lines
 from gpubox.actions.sync import sync_lines
@@ -107,6 +108,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     project = load_project()
     hosts = load_hosts(project)
     orphans, problems, orphan_lines = _orphan_check(hosts)
+    # A guardian's stop while no gpubox held the host: the ledger closes at its time (rented hosts: below).
+    settle_guardian_stops(hosts, ask_providers=False)
     rows = host_rows(hosts, project=project)
     if args.json:
         print_json(

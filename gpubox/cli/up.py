@@ -9,6 +9,7 @@ this process does it all and holds the host itself.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     # On a terminal `up` holds the host from the background and opens the dashboard on it.
     tui = not (args.no_tui or args.detach) and is_terminal()
     up.check_free(host, hosts, project)
+    question = up.self_stop_question(host, hosts)
+    if question is not None and sys.stdin.isatty() and sys.stderr.isatty():
+        # Asked once, the answer kept in hosts.toml (--yes never agrees to placing a key for you).
+        up.record_self_stop(host, hosts, confirm(question, yes=False), say=step)
+        hosts = load_hosts(project)
+        host = hosts.pick(args.host)
     if options.sync:
         check_first_sync(project, host, yes=args.yes)
     started = time.monotonic()

@@ -59,6 +59,11 @@ class HostConfig:
     max_hours: float | None = None
     """Stop the host at this age (hours since `gpubox up` brought it up) whatever it is doing; warnings 30 and 5
     minutes before. Kept by the host's guardian, so it holds with the laptop gone."""
+    self_stop: str | None = None
+    """How a rented host's guardian stops it with the laptop gone: ``instance`` (the key the cloud gives the
+    instance, vast and RunPod; the default there), ``key`` (the user's API key, placed on the host in a 0600
+    file: for Lambda, whose instances carry none; asked once at `up`), ``off`` (never: the host bills on while
+    the laptop is away)."""
     stop_command: str | None = None
     """How to stop an ``ssh`` host when it idles out or spends its budget (run there over SSH), e.g. ``sudo
     poweroff``; without one gpubox only warns."""
@@ -210,6 +215,7 @@ HOST_FIELDS: dict[str, checks.Check] = {
     "max_hours": checks.number(0, above=True),
     "stall_minutes": checks.number(0, above=True),
     "stop_command": checks.command,
+    "self_stop": checks.choice("instance", "key", "off"),
     "gpu": checks.gpu_name,
     "gpu_count": checks.integer(1, 16),
     "instance_type": checks.no_space_string("an instance type name such as gpu_1x_a100_sxm4"),

@@ -295,3 +295,54 @@ def test_a_stalled_run_is_not_activity_and_the_stop_says_so(project: Path, tmp_p
         )  # still there
     finally:
         _end_run(run_id)
+
+
+def test_down_ends_the_guardian_of_a_local_host_whose_sshd_is_already_stopped(
+    project: Path, tmp_path: Path
+) -> None:
+    # The sshd gone (stopped by hand, or the machine's own doing) leaves the guardian watching on this machine:
+    # `down` must still end it, without the sshd it would have reached it through.
+    _local_hosts(project, tmp_path, "autostop_minutes = 10\n")
+    pid = _up_detached(project)
+    guardian = _guardian(project)
+    folder = _folder()
+    _kill_laptop(pid)
+    assert LocalSshd().stop()
+    assert pid_alive(guardian["pid"])
+    done = run_gpubox("down", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _wait(lambda: not pid_alive(guardian["pid"]), what="`down` to end the guardian")
+    assert _decisions(folder)[-1]["event"] == "released"
+    assert not (folder / "config.json").exists()
+
+
+def test_cost_and_status_bill_a_local_host_until_its_guardians_stop_once(
+    project: Path, tmp_path: Path
+) -> None:
+    # $3600/h is $1 a second: the ledger's dollars are the seconds billed.
+    _local_hosts(project, tmp_path, "autostop_minutes = 0.05\nprice_per_hour = 3600\n")
+    pid = _up_detached(project)
+    _start_run(project, 8)  # busy while the laptop is still there
+    _guardian(project)
+    _kill_laptop(pid)
+    _wait(lambda: LocalSshd().running() is None, timeout=60, what="the guardian to stop the local sshd")
+    stopped = _stop_record()
+    (died,) = _ledger("local")
+    assert died.ended_at is not None and died.ended_at < stopped["at"]
+
+    # `gpubox cost`, with no gpubox holding the host and without reaching it: billed until the guardian's stop.
+    report = json.loads(run_gpubox("cost", "--json", cwd=project).stdout)
+    spent = next(h for h in report["hosts"] if h["name"] == "local")["spent_usd"]
+    (row,) = _ledger("local")
+    assert row.end_reason == "autostop (by the guardian)" and row.ended_at == pytest.approx(
+        stopped["at"], abs=0.01
+    )
+    assert spent == pytest.approx(died.held_seconds + stopped["at"] - died.ended_at, abs=0.01)
+    # Every later look agrees: no second extension, whoever looks.
+    run_gpubox("status", "--json", cwd=project)
+    again = json.loads(run_gpubox("cost", "--json", cwd=project).stdout)
+    assert next(h for h in again["hosts"] if h["name"] == "local")["spent_usd"] == spent
+    up = run_gpubox("up", "--detach", "--no-sync", "--no-services", cwd=project)
+    assert up.returncode == 0 and "its guardian stopped it" not in up.stdout + up.stderr
+    assert _ledger("local")[0] == row
+    assert run_gpubox("down", cwd=project).returncode == 0

@@ -609,6 +609,22 @@ CASES = [
         files={"hosts.toml": "[hosts.a]\nmax_hours = 0\n"},
     ),
     Case(
+        "hosts-self-stop-unknown",
+        ("hosts",),
+        2,
+        'self_stop: expected one of "instance", "key", "off", got "always"',
+        'self_stop = "always" on a rented host',
+        files={"hosts.toml": '[hosts.a]\nprovider = "vast"\ngpu = "RTX 4090"\nself_stop = "always"\n'},
+    ),
+    Case(
+        "hosts-self-stop-ssh",
+        ("hosts",),
+        2,
+        'self_stop: not used by provider "ssh"',
+        'self_stop = "key" on an ssh host (no cloud key to place)',
+        files={"hosts.toml": '[hosts.a]\nself_stop = "key"\n'},
+    ),
+    Case(
         "project-is-a-folder",
         ("sync",),
         2,

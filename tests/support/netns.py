@@ -81,6 +81,7 @@ class NetnsHost:
     veth: str
     gateway: str
     server: SshServer = field(repr=False)
+    _uplink: str | None = field(default=None, repr=False)
 
     @property
     def port(self) -> int:
@@ -115,6 +116,23 @@ class NetnsHost:
 
     def link_up(self) -> None:
         _run(["ip", "-n", self.netns, "link", "set", NAMESPACE_IFACE, "up"])
+
+    def uplink(self) -> str:
+        """A second wire, ``eth1``, from the host to this machine, apart from the laptop's (``eth0``, which
+        :meth:`link_down` cuts): the host's way to the cloud's API, which stays up when the laptop's link goes.
+        Returns this machine's address on it, for a fake cloud to listen on. Made once; the namespace's
+        deletion removes it."""
+        if self._uplink is None:
+            with _allocation_lock():
+                (octet,) = _free_octets(1)
+                veth = f"{self.netns}u"
+                _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth1", "netns", self.netns])
+                _run(["ip", "addr", "add", f"{SUBNET_PREFIX}.{octet}.1/24", "dev", veth])
+                _run(["ip", "link", "set", veth, "up"])
+                _run(["ip", "-n", self.netns, "addr", "add", f"{SUBNET_PREFIX}.{octet}.2/24", "dev", "eth1"])
+                _run(["ip", "-n", self.netns, "link", "set", "eth1", "up"])
+                self._uplink = f"{SUBNET_PREFIX}.{octet}.1"
+        return self._uplink
 
     def netem(self, delay_ms: int = 0, loss_percent: float = 0.0) -> None:
         """Delay and/or drop packets sent to the host (root-side veth egress); replaces earlier settings.

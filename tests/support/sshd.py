@@ -127,6 +127,16 @@ class SshServer:
         self.stop()
         return self.start()
 
+    def set_env(self, variables: dict[str, str]) -> SshServer:
+        """Give every new session these variables too (sshd's ``SetEnv``), as a cloud gives its containers'
+        processes theirs, and restart the server so they apply."""
+        lines = self.files.config.read_text().splitlines()
+        kept = [line for line in lines if not line.startswith("SetEnv ")]
+        pairs = {"HOME": str(self.home), **variables}
+        kept.append("SetEnv " + " ".join(f'"{name}={value}"' for name, value in pairs.items()))
+        self.files.config.write_text("\n".join(kept) + "\n")
+        return self.restart() if self.proc is not None else self
+
 
 def _descendants(root: int) -> list[int]:
     """Every process below *root*, found through /proc parent links."""

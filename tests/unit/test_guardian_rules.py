@@ -76,3 +76,36 @@ def test_the_ledger_bills_a_dead_holders_interval_until_the_guardians_stop(tmp_p
         state.repair_billing("box")
         assert state.billing()[-1].end_reason == DIED_REASON
         assert not state.record_guardian_stop("box", 1900.0, "autostop (by the guardian)")  # not the latest
+
+
+def test_a_rented_hosts_guardian_leaves_the_stop_to_a_laptop_that_is_there_or_stopping_it(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    guardian = host._Guardian(str(tmp_path))
+    guardian.laptop_fresh = True
+    assert guardian._laptop_holds({})
+    guardian.laptop_fresh = False
+    assert not guardian._laptop_holds({})
+    # Pulling the outputs before terminating sends no beats: its word that it is stopping the host holds a while.
+    assert guardian._laptop_holds({"stopping_until": time.time() + 60})
+    assert not guardian._laptop_holds({"stopping_until": time.time() - 1})
+
+
+def test_status_says_who_stops_a_rented_host() -> None:
+    from gpubox.actions.hosts import guardian_lines
+
+    report = {
+        "running": True,
+        "pid": 7,
+        "acts": True,
+        "action": "stop it through the vast API (its disk kept)",
+    }
+    (line,) = guardian_lines(dict(report, laptop_first=True), 0.0)
+    assert line == (
+        "guardian  pid 7 on the host; if this laptop is gone when due, it will stop it through the vast API (its "
+        "disk kept) itself (while the laptop holds it, the laptop brings the outputs home and terminates it)"
+    )
+    (line,) = guardian_lines({"running": True, "pid": 7, "acts": False, "cannot": "no key"}, 0.0)
+    assert line == "guardian  pid 7 on the host; cannot stop it alone: no key"

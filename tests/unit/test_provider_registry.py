@@ -56,6 +56,7 @@ SAMPLES = {
     "max_hours": "12",
     "stall_minutes": "20",
     "stop_command": '"sudo poweroff"',
+    "self_stop": '"key"',
     "gpu": '"A100"',
     "gpu_count": "2",
     "instance_type": '"gpu_1x_a100_sxm4"',

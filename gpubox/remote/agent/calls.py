@@ -191,9 +191,11 @@ def guardian(
     stop: Mapping[str, str] | None = None,
     release: bool = False,
     decisions: int = 10,
+    api_key: str | None = None,
 ) -> Guardian:
     """Start or adopt the host's guardian (*start*), update its *config*, beat for the laptop, ask it to *stop*
-    the host now (once, whoever asks first), or *release* it; answers its latest view and decisions."""
+    the host now (once, whoever asks first), or *release* it; answers its latest view and decisions. *api_key*:
+    the user's cloud key, kept on the host in a 0600 file for a guardian with ``self_stop = "key"``."""
     fields = _fields(
         key=key,
         config=None if config is None else dict(config),
@@ -202,6 +204,7 @@ def guardian(
         stop=None if stop is None else dict(stop),
         release=release or None,
         decisions=decisions,
+        api_key=api_key,
     )
     return cast(Guardian, agent.request("guardian", fields))
 

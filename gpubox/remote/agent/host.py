@@ -2509,6 +2509,16 @@ def _write_json(path: str, data: Dict[str, Any]) -> None:
     os.replace(temp, path)
 
 
+def _write_secret(path: str, text: str) -> None:
+    """*text* in a file only this user can read, from its first byte (never world-readable for a moment)."""
+    temp = "%s.%d.tmp" % (path, os.getpid())
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(temp, 0o600)
+    os.replace(temp, path)
+
+
 def _elapsed() -> float:
     """A clock that never jumps and counts through suspend (as gpubox.cost.elapsed on the laptop)."""
     clock = getattr(time, "CLOCK_BOOTTIME", None)
@@ -2627,6 +2637,91 @@ def _command_stop(stop: Dict[str, Any]) -> Tuple[bool, str]:
     )
 
 
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+PROVIDER_STOP_TRIES = 4
+
+
+def _container_env(name: str) -> Optional[str]:
+    """A variable the cloud gave the instance: in this process's environment, else in that of the container's
+    first process (an SSH login does not inherit what the container was started with)."""
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if value:
+        return value
+    with contextlib.suppress(OSError), open("/proc/1/environ", "rb") as handle:
+        for entry in handle.read().split(b"\0"):
+            key, _, found = entry.partition(b"=")
+            if key.decode("utf-8", "replace") == name and found:
+                return found.decode("utf-8", "replace")
+    return None
+
+
+def _fill(value: Any, instance: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{id}", instance)
+    if isinstance(value, list):
+        return [_fill(v, instance) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, instance) for k, v in value.items()}
+    return value
+
+
+def _provider_stop(stop: Dict[str, Any], folder: str) -> Tuple[bool, str]:
+    """Stop this rented instance through its cloud's API (the plan gpubox sent: PROTOCOL.md, kind
+    ``provider``), with the key the cloud gave the instance, or the user's own key placed in *folder*."""
+    import urllib.error
+    import urllib.request
+
+    provider = str(stop.get("provider") or "the cloud")
+    instance = str(stop.get("instance_id") or "")
+    if not _INSTANCE_ID.match(instance):
+        return False, "no instance id to stop"
+    seen = _container_env(str(stop.get("id_env") or ""))
+    if seen and seen != instance:
+        # Never stop another instance than this one: gpubox's record and the cloud's word disagree.
+        return False, "this host is %s instance %s, not %s" % (provider, seen, instance)
+    key = None  # type: Optional[str]
+    if stop.get("key_file"):
+        with contextlib.suppress(OSError), open(os.path.join(folder, "api-key")) as handle:
+            key = handle.read().strip() or None
+        where = 'the API key gpubox placed on the host (self_stop = "key")'
+    else:
+        key = _container_env(str(stop.get("key_env") or ""))
+        where = "$%s, the key %s gives the instance" % (stop.get("key_env"), provider)
+    if not key:
+        return False, "no key to stop it with: %s is missing" % where
+    url = str(stop.get("url") or "").rstrip("/") + _fill(str(stop.get("path") or "/"), instance)
+    body = json.dumps(_fill(stop.get("body") or {}, instance)).encode()
+    last = ""
+    for attempt in range(PROVIDER_STOP_TRIES):
+        request = urllib.request.Request(url, data=body, method=str(stop.get("method") or "POST"))
+        request.add_header("Content-Type", "application/json")
+        request.add_header("Accept", "application/json")
+        request.add_header("User-Agent", "gpubox-guardian")
+        request.add_header("Authorization", "Bearer " + key)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, text = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, text = exc.code, exc.read()
+        except (OSError, ValueError) as exc:
+            status, text = 0, str(exc).replace(key, "[redacted]").encode()
+        answer = None
+        with contextlib.suppress(ValueError):
+            answer = json.loads(text.decode("utf-8", "replace"))
+        refused = isinstance(answer, dict) and (answer.get("errors") or answer.get("success") is False)
+        if 200 <= status < 300 and not refused:
+            return True, str(stop.get("done") or "stopped it through its API").replace("{id}", instance)
+        detail = text.decode("utf-8", "replace").strip().replace(key, "[redacted]")[:300]
+        last = ("HTTP %d: %s" % (status, detail)) if status else detail
+        if status not in (0, 429, 500, 502, 503, 504):
+            break  # refused (a bad key, an unknown instance): asking again will not help
+        if attempt < PROVIDER_STOP_TRIES - 1:
+            time.sleep(min(8.0, 1.0 * 2**attempt))
+    return False, "%s refused the stop (%s)" % (provider, last)
+
+
 def guardian_stop(folder: str, config: Dict[str, Any], reason: str, why: str, by: str) -> Dict[str, Any]:
     """Stop the host the way *config* says, at most once: under the folder's lock, and never again once
     stopped.json records a stop. Answers that record, or ``{"ok": false, "error"}``."""
@@ -2640,12 +2735,14 @@ def guardian_stop(folder: str, config: Dict[str, Any], reason: str, why: str, by
         # stopping.json says what began, and the next `start` reads it as the stop (see op_guardian).
         record = {"ok": True, "at": time.time(), "reason": reason, "why": why, "by": by}  # type: Dict[str, Any]
         stopping = os.path.join(folder, "stopping.json")
-        if kind in ("command", "signal"):
+        if kind in ("command", "signal", "provider"):
             _write_json(stopping, dict(record, done="began: %s" % stop.get("action")))
         if kind == "command":
             ok, text = _command_stop(stop)
         elif kind == "signal":
             ok, text = _signal_stop(stop)
+        elif kind == "provider":
+            ok, text = _provider_stop(stop, folder)
         else:
             ok, text = False, str(stop.get("why") or "this host cannot be stopped from itself")
         with contextlib.suppress(OSError):
@@ -2673,6 +2770,12 @@ class _Guardian:
 
     def path(self, name: str) -> str:
         return os.path.join(self.folder, name)
+
+    def _laptop_holds(self, laptop: Dict[str, Any]) -> bool:
+        """Whether the laptop is there to stop the host itself: its beat is fresh, or it said it is stopping the
+        host (pulling the outputs first takes a while, without beats) and that hold has not run out."""
+        hold = laptop.get("stopping_until")
+        return bool(self.laptop_fresh) or (isinstance(hold, (int, float)) and time.time() < hold)
 
     def still_mine(self) -> bool:
         record = _read_json(self.path("pid"))
@@ -2796,10 +2899,13 @@ class _Guardian:
         if stop_for is not None:
             reason, why = stop_for
             status["due"] = {"reason": reason, "why": why}
-            can_act = (config.get("stop") or {}).get("kind") in ("command", "signal")
+            kind = (config.get("stop") or {}).get("kind")
+            # A rented host's laptop, while there, stops it itself: it brings the outputs home first.
+            can_act = kind in ("command", "signal") or (kind == "provider" and not self._laptop_holds(laptop))
+            status["due"]["by"] = "guardian" if can_act else "laptop"
             grace = float(config.get("laptop_grace") or 0)
             due_for = wall - self.due_at.setdefault(reason, wall)
-            if can_act and reason not in self.failed and fresh and due_for < grace:
+            if can_act and kind != "provider" and reason not in self.failed and fresh and due_for < grace:
                 # The laptop is here: it pulls the outputs home, then asks for this stop (through the lock).
                 status["due"]["laptop_pulls"] = True
                 wait = min(wait, max(0.05, grace - due_for))
@@ -2810,7 +2916,7 @@ class _Guardian:
                     _write_json(self.path("status.json"), status)
                     return record, 0.0
                 self.failed.add(reason)  # once per idle stretch, like the laptop: no stop loop
-            elif not can_act and "due-" + reason not in self.warned:
+            elif not can_act and kind != "provider" and "due-" + reason not in self.warned:
                 self.warned.add("due-" + reason)
                 _decide(
                     self.folder,
@@ -2853,6 +2959,30 @@ def guardian_main(folder: str) -> int:
     return 0
 
 
+def _release_locked(folder: str, record: Optional[Dict[str, Any]]) -> None:
+    if record is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(record["pid"]), 15)
+    had = os.path.exists(os.path.join(folder, "config.json"))
+    for name in ("pid", "config.json", "laptop.json", "status.json", "api-key"):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(folder, name))
+    if had:
+        _decide(folder, "released", "`gpubox down`: the laptop let go of the host; the guardian ended")
+
+
+def guardian_release(folder: str) -> bool:
+    """End the guardian of *folder* and withdraw its config, as the `guardian` op's ``release`` does: for the
+    laptop's own machine, whose guardian it reaches without SSH (the `local` host with its sshd stopped).
+    True if a guardian was running."""
+    if not os.path.isdir(folder):
+        return False
+    with _guardian_lock(folder):
+        record = _guardian_pid(folder)
+        _release_locked(folder, record)
+    return record is not None
+
+
 def op_guardian(args: Dict[str, Any]) -> Dict[str, Any]:
     folder = _guardian_dir(args.get("key"))
     if args.get("release") and not os.path.isdir(folder):
@@ -2875,17 +3005,7 @@ def op_guardian(args: Dict[str, Any]) -> Dict[str, Any]:
     with _guardian_lock(folder):
         record = _guardian_pid(folder)
         if args.get("release"):
-            if record is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(record["pid"]), 15)
-            had = os.path.exists(os.path.join(folder, "config.json"))
-            for name in ("pid", "config.json", "laptop.json", "status.json"):
-                with contextlib.suppress(OSError):
-                    os.remove(os.path.join(folder, name))
-            if had:
-                _decide(
-                    folder, "released", "`gpubox down`: the laptop let go of the host; the guardian ended"
-                )
+            _release_locked(folder, record)
             record = None
         elif args.get("start"):
             for name in ("stopped.json", "stopping.json"):
@@ -2931,6 +3051,9 @@ def op_guardian(args: Dict[str, Any]) -> Dict[str, Any]:
             new = dict(config, since=old.get("since") or time.time())
             if new != old:
                 _write_json(os.path.join(folder, "config.json"), new)
+    api_key = args.get("api_key")
+    if isinstance(api_key, str) and api_key and not args.get("release"):
+        _write_secret(os.path.join(folder, "api-key"), api_key)
     beat = args.get("beat")
     if isinstance(beat, dict):
         _write_json(os.path.join(folder, "laptop.json"), dict(beat, at=time.time()))

@@ -68,6 +68,9 @@ class Instance:
     region: str = ""
     status_text: str = ""
     """The provider's own word for its state ("active", "loading", "RUNNING")."""
+    stopped_at: float | None = None
+    """Wall-clock time the provider says a stopped instance stopped, where it says (RunPod); the ledger closes
+    there when it stopped while no gpubox held it (its guardian's stop)."""
 
     @property
     def billing(self) -> bool:

@@ -39,6 +39,7 @@ __all__ = [
     "OfferQuery",
     "host_from_instance_name",
     "instance_name",
+    "settle_ended",
 ]
 
 INSTANCE_PREFIX = "gpubox-"
@@ -391,10 +392,7 @@ class CloudProvider:
                 "unknown", f"{self.name} instance {record.instance_id}, recorded as billing; {exc}"
             )
         if instance is None or not instance.billing:
-            forget_instance(host, record, "ended outside gpubox (the provider no longer runs it)")
-            return InstanceStatus(
-                "stopped", f"{self.name} instance {record.instance_id} is gone (ended outside gpubox)"
-            )
+            return InstanceStatus("stopped", settle_ended(host, record, instance))
         note_instance(record, instance)
         return InstanceStatus("running", describe_instance(instance, record.launched_at))
 
@@ -470,14 +468,41 @@ def note_instance(record: InstanceRecord, instance: Instance) -> None:
         )
 
 
-def forget_instance(host: HostConfig | str, record: InstanceRecord, reason: str) -> None:
-    """The instance no longer runs: end its record and its billing."""
+def settle_ended(host: HostConfig, record: InstanceRecord, instance: Instance | None) -> str:
+    """The recorded instance no longer bills (*instance*: the provider's word, None when it no longer knows
+    it): end its record and close the ledger (when the provider says it stopped, then), and say what happened."""
+    provider = record.provider
+    if instance is not None and instance.phase == "stopped":
+        # Stopped, not ended: its guardian's doing with the laptop gone (or the console's); the disk stays.
+        when = instance.stopped_at
+        forget_instance(host, record, f"stopped outside gpubox ({provider}'s record)", at=when)
+        at = "" if when is None else f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}"
+        unknown = (
+            ""
+            if when is not None
+            else f"; {provider} does not say when, so the ledger counts only until a gpubox last held it"
+        )
+        return (
+            f"{provider} instance {record.instance_id} was stopped{at} (by its guardian or in the {provider} "
+            f"console); its disk is kept, and billed by {provider}, until you terminate it there{unknown}"
+        )
+    forget_instance(host, record, "ended outside gpubox (the provider no longer runs it)")
+    return f"{provider} instance {record.instance_id} is gone (ended outside gpubox)"
+
+
+def forget_instance(
+    host: HostConfig | str, record: InstanceRecord, reason: str, at: float | None = None
+) -> None:
+    """The instance no longer runs: end its record and its billing, at *at* where the provider says when it
+    stopped (the interval of a holder that died before that bills on until then, once), else now."""
     from gpubox.state import open_state
 
     name = host if isinstance(host, str) else host.name
     with open_state() as state:
-        state.end_instance(record.provider, record.instance_id, reason)
-        state.close_billing(name, reason=reason)
+        state.end_instance(record.provider, record.instance_id, reason, at=at)
+        if at is not None:
+            state.record_guardian_stop(name, at, reason)
+        state.close_billing(name, at=at, reason=reason)
 
 
 def terminate_recorded(api: CloudApi, host: HostConfig | str, record: InstanceRecord) -> str:

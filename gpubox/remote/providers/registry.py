@@ -51,6 +51,7 @@ __all__ = [
     "Capability",
     "ProviderSpec",
     "Requirement",
+    "SelfStop",
     "provider_spec",
 ]
 
@@ -59,6 +60,27 @@ class Capability(enum.Enum):
     """What some providers can do and others cannot; a spec lists those it cannot, each with the reason."""
 
     SHORTAGE_REASON = "say why no offer matched a host"
+    INSTANCE_KEY = "give an instance a key of its own, for its guardian to stop it with the laptop gone"
+
+
+@dataclass(frozen=True)
+class SelfStop:
+    """How a rented instance is stopped from the instance itself (its guardian, with the laptop gone): one
+    request to the cloud's API, which the stdlib-only agent sends (PROTOCOL.md, "The guardian", kind
+    ``provider``). ``{id}`` in *path* and in *body*'s strings is the instance id."""
+
+    method: str
+    path: str
+    body: Mapping[str, Any]
+    key_env: str = ""
+    """The variable in which the cloud gives the instance a key scoped to itself ("" when it gives none: only
+    ``self_stop = "key"``, the user's own key placed on the host, can stop it then)."""
+    id_env: str = ""
+    """The variable in which the cloud tells the instance its own id (checked against gpubox's record)."""
+    keeps_disk: bool = True
+    """The call stops the instance and keeps its disk (False: it terminates it, the disk with it)."""
+    done: str = "stopped {provider} instance {id}"
+    """What was done, in words, for the guardian's log."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,8 @@ class ProviderSpec:
     api_url: str = ""
     api_class: str = ""
     """``"module:Class"`` of its :class:`~gpubox.remote.providers.cloud.CloudApi`, for a cloud."""
+    self_stop: SelfStop | None = None
+    """How its instances stop themselves, for a cloud."""
     unsupported: Mapping[Capability, str] = field(default_factory=dict)
     """What it cannot do, and why."""
 
@@ -145,6 +169,7 @@ RENTED_KEYS = EVERY_HOST_KEYS | {
     "gpu_count",
     "max_price_per_hour",
     "launch_timeout",
+    "self_stop",
 }
 """What every rented host takes: not its address (the API tells) nor its price (the API charges it)."""
 
@@ -158,6 +183,7 @@ def _cloud(
     user: str,
     keys: set[str],
     requires: tuple[Requirement, ...],
+    self_stop: SelfStop,
     unsupported: Mapping[Capability, str] | None = None,
 ) -> ProviderSpec:
     return ProviderSpec(
@@ -171,6 +197,7 @@ def _cloud(
         api_key_env=api_key_env,
         api_url=api_url,
         api_class=api_class,
+        self_stop=self_stop,
         unsupported=unsupported or {},
     )
 
@@ -202,6 +229,18 @@ SPECS: tuple[ProviderSpec, ...] = (
             Requirement(("ssh_key_name",), "ssh_key_name: the name of an SSH key in your Lambda account"),
             Requirement(("instance_type", "gpu"), 'instance_type (such as "gpu_1x_a100_sxm4") or gpu'),
         ),
+        # Lambda cannot stop (pause) an instance, only terminate it; and it gives an instance no identity.
+        self_stop=SelfStop(
+            "POST",
+            "/instance-operations/terminate",
+            {"instance_ids": ["{id}"]},
+            keeps_disk=False,
+            done="terminated lambda instance {id} through its API",
+        ),
+        unsupported={
+            Capability.INSTANCE_KEY: "a Lambda instance carries no key or identity of its own: with "
+            'self_stop = "key" its guardian uses your API key, placed on the host (a 0600 file)'
+        },
     ),
     _cloud(
         "vast",
@@ -211,6 +250,15 @@ SPECS: tuple[ProviderSpec, ...] = (
         user="root",
         keys={"region", "image", "disk_gb"},
         requires=(_NEEDS_GPU,),
+        # Every instance gets CONTAINER_API_KEY, a key scoped to itself, and CONTAINER_ID.
+        self_stop=SelfStop(
+            "PUT",
+            "/api/v0/instances/{id}/",
+            {"state": "stopped"},
+            key_env="CONTAINER_API_KEY",
+            id_env="CONTAINER_ID",
+            done="stopped vast instance {id} through its API (its disk kept)",
+        ),
         unsupported={
             Capability.SHORTAGE_REASON: "its offer search answers with the offers that match, never why none did"
         },
@@ -223,6 +271,15 @@ SPECS: tuple[ProviderSpec, ...] = (
         user="root",
         keys={"image", "disk_gb", "cloud_type"},
         requires=(_NEEDS_GPU,),
+        # Every pod gets RUNPOD_API_KEY, a key scoped to the pod, and RUNPOD_POD_ID (runpodctl uses them).
+        self_stop=SelfStop(
+            "POST",
+            "/graphql",
+            {"query": 'mutation { podStop(input: {podId: "{id}"}) { id desiredStatus } }'},
+            key_env="RUNPOD_API_KEY",
+            id_env="RUNPOD_POD_ID",
+            done="stopped runpod pod {id} through its API (its volume kept)",
+        ),
         unsupported={
             Capability.SHORTAGE_REASON: "not written yet: its GPU list could tell a type out of stock from an "
             "unknown one"

@@ -42,6 +42,7 @@ fragment PodFields on Pod {
   name
   costPerHr
   desiredStatus
+  lastStatusChange
   gpuCount
   imageName
   runtime { uptimeInSeconds ports { ip isIpPublic privatePort publicPort type } }
@@ -204,6 +205,7 @@ class RunPodApi:
         if phase == "running" and not (ssh_host and ssh_port):
             phase = "booting"  # up, but its public SSH port is not mapped yet
         cost = raw.get("costPerHr")
+        stopped_at = _status_changed_at(raw.get("lastStatusChange")) if phase == "stopped" else None
         return Instance(
             provider=self.name,
             instance_id=str(raw.get("id")),
@@ -216,6 +218,7 @@ class RunPodApi:
             gpu=str((raw.get("machine") or {}).get("gpuDisplayName") or ""),
             gpu_count=int(raw.get("gpuCount") or 0),
             status_text=desired.lower(),
+            stopped_at=stopped_at,
         )
 
     def instances(self) -> list[Instance]:
@@ -242,3 +245,23 @@ class RunPodApi:
             if "not found" in str(exc).lower():
                 return
             raise
+
+
+def _status_changed_at(text: Any) -> float | None:
+    """When a pod's status last changed, from its ``lastStatusChange`` ("Exited by User: Fri Dec 04 2026
+    21:30:00 GMT+0000 (Coordinated Universal Time)", or with an RFC 2822 date); None when it cannot tell."""
+    import re
+    from datetime import datetime
+    from email.utils import parsedate_to_datetime
+
+    if not isinstance(text, str) or ": " not in text:
+        return None
+    when = re.sub(r"\s*\([^)]*\)\s*$", "", text.split(": ", 1)[1]).strip()
+    try:
+        return parsedate_to_datetime(when).timestamp()
+    except (TypeError, ValueError):
+        pass
+    try:
+        return datetime.strptime(when, "%a %b %d %Y %H:%M:%S GMT%z").timestamp()
+    except ValueError:
+        return None

@@ -1,4 +1,5 @@
-"""What the three fake clouds share: a threaded HTTP server on 127.0.0.1, recorded requests, fault knobs.
+"""What the three fake clouds share: a threaded HTTP server on 127.0.0.1 (or *listen*), recorded requests, fault
+knobs, and each instance's own key (the one the cloud gives the instance to act on itself).
 
 Each provider module (``lambda_cloud``, ``vast``, ``runpod``) subclasses :class:`FakeCloud` and supplies its
 auth check, its routes and its error bodies. Everything a test can change (knobs, catalogs, instances) is
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +31,7 @@ from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 #: The operation names accepted by :meth:`FakeCloud.fail_next` (``"list_types"`` is an alias of ``"offers"``).
-OPERATIONS = ("offers", "launch", "list_instances", "get_instance", "terminate")
+OPERATIONS = ("offers", "launch", "list_instances", "get_instance", "terminate", "stop")
 _ALIASES = {"list_types": "offers"}
 
 
@@ -46,6 +48,7 @@ class RecordedRequest:
     body: Any
     operation: str | None = None  # filled once routed ("launch", "offers", ... or another provider name)
     status: int | None = None  # the HTTP status the fake answered
+    scoped_to: Any = None  # the instance whose own key signed the request (None: the account's key)
 
     @property
     def params(self) -> dict[str, list[str]]:
@@ -86,7 +89,11 @@ class FakeInstance:
     ssh_port: int | None = None  # None: the cloud's current ssh_port
     status: str | None = None  # a forced provider status (set_status); None: booting/running by time
     terminated_at: float | None = None  # epoch seconds
+    stopped_at: float | None = None  # epoch seconds: stopped (disk kept), the GPU no longer billed
     details: dict[str, Any] = field(default_factory=dict)
+    key: str = field(default_factory=lambda: "instance-" + secrets.token_hex(16))
+    """The key the cloud gives the instance itself (vast's CONTAINER_API_KEY, RunPod's pod RUNPOD_API_KEY):
+    it may act on this instance only."""
 
     @property
     def booting(self) -> bool:
@@ -94,7 +101,8 @@ class FakeInstance:
 
     def cost(self, now: float | None = None) -> float:
         """Dollars billed so far: price × hours from ``started_at`` to termination (or now)."""
-        end = self.terminated_at if self.terminated_at is not None else (now or time.time())
+        ends = [t for t in (self.terminated_at, self.stopped_at) if t is not None]
+        end = min(ends) if ends else (now or time.time())
         return self.price_per_hour * max(0.0, end - self.started_at) / 3600.0
 
 
@@ -138,6 +146,8 @@ class FakeCloud:
 
     PROVIDER: ClassVar[str] = "fake"
     DEFAULT_SSH_PORT: ClassVar[int] = 22
+    STOPPED_STATUS: ClassVar[str] = "stopped"
+    """The provider's status word for a stopped instance."""
 
     def __init__(
         self,
@@ -148,13 +158,19 @@ class FakeCloud:
         boot_seconds: float = 0.5,
         rate_limit_per_second: float | None = None,
         launch_min_interval: float = 0.0,
+        listen: str = "127.0.0.1",
     ) -> None:
         self.api_key = api_key
+        self.listen = listen
+        """The address the server listens on (a namespace host's uplink gateway, for a guardian to reach)."""
         self.ssh_host = ssh_host
         self.ssh_port = self.DEFAULT_SSH_PORT if ssh_port is None else ssh_port
         self.boot_seconds = boot_seconds
         self.rate_limit_per_second = rate_limit_per_second
         self.launch_min_interval = launch_min_interval
+        self.on_launch: Callable[[FakeInstance], None] | None = None
+        """Called with each instance the API launches, as it starts (a test gives its sshd the instance's
+        variables: its id, its own key)."""
         self.capacity_available = True
         self.quota_exceeded = False
         self.terminate_fails = False
@@ -173,7 +189,7 @@ class FakeCloud:
     def start(self) -> Self:
         if self._server is not None:
             return self
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server((self.listen, 0), _Handler)
         server.cloud = self
         self._server = server
         self._thread = threading.Thread(
@@ -210,7 +226,7 @@ class FakeCloud:
 
     @property
     def root_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.listen}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -281,6 +297,16 @@ class FakeCloud:
             now = time.time()
             return sum(i.cost(now) for i in [*self.instances.values(), *self.terminated.values()])
 
+    def stop_instance(self, instance_id: Any) -> FakeInstance:
+        """Stop an instance as the cloud does (the GPU no longer billed, the disk kept): its status becomes
+        :attr:`STOPPED_STATUS` and :attr:`FakeInstance.stopped_at` now. Stopping a stopped one changes nothing."""
+        with self.lock:
+            instance = self.instances[self._coerce_id(instance_id)]
+            if instance.stopped_at is None:
+                instance.stopped_at = time.time()
+                instance.status = self.STOPPED_STATUS
+            return instance
+
     def requests_for(self, operation: str) -> list[RecordedRequest]:
         op = _ALIASES.get(operation, operation)
         with self.lock:
@@ -332,6 +358,8 @@ class FakeCloud:
         )
         with self.lock:
             self.instances[instance_id] = instance
+        if booting and self.on_launch is not None:
+            self.on_launch(instance)
         return instance
 
     def _terminate(self, instance: FakeInstance) -> None:
@@ -347,6 +375,32 @@ class FakeCloud:
 
     def _authorized(self, request: RecordedRequest) -> bool:
         raise NotImplementedError
+
+    def _key_of(self, request: RecordedRequest) -> str:
+        """The key a request carries (``Authorization: Bearer`` or ``?api_key=``), "" when none."""
+        scheme, _, value = (request.header("authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return (request.params.get("api_key") or [""])[0]
+
+    def _account_or_instance_key(self, request: RecordedRequest) -> bool:
+        """The account's key, or an instance's own key (then :attr:`RecordedRequest.scoped_to` names it)."""
+        key = self._key_of(request)
+        if not key:
+            return False
+        if secrets.compare_digest(key, self.api_key):
+            return True
+        with self.lock:
+            for instance in [*self.instances.values(), *self.terminated.values()]:
+                if secrets.compare_digest(key, instance.key):
+                    request.scoped_to = instance.id
+                    return True
+        return False
+
+    def instance_key(self, instance_id: Any) -> str:
+        """The key the cloud gives instance *instance_id* to act on itself."""
+        with self.lock:
+            return self.instances[self._coerce_id(instance_id)].key
 
     def _unauthorized(self) -> Response:
         raise NotImplementedError

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import string
+import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -42,11 +43,13 @@ type Query {
 type Mutation {
   podFindAndDeployOnDemand(input: PodFindAndDeployOnDemandInput): Pod
   podTerminate(input: PodTerminateInput): Boolean
+  podStop(input: PodStopInput): Pod
 }
 
 input GpuTypeFilter { id: String }
 input PodFilter { podId: String! }
 input PodTerminateInput { podId: String! }
+input PodStopInput { podId: String! }
 
 input GpuLowestPriceInput {
   gpuCount: Int
@@ -187,7 +190,10 @@ ROOT_OPERATIONS = {
     "myself": "list_instances",
     "pod": "get_instance",
     "podTerminate": "terminate",
+    "podStop": "stop",
 }
+#: What a pod's own key (RUNPOD_API_KEY inside the pod) may ask, and then of that pod only.
+POD_KEY_FIELDS = {"pod", "podStop"}
 
 NO_CAPACITY = "There are no longer any instances available with the requested specifications. Please refresh and try again."
 QUOTA = "You have reached the maximum number of pods allowed for your account."
@@ -260,12 +266,15 @@ class FakeRunPod(FakeCloud):
     :func:`default_runpod_catalog`), ``balance`` (``myself.clientBalance``, default 25.0).
     ``quota_exceeded`` answers :data:`QUOTA` (``quota_message`` to change it).
     ``fail_next`` operations map to root fields: ``offers`` (gpuTypes), ``launch`` (podFindAndDeployOnDemand),
-    ``list_instances`` (myself), ``get_instance`` (pod), ``terminate`` (podTerminate), and ``graphql`` (any
-    request). The status applies to the whole HTTP response. ``pod(input: {podId})`` of an unknown id is
-    ``null`` (no error); ``podTerminate`` of an unknown id is a "Pod not found" error.
+    ``list_instances`` (myself), ``get_instance`` (pod), ``terminate`` (podTerminate), ``stop`` (podStop) and
+    ``graphql`` (any request). The status applies to the whole HTTP response. ``pod(input: {podId})`` of an
+    unknown id is ``null`` (no error); ``podTerminate`` of an unknown id is a "Pod not found" error.
+    A pod's own key (``RUNPOD_API_KEY`` inside it, :meth:`FakeCloud.instance_key`) may ask ``pod`` and
+    ``podStop`` of that pod only (other root fields: HTTP 403; another pod: a GraphQL error).
     """
 
     PROVIDER: ClassVar[str] = "runpod"
+    STOPPED_STATUS: ClassVar[str] = "EXITED"
 
     def __init__(
         self,
@@ -281,6 +290,8 @@ class FakeRunPod(FakeCloud):
         self.balance = balance
         self.quota_message = QUOTA
         self.user_id = "user_" + _random_id(24)
+        self._scope = threading.local()
+        """The pod whose own key signed the request being executed (None: the account's key)."""
 
     @property
     def graphql_url(self) -> str:
@@ -395,7 +406,11 @@ class FakeRunPod(FakeCloud):
             "dockerArgs": inputs.get("dockerArgs") or "",
             "env": env,
             "ports": inputs.get("ports") or "22/tcp,8888/http",
-            "lastStatusChange": f"Rented by User: {started}",
+            "lastStatusChange": (
+                f"Exited by User: {formatdate(instance.stopped_at, usegmt=True)}"
+                if instance.stopped_at is not None
+                else f"Rented by User: {started}"
+            ),
             "uptimeSeconds": uptime,
             "podType": "RESERVED",
             "runtime": runtime,
@@ -408,11 +423,8 @@ class FakeRunPod(FakeCloud):
         }
 
     def _authorized(self, request: RecordedRequest) -> bool:
-        scheme, _, value = (request.header("authorization") or "").partition(" ")
-        if scheme.lower() == "bearer" and secrets.compare_digest(value.strip(), self.api_key):
-            return True
-        keys = request.params.get("api_key") or [""]
-        return bool(keys[0]) and secrets.compare_digest(keys[0], self.api_key)
+        # A pod's own RUNPOD_API_KEY is a key too, good for that pod alone (see _route and the resolvers).
+        return self._account_or_instance_key(request)
 
     def _unauthorized(self) -> Response:
         return Response(401, {"errors": [{"message": "Unauthorized"}]})
@@ -438,7 +450,7 @@ class FakeRunPod(FakeCloud):
         )
 
     def _operations(self) -> tuple[str, ...]:
-        return ("offers", "launch", "list_instances", "get_instance", "terminate", "graphql")
+        return ("offers", "launch", "list_instances", "get_instance", "terminate", "stop", "graphql")
 
     def _route(self, request: RecordedRequest) -> Route | Response:
         if request.path.rstrip("/") != "/graphql":
@@ -465,12 +477,19 @@ class FakeRunPod(FakeCloud):
             parse_error = error
             return Route(("graphql",), lambda r: self._errors_response([parse_error], "GRAPHQL_PARSE_FAILED"))
         operation_name = body.get("operationName") if isinstance(body, dict) else None
+        if (
+            request.scoped_to is not None
+            and not set(_root_fields(document, operation_name)) <= POD_KEY_FIELDS
+        ):
+            return Response(
+                403, {"errors": [{"message": f"This key may act on pod {request.scoped_to} only"}]}
+            )
         ops = tuple(
             dict.fromkeys(
                 ROOT_OPERATIONS[f] for f in _root_fields(document, operation_name) if f in ROOT_OPERATIONS
             )
         )
-        return Route((*ops, "graphql"), lambda r: self._execute(document, body, ops))
+        return Route((*ops, "graphql"), lambda r: self._execute(document, body, ops, r.scoped_to))
 
     def _errors_response(self, errors: list[GraphQLError], code: str) -> Response:
         formatted = []
@@ -480,9 +499,12 @@ class FakeRunPod(FakeCloud):
             formatted.append(item)
         return Response(200, {"data": None, "errors": formatted})
 
-    def _execute(self, document: DocumentNode, body: dict[str, Any], ops: tuple[str, ...]) -> Response:
+    def _execute(
+        self, document: DocumentNode, body: dict[str, Any], ops: tuple[str, ...], scoped_to: Any = None
+    ) -> Response:
         if "terminate" in ops and self.terminate_fails:
             return self._error(500)
+        self._scope.pod = scoped_to
         errors = validate(SCHEMA, document)
         if errors:
             return self._errors_response(list(errors), "GRAPHQL_VALIDATION_FAILED")
@@ -571,10 +593,26 @@ class FakeRunPod(FakeCloud):
                 "pods": pods,
             }
 
+    def _own_pod_only(self, pod_id: Any) -> None:
+        scoped = getattr(self._scope, "pod", None)
+        if scoped is not None and pod_id != scoped:
+            raise _gql_error(f"This key may act on pod {scoped} only", "FORBIDDEN")
+
     def resolve_pod(self, input: dict[str, Any]) -> dict[str, Any] | None:
+        self._own_pod_only(input["podId"])
         with self.lock:
             instance = self.instances.get(input["podId"])
             return self._pod_json(instance) if instance is not None else None
+
+    def resolve_stop(self, input: dict[str, Any] | None) -> dict[str, Any]:
+        """``podStop``: the pod stops (EXITED), its volume kept and its GPU no longer billed; the pod's
+        ``lastStatusChange`` says when."""
+        pod_id = (input or {}).get("podId")
+        self._own_pod_only(pod_id)
+        with self.lock:
+            if pod_id not in self.instances:
+                raise _gql_error("Pod not found", "INTERNAL_SERVER_ERROR")
+            return self._pod_json(self.stop_instance(pod_id))
 
     def resolve_deploy(self, input: dict[str, Any] | None) -> dict[str, Any]:
         args = dict(input or {})
@@ -665,6 +703,7 @@ def _build_schema() -> Any:
     mutation.fields["podTerminate"].resolve = lambda _root, info, input=None: _cloud(info).resolve_terminate(
         input
     )
+    mutation.fields["podStop"].resolve = lambda _root, info, input=None: _cloud(info).resolve_stop(input)
     return schema
 
 

@@ -2,8 +2,11 @@
 
 Routes: ``POST /api/v0/bundles/`` (offer search), ``PUT /api/v0/asks/{offer_id}/`` (rent an offer),
 ``GET /api/v1/instances/`` (paginated list), ``GET /api/v0/instances/`` (old list),
-``GET /api/v0/instances/{id}/``, ``DELETE /api/v0/instances/{id}/``. A trailing slash is optional.
-Auth: ``Authorization: Bearer <key>`` or ``?api_key=<key>``. Errors are ``{"success": false, "error", "msg"}``.
+``GET /api/v0/instances/{id}/``, ``DELETE /api/v0/instances/{id}/``, ``PUT /api/v0/instances/{id}/`` with
+``{"state": "stopped"}`` (stop, the disk kept) or ``"running"``. A trailing slash is optional.
+Auth: ``Authorization: Bearer <key>`` or ``?api_key=<key>``: the account's key, or an instance's own
+``CONTAINER_API_KEY`` (:meth:`FakeCloud.instance_key`), which may only show or stop that instance (else 403).
+Errors are ``{"success": false, "error", "msg"}``.
 """
 
 from __future__ import annotations
@@ -354,9 +357,9 @@ class FakeVast(FakeCloud):
             "id": instance.id,
             "label": instance.name,
             "actual_status": actual,
-            "intended_status": "stopped" if actual == "exited" else "running",
-            "cur_state": "stopped" if actual == "exited" else "running",
-            "next_state": "stopped" if actual == "exited" else "running",
+            "intended_status": "stopped" if actual in ("exited", "stopped") else "running",
+            "cur_state": "stopped" if actual in ("exited", "stopped") else "running",
+            "next_state": "stopped" if actual in ("exited", "stopped") else "running",
             "num_gpus": instance.num_gpus,
             "gpu_name": instance.gpu,
             "dph_total": instance.price_per_hour,
@@ -395,11 +398,8 @@ class FakeVast(FakeCloud):
         }
 
     def _authorized(self, request: RecordedRequest) -> bool:
-        scheme, _, value = (request.header("authorization") or "").partition(" ")
-        if scheme.lower() == "bearer" and secrets.compare_digest(value.strip(), self.api_key):
-            return True
-        keys = request.params.get("api_key") or [""]
-        return bool(keys[0]) and secrets.compare_digest(keys[0], self.api_key)
+        # An instance's CONTAINER_API_KEY is a key too, good for that instance alone (see _route).
+        return self._account_or_instance_key(request)
 
     def _unauthorized(self) -> Response:
         return Response(401, INVALID_KEY)
@@ -425,6 +425,10 @@ class FakeVast(FakeCloud):
         path = request.path.rstrip("/")
         parts = path.strip("/").split("/")
         method = request.method
+        if request.scoped_to is not None and not (
+            len(parts) == 4 and parts[:3] == ["api", "v0", "instances"] and parts[3] == str(request.scoped_to)
+        ):
+            return self._error(403, f"This key may act on instance {request.scoped_to} only.")
         if path == "/api/v0/bundles" and method == "POST":
             return Route(("offers",), self._search)
         if len(parts) == 4 and parts[:3] == ["api", "v0", "asks"] and method == "PUT":
@@ -438,8 +442,12 @@ class FakeVast(FakeCloud):
             instance_id = parts[3]
             if method == "GET":
                 return Route(("get_instance",), lambda r: self._show(instance_id))
+            if method == "DELETE" and request.scoped_to is not None:
+                return self._error(403, "An instance's own key may not destroy it.")
             if method == "DELETE":
                 return Route(("terminate",), lambda r: self._destroy(instance_id))
+            if method == "PUT":
+                return Route(("stop",), lambda r: self._manage(instance_id, r))
         return self._error(404, f"No route for {method} {request.path}")
 
     def _lookup(self, instance_id: str) -> FakeInstance | None:
@@ -583,6 +591,23 @@ class FakeVast(FakeCloud):
             if instance is None:
                 return Response(404, vast_error("no_such_instance", f"Instance {instance_id} not found."))
             return Response(200, {"instances": self._instance_json(instance)})
+
+    def _manage(self, instance_id: str, request: RecordedRequest) -> Response:
+        """``PUT /api/v0/instances/{id}/`` with ``{"state": "stopped"}`` (``vastai stop instance``): the
+        container stops, its disk is kept and the GPU no longer billed. ``"running"`` starts it again."""
+        body = request.body if isinstance(request.body, dict) else {}
+        state = body.get("state")
+        if state not in ("stopped", "running"):
+            return self._error(400, 'state must be "stopped" or "running".')
+        with self.lock:
+            instance = self._lookup(instance_id)
+            if instance is None:
+                return Response(404, vast_error("no_such_instance", f"Instance {instance_id} not found."))
+            if state == "stopped":
+                self.stop_instance(instance.id)
+            else:
+                instance.stopped_at, instance.status = None, None
+        return Response(200, {"success": True})
 
     def _destroy(self, instance_id: str) -> Response:
         with self.lock:
