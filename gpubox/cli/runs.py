@@ -39,7 +39,6 @@ from gpubox.remote.agent import calls
 from gpubox.remote.pool import SessionPool
 from gpubox.remote.session import connect_host
 from gpubox.train import multihost
-from gpubox.train.multihost import pick_hosts, run_on_hosts, table_lines
 from gpubox.train.runs import RUN_ID, check_run_ref, follow_log, list_runs
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ def _run_on_hosts(args: argparse.Namespace) -> int:
     """`gpubox run --hosts a,b`: one worker per host with TF_CONFIG set (see gpubox/train/multihost/)."""
 
     project = load_project()
-    hosts = pick_hosts(args.hosts, load_hosts(project), single=args.host)
+    hosts = multihost.pick_hosts(args.hosts, load_hosts(project), single=args.host)
     argv = list(args.command_args) or ([project.run.command] if project.run.command else [])
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
@@ -75,7 +74,7 @@ def _run_on_hosts(args: argparse.Namespace) -> int:
             tell_run_sync(report, host.name, out)
         return build_env(session, project, say=out, quiet_when_cached=True)
 
-    return run_on_hosts(
+    return multihost.run_on_hosts(
         hosts,
         argv,
         project=project,
@@ -426,7 +425,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             out(f"! {text}")
     if multi:
         out()
-        for line in table_lines(multi, now):
+        for line in multihost.table_lines(multi, now):
             out(line)
     return 0
 

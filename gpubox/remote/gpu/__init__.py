@@ -23,29 +23,78 @@ One module per concern; this file is the package's public surface (the rest of g
 - :mod:`~gpubox.remote.gpu.check`: ``gpubox check`` (:func:`run_check`, the ``--json`` document, the lines).
 """
 
-from gpubox.remote.gpu.check import CheckResult, check_document, render_check, run_check
-from gpubox.remote.gpu.frameworks import (
-    NEWEST,
-    FrameworkChoice,
-    FrameworkView,
-    choose_framework,
-    framework_from_requirements,
-    parse_framework_spec,
-)
-from gpubox.remote.gpu.parse import offer_snapshot, parse_nvidia_smi, probe_snapshot, snapshot_from_probe
-from gpubox.remote.gpu.readings import GpuReading, GpuReadings, gpu_readings
-from gpubox.remote.gpu.rules import Arch, CompatRules, FrameworkRelease, load_rules
-from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, NaType, SmiSnapshot
-from gpubox.remote.gpu.summary import MARKS, GpuSummary, describe_gpus, gpu_line_text, summarize
-from gpubox.remote.gpu.verdict import (
-    Option,
-    Suggestion,
-    Verdict,
-    assess,
-    suggest,
-    verdict_summary,
-    with_framework_view,
-)
+from typing import TYPE_CHECKING
+
+from gpubox.lazy import lazy_exports
+
+# Each name loads its module on first use (gpubox/lazy.py): pricing a host reads nvidia-smi's answer without
+# loading the rules, the verdicts and `gpubox check`.
+if TYPE_CHECKING:
+    from gpubox.remote.gpu.check import CheckResult, check_document, render_check, run_check
+    from gpubox.remote.gpu.frameworks import (
+        NEWEST,
+        FrameworkChoice,
+        FrameworkView,
+        choose_framework,
+        framework_from_requirements,
+        parse_framework_spec,
+    )
+    from gpubox.remote.gpu.parse import offer_snapshot, parse_nvidia_smi, probe_snapshot, snapshot_from_probe
+    from gpubox.remote.gpu.readings import GpuReading, GpuReadings, gpu_readings
+    from gpubox.remote.gpu.rules import Arch, CompatRules, FrameworkRelease, load_rules
+    from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, NaType, SmiSnapshot
+    from gpubox.remote.gpu.summary import MARKS, GpuSummary, describe_gpus, gpu_line_text, summarize
+    from gpubox.remote.gpu.verdict import (
+        Option,
+        Suggestion,
+        Verdict,
+        assess,
+        suggest,
+        verdict_summary,
+        with_framework_view,
+    )
+
+_WHERE = {
+    "Arch": "rules",
+    "CheckResult": "check",
+    "CompatRules": "rules",
+    "FrameworkChoice": "frameworks",
+    "FrameworkRelease": "rules",
+    "FrameworkView": "frameworks",
+    "GpuReading": "readings",
+    "GpuReadings": "readings",
+    "GpuSnapshot": "snapshot",
+    "GpuSummary": "summary",
+    "MARKS": "summary",
+    "NA": "snapshot",
+    "NEWEST": "frameworks",
+    "NaType": "snapshot",
+    "Option": "verdict",
+    "SmiSnapshot": "snapshot",
+    "Suggestion": "verdict",
+    "Verdict": "verdict",
+    "assess": "verdict",
+    "check_document": "check",
+    "choose_framework": "frameworks",
+    "describe_gpus": "summary",
+    "framework_from_requirements": "frameworks",
+    "gpu_line_text": "summary",
+    "gpu_readings": "readings",
+    "load_rules": "rules",
+    "offer_snapshot": "parse",
+    "parse_framework_spec": "frameworks",
+    "parse_nvidia_smi": "parse",
+    "probe_snapshot": "parse",
+    "render_check": "check",
+    "run_check": "check",
+    "snapshot_from_probe": "parse",
+    "suggest": "verdict",
+    "summarize": "summary",
+    "verdict_summary": "verdict",
+    "with_framework_view": "verdict",
+}
+
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 __all__ = [
     "MARKS",

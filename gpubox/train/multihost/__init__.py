@@ -35,7 +35,9 @@ torchrun variables), ``launch.py`` (``run --hosts``), ``status.py`` (the run's s
 from :class:`gpubox.remote.pool.SessionPool`.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gpubox.lazy import lazy_exports
 
 # The names below load their module on first use (PEP 562), not with the package: `gpubox runs` needs the listing
 # helpers of status.py, not the launcher, the log streams and the watcher.
@@ -96,16 +98,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 __all__ = [
     "MultiRun",
