@@ -320,9 +320,10 @@ def test_cost_and_status_bill_a_local_host_until_its_guardians_stop_once(
     project: Path, tmp_path: Path
 ) -> None:
     # $3600/h is $1 a second: the ledger's dollars are the seconds billed.
-    _local_hosts(project, tmp_path, "autostop_minutes = 0.05\nprice_per_hour = 3600\n")
+    # A 6 s window, so that the run starts inside it on a loaded machine.
+    _local_hosts(project, tmp_path, "autostop_minutes = 0.1\nprice_per_hour = 3600\n")
     pid = _up_detached(project)
-    _start_run(project, 8)  # busy while the laptop is still there
+    _start_run(project, 12)  # busy while the laptop is still there
     _guardian(project)
     _kill_laptop(pid)
     _wait(lambda: LocalSshd().running() is None, timeout=60, what="the guardian to stop the local sshd")
