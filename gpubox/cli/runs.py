@@ -419,7 +419,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             project,
             all_projects=args.all_projects,
             last_seen=unreachable is not None,
-            money=money,
+            # A free host's runs cost nothing: no columns of $0.00 taking the progress's room (--json has them).
+            money={run: m for run, m in money.items() if m.price_per_hour != 0},
         )
         for _run_id, text in warnings:
             out(f"! {text}")
