@@ -333,7 +333,8 @@ def test_on_budget_warn_keeps_the_host_running_and_counts_the_total_budget(
     process = _up(project, "--no-sync")
     stop_processes.append(process)
     _held()
-    _wait(lambda: _ledger()[0].held_seconds >= 3, what="3 s of billing")
+    # The supervisor is recorded a moment before its billing interval opens.
+    _wait(lambda: (rows := _ledger()) and rows[0].held_seconds >= 3, what="3 s of billing")
     assert process.poll() is None and LocalSshd().running() is not None
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=30)

@@ -284,7 +284,7 @@ def test_a_sweep_whose_every_trial_fails_stops_early(tmp_path: Path, cleanup: An
 def test_a_killed_scheduler_is_resumed_its_running_trial_adopted_and_a_lost_one_asked_again(
     tmp_path: Path, cleanup: Any
 ) -> None:
-    sweep = GRID.replace("--epochs 3", "--epochs 6 --pause 1").replace(
+    sweep = GRID.replace("--epochs 3", "--epochs 10 --pause 1").replace(
         "lr = [0.001, 0.01, 0.1]", "lr = [0.01]"
     )
     project = _project(tmp_path, sweep)
@@ -301,8 +301,9 @@ def test_a_killed_scheduler_is_resumed_its_running_trial_adopted_and_a_lost_one_
     os.kill(_record(project, "proj")["pid"], signal.SIGKILL)
     shown = _json(_sweep(project, "--show", "--json"))
     assert shown["state"] == "interrupted"
-    # The one running when the scheduler died (the first may have ended just before).
-    trial = next(t for t in shown["trials"] if t["state"] == "running")
+    # The one whose run was going when the scheduler died (the first may have ended just before; a trial asked but
+    # not started yet has no run to adopt).
+    trial = next(t for t in shown["trials"] if t["state"] == "running" and t["run"])
     resumed = _sweep(project, "--follow", "--json")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     document = _json(resumed)

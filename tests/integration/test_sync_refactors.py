@@ -51,8 +51,11 @@ class Project:
         """Every file in this project's host trash, by its path in the project."""
         found = {}
         for slug in (self.home / ".gpubox" / "trash").glob(f"{self.host.name}-*"):
-            for path in slug.rglob("*"):
-                if path.is_file():
+            # os.walk, not rglob: the live sync may take a file back out of the trash (a move) and drop its emptied
+            # batch folder while this looks.
+            for folder, _dirs, files in os.walk(slug):
+                for name in files:
+                    path = Path(folder, name)
                     found[str(path.relative_to(slug)).split("/", 1)[1]] = path
         return found
 
