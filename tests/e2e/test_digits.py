@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -90,6 +91,7 @@ def test_runs_shows_live_progress_from_keras_logs_and_tensorboard_events(project
     metrics = progress["metrics"]
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(metrics), metrics
     assert 0 < metrics["loss"] < 10 and 0 <= metrics["accuracy"] <= 1
-    table = run_gpubox("runs", cwd=project).stdout
+    # A wide terminal, whatever the test runner's own COLUMNS: a narrow one leaves the ETA out (by design).
+    table = run_gpubox("runs", cwd=project, env={**os.environ, "COLUMNS": "160"}).stdout
     assert "/400 · loss " in table and "ETA " in table
     assert run_gpubox("stop", run_id, "--grace", "2", cwd=project).returncode == 0

@@ -167,7 +167,8 @@ def test_the_guardian_stops_the_local_host_with_the_laptop_killed_once_a_busy_ru
     pid = _up_detached(project)
     first = _wait(lambda: (row := _ledger("local")[0]).end_reason != died.end_reason and row, what="the fix")
     assert first.end_reason == "autostop (by the guardian)"
-    assert first.ended_at == pytest.approx(stopped["at"], abs=0.01)
+    # The host's clock read through the offset measured at each answer: within a few hundredths of a second.
+    assert first.ended_at == pytest.approx(stopped["at"], abs=0.05)
     assert first.held_seconds == pytest.approx(died.held_seconds + stopped["at"] - died.ended_at, abs=0.01)
     new_guardian = _guardian(project)
     assert new_guardian["pid"] != guardian["pid"]

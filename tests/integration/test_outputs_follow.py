@@ -148,6 +148,8 @@ def test_the_last_pull_completes_before_an_autostop(project: Path, tmp_path: Pat
     (remote / "checkpoints" / "final.bin").write_bytes(b"\x07" * 300_000)
     _wait(lambda: LocalSshd().running() is None, timeout=90, what="autostop to stop the local sshd")
     assert (project / "checkpoints" / "final.bin").read_bytes() == b"\x07" * 300_000
+    # The supervisor says what it did just after doing it.
+    _wait(lambda: "stopped the local sshd" in _up_log(project), what="the stop in the log")
     log = _up_log(project)
     pulled = log.index("pulled outputs: 1 fetched")
     assert pulled < log.index("stopped the local sshd"), log
