@@ -75,7 +75,12 @@ class AncestorTables(Database):
         removals: Iterable[str],
     ) -> tuple[int | None, int | None]:
         """Record what the host acknowledged, in one transaction (all of a batch or none of it). Returns the
-        ancestor's generation just before and just after this change."""
+        ancestor's generation just before and just after this change.
+
+        Committed without an fsync of its own (WAL, synchronous=NORMAL: still all or nothing): an ancestor that
+        loses its last batches in a crash of this machine only makes the next pass send those files again, and
+        the host answers that it has them."""
+        self.db.execute("PRAGMA synchronous = NORMAL")
         with self.transaction():
             before = self._generation(host, project)
             self.db.executemany(

@@ -51,8 +51,10 @@ if TYPE_CHECKING:
 __all__ = ["BatchProgress", "DeletionsHeld", "SyncReport", "Syncer"]
 
 BATCH_BYTES = 8 * 1024 * 1024
-PART_BYTES = 16 * 1024 * 1024
-"""A file larger than this goes in pieces of this size (no frame to the agent may exceed its MAX_FRAME)."""
+PART_BYTES = 32 * 1024 * 1024
+"""A file larger than this goes in pieces of this size (no frame to the agent may exceed its MAX_FRAME, 64 MiB:
+a batch closes at BATCH_BYTES, so it holds at most BATCH_BYTES + PART_BYTES). Smaller ones ride the pipelined
+batches; the pieces of a larger one each wait for their answer."""
 BATCH_OPS = 2000
 PIPELINE_DEPTH = 3
 TRASH_MEMORY_SECONDS = 15 * 60.0

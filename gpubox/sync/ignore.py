@@ -137,6 +137,10 @@ def _name_matcher(globs: Iterable[str]) -> re.Pattern[str]:
 
 _BUILTIN_FILE_NAMES = _name_matcher(BUILTIN_IGNORED_FILES)
 _SECRET_NAMES = _name_matcher(SECRET_PATTERNS)
+_FILE_NAME_RULES = re.compile(
+    f"(?P<builtin>{_BUILTIN_FILE_NAMES.pattern})|(?P<secret>{_SECRET_NAMES.pattern})"
+)
+"""Both in one match (which one, by the group's name): the scan asks it of every file."""
 
 
 def _anchored(pattern: str) -> str:
@@ -212,20 +216,35 @@ class IgnoreRules:
         """:meth:`decide` for the files of one folder the caller has just listed (*files*: the names in it), as
         one function with the folder's rules bound: what a full scan calls for every file."""
         chain = self._chain(folder, files)
-        builtin_name = _BUILTIN_FILE_NAMES.match
+        levels = [
+            (
+                level.offset,
+                None if level.any_pattern is None else level.any_pattern.search,
+                level.spec.check_file,
+            )
+            for level in chain
+        ]
+        name_rule = _FILE_NAME_RULES.match
         secret_name = _SECRET_NAMES.match
         included = self.included
         limit = self.max_file_size
 
         def decide(relpath: str, name: str, size: int) -> Decision:
-            ignored = builtin_name(name) is not None
-            for level in chain:
-                verdict = level.verdict(relpath)
+            hit = name_rule(name)
+            kind = None if hit is None else hit.lastgroup
+            ignored = kind == "builtin"
+            for offset, search, check in levels:
+                below = relpath[offset:]
+                if search is not None and search(below) is None:
+                    continue
+                verdict = check(below).include
                 if verdict is not None:
                     ignored = verdict
             if ignored and not included(relpath):
                 return Decision.IGNORED
-            if secret_name(name) is not None and not included(relpath):
+            # A name both ignored by default and secret, re-included by a rule, is still a secret.
+            secret = kind == "secret" or (kind == "builtin" and secret_name(name) is not None)
+            if secret and not included(relpath):
                 return Decision.SECRET
             if limit is not None and size > limit and not included(relpath):
                 return Decision.TOO_LARGE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -154,6 +155,7 @@ def scan_tree(root: Path, rules: IgnoreRules, start: str = "", into: ScanResult 
     only they are stat()ed, against the folder's rules bound once."""
     result = into if into is not None else ScanResult()
     entries = result.entries
+    new_entry = functools.partial(tuple.__new__, Entry)  # Entry(...) without a Python frame per file
     base = str(root)
     stack = [start]
     while stack:
@@ -177,7 +179,9 @@ def scan_tree(root: Path, rules: IgnoreRules, start: str = "", into: ScanResult 
                     st = item.stat(follow_symlinks=False)
                     decision = decide(relpath, item.name, st.st_size)
                     if decision is Decision.SEND:
-                        entries[relpath] = Entry("f", st.st_size, st.st_mtime_ns, bool(st.st_mode & 0o100))
+                        entries[relpath] = new_entry(
+                            ("f", st.st_size, st.st_mtime_ns, bool(st.st_mode & 0o100), "")
+                        )
                     else:
                         _not_sent(relpath, decision, st.st_size, result)
                     continue
