@@ -749,13 +749,15 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     staging = os.path.join(root, STAGING)
     _sweep_staging(staging)
     staged: Dict[int, str] = {}
+    checked: Dict[int, List[str]] = {}
     jobs = []
     offset = 0
+    prefix = "%s/%d-" % (staging, os.getpid())
     try:
         for index, op in enumerate(ops):
             if op.get("o") != "w":
                 continue
-            _parts(op.get("p"))
+            checked[index] = _parts(op.get("p"))
             size = op.get("n")
             mtime = op.get("m")
             if op.get("s") is not None:  # its bytes came before, in `stage` requests
@@ -771,7 +773,7 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
                 raise RequestError("bad-request", "write %r has a bad size" % (op.get("p"),))
             if not isinstance(mtime, int):
                 raise RequestError("bad-request", "write %r has a bad mtime" % (op.get("p"),))
-            temp = os.path.join(staging, "%d-%d" % (os.getpid(), index))
+            temp = prefix + str(index)
             staged[index] = temp
             jobs.append((temp, offset, size, mtime, bool(op.get("x"))))
             offset += size
@@ -802,7 +804,9 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     for index, op in enumerate(ops):
         outcome = ["error", "%s: failed" % (op.get("p"),)]
         try:
-            outcome = _apply_one(root, op, staged.get(index), stamp, trash_batch, conflicts)
+            outcome = _apply_one(
+                root, op, staged.get(index), stamp, trash_batch, conflicts, checked.get(index)
+            )
             if outcome[0] in ("ok", "conflict", "same"):
                 # Deletions and a move's origin too: the fsync of their folder keeps the entry gone.
                 written.update(rel for rel in (op.get("p"), op.get("f")) if isinstance(rel, str) and rel)
@@ -823,10 +827,17 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
 
 
 def _apply_one(
-    root: str, op: Dict[str, Any], temp: Optional[str], stamp: str, trash_batch: str, conflicts: List[str]
+    root: str,
+    op: Dict[str, Any],
+    temp: Optional[str],
+    stamp: str,
+    trash_batch: str,
+    conflicts: List[str],
+    parts: Optional[List[str]] = None,
 ) -> List[str]:
     kind = op.get("o")
-    parts = _parts(op.get("p"))
+    if parts is None:
+        parts = _parts(op.get("p"))
     rel = "/".join(parts)
     if kind in ("rm", "rmdir"):
         # A deletion never creates folders nor sets aside a host file standing where a folder was.
