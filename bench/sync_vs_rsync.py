@@ -272,10 +272,14 @@ def main() -> int:
         "",
         "Each is a one-shot command, end to end (process start, SSH connect, scan, transfer). Durability: "
         f"{rsync_version()} writes each file to a temporary name and renames it, without fsync (its `--fsync` "
-        "is off by default): a host crash can leave renamed files empty. gpubox stages each file, fdatasyncs it "
-        "(in parallel, 16 at a time) and only then renames it into place (gpubox/remote/agent/host.py, "
-        "`_stage_one`), without fsyncing the folders: after a host crash a synced file may be missing or old, "
-        "never empty or torn.",
+        "is off by default): a host crash can leave renamed files empty, and nothing finds them afterwards. "
+        "gpubox stages each file and renames it into place, also without an fsync per file, but a pass ends "
+        "only once the host has made all of it durable (the agent's `flush`: one syncfs(2) of the project's "
+        "filesystem for 64 paths or more, else an fsync of each file and folder), and until that is answered "
+        "gpubox keeps a note of what it sent (gpubox/sync/pending.py): a pass that finds the note after the host "
+        "rebooted (its boot id changed) writes those files again, whatever size and mtime the host's copies "
+        "show. So when `gpubox sync` returns, everything it sent is on the host's disk; a host crash during a "
+        "pass costs a resend of that pass's files on the next one, never a silently empty or torn file.",
         "",
         f"Watch mode (`gpubox sync --watch`): {len(latencies)} single-file saves, edit-to-visible-on-host "
         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (targets p50 ≤ 25 ms, p99 ≤ 100 ms; VS Code SFTP waits 550 ms, "

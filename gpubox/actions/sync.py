@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from gpubox.fmt import format_duration
 from gpubox.remote.folder import known_folder
-from gpubox.remote.session import connect_host
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProjectConfig, SyncConfig
@@ -149,6 +148,8 @@ def make_syncer(
 def sync_now(host: HostConfig, project: ProjectConfig, *, allow_mass_delete: bool = False) -> SyncReport:
     """One full one-way-safe pass, like `gpubox sync` (connects only when there is something to send)."""
 
+    from gpubox.remote.session import connect_host  # paramiko: only once there is something to send
+
     sessions: list[HostSession] = []
 
     def connect() -> HostSession:
@@ -165,7 +166,7 @@ def sync_now(host: HostConfig, project: ProjectConfig, *, allow_mass_delete: boo
 def pull_outputs(host: HostConfig, project: ProjectConfig, paths: Sequence[str] = ()) -> PullReport:
     """`gpubox pull`: the outputs folders and the notebooks edited on the host (or *paths*) back from the host,
     incrementally."""
-
+    from gpubox.remote.session import connect_host
     from gpubox.sync.pull import pull
 
     session = connect_host(host, project, probe=False, launch=False, folder="check")

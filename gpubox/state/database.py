@@ -231,6 +231,32 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE runs ADD COLUMN project TEXT;
     ALTER TABLE runs ADD COLUMN project_name TEXT;
     """,
+    # 9: a generation number per sync ancestor (host, project), bumped by a trigger on every change to its rows
+    # whoever makes it (any gpubox version, a hand-run DELETE), so that a copy of the ancestor kept beside this
+    # file (gpubox.sync.engine) is trusted only while the number is the one it was taken at. Each starts at a
+    # random number, so that a database made anew never repeats the numbers of the one before.
+    """
+    CREATE TABLE sync_generations (
+        host        TEXT NOT NULL,
+        project     TEXT NOT NULL,
+        generation  INTEGER NOT NULL,
+        PRIMARY KEY (host, project)
+    ) WITHOUT ROWID;
+    INSERT INTO sync_generations
+        SELECT host, project, abs(random() % 4611686018427387904)
+        FROM (SELECT DISTINCT host, project FROM sync_ancestors);
+    CREATE TRIGGER sync_ancestor_added AFTER INSERT ON sync_ancestors BEGIN
+        INSERT INTO sync_generations VALUES (NEW.host, NEW.project, abs(random() % 4611686018427387904))
+            ON CONFLICT (host, project) DO UPDATE SET generation = generation + 1;
+    END;
+    CREATE TRIGGER sync_ancestor_changed AFTER UPDATE ON sync_ancestors BEGIN
+        UPDATE sync_generations SET generation = generation + 1
+            WHERE (host = OLD.host AND project = OLD.project) OR (host = NEW.host AND project = NEW.project);
+    END;
+    CREATE TRIGGER sync_ancestor_removed AFTER DELETE ON sync_ancestors BEGIN
+        UPDATE sync_generations SET generation = generation + 1 WHERE host = OLD.host AND project = OLD.project;
+    END;
+    """,
 )
 
 
@@ -311,5 +337,14 @@ class Database:
 
 
 def _statements(script: str) -> list[str]:
-    """Split a migration script into statements (no semicolons inside our DDL strings)."""
-    return [s.strip() for s in script.split(";") if s.strip() and not s.strip().startswith("--")]
+    """Split a migration script into statements (a trigger's body holds semicolons of its own; no string in
+    our DDL does)."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;") and not pending.strip().startswith("--"):
+                statements.append(pending.strip())
+            pending = ""
+    return statements

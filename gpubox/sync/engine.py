@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import threading
 import time
@@ -18,20 +17,33 @@ from gpubox.config import ProjectConfig
 from gpubox.errors import RemoteError
 from gpubox.remote.agent import calls
 from gpubox.state import open_state
+from gpubox.sync.ancestor_copy import AncestorCopy
 from gpubox.sync.ignore import rules_for
+from gpubox.sync.pending import PendingNote, rewrite, rewritten
 from gpubox.sync.plan import (
     WIRE_CODES,
     Op,
     Plan,
     Trashed,
     WipeGuard,
+    differing,
     hold_deletions,
+    outermost,
     pair_moves,
     plan_changes,
     wipe_reason,
 )
 from gpubox.sync.report import BatchProgress, DeletionsHeld, SyncReport
-from gpubox.sync.scan import VCS_FOLDERS, Entry, ScanResult, decode_manifest, scan_path, scan_tree
+from gpubox.sync.scan import (
+    VCS_FOLDERS,
+    Entry,
+    ScanResult,
+    decode_manifest,
+    open_to_read,
+    read_upto,
+    scan_path,
+    scan_tree,
+)
 
 if TYPE_CHECKING:
     from gpubox.remote.session import HostSession
@@ -39,8 +51,10 @@ if TYPE_CHECKING:
 __all__ = ["BatchProgress", "DeletionsHeld", "SyncReport", "Syncer"]
 
 BATCH_BYTES = 8 * 1024 * 1024
-PART_BYTES = 16 * 1024 * 1024
-"""A file larger than this goes in pieces of this size (no frame to the agent may exceed its MAX_FRAME)."""
+PART_BYTES = 32 * 1024 * 1024
+"""A file larger than this goes in pieces of this size (no frame to the agent may exceed its MAX_FRAME, 64 MiB:
+a batch closes at BATCH_BYTES, so it holds at most BATCH_BYTES + PART_BYTES). Smaller ones ride the pipelined
+batches; the pieces of a larger one each wait for their answer."""
 BATCH_OPS = 2000
 PIPELINE_DEPTH = 3
 TRASH_MEMORY_SECONDS = 15 * 60.0
@@ -84,9 +98,14 @@ class Syncer:
         self.guard = guard or WipeGuard()
         self.trash_days = trash_days
         self._lock_path = paths.state_dir() / "locks" / f"sync-{host_name}-{digest}.lock"
-        self._pending_path = self._lock_path.with_name(f"sync-{host_name}-{digest}.pending")
-        """What a pass has sent but not yet seen acknowledged; left behind only by an interrupted pass."""
+        self._note = PendingNote(self._lock_path.with_name(f"sync-{host_name}-{digest}.pending"))
+        """What a pass has sent but not yet seen made durable; left behind only by an interrupted pass."""
         self._ancestor: dict[str, Entry] | None = None
+        self._generation: int | None = None
+        """The ancestor's generation in the database that :attr:`_ancestor` is (None: not known)."""
+        self._copy = AncestorCopy(
+            self._lock_path.with_name(f"sync-{host_name}-{digest}.ancestor"), host_name, self.project_key
+        )
         self._mutex = threading.Lock()
         self._pruned = False
         self._token = os.urandom(6).hex()
@@ -122,10 +141,18 @@ class Syncer:
 
     def ancestor(self) -> dict[str, Entry]:
         if self._ancestor is None:
-            with open_state() as state:
-                rows = state.ancestor(self.host_name, self.project_key)
-            self._ancestor = {path: Entry(*row) for path, row in rows.items()}
+            self._ancestor, self._generation = self._load_ancestor()
         return self._ancestor
+
+    def _load_ancestor(self) -> tuple[dict[str, Entry], int | None]:
+        with open_state() as state:
+            generation = state.ancestor_generation(self.host_name, self.project_key)
+            if generation is not None:
+                copy = self._copy.read(generation)
+                if copy is not None:
+                    return copy, generation
+            rows, generation = state.ancestor_at(self.host_name, self.project_key)
+        return {path: Entry._make(row) for path, row in rows.items()}, generation
 
     def _record(self, upserts: dict[str, Entry], removals: Iterable[str]) -> None:
         removals = list(removals)
@@ -133,12 +160,14 @@ class Syncer:
             return
         self._wrote = True
         with open_state() as state:
-            state.update_ancestor(
+            before, after = state.update_ancestor(
                 self.host_name,
                 self.project_key,
                 ((p, (e.kind, e.size, e.mtime_ns, e.executable, e.target)) for p, e in upserts.items()),
                 removals,
             )
+        # What this Syncer holds is that generation only if nobody else changed the rows since it read them.
+        self._generation = after if self._ancestor is not None and before == self._generation else None
         ancestor = self.ancestor()
         index = self._by_facts
         if index is not None:
@@ -217,56 +246,40 @@ class Syncer:
         except OSError:
             return False
 
-    # -- writes sent but not acknowledged
-    #
-    # A pass killed (or cut off) after the host applied a batch but before its answer was recorded leaves files on
-    # the host that gpubox wrote but its ancestor does not know. Without a note of them, the next pass took them for
-    # the host's own work and set each one aside as a conflict copy as soon as the local file changed again. So every
-    # batch's entries are noted before it is sent, the note is removed when the pass ends, and a pass that finds a
-    # note compares with the host and adopts the host copies that are exactly what gpubox sent.
+    # -- writes sent but not yet safe on the host (see gpubox/sync/pending.py)
 
-    def _pending(self) -> dict[str, Entry]:
-        """The note: one JSON line of {path: row} per batch, later lines winning; a torn last line is skipped."""
-        found: dict[str, Entry] = {}
-        try:
-            lines = self._pending_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return found
-        for line in lines:
-            try:
-                found.update((str(path), Entry.from_row(row)) for path, row in json.loads(line).items())
-            except (ValueError, TypeError, AttributeError, IndexError):
-                continue
-        return found
+    def _boot(self) -> str | None:
+        return self.session.agent.hello.get("boot_id")
 
-    def _note_pending(self, batch: dict[str, Entry]) -> None:
-        paths.ensure_private_dir(self._pending_path.parent)
-        with open(self._pending_path, "a") as handle:
-            handle.write(json.dumps({path: entry.row() for path, entry in batch.items()}) + "\n")
-
-    def _clear_pending(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._pending_path.unlink()
+    def _flush(self, pending: Iterable[str] = ()) -> None:
+        """Have the host make durable what this pass (and, *pending*, an interrupted one) wrote; then nothing
+        of it needs the note any more."""
+        calls.flush(self.session.agent, root=self.remote_dir, paths=sorted(pending) or None)
+        self._note.clear()
 
     def _adopt_pending(
         self, remote: dict[str, Entry], *, dry_run: bool
-    ) -> tuple[dict[str, Entry], dict[str, Entry]]:
-        """The ancestor, plus what an interrupted pass wrote that the host still holds exactly as sent (also
-        returned on its own)."""
+    ) -> tuple[dict[str, Entry], dict[str, Entry], dict[str, Entry]]:
+        """(the ancestor plus what an interrupted pass wrote that the host still holds exactly as sent, those
+        adopted entries alone, the suspect ones). After a reboot of the host since those writes, none of them is
+        trusted, whatever the host's copy looks like (a crash can leave a file with the right size and mtime
+        but not its bytes): they are returned as suspect, to be written again, and nothing is adopted."""
         ancestor = self.ancestor()
-        pending = self._pending()
+        pending, boots = self._note.read()
+        boot = self._boot()
+        if pending and (boot is None or boots != {boot}):
+            return ancestor, {}, pending
         adopted = {
             path: entry
             for path, entry in pending.items()
             if entry.same(remote.get(path)) and not entry.same(ancestor.get(path))
         }
         if dry_run:
-            return {**ancestor, **adopted}, adopted
+            return {**ancestor, **adopted}, adopted, {}
         if adopted:
             self._record(adopted, [])
-        if pending:
-            self._clear_pending()
-        return self.ancestor(), adopted
+        self._flush(pending)
+        return self.ancestor(), adopted, {}
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -341,14 +354,30 @@ class Syncer:
             ancestor = self.ancestor()
             if verify is None:
                 verify = not ancestor
-            interrupted = self._pending_path.exists()
+            interrupted = self._note.exists()
             remote = self.remote_manifest() if verify or interrupted else None
             adopted: dict[str, Entry] = {}
+            suspect: dict[str, Entry] = {}
             if interrupted and remote is not None:
-                ancestor, adopted = self._adopt_pending(remote, dry_run=dry_run)
+                ancestor, adopted, suspect = self._adopt_pending(remote, dry_run=dry_run)
+                # A suspect host copy of a local file is as good as none: the file is written again.
+                remote = {p: e for p, e in remote.items() if not rewritten(p, suspect, scanned.entries)}
             untrack, leave = self._still_local(scanned, ancestor)
-            plan = plan_changes(scanned.entries, ancestor, remote, still_local=untrack, leave_alone=leave)
+            plan = plan_changes(
+                scanned.entries,
+                ancestor,
+                remote,
+                paths=None if remote is not None else differing(scanned.entries, ancestor),
+                still_local=untrack,
+                leave_alone=leave,
+            )
+            if suspect:
+                plan.ops = [rewrite(op, suspect) for op in plan.ops]
             report = self._execute(plan, scanned, dry_run, allow_mass_delete, progress, started)
+            if suspect and not dry_run and self._note.exists():
+                self._flush(suspect)  # nothing was sent: what the host holds of them is what must last
+            if self._ancestor is not None and self._generation is not None:
+                self._copy.keep(self._ancestor, self._generation)
             report.verified = remote is not None
             # What the interrupted pass got there and local still holds: already there, like plan.in_sync.
             report.in_sync += sum(
@@ -364,14 +393,14 @@ class Syncer:
         progress: Callable[[BatchProgress], None] | None = None,
     ) -> SyncReport:
         """Re-stat just *changed* (and what lies under them) and send what differs from the ancestor."""
-        if self._pending_path.exists():  # an earlier pass was cut off: compare everything with the host first
+        if self._note.exists():  # an earlier pass was cut off: compare everything with the host first
             return self.full(verify=True, allow_mass_delete=allow_mass_delete, progress=progress)
         with self._exclusive():
             started = time.monotonic()
             ancestor = self.ancestor()
             scanned = ScanResult()
             candidates: set[str] = set()
-            for path in _outermost(changed):
+            for path in outermost(changed):
                 scan_path(self.root, self.rules, path, scanned)
                 candidates.add(path)
                 prefix = path + "/"
@@ -402,7 +431,7 @@ class Syncer:
         when it changed on the host: local wins, and the host's copy goes to the host's trash, not lost."""
         with self._exclusive():
             started = time.monotonic()
-            names = _outermost(names)
+            names = outermost(names)
             scanned = ScanResult()
             for name in names:
                 scan_path(self.root, self.rules, name, scanned)
@@ -558,12 +587,14 @@ class Syncer:
             }
             if op.force:
                 item["r"] = 1
+            if op.rewrite:
+                item["a"] = 1
             if op.kind == "write":
                 content = self._read(op, report)
                 if content is None:
                     continue
                 data, entry = content
-                op = Op(op.kind, op.path, entry, op.expect, force=op.force)
+                op = Op(op.kind, op.path, entry, op.expect, force=op.force, rewrite=op.rewrite)
                 item.update(n=entry.size, m=entry.mtime_ns, x=entry.executable)
                 chunks.append(data)
                 size += len(data)
@@ -589,7 +620,7 @@ class Syncer:
         otherwise the move becomes a write and a delete (sent after this round)."""
         digest = hashlib.sha256()
         try:
-            fd = os.open(os.path.join(self._root_text, op.path), os.O_RDONLY | os.O_NOFOLLOW)
+            fd = open_to_read(os.path.join(self._root_text, op.path))
         except OSError:
             self._unpair(op)
             return None
@@ -621,7 +652,7 @@ class Syncer:
         The size limit holds at this moment: a file over it (grown since the scan) is not sent at all. A file
         grown past one frame is sent in pieces instead (after this round)."""
         try:
-            fd = os.open(os.path.join(self._root_text, op.path), os.O_RDONLY | os.O_NOFOLLOW)
+            fd = open_to_read(os.path.join(self._root_text, op.path))
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
                 report.unreadable.append((op.path, exc.strerror or str(exc)))
@@ -633,7 +664,7 @@ class Syncer:
             if limit is not None and before.st_size > limit:
                 self._too_large(op, before.st_size, report)
                 return None
-            data = _read_upto(fd, cap + 1)
+            data = read_upto(fd, cap + 1, before.st_size)
             after = os.fstat(fd)
         except OSError as exc:
             report.unreadable.append((op.path, exc.strerror or str(exc)))
@@ -671,7 +702,7 @@ class Syncer:
         if self._fallback:
             again, self._fallback = self._fallback, []
             self._send_round(again, report, lambda batch: None)
-        self._clear_pending()
+        self._flush()
 
     def _send_round(self, ops: list[Op], report: SyncReport, step: Callable[[list[Op]], None]) -> None:
         sent_batches: list[list[Op]] = []
@@ -680,8 +711,10 @@ class Syncer:
         ]
         small = [op for op in ops if op not in large]
 
+        boot = self._boot()
+
         def note(batch: list[Op]) -> None:
-            self._note_pending({op.path: op.entry for op in batch if op.entry is not None})
+            self._note.note({op.path: op.entry for op in batch if op.entry is not None}, boot)
 
         def wires() -> Iterator[tuple[list[dict[str, Any]], bytes]]:
             for batch, wire, blob in self._batches(small, report):
@@ -713,7 +746,7 @@ class Syncer:
         file that grows past the size limit while it is read is abandoned and its staged pieces discarded."""
         agent = self.session.agent
         try:
-            fd = os.open(os.path.join(self._root_text, op.path), os.O_RDONLY | os.O_NOFOLLOW)
+            fd = open_to_read(os.path.join(self._root_text, op.path))
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
                 report.unreadable.append((op.path, exc.strerror or str(exc)))
@@ -757,7 +790,9 @@ class Syncer:
         }
         if op.force:
             item["r"] = 1
-        sent = Op(op.kind, op.path, entry, op.expect, force=op.force)
+        if op.rewrite:
+            item["a"] = 1
+        sent = Op(op.kind, op.path, entry, op.expect, force=op.force, rewrite=op.rewrite)
         note([sent])
         result = calls.apply(agent, root=self.remote_dir, trash=self.trash, ops=[item])
         return sent, result
@@ -802,27 +837,3 @@ class Syncer:
             else:
                 report.errors.append(outcome[1] if len(outcome) > 1 else f"{op.path}: failed")
         return upserts, removals
-
-
-def _read_upto(fd: int, limit: int) -> bytes:
-    """Up to *limit* bytes from *fd* (fewer at its end): a file that grows while read is never read forever."""
-    chunks = []
-    left = limit
-    while left > 0:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _outermost(changed: Iterable[str]) -> list[str]:
-    """Drop paths that lie under another changed path: rescanning the folder covers them."""
-    unique = set(changed)
-
-    def covered(path: str) -> bool:
-        parts = path.split("/")
-        return any("/".join(parts[:depth]) in unique for depth in range(1, len(parts)))
-
-    return sorted(path for path in unique if not covered(path))

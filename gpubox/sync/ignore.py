@@ -18,7 +18,7 @@ import enum
 import fnmatch
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,12 +89,58 @@ def _spec(lines: Iterable[str]) -> pathspec.GitIgnoreSpec | None:
     return pathspec.GitIgnoreSpec.from_lines(kept) if kept else None
 
 
+_NAMED_GROUP = re.compile(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>")
+
+
+def _any_pattern(spec: pathspec.GitIgnoreSpec) -> re.Pattern[str] | None:
+    """One regex that matches wherever any of *spec*'s patterns would: most paths match none, and one search
+    costs less than pathspec's loop over every pattern. None when the patterns cannot be joined that way."""
+    sources = []
+    for pattern in spec.patterns:
+        regex = getattr(pattern, "regex", None)
+        if pattern.include is None:
+            continue
+        if (
+            not isinstance(regex, re.Pattern)
+            or not isinstance(regex.pattern, str)
+            or regex.flags != re.UNICODE
+        ):
+            return None
+        sources.append(f"(?:{_NAMED_GROUP.sub('(?:', regex.pattern)})")
+    if not sources:
+        return None
+    try:
+        return re.compile("|".join(sources))
+    except re.error:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Level:
+    """The rules of one folder as seen from a folder at or below it."""
+
+    offset: int
+    """Where the path below this level's folder starts in a project-relative path."""
+    spec: pathspec.GitIgnoreSpec
+    any_pattern: re.Pattern[str] | None
+
+    def verdict(self, relpath: str) -> bool | None:
+        below = relpath[self.offset :]
+        if self.any_pattern is not None and self.any_pattern.search(below) is None:
+            return None
+        return self.spec.check_file(below).include
+
+
 def _name_matcher(globs: Iterable[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
 
 
 _BUILTIN_FILE_NAMES = _name_matcher(BUILTIN_IGNORED_FILES)
 _SECRET_NAMES = _name_matcher(SECRET_PATTERNS)
+_FILE_NAME_RULES = re.compile(
+    f"(?P<builtin>{_BUILTIN_FILE_NAMES.pattern})|(?P<secret>{_SECRET_NAMES.pattern})"
+)
+"""Both in one match (which one, by the group's name): the scan asks it of every file."""
 
 
 def _anchored(pattern: str) -> str:
@@ -111,6 +157,7 @@ class IgnoreRules:
     outputs: tuple[str, ...] = ()
     max_file_size: int | None = None
     _levels: dict[str, pathspec.GitIgnoreSpec | None] = field(default_factory=dict, repr=False)
+    _chains: dict[str, tuple[_Level, ...]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._includes = _spec(self.includes)
@@ -118,12 +165,13 @@ class IgnoreRules:
 
     # -- rule files
 
-    def _level(self, folder: str) -> pathspec.GitIgnoreSpec | None:
-        """The combined .gitignore + .gpuboxignore of *folder* ('' is the root), read once and cached."""
+    def _level(self, folder: str, files: Iterable[str] | None = None) -> pathspec.GitIgnoreSpec | None:
+        """The combined .gitignore + .gpuboxignore of *folder* ('' is the root), read once and cached. *files*:
+        which of the two the folder holds, when the caller has just listed it (no failed open per folder)."""
         if folder not in self._levels:
             lines: list[str] = []
             base = self.root / folder if folder else self.root
-            for name in IGNORE_FILES:
+            for name in IGNORE_FILES if files is None else [n for n in IGNORE_FILES if n in files]:
                 with contextlib.suppress(OSError):
                     lines += (base / name).read_text(errors="replace").splitlines()
             if not folder:
@@ -131,30 +179,78 @@ class IgnoreRules:
             self._levels[folder] = _spec(lines)
         return self._levels[folder]
 
+    def _chain(self, folder: str, files: Iterable[str] | None = None) -> tuple[_Level, ...]:
+        """The rule levels that apply to the entries of *folder*, shallowest first (cached per folder)."""
+        chain = self._chains.get(folder)
+        if chain is None:
+            above = self._chain(folder.rpartition("/")[0]) if folder else ()
+            spec = self._level(folder, files)
+            here = (_Level(len(folder) + 1 if folder else 0, spec, _any_pattern(spec)),) if spec else ()
+            chain = self._chains[folder] = above + here
+        return chain
+
     def forget(self, folder: str) -> None:
         """Drop the cached rules of *folder* (its .gitignore or .gpuboxignore changed)."""
         self._levels.pop(folder, None)
+        self._chains.clear()
 
     def forget_all(self) -> None:
         self._levels.clear()
+        self._chains.clear()
 
     # -- decisions
 
     def is_ignored(self, relpath: str, is_dir: bool) -> bool:
         """Gitignore verdict for *relpath* alone (its parent folders are assumed not ignored)."""
-        parts = relpath.split("/")
-        name = parts[-1]
+        folder, _, name = relpath.rpartition("/")
         ignored = name in BUILTIN_IGNORED_DIRS if is_dir else bool(_BUILTIN_FILE_NAMES.match(name))
-        for depth in range(len(parts)):
-            folder = "/".join(parts[:depth])
-            spec = self._level(folder)
-            if spec is None:
-                continue
-            below = "/".join(parts[depth:]) + ("/" if is_dir else "")
-            verdict = spec.check_file(below).include
+        if is_dir:
+            relpath += "/"
+        for level in self._chain(folder):
+            verdict = level.verdict(relpath)
             if verdict is not None:
                 ignored = verdict
         return ignored
+
+    def file_decider(self, folder: str, files: Iterable[str]) -> Callable[[str, str, int], Decision]:
+        """:meth:`decide` for the files of one folder the caller has just listed (*files*: the names in it), as
+        one function with the folder's rules bound: what a full scan calls for every file."""
+        chain = self._chain(folder, files)
+        levels = [
+            (
+                level.offset,
+                None if level.any_pattern is None else level.any_pattern.search,
+                level.spec.check_file,
+            )
+            for level in chain
+        ]
+        name_rule = _FILE_NAME_RULES.match
+        secret_name = _SECRET_NAMES.match
+        included = self.included
+        limit = self.max_file_size
+
+        def decide(relpath: str, name: str, size: int) -> Decision:
+            hit = name_rule(name)
+            kind = None if hit is None else hit.lastgroup
+            ignored = kind == "builtin"
+            for offset, search, check in levels:
+                below = relpath[offset:]
+                if search is not None and search(below) is None:
+                    continue
+                verdict = check(below).include
+                if verdict is not None:
+                    ignored = verdict
+            if ignored and not included(relpath):
+                return Decision.IGNORED
+            # A name both ignored by default and secret, re-included by a rule, is still a secret.
+            secret = kind == "secret" or (kind == "builtin" and secret_name(name) is not None)
+            if secret and not included(relpath):
+                return Decision.SECRET
+            if limit is not None and size > limit and not included(relpath):
+                return Decision.TOO_LARGE
+            return Decision.SEND
+
+        return decide
 
     def included(self, relpath: str, is_dir: bool = False) -> bool:
         if self._includes is None:

@@ -32,7 +32,9 @@ __all__ = [
     "Plan",
     "Trashed",
     "WipeGuard",
+    "differing",
     "hold_deletions",
+    "outermost",
     "pair_moves",
     "plan_changes",
     "wipe_reason",
@@ -52,6 +54,8 @@ class Op:
     from_trash: bool = False
     force: bool = False
     """Local wins: a host copy that is not *expect* goes to the host's trash instead of being kept aside."""
+    rewrite: bool = False
+    """Written even where the host's copy already has the entry's facts (they cannot be trusted after a crash)."""
 
 
 OpKind = Literal["write", "link", "mkdir", "delete", "rmdir", "move"]
@@ -340,3 +344,22 @@ def hold_deletions(plan: Plan) -> None:
     """Move every deletion out of the plan's ops into ``plan.held``; everything else still goes."""
     plan.held = [op for op in plan.ops if op.kind in DELETES]
     plan.ops = [op for op in plan.ops if op.kind not in DELETES]
+
+
+def differing(local: Mapping[str, Entry], ancestor: Mapping[str, Entry]) -> set[str]:
+    """The paths whose entries differ between the two (equal entries are always the same, see Entry): all a
+    plan without the host's view needs to look at."""
+    found = {path for path, entry in local.items() if ancestor.get(path) != entry}
+    found.update(ancestor.keys() - local.keys())
+    return found
+
+
+def outermost(changed: Iterable[str]) -> list[str]:
+    """Drop paths that lie under another changed path: rescanning the folder covers them."""
+    unique = set(changed)
+
+    def covered(path: str) -> bool:
+        parts = path.split("/")
+        return any("/".join(parts[:depth]) in unique for depth in range(1, len(parts)))
+
+    return sorted(path for path in unique if not covered(path))

@@ -26,14 +26,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpubox.config import ProjectConfig
 from gpubox.errors import UsageError
 from gpubox.remote.agent import calls
-from gpubox.remote.session import HostSession
 from gpubox.sync.engine import BatchProgress, Syncer
 from gpubox.sync.ignore import Decision
 from gpubox.sync.scan import Entry, decode_manifest
+
+if TYPE_CHECKING:
+    from gpubox.remote.session import HostSession
 
 __all__ = ["GROWING_LOGS", "PullReport", "growing_log", "normalise_paths", "pull"]
 

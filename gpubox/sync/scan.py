@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpubox.sync.ignore import Decision, IgnoreRules
 
-__all__ = ["VCS_FOLDERS", "Entry", "ScanResult", "decode_manifest", "scan_path", "scan_tree"]
+__all__ = [
+    "VCS_FOLDERS",
+    "Entry",
+    "ScanResult",
+    "decode_manifest",
+    "open_to_read",
+    "read_upto",
+    "scan_path",
+    "scan_tree",
+]
 
 VCS_FOLDERS = frozenset({".git", ".hg", ".svn"})
 """A folder holding one of these is a version-control checkout (a .git file marks a worktree or submodule)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One path as sync compares it: kind ('f' file, 'd' folder, 'l' symlink), size, mtime, exec bit, target.
 
     Only the exec bit of the mode travels; the mtime is carried to the host, so a host copy that still has the
     size and mtime gpubox gave it is the copy gpubox wrote (rsync's quick check, Mutagen's rule).
+
+    A tuple, not a dataclass: a scan makes one per file, and the ancestor is loaded as plain tuples. Two
+    entries that are equal as tuples are always :meth:`same` (the converse needs :meth:`same`).
     """
 
     kind: str
@@ -48,7 +60,7 @@ class Entry:
 
     def row(self) -> list[Any]:
         """The agent's wire form."""
-        return [self.kind, self.size, self.mtime_ns, self.executable, self.target]
+        return list(self)
 
     @classmethod
     def from_row(cls, row: list[Any]) -> Entry:
@@ -124,43 +136,65 @@ def _classify(
     decision = rules.decide(relpath, False, st.st_size)
     if decision is Decision.SEND:
         return Entry("f", st.st_size, st.st_mtime_ns, bool(mode & 0o100))
-    if decision is Decision.SECRET:
-        result.held_back.append(relpath)
-    elif decision is Decision.TOO_LARGE:
-        result.too_large.append((relpath, st.st_size))
-    result.skipped.add(relpath)
+    _not_sent(relpath, decision, st.st_size, result)
     return None
 
 
+def _not_sent(relpath: str, decision: Decision, size: int, result: ScanResult) -> None:
+    if decision is Decision.SECRET:
+        result.held_back.append(relpath)
+    elif decision is Decision.TOO_LARGE:
+        result.too_large.append((relpath, size))
+    result.skipped.add(relpath)
+
+
 def scan_tree(root: Path, rules: IgnoreRules, start: str = "", into: ScanResult | None = None) -> ScanResult:
-    """Walk the project (or the folder *start* inside it), never entering ignored or output folders."""
+    """Walk the project (or the folder *start* inside it), never entering ignored or output folders.
+
+    Regular files, nearly all of a project, take a short path: their kind comes from the folder listing and
+    only they are stat()ed, against the folder's rules bound once."""
     result = into if into is not None else ScanResult()
+    entries = result.entries
+    new_entry = functools.partial(tuple.__new__, Entry)  # Entry(...) without a Python frame per file
     base = str(root)
     stack = [start]
     while stack:
         folder = stack.pop()
         try:
-            listing = os.scandir(os.path.join(base, folder) if folder else base)
+            with os.scandir(os.path.join(base, folder) if folder else base) as listing:
+                items = list(listing)
         except OSError as exc:
             if folder:
                 result.unreadable.append((folder, exc.strerror or str(exc)))
             continue
-        with listing:
-            for item in listing:
-                relpath = f"{folder}/{item.name}" if folder else item.name
-                if item.name in VCS_FOLDERS:
-                    result.checkouts.add(folder)
-                try:
+        names = {item.name for item in items}
+        if not names.isdisjoint(VCS_FOLDERS):
+            result.checkouts.add(folder)
+        decide = rules.file_decider(folder, names)
+        prefix = folder + "/" if folder else ""
+        for item in items:
+            relpath = prefix + item.name
+            try:
+                if item.is_file(follow_symlinks=False):
                     st = item.stat(follow_symlinks=False)
-                except OSError as exc:
-                    result.unreadable.append((relpath, exc.strerror or str(exc)))
+                    decision = decide(relpath, item.name, st.st_size)
+                    if decision is Decision.SEND:
+                        entries[relpath] = new_entry(
+                            ("f", st.st_size, st.st_mtime_ns, bool(st.st_mode & 0o100), "")
+                        )
+                    else:
+                        _not_sent(relpath, decision, st.st_size, result)
                     continue
-                entry = _classify(rules, relpath, st, item.path, result)
-                if entry is None:
-                    continue
-                result.entries[relpath] = entry
-                if entry.kind == "d":
-                    stack.append(relpath)
+                st = item.stat(follow_symlinks=False)
+            except OSError as exc:
+                result.unreadable.append((relpath, exc.strerror or str(exc)))
+                continue
+            entry = _classify(rules, relpath, st, item.path, result)
+            if entry is None:
+                continue
+            entries[relpath] = entry
+            if entry.kind == "d":
+                stack.append(relpath)
     return result
 
 
@@ -184,3 +218,35 @@ def scan_path(root: Path, rules: IgnoreRules, relpath: str, result: ScanResult) 
     result.entries[relpath] = entry
     if entry.kind == "d":
         scan_tree(root, rules, relpath, result)
+
+
+def read_upto(fd: int, limit: int, expected: int) -> bytes:
+    """Up to *limit* bytes from *fd* (fewer at its end): a file that grows while read is never read forever.
+    The first read asks for one byte more than the *expected* size: a regular file answers short only at its
+    end, so a file that did not grow takes one read, not a second one to find the end."""
+    chunks = []
+    left = limit
+    ask = min(left, expected + 1)
+    while left > 0:
+        chunk = os.read(fd, ask)
+        chunks.append(chunk)
+        left -= len(chunk)
+        if len(chunk) < ask:
+            break
+        ask = min(left, 1 << 20)
+    return b"".join(chunks)
+
+
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def open_to_read(path: str) -> int:
+    """Open a project file for reading without touching its access time where the kernel lets us (only a file's
+    owner may): an atime update is an inode write, which on a busy disk waits for the journal."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW
+    if _NOATIME:
+        try:
+            return os.open(path, flags | _NOATIME)
+        except PermissionError:
+            pass
+    return os.open(path, flags)

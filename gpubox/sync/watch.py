@@ -64,8 +64,10 @@ _live: weakref.WeakSet[LiveSync] = weakref.WeakSet()
 
 @dataclass(frozen=True)
 class WatchSettings:
-    quiet_seconds: float = 0.02
-    """Send once the tree has been quiet this long (Mutagen coalesces for 20 ms)."""
+    quiet_seconds: float = 0.01
+    """Send once the tree has been quiet this long (Mutagen coalesces for 20 ms). An editor's save (write a
+    temporary file, rename it over the old one) is over within a millisecond or two; a write still going on when
+    the file is read shows up in its mtime and is sent again, never recorded half-done."""
     max_wait_seconds: float = 0.25
     """...but never hold a change longer than this during a burst."""
     rescan_seconds: float = 60.0

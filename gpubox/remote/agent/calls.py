@@ -48,6 +48,7 @@ __all__ = [
     "apply_batches",
     "dash",
     "env_ready",
+    "flush",
     "framework",
     "hello",
     "idle",
@@ -83,6 +84,8 @@ class Hello(TypedDict, total=False):
     executable: str
     pid: int
     home: str
+    boot_id: str | None
+    """Changes when the host boots again (None where the agent cannot tell): writes not flushed may be lost."""
 
 
 def hello(agent: FramedAgent, *, client_protocol: int | None = None) -> Hello:
@@ -271,6 +274,18 @@ def apply_batches(
             yield cast(ApplyAnswer, answer)
     finally:
         answers.close()  # a consumer that stops early: the pipeline reads the answers still due
+
+
+class FlushAnswer(TypedDict):
+    files: int
+    how: str
+    """"syncfs" (the whole filesystem at once), "fsync" (each file and its folders) or "nothing"."""
+
+
+def flush(agent: FramedAgent, *, root: str, paths: list[str] | None = None) -> FlushAnswer:
+    """Make durable on the host's disk what this agent wrote under *root* since the last flush, and *paths*
+    (written by an earlier agent whose flush was never answered)."""
+    return cast(FlushAnswer, agent.request("flush", _fields(root=root, paths=paths)))
 
 
 def stage(agent: FramedAgent, *, root: str, name: str | None, offset: int, blob: bytes) -> str:

@@ -23,7 +23,7 @@ from gpubox.errors import AgentError, HostUnreachable, RemoteError, UsageError
 
 __all__ = ["MAX_FRAME", "PROTOCOL", "FramedAgent", "protocol_mismatch"]
 
-PROTOCOL = 2
+PROTOCOL = 3
 MAX_FRAME = 64 * 1024 * 1024
 
 

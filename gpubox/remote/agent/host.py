@@ -47,10 +47,12 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 # upload the new file. The on-host layout under ~/.gpubox is a separate contract that no number guards:
 # agents of every gpubox version that reaches this host share it at the same time (PROTOCOL.md, "Layout").
 # 2: `apply` moves files on the host (op "mv"); an agent of protocol 1 fails a batch holding one.
-PROTOCOL = 2
+# 3: an `apply` answer no longer means the files are on disk (the agent no longer fdatasyncs each one); the
+#    `flush` op does, and a client of protocol 2 would take writes for durable that are not.
+PROTOCOL = 3
 # AGENT_VERSION names this file's revision for a person reading a host's hello answer; nothing compares it
 # (the content hash decides which agent file runs). Bump it with PROTOCOL, or for any change worth seeing there.
-AGENT_VERSION = "2"
+AGENT_VERSION = "3"
 MAX_FRAME = 64 * 1024 * 1024
 NVIDIA_SMI_TIMEOUT = 20
 # Importing TensorFlow for the first time on a cold disk can take a minute; a hung import must not hang us.
@@ -135,7 +137,18 @@ def op_hello(args: Dict[str, Any]) -> Dict[str, Any]:
         "executable": sys.executable,
         "pid": os.getpid(),
         "home": os.path.expanduser("~"),
+        "boot_id": _boot_id(),
     }
+
+
+def _boot_id() -> Optional[str]:
+    """What changes when the host boots again (Linux): how a client tells that writes not yet flushed may have
+    been lost in a crash since."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
 
 
 def _os_name() -> str:
@@ -257,8 +270,10 @@ def _gpu_query() -> Dict[str, Any]:
 #
 # The host side of one-way-safe sync. Every path is relative to the project root and checked before use:
 # no absolute paths, no "..", never through a symlinked folder, so nothing is written outside the root.
-# Each write is staged in <root>/.gpubox-staging (same filesystem), made durable (fdatasync, in parallel),
-# then renamed into place only if the host's copy still matches what the client last saw (just in time).
+# Each write is staged in <root>/.gpubox-staging (same filesystem), then renamed into place only if the host's
+# copy still matches what the client last saw (just in time). Nothing is fdatasync'ed per file: the client asks
+# for durability once per pass (`flush`), and keeps a note of what it sent until the flush is answered, so a host
+# that crashed before that is found out on the next connect (its boot id changed) and those files sent again.
 
 STAGING = ".gpubox-staging"
 Row = List[Any]
@@ -388,20 +403,21 @@ def _existing_parent(root: str, parts: List[str]) -> Optional[str]:
     return current
 
 
-_STAGING_THREADS = 16
+_FLUSH_THREADS = 16
+_SYNCFS_FROM = 64
+"""From this many files on, one syncfs(2) of the project's filesystem beats an fdatasync per file."""
 
 
 def _stage_one(job: Tuple[str, int, int, int, bool], blob: bytes) -> None:
-    """Write one file's bytes to its staging name, with its mtime and mode, durable before it is renamed."""
+    """Write one file's bytes to its staging name, with its mtime and mode (made durable later, by `flush`)."""
     temp, offset, size, mtime, executable = job
     if offset < 0:
-        # Written piece by piece by `stage` requests (a file too large for one frame): only the mode, the
-        # mtime and durability are left to do.
+        # Written piece by piece by `stage` requests (a file too large for one frame): only the mode and the
+        # mtime are left to do.
         fd = os.open(temp, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
             os.fchmod(fd, 0o755 if executable else 0o644)
             os.utime(fd, ns=(mtime, mtime))
-            os.fdatasync(fd)
         finally:
             os.close(fd)
         return
@@ -411,24 +427,115 @@ def _stage_one(job: Tuple[str, int, int, int, bool], blob: bytes) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.utime(fd, ns=(mtime, mtime))
-        os.fdatasync(fd)
+        if size >= _EARLY_WRITEBACK_FROM:
+            _start_writeback(fd)
     finally:
         os.close(fd)
 
 
-def _stage_all(jobs: List[Tuple[str, int, int, int, bool]], blob: bytes) -> None:
-    """Stage a batch with several threads: each file is fdatasync'ed (so no renamed file can turn out empty
-    after a crash), and concurrent syncs share journal commits, so this costs a fraction of one-by-one fsync
-    without flushing anyone else's data the way syncfs(2) would."""
-    if len(jobs) < 4:
-        for job in jobs:
-            _stage_one(job, blob)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+_EARLY_WRITEBACK_FROM = 1 << 20
+_sync_file_range: List[Any] = []
 
-    with ThreadPoolExecutor(max_workers=min(_STAGING_THREADS, len(jobs))) as pool:
-        for _ in pool.map(lambda job: _stage_one(job, blob), jobs):
-            pass
+
+def _start_writeback(fd: int) -> None:
+    """Have the kernel start writing a large file to disk now, without waiting for it (sync_file_range(2),
+    SYNC_FILE_RANGE_WRITE): the pass's flush then finds most of its bytes already there, instead of writing
+    them all while the client waits. Linux only; elsewhere (or without ctypes) the flush does it all."""
+    if not _sync_file_range:
+        try:
+            import ctypes
+
+            call = ctypes.CDLL(None, use_errno=True).sync_file_range
+            call.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+            _sync_file_range.append(call)
+        except (ImportError, OSError, AttributeError):
+            _sync_file_range.append(None)
+    call = _sync_file_range[0]
+    if call is not None:
+        call(fd, 0, 0, 2)  # a hint: its failure changes nothing the flush does not cover
+
+
+def _stage_all(jobs: List[Tuple[str, int, int, int, bool]], blob: bytes) -> None:
+    for job in jobs:
+        _stage_one(job, blob)
+
+
+_unflushed: Dict[str, Set[str]] = {}
+"""Per project root, the paths this agent wrote (files, links, folders) since the client last asked to flush."""
+
+
+def _syncfs(path: str) -> bool:
+    """syncfs(2) on the filesystem holding *path*; False where the call is not available (not Linux, no ctypes)."""
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True).syncfs
+    except (ImportError, OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if call(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+    finally:
+        os.close(fd)
+    return True
+
+
+def _sync_path(path: str) -> None:
+    """fsync a file or folder if it is still there (what stands there now is what must last)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return  # gone since, or a symlink: its folder's fsync keeps it
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def op_flush(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Make durable what this agent wrote under the root since the last flush, plus ``paths`` (what an earlier
+    agent wrote that its client never saw flushed): the files and their folders. Many files: one syncfs(2)
+    of the filesystem; a few: an fsync each, in parallel, so as not to flush everyone else's data."""
+    root = _root(args, create=False)
+    given = args.get("paths") or []
+    if not isinstance(given, list):
+        raise RequestError("bad-request", "paths must be a list")
+    wanted = set(_unflushed.pop(root, set()))
+    for rel in given:
+        _parts(rel)
+        wanted.add(rel)
+    if not wanted:
+        return {"files": 0, "how": "nothing"}
+    how = "fsync"
+    try:
+        if len(wanted) >= _SYNCFS_FROM and _syncfs(root):
+            how = "syncfs"
+        else:
+            folders = set()
+            for rel in wanted:
+                folder = rel.rpartition("/")[0]
+                while True:
+                    folders.add(folder)
+                    if not folder:
+                        break
+                    folder = folder.rpartition("/")[0]
+            targets = [os.path.join(root, rel) for rel in wanted]
+            targets += [os.path.join(root, folder) if folder else root for folder in folders]
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(_FLUSH_THREADS, len(targets))) as pool:
+                for _ in pool.map(_sync_path, targets):
+                    pass
+    except OSError as exc:
+        _unflushed.setdefault(root, set()).update(wanted)  # still owed
+        raise RequestError(
+            "os-error", "making the synced files durable on the host failed: %s" % (exc.strerror or exc)
+        ) from None
+    return {"files": len(wanted), "how": how}
 
 
 def _trash_dir(args: Dict[str, Any]) -> str:
@@ -642,13 +749,15 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     staging = os.path.join(root, STAGING)
     _sweep_staging(staging)
     staged: Dict[int, str] = {}
+    checked: Dict[int, List[str]] = {}
     jobs = []
     offset = 0
+    prefix = "%s/%d-" % (staging, os.getpid())
     try:
         for index, op in enumerate(ops):
             if op.get("o") != "w":
                 continue
-            _parts(op.get("p"))
+            checked[index] = _parts(op.get("p"))
             size = op.get("n")
             mtime = op.get("m")
             if op.get("s") is not None:  # its bytes came before, in `stage` requests
@@ -664,7 +773,7 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
                 raise RequestError("bad-request", "write %r has a bad size" % (op.get("p"),))
             if not isinstance(mtime, int):
                 raise RequestError("bad-request", "write %r has a bad mtime" % (op.get("p"),))
-            temp = os.path.join(staging, "%d-%d" % (os.getpid(), index))
+            temp = prefix + str(index)
             staged[index] = temp
             jobs.append((temp, offset, size, mtime, bool(op.get("x"))))
             offset += size
@@ -691,27 +800,44 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
         ) from None
     results = []
     conflicts: List[str] = []
+    written = _unflushed.setdefault(root, set())
     for index, op in enumerate(ops):
+        outcome = ["error", "%s: failed" % (op.get("p"),)]
         try:
-            results.append(_apply_one(root, op, staged.get(index), stamp, trash_batch, conflicts))
+            outcome = _apply_one(
+                root, op, staged.get(index), stamp, trash_batch, conflicts, checked.get(index)
+            )
+            if outcome[0] in ("ok", "conflict", "same"):
+                # Deletions and a move's origin too: the fsync of their folder keeps the entry gone.
+                written.update(rel for rel in (op.get("p"), op.get("f")) if isinstance(rel, str) and rel)
         except PathRefused as exc:
-            results.append(["refused", str(exc)])
+            outcome = ["refused", str(exc)]
         except OSError as exc:
-            results.append(["error", "%s: %s" % (op.get("p"), exc.strerror or exc)])
+            outcome = ["error", "%s: %s" % (op.get("p"), exc.strerror or exc)]
         finally:
-            leftover = staged.pop(index) if index in staged else None
-            if leftover is not None and os.path.lexists(leftover):
-                os.unlink(leftover)
+            results.append(outcome)
+            leftover = staged.pop(index, None)
+            # A write put in place took its staged file with it; any other outcome leaves it to remove.
+            if leftover is not None and not (op.get("o") == "w" and outcome[0] in ("ok", "conflict")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
     with contextlib.suppress(OSError):
         os.rmdir(staging)  # only when empty: another batch may be staging there
     return {"results": results, "conflicts": conflicts}, b""
 
 
 def _apply_one(
-    root: str, op: Dict[str, Any], temp: Optional[str], stamp: str, trash_batch: str, conflicts: List[str]
+    root: str,
+    op: Dict[str, Any],
+    temp: Optional[str],
+    stamp: str,
+    trash_batch: str,
+    conflicts: List[str],
+    parts: Optional[List[str]] = None,
 ) -> List[str]:
     kind = op.get("o")
-    parts = _parts(op.get("p"))
+    if parts is None:
+        parts = _parts(op.get("p"))
     rel = "/".join(parts)
     if kind in ("rm", "rmdir"):
         # A deletion never creates folders nor sets aside a host file standing where a folder was.
@@ -729,7 +855,7 @@ def _apply_one(
             if kind == "w"
             else ["l", 0, 0, False, op.get("t")]
         )
-        if _same(current, wanted):
+        if _same(current, wanted) and not op.get("a"):
             return ["same"]
         note = ""
         if current is not None and current[0] == "d":
@@ -3098,6 +3224,7 @@ OPS: Dict[str, Handler] = {
     # sync
     "manifest": op_manifest,
     "apply": op_apply,
+    "flush": _no_blob(op_flush),
     "stage": op_stage,
     "read": op_read,
     "prune_trash": op_prune_trash,
