@@ -22,6 +22,7 @@ end, on failure and on Ctrl-C too.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -115,7 +116,7 @@ def main() -> int:
         "| --- | ---: | ---: | ---: | --- |",
         *rows,
         "",
-        "Where one connecting command's time goes (in-process, the same calls `gpubox runs` makes; medians):",
+        "Where one command's time goes (in-process, the same calls `gpubox runs` makes; medians):",
         "",
         "| phase | median |",
         "| --- | ---: |",
@@ -199,31 +200,48 @@ def measure(gpubox: str, project: Path, work: Path, env: dict[str, str], repeat:
 
 
 def breakdown(project: Path, repeat: int) -> list[str]:
-    """Time the phases of one connecting command (imports, SSH handshake, agent start, folder, one round trip)."""
-    imports = (
-        "import paramiko, gpubox.cli.runs, gpubox.actions.runs, gpubox.remote.session, gpubox.remote.folder"
+    """Time the phases of one command, riding `up`'s control socket (what the commands above do) and connecting
+    on its own (what they do when nothing holds the host): imports, connect, folder, one round trip."""
+    riding_imports = (
+        "import gpubox.cli.runs, gpubox.actions.runs, gpubox.remote.session, gpubox.remote.control"
     )
-    python_start, with_imports = [], []
+    direct_imports = f"import paramiko, gpubox.remote.agent.client, {riding_imports[len('import ') :]}"
+    python_start, riding, direct = [], [], []
     for _ in range(repeat):
         python_start.append(to_exit([sys.executable, "-c", "pass"], project, dict(os.environ)))
-        with_imports.append(to_exit([sys.executable, "-c", imports], project, dict(os.environ)))
+        riding.append(to_exit([sys.executable, "-c", riding_imports], project, dict(os.environ)))
+        direct.append(to_exit([sys.executable, "-c", direct_imports], project, dict(os.environ)))
 
     from gpubox.config import load_hosts, load_project
     from gpubox.remote.agent import calls
+    from gpubox.remote.control import open_control_agent
     from gpubox.remote.folder import settle_folder
     from gpubox.remote.session import open_connection, start_agent
 
     config = load_project(project)
     host = load_hosts(project).get("local")
     phases: dict[str, list[float]] = {
-        "SSH connect, handshake and key auth (paramiko: `open_connection`)": [],
-        "agent start: exec `sh -c`, Python start on the host, hello (`start_agent`)": [],
-        "project folder settled (`settle_folder`)": [],
-        "one agent round trip (`hello`)": [],
-        "connection closed": [],
+        "control socket: connect, handshake, the holder's spare agent handed over (`open_control_agent`)": [],
+        "control socket: project folder settled (`settle_folder`)": [],
+        "control socket: one agent round trip (`hello`)": [],
+        "own connection: SSH connect, handshake and key auth (paramiko: `open_connection`)": [],
+        "own connection: agent start: exec `sh -c`, Python start on the host, hello (`start_agent`)": [],
+        "own connection: project folder settled (`settle_folder`)": [],
+        "own connection: one agent round trip (`hello`)": [],
     }
     for _ in range(repeat):
         marks = [time.perf_counter()]
+        held = open_control_agent(host.name, config.id)
+        if held is None:
+            raise RuntimeError("nothing answers on the holder's control socket")
+        marks.append(time.perf_counter())
+        settle_folder(held, host, config, claim=False, strict=False)
+        marks.append(time.perf_counter())
+        calls.hello(held)
+        marks.append(time.perf_counter())
+        held.close()
+        time.sleep(0.3)  # the holder starts its next spare agent
+        marks.append(time.perf_counter())
         connection, _spec = open_connection(host, launch=False)
         marks.append(time.perf_counter())
         agent = start_agent(connection, host)
@@ -234,15 +252,19 @@ def breakdown(project: Path, repeat: int) -> list[str]:
         marks.append(time.perf_counter())
         agent.close()
         connection.close()
-        marks.append(time.perf_counter())
-        for samples, start, end in zip(phases.values(), marks[:-1], marks[1:], strict=True):
-            samples.append(end - start)
+        spans = [end - begin for begin, end in itertools.pairwise(marks)]
+        del spans[3]  # the pause between the two
+        for samples, span in zip(phases.values(), spans, strict=True):
+            samples.append(span)
+    start = statistics.median(python_start)
     rows = [
-        f"| Python start (`python -c pass`) | {statistics.median(python_start) * 1000:.0f} ms |",
-        f"| imports a connecting command needs (`{imports}`), beyond Python start | "
-        f"{(statistics.median(with_imports) - statistics.median(python_start)) * 1000:.0f} ms |",
+        f"| Python start (`python -c pass`) | {start * 1000:.0f} ms |",
+        f"| imports a command riding the socket needs (`{riding_imports}`), beyond Python start | "
+        f"{(statistics.median(riding) - start) * 1000:.0f} ms |",
+        f"| imports a command connecting on its own needs (`{direct_imports}`), beyond Python start | "
+        f"{(statistics.median(direct) - start) * 1000:.0f} ms |",
     ]
-    rows += [f"| {label} | {statistics.median(samples) * 1000:.0f} ms |" for label, samples in phases.items()]
+    rows += [f"| {label} | {statistics.median(samples) * 1000:.1f} ms |" for label, samples in phases.items()]
     return rows
 
 

@@ -53,7 +53,7 @@ from gpubox.errors import (
     HostError,
     HostUnreachable,
 )
-from gpubox.remote.connection import AskToPin, Backoff
+from gpubox.remote.backoff import Backoff
 from gpubox.remote.providers import host_price
 from gpubox.remote.session import HostSession
 from gpubox.state import open_state
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from gpubox.actions import Say
     from gpubox.actions.monitor import HostMonitor
     from gpubox.actions.up import Ready, UpOptions
+    from gpubox.remote.connection import AskToPin
     from gpubox.sync.engine import BatchProgress
 
 __all__ = [

@@ -8,14 +8,12 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from gpubox.actions import Say
-from gpubox.actions.supervisor import stop_on_signals, supervise
 from gpubox.actions.sync import (
     held_lines,
     host_changed_lines,
     make_syncer,
     too_large_line,
 )
-from gpubox.actions.up import start_live_sync
 from gpubox.cli.output import (
     ask_to_pin,
     check_first_sync,
@@ -201,6 +199,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
             if report.held_deletions:
                 raise DeletionsHeld(report)
             return 1 if report.errors else 0
+        # The watcher and the reconnecting loop (watchdog, paramiko) load only for --watch: a one-shot sync is
+        # over before they would matter.
+        from gpubox.actions.supervisor import stop_on_signals, supervise
+        from gpubox.actions.up import start_live_sync
+
         session = syncer.session
         stop = threading.Event()
         wake = threading.Event()

@@ -50,10 +50,9 @@ def host_price(host: HostConfig, probe: Mapping[str, Any] | None = None) -> Hour
 
     smi = (probe or {}).get("nvidia_smi")
     gpus = []
-    if smi:
-        from gpubox.remote.gpu import (
-            snapshot_from_probe,  # the GPU readers load only for a host that has GPUs
-        )
+    if smi and smi.get("available"):  # only an nvidia-smi that answered lists GPUs (see snapshot_from_probe)
+        # The GPU readers load only here, for a host with GPUs: `gpubox runs` on a CPU host never needs them.
+        from gpubox.remote.gpu import snapshot_from_probe
 
         gpus = [gpu.name for gpu in snapshot_from_probe(smi).gpus]
     return hourly_price(host, gpus, live=live_price(host))
