@@ -273,7 +273,11 @@ def test_a_rented_host_whose_instance_stopped_with_its_disk_kept_shows_as_stoppe
     model = Dashboard(hosts, project, clock=lambda: NOW)
     model.apply_state(StateReader(hosts, project).read(NOW))
     views = {h.name: h for h in model.snapshot().hosts}
-    assert (views["pod"].state, views["pod"].stopped_instance, views["pod"].is_up) == ("stopped", "p-1", False)
+    assert (views["pod"].state, views["pod"].stopped_instance, views["pod"].is_up) == (
+        "stopped",
+        "p-1",
+        False,
+    )
     assert (views["box"].state, views["box"].stopped_instance) == ("down", None)
     with open_state() as state:
         stopped = state.current_instance("pod")
