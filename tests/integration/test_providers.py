@@ -472,8 +472,12 @@ def test_an_idle_rented_host_is_terminated_by_autostop_after_its_outputs_come_ho
         raise AssertionError(f"autostop did not terminate the idle instance: {row['autostop']}")
     assert (rig.project / "outputs" / "answer.txt").read_text() == "42\n"
     (log_path,) = (rig.state_dir() / "state" / "logs").glob("up-vast-box-*.log")  # one per host and project
+    # The instance leaves the cloud's list as its terminate is answered, a moment before the line is written.
+    deadline = time.monotonic() + 30
+    while "terminated vast instance" not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
     log = log_path.read_text()
-    assert "pulled outputs" in log and "terminated vast instance" in log
+    assert "pulled outputs" in log and "terminated vast instance" in log, log
     row = next(h for h in rig.json("hosts")["hosts"] if h["name"] == "vast-box")
     assert not row["billing_now"] and not row["up"]
 
