@@ -21,12 +21,15 @@ from gpubox.remote.providers.cloud import (
     CloudApi,
     ExplainsShortage,
     OfferQuery,
+    Resumes,
     describe_instance,
     forget_instance,
     host_from_instance_name,
     instance_name,
     note_instance,
+    resumed_elsewhere,
     settle_ended,
+    settle_stopped,
     terminate_recorded,
 )
 from gpubox.remote.providers.registry import CLOUD_NAMES, Capability
@@ -42,6 +45,7 @@ __all__ = [
     "collect_offers",
     "ensure_instance",
     "find_orphans",
+    "refuse_unpulled_stopped",
     "terminate_orphans",
 ]
 
@@ -230,13 +234,25 @@ def ensure_instance(
     record = _recorded(host)
     if record is not None:
         instance = api.instance(record.instance_id)
+        if instance is not None and instance.phase == "stopping":
+            raise ProviderError(
+                f"{host.provider} instance {record.instance_id} of {host.name} is stopping right now; once it has "
+                f"stopped, `gpubox up {host.name}` starts it again",
+                provider=host.provider,
+            )
         if instance is not None and instance.billing:
+            if record.stopped:
+                resumed_elsewhere(host, record, instance)
             note_instance(record, instance)
             if record.state == "running" and instance.ssh_ready:
                 say(f"{describe_instance(instance, record.launched_at)}")
             else:
                 say(f"{host.provider} instance {record.instance_id} was launched earlier; waiting for it")
             return wait_for_ssh(api, host, record.instance_id, say, poll_seconds=poll_seconds)
+        if instance is not None and instance.phase == "stopped":
+            return _start_again(
+                api, host, record, instance, confirm=confirm, say=say, poll_seconds=poll_seconds
+            )
         say(settle_ended(host, record, instance))
 
     offer = _choose_offer(api, host, offer_id)
@@ -257,6 +273,63 @@ def ensure_instance(
         f"launched {host.provider} instance {instance_id} ({name}) at {format_usd(offer.price_per_hour)}/h: "
         "billing from now"
     )
+    return wait_for_ssh(api, host, instance_id, say, poll_seconds=poll_seconds)
+
+
+def _start_again(
+    api: CloudApi,
+    host: HostConfig,
+    record: InstanceRecord,
+    instance: Instance,
+    *,
+    confirm: Confirm,
+    say: Say,
+    poll_seconds: float,
+) -> Instance:
+    """Start the host's stopped instance again (after *confirm*) rather than rent a new one: its disk holds the
+    project and whatever outputs its guardian left there when it stopped it with the laptop gone."""
+    from gpubox import paths
+    from gpubox.fmt import format_duration, format_usd
+    from gpubox.state import open_state
+
+    settle_stopped(host, record, instance)  # the ledger closes where it stopped, before it bills again
+    name, provider, instance_id = host.name, host.provider, record.instance_id
+    if not host.spec.supports(Capability.RESUME):
+        raise ProviderError(
+            f"{provider} instance {instance_id} of {name} is stopped and gpubox cannot start it again "
+            f"({host.spec.unsupported[Capability.RESUME]}); `gpubox down {name}` terminates it",
+            provider=provider,
+        )
+    price = instance.price_per_hour if instance.price_per_hour is not None else record.price_per_hour
+    rate = f" at {format_usd(price)}/h" if price is not None else ""
+    when = instance.stopped_at or record.stopped_at
+    ago = f" {format_duration(max(0.0, time.time() - when))} ago" if when is not None else ""
+    kept = f"its {host.spec.kept_folder} volume" if host.spec.kept_folder else "its disk"
+    if not confirm(
+        f"start {provider} instance {instance_id} of {name} again (stopped{ago}; {kept} as it was left){rate}?"
+    ):
+        raise GpuboxError(
+            f"nothing started: {name} stays stopped, its disk billed by {provider} for storage; "
+            f"`gpubox down {name}` terminates it"
+        )
+    try:
+        cast(Resumes, api).resume(instance_id, instance.gpu_count or host.gpu_count or 1)
+    except ProviderError as exc:
+        raise ProviderError(
+            f"{provider} could not start instance {instance_id} of {name} again ({exc}); it stays stopped with "
+            f"its disk: `gpubox up {name}` tries again, `gpubox down {name} --no-pull` terminates it (its disk "
+            "with it) so that the next `gpubox up` rents another",
+            provider=provider,
+            code=exc.code,
+        ) from None
+    with open_state() as state:
+        state.resume_instance(provider, instance_id)
+        state.open_billing(name, price, price_source=f"live price from {provider}", estimate=False)
+    if host.spec.kept_folder:
+        # Only the volume was kept: the container, its sshd's host key with it, is made anew. The new key is
+        # trusted as a new rental's is (this instance, at the address its provider gives), not as a changed one.
+        (paths.state_dir() / "instances" / f"{provider}-{instance_id}.known_hosts").unlink(missing_ok=True)
+    say(f"started {provider} instance {instance_id} of {name} again{rate}: billing from now")
     return wait_for_ssh(api, host, instance_id, say, poll_seconds=poll_seconds)
 
 
@@ -358,6 +431,15 @@ def wait_for_ssh(
                 record = state.instance(host.provider, instance_id)
             if instance is None or not instance.billing:
                 status = instance.status_text if instance is not None else "gone"
+                if instance is not None and instance.phase == "stopped":
+                    if record is not None:
+                        settle_stopped(host, record, instance)
+                    raise ProviderError(
+                        f"{host.provider} instance {instance_id} stopped while starting (the provider says: "
+                        f"{status}); `gpubox up {host.name}` starts it again, `gpubox down {host.name}` "
+                        "terminates it",
+                        provider=host.provider,
+                    )
                 if record is not None:
                     forget_instance(host, record, f"ended while starting ({status})")
                 raise ProviderError(
@@ -434,7 +516,7 @@ def find_orphans(hosts: HostsConfig, *, providers: Sequence[ProviderSettings] | 
     budgets = {s.name: s.offers_timeout for s in chosen}
     results, errors, _seconds = _in_parallel(jobs, budgets)
     with open_state() as state:
-        recorded = state.billing_instances()
+        recorded = state.kept_instances()
         held = {s.host for s in state.supervisors() if s.alive()}
     orphans: list[Orphan] = []
     for settings in chosen:
@@ -488,6 +570,20 @@ def terminate_orphans(hosts: HostsConfig, orphans: Sequence[Orphan], say: Say) -
 
 
 # ---------------------------------------------------------------------------------------------- down
+
+
+def refuse_unpulled_stopped(host: HostConfig) -> None:
+    """`down` with its last pull, of a host whose instance is stopped with its disk kept: outputs written since
+    the laptop last pulled may be on that disk and cannot be pulled without starting the instance, so
+    terminating it takes a choice: `up` first, or --no-pull."""
+    record = _recorded(host)
+    if record is not None and record.stopped:
+        raise GpuboxError(
+            f"{host.provider} instance {record.instance_id} of {host.name} is stopped with its disk kept: outputs "
+            "written since the last pull may be on it, and gpubox cannot pull them without starting it; nothing "
+            f"was terminated: `gpubox up {host.name}` starts it (`gpubox down {host.name}` then pulls them and "
+            f"terminates it), `gpubox down {host.name} --no-pull` terminates it and its disk now"
+        )
 
 
 def take_down_rented(
@@ -565,6 +661,12 @@ def take_down_rented(
                     say(f"stopped {', '.join(stopped)} on {host.name}")
             finally:
                 session.close()
+    if keep_instance and record.stopped:
+        say(
+            f"kept {host.provider} instance {record.instance_id} of {host.name} stopped (--keep-instance); its "
+            f"disk bills at {host.provider}'s storage rate until `gpubox down {host.name}` terminates it"
+        )
+        return
     if keep_instance:
         say(
             f"kept {host.provider} instance {record.instance_id} of {host.name} running (--keep-instance){price}"

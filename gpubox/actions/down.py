@@ -13,7 +13,7 @@ from gpubox.actions.runs import project_runs, remember_runs
 from gpubox.actions.supervisor import stop_supervisor
 from gpubox.actions.sync import pull_outputs as pull_outputs_of
 from gpubox.errors import GpuboxError, HostError
-from gpubox.provision import take_down_rented
+from gpubox.provision import refuse_unpulled_stopped, take_down_rented
 from gpubox.remote.agent import calls
 from gpubox.remote.providers import provider_for
 from gpubox.remote.session import connect_host
@@ -160,6 +160,8 @@ def take_down(
     others = [s for s in holders if s.project != project.id]
     terminating = host.spec.rents and not others and not keep_instance
     active = _active_runs(host, project)
+    if terminating and pull_outputs:
+        refuse_unpulled_stopped(host)
     question = None
     if active is not None and terminating and active[0]:
         question = f"{len(active[0])} run(s) on {host.name} stop with it: {_named(active[0])}; terminate {host.name}?"

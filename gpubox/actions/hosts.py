@@ -64,6 +64,7 @@ def host_rows(
             supervisor = holders[0] if holders else None
             price = host_price(host, record.probe if record else None)
             spend = host_spend((i for i in ledger if i.host == host.name), now)
+            rented = state.current_instance(host.name) if host.spec.rents else None
             rows.append(
                 {
                     "name": host.name,
@@ -99,6 +100,7 @@ def host_rows(
                     "spent_usd": round(spend.spent_usd, 4),
                     "hours": round(spend.seconds / 3600, 6),
                     "billing_now": spend.billing_now,
+                    "stopped_instance": rented.instance_id if rented is not None and rented.stopped else None,
                     "budgets": [
                         {"scope": b.scope} | b.document(alerts) for b in budgets_for(host, hosts, ledger, now)
                     ],

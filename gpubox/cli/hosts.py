@@ -78,7 +78,7 @@ def _orphan_check(hosts: HostsConfig) -> tuple[list[dict[str, Any]], list[dict[s
 
     providers = configured_providers(hosts)
     with open_state() as state:
-        renting = {record.provider for record in state.billing_instances()}
+        renting = {record.provider for record in state.kept_instances()}
     # A cloud without its API key is asked nothing and not mentioned (`gpubox offers` or `up` on one of its
     # hosts says what is missing), unless gpubox has an instance of it on record that may be billing.
     asked = [p for p in providers if os.environ.get(p.api_key_env, "").strip() or p.name in renting]
@@ -130,7 +130,13 @@ def cmd_hosts(args: argparse.Namespace) -> int:
                 r["name"] + (" *" if r["default"] else ""),
                 r["provider"],
                 r["target"],
-                "up" if r["up"] else "billing, not held" if r["billing_now"] else "down",
+                "up"
+                if r["up"]
+                else "billing, not held"
+                if r["billing_now"]
+                else "stopped, disk kept"
+                if r["stopped_instance"]
+                else "down",
                 r["gpu"],
                 ("~" if r["price_estimate"] else "") + price(r["price_per_hour"]),
             ]
@@ -149,12 +155,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     project = load_project()
     hosts = load_hosts(project)
     orphans, problems, orphan_lines = _orphan_check(hosts)
+    # Asked first: an instance found stopped closes its ledger where it stopped, before the rows read it.
+    instances = {name: provider_for(host).status(host) for name, host in hosts.hosts.items()}
     rows = host_rows(hosts, project=project)
     now = time.time()
     with open_state() as state:
         for row in rows:
             host = hosts.hosts[row["name"]]
-            instance = provider_for(host).status(host)
+            instance = instances[host.name]
             row["instance"] = {"state": instance.state, "detail": instance.detail}
             seen = state.monitor(host.name) if row["up"] else None
             autostop = (seen[1].get("autostop") if seen else None) or None

@@ -100,12 +100,14 @@ class HostConfig:
 
     def remote_project_dir(self, project: ProjectConfig | str) -> str:
         """The project's folder on this host: ``remote_dir`` when set, else ``~/gpubox/<name>-<project id>``
-        (unique per project). Given only a name, the layout of gpubox before project ids: ``~/gpubox/<name>``."""
+        (unique per project), under the folder a stopped instance keeps where that is not its whole disk
+        (RunPod's ``/workspace``). Given only a name, the layout of gpubox before project ids:
+        ``~/gpubox/<name>``."""
         if self.remote_dir:
             return self.remote_dir
         if isinstance(project, str):
             return legacy_project_dir(project)
-        return f"~/gpubox/{project.folder_name}"
+        return f"{self.spec.kept_folder or '~'}/gpubox/{project.folder_name}"
 
 
 def legacy_project_dir(project_name: str) -> str:

@@ -370,7 +370,7 @@ class Dashboard:
             if autostop is not None and autostop.get("stops_at") is not None:
                 autostop["remaining_seconds"] = max(0.0, float(autostop["stops_at"]) - now)
             if host.held_by is None:
-                phase = "down"
+                phase = "stopped" if host.stopped_instance else "down"
             elif sample is None:
                 phase = "connecting"
             elif not sample.ok:

@@ -103,6 +103,7 @@ class StateReader:
                     name, probe, record.probed_at if record else None, requirements
                 )
                 intervals = tuple(by_host.get(name, ()))
+                rented = state.current_instance(name) if config is not None and config.spec.rents else None
                 open_interval = next((i for i in reversed(intervals) if i.open), None)
                 amount: float | None
                 if open_interval is not None and open_interval.price_per_hour is not None:
@@ -167,6 +168,9 @@ class StateReader:
                         autostop_minutes=config.autostop_minutes if config else 0.0,
                         budget_usd=config.budget_usd if config else None,
                         tunnels=views,
+                        stopped_instance=rented.instance_id
+                        if rented is not None and rented.stopped
+                        else None,
                     )
                 )
             alerts = tuple(state.budget_alerts())

@@ -143,6 +143,9 @@ class HostFacts:
     price_estimate: bool = False
     price_source: str = ""
     tunnels: tuple[TunnelView, ...] = ()
+    stopped_instance: str | None = None
+    """The id of its rented instance when that is stopped with its disk kept (its guardian's stop with the
+    laptop gone): not billing its GPU, started again by `up`, terminated by `down`."""
 
     def facts(self) -> dict[str, Any]:
         """The fields every record of a host shares, to build another record of the same host from."""
@@ -157,7 +160,8 @@ class HostView(HostFacts):
     """A host as the dashboard shows it: its facts, then what its poll and the clock add."""
 
     state: str
-    """``up``, ``connecting``, ``unreachable`` (held, but not answering), ``down`` (nobody holds it)."""
+    """``up``, ``connecting``, ``unreachable`` (held, but not answering), ``down`` (nobody holds it), ``stopped``
+    (nobody holds it, and its rented instance is stopped with its disk kept)."""
     gpus: tuple[GpuView, ...] = ()
     up_seconds: float | None = None
     spent_usd: float = 0.0
@@ -179,7 +183,7 @@ class HostView(HostFacts):
 
     @property
     def is_up(self) -> bool:
-        return self.state != "down"
+        return self.state not in ("down", "stopped")
 
     @property
     def util_percent(self) -> float | None:

@@ -257,6 +257,12 @@ MIGRATIONS: Sequence[str] = (
         UPDATE sync_generations SET generation = generation + 1 WHERE host = OLD.host AND project = OLD.project;
     END;
     """,
+    # 10: a rented instance stopped with its disk kept (by its guardian, with the laptop gone) stays recorded,
+    # not billing its GPU, until `up` starts it again or `down` terminates it: when and why it stopped.
+    """
+    ALTER TABLE instances ADD COLUMN stopped_at REAL;
+    ALTER TABLE instances ADD COLUMN stop_reason TEXT;
+    """,
 )
 
 

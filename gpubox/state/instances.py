@@ -29,18 +29,28 @@ class InstanceRecord:
     ssh_host: str | None
     ssh_port: int | None
     state: str
-    """``launching`` (id known, not yet answering SSH), ``running``, ``terminate-failed``, ``ended``."""
+    """``launching`` (id known, not yet answering SSH), ``running``, ``stopped`` (its disk kept, its GPU not
+    billed), ``terminate-failed``, ``ended``."""
     ended_at: float | None
     end_reason: str | None
+    stopped_at: float | None = None
+    """When it stopped, where known (the provider's record, else when gpubox found it stopped)."""
+    stop_reason: str | None = None
 
     @property
     def billing(self) -> bool:
-        return self.ended_at is None
+        """Whether its machine bills by the hour (a stopped one bills only for its disk, at the provider's
+        storage rate, which gpubox does not count)."""
+        return self.ended_at is None and self.state != "stopped"
+
+    @property
+    def stopped(self) -> bool:
+        return self.ended_at is None and self.state == "stopped"
 
 
 _INSTANCE_COLUMNS = (
     "provider, instance_id, host, name, api_url, launched_at, price_per_hour, gpu, region, ssh_host, ssh_port, "
-    "state, ended_at, end_reason"
+    "state, ended_at, end_reason, stopped_at, stop_reason"
 )
 
 
@@ -60,6 +70,8 @@ def _instance(row: Sequence[Any]) -> InstanceRecord:
         state=str(row[11]),
         ended_at=None if row[12] is None else float(row[12]),
         end_reason=row[13],
+        stopped_at=None if row[14] is None else float(row[14]),
+        stop_reason=row[15],
     )
 
 
@@ -84,7 +96,7 @@ class InstanceTables(Database):
         with self.transaction():
             self.db.execute(
                 f"INSERT OR REPLACE INTO instances({_INSTANCE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 'launching', NULL, NULL)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 'launching', NULL, NULL, NULL, NULL)",
                 (provider, instance_id, host, name, api_url, at, price_per_hour, gpu, region),
             )
 
@@ -106,6 +118,25 @@ class InstanceTables(Database):
                 (instance_state, ssh_host, ssh_port, price_per_hour, provider, instance_id),
             )
 
+    def stop_instance(self, provider: str, instance_id: str, reason: str, at: float | None = None) -> bool:
+        """The instance stopped with its disk kept; True the first time it is recorded so."""
+        with self.transaction():
+            cursor = self.db.execute(
+                "UPDATE instances SET state = 'stopped', stopped_at = ?, stop_reason = ? "
+                "WHERE provider = ? AND instance_id = ? AND ended_at IS NULL AND state != 'stopped'",
+                (time.time() if at is None else at, reason, provider, instance_id),
+            )
+            return cursor.rowcount > 0
+
+    def resume_instance(self, provider: str, instance_id: str) -> None:
+        """A stopped instance was started again: it is launching (billing) until it answers SSH."""
+        with self.transaction():
+            self.db.execute(
+                "UPDATE instances SET state = 'launching', stopped_at = NULL, stop_reason = NULL "
+                "WHERE provider = ? AND instance_id = ? AND ended_at IS NULL",
+                (provider, instance_id),
+            )
+
     def end_instance(self, provider: str, instance_id: str, reason: str, at: float | None = None) -> None:
         with self.transaction():
             self.db.execute(
@@ -123,8 +154,8 @@ class InstanceTables(Database):
         ).fetchone()
         return _instance(row) if row else None
 
-    def billing_instances(self) -> list[InstanceRecord]:
-        """Every recorded instance that has not ended, oldest first."""
+    def kept_instances(self) -> list[InstanceRecord]:
+        """Every recorded instance the provider still keeps (running, launching or stopped), oldest first."""
         rows = self.db.execute(
             f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE ended_at IS NULL ORDER BY launched_at"
         ).fetchall()

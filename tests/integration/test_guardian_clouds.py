@@ -357,3 +357,58 @@ def test_lambda_with_self_stop_key_terminates_itself_with_the_users_key_placed_o
     rig.machine.link_up()
     assert rig.status()["instance"]["state"] == "stopped"
     rig.assert_no_key_leaked()
+
+
+def test_a_stopped_instance_stays_known_up_starts_it_again_and_down_brings_its_outputs_home(
+    rig_for: Callable[..., Rig], tmp_path: Path
+) -> None:
+    rig = rig_for("vast", "autostop_minutes = 0.1\n")  # 6 s
+    pid = rig.up()
+    rig.guardian()
+    (first,) = rig.cloud.requests_for("launch")
+    rig.leave(pid)
+    stopped = _wait(lambda: rig.instance().stopped_at, timeout=60, what="the guardian to stop the instance")
+    # Written on the host after the laptop left: only the stopped instance's disk has it.
+    outputs = tmp_path / "remote" / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    (outputs / "score.txt").write_text("0.91\n")
+    rig.machine.link_up()
+
+    row = rig.status()
+    assert row["instance"]["state"] == "stopped", row
+    assert "`gpubox up box` starts it again, `gpubox down box` terminates it" in row["instance"]["detail"], (
+        row
+    )
+    # Terminating it would lose that output: `down` says how to choose, and terminates nothing.
+    refused = rig.gpubox("down", "box", "--yes")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    (line,) = [x for x in refused.stderr.splitlines() if x.strip()]
+    assert (
+        "is stopped with its disk kept" in line and "--no-pull" in line and "nothing was terminated" in line
+    )
+    assert rig.cloud.requests_for("terminate") == []
+
+    # `up` starts the same instance again instead of renting another, and the ledger learns from the guardian's
+    # record on its disk when it stopped (vast's API does not say): it agrees with the bill to the cent. (A longer
+    # window now: with the laptop there, an idle host would be terminated by the laptop before `down` is run.)
+    hosts_toml = rig.project / "hosts.toml"
+    hosts_toml.write_text(hosts_toml.read_text().replace("autostop_minutes = 0.1", "autostop_minutes = 30"))
+    rig.up()
+    assert [r.operation for r in rig.cloud.requests_for("launch")] == [first.operation]
+    (resume,) = rig.cloud.requests_for("resume")
+    assert resume.body == {"state": "running"} and resume.scoped_to is None
+    assert rig.instance().stopped_at is None and rig.instance().resumed_at is not None
+    assert "started vast instance" in rig.outputs[-1] and " again" in rig.outputs[-1], rig.outputs[-1]
+    _wait(
+        lambda: abs(rig.spent() - rig.cloud.billed_dollars()) < 0.01, what="the ledger to agree with the bill"
+    )
+    with open_state() as state:
+        ends = [i.ended_at for i in state.billing(rig.host) if i.ended_at is not None]
+    assert any(abs(end - stopped) < 2 for end in ends), (ends, stopped)
+
+    done = rig.gpubox("down", "box", "--yes", timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (rig.project / "outputs" / "score.txt").read_text() == "0.91\n"
+    assert len(rig.cloud.requests_for("terminate")) == 1
+    assert rig.instance().terminated_at is not None
+    rig.assert_no_key_leaked()

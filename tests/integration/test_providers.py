@@ -411,6 +411,12 @@ def test_vast_up_run_down(tmp_path: Path, clouds: dict[str, FakeCloud], sshd: Ss
 def test_runpod_up_run_down(tmp_path: Path, clouds: dict[str, FakeCloud], sshd: SshServer) -> None:
     rig = _rig(tmp_path, {"runpod": clouds["runpod"]}, sshd, example=True)
     _cycle(rig, "runpod-box", clouds["runpod"])
+    # The pod's files live on its volume, the part of a pod that a stop keeps (the project's folder goes there
+    # unless remote_dir says otherwise).
+    (launch,) = clouds["runpod"].requests_for("launch")
+    deployed = launch.body["variables"]["input"]  # type: ignore[index]
+    assert deployed["volumeInGb"] == 40 and deployed["volumeMountPath"] == "/workspace", deployed
+    assert deployed["containerDiskInGb"] < deployed["volumeInGb"]
     rig.assert_no_key_leaked()
 
 
@@ -466,8 +472,12 @@ def test_an_idle_rented_host_is_terminated_by_autostop_after_its_outputs_come_ho
         raise AssertionError(f"autostop did not terminate the idle instance: {row['autostop']}")
     assert (rig.project / "outputs" / "answer.txt").read_text() == "42\n"
     (log_path,) = (rig.state_dir() / "state" / "logs").glob("up-vast-box-*.log")  # one per host and project
+    # The instance leaves the cloud's list as its terminate is answered, a moment before the line is written.
+    deadline = time.monotonic() + 30
+    while "terminated vast instance" not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
     log = log_path.read_text()
-    assert "pulled outputs" in log and "terminated vast instance" in log
+    assert "pulled outputs" in log and "terminated vast instance" in log, log
     row = next(h for h in rig.json("hosts")["hosts"] if h["name"] == "vast-box")
     assert not row["billing_now"] and not row["up"]
 
@@ -530,3 +540,49 @@ def test_lambda_capacity_and_quota_errors_say_what_to_do(tmp_path: Path, sshd: S
         rig.assert_no_key_leaked()
     finally:
         lambda_cloud.stop()
+
+
+def test_a_stopped_pod_stays_recorded_until_up_starts_it_again_or_down_terminates_it(rig: Rig) -> None:
+    """A pod stopped while no gpubox held it (its guardian, or the RunPod console): `status` says so, `up`
+    starts that pod again (or says plainly why it cannot, renting nothing), and `down` asks for --no-pull before
+    terminating a disk that may hold outputs never pulled."""
+    cloud = rig.clouds["runpod"]
+    up = ("up", "runpod-box", "--yes", "--no-tui", "--detach", "--no-services", "--no-sync", "--accept-new")
+
+    def stop_it_and_let_go() -> str:
+        done = rig.gpubox("down", "runpod-box", "--keep-instance", "--yes")
+        assert done.returncode == 0, done.stdout + done.stderr
+        (pod,) = cloud.instances.values()
+        cloud.stop_instance(pod.id)
+        return str(pod.id)
+
+    assert rig.gpubox(*up).returncode == 0
+    pod_id = stop_it_and_let_go()
+    pin = rig.state_dir() / "state" / "instances" / f"runpod-{pod_id}.known_hosts"
+    assert pin.exists()
+    host = next(h for h in rig.json("status")["hosts"] if h["name"] == "runpod-box")
+    assert host["instance"]["state"] == "stopped", host
+    assert "`gpubox up runpod-box` starts it again" in host["instance"]["detail"], host
+    assert host["billing_now"] is False, host  # its GPU no longer bills (its disk does, at RunPod's rate)
+
+    cloud.resume_capacity = False
+    line = assert_one_line_error(rig.gpubox(*up), 1)
+    assert f"could not start instance {pod_id} of runpod-box again" in line and "not enough free GPUs" in line
+    assert "--no-pull" in line and len(cloud.requests_for("launch")) == 1, line
+
+    cloud.resume_capacity = True
+    started = rig.gpubox(*up)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert f"started runpod instance {pod_id} of runpod-box again" in started.stdout + started.stderr
+    assert len(cloud.requests_for("resume")) == 2  # the refused start, then this one
+    assert len(cloud.requests_for("launch")) == 1 and list(cloud.instances) == [pod_id]
+    host = next(h for h in rig.json("status")["hosts"] if h["name"] == "runpod-box")
+    assert host["instance"]["state"] == "running", host
+
+    stop_it_and_let_go()
+    line = assert_one_line_error(rig.gpubox("down", "runpod-box", "--yes"), 1)
+    assert "stopped with its disk kept" in line and "nothing was terminated" in line, line
+    assert cloud.requests_for("terminate") == []
+    done = rig.gpubox("down", "runpod-box", "--no-pull", "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert cloud.instances == {} and len(cloud.requests_for("terminate")) == 1

@@ -761,6 +761,8 @@ _HOME_CHURN = (
     ".bash_history",
     ".lesshst",
     ".wget-hsts",
+    ".rustup",  # a pip build that needed Rust, in another checkout
+    ".cargo",
 )
 _TEMPFILE_NAME = re.compile(r"^tmp[a-z0-9_]{8}$")
 _TMP_CHURN_PREFIXES = ("pytest-of-", "tmp", "pip-", "gpubox-netns.lock", "gpubox-bench-", "systemd-", "ssh-")

@@ -242,3 +242,47 @@ def test_curves_of_any_writer_group_by_metric() -> None:
         ("loss", ["train", "validation", "custom", "Dec04_12-00-00_box/train", "Dec04_12-00-00_box/test"]),
         ("accuracy", ["search/lr-0.01", "train"]),
     ]
+
+
+def test_a_rented_host_whose_instance_stopped_with_its_disk_kept_shows_as_stopped_not_down() -> None:
+    from gpubox.dashboard.read import StateReader
+    from gpubox.state import open_state
+
+    hosts = HostsConfig(
+        path=None,
+        hosts={
+            "pod": HostConfig("pod", provider="runpod", gpu="RTX 4090"),
+            "box": HostConfig("box", provider="vast", gpu="RTX 4090"),
+        },
+    )
+    with open_state() as state:
+        for host, instance_id in (("pod", "p-1"), ("box", "77")):
+            provider = hosts.hosts[host].provider
+            state.record_instance(
+                provider=provider,
+                instance_id=instance_id,
+                host=host,
+                name=f"gpubox-{host}-abcdef",
+                api_url="http://127.0.0.1:9",
+                price_per_hour=0.59,
+                at=NOW - 600,
+            )
+        assert state.stop_instance("runpod", "p-1", "stopped outside gpubox", at=NOW - 60)
+        assert not state.stop_instance("runpod", "p-1", "again", at=NOW)  # once
+    project = ProjectConfig(root=Path("/p"), path=None)
+    model = Dashboard(hosts, project, clock=lambda: NOW)
+    model.apply_state(StateReader(hosts, project).read(NOW))
+    views = {h.name: h for h in model.snapshot().hosts}
+    assert (views["pod"].state, views["pod"].stopped_instance, views["pod"].is_up) == (
+        "stopped",
+        "p-1",
+        False,
+    )
+    assert (views["box"].state, views["box"].stopped_instance) == ("down", None)
+    with open_state() as state:
+        stopped = state.current_instance("pod")
+        assert stopped is not None and stopped.stopped and not stopped.billing
+        assert (stopped.stopped_at, stopped.stop_reason) == (NOW - 60, "stopped outside gpubox")
+        state.resume_instance("runpod", "p-1")
+        again = state.current_instance("pod")
+        assert again is not None and again.billing and (again.state, again.stopped_at) == ("launching", None)

@@ -65,6 +65,9 @@ def test_a_project_id_is_stable_per_folder_and_differs_between_folders(tmp_path:
     assert host.remote_project_dir(load_project(first)) == f"~/gpubox/ml-{load_project(first).id}"
     assert host.remote_project_dir("ml") == "~/gpubox/ml"  # a bare name: the older layout
     assert HostConfig("box", remote_dir="/srv/x").remote_project_dir(load_project(first)) == "/srv/x"
+    # A RunPod pod keeps only its volume when stopped: the project (and the outputs it writes) goes there.
+    pod = HostConfig("pod", provider="runpod", gpu="RTX 4090")
+    assert pod.remote_project_dir(load_project(first)) == f"/workspace/gpubox/ml-{load_project(first).id}"
 
 
 def test_the_machine_id_is_made_once_even_by_processes_at_the_same_time() -> None:

@@ -165,6 +165,9 @@ def test_its_api_class_keeps_the_cloud_api_contract(spec: ProviderSpec) -> None:
     _keeps_contract(api, CloudApi)
     # A capability declared is a method there, and one declared missing is not.
     assert hasattr(api, "describe_shortage") is spec.supports(Capability.SHORTAGE_REASON)
+    # A cloud that can start a stopped instance again says how; one that cannot never leaves one stopped.
+    assert hasattr(api, "resume") is spec.supports(Capability.RESUME)
+    assert spec.supports(Capability.RESUME) is (spec.self_stop is not None and spec.self_stop.keeps_disk)
 
 
 @pytest.mark.parametrize("spec", CLOUDS, ids=_ids)

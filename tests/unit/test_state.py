@@ -325,7 +325,8 @@ def test_a_fresh_database_has_the_schema_of_a_migrated_431ca71(tmp_path: Path) -
     State(tmp_path / "old.db").close()
     State(tmp_path / "new.db").close()
     assert _schema(tmp_path / "new.db") == _schema(tmp_path / "old.db")
-    assert len(MIGRATIONS) == SCHEMA_OF_431CA71 + 2  # 8: several projects on one host; 9: sync generations
+    # 8: several projects on one host; 9: sync generations; 10: stopped instances kept
+    assert len(MIGRATIONS) == SCHEMA_OF_431CA71 + 3
 
 
 def test_a_database_of_431ca71_opens_migrated_and_reads_the_same(tmp_path: Path) -> None:
@@ -364,7 +365,7 @@ def test_a_database_of_431ca71_opens_migrated_and_reads_the_same(tmp_path: Path)
             1.29, "gpu_1x_a10", "us-east-1", "129.1.2.3", 22, "running", None, None,
         )  # fmt: skip
         assert state.current_instance("cloud") == rented
-        assert state.billing_instances() == [rented]
+        assert state.kept_instances() == [rented]
         assert state.current_instance("old") is None
         ended = state.instance("vast", "77")
         assert ended is not None and (ended.state, ended.ended_at) == ("ended", 1699985000.0)

@@ -37,9 +37,11 @@ __all__ = [
     "CloudProvider",
     "ExplainsShortage",
     "OfferQuery",
+    "Resumes",
     "host_from_instance_name",
     "instance_name",
     "settle_ended",
+    "settle_stopped",
 ]
 
 INSTANCE_PREFIX = "gpubox-"
@@ -135,6 +137,14 @@ class CloudApi(Protocol):
 
     def terminate(self, instance_id: str) -> None:
         """End the instance (raise ProviderError if the provider refuses); an unknown id is not an error."""
+
+
+class Resumes(CloudApi, Protocol):
+    """The API of a cloud with :attr:`~gpubox.remote.providers.registry.Capability.RESUME`."""
+
+    def resume(self, instance_id: str, gpu_count: int) -> None:
+        """Start the stopped instance again with what its stop kept; raise ProviderError with the provider's
+        reason when it cannot now (its machine's GPUs rented by someone else meanwhile)."""
 
 
 class ExplainsShortage(CloudApi, Protocol):
@@ -393,6 +403,8 @@ class CloudProvider:
             )
         if instance is None or not instance.billing:
             return InstanceStatus("stopped", settle_ended(host, record, instance))
+        if record.stopped:
+            resumed_elsewhere(host, record, instance)
         note_instance(record, instance)
         return InstanceStatus("running", describe_instance(instance, record.launched_at))
 
@@ -470,24 +482,58 @@ def note_instance(record: InstanceRecord, instance: Instance) -> None:
 
 def settle_ended(host: HostConfig, record: InstanceRecord, instance: Instance | None) -> str:
     """The recorded instance no longer bills (*instance*: the provider's word, None when it no longer knows
-    it): end its record and close the ledger (when the provider says it stopped, then), and say what happened."""
-    provider = record.provider
+    it): a stopped one stays recorded (:func:`settle_stopped`); one that is gone has its record ended and its
+    ledger closed. Says what happened."""
     if instance is not None and instance.phase == "stopped":
-        # Stopped, not ended: its guardian's doing with the laptop gone (or the console's); the disk stays.
-        when = instance.stopped_at
-        forget_instance(host, record, f"stopped outside gpubox ({provider}'s record)", at=when)
-        at = "" if when is None else f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}"
-        unknown = (
-            ""
-            if when is not None
-            else f"; {provider} does not say when, so the ledger counts only until a gpubox last held it"
-        )
-        return (
-            f"{provider} instance {record.instance_id} was stopped{at} (by its guardian or in the {provider} "
-            f"console); its disk is kept, and billed by {provider}, until you terminate it there{unknown}"
-        )
+        return settle_stopped(host, record, instance)
     forget_instance(host, record, "ended outside gpubox (the provider no longer runs it)")
-    return f"{provider} instance {record.instance_id} is gone (ended outside gpubox)"
+    return f"{record.provider} instance {record.instance_id} is gone (ended outside gpubox)"
+
+
+def settle_stopped(host: HostConfig, record: InstanceRecord, instance: Instance) -> str:
+    """The recorded instance is stopped with its disk kept (its guardian's doing with the laptop gone, or the
+    console's): record it so, once, closing the ledger when the provider says it stopped (else where a gpubox
+    last held it; the guardian's own record fixes that when `up` starts it again). Says how to go on."""
+    from gpubox.remote.providers.registry import Capability
+    from gpubox.state import open_state
+
+    provider = record.provider
+    when = instance.stopped_at if instance.stopped_at is not None else record.stopped_at
+    if not record.stopped:
+        reason = f"stopped outside gpubox ({provider}'s record)"
+        with open_state() as state:
+            state.stop_instance(provider, record.instance_id, reason, at=when)
+            if when is not None:
+                state.record_guardian_stop(host.name, when, reason)
+            state.close_billing(host.name, at=when, reason=reason)
+    at = "" if when is None else f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}"
+    ways = f"`gpubox down {host.name}` terminates it"
+    if host.spec.supports(Capability.RESUME):
+        ways = f"`gpubox up {host.name}` starts it again, " + ways
+    unknown = (
+        ""
+        if when is not None
+        else f" ({provider} does not say when: the ledger counts until a gpubox last held it)"
+    )
+    return (
+        f"{provider} instance {record.instance_id} was stopped{at}{unknown} (by its guardian or in the "
+        f"{provider} console); its disk is kept, and billed by {provider} for storage: {ways}"
+    )
+
+
+def resumed_elsewhere(host: HostConfig, record: InstanceRecord, instance: Instance) -> None:
+    """A recorded stopped instance runs again, started outside gpubox (the console, another laptop): it
+    bills again from now."""
+    from gpubox.state import open_state
+
+    with open_state() as state:
+        state.resume_instance(record.provider, record.instance_id)
+        state.open_billing(
+            host.name,
+            instance.price_per_hour if instance.price_per_hour is not None else record.price_per_hour,
+            price_source=f"live price from {record.provider}",
+            estimate=False,
+        )
 
 
 def forget_instance(

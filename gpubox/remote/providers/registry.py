@@ -13,11 +13,14 @@ Adding a cloud
    :class:`~gpubox.remote.providers.base.Offer` and :class:`~gpubox.remote.providers.base.Instance`. Build it on
    :class:`~gpubox.remote.providers.cloud.ApiClient`, which paces, retries and keeps the key out of every
    message (see ``vast.py``: an ``_error_text`` for its error bodies, then one method per call). If it can say
-   why a search found nothing, give it ``describe_shortage(query) -> str`` too (see ``lambda_cloud.py``).
+   why a search found nothing, give it ``describe_shortage(query) -> str`` too (see ``lambda_cloud.py``); if
+   its instances can be stopped with their disk kept, ``resume(instance_id, gpu_count)`` starts one again (see
+   ``vast.py``), and ``up`` resumes what the host's guardian stopped instead of renting anew.
 2. Add one line to :data:`SPECS` below, with :func:`_cloud`: its name (what ``provider = "NAME"`` says in
    hosts.toml), the variable holding its API key, its API's URL, the API class, the user its machines log in
    as, the hosts.toml keys it takes beyond :data:`RENTED_KEYS`, which of them a host must set, and what it
-   cannot do (a :class:`Capability` with the reason). A key no cloud took before also needs its check in
+   cannot do (a :class:`Capability` with the reason), and where a stopped instance keeps files if not on its
+   whole disk (``kept_folder``). A key no cloud took before also needs its check in
    ``HOST_FIELDS`` (``gpubox/config/hosts.py``) and a field on ``HostConfig``.
 3. Tests: ``tests/unit/test_provider_registry.py`` iterates :data:`SPECS` and checks the new line (its module
    and class import, the class keeps the contract, a minimal hosts.toml for it loads, its key variable, URL and
@@ -61,6 +64,7 @@ class Capability(enum.Enum):
 
     SHORTAGE_REASON = "say why no offer matched a host"
     INSTANCE_KEY = "give an instance a key of its own, for its guardian to stop it with the laptop gone"
+    RESUME = "start a stopped instance again, with what its stop kept"
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,10 @@ class ProviderSpec:
     """``"module:Class"`` of its :class:`~gpubox.remote.providers.cloud.CloudApi`, for a cloud."""
     self_stop: SelfStop | None = None
     """How its instances stop themselves, for a cloud."""
+    kept_folder: str = ""
+    """Where a stopped instance keeps files, when not its whole disk (RunPod keeps only its volume, mounted
+    there): the project's folder goes under it, so that outputs left on a stopped instance are still there when
+    ``up`` starts it again. "" : a stop keeps the whole disk (and with it the sshd's host key)."""
     unsupported: Mapping[Capability, str] = field(default_factory=dict)
     """What it cannot do, and why."""
 
@@ -184,6 +192,7 @@ def _cloud(
     keys: set[str],
     requires: tuple[Requirement, ...],
     self_stop: SelfStop,
+    kept_folder: str = "",
     unsupported: Mapping[Capability, str] | None = None,
 ) -> ProviderSpec:
     return ProviderSpec(
@@ -198,6 +207,7 @@ def _cloud(
         api_url=api_url,
         api_class=api_class,
         self_stop=self_stop,
+        kept_folder=kept_folder,
         unsupported=unsupported or {},
     )
 
@@ -239,7 +249,9 @@ SPECS: tuple[ProviderSpec, ...] = (
         ),
         unsupported={
             Capability.INSTANCE_KEY: "a Lambda instance carries no key or identity of its own: with "
-            'self_stop = "key" its guardian uses your API key, placed on the host (a 0600 file)'
+            'self_stop = "key" its guardian uses your API key, placed on the host (a 0600 file)',
+            Capability.RESUME: "Lambda cannot stop an instance, only terminate it: there is never a stopped "
+            "one to start",
         },
     ),
     _cloud(
@@ -280,6 +292,9 @@ SPECS: tuple[ProviderSpec, ...] = (
             id_env="RUNPOD_POD_ID",
             done="stopped runpod pod {id} through its API (its volume kept)",
         ),
+        # A stopped pod keeps only its volume: its container disk (the home folder, the sshd's host key) is
+        # made anew when it starts again.
+        kept_folder="/workspace",
         unsupported={
             Capability.SHORTAGE_REASON: "not written yet: its GPU list could tell a type out of stock from an "
             "unknown one"

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 DEFAULT_IMAGE = "runpod/base:0.6.2-cuda12.4.1"
 DEFAULT_DISK_GB = 40
+"""The pod's volume (``disk_gb``), where the project and its outputs live: kept while the pod is stopped."""
+CONTAINER_DISK_GB = 20
+"""The container disk: the system, the home folder, the project's Python environment; lost at every stop."""
+VOLUME_PATH = "/workspace"
 
 _OFFERS = """
 query Offers($count: Int) {
@@ -58,6 +62,11 @@ mutation Deploy($input: PodFindAndDeployOnDemandInput) {
 }
 """
 _TERMINATE = "mutation Terminate($input: PodTerminateInput!) { podTerminate(input: $input) }"
+_RESUME = """
+mutation Resume($input: PodResumeInput!) {
+  podResume(input: $input) { id desiredStatus costPerHr }
+}
+"""
 
 _NO_CAPACITY = "no longer any instances available"
 
@@ -157,8 +166,10 @@ class RunPodApi:
                 "cloudType": cloud.upper() if cloud in ("secure", "community") else "ALL",
                 "gpuTypeId": gpu_type,
                 "gpuCount": offer.gpu_count,
-                "containerDiskInGb": host.disk_gb or DEFAULT_DISK_GB,
-                "volumeInGb": 0,
+                # The project goes on the volume (the spec's kept_folder): a stopped pod keeps only that.
+                "containerDiskInGb": CONTAINER_DISK_GB,
+                "volumeInGb": host.disk_gb or DEFAULT_DISK_GB,
+                "volumeMountPath": VOLUME_PATH,
                 "startSsh": True,
                 "supportPublicIp": True,
                 "ports": "22/tcp",
@@ -235,6 +246,15 @@ class RunPodApi:
             raise
         raw = data.get("pod")
         return self._instance(raw) if isinstance(raw, dict) else None
+
+    def resume(self, instance_id: str, gpu_count: int) -> None:
+        """``podResume``: the pod starts again on the machine that holds its volume, if that machine has
+        *gpu_count* GPUs free; otherwise RunPod says so and the pod stays stopped."""
+        self._graphql(
+            _RESUME,
+            {"input": {"podId": instance_id, "gpuCount": max(1, gpu_count)}},
+            what=f"starting pod {instance_id} again",
+        )
 
     def terminate(self, instance_id: str) -> None:
         try:

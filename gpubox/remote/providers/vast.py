@@ -169,6 +169,8 @@ class VastApi:
         phase = _PHASES.get(status, "unknown")
         if raw.get("intended_status") == "stopped" and phase == "running":
             phase = "stopping"
+        elif raw.get("intended_status") == "running" and phase == "stopped":
+            phase = "booting"  # started again, its container not up yet
         port = raw.get("ssh_port")
         started = raw.get("start_date")
         return Instance(
@@ -211,6 +213,21 @@ class VastApi:
         )
         raw = body.get("instances") if isinstance(body, dict) else None
         return self._instance(raw) if isinstance(raw, dict) else None
+
+    def resume(self, instance_id: str, gpu_count: int) -> None:
+        """``vastai start instance``: the same call that stopped it, with ``"running"``. A machine whose GPUs were
+        rented meanwhile keeps it ``scheduling`` until they are free again (``up``'s launch_timeout tells)."""
+        answer = self.client.call(
+            "PUT",
+            f"/api/v0/instances/{instance_id}/",
+            json={"state": "running"},
+            what=f"starting instance {instance_id}",
+        )
+        if isinstance(answer, dict) and answer.get("success") is False:
+            code, message = _error_text_from(answer)
+            raise ProviderError(
+                f"vast: starting instance {instance_id}: {message}", provider=self.name, code=code
+            )
 
     def terminate(self, instance_id: str) -> None:
         answer = self.client.call(

@@ -18,6 +18,7 @@ STATE_MARKS = {
     "connecting": ("◌ connecting", "yellow"),
     "unreachable": ("✗ unreachable", "bold red"),
     "down": ("○ down", "dim"),
+    "stopped": ("◐ stopped, disk kept", "yellow"),
 }
 VERDICT_STYLES = {
     "ok": "bold green",

@@ -90,6 +90,8 @@ class FakeInstance:
     status: str | None = None  # a forced provider status (set_status); None: booting/running by time
     terminated_at: float | None = None  # epoch seconds
     stopped_at: float | None = None  # epoch seconds: stopped (disk kept), the GPU no longer billed
+    resumed_at: float | None = None  # epoch seconds: started again after a stop (billing from then)
+    earlier_seconds: float = 0.0  # billed seconds of the runs before the last stop
     details: dict[str, Any] = field(default_factory=dict)
     key: str = field(default_factory=lambda: "instance-" + secrets.token_hex(16))
     """The key the cloud gives the instance itself (vast's CONTAINER_API_KEY, RunPod's pod RUNPOD_API_KEY):
@@ -100,10 +102,12 @@ class FakeInstance:
         return time.monotonic() < self.ready_at
 
     def cost(self, now: float | None = None) -> float:
-        """Dollars billed so far: price × hours from ``started_at`` to termination (or now)."""
+        """Dollars billed so far: price × the hours it ran (from ``started_at``, or its last start again, to its
+        stop, termination or now, plus the runs before a stop)."""
         ends = [t for t in (self.terminated_at, self.stopped_at) if t is not None]
         end = min(ends) if ends else (now or time.time())
-        return self.price_per_hour * max(0.0, end - self.started_at) / 3600.0
+        began = self.resumed_at if self.resumed_at is not None else self.started_at
+        return self.price_per_hour * (self.earlier_seconds + max(0.0, end - began)) / 3600.0
 
 
 @dataclass
@@ -135,6 +139,8 @@ class FakeCloud:
     - ``quota_exceeded`` (False): True makes launches fail with the provider's quota/credit error.
     - ``terminate_fails`` (False): True makes terminate answer a 500 error; the instance keeps running and
       billing.
+    - ``resume_capacity`` (True): False: the machine holding a stopped instance has no GPU free for it, and
+      starting it again fails as the provider says so (RunPod).
     - ``rate_limit_per_second`` (None): when set, a request arriving sooner than ``1/rate`` seconds after the
       previous accepted request gets 429 with the provider's body and an integer ``Retry-After``.
     - ``launch_min_interval`` (0): a launch sooner than this many seconds after the previous accepted launch
@@ -173,6 +179,7 @@ class FakeCloud:
         variables: its id, its own key)."""
         self.capacity_available = True
         self.quota_exceeded = False
+        self.resume_capacity = True
         self.terminate_fails = False
         self.lock = threading.RLock()
         self.instances: dict[Any, FakeInstance] = {}
@@ -305,6 +312,18 @@ class FakeCloud:
             if instance.stopped_at is None:
                 instance.stopped_at = time.time()
                 instance.status = self.STOPPED_STATUS
+            return instance
+
+    def resume_instance(self, instance_id: Any) -> FakeInstance:
+        """Start a stopped instance again as the cloud does: billed from now, booting for ``boot_seconds``.
+        Starting a running one changes nothing."""
+        with self.lock:
+            instance = self.instances[self._coerce_id(instance_id)]
+            if instance.stopped_at is not None:
+                began = instance.resumed_at if instance.resumed_at is not None else instance.started_at
+                instance.earlier_seconds += max(0.0, instance.stopped_at - began)
+                instance.resumed_at, instance.stopped_at, instance.status = time.time(), None, None
+                instance.ready_at = time.monotonic() + self.boot_seconds
             return instance
 
     def requests_for(self, operation: str) -> list[RecordedRequest]:

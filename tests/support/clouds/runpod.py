@@ -44,12 +44,14 @@ type Mutation {
   podFindAndDeployOnDemand(input: PodFindAndDeployOnDemandInput): Pod
   podTerminate(input: PodTerminateInput): Boolean
   podStop(input: PodStopInput): Pod
+  podResume(input: PodResumeInput): Pod
 }
 
 input GpuTypeFilter { id: String }
 input PodFilter { podId: String! }
 input PodTerminateInput { podId: String! }
 input PodStopInput { podId: String! }
+input PodResumeInput { podId: String! gpuCount: Int! }
 
 input GpuLowestPriceInput {
   gpuCount: Int
@@ -191,11 +193,13 @@ ROOT_OPERATIONS = {
     "pod": "get_instance",
     "podTerminate": "terminate",
     "podStop": "stop",
+    "podResume": "resume",
 }
 #: What a pod's own key (RUNPOD_API_KEY inside the pod) may ask, and then of that pod only.
 POD_KEY_FIELDS = {"pod", "podStop"}
 
 NO_CAPACITY = "There are no longer any instances available with the requested specifications. Please refresh and try again."
+NO_FREE_GPUS = "There are not enough free GPUs on the host machine to start this pod."
 QUOTA = "You have reached the maximum number of pods allowed for your account."
 DATA_CENTERS = ("US-TX-3", "US-KS-2", "CA-MTL-1", "EU-RO-1", "EU-SE-1")
 
@@ -614,6 +618,18 @@ class FakeRunPod(FakeCloud):
                 raise _gql_error("Pod not found", "INTERNAL_SERVER_ERROR")
             return self._pod_json(self.stop_instance(pod_id))
 
+    def resolve_resume(self, input: dict[str, Any] | None) -> dict[str, Any]:
+        """``podResume``: a stopped pod starts again on the machine holding its volume, if that machine has
+        ``gpuCount`` GPUs free (``resume_capacity``)."""
+        pod_id = (input or {}).get("podId")
+        with self.lock:
+            instance = self.instances.get(pod_id)
+            if instance is None:
+                raise _gql_error("Pod not found", "INTERNAL_SERVER_ERROR")
+            if instance.stopped_at is not None and not self.resume_capacity:
+                raise _gql_error(NO_FREE_GPUS, "INTERNAL_SERVER_ERROR")
+            return self._pod_json(self.resume_instance(pod_id))
+
     def resolve_deploy(self, input: dict[str, Any] | None) -> dict[str, Any]:
         args = dict(input or {})
         gpu_type_id = args.get("gpuTypeId")
@@ -704,6 +720,7 @@ def _build_schema() -> Any:
         input
     )
     mutation.fields["podStop"].resolve = lambda _root, info, input=None: _cloud(info).resolve_stop(input)
+    mutation.fields["podResume"].resolve = lambda _root, info, input=None: _cloud(info).resolve_resume(input)
     return schema
 
 

@@ -447,7 +447,8 @@ class FakeVast(FakeCloud):
             if method == "DELETE":
                 return Route(("terminate",), lambda r: self._destroy(instance_id))
             if method == "PUT":
-                return Route(("stop",), lambda r: self._manage(instance_id, r))
+                starts = isinstance(request.body, dict) and request.body.get("state") == "running"
+                return Route(("resume" if starts else "stop",), lambda r: self._manage(instance_id, r))
         return self._error(404, f"No route for {method} {request.path}")
 
     def _lookup(self, instance_id: str) -> FakeInstance | None:
@@ -606,7 +607,7 @@ class FakeVast(FakeCloud):
             if state == "stopped":
                 self.stop_instance(instance.id)
             else:
-                instance.stopped_at, instance.status = None, None
+                self.resume_instance(instance.id)
         return Response(200, {"success": True})
 
     def _destroy(self, instance_id: str) -> Response:
