@@ -484,6 +484,9 @@ class Dashboard:
             )
             cost = priced.total_usd
             estimate = priced.estimate
+        eta = as_float(progress.get("eta_seconds"))
+        rate = next((i.price_per_hour for i in reversed(intervals) if i.price_per_hour is not None), None)
+        to_finish = None if run.finished or eta is None or not rate else rate * eta / 3600.0
         return RunView(
             host=run.host,
             id=run.id,
@@ -496,9 +499,10 @@ class Dashboard:
             elapsed_seconds=run.duration(now),
             cost_usd=cost if intervals else None,
             cost_estimate=estimate,
+            cost_to_finish_usd=to_finish,
             epoch=as_int(progress.get("epoch")),
             epochs=as_int(progress.get("epochs")),
-            eta_seconds=as_float(progress.get("eta_seconds")),
+            eta_seconds=eta,
             loss=as_float(metrics.get("loss")),
             metric=_metric(metrics),
             mine=mine,

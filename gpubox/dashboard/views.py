@@ -223,6 +223,8 @@ class RunView:
     elapsed_seconds: float | None = None
     cost_usd: float | None = None
     cost_estimate: bool = False
+    cost_to_finish_usd: float | None = None
+    """An active run's ETA at its host's rate now; None without an ETA or a price."""
     epoch: int | None = None
     epochs: int | None = None
     eta_seconds: float | None = None

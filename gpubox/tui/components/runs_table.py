@@ -51,6 +51,9 @@ def run_cells(run: RunView) -> dict[str, RenderableType]:
     cost = Text("")
     if run.cost_usd is not None:
         cost = Text(("~" if run.cost_estimate else "") + format_usd(run.cost_usd))
+    to_finish = Text("")
+    if run.cost_to_finish_usd is not None:
+        to_finish = Text("+" + format_usd(run.cost_to_finish_usd), style="dim")
     eta = ""
     if run.eta_seconds is not None and not run.finished:
         eta = format_duration(run.eta_seconds)
@@ -69,6 +72,7 @@ def run_cells(run: RunView) -> dict[str, RenderableType]:
         "state": Text(state, style=RUN_STYLES.get(run.state, "")),
         "elapsed": format_duration(run.elapsed_seconds) if run.elapsed_seconds is not None else "",
         "cost": cost,
+        "to_finish": to_finish,
         "progress": _progress(run),
         "eta": eta,
         "epochs": epochs,
@@ -85,6 +89,7 @@ class RunsTable(ViewTable[RunView]):
         Column("state", "State", 10),
         Column("elapsed", "Elapsed", 8),
         Column("cost", "Cost", 7),
+        Column("to_finish", "To finish", 9),
         Column("progress", "Epoch", 13),
         Column("eta", "ETA", 8),
         Column("loss", "Loss", 7),
