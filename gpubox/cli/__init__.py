@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
-        args = build_parser().parse_args(arguments)
+        args = build_parser(arguments).parse_args(arguments)
         if trailing is not None:
             if not hasattr(args, "command_args"):
                 raise UsageError("`--` starts a remote command, which this command does not take")
