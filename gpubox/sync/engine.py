@@ -420,6 +420,36 @@ class Syncer:
                 plan, scanned, False, allow_mass_delete, progress, started, covered=candidates
             )
 
+    def check_host(self, progress: Callable[[BatchProgress], None] | None = None) -> SyncReport:
+        """What ``full(verify=True)`` finds, for a local folder the host is already known to be in step with (a
+        watcher just sent every change: the flush barrier of :meth:`gpubox.sync.watch.LiveSync.flush`): the host's
+        listing is compared with what gpubox last sent, and only the paths where the two differ are looked at
+        locally, not the whole folder. A file removed on the host goes again; one edited there is left alone and
+        named in ``host_changed``."""
+        if self._note.exists():  # an earlier pass was cut off: compare everything with the host
+            return self.full(verify=True, progress=progress)
+        with self._exclusive():
+            started = time.monotonic()
+            remote = self.remote_manifest()
+            ancestor = self.ancestor()
+            candidates = {path for path, entry in ancestor.items() if not entry.same(remote.get(path))}
+            scanned = ScanResult()
+            for path in outermost(candidates):
+                scan_path(self.root, self.rules, path, scanned)
+            candidates.update(scanned.entries)
+            untrack, leave = self._still_local(scanned, ancestor, candidates)
+            plan = plan_changes(
+                scanned.entries,
+                ancestor,
+                remote,
+                paths=candidates,
+                still_local=untrack,
+                leave_alone=leave,
+            )
+            report = self._execute(plan, scanned, False, False, progress, started, covered=candidates)
+            report.verified = True
+            return report
+
     def release(self, progress: Callable[[BatchProgress], None] | None = None) -> SyncReport:
         """Carry out the deletions held back (the user confirmed them): into the host's trash, as any other."""
         return self.paths(list(self.held), allow_mass_delete=True, progress=progress)
