@@ -458,7 +458,7 @@ def _flush_for_command(live: LiveSync, verify: bool) -> dict[str, Any]:
     if isinstance(outcome, str):
         return {"ok": False, "error": outcome}
     if verify:
-        checked = live.syncer.check_host()
+        checked = live.syncer.paths((), verify=True)
         if checked.sent or checked.deleted or checked.moved or checked.conflicts or checked.errors:
             live.on_report(checked, "a command's check of the host")
         outcome.then(checked)

@@ -391,13 +391,19 @@ class Syncer:
         *,
         allow_mass_delete: bool = False,
         progress: Callable[[BatchProgress], None] | None = None,
+        verify: bool = False,
     ) -> SyncReport:
-        """Re-stat just *changed* (and what lies under them) and send what differs from the ancestor."""
+        """Re-stat just *changed* (and what lies under them) and send what differs from the ancestor. *verify*:
+        also every tracked path where the host's listing differs from the ancestor, planned against that listing
+        (what ``full(verify=True)`` finds, when a watcher has just sent every local change: its flush barrier)."""
         if self._note.exists():  # an earlier pass was cut off: compare everything with the host first
             return self.full(verify=True, allow_mass_delete=allow_mass_delete, progress=progress)
         with self._exclusive():
             started = time.monotonic()
             ancestor = self.ancestor()
+            remote = self.remote_manifest() if verify else None
+            if remote is not None:
+                changed = [*changed, *(p for p, entry in ancestor.items() if not entry.same(remote.get(p)))]
             scanned = ScanResult()
             candidates: set[str] = set()
             for path in outermost(changed):
@@ -411,43 +417,15 @@ class Syncer:
             plan = plan_changes(
                 scanned.entries,
                 ancestor,
-                None,
-                paths=candidates,
-                still_local=untrack,
-                leave_alone=leave,
-            )
-            return self._execute(
-                plan, scanned, False, allow_mass_delete, progress, started, covered=candidates
-            )
-
-    def check_host(self, progress: Callable[[BatchProgress], None] | None = None) -> SyncReport:
-        """What ``full(verify=True)`` finds, for a local folder the host is already known to be in step with (a
-        watcher just sent every change: the flush barrier of :meth:`gpubox.sync.watch.LiveSync.flush`): the host's
-        listing is compared with what gpubox last sent, and only the paths where the two differ are looked at
-        locally, not the whole folder. A file removed on the host goes again; one edited there is left alone and
-        named in ``host_changed``."""
-        if self._note.exists():  # an earlier pass was cut off: compare everything with the host
-            return self.full(verify=True, progress=progress)
-        with self._exclusive():
-            started = time.monotonic()
-            remote = self.remote_manifest()
-            ancestor = self.ancestor()
-            candidates = {path for path, entry in ancestor.items() if not entry.same(remote.get(path))}
-            scanned = ScanResult()
-            for path in outermost(candidates):
-                scan_path(self.root, self.rules, path, scanned)
-            candidates.update(scanned.entries)
-            untrack, leave = self._still_local(scanned, ancestor, candidates)
-            plan = plan_changes(
-                scanned.entries,
-                ancestor,
                 remote,
                 paths=candidates,
                 still_local=untrack,
                 leave_alone=leave,
             )
-            report = self._execute(plan, scanned, False, False, progress, started, covered=candidates)
-            report.verified = True
+            report = self._execute(
+                plan, scanned, False, allow_mass_delete, progress, started, covered=candidates
+            )
+            report.verified = remote is not None
             return report
 
     def release(self, progress: Callable[[BatchProgress], None] | None = None) -> SyncReport:
