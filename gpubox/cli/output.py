@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
 import threading
 import time
@@ -101,7 +100,22 @@ def terminal_width() -> int | None:
     """The columns a table may take: the terminal's (or ``COLUMNS``), None when output goes to a pipe or file."""
     if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
         return None
-    return shutil.get_terminal_size((100, 24)).columns
+    return terminal_columns(100)
+
+
+def terminal_columns(fallback: int) -> int:
+    """``shutil.get_terminal_size().columns`` (``COLUMNS`` first, then the terminal, then *fallback*), without
+    importing shutil and the compression modules under it: every command that prints a table asks."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else fallback
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -223,7 +237,7 @@ class LiveProgress:
             return
         with self._lock:
             self._stop_bar()
-            width = shutil.get_terminal_size((80, 24)).columns - 1
+            width = terminal_columns(80) - 1
             self._line = text if len(text) <= width else text[: max(0, width - 1)] + "…"
             sys.stdout.write("\r\x1b[2K" + self._line)
             sys.stdout.flush()
