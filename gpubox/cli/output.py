@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox import config
+from gpubox.cli.parser import terminal_columns
 from gpubox.errors import UsageError
 from gpubox.fmt import columns, format_duration, format_usd
 
@@ -101,21 +102,6 @@ def terminal_width() -> int | None:
     if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
         return None
     return terminal_columns(100)
-
-
-def terminal_columns(fallback: int) -> int:
-    """``shutil.get_terminal_size().columns`` (``COLUMNS`` first, then the terminal, then *fallback*), without
-    importing shutil and the compression modules under it: every command that prints a table asks."""
-    try:
-        columns = int(os.environ.get("COLUMNS", "0"))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns if columns > 0 else fallback
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
