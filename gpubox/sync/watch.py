@@ -181,6 +181,11 @@ class LiveSync:
         """A flush waits: send what is dirty without waiting for the tree to be quiet."""
         self._collectors: list[list[SyncReport]] = []
         """One list per flush waiting: the reports of the batches that end meanwhile."""
+        self._unsettled = False
+        """A batch left files unsent (the host refused them one by one) since the last full pass that did not:
+        the live sync cannot vouch for the host until a full pass goes through."""
+        self._last_full: SyncReport | None = None
+        """The latest full pass's report: what it held back (secrets, large files), for flushes to repeat."""
         self._stop = False
         self._observer: BaseObserver | None = None
         self._worker: threading.Thread | None = None
@@ -315,6 +320,11 @@ class LiveSync:
                     if left <= 0 or self._stop:
                         return "live sync did not catch up in time"
                     self._settled.wait(left)
+                if self._unsettled:
+                    # Files the host refused earlier are not there: a pass of the caller's own retries them
+                    # and says what fails.
+                    return "live sync left files unsent since its last full pass"
+                last_full = self._last_full
         finally:
             with self._cond:
                 self._markers.pop(name, None)
@@ -325,6 +335,10 @@ class LiveSync:
         for report in reports:
             merged.then(report)
             merged.host_changed = report.host_changed if report.verified else merged.host_changed
+        if last_full is not None:  # what a pass of the caller's own would have said again
+            for name in ("held_back", "too_large", "too_large_kept", "outside_links", "unreadable"):
+                if not getattr(merged, name):
+                    setattr(merged, name, list(getattr(last_full, name)))
         merged.held_deletions = sorted(self.syncer.held)
         merged.held_reason = self.syncer.held_reason if self.syncer.held else None
         return merged
@@ -429,6 +443,11 @@ class LiveSync:
                 with self._cond:
                     for reports in self._collectors:
                         reports.append(report)
+                    if rescan is not None:
+                        self._last_full = report
+                        self._unsettled = bool(report.errors)
+                    elif report.errors:
+                        self._unsettled = True
                     if self._retry_rescan is None:  # no pass is owed: every change taken so far is there
                         self._done = max(self._done, taken)
                     self._settled.notify_all()

@@ -608,6 +608,26 @@ def test_the_flush_barrier_covers_every_change_saved_before_it(rig: Rig) -> None
     assert not list(rig.local.glob(".gpubox-flush-*")) and not list(rig.host.glob(".gpubox-flush-*"))
 
 
+def test_the_flush_barrier_does_not_vouch_for_files_the_host_refused(rig: Rig, tmp_path: Path) -> None:
+    """A file the host refused (one by one, not the whole batch) is not there: until a full pass gets it there,
+    the barrier says so, and the command asking syncs on its own (and reports what fails)."""
+    write(rig.local, "sub/a.txt", "a\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with rig.live(WatchSettings(rescan_seconds=3600.0)) as live:
+        rig.settle(live)
+        # The host's sub/ becomes a link leading out of the project: a file sent into it is refused.
+        for child in (rig.host / "sub").iterdir():
+            child.unlink()
+        (rig.host / "sub").rmdir()
+        (rig.host / "sub").symlink_to(outside)
+        write(rig.local, "sub/b.txt", "b\n")
+        assert wait_until(lambda: any(report.errors for report, _why in rig.reports), 20), rig.reports
+        outcome = live.flush(timeout=30)
+        assert isinstance(outcome, str) and "unsent" in outcome, outcome
+        assert not (outside / "b.txt").exists()
+
+
 def test_live_sync_follows_a_git_branch_switch(rig: Rig) -> None:
     repo = rig.local
     _git(repo, "init", "-q", "-b", "main")
