@@ -181,6 +181,8 @@ class LiveSync:
         """A flush waits: send what is dirty without waiting for the tree to be quiet."""
         self._collectors: list[list[SyncReport]] = []
         """One list per flush waiting: the reports of the batches that end meanwhile."""
+        self._link_lost: str | None = None
+        """Why the worker waits for the supervisor to reconnect (None: it does not)."""
         self._unsettled = False
         """A batch left files unsent (the host refused them one by one) since the last full pass that did not:
         the live sync cannot vouch for the host until a full pass goes through."""
@@ -316,6 +318,8 @@ class LiveSync:
                     # changes) ends the wait: the caller syncs on its own, and says why.
                     if self._failures != failures:
                         return f"live sync failed: {self._failed}"
+                    if self._link_lost is not None:  # no waiting for a reconnect: the caller may get through
+                        return f"live sync paused, {self._link_lost}"
                     left = deadline - time.monotonic()
                     if left <= 0 or self._stop:
                         return "live sync did not catch up in time"
@@ -452,12 +456,14 @@ class LiveSync:
                         self._done = max(self._done, taken)
                     self._settled.notify_all()
             except (HostUnreachable, AgentError) as exc:
-                self._failing(f"link lost: {exc}")
+                self._link_lost = f"link lost: {exc}"
+                self._failing(self._link_lost)
                 # The supervisor owns reconnecting; everything is rescanned once the link is back.
-                self.on_problem(f"sync paused, link lost: {exc}")
+                self.on_problem(f"sync paused, {self._link_lost}")
                 self.on_link_lost()
                 self._wait_for_new_link(generation)
                 generation = self.link_generation()
+                self._link_lost = None
                 self.request_rescan("reconnected")
             except GpuboxError as exc:
                 self._failing(str(exc))
