@@ -8,6 +8,8 @@ Measured, each end to end as a user runs it (process start, SSH connect, scan, t
   - initial sync into an empty host folder: `gpubox sync` vs `rsync -a -e ssh`
   - no-op re-sync (nothing changed): same two commands
   - tree B only: 1,000 of its files rewritten (new bytes, new sizes), then the same two commands
+  - no-op sync while `gpubox up --detach --no-services` holds the host for the tree: `gpubox sync` then asks the
+    holder's live sync for its flush barrier instead of scanning (rsync's no-op again beside it)
   - edit-to-visible latency in watch mode: 200 single-file saves under `gpubox sync --watch`
   - a burst of 2,000 changed files under watch: time until the host copy is identical
 
@@ -15,6 +17,7 @@ The host is gpubox's own private sshd on 127.0.0.1 (the `local` host); host and 
 so the two tools share its 2 cores.
 
     .venv/bin/python bench/sync_vs_rsync.py [--repeat 3] [--changed 1000] [--write]
+    .venv/bin/python bench/sync_vs_rsync.py --held-only [--repeat 3]   (only the held row, printed)
 """
 
 from __future__ import annotations
@@ -126,10 +129,46 @@ class Bench:
                 conn.execute("DELETE FROM sync_ancestors")
 
 
-TARGETS = {"initial sync": "≤ 1.0×", "no-op re-sync": "≤ 0.4×", "1,000 files changed": "≤ 0.5×"}
+HELD = "no-op sync, host held by `gpubox up`"
+TARGETS = {
+    "initial sync": "≤ 1.0×",
+    "no-op re-sync": "≤ 0.4×",
+    "1,000 files changed": "≤ 0.5×",
+    HELD: "≤ 0.4×",
+}
 
 
-def compare_tree(bench: Bench, name: str, maker, repeat: int, changed: int = 0) -> list[str]:  # type: ignore[no-untyped-def]
+def held_noop(bench: Bench, source: Path, rs_target: Path, repeat: int) -> dict[str, list[float]]:
+    """No-op `gpubox sync` while `gpubox up` holds the host for *source* (its flush barrier), beside rsync's."""
+    times: dict[str, list[float]] = {"gpubox": [], "rsync": []}
+    up = subprocess.run(
+        [*bench.gpubox, "up", "local", "--detach", "--no-services", "--yes"],
+        cwd=source,
+        env=bench.env,
+        capture_output=True,
+        text=True,
+    )
+    if up.returncode != 0:
+        raise RuntimeError(f"gpubox up failed ({up.returncode}): {up.stderr.strip()}")
+    try:
+        bench.gpubox_sync(source)  # warm
+        for _ in range(repeat):
+            times["rsync"].append(bench.rsync(source, rs_target))
+            times["gpubox"].append(bench.gpubox_sync(source))
+    finally:
+        subprocess.run(
+            [*bench.gpubox, "up", "local", "--stop"],
+            cwd=source,
+            env=bench.env,
+            capture_output=True,
+            timeout=120,
+        )
+    return times
+
+
+def compare_tree(
+    bench: Bench, name: str, maker, repeat: int, changed: int = 0, held_only: bool = False
+) -> list[str]:  # type: ignore[no-untyped-def]
     source = bench.work / f"tree-{name}"
     source.mkdir()
     maker(source)
@@ -139,7 +178,11 @@ def compare_tree(bench: Bench, name: str, maker, repeat: int, changed: int = 0) 
     initial: dict[str, list[float]] = {"gpubox": [], "rsync": []}
     noop: dict[str, list[float]] = {"gpubox": [], "rsync": []}
     edits: dict[str, list[float]] = {"gpubox": [], "rsync": []}
-    for round_ in range(repeat):
+    if held_only:
+        bench.forget()
+        bench.rsync(source, rs_target)
+        bench.gpubox_sync(source)
+    for round_ in range(0 if held_only else repeat):
         for target in (gp_target, rs_target):
             shutil.rmtree(target, ignore_errors=True)
         bench.forget()
@@ -161,9 +204,10 @@ def compare_tree(bench: Bench, name: str, maker, repeat: int, changed: int = 0) 
     files = sum(1 for _ in source.rglob("*") if _.is_file())
     size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
     rows = []
-    measured = [("initial sync", initial), ("no-op re-sync", noop)]
-    if changed:
+    measured = [] if held_only else [("initial sync", initial), ("no-op re-sync", noop)]
+    if changed and not held_only:
         measured.append(("1,000 files changed" if changed == 1000 else f"{changed:,} files changed", edits))
+    measured.append((HELD, held_noop(bench, source, rs_target, repeat)))
     for label, runs in measured:
         g, r = statistics.median(runs["gpubox"]), statistics.median(runs["rsync"])
         rows.append(
@@ -241,7 +285,12 @@ def main() -> int:
         "--changed", type=int, default=1000, help="files rewritten in tree B (0: skip the row)"
     )
     parser.add_argument("--write", action="store_true")
+    parser.add_argument(
+        "--held-only", action="store_true", help="only the no-op sync under `gpubox up`, printed (no --write)"
+    )
     options = parser.parse_args()
+    if options.held_only and options.write:
+        parser.error("--held-only measures one row: it cannot --write the section")
     compile_gpubox()
     if not shutil.which("rsync"):
         print("rsync is not installed (scripts/setup.sh installs it)", file=sys.stderr)
@@ -249,8 +298,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpubox-bench-") as folder:
         bench = Bench(Path(folder))
         try:
-            rows = compare_tree(bench, "A", make_tree_a, options.repeat)
-            rows += compare_tree(bench, "B", make_tree_b, options.repeat, changed=options.changed)
+            rows = compare_tree(bench, "A", make_tree_a, options.repeat, held_only=options.held_only)
+            rows += compare_tree(
+                bench, "B", make_tree_b, options.repeat, changed=options.changed, held_only=options.held_only
+            )
+            if options.held_only:
+                print("\n".join(rows))
+                return 0
             latencies, burst_seconds = watch_latency(bench, options.saves, options.burst)
         finally:
             from gpubox.remote.providers.local import LocalSshd

@@ -20,10 +20,10 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpubox import data as data_files
 from gpubox.fmt import columns, format_duration, format_usd
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class PriceCatalog:
 
 @functools.cache
 def load_catalog() -> PriceCatalog:
-    data = tomllib.loads(files("gpubox.data").joinpath("prices.toml").read_text(encoding="utf-8"))
+    data = tomllib.loads(data_files.read_text("prices.toml"))
     sources: Mapping[str, str] = data["sources"]
     rows = tuple(
         CatalogRow(

@@ -6,14 +6,13 @@ UI-free: the command line and the dashboard call these with their own way to ask
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
-from gpubox.config import HostConfig, HostsConfig, ProjectConfig, ProviderSettings
+from gpubox.config import HostConfig, HostsConfig, ProjectConfig, ProviderSettings, configured_providers
 from gpubox.errors import BadInput, GpuboxError, HostError, HostUnreachable, ProviderError, UsageError
 from gpubox.remote.agent import calls
 from gpubox.remote.providers.base import Instance, Offer
@@ -77,16 +76,6 @@ class OffersReport:
     seconds: dict[str, float] = field(default_factory=dict)
     failures: dict[str, BaseException] = field(default_factory=dict)
     """The error behind each problem (a timeout has none)."""
-
-
-def configured_providers(hosts: HostsConfig) -> list[ProviderSettings]:
-    """Providers with a table or a host in hosts.toml, and those whose default key variable is set."""
-    names = [name for name in CLOUD_NAMES if name in hosts.providers]
-    for name in CLOUD_NAMES:
-        default = ProviderSettings.default(name)
-        if name not in names and os.environ.get(default.api_key_env):
-            names.append(name)
-    return [hosts.provider_settings(name) for name in names]
 
 
 def _api(settings: ProviderSettings) -> CloudApi:

@@ -27,6 +27,7 @@ __all__ = [
     "remember_runs",
     "run_subfolder",
     "stop_one_run",
+    "synced_by_holder",
     "tell_run_sync",
 ]
 
@@ -111,16 +112,20 @@ def prepare_run(
     is now), build or reuse the env (saying so when it builds; *env_activity* hears what the build is doing),
     start *argv* detached, and cache it."""
 
-    # The sync engine and the env build load here, not with the module: `runs`, `logs` and `stop` need neither.
+    # The env build (and the sync engine, when no `gpubox up` syncs) load here, not with the module: `runs`,
+    # `logs` and `stop` need neither.
     from gpubox.actions.env import build_env
-    from gpubox.actions.sync import make_syncer
 
     if not argv:
         raise UsageError("nothing to run: give a command after `--`, or set [run] command in gpubox.toml")
     if sync:
         # With the host's listing: a file edited there (through Jupyter, say) is what the run will use, and the
-        # user hears of it before it runs.
-        report = make_syncer(session, project, host).full(allow_mass_delete=False, verify=True)
+        # user hears of it before it runs. Under `gpubox up`, its live sync is the barrier (no scan here).
+        report = synced_by_holder(session, project, verify=True)
+        if report is None:
+            from gpubox.actions.sync import make_syncer
+
+            report = make_syncer(session, project, host).full(allow_mass_delete=False, verify=True)
         tell_run_sync(report, host.name, say)
     venv = build_env(session, project, say=say, activity=env_activity, quiet_when_cached=True)
     run = start_run(
@@ -128,6 +133,16 @@ def prepare_run(
     )
     remember_runs(host.name, [run])
     return run
+
+
+def synced_by_holder(session: HostSession, project: ProjectConfig, *, verify: bool) -> SyncReport | None:
+    """When the `gpubox up` holding the session's host syncs this project live: have it flush (everything saved
+    before now is then on the host) and return what it did; None when nothing of the kind holds the host."""
+    if not session.rides_holder:
+        return None
+    from gpubox.actions.sync import flush_held
+
+    return flush_held(session.host.name, project, verify=verify)
 
 
 def tell_run_sync(report: SyncReport, host: str, say: Say) -> None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gpubox.sync.pull import PullReport
 
 __all__ = [
+    "flush_held",
     "held_lines",
     "host_changed_lines",
     "make_syncer",
@@ -117,6 +118,17 @@ def wipe_guard(settings: SyncConfig) -> WipeGuard:
         max_count=settings.max_delete_count,
         max_share=settings.max_delete_share,
     )
+
+
+def flush_held(host: str, project: ProjectConfig, *, verify: bool) -> SyncReport | None:
+    """The flush barrier of the `gpubox up` holding *host* for *project* (gpubox/remote/control.py): when it
+    answers, everything saved before this call is on the host, and this is what its live sync did meanwhile.
+    None when nothing holding the host syncs it, or it could not vouch for the host: then sync on your own."""
+    from gpubox.remote.control import flush_through_holder
+    from gpubox.sync.report import report_from_document
+
+    document = flush_through_holder(host, project.id, verify=verify)
+    return None if document is None else report_from_document(document)
 
 
 def make_syncer(

@@ -15,6 +15,7 @@ its progress up a structured channel; nothing is done twice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import threading
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gpubox import paths
 from gpubox.actions import Say
@@ -38,7 +39,7 @@ from gpubox.actions.sync import make_syncer as syncer_for
 from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.fmt import format_duration, format_usd
-from gpubox.remote.control import ControlServer, control_path
+from gpubox.remote.control import FLUSH_WAIT, ControlServer, control_path
 from gpubox.remote.folder import left_behind
 from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
@@ -47,6 +48,7 @@ from gpubox.report import host_report
 from gpubox.state import open_state
 from gpubox.sync.follow import OutputsFollower
 from gpubox.sync.pull import pull
+from gpubox.sync.report import report_document
 from gpubox.sync.watch import LiveSync
 from gpubox.train.env import tools_spec
 from gpubox.train.services import ensure_services, ensure_tools, service_key
@@ -368,7 +370,7 @@ def hold(
             say(
                 f"  holding {host.name}: Ctrl-C leaves it running{watched} (`gpubox down {host.name}` stops it)"
             )
-        control = _serve_control(session, project, say)
+        control = _serve_control(session, project, say, live)
         if on_ready is not None:
             on_ready(Ready(os.getpid(), shown))
         monitor = HostMonitor(
@@ -423,14 +425,22 @@ def hold(
     return f"  left {host.name} after {held}; the host keeps running"
 
 
-def _serve_control(session: HostSession, project: ProjectConfig, say: Say) -> ControlServer | None:
-    """Let this project's one-shot commands ride the held connection (see :mod:`gpubox.remote.control`)."""
+def _serve_control(
+    session: HostSession, project: ProjectConfig, say: Say, live: LiveSync | None
+) -> ControlServer | None:
+    """Let this project's one-shot commands ride the held connection, and use *live*'s flush barrier instead of
+    a sync of their own (see :mod:`gpubox.remote.control`)."""
     from gpubox.remote.session import start_agent
 
     host = session.host
     path = control_path(host.name, project.id)
+    flush = None
+    if live is not None:
+        flush = functools.partial(_flush_for_command, live)
     try:
-        return ControlServer(path, lambda: start_agent(session.connection, host), label=host.name).start()
+        return ControlServer(
+            path, lambda: start_agent(session.connection, host), label=host.name, flush=flush
+        ).start()
     except OSError as exc:
         say(
             _step(
@@ -438,6 +448,22 @@ def _serve_control(session: HostSession, project: ProjectConfig, say: Say) -> Co
             )
         )
         return None
+
+
+def _flush_for_command(live: LiveSync, verify: bool) -> dict[str, Any]:
+    """A command's flush barrier (`gpubox run`, `gpubox sync`), answered for the control socket: everything saved
+    before it asked is on the host; with *verify*, the host's listing was compared too (what `run` reports of
+    files edited on the host, and a file removed there sent again)."""
+    outcome = live.flush(timeout=FLUSH_WAIT)
+    if isinstance(outcome, str):
+        return {"ok": False, "error": outcome}
+    if verify:
+        checked = live.syncer.paths((), verify=True)
+        if checked.sent or checked.deleted or checked.moved or checked.conflicts or checked.errors:
+            live.on_report(checked, "a command's check of the host")
+        outcome.then(checked)
+        outcome.host_changed, outcome.verified = checked.host_changed, True
+    return {"ok": True, "report": report_document(outcome)}
 
 
 def _tunnel_ports_file() -> Path:

@@ -7,18 +7,17 @@ import argparse
 import os
 import time
 from collections.abc import Mapping, Sequence
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
+from gpubox import data as data_files
 from gpubox.actions.guardian import settle_guardian_stops
 from gpubox.actions.hosts import autostop_text, guardian_lines, host_rows, service_url
 from gpubox.actions.runmoney import money_lines
 from gpubox.actions.sync import sync_lines
 from gpubox.cli.output import load_hosts, load_project, out, price, print_json, table
-from gpubox.config import HOSTS_FILE, PROJECT_FILE
+from gpubox.config import HOSTS_FILE, PROJECT_FILE, configured_providers
 from gpubox.errors import BadInput, GpuboxError, HostError, HostUnreachable, UsageError
 from gpubox.fmt import either, format_duration, format_usd
-from gpubox.provision import collect_offers, configured_providers, describe_orphans, find_orphans
 from gpubox.remote.folder import known_folder
 from gpubox.remote.providers import provider_for
 from gpubox.remote.providers.registry import CLOUD_NAMES, provider_spec
@@ -42,7 +41,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         if os.path.exists(target):
             kept.append(name)
             continue
-        text = commented_out(files("gpubox.data").joinpath(template).read_text(), name)
+        text = commented_out(data_files.read_text(template), name)
         tmp = target + ".tmp"
         with open(tmp, "x") as handle:
             handle.write(text)
@@ -84,6 +83,8 @@ def _orphan_check(hosts: HostsConfig) -> tuple[list[dict[str, Any]], list[dict[s
     asked = [p for p in providers if os.environ.get(p.api_key_env, "").strip() or p.name in renting]
     if not asked:
         return [], [], []
+    from gpubox.provision import describe_orphans, find_orphans  # the clouds' clients: only when one is asked
+
     report = find_orphans(hosts, providers=asked)
     orphans = [
         {
@@ -288,6 +289,7 @@ def _unheld_services(
 
 
 def cmd_offers(args: argparse.Namespace) -> int:
+    from gpubox.provision import collect_offers
 
     if args.max_price is not None and not args.max_price > 0:
         raise UsageError(f"--max-price must be a number above 0, got {args.max_price:g}")

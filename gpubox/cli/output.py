@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
 import threading
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox import config
+from gpubox.cli.parser import terminal_columns
 from gpubox.errors import UsageError
 from gpubox.fmt import columns, format_duration, format_usd
 
@@ -101,7 +101,7 @@ def terminal_width() -> int | None:
     """The columns a table may take: the terminal's (or ``COLUMNS``), None when output goes to a pipe or file."""
     if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
         return None
-    return shutil.get_terminal_size((100, 24)).columns
+    return terminal_columns(100)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -223,7 +223,7 @@ class LiveProgress:
             return
         with self._lock:
             self._stop_bar()
-            width = shutil.get_terminal_size((80, 24)).columns - 1
+            width = terminal_columns(80) - 1
             self._line = text if len(text) <= width else text[: max(0, width - 1)] + "…"
             sys.stdout.write("\r\x1b[2K" + self._line)
             sys.stdout.flush()

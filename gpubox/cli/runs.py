@@ -435,6 +435,8 @@ def _money(
     host: HostConfig, project: ProjectConfig, runs: list[RunInfo], now: float
 ) -> tuple[dict[str, RunMoney], list[tuple[str, str]]]:
     """Each active run's cost so far and to finish at the host's $/h, and the budgets finishing would pass."""
+    if all(r.finished for r in runs):
+        return {}, []  # nothing to price: the price and the money modules need not load
     from gpubox.actions.runmoney import active_money
     from gpubox.remote.providers import host_price
     from gpubox.state import open_state

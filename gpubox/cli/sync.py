@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpubox.actions import Say
 from gpubox.actions.sync import (
+    flush_held,
     held_lines,
     host_changed_lines,
     make_syncer,
@@ -28,8 +29,6 @@ from gpubox.cli.output import (
 )
 from gpubox.errors import UsageError
 from gpubox.remote.session import connect_host
-from gpubox.sync.plan import DELETES, SENDS
-from gpubox.sync.pull import normalise_paths, pull
 from gpubox.sync.report import BatchProgress, DeletionsHeld
 
 if TYPE_CHECKING:
@@ -133,6 +132,8 @@ def _report_document(host: str, report: SyncReport, *, dry_run: bool) -> dict[st
         "unreadable": [{"path": p, "error": e} for p, e in report.unreadable],
     }
     if dry_run:
+        from gpubox.sync.plan import DELETES, SENDS
+
         held = set(report.held_deletions)
         document["would_send"] = [op.path for op in report.planned if op.kind in SENDS and op.kind != "move"]
         document["would_move"] = [
@@ -151,6 +152,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise UsageError("--watch keeps running; it cannot be combined with --dry-run or --json")
     if not args.dry_run:
         check_first_sync(project, host, yes=args.yes)
+    if not (args.watch or args.dry_run or args.verify or args.allow_mass_delete):
+        # Under `gpubox up`, its live sync has sent (or is sending) every change: its flush barrier is the pass.
+        flushed = flush_held(host.name, project, verify=False)
+        # Deletions held back as a wipe are asked about on a terminal: the pass of its own below does that.
+        if flushed is not None and not (flushed.held_deletions and not args.json and is_terminal()):
+            return _tell_sync(args, project.sync.max_file_size_mb, host.name, flushed)
     sessions: list[HostSession] = []
 
     def connect() -> HostSession:
@@ -175,11 +182,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             verify=True if args.verify else None,
         )
-        if args.json:
-            print_json(_report_document(host.name, report, dry_run=args.dry_run))
-            return 1 if report.errors or (report.held_deletions and not args.dry_run) else 0
         limit = project.sync.max_file_size_mb
-        if args.dry_run:
+        if args.dry_run and not args.json:
+            from gpubox.sync.plan import DELETES
+
             held = set(report.held_deletions)
             for op in report.planned:
                 slash = "/" if op.kind in ("mkdir", "rmdir") else ""
@@ -193,12 +199,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
             out(f"dry run: {len(report.planned)} changes for {host.name}, nothing was sent")
             tell_held_back(report, host=host.name, limit_mb=limit)
             return 0
+        if args.json or not args.watch:
+            return _tell_sync(args, limit, host.name, report)
         out(f"sync {host.name}: {report.summary()}")
         tell_held_back(report, host=host.name, limit_mb=limit)
-        if not args.watch:
-            if report.held_deletions:
-                raise DeletionsHeld(report)
-            return 1 if report.errors else 0
         # The watcher and the reconnecting loop (watchdog, paramiko) load only for --watch: a one-shot sync is
         # over before they would matter.
         from gpubox.actions.supervisor import stop_on_signals, supervise
@@ -220,7 +224,21 @@ def cmd_sync(args: argparse.Namespace) -> int:
             opened.close()
 
 
+def _tell_sync(args: argparse.Namespace, limit_mb: float, host: str, report: SyncReport) -> int:
+    """What a one-shot `gpubox sync` (or its --json, or --dry-run --json) says of its pass, and its exit code."""
+    if args.json:
+        print_json(_report_document(host, report, dry_run=args.dry_run))
+        return 1 if report.errors or (report.held_deletions and not args.dry_run) else 0
+    out(f"sync {host}: {report.summary()}")
+    tell_held_back(report, host=host, limit_mb=limit_mb)
+    if report.held_deletions:
+        raise DeletionsHeld(report)
+    return 1 if report.errors else 0
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
+    from gpubox.sync.pull import normalise_paths, pull
+
     project = load_project()
     hosts = load_hosts(project)
     paths = list(args.paths)
@@ -251,6 +269,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from gpubox.sync.pull import normalise_paths
+
     project = load_project()
     hosts = load_hosts(project)
     paths = list(args.paths)

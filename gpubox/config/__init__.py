@@ -15,6 +15,7 @@ from gpubox.config.hosts import (
     HostConfig,
     HostsConfig,
     ProviderSettings,
+    configured_providers,
     hosts_file_candidates,
     load_hosts,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "RunConfig",
     "ServiceConfig",
     "SyncConfig",
+    "configured_providers",
     "find_project_root",
     "hosts_file_candidates",
     "load_hosts",

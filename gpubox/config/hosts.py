@@ -361,3 +361,13 @@ def _provider_tables(reader: Reader) -> dict[str, ProviderSettings]:
             source=f"{reader.display}:{reader.line(where) or 1}",
         )
     return settings
+
+
+def configured_providers(hosts: HostsConfig) -> list[ProviderSettings]:
+    """Providers with a table or a host in hosts.toml, and those whose default key variable is set."""
+    names = [name for name in CLOUD_NAMES if name in hosts.providers]
+    for name in CLOUD_NAMES:
+        default = ProviderSettings.default(name)
+        if name not in names and os.environ.get(default.api_key_env):
+            names.append(name)
+    return [hosts.provider_settings(name) for name in names]

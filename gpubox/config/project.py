@@ -8,11 +8,13 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpubox.config import checks
 from gpubox.config.reader import Reader
-from gpubox.config.sweep import SweepConfig, read_sweep
+
+if TYPE_CHECKING:
+    from gpubox.config.sweep import SweepConfig
 
 PROJECT_FILE = "gpubox.toml"
 HOSTS_MARKER = "hosts.toml"
@@ -253,7 +255,11 @@ def load_project(
         implicit = other in BUILTIN_SERVICES and ("services", other, "port") not in reader.lines
         by = f'the built-in service "{other}"' if implicit else f'service "{other}"'
         raise reader.error(("services", blamed, "port"), f"port {service.port} is already used by {by}")
-    sweep = read_sweep(reader, reader.data["sweep"]) if "sweep" in reader.data else None
+    sweep = None
+    if "sweep" in reader.data:
+        from gpubox.config.sweep import read_sweep  # its schema loads only for a project that has one
+
+        sweep = read_sweep(reader, reader.data["sweep"])
     return ProjectConfig(
         root=root,
         path=path,

@@ -15,8 +15,20 @@ agent) the client falls back to a direct connection, so the socket only ever mak
 
 The handshake, one line of JSON each way before the relay starts::
 
-    client → {"want": "agent", "protocol": 2}
+    client → {"want": "agent", "protocol": 3}
     server → {"ok": true, "hello": {...the agent's hello...}}     or {"ok": false, "error": "..."}
+
+``protocol`` is the agent's (:data:`gpubox.remote.agent.framing.PROTOCOL`): the relayed bytes are its frames.
+The socket's own requests have :data:`CONTROL_VERSION`. Version 2 added the flush barrier, one line each way and
+no relay: the holder's live sync makes sure everything saved before the request is on the host (with *verify*,
+it also compares the host's listing with what gpubox sent, as ``gpubox run`` does), and answers with what it did::
+
+    client → {"want": "flush", "control": 2, "verify": true}
+    server → {"ok": true, "control": 2, "report": {...a SyncReport, gpubox/sync/report.py...}}
+             or {"ok": false, "error": "..."}    (no live sync, it failed or fell behind: the client syncs itself)
+
+A holder of version 1 answers any request but ``agent`` with ``{"ok": false}``, so a client falls back the same
+way. Bump :data:`CONTROL_VERSION` when a request is added or an answer changes shape.
 """
 
 from __future__ import annotations
@@ -39,7 +51,24 @@ from gpubox.remote.agent.framing import PROTOCOL, FramedAgent
 if TYPE_CHECKING:
     from gpubox.remote.agent.client import AgentSession
 
-__all__ = ["ControlAgent", "ControlServer", "control_path", "open_control_agent"]
+__all__ = [
+    "CONTROL_VERSION",
+    "ControlAgent",
+    "ControlServer",
+    "control_path",
+    "flush_through_holder",
+    "open_control_agent",
+]
+
+CONTROL_VERSION = 2
+"""The control socket's own requests (see the module's docstring). MUST be bumped when a request is added or its
+answer changes shape; a holder answers only the version it speaks, and a client falls back on any other answer."""
+
+FLUSH_TIMEOUT = 300.0
+"""How long a client waits for the holder's flush (a large batch may be on its way). The holder gives up sooner
+(:data:`FLUSH_WAIT`) and says so; this only ends the wait on a holder that stopped answering."""
+FLUSH_WAIT = 120.0
+"""How long the holder waits for its live sync to catch up before answering that it did not."""
 
 HANDSHAKE_TIMEOUT = 5.0
 """How long either side waits for the other's handshake line. A holder busy starting its spare agent still
@@ -193,19 +222,59 @@ def open_control_agent(host: str, project_id: str) -> ControlAgent | None:
         return None
 
 
+def flush_through_holder(host: str, project_id: str, *, verify: bool) -> dict[str, Any] | None:
+    """Have the process holding *host* for this project flush its live sync (see the module's docstring): the
+    report document it answers with, or None when nothing holds the host, it does not sync, or it could not
+    vouch for the host (the caller then syncs on its own)."""
+    path = control_path(host, project_id)
+    if not _owned_socket(path):
+        return None
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.settimeout(HANDSHAKE_TIMEOUT)
+        with _address(path) as address:
+            connection.connect(address)
+        _send_json_line(connection, {"want": "flush", "control": CONTROL_VERSION, "verify": verify})
+        connection.settimeout(FLUSH_TIMEOUT)
+        line, _rest = _read_line(connection)
+        answer = json.loads(line)
+    except (OSError, EOFError, ValueError):
+        return None
+    finally:
+        connection.close()
+    if (
+        not isinstance(answer, dict)
+        or answer.get("ok") is not True
+        or answer.get("control") != CONTROL_VERSION
+        or not isinstance(answer.get("report"), dict)
+    ):
+        return None
+    report: dict[str, Any] = answer["report"]
+    return report
+
+
 # ------------------------------------------------------------------------------------------------ server
 
 
 class ControlServer:
     """The holder's side: hands each client a started agent on the held connection and relays its bytes.
 
-    *start_agent* starts a new agent on the holder's current connection (after a reconnect, the new one).
+    *start_agent* starts a new agent on the holder's current connection (after a reconnect, the new one); *flush*
+    answers a flush request (its *verify*) with the answer's document, when the holder syncs.
     """
 
-    def __init__(self, path: Path, start_agent: Callable[[], AgentSession], *, label: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        start_agent: Callable[[], AgentSession],
+        *,
+        label: str,
+        flush: Callable[[bool], dict[str, Any]] | None = None,
+    ) -> None:
         self.path = path
         self.label = label
         self._start_agent = start_agent
+        self._flush = flush
         self._listener: socket.socket | None = None
         self._spare: AgentSession | None = None
         self._spare_lock = threading.Lock()
@@ -316,6 +385,9 @@ class ControlServer:
             client.settimeout(HANDSHAKE_TIMEOUT)
             line, _ = _read_line(client)
             request = json.loads(line)
+            if isinstance(request, dict) and request.get("want") == "flush":
+                self._answer_flush(client, request)
+                return
             if not isinstance(request, dict) or request.get("want") != "agent":
                 _send_json_line(client, {"ok": False, "error": "unknown request"})
                 return
@@ -341,6 +413,18 @@ class ControlServer:
                 with self._spare_lock:
                     self._relays.discard(agent)
                 agent.close()  # the agent exits once its channel closes
+
+    def _answer_flush(self, client: socket.socket, request: dict[str, Any]) -> None:
+        if request.get("control") != CONTROL_VERSION:
+            answer = {"ok": False, "error": f"this gpubox speaks control version {CONTROL_VERSION}"}
+        elif self._flush is None:
+            answer = {"ok": False, "error": "this gpubox up does not sync the project"}
+        else:
+            try:
+                answer = {**self._flush(request.get("verify") is True), "control": CONTROL_VERSION}
+            except GpuboxError as exc:
+                answer = {"ok": False, "error": str(exc)}
+        _send_json_line(client, answer)
 
     def _relay(self, client: socket.socket, agent: AgentSession) -> None:
         """Bytes both ways until either end closes: the client's requests to the agent, its answers back."""

@@ -34,7 +34,11 @@ class RunTables(Database):
     """The runs table (part of :class:`gpubox.state.State`)."""
 
     def cache_runs(self, host: str, runs: Iterable[Any]) -> None:
-        """Remember what the host said about these runs (objects with the fields of train.runs.RunInfo)."""
+        """Remember what the host said about these runs (objects with the fields of train.runs.RunInfo).
+
+        Committed without an fsync of its own (WAL, synchronous=NORMAL: still all or nothing): a cache, which
+        the next listing of the host fills again if a crash of this machine loses it."""
+        self.db.execute("PRAGMA synchronous = NORMAL")
         with self.transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO runs(host, id, command, name, state, started_at, ended_at, exit_code, "

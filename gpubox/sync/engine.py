@@ -391,13 +391,19 @@ class Syncer:
         *,
         allow_mass_delete: bool = False,
         progress: Callable[[BatchProgress], None] | None = None,
+        verify: bool = False,
     ) -> SyncReport:
-        """Re-stat just *changed* (and what lies under them) and send what differs from the ancestor."""
+        """Re-stat just *changed* (and what lies under them) and send what differs from the ancestor. *verify*:
+        also every tracked path where the host's listing differs from the ancestor, planned against that listing
+        (what ``full(verify=True)`` finds, when a watcher has just sent every local change: its flush barrier)."""
         if self._note.exists():  # an earlier pass was cut off: compare everything with the host first
             return self.full(verify=True, allow_mass_delete=allow_mass_delete, progress=progress)
         with self._exclusive():
             started = time.monotonic()
             ancestor = self.ancestor()
+            remote = self.remote_manifest() if verify else None
+            if remote is not None:
+                changed = [*changed, *(p for p, entry in ancestor.items() if not entry.same(remote.get(p)))]
             scanned = ScanResult()
             candidates: set[str] = set()
             for path in outermost(changed):
@@ -411,14 +417,16 @@ class Syncer:
             plan = plan_changes(
                 scanned.entries,
                 ancestor,
-                None,
+                remote,
                 paths=candidates,
                 still_local=untrack,
                 leave_alone=leave,
             )
-            return self._execute(
+            report = self._execute(
                 plan, scanned, False, allow_mass_delete, progress, started, covered=candidates
             )
+            report.verified = remote is not None
+            return report
 
     def release(self, progress: Callable[[BatchProgress], None] | None = None) -> SyncReport:
         """Carry out the deletions held back (the user confirmed them): into the host's trash, as any other."""

@@ -59,6 +59,8 @@ BUILTIN_IGNORED_FILES = (
     ".#*",
     "*___jb_tmp___",
     "*___jb_old___",
+    # The marker a held host's flush barrier writes and removes at once (gpubox/sync/watch.py, FLUSH_MARKER).
+    ".gpubox-flush-*",
 )
 BUILTIN_IGNORES = tuple(f"{name}/" for name in sorted(BUILTIN_IGNORED_DIRS)) + BUILTIN_IGNORED_FILES
 SECRET_PATTERNS = (

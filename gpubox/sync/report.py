@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from gpubox.errors import GpuboxError
-from gpubox.sync.plan import Op
 
-__all__ = ["BatchProgress", "DeletionsHeld", "SyncReport"]
+if TYPE_CHECKING:
+    from gpubox.sync.plan import Op
+
+__all__ = ["BatchProgress", "DeletionsHeld", "SyncReport", "report_document", "report_from_document"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,47 @@ class SyncReport:
             if items:
                 parts.append(f"{len(items)} {label}")
         return ", ".join(parts) + f" in {self.seconds:.2f} s"
+
+
+_COUNTS = ("sent", "bytes_sent", "deleted", "moved", "in_sync")
+_LISTS = (
+    "conflicts",
+    "host_changed",
+    "kept_on_host",
+    "errors",
+    "held_back",
+    "too_large_kept",
+    "held_deletions",
+)
+_PAIRS = ("too_large", "outside_links", "unreadable")
+
+
+def report_document(report: SyncReport) -> dict[str, Any]:
+    """*report* as JSON (without its planned ops): what a holder's flush answers with (gpubox/remote/control.py)."""
+    document: dict[str, Any] = {name: getattr(report, name) for name in (*_COUNTS, *_LISTS, *_PAIRS)}
+    document.update(seconds=report.seconds, verified=report.verified, held_reason=report.held_reason)
+    return document
+
+
+def report_from_document(document: dict[str, Any]) -> SyncReport:
+    """The report :func:`report_document` wrote (a field missing or of the wrong type reads as empty)."""
+    report = SyncReport()
+    for name in _COUNTS:
+        value = document.get(name)
+        setattr(report, name, value if isinstance(value, int) else 0)
+    for name in _LISTS:
+        value = document.get(name)
+        setattr(report, name, [str(item) for item in value] if isinstance(value, list) else [])
+    for name in _PAIRS:
+        value = document.get(name)
+        pairs = value if isinstance(value, list) else []
+        setattr(report, name, [tuple(pair) for pair in pairs if isinstance(pair, list) and len(pair) == 2])
+    seconds = document.get("seconds")
+    report.seconds = float(seconds) if isinstance(seconds, (int, float)) else 0.0
+    report.verified = document.get("verified") is True
+    reason = document.get("held_reason")
+    report.held_reason = reason if isinstance(reason, str) else None
+    return report
 
 
 def _size(count: int) -> str:

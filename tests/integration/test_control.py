@@ -22,18 +22,26 @@ from tests.support.cli import run_gpubox
 pytestmark = pytest.mark.integration
 
 # The command line, in a process that says at the end whether it loaded paramiko: a command that rode the held
-# connection never does, one that connected on its own always does.
+# connection never does, one that connected on its own always does. The line before says whether it loaded the
+# sync engine: a `run` or `sync` that the holder's flush barrier served never does.
 _TELLS_PARAMIKO = """
 import sys
 from gpubox.cli import main
 code = main(sys.argv[1:])
 sys.stdout.flush()
+print("sync engine loaded:", "gpubox.sync.engine" in sys.modules, file=sys.stderr)
 print("paramiko loaded:", "paramiko" in sys.modules, file=sys.stderr)
 sys.exit(code)
 """
 
 
 def _gpubox_telling(project: Path, *argv: str) -> tuple[subprocess.CompletedProcess[str], bool]:
+    result, paramiko, _engine = _gpubox_telling_all(project, *argv)
+    return result, paramiko
+
+
+def _gpubox_telling_all(project: Path, *argv: str) -> tuple[subprocess.CompletedProcess[str], bool, bool]:
+    """The command's result, whether it loaded paramiko, whether it loaded the sync engine."""
     result = subprocess.run(
         [sys.executable, "-c", _TELLS_PARAMIKO, *argv],
         cwd=project,
@@ -44,9 +52,11 @@ def _gpubox_telling(project: Path, *argv: str) -> tuple[subprocess.CompletedProc
     )
     assert result.returncode == 0, (argv, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("paramiko loaded: "), result.stderr
-    return result, last.endswith("True")
+    told = result.stderr.strip().splitlines()
+    assert told[-1].startswith("paramiko loaded: "), result.stderr
+    assert told[-2].startswith("sync engine loaded: "), result.stderr
+    result.stderr = "\n".join([*told[:-2], told[-1]]) + "\n"
+    return result, told[-1].endswith("True"), told[-2].endswith("True")
 
 
 @pytest.fixture
@@ -163,3 +173,51 @@ def test_a_folder_others_can_write_is_refused(tmp_path: Path) -> None:
     server = ControlServer(folder / "x.sock", lambda: pytest.fail("no agent is started"), label="h")
     with pytest.raises(OSError, match="not a private folder"):
         server.start()
+
+
+def test_run_and_sync_use_the_holders_flush_barrier(project: Path, tmp_path: Path) -> None:
+    """A file saved just before `gpubox run -f` or `gpubox sync` is on the host when they go on, though neither
+    scans the folder: the holder's watcher is made to catch up first (its flush barrier)."""
+    _up(project)
+    host = tmp_path / "remote"
+    for round_ in range(8):
+        # Written the instant before the command starts, as an editor's save followed by a keystroke would be.
+        (project / "train.py").write_text(f"print('round {round_}')\n")
+        run, paramiko, engine = _gpubox_telling_all(project, "run", "-f", "--", "python3", "train.py")
+        assert run.stdout.splitlines()[-1] == f"round {round_}", run.stdout
+        assert not paramiko and not engine, run.stderr
+    for round_ in range(8):
+        (project / f"data-{round_}.txt").write_text(f"saved {round_}\n")
+        (project / "train.py").write_text(f"print('sync {round_}')\n")
+        synced, paramiko, engine = _gpubox_telling_all(project, "sync")
+        assert synced.stdout.startswith("sync local: "), synced.stdout
+        assert not paramiko and not engine, synced.stderr
+        assert (host / f"data-{round_}.txt").read_text() == f"saved {round_}\n"
+        assert (host / "train.py").read_text() == f"print('sync {round_}')\n"
+    document = json.loads(_gpubox_telling_all(project, "sync", "--json")[0].stdout)
+    assert (document["errors"], document["held_deletions"]) == ([], [])
+    # The barrier's marker file never reaches the host, nor stays behind here.
+    assert not list(host.glob(".gpubox-flush-*")) and not list(project.glob(".gpubox-flush-*"))
+
+    # `run` also compares with the host's listing, as it does on its own: a file edited there is named (and
+    # used), one removed there is sent again.
+    (host / "train.py").write_text("print('edited on the host')\n")
+    (host / "data-0.txt").unlink()
+    run, _paramiko, engine = _gpubox_telling_all(project, "run", "-f", "--", "python3", "train.py")
+    assert not engine
+    assert "edited on the host" in run.stdout
+    assert "1 file changed on local since gpubox sent them" in run.stdout, run.stdout
+    assert (host / "data-0.txt").read_text() == "saved 0\n"
+    assert run_gpubox("down", "local", "--yes", cwd=project).returncode == 0
+
+
+def test_a_holder_that_does_not_sync_leaves_the_pass_to_the_command(project: Path, tmp_path: Path) -> None:
+    up = run_gpubox("up", "local", "--detach", "--no-services", "--no-sync", cwd=project)
+    assert up.returncode == 0, up.stderr
+    (project / "train.py").write_text("print('not synced live')\n")
+    run, paramiko, engine = _gpubox_telling_all(project, "run", "-f", "--", "python3", "train.py")
+    assert run.stdout.splitlines()[-1] == "not synced live"
+    assert engine and not paramiko, run.stderr  # its own pass, still on the held connection
+    synced, _paramiko, engine = _gpubox_telling_all(project, "sync")
+    assert engine and synced.stdout.startswith("sync local: 0 sent"), synced.stdout
+    assert run_gpubox("down", "local", "--yes", cwd=project).returncode == 0

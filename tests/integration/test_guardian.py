@@ -96,7 +96,12 @@ def _stop_record() -> dict[str, Any]:
 
 
 def _decisions(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (folder / "decisions.log").read_text().splitlines()]
+    """The guardian's decisions so far: none before its first line (`status` says it runs once its pid is
+    recorded, a moment before the new process writes anything)."""
+    path = folder / "decisions.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def _up_detached(project: Path, *args: str) -> int:

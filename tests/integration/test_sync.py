@@ -583,6 +583,51 @@ def _git(repo: Path, *args: str) -> None:
     )
 
 
+def test_the_flush_barrier_covers_every_change_saved_before_it(rig: Rig) -> None:
+    """`LiveSync.flush` (what `gpubox run` and `gpubox sync` ask of `gpubox up`): whatever was saved before it was
+    called is on the host when it returns, though the watcher, left alone, would wait seconds for a quiet tree."""
+    write(rig.local, "gone.txt", "soon deleted\n")
+    slow = WatchSettings(quiet_seconds=30.0, max_wait_seconds=60.0, rescan_seconds=3600.0)
+    with rig.live(slow) as live:
+        for round_ in range(6):
+            write(rig.local, "model.py", f"v{round_}\n")
+            write(rig.local, f"new-{round_}/deep/data.txt", f"data {round_}\n")  # a folder not watched yet
+            if round_ == 3:
+                (rig.local / "gone.txt").unlink()
+            outcome = live.flush(timeout=60)
+            assert not isinstance(outcome, str), outcome
+            assert (rig.host / "model.py").read_text() == f"v{round_}\n"
+            assert (rig.host / f"new-{round_}/deep/data.txt").read_text() == f"data {round_}\n"
+            assert (rig.host / "gone.txt").exists() == (round_ < 3)
+            assert outcome.sent >= 2 and not outcome.errors, outcome
+        # Nothing changed: the barrier answers at once, having sent nothing.
+        again = live.flush(timeout=60)
+        assert not isinstance(again, str) and again.sent == again.deleted == 0
+        rig.assert_same()
+    # Its marker file is neither sent nor left behind.
+    assert not list(rig.local.glob(".gpubox-flush-*")) and not list(rig.host.glob(".gpubox-flush-*"))
+
+
+def test_the_flush_barrier_does_not_vouch_for_files_the_host_refused(rig: Rig, tmp_path: Path) -> None:
+    """A file the host refused (one by one, not the whole batch) is not there: until a full pass gets it there,
+    the barrier says so, and the command asking syncs on its own (and reports what fails)."""
+    write(rig.local, "sub/a.txt", "a\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with rig.live(WatchSettings(rescan_seconds=3600.0)) as live:
+        rig.settle(live)
+        # The host's sub/ becomes a link leading out of the project: a file sent into it is refused.
+        for child in (rig.host / "sub").iterdir():
+            child.unlink()
+        (rig.host / "sub").rmdir()
+        (rig.host / "sub").symlink_to(outside)
+        write(rig.local, "sub/b.txt", "b\n")
+        assert wait_until(lambda: any(report.errors for report, _why in rig.reports), 20), rig.reports
+        outcome = live.flush(timeout=30)
+        assert isinstance(outcome, str) and "unsent" in outcome, outcome
+        assert not (outside / "b.txt").exists()
+
+
 def test_live_sync_follows_a_git_branch_switch(rig: Rig) -> None:
     repo = rig.local
     _git(repo, "init", "-q", "-b", "main")

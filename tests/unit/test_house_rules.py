@@ -64,6 +64,25 @@ def test_help_imports_nothing_heavy(argv: list[str]) -> None:
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 
 
+def test_one_shot_command_modules_load_no_ssh_and_no_watcher() -> None:
+    """What a one-shot command riding `gpubox up`'s control socket loads: no paramiko (it never opens SSH), no
+    watchdog, and for `run` and `sync` no sync engine (the holder's flush barrier stands for the scan). The real
+    commands are checked end to end in tests/integration/test_control.py; this keeps the module graph honest."""
+    code = (
+        "import gpubox.cli.runs, gpubox.cli.sync, gpubox.cli.hosts, gpubox.actions.runs, gpubox.actions.env, "
+        "gpubox.remote.control, gpubox.remote.session, gpubox.sync.report"
+    )
+    loaded = _loaded_after(code)
+    assert not loaded & {"paramiko", "watchdog", "textual", "pathspec", "rich"}, loaded
+    engine = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print('gpubox.sync.engine' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert engine.stdout.strip() == "False"
+
+
 def test_help_through_importtime_lists_no_heavy_module() -> None:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "gpubox", "--help"], capture_output=True, text=True

@@ -1372,7 +1372,11 @@ def op_projects(args: Dict[str, Any]) -> Dict[str, Any]:
 # versions read these folders too: change them only as PROTOCOL.md ("Layout") allows.
 
 _RUN_WAITER = r"""
-import json, os, signal, subprocess, sys, time
+import json, os, signal, sys, time
+try:
+    os.setsid()  # a session of its own: nothing that ends the agent's (an SSH session's end) reaches the run
+except OSError:
+    pass  # already leads one
 d = sys.argv[1]
 def put(name, text):
     tmp = os.path.join(d, "." + name + ".tmp")
@@ -1384,27 +1388,48 @@ with open(os.path.join(d, "spec.json")) as handle:
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
 env = dict(os.environ)
 env.update(spec["env"])
-with open(os.path.join(d, "log"), "ab", buffering=0) as log:
+log = os.open(os.path.join(d, "log"), os.O_WRONLY | os.O_APPEND)
+try:
+    os.chdir(spec["cwd"])
+except OSError as exc:
+    os.write(log, ("gpubox: the run could not start: %s\n" % exc).encode())
+    put("ended_at", repr(time.time()))
+    put("exit_code", "127")
+    sys.exit(0)
+# What subprocess.Popen(start_new_session=True) does, without importing it: this starts every run.
+child = os.fork()
+if child == 0:
     try:
-        child = subprocess.Popen(["/bin/sh", "-c", spec["shell"]], cwd=spec["cwd"], env=env,
-                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-    except OSError as exc:
-        log.write(("gpubox: the run could not start: %s\n" % exc).encode())
-        put("ended_at", repr(time.time()))
-        put("exit_code", "127")
-        sys.exit(0)
-    put("pid", str(child.pid))
-    code = child.wait()
+        os.setsid()
+        for name in ("SIGPIPE", "SIGXFSZ"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.closerange(3, 1 << 16)
+        os.execve("/bin/sh", ["/bin/sh", "-c", spec["shell"]], env)
+    except BaseException as exc:
+        os.write(2, ("gpubox: the run could not start: %s\n" % exc).encode())
+    os._exit(127)
+put("pid", str(child))
+_, status = os.waitpid(child, 0)
+code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 put("ended_at", repr(time.time()))
-put("exit_code", str(code if code >= 0 else 128 - code))
+put("exit_code", str(code))
 """
 
 _SETSID_EXEC = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 
 
 def _spawn_away(
-    argv: List[str], *, cwd: Optional[str] = None, env: Optional[Dict[str, str]] = None, log: str = os.devnull
+    argv: List[str],
+    *,
+    cwd: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+    log: str = os.devnull,
+    setsid: bool = True,
 ) -> int:
     """Start *argv* as nobody's child here, in a session of its own (so its pid leads its process group), with
     stdin from /dev/null and its output appended to *log*; return its pid.
@@ -1412,10 +1437,13 @@ def _spawn_away(
     Runs and services must outlive this agent and the SSH session it serves: a session that is killed outright
     (an sshd restart that takes its sessions down, a killed connection) kills its descendants, and a process
     started with a plain Popen stays the agent's descendant until the agent exits. A short-lived shell starts the
-    process in the background and exits at once, so it is re-parented to init before anything can go wrong."""
+    process in the background and exits at once, so it is re-parented to init before anything can go wrong.
+    Without *setsid*, *argv* (a Python program of this file's) calls setsid itself, first: one interpreter start
+    less (the shell already runs in a session of its own, so the agent's never holds it)."""
     line = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
+    lead = [sys.executable, "-c", _SETSID_EXEC] if setsid else []
     shell = subprocess.Popen(
-        ["/bin/sh", "-c", line, "gpubox-spawn", log, sys.executable, "-c", _SETSID_EXEC, *argv],
+        ["/bin/sh", "-c", line, "gpubox-spawn", log, *lead, *argv],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -1968,7 +1996,7 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
 
     with open(os.path.join(folder, "log"), "wb"):
         pass
-    spec["waiter"] = _spawn_away([sys.executable, "-c", _RUN_WAITER, folder])
+    spec["waiter"] = _spawn_away([sys.executable, "-c", _RUN_WAITER, folder], setsid=False)
     with open(os.path.join(folder, "spec.json.tmp"), "w") as handle:
         json.dump(spec, handle)
     os.replace(os.path.join(folder, "spec.json.tmp"), os.path.join(folder, "spec.json"))

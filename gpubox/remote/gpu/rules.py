@@ -13,8 +13,8 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib.resources import files
 
+from gpubox import data as data_files
 from gpubox.remote.gpu.snapshot import NA, NaType
 
 __all__ = ["Arch", "CompatRules", "FrameworkRelease", "Version", "load_rules", "version_numbers"]
@@ -169,7 +169,7 @@ def _parse_arch(label: str) -> Arch:
 
 @functools.cache
 def load_rules() -> CompatRules:
-    data = tomllib.loads(files("gpubox.data").joinpath("gpu_compat.toml").read_text(encoding="utf-8"))
+    data = tomllib.loads(data_files.read_text("gpu_compat.toml"))
     for table in ("cuda_major", "cuda_toolkit", "framework", "gpu", "windows"):
         for position, row in enumerate(data.get(table, []), 1):
             if not isinstance(row, dict) or not str(row.get("source", "")).strip():

@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from gpubox.remote.providers.base import ConnectSpec, Instance, InstanceStatus, Offer, Provider
+from gpubox.lazy import lazy_exports
 from gpubox.remote.providers.registry import provider_spec
 
+# base.py's classes load on first use (PEP 562), not with the package: reading hosts.toml imports the registry
+# below this package, and needs none of them.
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProviderSettings
     from gpubox.cost import HourlyPrice
+    from gpubox.remote.providers.base import ConnectSpec, Instance, InstanceStatus, Offer, Provider
     from gpubox.remote.providers.cloud import CloudApi
 
 __all__ = [
@@ -40,6 +43,8 @@ def live_price(host: HostConfig) -> float | None:
     """What *host*'s provider charges for it now, in US dollars per hour (for a rented host, the price gpubox
     recorded from the provider at launch: no API call); None for ssh and local hosts. Hand it to
     :func:`gpubox.cost.hourly_price`."""
+    if not host.spec.rents:
+        return None  # ssh and local hosts have none: their provider's module need not load (`gpubox runs`)
     return provider_for(host).live_price_per_hour(host)
 
 
@@ -56,3 +61,8 @@ def host_price(host: HostConfig, probe: Mapping[str, Any] | None = None) -> Hour
 
         gpus = [gpu.name for gpu in snapshot_from_probe(smi).gpus]
     return hourly_price(host, gpus, live=live_price(host))
+
+
+__getattr__ = lazy_exports(
+    __name__, {name: "base" for name in ("ConnectSpec", "Instance", "InstanceStatus", "Offer", "Provider")}
+)
