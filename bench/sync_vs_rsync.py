@@ -9,7 +9,9 @@ Measured, each end to end as a user runs it (process start, SSH connect, scan, t
   - no-op re-sync (nothing changed): same two commands
   - tree B only: 1,000 of its files rewritten (new bytes, new sizes), then the same two commands
   - no-op sync while `gpubox up --detach --no-services` holds the host for the tree: `gpubox sync` then asks the
-    holder's live sync for its flush barrier instead of scanning (rsync's no-op again beside it)
+    holder's live sync for its flush barrier instead of scanning (rsync's no-op again beside it); tree B also
+    has 1,000 files rewritten under the holder, timed from the last write until each tool's command returns
+    with the host complete (`gpubox sync`'s barrier; the live sync had been sending them as they were written)
   - edit-to-visible latency in watch mode: 200 single-file saves under `gpubox sync --watch`
   - a burst of 2,000 changed files under watch: time until the host copy is identical
 
@@ -17,7 +19,7 @@ The host is gpubox's own private sshd on 127.0.0.1 (the `local` host); host and 
 so the two tools share its 2 cores.
 
     .venv/bin/python bench/sync_vs_rsync.py [--repeat 3] [--changed 1000] [--write]
-    .venv/bin/python bench/sync_vs_rsync.py --held-only [--repeat 3]   (only the held row, printed)
+    .venv/bin/python bench/sync_vs_rsync.py --held-only [--repeat 3]   (only the held rows, printed)
 """
 
 from __future__ import annotations
@@ -130,17 +132,25 @@ class Bench:
 
 
 HELD = "no-op sync, host held by `gpubox up`"
+HELD_CHANGED = "files changed, host held by `gpubox up`"
 TARGETS = {
     "initial sync": "≤ 1.0×",
     "no-op re-sync": "≤ 0.4×",
     "1,000 files changed": "≤ 0.5×",
     HELD: "≤ 0.4×",
+    HELD_CHANGED: "≤ 0.5×",
 }
 
 
-def held_noop(bench: Bench, source: Path, rs_target: Path, repeat: int) -> dict[str, list[float]]:
-    """No-op `gpubox sync` while `gpubox up` holds the host for *source* (its flush barrier), beside rsync's."""
+def held(
+    bench: Bench, source: Path, rs_target: Path, repeat: int, changed: int = 0
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """With `gpubox up` holding the host for *source*: a no-op `gpubox sync` (its flush barrier) beside rsync's
+    no-op; and, with *changed*, *changed* files rewritten, then the time from the last write until each tool says
+    the host has them all: `gpubox sync` (the barrier: the live sync had been sending them while they were
+    written) against `rsync` started then. Both commands run after the edits end, in alternating order."""
     times: dict[str, list[float]] = {"gpubox": [], "rsync": []}
+    edits: dict[str, list[float]] = {"gpubox": [], "rsync": []}
     up = subprocess.run(
         [*bench.gpubox, "up", "local", "--detach", "--no-services", "--yes"],
         cwd=source,
@@ -155,6 +165,14 @@ def held_noop(bench: Bench, source: Path, rs_target: Path, repeat: int) -> dict[
         for _ in range(repeat):
             times["rsync"].append(bench.rsync(source, rs_target))
             times["gpubox"].append(bench.gpubox_sync(source))
+        for round_ in range(repeat if changed else 0):
+            change_files(source, changed, 100 + round_)
+            if round_ % 2:
+                edits["rsync"].append(bench.rsync(source, rs_target))
+                edits["gpubox"].append(bench.gpubox_sync(source))
+            else:
+                edits["gpubox"].append(bench.gpubox_sync(source))
+                edits["rsync"].append(bench.rsync(source, rs_target))
     finally:
         subprocess.run(
             [*bench.gpubox, "up", "local", "--stop"],
@@ -163,7 +181,7 @@ def held_noop(bench: Bench, source: Path, rs_target: Path, repeat: int) -> dict[
             capture_output=True,
             timeout=120,
         )
-    return times
+    return times, edits
 
 
 def compare_tree(
@@ -207,12 +225,15 @@ def compare_tree(
     measured = [] if held_only else [("initial sync", initial), ("no-op re-sync", noop)]
     if changed and not held_only:
         measured.append(("1,000 files changed" if changed == 1000 else f"{changed:,} files changed", edits))
-    measured.append((HELD, held_noop(bench, source, rs_target, repeat)))
+    held_noop, held_edits = held(bench, source, rs_target, repeat, changed)
+    measured.append((HELD, held_noop))
+    if changed:
+        measured.append((f"{changed:,} {HELD_CHANGED}", held_edits))
     for label, runs in measured:
         g, r = statistics.median(runs["gpubox"]), statistics.median(runs["rsync"])
         rows.append(
             f"| {name}: {files:,} files, {size / 1e6:.0f} MB | {label} | {g:.2f} s | {r:.2f} s | {g / r:.2f}× "
-            f"| {TARGETS.get(label, '')} |"
+            f"| {TARGETS.get(label, TARGETS.get(label.partition(' ')[2], ''))} |"
         )
     if not same:
         rows.append(f"| {name} | **host trees differ between gpubox and rsync** | | | | |")
@@ -286,11 +307,11 @@ def main() -> int:
     )
     parser.add_argument("--write", action="store_true")
     parser.add_argument(
-        "--held-only", action="store_true", help="only the no-op sync under `gpubox up`, printed (no --write)"
+        "--held-only", action="store_true", help="only the rows under `gpubox up`, printed (no --write)"
     )
     options = parser.parse_args()
     if options.held_only and options.write:
-        parser.error("--held-only measures one row: it cannot --write the section")
+        parser.error("--held-only measures some rows only: it cannot --write the section")
     compile_gpubox()
     if not shutil.which("rsync"):
         print("rsync is not installed (scripts/setup.sh installs it)", file=sys.stderr)

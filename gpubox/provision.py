@@ -471,7 +471,8 @@ def wait_for_ssh(
 
 @dataclass(frozen=True)
 class Orphan:
-    """An instance gpubox launched that bills while no gpubox process holds it up."""
+    """An instance gpubox launched that bills while no gpubox process holds it up: its machine, or (stopped, and
+    recorded nowhere) its disk."""
 
     provider: str
     instance: Instance
@@ -480,6 +481,11 @@ class Orphan:
     why: str
     recorded: bool
     """Whether this machine's state knows it (False: launched elsewhere, or the state was lost)."""
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped with its disk kept: only the disk bills, at the provider's storage rate."""
+        return self.instance.phase == "stopped"
 
     def describe(self) -> str:
         return f"{describe_instance(self.instance)}, named {self.instance.name}: {self.why}"
@@ -520,9 +526,21 @@ def find_orphans(hosts: HostsConfig, *, providers: Sequence[ProviderSettings] | 
         by_id = {r.instance_id: r for r in mine}
         for instance in listed:
             host = host_from_instance_name(instance.name)
-            if host is None or not instance.billing:
+            if host is None:
                 continue
             record = by_id.get(instance.instance_id)
+            if instance.phase == "stopped":
+                # Stopped with its disk kept: one this machine recorded is its host's (`status` shows it, `up`
+                # starts it again); one recorded nowhere would bill its disk unseen for ever.
+                if record is None:
+                    why = (
+                        f"stopped with its disk kept (billed by {settings.name} for storage), recorded nowhere on "
+                        "this machine (launched elsewhere, or gpubox's state was lost)"
+                    )
+                    orphans.append(Orphan(settings.name, instance, host, why, False))
+                continue
+            if not instance.billing:
+                continue
             if record is not None and record.host in held:
                 continue
             if record is None:
@@ -666,7 +684,10 @@ def take_down_rented(
 
 def describe_orphans(report: OrphanReport) -> list[str]:
     """Lines for `gpubox status` and `gpubox hosts`: every orphan, and providers that could not be asked."""
-    lines = [f"! billing, held by no gpubox: {orphan.describe()}" for orphan in report.orphans]
+    lines = [
+        f"! {'its disk billing' if orphan.stopped else 'billing'}, held by no gpubox: {orphan.describe()}"
+        for orphan in report.orphans
+    ]
     if report.orphans:
         lines.append("  `gpubox down --orphans` terminates them (it asks first)")
     lines.extend(f"! {name}: could not check for instances: {problem}" for name, problem in report.problems)

@@ -97,6 +97,7 @@ def _orphan_check(hosts: HostsConfig) -> tuple[list[dict[str, Any]], list[dict[s
             "gpu": o.instance.gpu,
             "status": o.instance.status_text,
             "recorded": o.recorded,
+            "stopped": o.stopped,
             "why": o.why,
         }
         for o in report.orphans

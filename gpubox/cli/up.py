@@ -262,7 +262,9 @@ def _down_orphans(hosts: HostsConfig, *, yes: bool) -> int:
     out(f"{len(report.orphans)} instance(s) billing with no gpubox holding them:")
     for orphan in report.orphans:
         out(f"  {orphan.describe()}")
-    if not confirm(f"terminate these {len(report.orphans)} instance(s)?", yes=yes):
+    stopped = sum(1 for orphan in report.orphans if orphan.stopped)
+    disks = f" (the {stopped} stopped one(s) with their disks and whatever is on them)" if stopped else ""
+    if not confirm(f"terminate these {len(report.orphans)} instance(s){disks}?", yes=yes):
         raise GpuboxError("nothing terminated")
     failures = terminate_orphans(hosts, report.orphans, step)
     for failure in failures:

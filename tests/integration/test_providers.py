@@ -347,26 +347,34 @@ def test_orphans_are_found_after_the_local_state_is_lost_and_terminated_after_as
     other = vast.add_instance(name="my-own-notebook", gpu="RTX 3090", price_per_hour=0.25)
     held = rig.json("status")
     assert held["orphans"] == []  # both are held up by a gpubox process
-    # The laptop loses gpubox's state (the holders die with it).
+    # The laptop loses gpubox's state (the holders die with it), and the pod is stopped meanwhile (its guardian,
+    # the console): only its disk bills, but recorded nowhere it would bill unseen for ever.
     for line in rig.gpubox("status").stdout.splitlines():
         if "held by gpubox pid" in line:
             os.kill(int(line.split("pid ")[1].split()[0]), 9)
     shutil.rmtree(rig.state_dir() / "state")
+    (pod,) = runpod.instances
+    runpod.stop_instance(pod)
     status = rig.gpubox("status")
     assert status.returncode == 0, status.stderr
     orphan_lines = [line for line in status.stdout.splitlines() if "held by no gpubox" in line]
     assert len(orphan_lines) == 2, status.stdout
-    assert any("vast instance" in line and "$0.40/h" in line for line in orphan_lines)
-    assert all("gpubox-" in line and "up " in line for line in orphan_lines)
+    assert any("! billing" in line and "vast instance" in line and "$0.40/h" in line for line in orphan_lines)
+    assert any(
+        "! its disk billing" in line and "runpod instance" in line and "stopped with its disk kept" in line
+        for line in orphan_lines
+    ), orphan_lines
+    assert all("gpubox-" in line for line in orphan_lines)
     listed = rig.json("hosts")["orphans"]
-    assert {(o["provider"], o["host"], o["recorded"]) for o in listed} == {
-        ("vast", "vast-box", False),
-        ("runpod", "runpod-box", False),
+    assert {(o["provider"], o["host"], o["recorded"], o["stopped"]) for o in listed} == {
+        ("vast", "vast-box", False, False),
+        ("runpod", "runpod-box", False, True),
     }
     refused = rig.gpubox("down", "--orphans")
     assert_one_line_error(refused, 2)
     assert len(vast.instances) == 2 and len(runpod.instances) == 1
     done = rig.gpubox("down", "--orphans", "--yes")
+    assert "the 1 stopped one(s) with their disks" in done.stdout, done.stdout
     assert done.returncode == 0, done.stdout + done.stderr
     assert list(vast.instances) == [other] and not runpod.instances
     assert rig.json("status")["orphans"] == []
