@@ -31,6 +31,7 @@ from gpubox.sync.plan import (
     outermost,
     pair_moves,
     plan_changes,
+    tracked_under,
     wipe_reason,
 )
 from gpubox.sync.report import BatchProgress, DeletionsHeld, SyncReport
@@ -406,12 +407,10 @@ class Syncer:
                 changed = [*changed, *(p for p, entry in ancestor.items() if not entry.same(remote.get(p)))]
             scanned = ScanResult()
             candidates: set[str] = set()
-            for path in outermost(changed):
+            outer = outermost(changed)
+            for path in outer:
                 scan_path(self.root, self.rules, path, scanned)
-                candidates.add(path)
-                prefix = path + "/"
-                candidates.update(p for p in ancestor if p.startswith(prefix))
-            candidates.update(scanned.entries)
+            candidates.update(outer, tracked_under(outer, ancestor), scanned.entries)
             candidates |= self._unannounced_origins(scanned, candidates)
             untrack, leave = self._still_local(scanned, ancestor, candidates)
             plan = plan_changes(

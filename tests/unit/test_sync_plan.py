@@ -12,6 +12,7 @@ from gpubox.sync.plan import (
     hold_deletions,
     pair_moves,
     plan_changes,
+    tracked_under,
     wipe_reason,
 )
 from gpubox.sync.scan import FOLDER, Entry
@@ -378,3 +379,19 @@ def test_holding_keeps_everything_but_the_deletions() -> None:
     hold_deletions(plan)
     assert [(op.kind, op.path) for op in plan.ops] == [("write", "b"), ("write", "c")]
     assert [(op.kind, op.path) for op in plan.held] == [("delete", "old/a"), ("rmdir", "old")]
+
+
+# ------------------------------------------------------------------------------------ tracked_under
+
+
+@pytest.mark.parametrize("folders", [1, 20])  # one pass over the ancestor, and the sorted walk of many folders
+def test_tracked_under_finds_what_lies_under_changed_folders_only(folders: int) -> None:
+    ancestor: dict[str, Entry] = {"data": FOLDER, "data/x": f(), "data2": FOLDER, "data2/y": f(), "top.py": f()}
+    for index in range(folders):
+        ancestor |= {f"d{index}": FOLDER, f"d{index}/sub": FOLDER, f"d{index}/sub/file": f()}
+    changed = ["data", "top.py", "new.py", *(f"d{index}" for index in range(folders))]
+    expected = {"data/x"} | {p for index in range(folders) for p in (f"d{index}/sub", f"d{index}/sub/file")}
+    # "data2" is not under "data": a folder's prefix ends with its slash. A file, or a path the ancestor does not
+    # know, has nothing under it.
+    assert tracked_under(changed, ancestor) == expected
+    assert tracked_under(["top.py", "new.py", "data/x"], ancestor) == set()
