@@ -345,7 +345,12 @@ def main() -> int:
         "| --- | --- | ---: | ---: | ---: | --- |",
         *rows,
         "",
-        "Each is a one-shot command, end to end (process start, SSH connect, scan, transfer). Durability: "
+        'Each is a one-shot command, end to end (process start, SSH connect, scan, transfer). The rows "host '
+        'held by `gpubox up`" run with `gpubox up --detach --no-services` holding the host for the tree: a '
+        "one-shot `gpubox sync` then asks the holder's live sync for its flush barrier through the control "
+        "socket instead of scanning (gpubox/sync/watch.py `LiveSync.flush`); with files changed, both tools are "
+        "timed from the last write until their command returns with the host complete (the live sync had been "
+        "sending them while they were written: that is the point of it). Durability: "
         f"{rsync_version()} writes each file to a temporary name and renames it, without fsync (its `--fsync` "
         "is off by default): a host crash can leave renamed files empty, and nothing finds them afterwards. "
         "gpubox stages each file and renames it into place, also without an fsync per file, but a pass ends "
