@@ -504,6 +504,10 @@ def op_flush(args: Dict[str, Any]) -> Dict[str, Any]:
     given = args.get("paths") or []
     if not isinstance(given, list):
         raise RequestError("bad-request", "paths must be a list")
+    with contextlib.suppress(OSError):
+        os.rmdir(
+            os.path.join(root, STAGING)
+        )  # the pass is over; only when empty: another may be staging there
     wanted = set(_unflushed.pop(root, set()))
     for rel in given:
         _parts(rel)
@@ -659,8 +663,9 @@ def _move(
     return ["conflict", note] if note else ["ok"]
 
 
-def _sweep_staging(staging: str) -> None:
-    """Remove what an agent killed mid-batch left staged (files named <pid>-<n> of a process now gone)."""
+def _sweep_staging(staging: str, keep: bool = False) -> None:
+    """Remove what an agent killed mid-batch left staged (files named <pid>-<n> of a process now gone), and the
+    folder when empty, unless *keep* (a pass is under way: see op_apply)."""
     try:
         names = os.listdir(staging)
     except OSError:
@@ -673,8 +678,9 @@ def _sweep_staging(staging: str) -> None:
             pass
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(staging, name))
-    with contextlib.suppress(OSError):
-        os.rmdir(staging)
+    if not keep:
+        with contextlib.suppress(OSError):
+            os.rmdir(staging)
 
 
 def _alive(pid: int) -> bool:
@@ -747,7 +753,10 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
     trash_batch = os.path.join(trash, stamp)
     _verified_folders.clear()
     staging = os.path.join(root, STAGING)
-    _sweep_staging(staging)
+    # The staging folder stays for the whole pass (its flush removes it): a folder made anew for each batch
+    # gets its inodes from a block group of its own, and creating files there cost ext4 ~10x more (0.24 ms a
+    # file, strace of a 50,000-file sync) than in a folder that already has them.
+    _sweep_staging(staging, keep=True)
     staged: Dict[int, str] = {}
     checked: Dict[int, List[str]] = {}
     jobs = []
@@ -821,8 +830,6 @@ def op_apply(args: Dict[str, Any], blob: bytes) -> Tuple[Dict[str, Any], bytes]:
             if leftover is not None and not (op.get("o") == "w" and outcome[0] in ("ok", "conflict")):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
-    with contextlib.suppress(OSError):
-        os.rmdir(staging)  # only when empty: another batch may be staging there
     return {"results": results, "conflicts": conflicts}, b""
 
 
