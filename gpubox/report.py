@@ -45,6 +45,15 @@ def short_gpu(probe: Mapping[str, Any] | None, *, release: FrameworkRelease) -> 
     """A few words for tables: the GPUs and *release*'s verdict, or why there are none."""
     if not probe:
         return "not probed yet"
+    nvidia_smi = probe.get("nvidia_smi") or {}
+    if not nvidia_smi.get("available") and not str(nvidia_smi.get("output") or "").strip():
+        # No GPU listed and nothing to read: the cell says so whatever the release, so the GPU rules, the
+        # parsers and the verdicts stay unloaded (a CPU host's row in `gpubox status`).
+        from gpubox.remote.gpu.snapshot import no_gpu_cell, unanswered_snapshot
+
+        cell = no_gpu_cell(unanswered_snapshot(nvidia_smi))
+        assert cell is not None  # a snapshot without GPUs always has one
+        return cell
     return _summary(probe, release).cell
 
 

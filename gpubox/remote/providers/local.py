@@ -60,8 +60,9 @@ class LocalSshd:
     def files(self) -> sshd.SshdFiles:
         return sshd.prepare_sshd_files(self.folder, user=getpass.getuser(), home=paths.local_host_home())
 
-    def running(self) -> LocalServer | None:
-        """The server if it runs and answers; stale records are ignored."""
+    def running(self, *, banner: bool = True) -> LocalServer | None:
+        """The server if it runs and answers; stale records are ignored. Without *banner*, a listener that
+        runs (its pid, its config) is taken as answering, without connecting to read its SSH banner."""
         try:
             data = json.loads(self.record.read_text())
             server = LocalServer(
@@ -71,7 +72,7 @@ class LocalSshd:
             return None
         if not pid_alive(server.pid) or not self._is_ours(server.pid):
             return None
-        if not sshd.banner_answers("127.0.0.1", server.port):
+        if banner and not sshd.banner_answers("127.0.0.1", server.port):
             return None
         return server
 
@@ -173,7 +174,11 @@ class LocalProvider:
         return InstanceStatus("running", f"sshd pid {server.pid} on 127.0.0.1:{server.port}")
 
     def status(self, host: HostConfig) -> InstanceStatus:
-        server = self.server.running()
+        from gpubox.remote.control import holder_answers
+
+        # A holder answering on its control socket keeps its SSH link to this sshd (and would say so if it broke):
+        # its listener running is enough, without a connection of our own to read the banner.
+        server = self.server.running(banner=not holder_answers(host.name))
         if server is None:
             return InstanceStatus("stopped")
         return InstanceStatus("running", f"sshd pid {server.pid} on 127.0.0.1:{server.port}")
