@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from gpubox.record import record
 
 if TYPE_CHECKING:
     from gpubox.remote.gpu import FrameworkRelease, GpuSummary
@@ -14,7 +15,7 @@ __all__ = ["ReportLine", "gpu_line", "host_report", "short_gpu"]
 OK, BAD = "✓", "✗"
 
 
-@dataclass(frozen=True)
+@record
 class ReportLine:
     mark: str
     label: str

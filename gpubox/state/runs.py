@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
+from gpubox.record import record
 from gpubox.state.database import Database
 
 __all__ = ["RunRecord", "RunTables"]
 
 
-@dataclass(frozen=True)
+@record
 class RunRecord:
     """A run as a host last described it (the fields of :class:`gpubox.train.runs.RunInfo` gpubox keeps)."""
 

@@ -17,10 +17,10 @@ import shlex
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gpubox.errors import BadInput, RemoteError, UsageError
+from gpubox.record import record
 from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ _FAILED_REQUIREMENT = (
 )
 
 
-@dataclass(frozen=True)
+@record
 class EnvSpec:
     key: str
     python: str
@@ -248,7 +248,7 @@ class _BuildOutput:
             self.on_activity(activity)
 
 
-@dataclass(frozen=True)
+@record
 class BuiltEnv:
     """The project's env on the host, ready."""
 

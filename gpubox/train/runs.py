@@ -13,7 +13,6 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gpubox.errors import (
@@ -24,6 +23,7 @@ from gpubox.errors import (
     RemoteError,
     UsageError,
 )
+from gpubox.record import record
 from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ RUN_ID = re.compile(r"^r-[0-9]{1,9}$")
 TERMINAL = ("succeeded", "failed", "stopped", "lost")
 
 
-@dataclass(frozen=True)
+@record
 class RunInfo:
     id: str
     host: str

@@ -15,12 +15,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpubox import paths
 from gpubox.errors import HostUnreachable
+from gpubox.record import record
 from gpubox.remote import sshd
 from gpubox.remote.providers.base import ConnectSpec, InstanceStatus
 from gpubox.state import pid_alive
@@ -33,7 +33,7 @@ HOST_KEY_ALIAS = "gpubox-local"
 _START_ATTEMPTS = 5
 
 
-@dataclass(frozen=True)
+@record
 class LocalServer:
     pid: int
     port: int
