@@ -1,8 +1,8 @@
 """Runs: commands started on the host in their own session, detached, that outlive gpubox and the link.
 
 The host is the source of truth: each run has a folder ``~/.gpubox/runs/<id>/`` holding its spec, its combined
-log, the pid, start and end times and the exit code, written by a small waiter process the agent starts with
-``setsid``. The local state database only caches what the host said, so any gpubox process (or another laptop)
+log, the pid, start and end times and the exit code, written by a small waiter process the agent forks into a
+session of its own (``setsid``). The local state database only caches what the host said, so any gpubox process (or another laptop)
 can reattach.
 """
 
