@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import select
 import shutil
 import socket
 import stat
@@ -1372,19 +1373,21 @@ def op_projects(args: Dict[str, Any]) -> Dict[str, Any]:
 # versions read these folders too: change them only as PROTOCOL.md ("Layout") allows.
 
 
-def _run_waiter(folder: str, spec: Dict[str, Any], go: int) -> None:
+def _run_waiter(folder: str, spec: Dict[str, Any], go: int, started: int) -> None:
     """The run's waiter, in a process forked from the agent (see :func:`_fork_waiter`): once the agent has
-    written spec.json (it says so on *go*), start the command in a session of its own, record its pid, wait for
-    it and record how it ended. An agent that could not write spec.json says nothing: no command starts (the
-    run reads as lost, as it would have). Never returns."""
+    written spec.json (it says so on *go*), start the command in a session of its own, record its pid (then
+    close *started*: the agent waits for that), wait for it and record how it ended. An agent that could not
+    write spec.json says nothing: no command starts (the run reads as lost, as it would have). Never returns."""
     import signal
 
     try:
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)  # nothing of the agent's SSH link stays open here
-        os.closerange(3, go)
-        os.closerange(go + 1, 1 << 16)
+        low, high = sorted((go, started))
+        os.closerange(3, low)
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, 1 << 16)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -1431,6 +1434,7 @@ def _run_waiter(folder: str, spec: Dict[str, Any], go: int) -> None:
                 os.write(2, ("gpubox: the run could not start: %s\n" % exc).encode())
             os._exit(127)
         put("pid", str(child))
+        os.close(started)
         _, status = os.waitpid(child, 0)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
         put("ended_at", repr(time.time()))
@@ -1439,29 +1443,32 @@ def _run_waiter(folder: str, spec: Dict[str, Any], go: int) -> None:
         os._exit(0)
 
 
-def _fork_waiter(folder: str, spec: Dict[str, Any]) -> Tuple[int, int]:
+def _fork_waiter(folder: str, spec: Dict[str, Any]) -> Tuple[int, int, int]:
     """Fork the run's waiter off this agent (no new interpreter to start): a child that leads a new session
     forks the waiter and exits at once, so the waiter is nobody's child here, in a session of its own, and
     outlives the agent and its SSH session (as :func:`_spawn_away` starts a process). Returns the waiter's pid
     and the pipe end on which to say ``go`` once spec.json is written (the waiter starts the command only then),
-    then close."""
+    then close, and one that reaches its end once the run's pid file is written (or the waiter gave up)."""
     read_pid, write_pid = os.pipe()
     go_read, go_write = os.pipe()
+    started_read, started_write = os.pipe()
     middle = os.fork()
     if middle == 0:
         try:
             os.close(read_pid)
             os.close(go_write)
+            os.close(started_read)
             os.setsid()
             waiter = os.fork()
             if waiter == 0:
                 os.close(write_pid)
-                _run_waiter(folder, spec, go_read)
+                _run_waiter(folder, spec, go_read, started_write)
             os.write(write_pid, str(waiter).encode())
         finally:
             os._exit(0)
     os.close(write_pid)
     os.close(go_read)
+    os.close(started_write)
     answer = b""
     try:
         while True:
@@ -1473,9 +1480,10 @@ def _fork_waiter(folder: str, spec: Dict[str, Any]) -> Tuple[int, int]:
         os.close(read_pid)
         os.waitpid(middle, 0)
     try:
-        return int(answer), go_write
+        return int(answer), go_write, started_read
     except ValueError:
         os.close(go_write)
+        os.close(started_read)
         raise RequestError("spawn-failed", "could not start the run's waiter") from None
 
 
@@ -2052,19 +2060,19 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
 
     with open(os.path.join(folder, "log"), "wb"):
         pass
-    spec["waiter"], go = _fork_waiter(folder, spec)
+    spec["waiter"], go, started = _fork_waiter(folder, spec)
     try:
-        with open(os.path.join(folder, "spec.json.tmp"), "w") as handle:
-            json.dump(spec, handle)
-        os.replace(os.path.join(folder, "spec.json.tmp"), os.path.join(folder, "spec.json"))
-        os.write(go, b"go")
+        try:
+            with open(os.path.join(folder, "spec.json.tmp"), "w") as handle:
+                json.dump(spec, handle)
+            os.replace(os.path.join(folder, "spec.json.tmp"), os.path.join(folder, "spec.json"))
+            os.write(go, b"go")
+        finally:
+            os.close(go)
+        # Until the waiter has written the pid file (or ended: the command could not start): it closes its end.
+        select.select([started], [], [], 5.0)
     finally:
-        os.close(go)
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        if os.path.exists(os.path.join(folder, "pid")) or os.path.exists(os.path.join(folder, "exit_code")):
-            break
-        time.sleep(0.005)
+        os.close(started)
     return _run_row(folder)
 
 
