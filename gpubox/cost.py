@@ -18,13 +18,13 @@ import re
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox import data as data_files
 from gpubox.fmt import columns, format_duration, format_usd
+from gpubox.record import record
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig
@@ -72,7 +72,7 @@ def elapsed() -> float:
 # ------------------------------------------------------------------------------------------------ prices
 
 
-@dataclass(frozen=True)
+@record
 class HourlyPrice:
     amount: float | None
     """US dollars per hour; None when gpubox cannot know (an ssh host without price_per_hour nor a known GPU)."""
@@ -86,7 +86,7 @@ class HourlyPrice:
         return f"{'~' if self.estimate else ''}{format_usd(self.amount)}/h ({self.source})"
 
 
-@dataclass(frozen=True)
+@record
 class CatalogRow:
     model: str
     pattern: re.Pattern[str]
@@ -96,7 +96,7 @@ class CatalogRow:
     source: str
 
 
-@dataclass(frozen=True)
+@record
 class PriceCatalog:
     as_of: str
     rows: tuple[CatalogRow, ...]
@@ -283,7 +283,7 @@ def seconds_in_window(interval: BillingInterval, now: float, since: float | None
     return max(0.0, min(seconds, interval.started_at + seconds - since))
 
 
-@dataclass(frozen=True)
+@record
 class HostSpend:
     seconds: float = 0.0
     spent_usd: float = 0.0
@@ -310,7 +310,7 @@ def host_spend(intervals: Iterable[BillingInterval], now: float, since: float | 
 # -------------------------------------------------------------------------------------------------- runs
 
 
-@dataclass(frozen=True)
+@record
 class RunCost:
     seconds: float
     per_host: Mapping[str, float | None]
@@ -391,7 +391,7 @@ NO_ETA = "—"
 """What a cost-to-finish cell shows for a run whose end gpubox cannot foresee (``--json`` says why)."""
 
 
-@dataclass(frozen=True)
+@record
 class RunMoney:
     """An active run's money: what it cost so far and what it will cost to finish (its ETA × the host's $/h)."""
 
@@ -491,7 +491,7 @@ def overrun_warnings(money: RunMoney, budgets: Sequence[Budget]) -> list[str]:
 # ----------------------------------------------------------------------------------------------- budgets
 
 
-@dataclass(frozen=True)
+@record
 class Budget:
     scope: str
     """A host name, or :data:`TOTAL_SCOPE` for all hosts together."""

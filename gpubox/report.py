@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from gpubox.record import record
 
 if TYPE_CHECKING:
     from gpubox.remote.gpu import FrameworkRelease, GpuSummary
@@ -14,7 +15,7 @@ __all__ = ["ReportLine", "gpu_line", "host_report", "short_gpu"]
 OK, BAD = "✓", "✗"
 
 
-@dataclass(frozen=True)
+@record
 class ReportLine:
     mark: str
     label: str
@@ -45,6 +46,15 @@ def short_gpu(probe: Mapping[str, Any] | None, *, release: FrameworkRelease) -> 
     """A few words for tables: the GPUs and *release*'s verdict, or why there are none."""
     if not probe:
         return "not probed yet"
+    nvidia_smi = probe.get("nvidia_smi") or {}
+    if not nvidia_smi.get("available") and not str(nvidia_smi.get("output") or "").strip():
+        # No GPU listed and nothing to read: the cell says so whatever the release, so the GPU rules, the
+        # parsers and the verdicts stay unloaded (a CPU host's row in `gpubox status`).
+        from gpubox.remote.gpu.snapshot import no_gpu_cell, unanswered_snapshot
+
+        cell = no_gpu_cell(unanswered_snapshot(nvidia_smi))
+        assert cell is not None  # a snapshot without GPUs always has one
+        return cell
     return _summary(probe, release).cell
 
 

@@ -9,11 +9,11 @@ must not send a home folder, its caches and all, to a rented machine).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpubox.config.project import FOUND_BY
+from gpubox.record import record
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProjectConfig
@@ -31,7 +31,7 @@ def root_note(project: ProjectConfig) -> str | None:
     return f"project {project.root} ({FOUND_BY.get(project.found_by, project.found_by)})"
 
 
-@dataclass(frozen=True)
+@record
 class FirstSync:
     """What the first sync of a folder would send, counted up to just past the limits."""
 

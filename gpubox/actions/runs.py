@@ -107,10 +107,12 @@ def prepare_run(
     sync: bool = True,
     say: Say = quiet,
     env_activity: Callable[[str], None] | None = None,
+    remember: bool = True,
 ) -> RunInfo:
     """`gpubox run` up to the start: sync (the run starts only once the host has acknowledged the project as it
     is now), build or reuse the env (saying so when it builds; *env_activity* hears what the build is doing),
-    start *argv* detached, and cache it."""
+    start *argv* detached, and cache it (without *remember*, the caller does, once it has shown the run's first
+    output: writing the state database is no reason for the first line to wait)."""
 
     # The env build (and the sync engine, when no `gpubox up` syncs) load here, not with the module: `runs`,
     # `logs` and `stop` need neither.
@@ -131,7 +133,8 @@ def prepare_run(
     run = start_run(
         session, argv, name=name, venv=venv, subfolder=run_subfolder(project), outputs=project.sync.outputs
     )
-    remember_runs(host.name, [run])
+    if remember:
+        remember_runs(host.name, [run])
     return run
 
 

@@ -176,6 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sync=not args.no_sync,
                 say=shown.say,
                 env_activity=shown.activity,
+                remember=not args.follow,
             )
         finally:
             shown.pause()
@@ -186,8 +187,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"  follow it: gpubox logs {run.name or run.id} -f    stop it: gpubox stop {run.name or run.id}"
             )
             return 0
-        # Follow on the same connection: the first line shows up without a second SSH handshake.
-        return _stream_log(host, project, run.id, follow=True, offset=0, session=session)
+        # Follow on the same connection: the first line shows up without a second SSH handshake. The run is
+        # cached once its first output is shown.
+        return _stream_log(host, project, run.id, follow=True, offset=0, session=session, started=run)
     finally:
         session.close()
 
@@ -200,9 +202,12 @@ def _stream_log(
     follow: bool,
     offset: int,
     session: HostSession | None = None,
+    started: RunInfo | None = None,
 ) -> int:
     with _following(run_id, host.name, follow):
-        return _copy_log(host, project, run_id, follow=follow, offset=offset, session=session)
+        return _copy_log(
+            host, project, run_id, follow=follow, offset=offset, session=session, started=started
+        )
 
 
 def _copy_log(
@@ -213,8 +218,10 @@ def _copy_log(
     follow: bool,
     offset: int,
     session: HostSession | None = None,
+    started: RunInfo | None = None,
 ) -> int:
-    """Copy the run's log to stdout; with *follow*, until the run ends, across dropped links.
+    """Copy the run's log to stdout; with *follow*, until the run ends, across dropped links. A run just
+    *started* (not cached yet) is cached once its first output is shown, or when the copy ends without any.
 
     From offset 0 the log goes through a local copy (``state/runs/HOST/RUN.log``): what it holds is printed
     first and fetching resumes at its size, so a gpubox killed mid-stream and started again neither drops nor
@@ -260,10 +267,15 @@ def _copy_log(
                     cache.flush()
                 stdout.write(chunk)
                 stdout.flush()
+                if started is not None:
+                    remember_runs(host.name, [latest])
+                    started = None
     finally:
         if cache is not None:
             cache.close()
         pool.close()
+        if started is not None:
+            remember_runs(host.name, [info or started])
     if info is not None:
         remember_runs(host.name, [info])
     if not follow or info is None:

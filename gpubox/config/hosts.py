@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from gpubox.config import checks
 from gpubox.config.project import ProjectConfig, find_project_root
 from gpubox.config.reader import Reader, did_you_mean
 from gpubox.fmt import either
+from gpubox.record import record
 from gpubox.remote.providers.registry import CLOUD_NAMES, PROVIDER_NAMES, SPECS, ProviderSpec, provider_spec
 
 HOSTS_FILE = "hosts.toml"
@@ -24,7 +25,7 @@ BUILTIN_LOCAL = "local"
 # --------------------------------------------------------------------------------------------------- objects
 
 
-@dataclass(frozen=True)
+@record
 class HostConfig:
     """One host as configured (or the built-in ``local``), with defaults already applied."""
 
@@ -116,7 +117,7 @@ def legacy_project_dir(project_name: str) -> str:
     return f"~/gpubox/{project_name}"
 
 
-@dataclass(frozen=True)
+@record
 class ProviderSettings:
     """How to talk to one cloud provider's API (``[providers.NAME]``, or its defaults)."""
 
@@ -148,7 +149,7 @@ class ProviderSettings:
         return key
 
 
-@dataclass(frozen=True)
+@record
 class HostsConfig:
     path: Path | None
     """The file these hosts came from, or None when there is none (only ``local`` then)."""

@@ -6,12 +6,13 @@ import functools
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpubox.config import checks
 from gpubox.config.reader import Reader
+from gpubox.record import record
 
 if TYPE_CHECKING:
     from gpubox.config.sweep import SweepConfig
@@ -25,7 +26,7 @@ DEFAULT_OUTPUTS = ("runs/", "checkpoints/", "logs/", "outputs/")
 # --------------------------------------------------------------------------------------------------- objects
 
 
-@dataclass(frozen=True)
+@record
 class SyncConfig:
     ignore: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
@@ -47,21 +48,21 @@ class SyncConfig:
     `gpubox pull` and before a stop)."""
 
 
-@dataclass(frozen=True)
+@record
 class EnvConfig:
     python: str = "python3"
     requirements: str | None = None
     setup: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class RunConfig:
     command: str | None = None
     cwd: str | None = None
     """Where runs start, relative to the project root (default: the subfolder `gpubox run` is called from)."""
 
 
-@dataclass(frozen=True)
+@record
 class ServiceConfig:
     name: str
     command: str | None
@@ -76,7 +77,7 @@ BUILTIN_SERVICES = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class ProjectConfig:
     root: Path
     path: Path | None

@@ -4,7 +4,6 @@ on (``hosts.toml:7: hosts.a100.port: ...``), with a did-you-mean for unknown key
 from __future__ import annotations
 
 import ast
-import difflib
 import json
 import os
 import re
@@ -118,7 +117,11 @@ def did_you_mean(word: str, options: Any) -> str:
     # ``IdentityFile``, ``ProxyJump``, ``HostName`` as written in ~/.ssh/config; ``A100`` for ``a100``.
     same = [name for name in names if squash(name) == squash(word)]
     synonym = _SYNONYMS.get(word.lower())
-    close = same or ([synonym] if synonym in names else []) or difflib.get_close_matches(word, names, n=1)
+    close = same or ([synonym] if synonym in names else [])
+    if not close:
+        import difflib  # only for a key that is wrong: not loaded by every command that reads a file
+
+        close = difflib.get_close_matches(word, names, n=1)
     return f'; did you mean "{close[0]}"?' if close else ""
 
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TypeVar
 
 from gpubox.errors import HostUnreachable
+from gpubox.record import record
 
 __all__ = ["Backoff", "with_backoff"]
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@record
 class Backoff:
     """Exponential backoff with jitter, bounded by a deadline: the one retry policy of gpubox."""
 

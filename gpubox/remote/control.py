@@ -57,6 +57,7 @@ __all__ = [
     "ControlServer",
     "control_path",
     "flush_through_holder",
+    "holder_answers",
     "open_control_agent",
 ]
 
@@ -453,6 +454,22 @@ class ControlServer:
         with contextlib.suppress(Exception):
             channel.shutdown_write()
         back.join(timeout=10)
+
+
+def holder_answers(host: str) -> bool:
+    """Whether a holder of *host* (for any project) answers on its control socket."""
+    folder = paths.state_dir() / "control"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    return any(
+        name.startswith(f"{host}@")
+        and name.endswith(".sock")
+        and _owned_socket(folder / name)
+        and open_control_agent_alive(folder / name)
+        for name in names
+    )
 
 
 def open_control_agent_alive(path: Path) -> bool:

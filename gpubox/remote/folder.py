@@ -14,11 +14,11 @@ without asking the host.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gpubox.config.hosts import legacy_project_dir
 from gpubox.errors import BadInput
+from gpubox.record import record
 from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class FolderTaken(BadInput):
     """The folder this project would use on the host belongs to another project."""
 
 
-@dataclass(frozen=True)
+@record
 class HostFolder:
     """A project's folder on a host, settled."""
 
@@ -158,11 +158,11 @@ def left_behind(agent: FramedAgent, project: ProjectConfig) -> list[calls.Projec
 
     machine = socket.gethostname()
     found = []
-    for record in calls.projects(agent).get("projects", []):
-        root = record.get("root")
-        if record.get("machine") != machine or not root or root == str(project.root) or Path(root).exists():
+    for claim in calls.projects(agent).get("projects", []):
+        root = claim.get("root")
+        if claim.get("machine") != machine or not root or root == str(project.root) or Path(root).exists():
             continue
-        found.append(record)
+        found.append(claim)
     # A moved project keeps its folder's name; a renamed one is likelier the most recent: those first.
     found.sort(key=lambda r: (r.get("name") != project.name, -float(r.get("claimed_at") or 0)))
     return found

@@ -13,10 +13,10 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from gpubox.errors import HostUnreachable
+from gpubox.record import record
 
 __all__ = [
     "SshdFiles",
@@ -66,7 +66,7 @@ def generate_ed25519_key(path: Path, comment: str = "gpubox") -> str:
     return public_line
 
 
-@dataclass(frozen=True)
+@record
 class SshdFiles:
     """Everything one private sshd needs, all inside one folder."""
 

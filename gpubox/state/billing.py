@@ -9,9 +9,9 @@ stays open forever, and no time is counted twice.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from gpubox.record import record
 from gpubox.state.database import Database
 from gpubox.state.holders import holder_alive
 
@@ -30,7 +30,7 @@ every few seconds; a holder that stalls longer catches up at its next heartbeat)
 DIED_REASON = "gpubox holding the host died; closed at its last heartbeat"
 
 
-@dataclass(frozen=True)
+@record
 class BillingInterval:
     """One stretch of time a host was billing, as the ledger holds it.
 

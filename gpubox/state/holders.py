@@ -12,10 +12,10 @@ import json
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from gpubox.errors import UsageError
+from gpubox.record import record
 from gpubox.state.database import Database
 
 __all__ = [
@@ -64,7 +64,7 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-@dataclass(frozen=True)
+@record
 class Supervisor:
     host: str
     pid: int
@@ -93,7 +93,7 @@ class MonitorReport(NamedTuple):
     report: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@record
 class TunnelRecord:
     """A tunnel a supervisor holds open: ``127.0.0.1:local_port`` here reaches ``host_port`` on the host."""
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
+from gpubox.record import record
 from gpubox.state.database import Database
 
 __all__ = ["HostRecord", "HostTables"]
 
 
-@dataclass(frozen=True)
+@record
 class HostRecord:
     name: str
     provider: str

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from gpubox.record import record
 from gpubox.state.database import Database
 
 __all__ = ["InstanceRecord", "InstanceTables"]
 
 
-@dataclass(frozen=True)
+@record
 class InstanceRecord:
     """A rented instance as gpubox recorded it; the provider's API stays the truth about whether it runs."""
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gpubox.errors import GpuboxError
+from gpubox.record import record
 
 if TYPE_CHECKING:
     from gpubox.sync.plan import Op
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 __all__ = ["BatchProgress", "DeletionsHeld", "SyncReport", "report_document", "report_from_document"]
 
 
-@dataclass(frozen=True)
+@record
 class BatchProgress:
     files_done: int
     files_total: int

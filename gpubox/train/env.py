@@ -17,10 +17,10 @@ import shlex
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gpubox.errors import BadInput, RemoteError, UsageError
+from gpubox.record import record
 from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
@@ -40,16 +40,18 @@ __all__ = [
 ]
 
 READY = ".gpubox-ready"
+# pip's words, as patterns compiled on first use (re keeps them): a command whose env is already built never
+# reads pip's output, and compiling them all at import was ~2 ms of every `gpubox run`.
 _FAILED_REQUIREMENT = (
-    re.compile(r"No matching distribution found for (\S+)"),
-    re.compile(r"Could not find a version that satisfies the requirement (\S+)"),
-    re.compile(r"Failed building wheel for (\S+)"),
-    re.compile(r"Failed to build (\S+)"),
-    re.compile(r"ERROR: Invalid requirement: '?([^':]+)"),
+    r"No matching distribution found for (\S+)",
+    r"Could not find a version that satisfies the requirement (\S+)",
+    r"Failed building wheel for (\S+)",
+    r"Failed to build (\S+)",
+    r"ERROR: Invalid requirement: '?([^':]+)",
 )
 
 
-@dataclass(frozen=True)
+@record
 class EnvSpec:
     key: str
     python: str
@@ -141,14 +143,12 @@ def _script(spec: EnvSpec, project_dir: str) -> str:
     return "\n".join(steps)
 
 
-_COLLECTING = re.compile(r"^(?:Collecting|Processing) (?:\S*/)?([A-Za-z0-9_.\-]+)")
-_DOWNLOADING = re.compile(r"^\s*Downloading (?:\S*/)?([A-Za-z0-9_.]+)-[^ ]* \(([^)]+)\)")
-_BUILDING = re.compile(r"^\s*Building wheels? for (?:collected packages: )?([A-Za-z0-9_.\-]+)")
-_INSTALLING = re.compile(r"^Installing collected packages: (.+)")
-_INSTALLED = re.compile(r"^Successfully installed (.+)")
-_ERROR_LINE = re.compile(
-    r"^\s*(ERROR|error|Error)\b|No matching distribution|Could not find a version|Failed"
-)
+_COLLECTING = r"^(?:Collecting|Processing) (?:\S*/)?([A-Za-z0-9_.\-]+)"
+_DOWNLOADING = r"^\s*Downloading (?:\S*/)?([A-Za-z0-9_.]+)-[^ ]* \(([^)]+)\)"
+_BUILDING = r"^\s*Building wheels? for (?:collected packages: )?([A-Za-z0-9_.\-]+)"
+_INSTALLING = r"^Installing collected packages: (.+)"
+_INSTALLED = r"^Successfully installed (.+)"
+_ERROR_LINE = r"^\s*(ERROR|error|Error)\b|No matching distribution|Could not find a version|Failed"
 
 
 def pip_activity(line: str) -> str | None:
@@ -159,19 +159,19 @@ def pip_activity(line: str) -> str | None:
         return "creating the venv"
     if text.startswith("gpubox-env: setup: "):
         return "setup: " + text[len("gpubox-env: setup: ") :]
-    if match := _DOWNLOADING.match(text):
+    if match := re.match(_DOWNLOADING, text):
         return f"downloading {match.group(1)} ({match.group(2)})"
-    if match := _COLLECTING.match(text):
+    if match := re.match(_COLLECTING, text):
         name = match.group(1)
         name = name.split("-")[0] if name.endswith((".whl", ".tar.gz", ".zip")) else name
         return f"collecting {name.split('==')[0].split('>')[0].split('<')[0]}"
-    if match := _BUILDING.match(text):
+    if match := re.match(_BUILDING, text):
         return f"building {match.group(1)}"
-    if match := _INSTALLING.match(text):
+    if match := re.match(_INSTALLING, text):
         names = [name.strip() for name in match.group(1).split(",") if name.strip()]
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         return f"installing {len(names)} package{'s' if len(names) != 1 else ''}: {shown}"
-    if match := _INSTALLED.match(text):
+    if match := re.match(_INSTALLED, text):
         count = len(match.group(1).split())
         return f"installed {count} package{'s' if count != 1 else ''}"
     return None
@@ -183,7 +183,7 @@ def lines_that_matter(lines: list[str], most: int = 12) -> list[str]:
     chosen: list[int] = []
     in_error = False
     for index, line in enumerate(lines):
-        if _ERROR_LINE.search(line):
+        if re.search(_ERROR_LINE, line):
             chosen.append(index)
             in_error = True
         elif in_error and not line.strip():
@@ -248,7 +248,7 @@ class _BuildOutput:
             self.on_activity(activity)
 
 
-@dataclass(frozen=True)
+@record
 class BuiltEnv:
     """The project's env on the host, ready."""
 
@@ -305,7 +305,7 @@ def ensure_env(
     error: EnvBuildFailed
     if code == 92:
         text = "\n".join(lines)
-        failed = next((m.group(1) for p in _FAILED_REQUIREMENT for m in [p.search(text)] if m), None)
+        failed = next((m.group(1) for p in _FAILED_REQUIREMENT for m in [re.search(p, text)] if m), None)
         what = f"requirement {failed!r} could not be installed" if failed else "pip install failed"
         error = EnvBuildFailed(f"{what} from {spec.requirements} on {host}{log}")
     elif code == 93:

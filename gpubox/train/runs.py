@@ -1,8 +1,8 @@
 """Runs: commands started on the host in their own session, detached, that outlive gpubox and the link.
 
 The host is the source of truth: each run has a folder ``~/.gpubox/runs/<id>/`` holding its spec, its combined
-log, the pid, start and end times and the exit code, written by a small waiter process the agent starts with
-``setsid``. The local state database only caches what the host said, so any gpubox process (or another laptop)
+log, the pid, start and end times and the exit code, written by a small waiter process the agent forks into a
+session of its own (``setsid``). The local state database only caches what the host said, so any gpubox process (or another laptop)
 can reattach.
 """
 
@@ -13,7 +13,6 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gpubox.errors import (
@@ -24,6 +23,7 @@ from gpubox.errors import (
     RemoteError,
     UsageError,
 )
+from gpubox.record import record
 from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ RUN_ID = re.compile(r"^r-[0-9]{1,9}$")
 TERMINAL = ("succeeded", "failed", "stopped", "lost")
 
 
-@dataclass(frozen=True)
+@record
 class RunInfo:
     id: str
     host: str

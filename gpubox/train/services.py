@@ -11,10 +11,10 @@ import hashlib
 import secrets
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gpubox.errors import RemoteError
+from gpubox.record import record
 from gpubox.remote.agent import calls
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ TOOLS = {"jupyter": ("jupyterlab", "jupyterlab"), "tensorboard": ("tensorboard",
 """For each built-in service: (module to import, package to install) when the env lacks it."""
 
 
-@dataclass(frozen=True)
+@record
 class ServiceState:
     name: str
     host_port: int

@@ -471,3 +471,27 @@ def test_writes_make_the_same_database_as_a_migrated_431ca71(
 def _without_generations(lines: Iterable[str]) -> str:
     """A dump without the sync ancestors' generation numbers, which start at a random number (migration 9)."""
     return "\n".join(line for line in lines if not line.startswith('INSERT INTO "sync_generations"'))
+
+
+def test_a_listing_that_repeats_the_cache_writes_nothing(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    def run(state: str, exit_code: int | None) -> SimpleNamespace:
+        return SimpleNamespace(
+            id="r-1",
+            command="echo",
+            name=None,
+            state=state,
+            started_at=1.0,
+            ended_at=None,
+            exit_code=exit_code,
+        )
+
+    with State(tmp_path / "s.db") as state:
+        state.cache_runs("h", [run("running", None)])
+        before = state.db.total_changes
+        state.cache_runs("h", [run("running", None)])
+        assert state.db.total_changes == before  # nothing new: no write
+        state.cache_runs("h", [run("succeeded", 0)])
+        assert state.db.total_changes == before + 1
+        assert [(r.id, r.state, r.exit_code) for r in state.cached_runs("h")] == [("r-1", "succeeded", 0)]

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import select
 import shutil
 import socket
 import stat
@@ -1378,54 +1379,120 @@ def op_projects(args: Dict[str, Any]) -> Dict[str, Any]:
 # and records how it ended. Neither needs the agent, the SSH link or gpubox once started. Agents of other gpubox
 # versions read these folders too: change them only as PROTOCOL.md ("Layout") allows.
 
-_RUN_WAITER = r"""
-import json, os, signal, sys, time
-try:
-    os.setsid()  # a session of its own: nothing that ends the agent's (an SSH session's end) reaches the run
-except OSError:
-    pass  # already leads one
-d = sys.argv[1]
-def put(name, text):
-    tmp = os.path.join(d, "." + name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, os.path.join(d, name))
-with open(os.path.join(d, "spec.json")) as handle:
-    spec = json.load(handle)
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-env = dict(os.environ)
-env.update(spec["env"])
-log = os.open(os.path.join(d, "log"), os.O_WRONLY | os.O_APPEND)
-try:
-    os.chdir(spec["cwd"])
-except OSError as exc:
-    os.write(log, ("gpubox: the run could not start: %s\n" % exc).encode())
-    put("ended_at", repr(time.time()))
-    put("exit_code", "127")
-    sys.exit(0)
-# What subprocess.Popen(start_new_session=True) does, without importing it: this starts every run.
-child = os.fork()
-if child == 0:
+
+def _run_waiter(folder: str, spec: Dict[str, Any], go: int, started: int) -> None:
+    """The run's waiter, in a process forked from the agent (see :func:`_fork_waiter`): once the agent has
+    written spec.json (it says so on *go*), start the command in a session of its own, record its pid (then
+    close *started*: the agent waits for that), wait for it and record how it ended. An agent that could not
+    write spec.json says nothing: no command starts (the run reads as lost, as it would have). Never returns."""
+    import signal
+
     try:
-        os.setsid()
-        for name in ("SIGPIPE", "SIGXFSZ"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), signal.SIG_DFL)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.closerange(3, 1 << 16)
-        os.execve("/bin/sh", ["/bin/sh", "-c", spec["shell"]], env)
-    except BaseException as exc:
-        os.write(2, ("gpubox: the run could not start: %s\n" % exc).encode())
-    os._exit(127)
-put("pid", str(child))
-_, status = os.waitpid(child, 0)
-code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-put("ended_at", repr(time.time()))
-put("exit_code", str(code))
-"""
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)  # nothing of the agent's SSH link stays open here
+        low, high = sorted((go, started))
+        os.closerange(3, low)
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, 1 << 16)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        said = b""
+        while True:
+            chunk = os.read(go, 64)
+            if not chunk:
+                break
+            said += chunk
+        os.close(go)
+        if said != b"go":
+            return
+
+        def put(name: str, text: str) -> None:
+            tmp = os.path.join(folder, "." + name + ".tmp")
+            with open(tmp, "w") as handle:
+                handle.write(text)
+            os.replace(tmp, os.path.join(folder, name))
+
+        env = dict(os.environ)
+        env.update(spec["env"])
+        log = os.open(os.path.join(folder, "log"), os.O_WRONLY | os.O_APPEND)
+        try:
+            os.chdir(spec["cwd"])
+        except OSError as exc:
+            os.write(log, ("gpubox: the run could not start: %s\n" % exc).encode())
+            put("ended_at", repr(time.time()))
+            put("exit_code", "127")
+            return
+        # What subprocess.Popen(start_new_session=True) does: this starts every run.
+        child = os.fork()
+        if child == 0:
+            try:
+                os.setsid()
+                for name in ("SIGPIPE", "SIGXFSZ"):
+                    if hasattr(signal, name):
+                        signal.signal(getattr(signal, name), signal.SIG_DFL)
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.closerange(3, 1 << 16)
+                os.execve("/bin/sh", ["/bin/sh", "-c", spec["shell"]], env)
+            except BaseException as exc:
+                os.write(2, ("gpubox: the run could not start: %s\n" % exc).encode())
+            os._exit(127)
+        put("pid", str(child))
+        os.close(started)
+        _, status = os.waitpid(child, 0)
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        put("ended_at", repr(time.time()))
+        put("exit_code", str(code))
+    finally:
+        os._exit(0)
+
+
+def _fork_waiter(folder: str, spec: Dict[str, Any]) -> Tuple[int, int, int]:
+    """Fork the run's waiter off this agent (no new interpreter to start): a child that leads a new session
+    forks the waiter and exits at once, so the waiter is nobody's child here, in a session of its own, and
+    outlives the agent and its SSH session (as :func:`_spawn_away` starts a process). Returns the waiter's pid
+    and the pipe end on which to say ``go`` once spec.json is written (the waiter starts the command only then),
+    then close, and one that reaches its end once the run's pid file is written (or the waiter gave up)."""
+    read_pid, write_pid = os.pipe()
+    go_read, go_write = os.pipe()
+    started_read, started_write = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(read_pid)
+            os.close(go_write)
+            os.close(started_read)
+            os.setsid()
+            waiter = os.fork()
+            if waiter == 0:
+                os.close(write_pid)
+                _run_waiter(folder, spec, go_read, started_write)
+            os.write(write_pid, str(waiter).encode())
+        finally:
+            os._exit(0)
+    os.close(write_pid)
+    os.close(go_read)
+    os.close(started_write)
+    answer = b""
+    try:
+        while True:
+            chunk = os.read(read_pid, 64)
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        os.close(read_pid)
+        os.waitpid(middle, 0)
+    try:
+        return int(answer), go_write, started_read
+    except ValueError:
+        os.close(go_write)
+        os.close(started_read)
+        raise RequestError("spawn-failed", "could not start the run's waiter") from None
+
 
 _SETSID_EXEC = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 
@@ -1436,7 +1503,6 @@ def _spawn_away(
     cwd: Optional[str] = None,
     env: Optional[Dict[str, str]] = None,
     log: str = os.devnull,
-    setsid: bool = True,
 ) -> int:
     """Start *argv* as nobody's child here, in a session of its own (so its pid leads its process group), with
     stdin from /dev/null and its output appended to *log*; return its pid.
@@ -1445,12 +1511,10 @@ def _spawn_away(
     (an sshd restart that takes its sessions down, a killed connection) kills its descendants, and a process
     started with a plain Popen stays the agent's descendant until the agent exits. A short-lived shell starts the
     process in the background and exits at once, so it is re-parented to init before anything can go wrong.
-    Without *setsid*, *argv* (a Python program of this file's) calls setsid itself, first: one interpreter start
-    less (the shell already runs in a session of its own, so the agent's never holds it)."""
+    (A run's waiter is forked instead: :func:`_fork_waiter`.)"""
     line = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
-    lead = [sys.executable, "-c", _SETSID_EXEC] if setsid else []
     shell = subprocess.Popen(
-        ["/bin/sh", "-c", line, "gpubox-spawn", log, *lead, *argv],
+        ["/bin/sh", "-c", line, "gpubox-spawn", log, sys.executable, "-c", _SETSID_EXEC, *argv],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -2003,15 +2067,19 @@ def op_run_start(args: Dict[str, Any]) -> Dict[str, Any]:
 
     with open(os.path.join(folder, "log"), "wb"):
         pass
-    spec["waiter"] = _spawn_away([sys.executable, "-c", _RUN_WAITER, folder], setsid=False)
-    with open(os.path.join(folder, "spec.json.tmp"), "w") as handle:
-        json.dump(spec, handle)
-    os.replace(os.path.join(folder, "spec.json.tmp"), os.path.join(folder, "spec.json"))
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        if os.path.exists(os.path.join(folder, "pid")) or os.path.exists(os.path.join(folder, "exit_code")):
-            break
-        time.sleep(0.005)
+    spec["waiter"], go, started = _fork_waiter(folder, spec)
+    try:
+        try:
+            with open(os.path.join(folder, "spec.json.tmp"), "w") as handle:
+                json.dump(spec, handle)
+            os.replace(os.path.join(folder, "spec.json.tmp"), os.path.join(folder, "spec.json"))
+            os.write(go, b"go")
+        finally:
+            os.close(go)
+        # Until the waiter has written the pid file (or ended: the command could not start): it closes its end.
+        select.select([started], [], [], 5.0)
+    finally:
+        os.close(started)
     return _run_row(folder)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from gpubox.errors import BadInput, UsageError
+from gpubox.record import record
 from gpubox.remote.gpu.rules import CompatRules, FrameworkRelease, Version, load_rules, version_numbers
 
 __all__ = [
@@ -27,14 +27,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@record
 class FrameworkChoice:
     release: FrameworkRelease
     chosen_by: str
     """Where the version came from, in words: ``--framework``, the host, the requirements file, the default."""
 
 
-@dataclass(frozen=True)
+@record
 class FrameworkView:
     """The agent's ``framework`` answer: what the framework installed in a python on the host reports."""
 

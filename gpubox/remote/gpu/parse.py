@@ -13,7 +13,7 @@ from typing import Any
 
 from gpubox.remote.gpu.formats import read_any
 from gpubox.remote.gpu.rules import load_rules
-from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, SmiSnapshot
+from gpubox.remote.gpu.snapshot import NA, GpuSnapshot, SmiSnapshot, unanswered_snapshot
 
 __all__ = ["offer_snapshot", "parse_nvidia_smi", "probe_snapshot", "snapshot_from_probe"]
 
@@ -44,15 +44,12 @@ def snapshot_from_probe(
     output = nvidia_smi.get("output") or ""
     if nvidia_smi.get("available"):
         return _complete(_with_query(_read(output), gpu_query))
-    reason = str(nvidia_smi.get("reason") or "nvidia-smi gave no answer")
     if output.strip():
         # nvidia-smi ran and failed; its words say why ("No devices were found", no driver, …).
         parsed = parse_nvidia_smi(output)
         if parsed.state not in ("gpus", "unrecognized"):
             return parsed
-    if "exit_code" not in nvidia_smi and "not found" in reason:
-        return SmiSnapshot(format="none", state="no_nvidia_smi", message=reason)
-    return SmiSnapshot(format="none", state="failed", message=reason)
+    return unanswered_snapshot(nvidia_smi)
 
 
 def _with_query(snapshot: SmiSnapshot, gpu_query: Mapping[str, Any] | None) -> SmiSnapshot:

@@ -12,9 +12,9 @@ import functools
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from gpubox import data as data_files
+from gpubox.record import record
 from gpubox.remote.gpu.snapshot import NA, NaType
 
 __all__ = ["Arch", "CompatRules", "FrameworkRelease", "Version", "load_rules", "version_numbers"]
@@ -28,7 +28,7 @@ def version_numbers(text: str) -> Version:
     return tuple(int(part) for part in re.findall(r"\d+", text))
 
 
-@dataclass(frozen=True)
+@record
 class Arch:
     """One entry of a wheel's architecture list: SASS for ``cc``, plus PTX when ``ptx``."""
 
@@ -47,7 +47,7 @@ class Arch:
 _DISPLAY_NAMES = {"tensorflow": "TensorFlow", "torch": "PyTorch"}
 
 
-@dataclass(frozen=True)
+@record
 class FrameworkRelease:
     name: str
     version: str
@@ -75,7 +75,7 @@ class FrameworkRelease:
         return ", ".join(arch.label for arch in self.archs)
 
 
-@dataclass(frozen=True)
+@record
 class CompatRules:
     mvc_floor: Mapping[int, str]
     toolkits: tuple[tuple[str, str], ...]

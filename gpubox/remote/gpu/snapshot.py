@@ -8,9 +8,9 @@ could not be read. The ``*_or_na`` helpers are how every nvidia-smi form turns a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "FAULT_WORDS",
@@ -22,6 +22,8 @@ __all__ = [
     "SmiState",
     "fault_in",
     "int_or_na",
+    "no_gpu_cell",
+    "unanswered_snapshot",
     "value_or_na",
     "version_or_na",
 ]
@@ -114,6 +116,25 @@ class SmiSnapshot:
     attached_gpus: int | NaType = NA
     message: str = ""
     """What nvidia-smi (or the probe) said when there is no GPU list, or what could not be read."""
+
+
+def unanswered_snapshot(nvidia_smi: Mapping[str, Any]) -> SmiSnapshot:
+    """The snapshot of an agent's nvidia-smi answer that lists no GPUs and says nothing readable: nvidia-smi is
+    not there (a CPU host), or it failed; its *reason* is the message."""
+    reason = str(nvidia_smi.get("reason") or "nvidia-smi gave no answer")
+    if "exit_code" not in nvidia_smi and "not found" in reason:
+        return SmiSnapshot(format="none", state="no_nvidia_smi", message=reason)
+    return SmiSnapshot(format="none", state="failed", message=reason)
+
+
+def no_gpu_cell(snapshot: SmiSnapshot) -> str | None:
+    """The GPU cell of tables for a snapshot without GPUs (``none (CPU)``, ``unusable``), whatever release it is
+    judged for; None when it lists GPUs (their cell needs the verdict: :attr:`GpuSummary.cell`)."""
+    if snapshot.state == "no_nvidia_smi":
+        return "none (CPU)"
+    if snapshot.state != "gpus":
+        return "unusable"
+    return None
 
 
 FAULT_WORDS: tuple[str, ...] = ("GPU requires reset", "ERR!")

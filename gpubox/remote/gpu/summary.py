@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from gpubox.remote.gpu.health import no_gpu_reason
 from gpubox.remote.gpu.rules import CompatRules, FrameworkRelease
-from gpubox.remote.gpu.snapshot import SmiSnapshot
+from gpubox.remote.gpu.snapshot import SmiSnapshot, no_gpu_cell
 from gpubox.remote.gpu.verdict import Verdict, assess, gpu_groups, verdict_summary
 
 __all__ = ["MARKS", "GpuSummary", "describe_gpus", "gpu_line_text", "summarize"]
@@ -84,10 +84,9 @@ class GpuSummary:
     @property
     def cell(self) -> str:
         """A few words for tables: ``1× NVIDIA L4 · TF 2.21 ok``, ``none (CPU)``, ``unusable``."""
-        if self.snapshot.state == "no_nvidia_smi":
-            return "none (CPU)"
-        if self.snapshot.state != "gpus":
-            return "unusable"
+        cell = no_gpu_cell(self.snapshot)
+        if cell is not None:
+            return cell
         usable = [gpu for gpu in self.snapshot.gpus if gpu.usable]
         names = sorted({gpu.name for gpu in usable})
         what = (

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
+
+from gpubox.record import record
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 InstanceState = Literal["running", "stopped", "external", "unknown"]
 
 
-@dataclass(frozen=True)
+@record
 class InstanceStatus:
     state: InstanceState
     """``external``: a machine gpubox does not run or rent (an ``ssh`` host); its state is the host's own.
@@ -23,7 +24,7 @@ class InstanceStatus:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class Offer:
     """A machine a cloud provider would rent out now, in the provider's own terms made comparable."""
 
@@ -50,7 +51,7 @@ class Offer:
 InstancePhase = Literal["booting", "running", "stopping", "stopped", "terminated", "unknown"]
 
 
-@dataclass(frozen=True)
+@record
 class Instance:
     """A rented machine as the provider's API describes it now."""
 
@@ -83,7 +84,7 @@ class Instance:
         return self.phase == "running" and bool(self.ssh_host) and bool(self.ssh_port)
 
 
-@dataclass(frozen=True)
+@record
 class ConnectSpec:
     """How to open SSH to a host, including keys gpubox already trusts because it made them."""
 

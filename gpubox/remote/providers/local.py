@@ -15,12 +15,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpubox import paths
 from gpubox.errors import HostUnreachable
+from gpubox.record import record
 from gpubox.remote import sshd
 from gpubox.remote.providers.base import ConnectSpec, InstanceStatus
 from gpubox.state import pid_alive
@@ -33,7 +33,7 @@ HOST_KEY_ALIAS = "gpubox-local"
 _START_ATTEMPTS = 5
 
 
-@dataclass(frozen=True)
+@record
 class LocalServer:
     pid: int
     port: int
@@ -60,8 +60,9 @@ class LocalSshd:
     def files(self) -> sshd.SshdFiles:
         return sshd.prepare_sshd_files(self.folder, user=getpass.getuser(), home=paths.local_host_home())
 
-    def running(self) -> LocalServer | None:
-        """The server if it runs and answers; stale records are ignored."""
+    def running(self, *, banner: bool = True) -> LocalServer | None:
+        """The server if it runs and answers; stale records are ignored. Without *banner*, a listener that
+        runs (its pid, its config) is taken as answering, without connecting to read its SSH banner."""
         try:
             data = json.loads(self.record.read_text())
             server = LocalServer(
@@ -71,7 +72,7 @@ class LocalSshd:
             return None
         if not pid_alive(server.pid) or not self._is_ours(server.pid):
             return None
-        if not sshd.banner_answers("127.0.0.1", server.port):
+        if banner and not sshd.banner_answers("127.0.0.1", server.port):
             return None
         return server
 
@@ -173,7 +174,11 @@ class LocalProvider:
         return InstanceStatus("running", f"sshd pid {server.pid} on 127.0.0.1:{server.port}")
 
     def status(self, host: HostConfig) -> InstanceStatus:
-        server = self.server.running()
+        from gpubox.remote.control import holder_answers
+
+        # A holder answering on its control socket keeps its SSH link to this sshd (and would say so if it broke):
+        # its listener running is enough, without a connection of our own to read the banner.
+        server = self.server.running(banner=not holder_answers(host.name))
         if server is None:
             return InstanceStatus("stopped")
         return InstanceStatus("running", f"sshd pid {server.pid} on 127.0.0.1:{server.port}")

@@ -36,8 +36,10 @@ from __future__ import annotations
 import enum
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, cast
+
+from gpubox.record import record
 
 if TYPE_CHECKING:
     from gpubox.config import ProviderSettings
@@ -67,7 +69,7 @@ class Capability(enum.Enum):
     RESUME = "start a stopped instance again, with what its stop kept"
 
 
-@dataclass(frozen=True)
+@record
 class SelfStop:
     """How a rented instance is stopped from the instance itself (its guardian, with the laptop gone): one
     request to the cloud's API, which the stdlib-only agent sends (PROTOCOL.md, "The guardian", kind
@@ -87,7 +89,7 @@ class SelfStop:
     """What was done, in words, for the guardian's log."""
 
 
-@dataclass(frozen=True)
+@record
 class Requirement:
     """Keys a host of this provider must set: at least one of *keys*."""
 
@@ -96,7 +98,7 @@ class Requirement:
     """The end of the message ``a NAME host needs ...`` when none is set."""
 
 
-@dataclass(frozen=True)
+@record
 class ProviderSpec:
     """One kind of host, as data."""
 

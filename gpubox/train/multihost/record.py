@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpubox.errors import GpuboxError, UsageError
+from gpubox.record import record
 
 __all__ = [
     "MULTI_ID",
@@ -52,7 +53,7 @@ def check_multi_id(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
+@record
 class Part:
     """One worker: run ``run_id`` on ``host``, TensorFlow worker ``index``, listening on ``address``."""
 

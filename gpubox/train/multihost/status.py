@@ -11,10 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gpubox.errors import HostError
+from gpubox.record import record
 from gpubox.remote.pool import SessionPool
 from gpubox.train.multihost.record import (
     MultiRun,
@@ -53,7 +53,7 @@ STOP_GRACE = 5.0
 """Seconds between SIGTERM and SIGKILL when gpubox stops the other workers of a failed run."""
 
 
-@dataclass(frozen=True)
+@record
 class MultiStatus:
     run: MultiRun
     parts: tuple[RunInfo | None, ...]
