@@ -847,7 +847,17 @@ class Invariants:
         if new_home:
             problems.append(f"written in the host's home outside ~/.gpubox: {sorted(new_home)}")
         # What gpubox keeps on a host (PROTOCOL.md): which project owns each folder, the guardians, runs, envs...
-        allowed = ("agent-", "__pycache__", "envs", "runs", "services", "trash", "ssh", "projects", "guardian")
+        allowed = (
+            "agent-",
+            "__pycache__",
+            "envs",
+            "runs",
+            "services",
+            "trash",
+            "ssh",
+            "projects",
+            "guardian",
+        )
         new_gpubox = {
             n for n in self._listing(self.home / ".gpubox") - self._gpubox_before if not n.startswith(allowed)
         }

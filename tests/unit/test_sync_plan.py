@@ -384,9 +384,17 @@ def test_holding_keeps_everything_but_the_deletions() -> None:
 # ------------------------------------------------------------------------------------ tracked_under
 
 
-@pytest.mark.parametrize("folders", [1, 20])  # one pass over the ancestor, and the sorted walk of many folders
+@pytest.mark.parametrize(
+    "folders", [1, 20]
+)  # one pass over the ancestor, and the sorted walk of many folders
 def test_tracked_under_finds_what_lies_under_changed_folders_only(folders: int) -> None:
-    ancestor: dict[str, Entry] = {"data": FOLDER, "data/x": f(), "data2": FOLDER, "data2/y": f(), "top.py": f()}
+    ancestor: dict[str, Entry] = {
+        "data": FOLDER,
+        "data/x": f(),
+        "data2": FOLDER,
+        "data2/y": f(),
+        "top.py": f(),
+    }
     for index in range(folders):
         ancestor |= {f"d{index}": FOLDER, f"d{index}/sub": FOLDER, f"d{index}/sub/file": f()}
     changed = ["data", "top.py", "new.py", *(f"d{index}" for index in range(folders))]
