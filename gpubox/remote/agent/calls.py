@@ -14,7 +14,7 @@ This module imports no paramiko, so code that only names calls stays light.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, cast
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypeVar, cast
 
 if TYPE_CHECKING:
     from typing import TypedDict
@@ -278,14 +278,31 @@ def apply_batches(
     trash: str,
     depth: int,
 ) -> Iterator[ApplyAnswer]:
-    """:func:`apply` for each (ops, bytes) batch, up to *depth* ahead of their answers; answers in order."""
-    requests = (("apply", {"root": root, "trash": trash, "ops": ops}, blob) for ops, blob in batches)
+    """:func:`apply` for each (ops, bytes) batch, up to *depth* ahead of their answers; answers in order. Every
+    batch but the last says ``more``: the host keeps its staging folder for the next (PROTOCOL.md)."""
+    requests = (
+        ("apply", {"root": root, "trash": trash, "ops": ops, **({"more": True} if more else {})}, blob)
+        for (ops, blob), more in _marking_more(batches)
+    )
     answers = agent.pipeline(requests, depth)
     try:
         for answer, _ in answers:
             yield cast(ApplyAnswer, answer)
     finally:
         answers.close()  # a consumer that stops early: the pipeline reads the answers still due
+
+
+T = TypeVar("T")
+
+
+def _marking_more(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
+    """Each item with whether another follows (one item of lookahead)."""
+    iterator = iter(items)
+    for previous in iterator:
+        for item in iterator:
+            yield previous, True
+            previous = item
+        yield previous, False
 
 
 class FlushAnswer(TypedDict):
