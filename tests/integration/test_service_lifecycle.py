@@ -67,6 +67,13 @@ def _wait(condition: object, seconds: float = 60.0) -> bool:
     return False
 
 
+def _status_code(url: str, token: str) -> int | None:
+    try:
+        return httpx.get(url, params={"token": token}, timeout=10).status_code
+    except httpx.TransportError:
+        return None
+
+
 def _up_log() -> str:
     (log,) = (Path(os.environ["GPUBOX_HOME"]) / "state" / "logs").glob("up-local-*.log")  # one per project
     return log.read_text()
@@ -100,7 +107,9 @@ def test_a_service_that_dies_is_started_again_and_urls_stay_the_same_across_down
     url = str(before["jupyter"]["url"])
     token = url.split("token=")[1]
     api = url.split("/lab")[0] + "/api/status"
-    assert httpx.get(api, params={"token": token}, timeout=30).status_code == 200
+    # Answering (a byte back on its port) comes a moment before a Jupyter just started serves its API on a loaded
+    # machine: the promise is that the bookmarked URL works again, so it gets a few tries.
+    assert _wait(lambda: _status_code(api, token) == 200, 30)
 
     # down, then up: every URL as it was.
     assert run_gpubox("down", "local", cwd=project).returncode == 0
