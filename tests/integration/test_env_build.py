@@ -40,9 +40,19 @@ def project(tmp_path: Path) -> Iterator[Path]:
     before = set(os.listdir(hosthome.host_cache() / "envs"))
     yield folder
     run_gpubox("down", "local", cwd=folder)
-    # The envs these tests made are theirs alone (their requirements carry a token): leave none in the cache.
-    for name in set(os.listdir(hosthome.host_cache() / "envs")) - before:
-        path = hosthome.host_cache() / "envs" / name
+    # The envs these tests made are theirs alone (their requirements carry a token): leave none in the cache. The
+    # cache is shared with the other test processes, so only envs whose build installed this file's packages go:
+    # removing another test's env in the middle of its build broke it (its ensurepip found its folder gone).
+    envs = hosthome.host_cache() / "envs"
+    for name in set(os.listdir(envs)) - before:
+        key = name.removesuffix(".log").removesuffix(".lock").removesuffix(".exit")
+        try:
+            log = (envs / f"{key}.log").read_text(errors="replace")
+        except OSError:
+            continue
+        if not any(f"Collecting {package}" in log for package in ("tabulate", "toolz")):
+            continue
+        path = envs / name
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
