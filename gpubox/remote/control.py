@@ -195,8 +195,9 @@ class ControlAgent(FramedAgent):
             self._socket = None
 
 
-def open_control_agent(host: str, project_id: str) -> ControlAgent | None:
-    """The agent of the process holding *host* for this project, or None when nothing (usable) holds it."""
+def _dial(host: str, project_id: str) -> socket.socket | None:
+    """A connection to the control socket of the process holding *host* for this project (the handshake's
+    timeout set), or None when there is no socket of this user's there or nothing answers on it."""
     path = control_path(host, project_id)
     if not _owned_socket(path):
         return None
@@ -205,6 +206,19 @@ def open_control_agent(host: str, project_id: str) -> ControlAgent | None:
         connection.settimeout(HANDSHAKE_TIMEOUT)
         with _address(path) as address:
             connection.connect(address)
+    except OSError:
+        # A stale socket (its holder died), one being replaced: the caller goes on without it.
+        connection.close()
+        return None
+    return connection
+
+
+def open_control_agent(host: str, project_id: str) -> ControlAgent | None:
+    """The agent of the process holding *host* for this project, or None when nothing (usable) holds it."""
+    connection = _dial(host, project_id)
+    if connection is None:
+        return None
+    try:
         _send_json_line(connection, {"want": "agent", "protocol": PROTOCOL})
         line, rest = _read_line(connection)
         answer = json.loads(line)
@@ -218,7 +232,7 @@ def open_control_agent(host: str, project_id: str) -> ControlAgent | None:
         connection.settimeout(None)
         return ControlAgent(connection, host, answer["hello"], rest)
     except (OSError, EOFError, ValueError):
-        # A stale socket (its holder died), one being replaced, or a holder that is stuck: connect directly.
+        # A holder that is stuck or answers nonsense: connect directly.
         connection.close()
         return None
 
@@ -227,14 +241,10 @@ def flush_through_holder(host: str, project_id: str, *, verify: bool) -> dict[st
     """Have the process holding *host* for this project flush its live sync (see the module's docstring): the
     report document it answers with, or None when nothing holds the host, it does not sync, or it could not
     vouch for the host (the caller then syncs on its own)."""
-    path = control_path(host, project_id)
-    if not _owned_socket(path):
+    connection = _dial(host, project_id)
+    if connection is None:
         return None
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        connection.settimeout(HANDSHAKE_TIMEOUT)
-        with _address(path) as address:
-            connection.connect(address)
         _send_json_line(connection, {"want": "flush", "control": CONTROL_VERSION, "verify": verify})
         connection.settimeout(FLUSH_TIMEOUT)
         line, _rest = _read_line(connection)
