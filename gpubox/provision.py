@@ -302,7 +302,7 @@ def _start_again(
             f"`gpubox down {name}` terminates it"
         )
     try:
-        cast(Resumes, api).resume(instance_id, instance.gpu_count or host.gpu_count or 1)
+        cast(Resumes, api).resume(instance_id, instance.gpu_count or host.gpu_count or 1, record.name)
     except ProviderError as exc:
         raise ProviderError(
             f"{provider} could not start instance {instance_id} of {name} again ({exc}); it stays stopped with "

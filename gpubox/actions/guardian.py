@@ -113,13 +113,13 @@ def _provider_plan(host: HostConfig) -> dict[str, Any]:
     record = CloudProvider.recorded(host)
     if host.spec.self_stop is None or record is None:
         return {"kind": "none", "why": f"no {host.provider} instance recorded for {host.name}"}
-    return provider_stop_plan(host, record.instance_id)
+    return provider_stop_plan(host, record.instance_id, record.name)
 
 
-def provider_stop_plan(host: HostConfig, instance_id: str) -> dict[str, Any]:
-    """How a rented host's guardian stops instance *instance_id* through the cloud's API with the laptop gone
-    (kind ``provider``): which request, to which URL, with which key (the variable holding it, or the file
-    gpubox placed: never the key itself)."""
+def provider_stop_plan(host: HostConfig, instance_id: str, name: str = "") -> dict[str, Any]:
+    """How a rented host's guardian stops instance *instance_id* (gpubox's *name* for it) through the cloud's
+    API with the laptop gone (kind ``provider``): which request, to which URL, with which key (the variable
+    holding it, or the file gpubox placed: never the key itself)."""
     call = host.spec.self_stop
     assert call is not None, f"{host.provider} has no self-stop call"
     by_key = self_stop_mode(host) == "key"
@@ -136,6 +136,8 @@ def provider_stop_plan(host: HostConfig, instance_id: str) -> dict[str, Any]:
         "key_file": by_key,
         "keeps_disk": call.keeps_disk,
         "done": call.done,
+        "name": name,
+        "note": dict(call.stop_note) if call.stop_note is not None and name else None,
         "action": (
             f"stop it through the {host.provider} API (its disk kept)"
             if call.keeps_disk

@@ -379,6 +379,14 @@ def test_a_stopped_instance_stays_known_up_starts_it_again_and_down_brings_its_o
     assert "`gpubox up box` starts it again, `gpubox down box` terminates it" in row["instance"]["detail"], (
         row
     )
+    # vast's API has no stop time: the guardian left its own in the instance's label, and the ledger closes
+    # there (the cloud's bill to the cent) before the instance is ever started again or terminated.
+    (note,) = rig.cloud.requests_for("label")
+    assert note.scoped_to == rig.instance().id and " stopped@" in rig.instance().name
+    assert (
+        "was stopped at" in row["instance"]["detail"] and "does not say when" not in row["instance"]["detail"]
+    )
+    assert abs(rig.spent() - rig.cloud.billed_dollars()) < 0.01, (rig.spent(), rig.cloud.billed_dollars())
     # Terminating it would lose that output: `down` says how to choose, and terminates nothing.
     refused = rig.gpubox("down", "box", "--yes")
     assert refused.returncode == 1, refused.stdout + refused.stderr
@@ -388,9 +396,9 @@ def test_a_stopped_instance_stays_known_up_starts_it_again_and_down_brings_its_o
     )
     assert rig.cloud.requests_for("terminate") == []
 
-    # `up` starts the same instance again instead of renting another, and the ledger learns from the guardian's
-    # record on its disk when it stopped (vast's API does not say): it agrees with the bill to the cent. (A longer
-    # window now: with the laptop there, an idle host would be terminated by the laptop before `down` is run.)
+    # `up` starts the same instance again instead of renting another, its label back to gpubox's name, and the
+    # ledger still agrees with the bill to the cent. (A longer window now: with the laptop there, an idle host
+    # would be terminated by the laptop before `down` is run.)
     hosts_toml = rig.project / "hosts.toml"
     hosts_toml.write_text(hosts_toml.read_text().replace("autostop_minutes = 0.1", "autostop_minutes = 30"))
     rig.up()
@@ -398,6 +406,7 @@ def test_a_stopped_instance_stays_known_up_starts_it_again_and_down_brings_its_o
     (resume,) = rig.cloud.requests_for("resume")
     assert resume.body == {"state": "running"} and resume.scoped_to is None
     assert rig.instance().stopped_at is None and rig.instance().resumed_at is not None
+    assert rig.instance().name == rig.cloud.requests_for("launch")[0].body["label"]
     assert "started vast instance" in rig.outputs[-1] and " again" in rig.outputs[-1], rig.outputs[-1]
     _wait(
         lambda: abs(rig.spent() - rig.cloud.billed_dollars()) < 0.01, what="the ledger to agree with the bill"

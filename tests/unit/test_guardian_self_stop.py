@@ -121,3 +121,38 @@ def test_lambda_needs_the_users_key_placed_on_the_host_and_terminates(
         ok, text = agent._provider_stop(plan, str(tmp_path))
         assert ok, text
         assert mine not in cloud.instances and text == f"terminated lambda instance {mine} through its API"
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["noted", "note-refused"])
+def test_a_vast_guardian_leaves_its_stop_time_in_the_label_and_up_takes_it_back(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, refused: bool
+) -> None:
+    with FakeVast(api_key="account-key") as cloud:
+        name = "gpubox-box-0a1b2c"
+        mine = cloud.add_instance(name=name)
+        cloud.label_refused = refused
+        host = _host(tmp_path, cloud)
+        plan = provider_stop_plan(host, str(mine), name)
+        clean_env.setenv("CONTAINER_API_KEY", cloud.instance_key(mine))
+        ok, text = agent._provider_stop(plan, str(tmp_path), 1_765_000_000.25)
+        assert ok, text
+        assert cloud.instances[mine].stopped_at is not None  # stopped whether or not the note was taken
+        (note,) = cloud.requests_for("label")
+        assert note.scoped_to == mine and cloud.requests_for("stop")[-1].scoped_to == mine
+
+        clean_env.setenv("GPUBOX_TEST_KEY", "account-key")
+        api = host.spec.api(host.provider_settings())
+        found = api.instance(str(mine))
+        assert found is not None and found.phase == "stopped" and found.name == name
+        if refused:
+            assert found.stopped_at is None
+            assert text.endswith("so the ledger counts until a gpubox last held it") and "HTTP 403" in text
+            return
+        assert text == f"stopped vast instance {mine} through its API (its disk kept)"
+        assert cloud.instances[mine].name == f"{name} stopped@1765000000.25"
+        assert found.stopped_at == 1_765_000_000.25
+
+        api.resume(str(mine), 1, name)  # type: ignore[attr-defined]
+        assert cloud.instances[mine].name == name
+        again = api.instance(str(mine))
+        assert again is not None and again.stopped_at is None and again.name == name

@@ -2889,22 +2889,58 @@ def _container_env(name: str) -> Optional[str]:
     return None
 
 
-def _fill(value: Any, instance: str) -> Any:
+def _fill(value: Any, words: Dict[str, str]) -> Any:
     if isinstance(value, str):
-        return value.replace("{id}", instance)
+        for word, meaning in words.items():
+            value = value.replace(word, meaning)
+        return value
     if isinstance(value, list):
-        return [_fill(v, instance) for v in value]
+        return [_fill(v, words) for v in value]
     if isinstance(value, dict):
-        return {k: _fill(v, instance) for k, v in value.items()}
+        return {k: _fill(v, words) for k, v in value.items()}
     return value
 
 
-def _provider_stop(stop: Dict[str, Any], folder: str) -> Tuple[bool, str]:
-    """Stop this rented instance through its cloud's API (the plan gpubox sent: PROTOCOL.md, kind
-    ``provider``), with the key the cloud gave the instance, or the user's own key placed in *folder*."""
+def _api_call(method: str, url: str, body: Any, key: str, tries: int) -> Tuple[bool, str]:
+    """One request to a cloud's API, asked again (backing off) while the cloud is busy or out of reach.
+    Answers whether it was taken, else what the cloud said (the key never in it)."""
     import urllib.error
     import urllib.request
 
+    data = json.dumps(body).encode()
+    last = ""
+    for attempt in range(tries):
+        request = urllib.request.Request(url, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        request.add_header("Accept", "application/json")
+        request.add_header("User-Agent", "gpubox-guardian")
+        request.add_header("Authorization", "Bearer " + key)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, text = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, text = exc.code, exc.read()
+        except (OSError, ValueError) as exc:
+            status, text = 0, str(exc).replace(key, "[redacted]").encode()
+        answer = None
+        with contextlib.suppress(ValueError):
+            answer = json.loads(text.decode("utf-8", "replace"))
+        refused = isinstance(answer, dict) and (answer.get("errors") or answer.get("success") is False)
+        if 200 <= status < 300 and not refused:
+            return True, ""
+        detail = text.decode("utf-8", "replace").strip().replace(key, "[redacted]")[:300]
+        last = ("HTTP %d: %s" % (status, detail)) if status else detail
+        if status not in (0, 429, 500, 502, 503, 504):
+            break  # refused (a bad key, an unknown instance): asking again will not help
+        if attempt < tries - 1:
+            time.sleep(min(8.0, 1.0 * 2**attempt))
+    return False, last
+
+
+def _provider_stop(stop: Dict[str, Any], folder: str, at: Optional[float] = None) -> Tuple[bool, str]:
+    """Stop this rented instance through its cloud's API (the plan gpubox sent: PROTOCOL.md, kind
+    ``provider``), with the key the cloud gave the instance, or the user's own key placed in *folder*. Where
+    the cloud keeps no stop time, the plan's note leaves *at* in its record of the instance first."""
     provider = str(stop.get("provider") or "the cloud")
     instance = str(stop.get("instance_id") or "")
     if not _INSTANCE_ID.match(instance):
@@ -2923,35 +2959,26 @@ def _provider_stop(stop: Dict[str, Any], folder: str) -> Tuple[bool, str]:
         where = "$%s, the key %s gives the instance" % (stop.get("key_env"), provider)
     if not key:
         return False, "no key to stop it with: %s is missing" % where
-    url = str(stop.get("url") or "").rstrip("/") + _fill(str(stop.get("path") or "/"), instance)
-    body = json.dumps(_fill(stop.get("body") or {}, instance)).encode()
-    last = ""
-    for attempt in range(PROVIDER_STOP_TRIES):
-        request = urllib.request.Request(url, data=body, method=str(stop.get("method") or "POST"))
-        request.add_header("Content-Type", "application/json")
-        request.add_header("Accept", "application/json")
-        request.add_header("User-Agent", "gpubox-guardian")
-        request.add_header("Authorization", "Bearer " + key)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                status, text = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, text = exc.code, exc.read()
-        except (OSError, ValueError) as exc:
-            status, text = 0, str(exc).replace(key, "[redacted]").encode()
-        answer = None
-        with contextlib.suppress(ValueError):
-            answer = json.loads(text.decode("utf-8", "replace"))
-        refused = isinstance(answer, dict) and (answer.get("errors") or answer.get("success") is False)
-        if 200 <= status < 300 and not refused:
-            return True, str(stop.get("done") or "stopped it through its API").replace("{id}", instance)
-        detail = text.decode("utf-8", "replace").strip().replace(key, "[redacted]")[:300]
-        last = ("HTTP %d: %s" % (status, detail)) if status else detail
-        if status not in (0, 429, 500, 502, 503, 504):
-            break  # refused (a bad key, an unknown instance): asking again will not help
-        if attempt < PROVIDER_STOP_TRIES - 1:
-            time.sleep(min(8.0, 1.0 * 2**attempt))
-    return False, "%s refused the stop (%s)" % (provider, last)
+    words = {"{id}": instance, "{name}": str(stop.get("name") or ""), "{at}": "%.2f" % (at or time.time())}
+    url = str(stop.get("url") or "").rstrip("/") + _fill(str(stop.get("path") or "/"), words)
+    method = str(stop.get("method") or "POST")
+    unnoted = ""
+    note = stop.get("note")
+    if isinstance(note, dict) and stop.get("name"):
+        # Once, not retried: the stop matters more than its note, and must not wait on it.
+        noted, detail = _api_call(method, url, _fill(note, words), key, tries=1)
+        if not noted:
+            unnoted = (
+                "; %s did not keep its stop time (%s), so the ledger counts until a gpubox last held it"
+                % (
+                    provider,
+                    detail,
+                )
+            )
+    ok, detail = _api_call(method, url, _fill(stop.get("body") or {}, words), key, tries=PROVIDER_STOP_TRIES)
+    if ok:
+        return True, str(stop.get("done") or "stopped it through its API").replace("{id}", instance) + unnoted
+    return False, "%s refused the stop (%s)" % (provider, detail)
 
 
 def guardian_stop(folder: str, config: Dict[str, Any], reason: str, why: str, by: str) -> Dict[str, Any]:
@@ -2974,7 +3001,7 @@ def guardian_stop(folder: str, config: Dict[str, Any], reason: str, why: str, by
         elif kind == "signal":
             ok, text = _signal_stop(stop)
         elif kind == "provider":
-            ok, text = _provider_stop(stop, folder)
+            ok, text = _provider_stop(stop, folder, record["at"])
         else:
             ok, text = False, str(stop.get("why") or "this host cannot be stopped from itself")
         with contextlib.suppress(OSError):

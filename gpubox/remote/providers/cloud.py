@@ -142,9 +142,10 @@ class CloudApi(Protocol):
 class Resumes(CloudApi, Protocol):
     """The API of a cloud with :attr:`~gpubox.remote.providers.registry.Capability.RESUME`."""
 
-    def resume(self, instance_id: str, gpu_count: int) -> None:
-        """Start the stopped instance again with what its stop kept; raise ProviderError with the provider's
-        reason when it cannot now (its machine's GPUs rented by someone else meanwhile)."""
+    def resume(self, instance_id: str, gpu_count: int, name: str = "") -> None:
+        """Start the stopped instance again with what its stop kept (gpubox's *name* for it, to undo what its
+        guardian noted when it stopped it); raise ProviderError with the provider's reason when it cannot now
+        (its machine's GPUs rented by someone else meanwhile)."""
 
 
 class ExplainsShortage(CloudApi, Protocol):
@@ -487,7 +488,11 @@ def settle_ended(host: HostConfig, record: InstanceRecord, instance: Instance | 
     if instance is not None and instance.phase == "stopped":
         return settle_stopped(host, record, instance)
     forget_instance(host, record, "ended outside gpubox (the provider no longer runs it)")
-    return f"{record.provider} instance {record.instance_id} is gone (ended outside gpubox)"
+    # No provider gpubox rents from keeps the end time of a terminated instance where its API shows it.
+    return (
+        f"{record.provider} instance {record.instance_id} is gone (ended by its guardian or outside gpubox; "
+        f"{record.provider} does not say when: the ledger counts until a gpubox last held it)"
+    )
 
 
 def settle_stopped(host: HostConfig, record: InstanceRecord, instance: Instance) -> str:

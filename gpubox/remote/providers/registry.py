@@ -53,6 +53,7 @@ __all__ = [
     "RENTED_KEYS",
     "SPECS",
     "SSH_KEYS",
+    "STOPPED_MARK",
     "Capability",
     "ProviderSpec",
     "Requirement",
@@ -87,6 +88,15 @@ class SelfStop:
     """The call stops the instance and keeps its disk (False: it terminates it, the disk with it)."""
     done: str = "stopped {provider} instance {id}"
     """What was done, in words, for the guardian's log."""
+    stop_note: Mapping[str, Any] | None = None
+    """For a cloud whose API never says when an instance stopped: a body sent first, with the same method and
+    path, that leaves the guardian's stop time in the cloud's own record of the instance (``{name}``: gpubox's
+    name for it; ``{at}``: the time, in seconds since the epoch), so that the ledger closes there even if the
+    instance is terminated without being started again. The stop is sent whether or not the cloud took it."""
+
+
+STOPPED_MARK = " stopped@"
+"""Between gpubox's name for an instance and the guardian's stop time, in a name that carries both."""
 
 
 @record
@@ -272,6 +282,8 @@ SPECS: tuple[ProviderSpec, ...] = (
             key_env="CONTAINER_API_KEY",
             id_env="CONTAINER_ID",
             done="stopped vast instance {id} through its API (its disk kept)",
+            # vast's instance list has no stop time; its label (the same PUT) keeps one until `up` restores it.
+            stop_note={"label": "{name}" + STOPPED_MARK + "{at}"},
         ),
         unsupported={
             Capability.SHORTAGE_REASON: "its offer search answers with the offers that match, never why none did"

@@ -247,7 +247,7 @@ class RunPodApi:
         raw = data.get("pod")
         return self._instance(raw) if isinstance(raw, dict) else None
 
-    def resume(self, instance_id: str, gpu_count: int) -> None:
+    def resume(self, instance_id: str, gpu_count: int, name: str = "") -> None:
         """``podResume``: the pod starts again on the machine that holds its volume, if that machine has
         *gpu_count* GPUs free; otherwise RunPod says so and the pod stays stopped."""
         self._graphql(

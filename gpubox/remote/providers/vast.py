@@ -7,11 +7,13 @@ before renting.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from gpubox.errors import ProviderError
 from gpubox.remote.providers.base import Instance, InstancePhase, Offer
 from gpubox.remote.providers.cloud import ApiClient, OfferQuery
+from gpubox.remote.providers.registry import STOPPED_MARK
 
 if TYPE_CHECKING:
     import httpx
@@ -173,11 +175,13 @@ class VastApi:
             phase = "booting"  # started again, its container not up yet
         port = raw.get("ssh_port")
         started = raw.get("start_date")
+        name, stopped_at = _name_and_stop(str(raw.get("label") or ""))
         return Instance(
             provider=self.name,
             instance_id=str(raw.get("id")),
-            name=str(raw.get("label") or ""),
+            name=name,
             phase=phase,
+            stopped_at=stopped_at if phase == "stopped" else None,
             price_per_hour=float(raw["dph_total"]) if isinstance(raw.get("dph_total"), int | float) else None,
             ssh_host=str(raw["ssh_host"]) if raw.get("ssh_host") else None,
             ssh_port=int(port) if isinstance(port, int) else None,
@@ -214,9 +218,10 @@ class VastApi:
         raw = body.get("instances") if isinstance(body, dict) else None
         return self._instance(raw) if isinstance(raw, dict) else None
 
-    def resume(self, instance_id: str, gpu_count: int) -> None:
+    def resume(self, instance_id: str, gpu_count: int, name: str = "") -> None:
         """``vastai start instance``: the same call that stopped it, with ``"running"``. A machine whose GPUs were
-        rented meanwhile keeps it ``scheduling`` until they are free again (``up``'s launch_timeout tells)."""
+        rented meanwhile keeps it ``scheduling`` until they are free again (``up``'s launch_timeout tells). Its
+        label goes back to *name*, without the stop time its guardian left there."""
         answer = self.client.call(
             "PUT",
             f"/api/v0/instances/{instance_id}/",
@@ -228,6 +233,15 @@ class VastApi:
             raise ProviderError(
                 f"vast: starting instance {instance_id}: {message}", provider=self.name, code=code
             )
+        if name:
+            # Left in place, the old stop time would be read as the time of a later stop made in the console.
+            with contextlib.suppress(ProviderError):
+                self.client.call(
+                    "PUT",
+                    f"/api/v0/instances/{instance_id}/",
+                    json={"label": name},
+                    what=f"labelling instance {instance_id}",
+                )
 
     def terminate(self, instance_id: str) -> None:
         answer = self.client.call(
@@ -239,6 +253,17 @@ class VastApi:
         if isinstance(answer, dict) and answer.get("success") is False:
             _code, message = _error_text_from(answer)
             raise ProviderError(f"vast: destroying instance {instance_id}: {message}", provider=self.name)
+
+
+def _name_and_stop(label: str) -> tuple[str, float | None]:
+    """gpubox's name for an instance, and the stop time its guardian left beside it in the label, if any."""
+    name, mark, at = label.rpartition(STOPPED_MARK)
+    if not mark:
+        return label, None
+    try:
+        return name, float(at)
+    except ValueError:
+        return label, None
 
 
 def _error_text_from(answer: Any) -> tuple[str | None, str]:

@@ -3,9 +3,12 @@
 Routes: ``POST /api/v0/bundles/`` (offer search), ``PUT /api/v0/asks/{offer_id}/`` (rent an offer),
 ``GET /api/v1/instances/`` (paginated list), ``GET /api/v0/instances/`` (old list),
 ``GET /api/v0/instances/{id}/``, ``DELETE /api/v0/instances/{id}/``, ``PUT /api/v0/instances/{id}/`` with
-``{"state": "stopped"}`` (stop, the disk kept) or ``"running"``. A trailing slash is optional.
+``{"state": "stopped"}`` (stop, the disk kept) or ``"running"``, or with ``{"label": ...}`` (``vastai label
+instance``). A trailing slash is optional.
 Auth: ``Authorization: Bearer <key>`` or ``?api_key=<key>``: the account's key, or an instance's own
-``CONTAINER_API_KEY`` (:meth:`FakeCloud.instance_key`), which may only show or stop that instance (else 403).
+``CONTAINER_API_KEY`` (:meth:`FakeCloud.instance_key`), which may only show, stop or label that instance (else
+403). vast does not document what an instance's key may do beyond stopping it: ``label_refused`` makes every
+label request fail, for the guardian's way without it.
 Errors are ``{"success": false, "error", "msg"}``.
 """
 
@@ -283,6 +286,8 @@ class FakeVast(FakeCloud):
         self.offers: dict[int, dict[str, Any]] = {}
         self.set_catalog(default_vast_catalog() if catalog is None else catalog)
         self.page_size = page_size
+        self.label_refused = False
+        """True: every ``vastai label instance`` request is refused (what the guardian does without one)."""
         self._next_id = 21_000_000 + secrets.randbelow(1_000_000)
 
     def set_catalog(self, offers: list[dict[str, Any]]) -> None:
@@ -447,7 +452,10 @@ class FakeVast(FakeCloud):
             if method == "DELETE":
                 return Route(("terminate",), lambda r: self._destroy(instance_id))
             if method == "PUT":
-                starts = isinstance(request.body, dict) and request.body.get("state") == "running"
+                body = request.body if isinstance(request.body, dict) else {}
+                if "label" in body and "state" not in body:
+                    return Route(("label",), lambda r: self._label(instance_id, r))
+                starts = body.get("state") == "running"
                 return Route(("resume" if starts else "stop",), lambda r: self._manage(instance_id, r))
         return self._error(404, f"No route for {method} {request.path}")
 
@@ -608,6 +616,20 @@ class FakeVast(FakeCloud):
                 self.stop_instance(instance.id)
             else:
                 self.resume_instance(instance.id)
+        return Response(200, {"success": True})
+
+    def _label(self, instance_id: str, request: RecordedRequest) -> Response:
+        """``PUT /api/v0/instances/{id}/`` with ``{"label": "..."}`` (``vastai label instance``)."""
+        label = request.body.get("label") if isinstance(request.body, dict) else None
+        if not isinstance(label, str):
+            return self._error(400, "label must be a string.")
+        if self.label_refused:
+            return self._error(403, "This key may not label instances.")
+        with self.lock:
+            instance = self._lookup(instance_id)
+            if instance is None:
+                return Response(404, vast_error("no_such_instance", f"Instance {instance_id} not found."))
+            instance.name = label
         return Response(200, {"success": True})
 
     def _destroy(self, instance_id: str) -> Response:
