@@ -155,7 +155,7 @@ def load_project(*, quiet: bool = False) -> ProjectConfig:
     :func:`gpubox.config.project.locate_project`); says which folder when it is not the current one."""
     from gpubox.actions.project import root_note
 
-    project = config.load_project(held=_held_roots())
+    project = config.load_project(held=_held_roots(), synced=_synced_roots())
     note = root_note(project)
     if note is not None and not quiet:
         err(f"gpubox: {note}")
@@ -168,6 +168,16 @@ def _held_roots() -> Iterator[Path]:
 
     with open_state() as state:
         roots = [s.root for s in state.supervisors() if s.root]
+    for root in roots:
+        yield Path(root)
+
+
+def _synced_roots() -> Iterator[Path]:
+    """Project folders gpubox has synced from on this machine (read only when nothing nearer marks a root)."""
+    from gpubox.state import open_state
+
+    with open_state() as state:
+        roots = state.project_roots()
     for root in roots:
         yield Path(root)
 

@@ -162,6 +162,7 @@ FOUND_BY = {
     HOSTS_MARKER: "its hosts.toml",
     "git": "the root of its git work tree",
     "held": "a gpubox process holds it up",
+    "synced": "gpubox has synced it from there before",
     "cwd": "the current folder",
 }
 """How each way of finding the root is told to the user."""
@@ -172,11 +173,14 @@ def find_project_root(start: Path | None = None, *, held: Iterable[Path] = ()) -
     return locate_project(start, held=held)[0]
 
 
-def locate_project(start: Path | None = None, *, held: Iterable[Path] = ()) -> tuple[Path, str]:
+def locate_project(
+    start: Path | None = None, *, held: Iterable[Path] = (), synced: Iterable[Path] = ()
+) -> tuple[Path, str]:
     """Walk up from *start* like git finds a repository: the nearest folder holding gpubox.toml, else one
     holding hosts.toml, else the root of the enclosing git work tree, else the nearest of *held* (project
-    folders a gpubox process holds up) that encloses it, else *start* itself. Returns (root, how it was found:
-    a key of :data:`FOUND_BY`)."""
+    folders a gpubox process holds up) that encloses it, else the nearest folder above it of *synced* (project
+    folders gpubox has synced from: without a marker, a subfolder of one is part of it, not a project of its
+    own), else *start* itself. Returns (root, how it was found: a key of :data:`FOUND_BY`)."""
     here = (start or Path.cwd()).resolve()
     chain = [here, *here.parents]
     for marker in (PROJECT_FILE, HOSTS_MARKER):
@@ -189,6 +193,11 @@ def locate_project(start: Path | None = None, *, held: Iterable[Path] = ()) -> t
     enclosing = [Path(root) for root in held if Path(root) in chain]
     if enclosing:
         return max(enclosing, key=lambda root: len(root.parts)), "held"
+    # Not the home folder or a filesystem's root, synced once on purpose: every folder below would join it.
+    too_wide = {Path.home().resolve(), Path(here.anchor)}
+    above = [Path(root) for root in synced if Path(root) in chain[1:] and Path(root) not in too_wide]
+    if above:
+        return max(above, key=lambda root: len(root.parts)), "synced"
     return here, "cwd"
 
 
@@ -198,11 +207,12 @@ def load_project(
     found_by: str = "cwd",
     start: Path | None = None,
     held: Iterable[Path] = (),
+    synced: Iterable[Path] = (),
 ) -> ProjectConfig:
     """The project *root* (default: found from *start*, the current folder, as :func:`locate_project` says)."""
     if root is None:
         start = (start or Path.cwd()).resolve()
-        root, found_by = locate_project(start, held=held)
+        root, found_by = locate_project(start, held=held, synced=synced)
     elif found_by == "cwd":
         found_by = next((m for m in (PROJECT_FILE, HOSTS_MARKER) if (root / m).is_file()), found_by)
         found_by = "git" if found_by == "cwd" and (root / ".git").exists() else found_by

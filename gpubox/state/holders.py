@@ -308,6 +308,10 @@ class HolderTables(Database):
         ).fetchall()
         return {str(project): str(folder) for project, folder in rows}
 
+    def project_roots(self) -> list[str]:
+        """The local folders of every project this machine has settled a host folder for."""
+        return [str(row[0]) for row in self.db.execute("SELECT DISTINCT root FROM project_folders")]
+
     def record_project_folder(self, host: str, project: str, root: str, folder: str) -> None:
         with self.transaction():
             self.db.execute(

@@ -158,6 +158,27 @@ def test_from_a_subfolder_the_project_is_found_and_runs_start_in_the_matching_fo
         _down(project)
 
 
+def test_an_unmarked_project_synced_once_is_found_from_its_subfolders(
+    tmp_path: Path, made: list[Path]
+) -> None:
+    project = tmp_path / "plain"
+    sub = project / "src"
+    sub.mkdir(parents=True)
+    (sub / "train.py").write_text("import os\nprint(os.getcwd())\n")
+    # No gpubox.toml, hosts.toml or .git: nothing marks it but that it is synced from there.
+    assert "sync local: 2 sent" in _ok("sync", cwd=project)
+    folder = _folder_of(project)
+    made.append(_on_host(folder))
+    # Synced from its root once: from a subfolder it is the same project, never one of its own.
+    ran = run_gpubox("run", "-f", "--", "python3", "train.py", cwd=sub)
+    assert ran.returncode == 0, ran.stderr
+    assert f"gpubox: project {project} (gpubox has synced it from there before)" in ran.stderr.splitlines()
+    assert ran.stdout.splitlines()[-1] == str(_on_host(folder) / "src")
+    assert _folder_of(sub) == folder
+    with open_state() as state:
+        assert sorted(state.project_roots()).count(str(sub)) == 0
+
+
 def test_the_home_folder_and_a_huge_folder_ask_first(tmp_path: Path, isolated_home: Path) -> None:
     (isolated_home / "notes.txt").write_text("mine\n")
     refused = assert_one_line_error(run_gpubox("sync", cwd=isolated_home), 2)

@@ -53,6 +53,28 @@ def test_a_folder_a_gpubox_process_holds_is_the_root_of_its_subfolders(tmp_path:
     assert root_note(load_project(start=held)) is None
 
 
+def test_a_folder_synced_before_is_the_root_of_its_unmarked_subfolders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    synced = tmp_path / "home" / "ml"
+    sub = synced / "src" / "deep"
+    sub.mkdir(parents=True)
+    assert locate_project(sub, synced=[tmp_path / "other", synced]) == (synced, "synced")
+    assert locate_project(synced, synced=[synced]) == (synced, "cwd")  # the folder itself: nothing to say
+    # A nearer marker, or a folder a gpubox holds, still wins.
+    assert locate_project(sub, held=[synced / "src"], synced=[synced]) == (synced / "src", "held")
+    (synced / "src" / ".git").mkdir()
+    assert locate_project(sub, synced=[synced]) == (synced / "src", "git")
+    # The home folder synced once (after the question it asks) does not swallow every folder under it.
+    assert locate_project(synced, synced=[tmp_path / "home"]) == (synced, "cwd")
+    data = synced / "data"
+    data.mkdir()
+    project = load_project(start=data, synced=[synced])
+    assert (project.root, project.subfolder) == (synced, "data")
+    assert root_note(project) == f"project {synced} (gpubox has synced it from there before)"
+
+
 def test_a_project_id_is_stable_per_folder_and_differs_between_folders(tmp_path: Path) -> None:
     first, second = tmp_path / "a" / "ml", tmp_path / "b" / "ml"
     first.mkdir(parents=True)
