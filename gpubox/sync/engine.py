@@ -351,7 +351,7 @@ class Syncer:
         with self._exclusive():
             started = time.monotonic()
             self.rules.forget_all()
-            scanned = scan_tree(self.root, self.rules)
+            scanned = scan_tree(self.root, self.rules, split=True, meanwhile=self.ancestor)
             ancestor = self.ancestor()
             if verify is None:
                 verify = not ancestor

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import marshal
 import os
 import stat
+import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -148,17 +151,52 @@ def _not_sent(relpath: str, decision: Decision, size: int, result: ScanResult) -
     result.skipped.add(relpath)
 
 
-def scan_tree(root: Path, rules: IgnoreRules, start: str = "", into: ScanResult | None = None) -> ScanResult:
+def scan_tree(
+    root: Path,
+    rules: IgnoreRules,
+    start: str = "",
+    into: ScanResult | None = None,
+    *,
+    split: bool = False,
+    meanwhile: Callable[[], object] | None = None,
+) -> ScanResult:
     """Walk the project (or the folder *start* inside it), never entering ignored or output folders.
 
     Regular files, nearly all of a project, take a short path: their kind comes from the folder listing and
-    only they are stat()ed, against the folder's rules bound once."""
+    only they are stat()ed, against the folder's rules bound once.
+
+    *split*: where this process may fork (it runs no other thread) and has a second core, half of the folders
+    below *start* are walked by a child process at the same time (a one-shot sync's scan is most of its time,
+    and that time is system calls and per-file Python, which one process cannot spread). *meanwhile* is called
+    once while the child walks (the caller's own work, such as loading the ancestor), else after the walk."""
     result = into if into is not None else ScanResult()
-    entries = result.entries
-    new_entry = functools.partial(tuple.__new__, Entry)  # Entry(...) without a Python frame per file
     base = str(root)
     stack = [start]
-    while stack:
+    if split and _may_fork():
+        _walk(base, rules, stack, result, folders=1)
+        if len(stack) >= 2:
+            theirs, stack[:] = stack[1::2], stack[0::2]
+            child = _Walker.start(base, rules, theirs)
+            if child is not None:
+                _walk(base, rules, stack, result)
+                if meanwhile is not None:
+                    meanwhile()
+                if not child.join(result):
+                    _walk(base, rules, theirs, result)  # the child failed: its share is walked here instead
+                return result
+    _walk(base, rules, stack, result)
+    if meanwhile is not None:
+        meanwhile()
+    return result
+
+
+def _walk(base: str, rules: IgnoreRules, stack: list[str], result: ScanResult, folders: int = -1) -> None:
+    """Walk the folders on *stack* (and everything under them), or only the first *folders* of them, leaving
+    the subfolders still to walk on *stack*."""
+    entries = result.entries
+    new_entry = functools.partial(tuple.__new__, Entry)  # Entry(...) without a Python frame per file
+    while stack and folders != 0:
+        folders -= 1
         folder = stack.pop()
         try:
             with os.scandir(os.path.join(base, folder) if folder else base) as listing:
@@ -195,7 +233,78 @@ def scan_tree(root: Path, rules: IgnoreRules, start: str = "", into: ScanResult 
             entries[relpath] = entry
             if entry.kind == "d":
                 stack.append(relpath)
-    return result
+
+
+def _may_fork() -> bool:
+    # A fork copies only the calling thread: with another thread running (a live sync's watcher, an SSH
+    # transport) a lock it held would stay held in the child forever.
+    return hasattr(os, "fork") and threading.active_count() == 1 and (os.cpu_count() or 1) > 1
+
+
+class _Walker:
+    """A child process walking some of the folders of a scan, its findings sent back whole on a pipe."""
+
+    def __init__(self, pid: int, reader: int) -> None:
+        self.pid = pid
+        self.reader = reader
+
+    @classmethod
+    def start(cls, base: str, rules: IgnoreRules, folders: list[str]) -> _Walker | None:
+        try:
+            reader, writer = os.pipe()
+        except OSError:
+            return None
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(reader)
+            os.close(writer)
+            return None
+        if pid == 0:  # the child: walk, answer, and leave without running anything of the parent's
+            code = 1
+            try:
+                os.close(reader)
+                found = ScanResult()
+                _walk(base, rules, list(folders), found)
+                blob = marshal.dumps(
+                    (
+                        [(path, tuple(entry)) for path, entry in found.entries.items()],
+                        found.held_back,
+                        found.too_large,
+                        found.outside_links,
+                        found.unreadable,
+                        list(found.skipped),
+                        list(found.checkouts),
+                    )
+                )
+                with os.fdopen(writer, "wb") as pipe:
+                    pipe.write(blob)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(writer)
+        return cls(pid, reader)
+
+    def join(self, result: ScanResult) -> bool:
+        """Add the child's findings to *result*; False (and nothing added) when it did not finish its walk."""
+        with os.fdopen(self.reader, "rb") as pipe:
+            blob = pipe.read()
+        _, status = os.waitpid(self.pid, 0)
+        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+            return False
+        try:
+            rows, held_back, too_large, outside, unreadable, skipped, checkouts = marshal.loads(blob)
+        except (EOFError, ValueError, TypeError):
+            return False
+        new_entry = functools.partial(tuple.__new__, Entry)
+        result.entries.update((path, new_entry(row)) for path, row in rows)
+        result.held_back += held_back
+        result.too_large += too_large
+        result.outside_links += outside
+        result.unreadable += unreadable
+        result.skipped.update(skipped)
+        result.checkouts.update(checkouts)
+        return True
 
 
 def scan_path(root: Path, rules: IgnoreRules, relpath: str, result: ScanResult) -> None:

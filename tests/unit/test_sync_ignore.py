@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpubox.sync.ignore import Decision, IgnoreRules, relative
-from gpubox.sync.scan import scan_tree
+from gpubox.sync.scan import Entry, ScanResult, scan_tree
 
 SEND, IGNORED, SECRET, OUTPUT, TOO_LARGE = (
     Decision.SEND,
@@ -318,3 +318,95 @@ def test_verdicts_match_git_check_ignore(tmp_path: Path) -> None:
     # And the walk sends exactly what git would track.
     scanned = {p for p, e in scan_tree(root, r).entries.items() if e.kind == "f"}
     assert scanned == (set(GIT_PATHS) - by_git) | set(GIT_TREE)
+
+
+def _split_tree(root: Path) -> Path:
+    files = {".gitignore": "*.log\n", "top.py": "", ".env": "k=v"}
+    for index in range(12):
+        folder = f"pkg{index}/sub{index % 3}"
+        files |= {
+            f"{folder}/m{index}.py": "x" * index,
+            f"{folder}/m{index}.log": "",
+            f"{folder}/.gitignore": "*.tmp\n",
+            f"{folder}/scratch.tmp": "",
+            f"{folder}/id_rsa": "secret",
+            f"{folder}/big.bin": "x" * 64,
+        }
+    tree(root, files)
+    (root / "pkg3" / ".git").mkdir()
+    (root / "pkg4" / "inside").symlink_to("sub1")
+    (root / "pkg5" / "outside").symlink_to("/etc")
+    (root / "pkg6" / "closed").mkdir()
+    (root / "pkg6" / "closed").chmod(0)
+    return root
+
+
+def _facts(result: ScanResult) -> tuple[object, ...]:
+    return (
+        dict(result.entries),
+        sorted(result.held_back),
+        sorted(result.too_large),
+        sorted(result.outside_links),
+        sorted(result.unreadable),
+        result.skipped,
+        result.checkouts,
+    )
+
+
+@pytest.fixture
+def children(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the walkers a split scan forks (forking allowed in this test process, whose test runner
+    may have threads of its own: the walker's child touches no lock they hold)."""
+    import gpubox.sync.scan as scan
+
+    started: list[int] = []
+    real = scan._Walker.start
+
+    def start(*args: object) -> object:
+        walker = real(*args)  # type: ignore[arg-type]
+        if walker is not None:
+            started.append(walker.pid)
+        return walker
+
+    monkeypatch.setattr(scan, "_may_fork", lambda: True)
+    monkeypatch.setattr(scan._Walker, "start", start)
+    return started
+
+
+def test_a_split_scan_finds_exactly_what_one_process_finds(tmp_path: Path, children: list[int]) -> None:
+    root = _split_tree(tmp_path / "proj")
+    try:
+        alone = scan_tree(root, rules(root, max_file_size=32))
+        loaded: list[bool] = []
+        split = scan_tree(
+            root, rules(root, max_file_size=32), split=True, meanwhile=lambda: loaded.append(True)
+        )
+        assert loaded == [True] and len(children) == 1
+        assert _facts(split) == _facts(alone)
+        assert all(type(entry) is Entry for entry in split.entries.values())
+        assert "pkg3" in split.checkouts and len(split.held_back) == 13 and len(split.too_large) == 12
+    finally:
+        (root / "pkg6" / "closed").chmod(0o755)
+
+
+def test_a_child_that_fails_has_its_share_walked_by_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, children: list[int]
+) -> None:
+    import gpubox.sync.scan as scan
+
+    root = _split_tree(tmp_path / "proj")
+    try:
+        alone = scan_tree(root, rules(root, max_file_size=32))
+
+        class Broken:
+            @staticmethod
+            def dumps(value: object) -> bytes:
+                raise MemoryError("the child runs out of memory")
+
+            loads = staticmethod(scan.marshal.loads)
+
+        monkeypatch.setattr(scan, "marshal", Broken)
+        split = scan_tree(root, rules(root, max_file_size=32), split=True)
+        assert len(children) == 1 and _facts(split) == _facts(alone)
+    finally:
+        (root / "pkg6" / "closed").chmod(0o755)
