@@ -40,7 +40,7 @@ from gpubox.cost import over_budget
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.fmt import format_duration, format_usd
 from gpubox.remote.control import FLUSH_WAIT, ControlServer, control_path
-from gpubox.remote.folder import left_behind
+from gpubox.remote.folder import moved_here_lines
 from gpubox.remote.providers import host_price
 from gpubox.remote.session import connect_host
 from gpubox.remote.tunnels import Tunnel
@@ -172,19 +172,8 @@ def connect(
         _say_report(session, project, time.monotonic() - started, say)
         if session.folder is not None:
             say(f"  ✓ folder {session.folder.describe()}")
-            if session.folder.created:
-                gone_projects = left_behind(session.agent, project)
-                for gone in gone_projects[:LEFT_BEHIND_SHOWN]:
-                    say(
-                        f"  · {gone.get('folder')} there was the folder of {gone.get('root')}, gone from this "
-                        f'machine: if this project was moved from there, remote_dir = "{gone.get("folder")}" '
-                        "in hosts.toml keeps its files and runs"
-                    )
-                if len(gone_projects) > LEFT_BEHIND_SHOWN:
-                    say(
-                        f"  · and {len(gone_projects) - LEFT_BEHIND_SHOWN} more folders there of projects gone from "
-                        "this machine (`gpubox runs --all-projects` lists their runs)"
-                    )
+            for line in moved_here_lines(session.folder):
+                say(f"  · {line}")
         for other in others:
             say(
                 f"  · shared with project {other.project_name} ({other.root or '?'}), held by gpubox process {other.pid}"
@@ -193,10 +182,6 @@ def connect(
         session.close()
         raise
     return session
-
-
-LEFT_BEHIND_SHOWN = 2
-"""Folders of projects gone from this machine that a new project's `up` names (the likeliest first)."""
 
 
 def _say_report(session: HostSession, project: ProjectConfig, elapsed: float, say: Say) -> None:

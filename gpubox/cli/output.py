@@ -23,6 +23,7 @@ from gpubox.fmt import columns, format_duration, format_usd
 
 if TYPE_CHECKING:
     from gpubox.config import HostConfig, HostsConfig, ProjectConfig
+    from gpubox.remote.session import HostSession
 
 __all__ = [
     "LiveProgress",
@@ -40,6 +41,7 @@ __all__ = [
     "shown",
     "step",
     "table",
+    "tell_moved_here",
     "terminal_width",
 ]
 
@@ -180,6 +182,15 @@ def _synced_roots() -> Iterator[Path]:
         roots = state.project_roots()
     for root in roots:
         yield Path(root)
+
+
+def tell_moved_here(session: HostSession) -> None:
+    """After a command made the project's folder on the host: the folders there of projects that left this
+    machine's disk, in case this project is one of them, moved or renamed."""
+    from gpubox.remote.folder import moved_here_lines
+
+    for line in moved_here_lines(session.folder):
+        err(f"gpubox: {line}")
 
 
 def check_first_sync(project: ProjectConfig, host: HostConfig, *, yes: bool) -> None:

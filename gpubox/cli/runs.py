@@ -31,6 +31,7 @@ from gpubox.cli.output import (
     out,
     print_json,
     table,
+    tell_moved_here,
     terminal_width,
 )
 from gpubox.errors import GpuboxError, HostUnreachable, UsageError
@@ -163,6 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     session = connect_host(
         host, project, accept_new=args.accept_new, ask=ask_to_pin(), probe=False, folder="claim"
     )
+    tell_moved_here(session)
     shown = LiveProgress()
     try:
         # The flush barrier: the run starts only after the host acknowledged the project as it is now.

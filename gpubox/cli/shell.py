@@ -12,7 +12,7 @@ import webbrowser
 from gpubox import paths
 from gpubox.actions.hosts import service_url
 from gpubox.actions.runs import run_subfolder
-from gpubox.cli.output import ask_to_pin, load_hosts, load_project, out
+from gpubox.cli.output import ask_to_pin, load_hosts, load_project, out, tell_moved_here
 from gpubox.errors import GpuboxError, UsageError
 from gpubox.remote.session import connect_host, shell_word
 from gpubox.remote.ssh_config import write_ssh_config
@@ -29,6 +29,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     session = connect_host(
         host, project, accept_new=args.accept_new, ask=ask_to_pin(), probe=False, folder="claim"
     )
+    tell_moved_here(session)
     session.agent.close()  # the folder is settled; the shell needs only the connection
     connection = session.connection
     # The matching subfolder of the project on the host (or [run] cwd), when it is there; else the project root.

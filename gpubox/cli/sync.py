@@ -26,6 +26,7 @@ from gpubox.cli.output import (
     print_json,
     progress_bar,
     shown,
+    tell_moved_here,
 )
 from gpubox.errors import UsageError
 from gpubox.remote.session import connect_host
@@ -171,6 +172,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 folder="check" if args.dry_run else "claim",
             )
         )
+        tell_moved_here(sessions[-1])
         return sessions[-1]
 
     try:
@@ -288,6 +290,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     session = connect_host(
         host, project, accept_new=args.accept_new, ask=ask_to_pin(), probe=False, folder="claim"
     )
+    tell_moved_here(session)
     try:
         report = make_syncer(session, project, host).push(names)
     finally:

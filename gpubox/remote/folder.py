@@ -25,7 +25,16 @@ if TYPE_CHECKING:
     from gpubox.config import HostConfig, ProjectConfig
     from gpubox.remote.agent.framing import FramedAgent
 
-__all__ = ["FolderTaken", "HostFolder", "known_folder", "left_behind", "owner_record", "settle_folder"]
+__all__ = [
+    "LEFT_BEHIND_SHOWN",
+    "FolderTaken",
+    "HostFolder",
+    "known_folder",
+    "left_behind",
+    "moved_here_lines",
+    "owner_record",
+    "settle_folder",
+]
 
 
 class FolderTaken(BadInput):
@@ -47,6 +56,9 @@ class HostFolder:
     it is."""
     explicit: bool
     """Set by ``remote_dir`` in hosts.toml."""
+    left_behind: tuple[calls.ProjectOwner, ...] = ()
+    """When it was just created: the folders there of this machine's projects whose folder here is gone
+    (:func:`left_behind`), one of which may be this project's before a move or a rename."""
 
     def describe(self) -> str:
         """How `up` and `status` show it: ``~/gpubox/ml-3f9c2a (this project's; created)``."""
@@ -111,13 +123,15 @@ def settle_folder(
         theirs = answer.get("owner")
     if theirs is not None and not answer.get("mine") and (claim or strict):
         raise FolderTaken(_taken(host, project, str(answer.get("folder") or folder), theirs))
+    created = bool(answer.get("created"))
     settled = HostFolder(
         folder=str(answer.get("folder") or folder),
         path=str(answer.get("path") or folder),
         exists=bool(answer.get("exists")),
-        created=bool(answer.get("created")),
+        created=created,
         adopted=bool(answer.get("adopted")),
         explicit=bool(host.remote_dir),
+        left_behind=tuple(left_behind(agent, project)) if created and claim else (),
     )
     if answer.get("mine") and settled.folder != known:
         from gpubox.state import open_state
@@ -148,6 +162,30 @@ def _taken(host: HostConfig, project: ProjectConfig, folder: str, theirs: calls.
         f"{folder} on {host.name} belongs to project {theirs.get('name') or '?'} ({where}), not to this "
         f"project ({project.root}): {fix}"
     )
+
+
+LEFT_BEHIND_SHOWN = 2
+"""Folders of projects gone from this machine that a new project's folder names (the likeliest first)."""
+
+
+def moved_here_lines(folder: HostFolder | None) -> list[str]:
+    """What to tell of a just-created folder's :attr:`~HostFolder.left_behind`: a moved or renamed project is a
+    new one to gpubox, and these say how it keeps its old folder, files and runs."""
+    if folder is None:
+        return []
+    gone = folder.left_behind
+    lines = [
+        f"{owner.get('folder')} there was the folder of {owner.get('root')}, gone from this machine: if this "
+        f'project was moved from there, remote_dir = "{owner.get("folder")}" in hosts.toml keeps its files and '
+        "runs"
+        for owner in gone[:LEFT_BEHIND_SHOWN]
+    ]
+    if len(gone) > LEFT_BEHIND_SHOWN:
+        lines.append(
+            f"and {len(gone) - LEFT_BEHIND_SHOWN} more folders there of projects gone from this machine "
+            "(`gpubox runs --all-projects` lists their runs)"
+        )
+    return lines
 
 
 def left_behind(agent: FramedAgent, project: ProjectConfig) -> list[calls.ProjectOwner]:

@@ -6,6 +6,7 @@ layout is adopted by its own project with its files and runs."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import uuid
@@ -177,6 +178,34 @@ def test_an_unmarked_project_synced_once_is_found_from_its_subfolders(
     assert _folder_of(sub) == folder
     with open_state() as state:
         assert sorted(state.project_roots()).count(str(sub)) == 0
+
+
+def test_a_renamed_project_is_told_of_its_old_folder_by_a_one_shot_command(
+    tmp_path: Path, made: list[Path]
+) -> None:
+    before, after = tmp_path / "exp", tmp_path / "exp-2"
+    before.mkdir()
+    (before / "train.py").write_text("print('hi')\n")
+    try:
+        assert "sync local: 1 sent" in _ok("sync", cwd=before)
+        before.rename(after)
+        ran = run_gpubox("run", "-f", "--", "python3", "train.py", cwd=after)
+        assert ran.returncode == 0 and ran.stdout.splitlines()[-1] == "hi", ran.stderr
+        (line,) = [x for x in ran.stderr.splitlines() if "gone from this machine" in x]
+        found = re.fullmatch(
+            rf"gpubox: (\S+) there was the folder of {re.escape(str(before))}, gone from this machine: if this "
+            r'project was moved from there, remote_dir = "\1" in hosts.toml keeps its files and runs',
+            line,
+        )
+        assert found, line
+        made.append(_on_host(found[1]))
+        made.append(_on_host(_folder_of(after)))
+        assert (_on_host(found[1]) / "train.py").is_file()
+        # Said once, when this project's own folder is made: not again.
+        again = run_gpubox("run", "-f", "--", "python3", "train.py", cwd=after)
+        assert again.returncode == 0 and "gone from this machine" not in again.stderr, again.stderr
+    finally:
+        _down(after)
 
 
 def test_the_home_folder_and_a_huge_folder_ask_first(tmp_path: Path, isolated_home: Path) -> None:
