@@ -48,9 +48,12 @@ def active_money(
 
 
 def money_lines(document: Sequence[dict[str, Any]] | None) -> list[str]:
-    """`gpubox status`'s lines for the runs of a monitor report's ``runs`` part."""
+    """`gpubox status`'s lines for the runs of a monitor report's ``runs`` part (none on a host that costs
+    nothing, such as `local`: "$0.00 so far · — to finish" would only be noise there)."""
     lines = []
     for row in document or ():
+        if row.get("price_per_hour") == 0:
+            continue
         money = RunMoney(
             run_id=str(row.get("id")),
             host="",

@@ -6,7 +6,6 @@ commands print no progress bar.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -116,9 +115,9 @@ def price(amount: float | None) -> str:
 
 
 def progress_bar(enabled: bool) -> Any:
-    """A rich progress bar on a terminal (files, bytes, rate, ETA); nothing elsewhere."""
+    """A rich progress bar on a terminal (files, bytes, rate, ETA), not started yet; None elsewhere."""
     if not enabled or not sys.stdout.isatty():
-        return contextlib.nullcontext(None)
+        return None
     from rich.progress import (
         BarColumn,
         DownloadColumn,

@@ -48,27 +48,32 @@ def full_sync(
     verify: bool | None = None,
 ) -> SyncReport:
     """One full pass with a progress bar on a terminal; a refused mass deletion is asked about there."""
-    with progress_bar(not quiet and not dry_run) as bar:
-        task = None
+    # Started at the first batch, not before the scan: the bar's refresh thread would keep the scan from
+    # splitting over two processes (a fork is only safe with no other thread running).
+    bar = progress_bar(not quiet and not dry_run)
+    task = None
 
-        def progress(step: BatchProgress) -> None:
-            nonlocal task
-            if bar is None:
-                return
-            if task is None:
-                task = bar.add_task("sync", total=step.bytes_total or 1)
-            bar.update(task, completed=step.bytes_done, total=step.bytes_total or 1)
+    def progress(step: BatchProgress) -> None:
+        nonlocal task
+        if bar is None:
+            return
+        if task is None:
+            bar.start()
+            task = bar.add_task("sync", total=step.bytes_total or 1)
+        bar.update(task, completed=step.bytes_done, total=step.bytes_total or 1)
 
+    try:
         report = syncer.full(
             allow_mass_delete=allow_mass_delete, dry_run=dry_run, verify=verify, progress=progress
         )
-        if not report.held_deletions or dry_run or quiet or not is_terminal():
-            return report
-        if bar is not None:
+    finally:
+        if bar is not None and task is not None:
             bar.stop()
-        if not ask_to_release(str(DeletionsHeld(report)), len(report.held_deletions)):
-            return report
-        return report.then(syncer.release())
+    if not report.held_deletions or dry_run or quiet or not is_terminal():
+        return report
+    if not ask_to_release(str(DeletionsHeld(report)), len(report.held_deletions)):
+        return report
+    return report.then(syncer.release())
 
 
 def ask_to_release(message: str, count: int) -> bool:

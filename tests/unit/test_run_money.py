@@ -56,3 +56,12 @@ def test_a_budget_warns_only_when_finishing_would_pass_what_is_left() -> None:
     )
     unknown = run_money("r-8", "box", started_at=0.0, progress=None, price=PRICED, now=0.0)
     assert overrun_warnings(unknown, [Budget("box", 1.0, 1.0)]) == []
+
+
+def test_a_free_hosts_runs_have_no_money_lines() -> None:
+    from gpubox.actions.runmoney import money_lines
+
+    free = run_money("r-3", "local", started_at=0.0, progress=None, price=HourlyPrice(0.0, "free"), now=60.0)
+    priced = run_money("r-4", "box", started_at=0.0, progress=None, price=PRICED, now=60.0)
+    rows = [dict(m.document(), id=m.run_id) for m in (free, priced)]
+    assert [line.split(":")[0] for line in money_lines(rows)] == ["run       r-4"]
