@@ -23,6 +23,7 @@ from gpubox.remote.providers.cloud import (
     Resumes,
     describe_instance,
     forget_instance,
+    forget_vanished,
     host_from_instance_name,
     instance_name,
     note_instance,
@@ -522,7 +523,7 @@ def find_orphans(hosts: HostsConfig, *, providers: Sequence[ProviderSettings] | 
         mine = [r for r in recorded if r.provider == settings.name and r.api_url == settings.api_url]
         for gone in mine:
             if gone.instance_id not in listed_ids:
-                forget_instance(gone.host, gone, "ended outside gpubox (the provider no longer lists it)")
+                forget_vanished(gone.host, gone)
         by_id = {r.instance_id: r for r in mine}
         for instance in listed:
             host = host_from_instance_name(instance.name)

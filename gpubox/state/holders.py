@@ -214,6 +214,17 @@ class HolderTables(Database):
             if pid_alive(int(pid))
         }
 
+    def died_holder_report(self, host: str) -> MonitorReport | None:
+        """The last report of a holder of *host* that is gone without letting go (killed, or its machine slept
+        and never woke it): one that lets go clears its own."""
+        rows = self.db.execute(
+            "SELECT pid, updated_at, report FROM monitors WHERE host = ? ORDER BY updated_at DESC", (host,)
+        ).fetchall()
+        for pid, at, report in rows:
+            if not pid_alive(int(pid)):
+                return MonitorReport(float(at), json.loads(report))
+        return None
+
     def clear_monitor(self, host: str, pid: int) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM monitors WHERE host = ? AND pid = ?", (host, pid))

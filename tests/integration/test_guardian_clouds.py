@@ -355,7 +355,15 @@ def test_lambda_with_self_stop_key_terminates_itself_with_the_users_key_placed_o
     record = rig.stop_record()
     assert record["done"] == f"terminated lambda instance {rig.instance().id} through its API"
     rig.machine.link_up()
-    assert rig.status()["instance"]["state"] == "stopped"
+    row = rig.status()
+    assert row["instance"]["state"] == "stopped"
+    # Lambda keeps no record of when: the ledger ends where the guardian's countdown, last seen by the laptop,
+    # said it would stop it (the host was idle when the laptop left), which agrees with the bill to the cent.
+    assert abs(rig.spent() - rig.cloud.billed_dollars()) < 0.01, (rig.spent(), rig.cloud.billed_dollars())
+    with open_state() as state:
+        last = state.billing(rig.host)[-1]
+    assert last.end_reason and "guardian's countdown" in last.end_reason, last
+    assert last.ended_at == pytest.approx(record["at"], abs=2.5)
     rig.assert_no_key_leaked()
 
 

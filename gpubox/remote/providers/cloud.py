@@ -38,6 +38,8 @@ __all__ = [
     "ExplainsShortage",
     "OfferQuery",
     "Resumes",
+    "forget_vanished",
+    "guardian_due",
     "host_from_instance_name",
     "instance_name",
     "settle_ended",
@@ -481,17 +483,65 @@ def note_instance(record: InstanceRecord, instance: Instance) -> None:
         )
 
 
+def guardian_due(host: str, now: float | None = None) -> float | None:
+    """When the host's guardian was due to stop it, as the last report of the gpubox that held it and died
+    said: the autostop countdown (the host was idle), the deadline or the budget, whichever came first. None
+    when that report showed no stop coming (the host busy: it could have stopped any time after) or a guardian
+    that could not stop it. For an instance whose provider keeps no stop time (Lambda's end, a vast label
+    refused), this is the ledger's best end: the guardian stops within one look (1 s) of it."""
+    from gpubox.state import open_state
+
+    with open_state() as state:
+        found = state.died_holder_report(host)
+    if found is None:
+        return None
+    guardian = found.report.get("guardian") or {}
+    if not guardian.get("acts"):
+        return None
+    autostop = found.report.get("autostop")
+    due: list[float] = []
+    if autostop is not None:
+        if autostop.get("state") not in ("counting", "warned") or autostop.get("stops_at") is None:
+            return None
+        due.append(float(autostop["stops_at"]))
+    due += [
+        float(guardian[key]) for key in ("deadline_at", "budget_stop_at") if guardian.get(key) is not None
+    ]
+    now = time.time() if now is None else now
+    return min(due) if due and found.at <= min(due) <= now else None
+
+
+def _when(at: float | None) -> str:
+    return "" if at is None else f" at {time.strftime('%H:%M:%S', time.localtime(at))}"
+
+
 def settle_ended(host: HostConfig, record: InstanceRecord, instance: Instance | None) -> str:
     """The recorded instance no longer bills (*instance*: the provider's word, None when it no longer knows
     it): a stopped one stays recorded (:func:`settle_stopped`); one that is gone has its record ended and its
     ledger closed. Says what happened."""
     if instance is not None and instance.phase == "stopped":
         return settle_stopped(host, record, instance)
+    return forget_vanished(host.name, record)
+
+
+def forget_vanished(host: str, record: InstanceRecord) -> str:
+    """The recorded instance is gone (terminated: by its guardian, or outside gpubox). No provider gpubox rents
+    from keeps a terminated instance's end time where its API shows it: the ledger ends where the host's
+    guardian was due to stop it (:func:`guardian_due`), else where a gpubox last held it. Says so."""
+    provider = record.provider
+    due = guardian_due(host)
+    if due is not None:
+        forget_instance(
+            host, record, f"ended by its guardian's countdown ({provider} keeps no record of when)", at=due
+        )
+        return (
+            f"{provider} instance {record.instance_id} is gone: ended{_when(due)} by its guardian's countdown, "
+            f"the last one a gpubox here saw ({provider} does not say when)"
+        )
     forget_instance(host, record, "ended outside gpubox (the provider no longer runs it)")
-    # No provider gpubox rents from keeps the end time of a terminated instance where its API shows it.
     return (
-        f"{record.provider} instance {record.instance_id} is gone (ended by its guardian or outside gpubox; "
-        f"{record.provider} does not say when: the ledger counts until a gpubox last held it)"
+        f"{provider} instance {record.instance_id} is gone (ended by its guardian or outside gpubox; "
+        f"{provider} does not say when: the ledger counts until a gpubox last held it)"
     )
 
 
@@ -504,6 +554,8 @@ def settle_stopped(host: HostConfig, record: InstanceRecord, instance: Instance)
 
     provider = record.provider
     when = instance.stopped_at if instance.stopped_at is not None else record.stopped_at
+    if when is None and not record.stopped:
+        when = guardian_due(host.name)
     if not record.stopped:
         reason = f"stopped outside gpubox ({provider}'s record)"
         with open_state() as state:
