@@ -144,6 +144,11 @@ class HolderTables(Database):
                 "log_file) VALUES (?,?,?,?,?,?,?,?)",
                 (host, project, root, folder, pid, time.time(), int(detached), log_file),
             )
+            # A killed holder's last report says when the guardian was due to stop the host it left
+            # (died_holder_report); once the host is held again, that is history, never a later stop's time.
+            for (dead,) in self.db.execute("SELECT pid FROM monitors WHERE host = ?", (host,)).fetchall():
+                if not pid_alive(int(dead)):
+                    self.db.execute("DELETE FROM monitors WHERE host = ? AND pid = ?", (host, dead))
 
     def release_supervisor(self, host: str, pid: int) -> None:
         with self.transaction():
@@ -215,15 +220,16 @@ class HolderTables(Database):
         }
 
     def died_holder_report(self, host: str) -> MonitorReport | None:
-        """The last report of a holder of *host* that is gone without letting go (killed, or its machine slept
-        and never woke it): one that lets go clears its own."""
-        rows = self.db.execute(
-            "SELECT pid, updated_at, report FROM monitors WHERE host = ? ORDER BY updated_at DESC", (host,)
-        ).fetchall()
-        for pid, at, report in rows:
-            if not pid_alive(int(pid)):
-                return MonitorReport(float(at), json.loads(report))
-        return None
+        """The newest report of any holder of *host*, when its holder is gone without letting go (killed, or
+        its machine slept and never woke it; one that lets go clears its own). None while the newest is a live
+        holder's: that one sees for itself what happens to the host."""
+        row = self.db.execute(
+            "SELECT pid, updated_at, report FROM monitors WHERE host = ? ORDER BY updated_at DESC LIMIT 1",
+            (host,),
+        ).fetchone()
+        if row is None or pid_alive(int(row[0])):
+            return None
+        return MonitorReport(float(row[1]), json.loads(row[2]))
 
     def clear_monitor(self, host: str, pid: int) -> None:
         with self.transaction():

@@ -61,3 +61,23 @@ def test_a_live_holders_report_is_not_a_dead_ones() -> None:
             "box", os.getpid(), _report({"state": "counting", "stops_at": SEEN + 60}), at=SEEN
         )
     assert guardian_due("box", now=SEEN + 3600) is None
+
+
+def test_a_report_older_than_the_instance_or_than_a_live_holders_is_not_used() -> None:
+    import os
+
+    _died_reporting(_report({"state": "counting", "stops_at": SEEN + 300}))
+    assert guardian_due("box", now=SEEN + 3600, since=SEEN + 10) is None  # about an instance before this one
+    with open_state() as state:
+        state.record_monitor("box", os.getpid(), _report({"state": "busy", "stops_at": None}), at=SEEN + 5)
+    assert guardian_due("box", now=SEEN + 3600) is None  # a holder took over after the dead one
+
+
+def test_a_new_holder_of_the_host_makes_the_dead_ones_report_history() -> None:
+    import os
+
+    _died_reporting(_report({"state": "counting", "stops_at": SEEN + 300}))
+    with open_state() as state:
+        state.claim_supervisor("box", os.getpid(), detached=True)
+        state.release_supervisor("box", os.getpid())
+    assert guardian_due("box", now=SEEN + 3600) is None

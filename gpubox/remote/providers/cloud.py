@@ -483,17 +483,18 @@ def note_instance(record: InstanceRecord, instance: Instance) -> None:
         )
 
 
-def guardian_due(host: str, now: float | None = None) -> float | None:
+def guardian_due(host: str, now: float | None = None, since: float = 0.0) -> float | None:
     """When the host's guardian was due to stop it, as the last report of the gpubox that held it and died
     said: the autostop countdown (the host was idle), the deadline or the budget, whichever came first. None
     when that report showed no stop coming (the host busy: it could have stopped any time after) or a guardian
     that could not stop it. For an instance whose provider keeps no stop time (Lambda's end, a vast label
-    refused), this is the ledger's best end: the guardian stops within one look (1 s) of it."""
+    refused), this is the ledger's best end: the guardian stops within one look (1 s) of it. A report from
+    before *since* (the instance's launch) was about another instance."""
     from gpubox.state import open_state
 
     with open_state() as state:
         found = state.died_holder_report(host)
-    if found is None:
+    if found is None or found.at < since:
         return None
     guardian = found.report.get("guardian") or {}
     if not guardian.get("acts"):
@@ -529,7 +530,7 @@ def forget_vanished(host: str, record: InstanceRecord) -> str:
     from keeps a terminated instance's end time where its API shows it: the ledger ends where the host's
     guardian was due to stop it (:func:`guardian_due`), else where a gpubox last held it. Says so."""
     provider = record.provider
-    due = guardian_due(host)
+    due = guardian_due(host, since=record.launched_at)
     if due is not None:
         forget_instance(
             host, record, f"ended by its guardian's countdown ({provider} keeps no record of when)", at=due
@@ -555,7 +556,7 @@ def settle_stopped(host: HostConfig, record: InstanceRecord, instance: Instance)
     provider = record.provider
     when = instance.stopped_at if instance.stopped_at is not None else record.stopped_at
     if when is None and not record.stopped:
-        when = guardian_due(host.name)
+        when = guardian_due(host.name, since=record.launched_at)
     if not record.stopped:
         reason = f"stopped outside gpubox ({provider}'s record)"
         with open_state() as state:
