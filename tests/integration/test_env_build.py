@@ -9,13 +9,8 @@ its own so the env is built here (not found in the shared env cache), and the en
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
 import shutil
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +19,7 @@ import pytest
 
 from tests.support import hosthome
 from tests.support.cli import run_gpubox
+from tests.support.terminal import on_a_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -145,33 +141,18 @@ def test_up_says_the_env_once(project: Path) -> None:
 
 def test_on_a_terminal_the_build_is_one_line_that_changes_in_place(project: Path) -> None:
     _requirements(project, SMALL_PACKAGES)
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gpubox", "run", "--", "python", "-c", "print(1)"],
+    code, text, stderr = on_a_terminal(
+        "run",
+        "--",
+        "python",
+        "-c",
+        "print(1)",
         cwd=project,
-        stdin=terminal,
-        stdout=terminal,
-        stderr=subprocess.PIPE,
         env=dict(os.environ, COLUMNS="200"),
+        stderr_apart=True,
+        timeout=300,
     )
-    os.close(terminal)
-    shown = b""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([controller], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            shown += chunk
-        elif process.poll() is not None:
-            break
-    os.close(controller)
-    assert process.wait(30) == 0, process.stderr.read() if process.stderr else ""
-    text = shown.decode("utf-8", "replace")
+    assert code == 0, stderr
     # Redrawn in place (carriage return, erase line): what pip is doing, and the time so far.
     drawn = re.findall(r"\r\x1b\[2K  · env    ([^\r\n]*?) · (\d+:\d\d:\d\d)", text)
     steps = {step for step, _clock in drawn}

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pty
-import select
 import shutil
 import signal
 import subprocess
@@ -25,6 +23,7 @@ import pytest
 from tests.support.cli import host_entry, run_gpubox
 from tests.support.hosthome import host_home
 from tests.support.sshd import SshServer
+from tests.support.terminal import on_a_terminal
 from tests.support.trees import assert_same_tree, make_files, same_tree, snapshot, wait_until, write
 
 pytestmark = [
@@ -395,51 +394,17 @@ def test_files_edited_on_the_host_are_named_and_settled_either_way(project: Proj
 # ----------------------------------------------------------------------- a one-shot sync on a terminal
 
 
-def _on_a_terminal(project: Project, *args: str, answer: bytes) -> tuple[int, str]:
-    """`gpubox ARGS` with a terminal for stdin and stdout, *answer* typed once it asks; (exit code, what showed)."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gpubox", *args],
-        cwd=project.local,
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
-        env=dict(os.environ, COLUMNS="160"),
-    )
-    os.close(terminal)
-    shown = b""
-    answered = False
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([controller], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            shown += chunk
-            if not answered and b"[y/N]" in shown:
-                os.write(controller, answer)
-                answered = True
-        elif process.poll() is not None:
-            break
-    os.close(controller)
-    return process.wait(30), shown.decode("utf-8", "replace")
-
-
 def test_a_one_shot_sync_on_a_terminal_shows_its_bar_and_asks_before_a_wipe(project: Project) -> None:
     local = project.local
     make_files(local, 30, folder="src", per_folder=10)
-    code, shown = _on_a_terminal(project, "sync", answer=b"y\n")
+    code, shown, _ = on_a_terminal("sync", cwd=local, answer=b"y\n")
     assert code == 0 and "sync box: 36 sent" in shown, shown
     assert "━" in shown  # the bar, drawn once there was something to send
     assert project.matches()
 
     shutil.rmtree(local / "src")
     (local / "gpubox.toml").unlink()
-    code, shown = _on_a_terminal(project, "sync", answer=b"y\n")
+    code, shown, _ = on_a_terminal("sync", cwd=local, answer=b"y\n")
     assert code == 0, shown
     assert "31 deletions held back on the host: it would leave the project folder on the host empty" in shown
     assert "sync box: 0 sent (0 B), 31 deleted" in shown, shown  # 30 files and gpubox.toml (and the folders)
