@@ -2968,13 +2968,8 @@ def _provider_stop(stop: Dict[str, Any], folder: str, at: Optional[float] = None
         # Once, not retried: the stop matters more than its note, and must not wait on it.
         noted, detail = _api_call(method, url, _fill(note, words), key, tries=1)
         if not noted:
-            unnoted = (
-                "; %s did not keep its stop time (%s), so the ledger counts until a gpubox last held it"
-                % (
-                    provider,
-                    detail,
-                )
-            )
+            unnoted = "; %s did not keep its stop time (%s), so the ledger counts until a gpubox last held it"
+            unnoted %= (provider, detail)
     ok, detail = _api_call(method, url, _fill(stop.get("body") or {}, words), key, tries=PROVIDER_STOP_TRIES)
     if ok:
         return True, str(stop.get("done") or "stopped it through its API").replace("{id}", instance) + unnoted

@@ -513,7 +513,8 @@ def guardian_due(host: str, now: float | None = None, since: float = 0.0) -> flo
 
 
 def _when(at: float | None) -> str:
-    return "" if at is None else f" at {time.strftime('%H:%M:%S', time.localtime(at))}"
+    """`` at 2026-12-05 02:31:09`` (local time), or "" when not known."""
+    return "" if at is None else f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}"
 
 
 def settle_ended(host: HostConfig, record: InstanceRecord, instance: Instance | None) -> str:
@@ -564,7 +565,7 @@ def settle_stopped(host: HostConfig, record: InstanceRecord, instance: Instance)
             if when is not None:
                 state.record_guardian_stop(host.name, when, reason)
             state.close_billing(host.name, at=when, reason=reason)
-    at = "" if when is None else f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}"
+    at = _when(when)
     ways = f"`gpubox down {host.name}` terminates it"
     if host.spec.supports(Capability.RESUME):
         ways = f"`gpubox up {host.name}` starts it again, " + ways
