@@ -44,6 +44,7 @@ from gpubox.sync.scan import (
     read_upto,
     scan_path,
     scan_tree,
+    still_local,
 )
 
 if TYPE_CHECKING:
@@ -474,17 +475,8 @@ class Syncer:
     def _still_local(
         self, scanned: ScanResult, ancestor: dict[str, Entry], candidates: Iterable[str] | None = None
     ) -> tuple[set[str], set[str]]:
-        """Tracked paths missing from the scan that still exist locally: (now ignored or secret: untracked, never
-        deleted; too large: still tracked, left alone, so that deleting the file later still deletes it)."""
         gone = [p for p in (candidates if candidates is not None else ancestor) if p not in scanned.entries]
-        too_large = {path for path, _size in scanned.too_large}
-        leave = {p for p in gone if p in too_large}
-        untrack = {
-            p
-            for p in gone
-            if p not in leave and (p in scanned.skipped or os.path.lexists(os.path.join(self._root_text, p)))
-        }
-        return untrack, leave
+        return still_local(self.root, self.rules, gone, scanned)
 
     def _vanished_checkouts(self) -> set[str]:
         return {

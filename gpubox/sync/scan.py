@@ -9,7 +9,7 @@ import os
 import stat
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,6 +25,7 @@ __all__ = [
     "read_upto",
     "scan_path",
     "scan_tree",
+    "still_local",
 ]
 
 VCS_FOLDERS = frozenset({".git", ".hg", ".svn"})
@@ -327,6 +328,45 @@ def scan_path(root: Path, rules: IgnoreRules, relpath: str, result: ScanResult) 
     result.entries[relpath] = entry
     if entry.kind == "d":
         scan_tree(root, rules, relpath, result)
+
+
+def still_local(
+    root: Path, rules: IgnoreRules, gone: Iterable[str], scanned: ScanResult
+) -> tuple[set[str], set[str]]:
+    """Of the tracked paths *gone* from *scanned*, those that still exist locally: (now ignored, secret or
+    unreadable: untracked, never deleted on the host; too large: still tracked but left alone, so that deleting
+    the file later still deletes it there). The rest are gone, to be deleted.
+
+    A path the walk found missing that is back now, and not one it skipped, was replaced while the walk passed
+    (git unlinks a file and writes a new one): it is scanned again into *scanned* and planned like any other.
+    Untracking it would make the next pass send it as new, and the host's copy a conflict."""
+    too_large = {path for path, _size in scanned.too_large}
+    not_sent = scanned.skipped | {path for path, _why in scanned.unreadable}
+    leave: set[str] = set()
+    untrack: set[str] = set()
+    for path in gone:
+        if path in too_large:
+            leave.add(path)
+        elif path in scanned.entries:
+            continue  # found again with a folder rescanned below
+        elif _at_or_under(path, not_sent):
+            untrack.add(path)
+        elif os.path.lexists(os.path.join(root, path)):
+            scan_path(root, rules, path, scanned)
+            if path not in scanned.entries and _at_or_under(path, scanned.skipped):
+                untrack.add(path)
+    return untrack, leave
+
+
+def _at_or_under(path: str, folders: set[str]) -> bool:
+    if path in folders:
+        return True
+    parent = path.rpartition("/")[0]
+    while parent:
+        if parent in folders:
+            return True
+        parent = parent.rpartition("/")[0]
+    return False
 
 
 def read_upto(fd: int, limit: int, expected: int) -> bytes:

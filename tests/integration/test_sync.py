@@ -628,6 +628,44 @@ def test_the_flush_barrier_does_not_vouch_for_files_the_host_refused(rig: Rig, t
         assert not (outside / "b.txt").exists()
 
 
+@pytest.mark.parametrize("pass_kind", ["paths", "full"])
+def test_a_file_replaced_while_the_scan_passes_it_is_sent_not_forgotten(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, pass_kind: str
+) -> None:
+    """git replaces a file by unlinking it and writing a new one. A scan that passes in between misses it; by the
+    time the pass plans, it is back. It must go as an edit of the tracked file, not be dropped from tracking (the
+    next pass would then send it as new, and the host's copy would be set aside as a conflict)."""
+    write(rig.local, "src/a.py", "old\n")
+    write(rig.local, "src/b.py", "b\n")
+    rig.full()
+    path = rig.local / "src" / "a.py"
+    real_scan_path, real_scan_tree = engine.scan_path, engine.scan_tree
+
+    def replace_during(scan: Callable[..., object]) -> Callable[..., object]:
+        def scanned_while_replaced(*args: object, **kwargs: object) -> object:
+            path.unlink()
+            try:
+                return scan(*args, **kwargs)
+            finally:
+                path.write_text("new from the other branch\n")
+
+        return scanned_while_replaced
+
+    with monkeypatch.context() as patch:
+        if pass_kind == "paths":
+            patch.setattr(engine, "scan_path", replace_during(real_scan_path))
+            first = rig.syncer.paths(["src/a.py"])
+        else:
+            patch.setattr(engine, "scan_tree", replace_during(real_scan_tree))
+            first = rig.full()
+    second = rig.syncer.paths(["src/a.py"])
+
+    assert first.conflicts == [] and second.conflicts == [], (first.conflicts, second.conflicts)
+    assert first.errors == [] and second.errors == []
+    assert rig.syncer.ancestor()["src/a.py"].size == len("new from the other branch\n")
+    rig.assert_same()
+
+
 def test_live_sync_follows_a_git_branch_switch(rig: Rig) -> None:
     repo = rig.local
     _git(repo, "init", "-q", "-b", "main")
