@@ -8,18 +8,15 @@ and a copy of another generation, of another project, or that does not check out
 
 from __future__ import annotations
 
-import array
 import contextlib
-import functools
 import json
-import marshal
 import os
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 from gpubox import paths
-from gpubox.sync.scan import Entry
+from gpubox.sync.scan import Entry, pack_entries, unpack_entries
 
 __all__ = ["AncestorCopy"]
 
@@ -45,7 +42,7 @@ class AncestorCopy:
                 return None
             if zlib.crc32(body) != checksum:
                 return None
-            found = _unpack(body)
+            found = unpack_entries(body)
         except (OSError, ValueError, TypeError, EOFError):
             return None
         self.generation = generation
@@ -56,7 +53,7 @@ class AncestorCopy:
         a copy lost or torn in a crash is not used (its generation or checksum does not match)."""
         if generation == self.generation:
             return
-        body = _pack(ancestor)
+        body = pack_entries(ancestor)
         header = json.dumps([FORMAT, self.host, self.project_key, generation, zlib.crc32(body)])
         temp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
@@ -69,32 +66,3 @@ class AncestorCopy:
                 temp.unlink()
             return
         self.generation = generation
-
-
-def _pack(ancestor: Mapping[str, Entry]) -> bytes:
-    """Columns (no path or link target holds a NUL), so that reading them back builds every entry in C."""
-    entries = ancestor.values()
-    return marshal.dumps(
-        (
-            "\0".join(ancestor),
-            "".join(entry.kind for entry in entries),
-            array.array("q", [entry.size for entry in entries]).tobytes(),
-            array.array("q", [entry.mtime_ns for entry in entries]).tobytes(),
-            bytes(entry.executable for entry in entries),
-            "\0".join(entry.target for entry in entries),
-        )
-    )
-
-
-def _unpack(body: bytes) -> dict[str, Entry]:
-    names, kinds, size_bytes, mtime_bytes, executables, targets = marshal.loads(body)
-    sizes, mtimes = array.array("q"), array.array("q")
-    sizes.frombytes(size_bytes)
-    mtimes.frombytes(mtime_bytes)
-    keys = names.split("\0") if names else []
-    if not len(keys) == len(kinds) == len(sizes) == len(mtimes) == len(executables):
-        raise ValueError("the ancestor's copy is inconsistent")
-    columns = zip(
-        kinds, sizes, mtimes, map(bool, executables), targets.split("\0") if keys else [], strict=True
-    )
-    return dict(zip(keys, map(functools.partial(tuple.__new__, Entry), columns), strict=True))

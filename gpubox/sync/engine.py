@@ -475,7 +475,10 @@ class Syncer:
     def _still_local(
         self, scanned: ScanResult, ancestor: dict[str, Entry], candidates: Iterable[str] | None = None
     ) -> tuple[set[str], set[str]]:
-        gone = [p for p in (candidates if candidates is not None else ancestor) if p not in scanned.entries]
+        if candidates is None:
+            gone: Iterable[str] = ancestor.keys() - scanned.entries.keys()
+        else:
+            gone = [p for p in candidates if p not in scanned.entries]
         return still_local(self.root, self.rules, gone, scanned)
 
     def _vanished_checkouts(self) -> set[str]:

