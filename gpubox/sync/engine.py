@@ -8,7 +8,6 @@ import hashlib
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,13 +17,14 @@ from gpubox.errors import RemoteError
 from gpubox.remote.agent import calls
 from gpubox.state import open_state
 from gpubox.sync.ancestor_copy import AncestorCopy
+from gpubox.sync.folder_index import FolderIndex, add_unchanged
 from gpubox.sync.ignore import rules_for
 from gpubox.sync.pending import PendingNote, rewrite, rewritten
 from gpubox.sync.plan import (
     WIRE_CODES,
     Op,
     Plan,
-    Trashed,
+    RecentTrash,
     WipeGuard,
     differing,
     hold_deletions,
@@ -59,9 +59,6 @@ a batch closes at BATCH_BYTES, so it holds at most BATCH_BYTES + PART_BYTES). Sm
 batches; the pieces of a larger one each wait for their answer."""
 BATCH_OPS = 2000
 PIPELINE_DEPTH = 3
-TRASH_MEMORY_SECONDS = 15 * 60.0
-"""How long a file this process deleted on the host may come back out of the trash as a move."""
-TRASH_MEMORY_FILES = 50_000
 
 
 class Syncer:
@@ -108,6 +105,12 @@ class Syncer:
         self._copy = AncestorCopy(
             self._lock_path.with_name(f"sync-{host_name}-{digest}.ancestor"), host_name, self.project_key
         )
+        self._index = FolderIndex(
+            self._lock_path.with_name(f"sync-{host_name}-{digest}.folders"),
+            host_name,
+            self.project_key,
+            project.sync,
+        )
         self._mutex = threading.Lock()
         self._pruned = False
         self._token = os.urandom(6).hex()
@@ -120,7 +123,7 @@ class Syncer:
         self.held_reason: str | None = None
         self._checkouts: set[str] = set()
         """Folders seen holding a .git/.hg/.svn: one vanishing with its files is a wipe."""
-        self._trashed: OrderedDict[str, tuple[Trashed, float]] = OrderedDict()
+        self._trashed = RecentTrash()
         self._by_facts: dict[tuple[int, int, bool], set[str]] | None = None
         self._fallback: list[Op] = []
         self._grown: list[Op] = []
@@ -352,8 +355,32 @@ class Syncer:
         with self._exclusive():
             started = time.monotonic()
             self.rules.forget_all()
-            scanned = scan_tree(self.root, self.rules, split=True, meanwhile=self.ancestor)
+            known = None if verify else self._index.current()
+            scanned = scan_tree(
+                self.root,
+                self.rules,
+                split=True,
+                meanwhile=None if known else self.ancestor,
+                index=known or {},
+                token=self._index.token,
+            )
+            owed = (
+                scanned.relisted
+                or scanned.unreadable
+                or scanned.too_large
+                or self.held
+                or self._note.exists()
+            )
+            if known and not owed:
+                # Every folder holds what the index says, so the project holds the ancestor, which the host held.
+                self._checkouts = set(scanned.checkouts)
+                report = SyncReport(
+                    held_back=sorted(scanned.held_back), outside_links=sorted(scanned.outside_links)
+                )
+                report.seconds = time.monotonic() - started
+                return report
             ancestor = self.ancestor()
+            add_unchanged(scanned.unchanged, scanned.entries, ancestor)
             if verify is None:
                 verify = not ancestor
             interrupted = self._note.exists()
@@ -364,7 +391,9 @@ class Syncer:
                 ancestor, adopted, suspect = self._adopt_pending(remote, dry_run=dry_run)
                 # A suspect host copy of a local file is as good as none: the file is written again.
                 remote = {p: e for p, e in remote.items() if not rewritten(p, suspect, scanned.entries)}
-            untrack, leave = self._still_local(scanned, ancestor)
+            untrack, leave = still_local(
+                self.root, self.rules, ancestor.keys() - scanned.entries.keys(), scanned
+            )
             plan = plan_changes(
                 scanned.entries,
                 ancestor,
@@ -380,6 +409,8 @@ class Syncer:
                 self._flush(suspect)  # nothing was sent: what the host holds of them is what must last
             if self._ancestor is not None and self._generation is not None:
                 self._copy.keep(self._ancestor, self._generation)
+                if not dry_run and not report.errors and self._ancestor and self._ancestor == scanned.entries:
+                    self._index.keep(scanned.records, self._generation)
             report.verified = remote is not None
             # What the interrupted pass got there and local still holds: already there, like plan.in_sync.
             report.in_sync += sum(
@@ -413,7 +444,8 @@ class Syncer:
                 scan_path(self.root, self.rules, path, scanned)
             candidates.update(outer, tracked_under(outer, ancestor), scanned.entries)
             candidates |= self._unannounced_origins(scanned, candidates)
-            untrack, leave = self._still_local(scanned, ancestor, candidates)
+            gone = [path for path in candidates if path not in scanned.entries]
+            untrack, leave = still_local(self.root, self.rules, gone, scanned)
             plan = plan_changes(
                 scanned.entries,
                 ancestor,
@@ -472,15 +504,6 @@ class Syncer:
             report.seconds = time.monotonic() - started
             return report
 
-    def _still_local(
-        self, scanned: ScanResult, ancestor: dict[str, Entry], candidates: Iterable[str] | None = None
-    ) -> tuple[set[str], set[str]]:
-        if candidates is None:
-            gone: Iterable[str] = ancestor.keys() - scanned.entries.keys()
-        else:
-            gone = [p for p in candidates if p not in scanned.entries]
-        return still_local(self.root, self.rules, gone, scanned)
-
     def _vanished_checkouts(self) -> set[str]:
         return {
             folder
@@ -503,7 +526,7 @@ class Syncer:
         paths a live pass looked at (None: a full pass, which saw everything)."""
         ancestor = self.ancestor()
         if any(op.kind == "write" and op.expect is None for op in plan.ops):
-            pair_moves(plan, ancestor, self._recent_trash())
+            pair_moves(plan, ancestor, self._trashed.recent())
         earlier = {p: e for p, e in self.held.items() if covered is not None and p not in covered}
         vanished = self._vanished_checkouts()
         reason = None
@@ -544,22 +567,6 @@ class Syncer:
             self._send(plan.ops, report, progress)
         report.seconds = time.monotonic() - started
         return report
-
-    # -- the trash as a source of moves
-
-    def _remember_trashed(self, path: str, entry: Entry, where: str) -> None:
-        if entry.kind != "f":
-            return
-        self._trashed.pop(path, None)
-        self._trashed[path] = (Trashed(path, entry, where), time.monotonic())
-        while len(self._trashed) > TRASH_MEMORY_FILES:
-            self._trashed.popitem(last=False)
-
-    def _recent_trash(self) -> list[Trashed]:
-        cutoff = time.monotonic() - TRASH_MEMORY_SECONDS
-        while self._trashed and next(iter(self._trashed.values()))[1] < cutoff:
-            self._trashed.popitem(last=False)
-        return [item for item, _when in self._trashed.values()]
 
     # -- sending
 
@@ -812,7 +819,7 @@ class Syncer:
             status = outcome[0] if outcome else "error"
             if op.kind == "move" and op.entry is not None:
                 if op.from_trash:
-                    self._trashed.pop(op.source.split("/", 1)[-1], None)
+                    self._trashed.forget(op.source.split("/", 1)[-1])
                 if status in ("ok", "same", "conflict"):
                     upserts[op.path] = op.entry
                     if not op.from_trash:
@@ -832,7 +839,7 @@ class Syncer:
                 removals.append(op.path)
                 report.deleted += status == "ok" and op.kind == "delete"  # files; folders go with them
                 if status == "ok" and len(outcome) > 1 and op.expect is not None:
-                    self._remember_trashed(op.path, op.expect, str(outcome[1]))
+                    self._trashed.remember(op.path, op.expect, str(outcome[1]))
             elif status == "kept":
                 removals.append(op.path)
                 report.kept_on_host.append(op.path)

@@ -18,6 +18,8 @@ the deletions left look like a wiped folder rather than work, so that they are h
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,6 +32,7 @@ __all__ = [
     "WIRE_CODES",
     "Op",
     "Plan",
+    "RecentTrash",
     "Trashed",
     "WipeGuard",
     "differing",
@@ -194,6 +197,34 @@ class Trashed:
     entry: Entry
     where: str
     """Its place inside the project's trash folder on the host (``<batch>/<path>``)."""
+
+
+class RecentTrash:
+    """Files this process moved into the host's trash lately, newest last: where a new file with the same facts
+    may come from (a file deleted a moment before its new copy appeared)."""
+
+    SECONDS = 15 * 60.0
+    FILES = 50_000
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, tuple[Trashed, float]] = OrderedDict()
+
+    def remember(self, path: str, entry: Entry, where: str) -> None:
+        if entry.kind != "f":
+            return
+        self._items.pop(path, None)
+        self._items[path] = (Trashed(path, entry, where), time.monotonic())
+        while len(self._items) > self.FILES:
+            self._items.popitem(last=False)
+
+    def forget(self, path: str) -> None:
+        self._items.pop(path, None)
+
+    def recent(self) -> list[Trashed]:
+        cutoff = time.monotonic() - self.SECONDS
+        while self._items and next(iter(self._items.values()))[1] < cutoff:
+            self._items.popitem(last=False)
+        return [item for item, _when in self._items.values()]
 
 
 def _name(path: str) -> str:

@@ -27,6 +27,7 @@ from gpubox.remote.connection import Backoff
 from gpubox.remote.session import HostSession, connect_host
 from gpubox.sync import engine
 from gpubox.sync.engine import BatchProgress, Syncer, SyncReport
+from gpubox.sync.scan import Entry
 from gpubox.sync.watch import LiveSync, WatchSettings
 from tests.support.cli import host_entry, run_gpubox
 from tests.support.sshd import SshServer
@@ -1090,3 +1091,104 @@ def test_pull_reports_what_is_in_the_way_and_fetches_the_rest(rig: Rig) -> None:
     assert (rig.local / "runs" / "clash" / "mine.txt").read_text() == "my folder\n"
     assert (rig.local / "runs" / "sub").read_text() == "my file\n"
     assert not [p for p in rig.local.rglob("*") if ".gpubox-pull-" in p.name]
+
+
+# ------------------------------------------------------------------------- the folder index (no-op passes)
+
+
+def _one_shot(rig: Rig, **sync: object) -> Syncer:
+    """A Syncer as a new `gpubox sync` process makes it: nothing of the ancestor in memory yet."""
+    project = rig.syncer.project
+    if sync:
+        project = ProjectConfig(root=project.root, path=None, sync=SyncConfig(**sync))  # type: ignore[arg-type]
+    return Syncer(rig.session, project, guard=wipe_guard(project.sync), trash_days=project.sync.trash_days)
+
+
+def _no_op_from_the_index(rig: Rig, **sync: object) -> SyncReport:
+    syncer = _one_shot(rig, **sync)
+    report = syncer.full()
+    assert syncer._ancestor is None, "the no-op pass read the ancestor: the folder index was not used"
+    assert report.sent == report.deleted == 0 and report.errors == []
+    return report
+
+
+def _pass_that_decides(rig: Rig, **sync: object) -> SyncReport:
+    syncer = _one_shot(rig, **sync)
+    report = syncer.full()
+    assert syncer._ancestor is not None, "the folder index was trusted where something had changed"
+    assert report.errors == [] and report.conflicts == []
+    return report
+
+
+NOT_SENT = (".env", "out")
+
+
+def test_a_no_op_pass_trusts_the_folder_index_and_any_change_is_still_found(rig: Rig) -> None:
+    local = rig.local
+    write(local, "src/pkg/a.py", "a\n")
+    write(local, "src/pkg/deep/b.py", "b\n")
+    write(local, "src/pkg/c.log", "log\n")
+    write(local, ".env", "TOKEN=1\n")
+    (local / "src" / "link").symlink_to("pkg/a.py")
+    (local / "out").symlink_to("/etc/hostname")
+    first = rig.full()
+    assert first.sent > 0 and first.held_back == [".env"]
+
+    report = _no_op_from_the_index(rig)
+    assert report.held_back == [".env"] and report.outside_links == [("out", "/etc/hostname")]
+
+    # Rewritten with its old size and mtime: rsync's quick check (and gpubox's) does not send it, but its folder
+    # is decided again (ctime), and the index taken anew.
+    b = local / "src" / "pkg" / "deep" / "b.py"
+    before = b.stat()
+    b.write_text("B\n")
+    os.utime(b, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert _pass_that_decides(rig).sent == 0
+    _no_op_from_the_index(rig)
+    write(local, "src/pkg/deep/b.py", "b\n")  # back as it was, for the comparisons below
+    rig.full()
+
+    write(local, "src/pkg/deep/new.py", "new\n")
+    assert _pass_that_decides(rig).sent == 1
+    rig.assert_same(local_exclude=NOT_SENT)
+    _no_op_from_the_index(rig)
+
+    (local / "src" / "pkg" / "a.py").unlink()
+    assert _pass_that_decides(rig).deleted == 1
+    rig.assert_same(local_exclude=NOT_SENT)
+    _no_op_from_the_index(rig)
+
+    # A rule file two folders up: the folder of c.log is listed as before, and still decided again.
+    write(local, ".gitignore", "*.log\n")
+    _pass_that_decides(rig)
+    assert "src/pkg/c.log" not in _one_shot(rig).ancestor()
+    assert (rig.host / "src" / "pkg" / "c.log").exists()  # untracked, never deleted on the host
+    _no_op_from_the_index(rig)
+
+    # Other [sync] settings: another index.
+    _pass_that_decides(rig, ignore=("data/",))
+    _no_op_from_the_index(rig, ignore=("data/",))
+
+    _pass_that_decides(rig)  # and back: the index of the settings before is gone
+    _no_op_from_the_index(rig)
+
+    # The ancestor changed by someone else (a pull, another gpubox): its generation moved.
+    facts = (local / "src" / "pkg" / "deep" / "b.py").stat()
+    rig.syncer.adopt({"src/pkg/deep/b.py": Entry("f", facts.st_size, facts.st_mtime_ns, False, "")})
+    _pass_that_decides(rig)
+    rig.assert_same(local_exclude=(*NOT_SENT, "src/pkg/c.log"), host_exclude=("src/pkg/c.log",))
+    _no_op_from_the_index(rig)
+
+
+def test_no_index_is_taken_while_the_host_is_not_what_the_ancestor_says(rig: Rig) -> None:
+    local = rig.local
+    write(local, "keep/a.txt", "a\n")
+    for index in range(10):
+        write(local, f"bulk/f{index}.txt", f"{index}\n")
+    rig.full()
+    for index in range(10):
+        (local / "bulk" / f"f{index}.txt").unlink()
+    held = _one_shot(rig, max_delete_count=5).full()
+    assert len(held.held_deletions) == 10
+    # Deletions held back: the ancestor still has them, so no index may say "nothing to do".
+    _pass_that_decides(rig, max_delete_count=5)

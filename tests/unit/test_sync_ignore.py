@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gpubox.sync.folder_index import add_unchanged
 from gpubox.sync.ignore import Decision, IgnoreRules, relative
 from gpubox.sync.scan import Entry, ScanResult, scan_tree
 
@@ -408,5 +409,46 @@ def test_a_child_that_fails_has_its_share_walked_by_the_parent(
         monkeypatch.setattr(scan, "marshal", Broken)
         split = scan_tree(root, rules(root, max_file_size=32), split=True)
         assert len(children) == 1 and _facts(split) == _facts(alone)
+    finally:
+        (root / "pkg6" / "closed").chmod(0o755)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-process", "split"])
+def test_a_walk_with_the_folder_index_finds_what_a_plain_walk_finds(
+    tmp_path: Path, children: list[int], split: bool
+) -> None:
+    """A folder found as the index has it is not decided again: its entries are the ancestor's, and what else the
+    walk would report there (skipped, secrets, too large, links out) is replayed. A change anywhere, in a rule
+    file above a folder too, makes that folder decided again."""
+    root = _split_tree(tmp_path / "proj")
+    try:
+
+        def walk(index: dict[str, object] | None, token: bytes = b"settings") -> ScanResult:
+            return scan_tree(root, rules(root, max_file_size=32), split=split, index=index, token=token)  # type: ignore[arg-type]
+
+        def after(index: ScanResult, token: bytes = b"settings") -> tuple[ScanResult, tuple[object, ...]]:
+            found = walk(index.records, token)  # type: ignore[arg-type]
+            add_unchanged(found.unchanged, found.entries, index.entries)
+            return found, _facts(walk(None))
+
+        first = walk({})
+        assert _facts(first) == _facts(walk(None)) and first.relisted == len(first.records)
+        assert not any(path in first.records for path, _why in first.unreadable)  # never taken as unchanged
+
+        again, plain = after(first)
+        assert again.relisted == 0 and again.unchanged == set(first.records)
+        assert _facts(again) == plain
+
+        (root / "pkg2" / "sub2" / "m2.py").write_text("changed, and longer")
+        changed, plain = after(first)
+        assert changed.relisted == 1 and "pkg2/sub2" not in changed.unchanged and _facts(changed) == plain
+
+        (root / ".gitignore").write_text("*.log\n*.py\n")  # the root's rules: every folder decides anew
+        ruled, plain = after(changed)
+        assert ruled.unchanged == set() and _facts(ruled) == plain
+        assert not any(path.endswith(".py") for path in ruled.entries)
+
+        other, plain = after(ruled, token=b"other settings")
+        assert other.unchanged == set() and _facts(other) == plain
     finally:
         (root / "pkg6" / "closed").chmod(0o755)
