@@ -8,15 +8,11 @@ and a copy of another generation, of another project, or that does not check out
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from gpubox import paths
 from gpubox.sync.scan import Entry, pack_entries, unpack_entries
+from gpubox.sync.stamped import read_stamped, write_stamped
 
 __all__ = ["AncestorCopy"]
 
@@ -34,16 +30,12 @@ class AncestorCopy:
 
     def read(self, generation: int) -> dict[str, Entry] | None:
         """The ancestor at *generation*, or None when the copy is not of it."""
+        body = read_stamped(self.path, [FORMAT, self.host, self.project_key, generation])
+        if body is None:
+            return None
         try:
-            data = self.path.read_bytes()
-            header, _, body = data.partition(b"\n")
-            form, host, key, stamp, checksum = json.loads(header)
-            if (form, host, key, stamp) != (FORMAT, self.host, self.project_key, generation):
-                return None
-            if zlib.crc32(body) != checksum:
-                return None
             found = unpack_entries(body)
-        except (OSError, ValueError, TypeError, EOFError):
+        except (ValueError, TypeError, EOFError):
             return None
         self.generation = generation
         return found
@@ -53,16 +45,7 @@ class AncestorCopy:
         a copy lost or torn in a crash is not used (its generation or checksum does not match)."""
         if generation == self.generation:
             return
-        body = pack_entries(ancestor)
-        header = json.dumps([FORMAT, self.host, self.project_key, generation, zlib.crc32(body)])
-        temp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        try:
-            paths.ensure_private_dir(temp.parent)
-            with open(temp, "wb") as handle:
-                handle.write(header.encode() + b"\n" + body)
-            os.replace(temp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            return
-        self.generation = generation
+        if write_stamped(
+            self.path, [FORMAT, self.host, self.project_key, generation], pack_entries(ancestor)
+        ):
+            self.generation = generation

@@ -14,18 +14,16 @@ by a user, so a file rewritten with its old size and mtime still changes its fol
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import marshal
 import os
 import stat
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpubox import paths
+from gpubox.sync.stamped import read_stamped, write_stamped
 
 if TYPE_CHECKING:
     from gpubox.config import SyncConfig
@@ -106,41 +104,13 @@ class FolderIndex:
 
     def read(self, generation: int, fingerprint: bytes) -> dict[str, Record] | None:
         """The records taken at *generation* under the rules of *fingerprint*, or None."""
+        body = read_stamped(self.path, [FORMAT, self.host, self.project_key, generation, fingerprint.hex()])
         try:
-            data = self.path.read_bytes()
-            header, _, body = data.partition(b"\n")
-            form, host, key, stamp, rules, checksum = json.loads(header)
-            if (form, host, key, stamp, rules) != (
-                FORMAT,
-                self.host,
-                self.project_key,
-                generation,
-                fingerprint.hex(),
-            ):
-                return None
-            if zlib.crc32(body) != checksum:
-                return None
-            records: Any = marshal.loads(body)
-        except (OSError, ValueError, TypeError, EOFError):
+            records: Any = None if body is None else marshal.loads(body)
+        except (ValueError, TypeError, EOFError):
             return None
         return records if isinstance(records, dict) else None
 
     def keep(self, records: Mapping[str, Record], generation: int) -> None:
-        """Write the records (no fsync: a copy torn in a crash fails its checksum and is not used)."""
-        body = marshal.dumps(dict(records))
-        header = json.dumps(
-            [FORMAT, self.host, self.project_key, generation, self.token.hex(), zlib.crc32(body)]
-        )
-        temp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        try:
-            paths.ensure_private_dir(temp.parent)
-            with open(temp, "wb") as handle:
-                handle.write(header.encode() + b"\n" + body)
-            os.replace(temp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-
-    def drop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        stamp = [FORMAT, self.host, self.project_key, generation, self.token.hex()]
+        write_stamped(self.path, stamp, marshal.dumps(dict(records)))
