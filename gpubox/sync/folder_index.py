@@ -61,13 +61,19 @@ def folder_digest(token: bytes, items: Sequence[os.DirEntry[str]], stats: Sequen
     return digest.digest()
 
 
-def rules_token(token: bytes, items: Sequence[os.DirEntry[str]], stats: Sequence[os.stat_result]) -> bytes:
-    """The token of the folders below: the one above, and this folder's own rule files (they decide there)."""
-    rows = sorted(
-        (item.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        for item, st in zip(items, stats, strict=True)
-        if item.name in _RULE_FILES and stat.S_ISREG(st.st_mode)
-    )
+def rules_token(
+    token: bytes, items: Sequence[os.DirEntry[str]], stats: Sequence[os.stat_result]
+) -> bytes | None:
+    """The token of the folders below: the one above, and this folder's own rule files (they decide there).
+    None when a rule file is a symlink: what it says can change while the folder's listing stays the same, so
+    neither this folder nor any below it can be taken as unchanged."""
+    rows = []
+    for item, st in zip(items, stats, strict=True):
+        if item.name in _RULE_FILES:
+            if stat.S_ISLNK(st.st_mode):
+                return None
+            rows.append((item.name, st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    rows.sort()
     if not rows:
         return token
     digest = hashlib.blake2b(token, digest_size=16)

@@ -242,14 +242,14 @@ def _walk(base: str, rules: IgnoreRules, stack: list[str], result: ScanResult, f
             continue
         token = result.tokens.pop(folder, None)
         stats = None if token is None else _stat_each(items)
-        if token is None or stats is None:
-            # An entry vanished or cannot be read (or so it was in a folder above): decided one by one, and
-            # neither this folder nor those below it are indexed.
+        below = None if token is None or stats is None else rules_token(token, items, stats)
+        if token is None or stats is None or below is None:
+            # An entry vanished or cannot be read, or a rule file is a symlink (or so it was in a folder above):
+            # decided one by one, and neither this folder nor those below it are indexed.
             result.relisted += 1
             _decide_folder(base, rules, folder, items, names, None, stack, result)
             continue
         digest = folder_digest(token, items, stats)
-        below = rules_token(token, items, stats)
         known = result.index.get(folder)
         prefix = folder + "/" if folder else ""
         if known is not None and known[0] == digest:

@@ -452,3 +452,16 @@ def test_a_walk_with_the_folder_index_finds_what_a_plain_walk_finds(
         assert other.unchanged == set() and _facts(other) == plain
     finally:
         (root / "pkg6" / "closed").chmod(0o755)
+
+
+def test_a_folder_whose_rule_file_is_a_link_is_never_taken_as_unchanged(tmp_path: Path) -> None:
+    root = tree(tmp_path / "proj", {"rules.txt": "", "pkg/a.py": "", "pkg/sub/b.py": "", "other/c.py": ""})
+    (root / "pkg" / ".gitignore").symlink_to("../rules.txt")
+    first = scan_tree(root, rules(root), index={}, token=b"t")
+    assert "pkg" not in first.records and "pkg/sub" not in first.records and "other" in first.records
+    (root / "rules.txt").write_text("*.py\n")  # what pkg/.gitignore says changed; pkg's listing did not
+    again = scan_tree(root, rules(root), index=first.records, token=b"t")
+    add_unchanged(again.unchanged, again.entries, first.entries)
+    assert again.unchanged == {"other"}
+    assert _facts(again) == _facts(scan_tree(root, rules(root)))
+    assert "pkg/a.py" not in again.entries and "pkg/sub/b.py" not in again.entries
