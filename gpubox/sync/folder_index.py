@@ -98,6 +98,8 @@ class FolderIndex:
         self.host = host
         self.project_key = project_key
         self.token = rules_fingerprint(sync.ignore, sync.include, sync.outputs, sync.max_file_size_mb)
+        self._written: tuple[int, bytes] | None = None
+        """(generation, records) this object last wrote: a live sync's idle rescans need not write it again."""
         """Where the rules tokens of the project folder start (see :func:`rules_token`)."""
 
     def current(self) -> dict[str, Record] | None:
@@ -118,5 +120,9 @@ class FolderIndex:
         return records if isinstance(records, dict) else None
 
     def keep(self, records: Mapping[str, Record], generation: int) -> None:
+        body = marshal.dumps(dict(records))
+        if self._written == (generation, body) and self.path.exists():
+            return
         stamp = [FORMAT, self.host, self.project_key, generation, self.token.hex()]
-        write_stamped(self.path, stamp, marshal.dumps(dict(records)))
+        if write_stamped(self.path, stamp, body):
+            self._written = (generation, body)
