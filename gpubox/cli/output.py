@@ -156,31 +156,22 @@ def load_project(*, quiet: bool = False) -> ProjectConfig:
     :func:`gpubox.config.project.locate_project`); says which folder when it is not the current one."""
     from gpubox.actions.project import root_note
 
-    project = config.load_project(held=_held_roots(), synced=_synced_roots())
+    project = config.load_project(held=_roots_in_state("held"), synced=_roots_in_state("synced"))
     note = root_note(project)
     if note is not None and not quiet:
         err(f"gpubox: {note}")
     return project
 
 
-def _held_roots() -> Iterator[Path]:
-    """Project folders a gpubox process holds up now (read only when no marker file is found)."""
+def _roots_in_state(kind: str) -> Iterator[Path]:
+    """Project folders gpubox's state knows, read only if the search for the project gets that far: those a
+    gpubox process holds up now (*kind* "held", asked when no marker file is found), or those gpubox has synced
+    from on this machine ("synced", asked when nothing nearer marks a root)."""
     from gpubox.state import open_state
 
     with open_state() as state:
-        roots = [s.root for s in state.supervisors() if s.root]
-    for root in roots:
-        yield Path(root)
-
-
-def _synced_roots() -> Iterator[Path]:
-    """Project folders gpubox has synced from on this machine (read only when nothing nearer marks a root)."""
-    from gpubox.state import open_state
-
-    with open_state() as state:
-        roots = state.project_roots()
-    for root in roots:
-        yield Path(root)
+        roots = [s.root for s in state.supervisors() if s.root] if kind == "held" else state.project_roots()
+    yield from map(Path, roots)
 
 
 def tell_moved_here(session: HostSession) -> None:
