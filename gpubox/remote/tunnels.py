@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import select
 import socket
 import threading
 from collections.abc import Callable
@@ -137,31 +136,37 @@ class Tunnel:
 
 
 def _pump(client: socket.socket, channel: paramiko.Channel) -> None:
-    """Copy both ways until either side closes; a half-close is passed on as one."""
-    client_open, channel_open = True, True
-    while client_open or channel_open:
-        waiting = [s for s, is_open in ((client, client_open), (channel, channel_open)) if is_open]
-        readable, _, _ = select.select(waiting, [], [], 30)
-        if not readable and channel.closed:
-            return
-        for source in readable:
-            if source is client:
-                data = client.recv(CHUNK)
-                if data:
-                    channel.sendall(data)
-                else:
-                    client_open = False
-                    channel.shutdown_write()
-            else:
-                data = channel.recv(CHUNK)
-                if data:
-                    client.sendall(data)
-                else:
-                    channel_open = False
-                    with contextlib.suppress(OSError):
-                        client.shutdown(socket.SHUT_WR)
-        if channel.closed and not channel.recv_ready():
-            return
+    """Copy both ways until either side closes; a half-close is passed on as one.
+
+    Each direction has its own thread blocked in a read: nothing here ever asks the channel for a file
+    descriptor to select() on. paramiko makes that descriptor a pipe its transport thread writes to as data
+    arrives, and closes it when the channel is closed. A browser that resets a download closes the channel while
+    data still arrives: the transport thread then wrote to a closed descriptor, got EBADF and took the whole
+    SSH connection down (sync, runs and every tunnel with it), or wrote into whatever file took that number."""
+    import paramiko
+
+    def upstream() -> None:
+        try:
+            while data := client.recv(CHUNK):
+                channel.sendall(data)
+            channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            channel.close()  # the browser reset the connection: the host's side of it ends too
+
+    sender = threading.Thread(target=upstream, name="gpubox-tunnel-upstream", daemon=True)
+    sender.start()
+    try:
+        while data := channel.recv(CHUNK):
+            client.sendall(data)
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_WR)
+        # The host is done sending; what the browser still sends goes on until it closes, or the channel does.
+        while sender.is_alive() and not channel.closed:
+            sender.join(1.0)
+    finally:
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)  # wakes the upstream thread if it still waits on the browser
+        sender.join()
 
 
 def tunnel_answers(local_port: int, timeout: float = 3.0) -> bool:

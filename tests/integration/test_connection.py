@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import threading
 import time
@@ -333,3 +335,58 @@ def test_keys_held_by_ssh_agent_are_used(tmp_path: Path, sshd: SshServer) -> Non
     finally:
         agent.terminate()
         agent.wait(5)
+
+
+def test_browsers_resetting_downloads_through_a_tunnel_never_take_the_ssh_connection_down(
+    tmp_path: Path, sshd: SshServer
+) -> None:
+    """A browser tab shut mid-download resets its connection while the host still sends. The tunnel closed the
+    channel then, and paramiko's transport thread, signalling the data that kept arriving on the channel's
+    select() pipe, wrote to the closed pipe, got EBADF and dropped the whole SSH connection: every reset
+    download cost a reconnect (CI saw the next request reset). Here, 200 of them: the connection stays up, and
+    every download and every request after one is answered."""
+    import socket
+    import struct
+
+    from gpubox.remote.tunnels import Tunnel
+
+    body = os.urandom(4 << 20)
+    server = socket.create_server(("127.0.0.1", 0))
+    server_port = server.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                peer, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(peer,), daemon=True).start()
+
+    def answer(peer: socket.socket) -> None:
+        with peer, contextlib.suppress(OSError):
+            asked = peer.recv(1024)
+            peer.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + (body if b"big" in asked else b"small"))
+
+    threading.Thread(target=serve, daemon=True).start()
+    connection = Connection(_endpoint(sshd), accept_new=True, pin_file=tmp_path / "pins").open()
+    transport = connection.transport
+    tunnel = Tunnel(lambda: connection.transport, server_port, local_port=free_port(), name="files").start()
+    try:
+        for _ in range(40):
+            for _ in range(5):
+                with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=30) as sock:
+                    sock.sendall(b"GET /big HTTP/1.0\r\n\r\n")
+                    assert sock.recv(4096)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=30) as sock:
+                sock.sendall(b"GET /small HTTP/1.0\r\n\r\n")
+                answer_bytes = b""
+                while chunk := sock.recv(4096):
+                    answer_bytes += chunk
+                assert answer_bytes.endswith(b"small"), answer_bytes
+            assert transport.is_active() and connection.transport is transport
+        assert tunnel.failures == 0
+    finally:
+        tunnel.stop()
+        server.close()
+        connection.close()
