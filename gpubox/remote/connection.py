@@ -17,7 +17,6 @@ import io
 import logging
 import os
 import re
-import select
 import socket
 import threading
 import time
@@ -522,26 +521,30 @@ def _feed_stdin(source: IO[bytes], channel: paramiko.Channel) -> None:
 def _pump_channel(
     channel: paramiko.Channel, stdout: ByteSink, stderr: ByteSink, *, timeout: float | None, what: str
 ) -> int:
+    # The wait is a read with a short timeout, never a select() on the channel: paramiko would make that a pipe
+    # its transport thread writes to as data arrives, and closing the channel while output still arrives (a
+    # timeout) would have that thread write to a closed pipe, fail, and drop the SSH connection.
     deadline = None if timeout is None else time.monotonic() + timeout
-    channel.setblocking(False)
+    channel.settimeout(0.05)
     while True:
-        moved = False
-        while channel.recv_ready():
-            stdout.write(channel.recv(65536))
-            moved = True
         while channel.recv_stderr_ready():
             stderr.write(channel.recv_stderr(65536))
-            moved = True
-        # OpenSSH may send exit-status before the last output, so only EOF (or close) means "all data is here".
-        if (channel.eof_received or channel.closed) and not (
-            channel.recv_ready() or channel.recv_stderr_ready()
-        ):
+        try:
+            data = channel.recv(65536)
+        except TimeoutError:
+            data = None
+        if data:
+            stdout.write(data)
+        elif data is not None:
+            # EOF (or close): everything the command sent is here. OpenSSH may send exit-status before the last
+            # output, so only this means "all data is here".
+            with contextlib.suppress(TimeoutError):
+                while chunk := channel.recv_stderr(65536):
+                    stderr.write(chunk)
             break
         if deadline is not None and time.monotonic() > deadline:
             channel.close()
             raise RemoteError(f"{what!r} did not finish within {timeout:g} s")
-        if not moved:
-            select.select([channel], [], [], 0.05)
     with contextlib.suppress(Exception):
         stdout.flush()
         stderr.flush()

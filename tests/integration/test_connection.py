@@ -390,3 +390,22 @@ def test_browsers_resetting_downloads_through_a_tunnel_never_take_the_ssh_connec
         tunnel.stop()
         server.close()
         connection.close()
+
+
+def test_a_command_cut_off_at_its_timeout_while_it_still_prints_leaves_the_connection_up(
+    tmp_path: Path, sshd: SshServer
+) -> None:
+    """The timeout closes the channel while output still arrives: the same close as a reset download's (see
+    above), which must never cost the SSH connection."""
+    from gpubox.errors import RemoteError
+
+    connection = Connection(_endpoint(sshd), accept_new=True, pin_file=tmp_path / "pins").open()
+    transport = connection.transport
+    try:
+        for _ in range(20):
+            with pytest.raises(RemoteError, match="did not finish within"):
+                connection.run("yes gpubox", timeout=0.2)
+            assert transport.is_active() and connection.transport is transport
+            assert connection.run("echo still here").stdout == b"still here\n"
+    finally:
+        connection.close()
