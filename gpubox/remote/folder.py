@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from gpubox.remote.agent.framing import FramedAgent
 
 __all__ = [
-    "LEFT_BEHIND_SHOWN",
     "FolderTaken",
     "HostFolder",
     "known_folder",

@@ -98,9 +98,9 @@ class FolderIndex:
         self.host = host
         self.project_key = project_key
         self.token = rules_fingerprint(sync.ignore, sync.include, sync.outputs, sync.max_file_size_mb)
+        """Where the rules tokens of the project folder start (see :func:`rules_token`)."""
         self._written: tuple[int, bytes] | None = None
         """(generation, records) this object last wrote: a live sync's idle rescans need not write it again."""
-        """Where the rules tokens of the project folder start (see :func:`rules_token`)."""
 
     def current(self) -> dict[str, Record] | None:
         """The records, if they were taken at the ancestor's present generation."""
@@ -108,11 +108,11 @@ class FolderIndex:
 
         with open_state() as state:
             generation = state.ancestor_generation(self.host, self.project_key)
-        return None if generation is None else self.read(generation, self.token)
+        return None if generation is None else self.read(generation)
 
-    def read(self, generation: int, fingerprint: bytes) -> dict[str, Record] | None:
-        """The records taken at *generation* under the rules of *fingerprint*, or None."""
-        body = read_stamped(self.path, [FORMAT, self.host, self.project_key, generation, fingerprint.hex()])
+    def read(self, generation: int) -> dict[str, Record] | None:
+        """The records taken at *generation* under these [sync] settings, or None."""
+        body = read_stamped(self.path, self._stamp(generation))
         try:
             records: Any = None if body is None else marshal.loads(body)
         except (ValueError, TypeError, EOFError):
@@ -123,6 +123,8 @@ class FolderIndex:
         body = marshal.dumps(dict(records))
         if self._written == (generation, body) and self.path.exists():
             return
-        stamp = [FORMAT, self.host, self.project_key, generation, self.token.hex()]
-        if write_stamped(self.path, stamp, body):
+        if write_stamped(self.path, self._stamp(generation), body):
             self._written = (generation, body)
+
+    def _stamp(self, generation: int) -> list[object]:
+        return [FORMAT, self.host, self.project_key, generation, self.token.hex()]

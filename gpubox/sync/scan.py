@@ -517,7 +517,7 @@ def unpack_entries(body: bytes) -> dict[str, Entry]:
     columns = zip(
         kinds, sizes, mtimes, map(bool, executables), targets.split("\0") if keys else [], strict=True
     )
-    return dict(zip(keys, map(functools.partial(tuple.__new__, Entry), columns), strict=True))
+    return dict(zip(keys, map(_new_entry, columns), strict=True))
 
 
 def read_upto(fd: int, limit: int, expected: int) -> bytes:

@@ -82,15 +82,15 @@ def test_the_folder_index_is_read_only_at_its_generation_settings_and_project_an
     records = {"": (b"d" * 16, ["src"], [".git"], [".env"], [("big.bin", 9)], [("out", "/etc")])}
     index = FolderIndex(path, "box", "p", settings)
     index.keep(records, 7)
-    assert FolderIndex(path, "box", "p", settings).read(7, index.token) == records
-    assert FolderIndex(path, "box", "p", settings).read(8, index.token) is None
-    assert FolderIndex(path, "box", "q", settings).read(7, index.token) is None
+    assert FolderIndex(path, "box", "p", settings).read(7) == records
+    assert FolderIndex(path, "box", "p", settings).read(8) is None
+    assert FolderIndex(path, "box", "q", settings).read(7) is None
     other = FolderIndex(path, "box", "p", SyncConfig(ignore=("data/",)))
-    assert other.token != index.token and other.read(7, other.token) is None
+    assert other.token != index.token and other.read(7) is None
     data = path.read_bytes()
     for torn in (data[:-3], data[:-1] + bytes([data[-1] ^ 1]), b"", b"[1, 2\n"):
         path.write_bytes(torn)
-        assert FolderIndex(path, "box", "p", settings).read(7, index.token) is None
+        assert FolderIndex(path, "box", "p", settings).read(7) is None
 
 
 def test_the_pending_note_keeps_the_boot_each_batch_was_sent_under(tmp_path: Path) -> None:
