@@ -220,6 +220,8 @@ class HostMonitor:
         self.last_activity: str | None = None
         self.outcome: str | None = None
         """What the monitor did to the host (stopped it, and why); None while it holds it."""
+        self.link_lost_since: float | None = None
+        """Wall time the link to the host dropped, while the supervisor reconnects (for `status`); None while up."""
         self.services: list[dict[str, Any]] | None = None
         """Every project's services running on the host (the lead looks every SERVICES_SECONDS), for `status`."""
         self.next_services = self.clock()
@@ -302,6 +304,12 @@ class HostMonitor:
         """Nobody can see the host while the link is down: the idle window starts again once it is back."""
         self.tracker.reset()
         self.gpu_note = "link lost"
+        if self.link_lost_since is None:
+            self.link_lost_since = self.wall()
+        self._report()
+
+    def link_back(self) -> None:
+        self.link_lost_since = None
         self._report()
 
     def sleep(self, seconds: float) -> None:
@@ -739,6 +747,7 @@ class HostMonitor:
             "outcome": self.outcome,
             "guardian": self._guardian_report(),
             "sync": None if self.sync is None else self.sync.document(),
+            "link_lost_since": self.link_lost_since,
             **{part: document() for part, document in self.published.items()},
             "services": self.services,
         }

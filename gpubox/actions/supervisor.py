@@ -201,6 +201,8 @@ def supervise(
                 return
             raise
         say(f"reconnected to {name} after {time.monotonic() - lost_at:.1f} s")
+        if monitor is not None:
+            monitor.link_back()
 
 
 def stop_supervisor(

@@ -324,6 +324,7 @@ def hold(
                     state.host_port,
                     local_port=remembered.get(state.name),
                     name=state.name,
+                    on_link_lost=wake.set,
                 ).start(),
             )
             for state in prepared.services

@@ -186,11 +186,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             own = state.monitor(host.name, ours) if ours else None
             row["outputs"] = (own[1].get("outputs") if own else None) or None
             row["runs"] = (own[1].get("runs") if own else None) or []
+            row["link_lost_since"] = (own[1].get("link_lost_since") if own else None) or None
             row["services"] = [
                 {
                     "name": tunnel.service,
                     "host_port": tunnel.host_port,
-                    "answers": tunnel_answers(tunnel.local_port),
+                    # While the link is down a tunnel holds new connections until it is back: nothing to ask.
+                    "answers": not row["link_lost_since"] and tunnel_answers(tunnel.local_port),
                     "tunnel": tunnel,
                 }
                 for tunnel in state.live_tunnels(host.name, project.id)
@@ -244,6 +246,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             line += f" · {budget['percent']:.0f} % of {whose} {format_usd(budget['budget_usd'])}"
         out(line)
         if row["up"]:
+            if row.get("link_lost_since"):
+                out(
+                    f"    link      lost {format_duration(now - row['link_lost_since'])} ago; reconnecting "
+                    "(sync waits, tunnels hold new connections until it is back)"
+                )
             out(f"    autostop  {autostop_text(row['autostop'], row['autostop_minutes'])}")
             for line in guardian_lines(row["guardian"], now):
                 out(f"    {line}")
@@ -268,7 +275,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                     f"    held for  {held['name'] or '?'} ({mark}) by gpubox pid {held['pid']}: {held['folder'] or '?'}"
                 )
         for service in row["services"]:
-            shown = "" if service["answers"] else "  (not answering: the supervisor starts it again)"
+            shown = (
+                ""
+                if service["answers"]
+                else "  (link lost: waiting for it)"
+                if row.get("link_lost_since")
+                else "  (not answering: the supervisor starts it again)"
+            )
             out(f"    {service['name']:<9} {service['url']}{shown}")
         for service in row["unheld_services"]:
             memory = f", {service['rss_bytes'] / 2**20:.0f} MiB" if service.get("rss_bytes") else ""

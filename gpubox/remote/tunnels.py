@@ -2,7 +2,9 @@
 transport.
 
 A tunnel asks for its transport on every new connection, so after the supervisor reconnects, the same local URL
-simply works again: the listener never goes away with the link.
+simply works again: the listener never goes away with the link. A connection that arrives while the link is down
+waits for it (up to :data:`LINK_PATIENCE` seconds) instead of being reset: a page load or Jupyter's websocket
+reconnect during a Wi-Fi blip then takes a moment longer, and does not fail.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import errno
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,6 +25,8 @@ __all__ = ["Tunnel", "bind_local", "tunnel_answers"]
 
 CHUNK = 64 * 1024
 PORT_TRIES = 20
+LINK_PATIENCE = 20.0
+"""How long a connection that arrives while the link is down waits for it to come back (a browser waits longer)."""
 
 
 def bind_local(preferred: int) -> socket.socket:
@@ -55,8 +60,15 @@ class Tunnel:
         local_port: int | None = None,
         remote_host: str = "127.0.0.1",
         name: str = "tunnel",
+        on_link_lost: Callable[[], None] | None = None,
+        patience: float = LINK_PATIENCE,
     ) -> None:
+        """*transport* raises :class:`~gpubox.errors.HostUnreachable` while the link is down; *on_link_lost* is
+        then called (the supervisor's wake-up, so it reconnects now rather than at its next heartbeat) and the
+        connection waits up to *patience* seconds for a transport again."""
         self.transport = transport
+        self.on_link_lost = on_link_lost
+        self.patience = patience
         self.remote_port = remote_port
         self.remote_host = remote_host
         self.name = name
@@ -113,9 +125,7 @@ class Tunnel:
         channel = None
         try:
             try:
-                channel = self.transport().open_channel(
-                    "direct-tcpip", (self.remote_host, self.remote_port), address, timeout=15
-                )
+                channel = self._open_channel(address)
             except Exception:
                 # The link is down or nothing listens on the host: this browser request fails, the next may not.
                 self.failures += 1
@@ -134,6 +144,39 @@ class Tunnel:
             with self._lock:
                 self._connections.discard(client)
 
+    def _open_channel(self, address: tuple[str, int]) -> paramiko.Channel:
+        """A channel to the service, waiting out a dropped link; what the host answers (nothing listens there,
+        the channel is refused) is final."""
+        import paramiko
+
+        from gpubox.errors import HostUnreachable
+
+        deadline = time.monotonic() + self.patience
+        while True:
+            transport = None
+            try:
+                transport = self.transport()
+                return transport.open_channel(
+                    "direct-tcpip", (self.remote_host, self.remote_port), address, timeout=15
+                )
+            except HostUnreachable:
+                pass  # the link is down: wait for the reconnect
+            except paramiko.ChannelException:
+                raise  # the host refused it (nothing listens there): final
+            except (paramiko.SSHException, EOFError, OSError):
+                # A transport that died as the channel was asked for fails the request in this thread before its
+                # own thread has marked it inactive; a live one fails it this way only when two refusals race in
+                # paramiko. A moment tells the two apart: a dead link is waited out, a refusal is final.
+                if transport is not None:
+                    self._stopping.wait(0.2)
+                    if transport.is_active():
+                        raise
+            if self._stopping.is_set() or time.monotonic() >= deadline:
+                raise HostUnreachable("the link to the host stayed down")
+            if self.on_link_lost is not None:
+                self.on_link_lost()
+            self._stopping.wait(0.1)
+
 
 def _pump(client: socket.socket, channel: paramiko.Channel) -> None:
     """Copy both ways until either side closes; a half-close is passed on as one.
@@ -151,7 +194,10 @@ def _pump(client: socket.socket, channel: paramiko.Channel) -> None:
                 channel.sendall(data)
             channel.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException):
-            channel.close()  # the browser reset the connection: the host's side of it ends too
+            # The browser reset the connection (the host's side of it ends too), or the link dropped under the
+            # channel (closing it then fails the same way: nothing is left to close).
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                channel.close()
 
     sender = threading.Thread(target=upstream, name="gpubox-tunnel-upstream", daemon=True)
     sender.start()

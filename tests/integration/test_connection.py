@@ -392,6 +392,64 @@ def test_browsers_resetting_downloads_through_a_tunnel_never_take_the_ssh_connec
         connection.close()
 
 
+def test_a_request_through_a_tunnel_while_the_link_is_down_waits_for_the_reconnect(
+    tmp_path: Path, sshd: SshServer
+) -> None:
+    """The link drops (here: its socket is shut under paramiko) and a browser asks for a page before the
+    supervisor has reconnected. The request used to be reset at once; it now wakes the supervisor (as `up` wires
+    it) and waits for the new transport, then is answered. Every drop is a real one, on the real sshd."""
+    import socket
+
+    from gpubox.remote.tunnels import Tunnel
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server_port = server.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                peer, _ = server.accept()
+            except OSError:
+                return
+            with peer, contextlib.suppress(OSError):
+                peer.recv(1024)
+                peer.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello")
+
+    threading.Thread(target=serve, daemon=True).start()
+    connection = Connection(_endpoint(sshd), accept_new=True, pin_file=tmp_path / "pins").open()
+    wake = threading.Event()
+    stop = threading.Event()
+
+    def supervisor() -> None:  # what `up`'s supervise() does when woken: notice the dead link, reconnect
+        while not stop.is_set():
+            if wake.wait(0.2):
+                wake.clear()
+                if not connection.is_alive():
+                    connection.reconnect()
+
+    threading.Thread(target=supervisor, daemon=True).start()
+    tunnel = Tunnel(
+        lambda: connection.transport, server_port, local_port=free_port(), name="web", on_link_lost=wake.set
+    ).start()
+    try:
+        for _ in range(5):
+            dropped = connection.transport
+            dropped.sock.shutdown(socket.SHUT_RDWR)
+            with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=30) as sock:
+                sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                answer_bytes = b""
+                while chunk := sock.recv(4096):
+                    answer_bytes += chunk
+            assert answer_bytes.endswith(b"hello"), answer_bytes
+            assert connection.transport is not dropped
+        assert tunnel.failures == 0
+    finally:
+        stop.set()
+        tunnel.stop()
+        server.close()
+        connection.close()
+
+
 def test_a_command_cut_off_at_its_timeout_while_it_still_prints_leaves_the_connection_up(
     tmp_path: Path, sshd: SshServer
 ) -> None:

@@ -83,11 +83,11 @@ def test_run_survives_the_ssh_link_and_gpubox(project: Path) -> None:
     # Drop every SSH session of this test's local host (not the machine's others): the run was started
     # detached, in its own session, so it must not notice.
     from gpubox.remote.providers.local import LocalSshd
-    from tests.support.sshd import _descendants
+    from tests.support.sshd import descendants
 
     server = LocalSshd().running()
     assert server is not None
-    for pid in _descendants(server.pid):
+    for pid in descendants(server.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     follow = run_gpubox("logs", run_id, "-f", cwd=project)

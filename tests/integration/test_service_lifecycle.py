@@ -5,6 +5,7 @@ what `down` does to the host."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import pytest
 
 from tests.support import hosthome
 from tests.support.cli import run_gpubox
+from tests.support.sshd import children
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +143,52 @@ def test_a_browser_that_resets_its_connection_leaves_no_traceback(project: Path,
     assert httpx.get(url, timeout=30).status_code == 200  # the tunnel serves on
     log = _up_log()
     assert "Traceback" not in log and "Exception in thread" not in log, log[-3000:]
+
+
+def _link_lost_since(project: Path) -> float | None:
+    status = run_gpubox("status", "--json", cwd=project)
+    assert status.returncode == 0, status.stderr
+    (local,) = [h for h in json.loads(status.stdout)["hosts"] if h["name"] == "local"]
+    return local["link_lost_since"]  # type: ignore[no-any-return]
+
+
+def test_while_the_link_is_down_status_says_so_and_a_request_waits_for_it(project: Path) -> None:
+    """The holder's connection drops (its sshd session killed: the socket is reset) while the host's sshd is
+    frozen, so the reconnect cannot happen yet. `status` says the link is lost instead of calling the services
+    dead, and a browser request made meanwhile is held by the tunnel and answered once the link is back (it used
+    to be reset at once)."""
+    import threading
+
+    up = run_gpubox("up", "--detach", cwd=project, timeout=900)
+    assert up.returncode == 0, up.stdout + up.stderr
+    url = str(_services(project)["files"]["url"])
+    assert _wait(lambda: _status_code(url, "") == 200, 30)
+    listener = int((Path(os.environ["GPUBOX_HOME"]) / "state" / "local-sshd" / "sshd.pid").read_text())
+    answered: list[int] = []
+    request = threading.Thread(target=lambda: answered.append(httpx.get(url, timeout=60).status_code))
+    os.kill(listener, signal.SIGSTOP)  # a reconnect now waits in its backlog until it goes on
+    try:
+        # Only the per-connection sshd processes: what runs below them (a login shell's rc file, the agent) ends
+        # on its own once its pipes close, as it does when a real link drops.
+        for session in children(listener):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(session, signal.SIGKILL)
+        request.start()
+        assert _wait(lambda: _link_lost_since(project) is not None, 30)
+        status = run_gpubox("status", cwd=project).stdout
+        assert "link      lost" in status and "reconnecting" in status, status
+        assert "files     http://127.0.0.1:" in status and "(link lost: waiting for it)" in status, status
+        assert request.is_alive() and not answered  # held by the tunnel, not reset
+    finally:
+        os.kill(listener, signal.SIGCONT)
+    request.join(60)
+    assert answered == [200]
+    assert _wait(lambda: _link_lost_since(project) is None, 60)
+    assert _services(project)["files"]["answers"] is True
+    log = _up_log()
+    assert "reconnected to local" in log and "Traceback" not in log and "Exception in thread" not in log, log[
+        -3000:
+    ]
 
 
 def test_the_foreground_up_says_down_stopped_the_host(project: Path) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 
 from tests.support import hosthome
 from tests.support.netns import NetemUnavailable, NetnsHost
-from tests.support.sshd import SshServer, _descendants
+from tests.support.sshd import SshServer, descendants
 
 __all__ = [
     "FAULT_KINDS",
@@ -94,7 +94,7 @@ def kill_sshd(server: SshServer) -> None:
     if server.proc is None or server.proc.poll() is not None:
         return
     victims = [server.proc.pid]
-    for pid in _descendants(server.proc.pid):
+    for pid in descendants(server.proc.pid):
         try:
             if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
                 victims.append(pid)

@@ -104,7 +104,7 @@ class SshServer:
     def kill(self) -> None:
         """SIGKILL the listener and every session it spawned: the host dies, live connections drop."""
         if self.proc and self.proc.poll() is None:
-            for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+            for pid in [self.proc.pid, *descendants(self.proc.pid)]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             self.proc.wait(5)
@@ -112,7 +112,7 @@ class SshServer:
     def stop(self) -> None:
         """End the listener and its sessions (each session sshd runs in its own session, so not by group)."""
         if self.proc and self.proc.poll() is None:
-            sessions = _descendants(self.proc.pid)
+            sessions = descendants(self.proc.pid)
             try:
                 self.proc.terminate()
                 self.proc.wait(5)
@@ -138,8 +138,24 @@ class SshServer:
         return self.restart() if self.proc is not None else self
 
 
-def _descendants(root: int) -> list[int]:
+def children(parent: int) -> list[int]:
+    """The processes whose parent is *parent*."""
+    return _children_by_parent().get(parent, [])
+
+
+def descendants(root: int) -> list[int]:
     """Every process below *root*, found through /proc parent links."""
+    children = _children_by_parent()
+    found: list[int] = []
+    queue = [root]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _children_by_parent() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -150,10 +166,4 @@ def _descendants(root: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(parent, []).append(int(entry))
-    found: list[int] = []
-    queue = [root]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
+    return children
