@@ -325,6 +325,7 @@ def hold(
                     local_port=remembered.get(state.name),
                     name=state.name,
                     on_link_lost=wake.set,
+                    on_failure=lambda text: say(_step(f"! {text}")),
                 ).start(),
             )
             for state in prepared.services

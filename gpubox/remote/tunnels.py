@@ -27,6 +27,7 @@ CHUNK = 64 * 1024
 PORT_TRIES = 20
 LINK_PATIENCE = 20.0
 """How long a connection that arrives while the link is down waits for it to come back (a browser waits longer)."""
+FAILURE_TOLD_EVERY = 60.0
 
 
 def bind_local(preferred: int) -> socket.socket:
@@ -62,13 +63,17 @@ class Tunnel:
         name: str = "tunnel",
         on_link_lost: Callable[[], None] | None = None,
         patience: float = LINK_PATIENCE,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         """*transport* raises :class:`~gpubox.errors.HostUnreachable` while the link is down; *on_link_lost* is
         then called (the supervisor's wake-up, so it reconnects now rather than at its next heartbeat) and the
-        connection waits up to *patience* seconds for a transport again."""
+        connection waits up to *patience* seconds for a transport again. *on_failure* hears why a connection
+        could not be forwarded, at most once a minute (a browser retries far more often)."""
         self.transport = transport
         self.on_link_lost = on_link_lost
         self.patience = patience
+        self.on_failure = on_failure
+        self._failure_told_at = -FAILURE_TOLD_EVERY
         self.remote_port = remote_port
         self.remote_host = remote_host
         self.name = name
@@ -126,9 +131,10 @@ class Tunnel:
         try:
             try:
                 channel = self._open_channel(address)
-            except Exception:
+            except Exception as exc:
                 # The link is down or nothing listens on the host: this browser request fails, the next may not.
                 self.failures += 1
+                self._tell_failure(exc)
                 return
             try:
                 _pump(client, channel)
@@ -143,6 +149,19 @@ class Tunnel:
                 client.close()
             with self._lock:
                 self._connections.discard(client)
+
+    def _tell_failure(self, exc: Exception) -> None:
+        import paramiko
+
+        now = time.monotonic()
+        if self.on_failure is None or now - self._failure_told_at < FAILURE_TOLD_EVERY:
+            return
+        self._failure_told_at = now
+        if isinstance(exc, paramiko.ChannelException):
+            why = f"nothing answers on the host's {self.remote_host}:{self.remote_port} ({exc.text})"
+        else:
+            why = str(exc) or type(exc).__name__
+        self.on_failure(f"{self.name}: a connection through its tunnel failed: {why}")
 
     def _open_channel(self, address: tuple[str, int]) -> paramiko.Channel:
         """A channel to the service, waiting out a dropped link; what the host answers (nothing listens there,

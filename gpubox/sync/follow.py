@@ -83,11 +83,13 @@ class OutputsFollower:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        while not self.stopping.wait(self.every):
+        # The first look at once: until it, `status` can only say the outputs' state is not known yet.
+        while not self.stopping.is_set():
             try:
                 self.look()
             except Exception as exc:  # the link dropped (the supervisor reconnects), a local disk error, ...
                 self._problem(f"outputs not pulled: {exc}")
+            self.stopping.wait(self.every)
 
     def look(self) -> PullReport:
         """One background round: pull what stood still since the previous look, and what grows."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -400,3 +401,58 @@ def test_calls_and_the_agents_constants_load_without_paramiko() -> None:
     code = "import sys, gpubox.remote.agent.calls, gpubox.remote.agent.host; print('paramiko' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "False"
+
+
+def test_two_projects_starting_a_service_at_once_never_take_the_same_port(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """Two `gpubox up`s of different projects start their file servers at the same moment, asking for the same
+    port. Each agent used to find the port free and start its server there: one server then failed to bind, and
+    its agent could even take the other's answer on that port for its own. The port is now chosen and claimed
+    under a host-wide lock, so each gets a port of its own, answered by its own server."""
+    from gpubox.remote.sshd import free_port
+
+    port = free_port()
+    # Slow to bind, as Jupyter is: both agents have chosen a port before either server listens.
+    command = "sleep 0.5; exec python3 -m http.server {port} --bind 127.0.0.1"
+    results: dict[int, object] = {}
+    with _connect(sshd, tmp_path) as connection:
+        agents = [AgentSession(connection).start() for _ in range(2)]
+
+        def start(index: int) -> None:
+            try:
+                results[index] = calls.service_ensure(
+                    agents[index],
+                    key=f"project{index}",
+                    name="files",
+                    command=command,
+                    port=port,
+                    cwd=str(sshd.home),
+                    venv=None,
+                    secret=None,
+                    env={},
+                    wait=30,
+                )
+            except RemoteError as exc:
+                results[index] = exc
+
+        threads = [threading.Thread(target=start, args=(index,)) for index in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        try:
+            rows = [results[0], results[1]]
+            assert all(isinstance(row, dict) for row in rows), rows
+            ports = [row["port"] for row in rows]  # type: ignore[index]
+            assert len(set(ports)) == 2, rows
+            for index in range(2):
+                listed = calls.service_list(agents[index], key=f"project{index}")["services"]
+                assert [(r["name"], r["state"], r["port"]) for r in listed] == [
+                    ("files", "running", ports[index])
+                ]
+        finally:
+            for index, agent in enumerate(agents):
+                with contextlib.suppress(RemoteError):
+                    calls.service_stop(agent, key=f"project{index}", name="files")
+                agent.close()

@@ -94,10 +94,15 @@ def test_a_service_that_dies_is_started_again_and_urls_stay_the_same_across_down
     files = _host_service(project, "files")
     os.killpg(int(files["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
     assert _services(project)["files"]["answers"] is False
+    # The up log says why a browser's connection failed (once a minute at most).
+    assert _wait(
+        lambda: "files: a connection through its tunnel failed: nothing answers on the host's" in _up_log()
+    )
     status = run_gpubox("status", cwd=project).stdout
     assert "(not answering: the supervisor starts it again)" in status, status
     assert _wait(lambda: _services(project)["files"]["answers"] is True)
-    assert "files had stopped on the host; started it again" in _up_log()
+    # The watch says so once the service is back, which a status probe may see a moment before.
+    assert _wait(lambda: "files had stopped on the host; started it again" in _up_log(), 10)
     assert httpx.get(str(before["files"]["url"]), timeout=30).status_code == 200
 
     # So does Jupyter, with the same port and token: the bookmarked URL works on.

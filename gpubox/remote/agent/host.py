@@ -2232,7 +2232,7 @@ def _service_dir(args: Dict[str, Any]) -> str:
     for value in (key, name):
         if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
             raise RequestError("bad-request", "key and name must be plain folder names")
-    return os.path.join(os.path.expanduser("~"), ".gpubox", "services", str(key), str(name))
+    return os.path.join(_services_root(), str(key), str(name))
 
 
 def _port_answers(port: int) -> bool:
@@ -2243,8 +2243,55 @@ def _port_answers(port: int) -> bool:
         return False
 
 
-def _free_port(preferred: int) -> int:
-    for port in [preferred + offset for offset in range(20)] + [0]:
+def _services_root() -> str:
+    return os.path.join(os.path.expanduser("~"), ".gpubox", "services")
+
+
+@contextlib.contextmanager
+def _services_lock() -> Any:
+    """Held while a service's port is chosen and claimed in its spec.json: two projects starting services at the
+    same moment (two `gpubox up`s) must not both find one port free and both take it. The loser's server then
+    fails to bind, or worse, it answers as if started while the port answers with the winner's server."""
+    import fcntl
+
+    folder = os.path.join(os.path.expanduser("~"), ".gpubox")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    with open(os.path.join(folder, "services.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _claimed_ports(skip: str) -> Set[int]:
+    """The ports other services on this host were started on and still hold (their process lives)."""
+    claimed: Set[int] = set()
+    root = _services_root()
+    try:
+        keys = os.listdir(root)
+    except OSError:
+        return claimed
+    for key in keys:
+        try:
+            names = os.listdir(os.path.join(root, key))
+        except OSError:
+            continue
+        for name in names:
+            folder = os.path.join(root, key, name)
+            if folder == skip:
+                continue
+            try:
+                with open(os.path.join(folder, "spec.json")) as handle:
+                    spec = json.load(handle)
+            except (OSError, ValueError):
+                continue
+            port, pid = spec.get("port"), spec.get("pid")
+            if isinstance(port, int) and isinstance(pid, int) and _alive(pid):
+                claimed.add(port)
+    return claimed
+
+
+def _free_port(preferred: int, claimed: Optional[Set[int]] = None) -> int:
+    taken = claimed or set()
+    for port in [p for p in (preferred + offset for offset in range(20)) if p not in taken] + [0]:
         probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         # As the servers bind (Jupyter, TensorBoard, http.server all reuse addresses): connections of a
         # server that just died, left in TIME_WAIT, must not push its successor to another port.
@@ -2298,36 +2345,10 @@ def _stop_group(pid: Any, grace: float = 5.0) -> None:
             return
 
 
-def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
-    """Start the service unless the same one already runs and answers; wait until its port answers."""
-    folder = _service_dir(args)
-    command = args.get("command")
-    preferred = args.get("port")
-    cwd = os.path.abspath(os.path.expanduser(str(args.get("cwd") or "~")))
-    if not isinstance(command, str) or not command.strip():
-        raise RequestError("bad-request", "the service needs a command")
-    if not isinstance(preferred, int) or not 0 < preferred < 65536:
-        raise RequestError("bad-request", "port must be 1-65535")
-    row = _service_row(folder)
-    if row["state"] == "running" and row["command"] == command:
-        row["reused"] = True
-        return row
-    before: Dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, "spec.json")) as handle:
-        before = json.load(handle)
-    _stop_group(before.get("pid"))
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    os.chmod(folder, 0o700)
-    if "{port}" in command:
-        # The port it had last time, while free and asked for the same way: its tunnel's URL stays the same.
-        last = before.get("port")
-        same = before.get("asked") == preferred and isinstance(last, int) and 0 < last < 65536
-        port = _free_port(int(last) if same and isinstance(last, int) else preferred)
-    elif _port_answers(preferred):
-        # A command with its port written in cannot move: someone else's server holds it.
-        raise RequestError("port-taken", "port %d is already taken on the host" % preferred)
-    else:
-        port = preferred
+def _start_service(
+    args: Dict[str, Any], folder: str, command: str, port: int, preferred: int, cwd: str
+) -> int:
+    """Spawn the service on *port* and record it in its spec.json (which claims the port); its pid."""
     env = dict(os.environ)
     extra = args.get("env") or {}
     if isinstance(extra, dict):
@@ -2355,6 +2376,42 @@ def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
     with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
         json.dump(spec, handle)
     os.replace(temp, os.path.join(folder, "spec.json"))
+    return pid
+
+
+def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Start the service unless the same one already runs and answers; wait until its port answers."""
+    folder = _service_dir(args)
+    command = args.get("command")
+    preferred = args.get("port")
+    cwd = os.path.abspath(os.path.expanduser(str(args.get("cwd") or "~")))
+    if not isinstance(command, str) or not command.strip():
+        raise RequestError("bad-request", "the service needs a command")
+    if not isinstance(preferred, int) or not 0 < preferred < 65536:
+        raise RequestError("bad-request", "port must be 1-65535")
+    row = _service_row(folder)
+    if row["state"] == "running" and row["command"] == command:
+        row["reused"] = True
+        return row
+    before: Dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, "spec.json")) as handle:
+        before = json.load(handle)
+    _stop_group(before.get("pid"))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    with _services_lock():
+        claimed = _claimed_ports(skip=folder)
+        if "{port}" in command:
+            # The port it had last time, while free and asked for the same way: its tunnel's URL stays the same.
+            last = before.get("port")
+            same = before.get("asked") == preferred and isinstance(last, int) and 0 < last < 65536
+            port = _free_port(int(last) if same and isinstance(last, int) else preferred, claimed)
+        elif preferred in claimed or _port_answers(preferred):
+            # A command with its port written in cannot move: someone else's server holds it.
+            raise RequestError("port-taken", "port %d is already taken on the host" % preferred)
+        else:
+            port = preferred
+        pid = _start_service(args, folder, command, port, preferred, cwd)
     wait = args.get("wait", 60)
     deadline = time.time() + (wait if isinstance(wait, (int, float)) else 60)
     while time.time() < deadline:
@@ -2382,7 +2439,7 @@ def op_service_list(args: Dict[str, Any]) -> Dict[str, Any]:
     key = args.get("key")
     if key is not None and (not isinstance(key, str) or not key or "/" in key or key in (".", "..")):
         raise RequestError("bad-request", "key must be a plain folder name")
-    root = os.path.join(os.path.expanduser("~"), ".gpubox", "services")
+    root = _services_root()
     try:
         keys = [key] if key is not None else sorted(os.listdir(root))
     except OSError:
