@@ -317,6 +317,13 @@ def test_several_projects_hold_one_host_and_down_leaves_the_others(tmp_path: Pat
         last = _ok("down", "local", cwd=beta)
         assert "stopped the local sshd" in last and not pid_alive(beta_holder)
         assert _open_intervals("local") == 0
+        # alpha, whose outputs could not come home at its own `down`, hears who stopped the host and where.
+        again = run_gpubox("down", "local", "--yes", cwd=alpha)
+        assert re.search(
+            rf"outputs not pulled from local \(the local host is not running \(stopped \d+:\d\d:\d\d ago by "
+            rf"gpubox in {re.escape(str(beta))}\): `gpubox up local` starts it\)",
+            again.stdout + again.stderr,
+        ), again.stdout + again.stderr
         # Runs stay listed when the host is down: as gpubox last saw them.
         after = run_gpubox("runs", cwd=alpha)
         assert after.returncode == 0 and "its runs as gpubox last saw them" in after.stderr

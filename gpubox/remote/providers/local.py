@@ -127,6 +127,8 @@ class LocalSshd:
                         continue
                     raise HostUnreachable(f"the local sshd did not start: {log or 'no log'}") from None
                 server = LocalServer(proc.pid, port, time.time(), wanted_home)
+                with contextlib.suppress(OSError):
+                    self.stopped_record.unlink()
                 tmp = self.record.with_suffix(".tmp")
                 tmp.write_text(json.dumps(server.__dict__))
                 os.replace(tmp, self.record)
@@ -134,7 +136,8 @@ class LocalSshd:
             raise HostUnreachable("the local sshd found no free port on 127.0.0.1")
 
     def stop(self) -> bool:
-        """Stop the server; True if one was running."""
+        """Stop the server; True if one was running. Who stopped it and when is kept (:meth:`stopped_note`):
+        the last project out stops the host for every project, and the others then need to know why."""
         with self._locked():
             server = self.running()
             if server is None:
@@ -142,7 +145,27 @@ class LocalSshd:
                     self.record.unlink()
                 return False
             self._kill(server)
+            with contextlib.suppress(OSError):
+                note = {"at": time.time(), "pid": os.getpid(), "cwd": os.getcwd()}
+                tmp = self.stopped_record.with_suffix(".tmp")
+                tmp.write_text(json.dumps(note))
+                os.replace(tmp, self.stopped_record)
             return True
+
+    @property
+    def stopped_record(self) -> Path:
+        return self.folder / "stopped.json"
+
+    def stopped_note(self) -> str:
+        """`` (stopped 3 min ago by gpubox in ~/b)`` when gpubox stopped it last; empty when that is not known."""
+        try:
+            note = json.loads(self.stopped_record.read_text())
+            at, cwd = float(note["at"]), str(note["cwd"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+        from gpubox.fmt import format_duration
+
+        return f" (stopped {format_duration(max(0.0, time.time() - at))} ago by gpubox in {cwd})"
 
     @staticmethod
     def _kill(server: LocalServer) -> None:
@@ -196,7 +219,9 @@ class LocalProvider:
 
         server = self.server.running()
         if server is None:
-            raise HostUnreachable("the local host is not running: `gpubox up local` starts it")
+            raise HostUnreachable(
+                f"the local host is not running{self.server.stopped_note()}: `gpubox up local` starts it"
+            )
         files = sshd.SshdFiles.in_folder(self.server.folder)
         endpoint = Endpoint(
             alias="local",
