@@ -22,6 +22,7 @@ from gpubox.sync.ignore import rules_for
 from gpubox.sync.pending import PendingNote, rewrite, rewritten
 from gpubox.sync.plan import (
     WIRE_CODES,
+    FactsIndex,
     Op,
     Plan,
     RecentTrash,
@@ -124,7 +125,7 @@ class Syncer:
         self._checkouts: set[str] = set()
         """Folders seen holding a .git/.hg/.svn: one vanishing with its files is a wipe."""
         self._trashed = RecentTrash()
-        self._by_facts: dict[tuple[int, int, bool], set[str]] | None = None
+        self._by_facts: FactsIndex | None = None
         self._fallback: list[Op] = []
         self._grown: list[Op] = []
 
@@ -174,27 +175,15 @@ class Syncer:
         # What this Syncer holds is that generation only if nobody else changed the rows since it read them.
         self._generation = after if self._ancestor is not None and before == self._generation else None
         ancestor = self.ancestor()
-        index = self._by_facts
-        if index is not None:
-            for path in [*upserts, *removals]:
-                old = ancestor.get(path)
-                if old is not None and old.kind == "f":
-                    index.get(old.facts, set()).discard(path)
-            for path, entry in upserts.items():
-                if entry.kind == "f":
-                    index.setdefault(entry.facts, set()).add(path)
+        if self._by_facts is not None:
+            self._by_facts.update(ancestor, upserts, removals)
         ancestor.update(upserts)
         for path in removals:
             ancestor.pop(path, None)
 
-    def _facts_index(self) -> dict[tuple[int, int, bool], set[str]]:
-        """Tracked files by (size, mtime, exec bit), kept up to date by :meth:`_record`."""
+    def _facts_index(self) -> FactsIndex:
         if self._by_facts is None:
-            index: dict[tuple[int, int, bool], set[str]] = {}
-            for path, entry in self.ancestor().items():
-                if entry.kind == "f":
-                    index.setdefault(entry.facts, set()).add(path)
-            self._by_facts = index
+            self._by_facts = FactsIndex(self.ancestor())
         return self._by_facts
 
     def _unannounced_origins(self, scanned: ScanResult, candidates: set[str]) -> set[str]:
@@ -208,7 +197,7 @@ class Syncer:
         index = self._facts_index()
         found: set[str] = set()
         for entry in new:
-            for path in index.get(entry.facts, ()):
+            for path in index.get(entry.facts):
                 if (
                     path in candidates
                     or path in found

@@ -30,6 +30,7 @@ __all__ = [
     "DELETES",
     "SENDS",
     "WIRE_CODES",
+    "FactsIndex",
     "Op",
     "Plan",
     "RecentTrash",
@@ -225,6 +226,42 @@ class RecentTrash:
         while self._items and next(iter(self._items.values()))[1] < cutoff:
             self._items.popitem(last=False)
         return [item for item, _when in self._items.values()]
+
+
+class FactsIndex:
+    """Tracked files by their facts (size, mtime, exec bit): how a file gone here and a new one there are told to
+    be one file moved. Kept as large as the ancestor and no larger: every save makes new facts (a new mtime),
+    and the empty set one used to leave behind per save piled up for as long as `gpubox up` ran."""
+
+    def __init__(self, ancestor: Mapping[str, Entry]) -> None:
+        self._paths: dict[tuple[int, int, bool], set[str]] = {}
+        for path, entry in ancestor.items():
+            self._add(path, entry)
+
+    def _add(self, path: str, entry: Entry) -> None:
+        if entry.kind == "f":
+            self._paths.setdefault(entry.facts, set()).add(path)
+
+    def get(self, facts: tuple[int, int, bool]) -> set[str]:
+        return self._paths.get(facts, set())
+
+    def update(
+        self, ancestor: Mapping[str, Entry], upserts: Mapping[str, Entry], removals: Iterable[str]
+    ) -> None:
+        """*ancestor* as it was, about to take *upserts* and lose *removals*."""
+        for path in [*upserts, *removals]:
+            old = ancestor.get(path)
+            if old is not None and old.kind == "f":
+                paths = self._paths.get(old.facts)
+                if paths is not None:
+                    paths.discard(path)
+                    if not paths:
+                        del self._paths[old.facts]
+        for path, entry in upserts.items():
+            self._add(path, entry)
+
+    def __len__(self) -> int:
+        return len(self._paths)
 
 
 def _name(path: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpubox.sync.plan import (
+    FactsIndex,
     Op,
     Plan,
     Trashed,
@@ -403,3 +404,19 @@ def test_tracked_under_finds_what_lies_under_changed_folders_only(folders: int) 
     # know, has nothing under it.
     assert tracked_under(changed, ancestor) == expected
     assert tracked_under(["top.py", "new.py", "data/x"], ancestor) == set()
+
+
+def test_the_facts_index_stays_as_large_as_the_ancestor_through_a_day_of_saves() -> None:
+    """Under `gpubox up` every save gives a file new facts (its mtime). The index used to keep an empty set for
+    each old one: thousands of saves, thousands of entries that never went away (found by a soak's tracemalloc)."""
+    ancestor = {"a.py": Entry("f", 10, 1, False), "b.py": Entry("f", 10, 1, False), "d": FOLDER}
+    index = FactsIndex(ancestor)
+    assert len(index) == 1 and index.get((10, 1, False)) == {"a.py", "b.py"}
+    for save in range(2, 5002):
+        upsert = {"a.py": Entry("f", 10 + save % 7, save, False)}
+        index.update(ancestor, upsert, [])
+        ancestor.update(upsert)
+    assert len(index) == 2
+    assert index.get((10, 1, False)) == {"b.py"} and index.get((10 + 5001 % 7, 5001, False)) == {"a.py"}
+    index.update(ancestor, {}, ["a.py", "b.py"])
+    assert len(index) == 0 and index.get((10, 1, False)) == set()
