@@ -236,8 +236,9 @@ def _pump(client: socket.socket, channel: paramiko.Channel) -> None:
 
 def tunnel_answers(local_port: int, timeout: float = 3.0) -> bool:
     """Whether the service behind a tunnel answers: the tunnel closes a connection at once when nothing
-    listens on the host's port (or the link is down), so an HTTP request that gets bytes back, or is held open
-    (a server that speaks something else), counts as answering; a refused connection or an early close not."""
+    listens on the host's port, so an HTTP request that gets bytes back, or is held open (a server that speaks
+    something else), counts as answering; a refused connection or an early close not. While the link is down the
+    tunnel holds connections too: `status` asks only when the holder says the link is up."""
     try:
         with socket.create_connection(("127.0.0.1", local_port), timeout=timeout) as sock:
             sock.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
