@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paramiko
@@ -57,8 +59,6 @@ def test_unreachable_host_is_exit_3_with_one_line(tmp_path: Path) -> None:
 def test_a_port_that_accepts_tcp_but_never_speaks_ssh_says_so(tmp_path: Path) -> None:
     """Something other than sshd on the port (a forwarder with nothing behind it, a database): TCP connects,
     no SSH banner ever comes."""
-    import socket
-
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)  # accepted by the kernel, never answered
@@ -298,8 +298,6 @@ def test_backoff_gives_up_at_the_deadline(tmp_path: Path) -> None:
 
 
 def test_tcp_nodelay_is_set(tmp_path: Path, sshd: SshServer) -> None:
-    import socket
-
     with Connection(_endpoint(sshd), accept_new=True, pin_file=tmp_path / "pins") as connection:
         sock = connection.transport.sock
         assert isinstance(sock, socket.socket)
@@ -337,22 +335,13 @@ def test_keys_held_by_ssh_agent_are_used(tmp_path: Path, sshd: SshServer) -> Non
         agent.wait(5)
 
 
-def test_browsers_resetting_downloads_through_a_tunnel_never_take_the_ssh_connection_down(
-    tmp_path: Path, sshd: SshServer
-) -> None:
-    """A browser tab shut mid-download resets its connection while the host still sends. The tunnel closed the
-    channel then, and paramiko's transport thread, signalling the data that kept arriving on the channel's
-    select() pipe, wrote to the closed pipe, got EBADF and dropped the whole SSH connection: every reset
-    download cost a reconnect (CI saw the next request reset). Here, 200 of them: the connection stays up, and
-    every download and every request after one is answered."""
-    import socket
-    import struct
-
-    from gpubox.remote.tunnels import Tunnel
-
-    body = os.urandom(4 << 20)
+def _tiny_http_server(body_for: Callable[[bytes], bytes]) -> tuple[socket.socket, int]:
+    """A server on 127.0.0.1 answering each request with ``body_for(request)``, one thread per connection."""
     server = socket.create_server(("127.0.0.1", 0))
-    server_port = server.getsockname()[1]
+
+    def answer(peer: socket.socket) -> None:
+        with peer, contextlib.suppress(OSError):
+            peer.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + body_for(peer.recv(1024)))
 
     def serve() -> None:
         while True:
@@ -362,12 +351,34 @@ def test_browsers_resetting_downloads_through_a_tunnel_never_take_the_ssh_connec
                 return
             threading.Thread(target=answer, args=(peer,), daemon=True).start()
 
-    def answer(peer: socket.socket) -> None:
-        with peer, contextlib.suppress(OSError):
-            asked = peer.recv(1024)
-            peer.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + (body if b"big" in asked else b"small"))
-
     threading.Thread(target=serve, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+def _get_through(port: int, path: str) -> bytes:
+    """The whole answer to a GET of *path* on 127.0.0.1:*port* (read until the server closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
+
+
+def test_browsers_resetting_downloads_through_a_tunnel_never_take_the_ssh_connection_down(
+    tmp_path: Path, sshd: SshServer
+) -> None:
+    """A browser tab shut mid-download resets its connection while the host still sends. The tunnel closed the
+    channel then, and paramiko's transport thread, signalling the data that kept arriving on the channel's
+    select() pipe, wrote to the closed pipe, got EBADF and dropped the whole SSH connection: every reset
+    download cost a reconnect (CI saw the next request reset). Here, 200 of them: the connection stays up, and
+    every download and every request after one is answered."""
+    import struct
+
+    from gpubox.remote.tunnels import Tunnel
+
+    body = os.urandom(4 << 20)
+    server, server_port = _tiny_http_server(lambda asked: body if b"big" in asked else b"small")
     connection = Connection(_endpoint(sshd), accept_new=True, pin_file=tmp_path / "pins").open()
     transport = connection.transport
     tunnel = Tunnel(lambda: connection.transport, server_port, local_port=free_port(), name="files").start()
@@ -378,12 +389,8 @@ def test_browsers_resetting_downloads_through_a_tunnel_never_take_the_ssh_connec
                     sock.sendall(b"GET /big HTTP/1.0\r\n\r\n")
                     assert sock.recv(4096)
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=30) as sock:
-                sock.sendall(b"GET /small HTTP/1.0\r\n\r\n")
-                answer_bytes = b""
-                while chunk := sock.recv(4096):
-                    answer_bytes += chunk
-                assert answer_bytes.endswith(b"small"), answer_bytes
+            answer_bytes = _get_through(tunnel.local_port, "/small")
+            assert answer_bytes.endswith(b"small"), answer_bytes
             assert transport.is_active() and connection.transport is transport
         assert tunnel.failures == 0
     finally:
@@ -398,24 +405,9 @@ def test_a_request_through_a_tunnel_while_the_link_is_down_waits_for_the_reconne
     """The link drops (here: its socket is shut under paramiko) and a browser asks for a page before the
     supervisor has reconnected. The request used to be reset at once; it now wakes the supervisor (as `up` wires
     it) and waits for the new transport, then is answered. Every drop is a real one, on the real sshd."""
-    import socket
-
     from gpubox.remote.tunnels import Tunnel
 
-    server = socket.create_server(("127.0.0.1", 0))
-    server_port = server.getsockname()[1]
-
-    def serve() -> None:
-        while True:
-            try:
-                peer, _ = server.accept()
-            except OSError:
-                return
-            with peer, contextlib.suppress(OSError):
-                peer.recv(1024)
-                peer.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello")
-
-    threading.Thread(target=serve, daemon=True).start()
+    server, server_port = _tiny_http_server(lambda asked: b"hello")
     connection = Connection(_endpoint(sshd), accept_new=True, pin_file=tmp_path / "pins").open()
     wake = threading.Event()
     stop = threading.Event()
@@ -435,11 +427,7 @@ def test_a_request_through_a_tunnel_while_the_link_is_down_waits_for_the_reconne
         for _ in range(5):
             dropped = connection.transport
             dropped.sock.shutdown(socket.SHUT_RDWR)
-            with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=30) as sock:
-                sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                answer_bytes = b""
-                while chunk := sock.recv(4096):
-                    answer_bytes += chunk
+            answer_bytes = _get_through(tunnel.local_port, "/")
             assert answer_bytes.endswith(b"hello"), answer_bytes
             assert connection.transport is not dropped
         assert tunnel.failures == 0
