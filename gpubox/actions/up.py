@@ -564,6 +564,8 @@ def start_live_sync(
         syncer,
         on_report=reported,
         on_problem=problem,
+        # A dropped link is said, not counted: `status` counts errors, and a day of Wi-Fi blips is not one.
+        on_paused=lambda text: say(f"  ! {text}"),
         on_link_lost=wake.set,
         link_generation=lambda: session.generation,
     ).start()

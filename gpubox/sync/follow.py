@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gpubox.errors import GpuboxError
+from gpubox.errors import AgentError, GpuboxError, HostUnreachable
 from gpubox.fmt import plural
 
 if TYPE_CHECKING:
@@ -87,7 +87,9 @@ class OutputsFollower:
         while not self.stopping.is_set():
             try:
                 self.look()
-            except Exception as exc:  # the link dropped (the supervisor reconnects), a local disk error, ...
+            except (HostUnreachable, AgentError):
+                pass  # the link dropped: the supervisor says so and reconnects, and the next look catches up
+            except Exception as exc:  # a local disk error, a host that refuses, ...
                 self._problem(f"outputs not pulled: {exc}")
             self.stopping.wait(self.every)
 

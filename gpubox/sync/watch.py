@@ -142,13 +142,17 @@ class LiveSync:
         on_problem: Callable[[str], None] = lambda text: None,
         on_link_lost: Callable[[], None] = lambda: None,
         link_generation: Callable[[], int] = lambda: 0,
+        on_paused: Callable[[str], None] | None = None,
     ) -> None:
+        """*on_problem* hears what went wrong; *on_paused* (else *on_problem*) that the link dropped, which is
+        no fault of the sync's: it resumes, and rescans, once the supervisor has reconnected."""
         self.syncer = syncer
         self.root = syncer.root
         self.settings = settings
         self.on_report = on_report
         self.on_problem = on_problem
         self.on_link_lost = on_link_lost
+        self.on_paused = on_paused or on_problem
         self.link_generation = link_generation
         self._dirty: set[str] = set()
         self._deferred: set[str] = set()
@@ -459,7 +463,7 @@ class LiveSync:
                 self._link_lost = f"link lost: {exc}"
                 self._failing(self._link_lost)
                 # The supervisor owns reconnecting; everything is rescanned once the link is back.
-                self.on_problem(f"sync paused, {self._link_lost}")
+                self.on_paused(f"sync paused, {self._link_lost}")
                 self.on_link_lost()
                 self._wait_for_new_link(generation)
                 generation = self.link_generation()

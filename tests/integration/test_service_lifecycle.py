@@ -179,6 +179,7 @@ def test_while_the_link_is_down_status_says_so_and_a_request_waits_for_it(projec
             with contextlib.suppress(ProcessLookupError):
                 os.kill(session, signal.SIGKILL)
         request.start()
+        (project / "edited_offline.py").write_text("x = 1\n")  # live sync meets the dropped link too
         assert _wait(lambda: _link_lost_since(project) is not None, 30)
         status = run_gpubox("status", cwd=project).stdout
         assert "link      lost" in status and "reconnecting" in status, status
@@ -190,7 +191,13 @@ def test_while_the_link_is_down_status_says_so_and_a_request_waits_for_it(projec
     assert answered == [200]
     assert _wait(lambda: _link_lost_since(project) is None, 60)
     assert _services(project)["files"]["answers"] is True
+    remote = project.parent / "remote"
+    assert _wait(lambda: (remote / "edited_offline.py").is_file(), 30)
+    # A dropped link is said in the log, and is not an error of the sync's or of the outputs follower's.
+    (local,) = json.loads(run_gpubox("status", "--json", cwd=project).stdout)["hosts"]
+    assert local["sync"]["errors"] == 0 and local["outputs"]["errors"] == 0, (local["sync"], local["outputs"])
     log = _up_log()
+    assert "sync paused, link lost" in log
     assert "reconnected to local" in log and "Traceback" not in log and "Exception in thread" not in log, log[
         -3000:
     ]
