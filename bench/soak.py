@@ -8,14 +8,23 @@ a few hundred epochs each) for the whole soak. At the start and then every minut
 agent it talks to on the host. At the end the invariant check runs (trees identical, every run accounted for, its
 log byte-identical to the host's). Not part of the test suite.
 
-    .venv/bin/python bench/soak.py [--minutes 30] [--epochs 300] [--write] [--json FILE]
+With --mixed, a second thread does what a day at the laptop does besides saving, one thing every 2-4 s (seeded):
+a git branch switch in the project (40 tracked files, a third of them differing), a burst of 100 files made or
+removed, a one-shot command (`status --json`, `runs --json`, `logs`), a page fetched through the tunnel of a file
+server the project runs as a service, or (one time in fifteen) the link dropped: every per-session sshd process of
+the host killed, as when a Wi-Fi blip resets the connection. Each failure is recorded; a page that fails within
+25 s of a drop is counted apart (the tunnel holds a request up to 20 s while the supervisor reconnects).
+
+    .venv/bin/python bench/soak.py [--minutes 30] [--epochs 300] [--mixed] [--write] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -25,6 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -34,9 +44,15 @@ from _results import machine, publish  # noqa: E402
 from tests.reliability.harness import Counters, Invariants, Workspace  # noqa: E402
 from tests.support import hosthome  # noqa: E402
 from tests.support.netns import NetnsHost, NetnsLab, netns_unavailable_reason  # noqa: E402
+from tests.support.sshd import children  # noqa: E402
 
 SECTION = "## Soak (bench/soak.py)"
+MIXED_SECTION = "## Soak, mixed (bench/soak.py --mixed)"
 EDIT_FILES = 50
+FILES_SERVICE = (
+    "[services.jupyter]\nenabled = false\n[services.tensorboard]\nenabled = false\n"
+    '[services.files]\ncommand = "python3 -m http.server {port} --bind 127.0.0.1"\nport = 8321\n'
+)
 
 
 def proc_sample(pid: int) -> dict[str, int] | None:
@@ -78,6 +94,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--epochs", type=int, default=300, help="epochs per training run (runs back to back)")
+    parser.add_argument("--mixed", action="store_true", help="branch switches, bursts, one-shots, drops too")
+    parser.add_argument("--seed", type=int, default=1, help="the --mixed schedule's seed")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--write", action="store_true")
     options = parser.parse_args()
@@ -103,9 +121,13 @@ def soak(host: NetnsHost, work: Path, options: argparse.Namespace) -> int:
     for index in range(EDIT_FILES):
         (ws.project / "src").mkdir(exist_ok=True)
         (ws.project / "src" / f"edit{index:02d}.py").write_text(f"# edit file {index}\n")
+    if options.mixed:
+        with open(ws.project / "gpubox.toml", "a") as handle:
+            handle.write("\n" + FILES_SERVICE)
+        make_branches(ws.project)
     counters = Counters()
     invariants = Invariants(ws, counters)
-    pid = ws.up()
+    pid = ws.up(services=options.mixed)
     runs: list[str] = []
 
     def start_training() -> None:
@@ -141,6 +163,9 @@ def soak(host: NetnsHost, work: Path, options: argparse.Namespace) -> int:
     start_training()
     trainer = threading.Thread(target=train_back_to_back, name="training")
     trainer.start()
+    mixed = Mixed(ws, options.seed, stop) if options.mixed else None
+    if mixed is not None:
+        mixed.start()
     samples: list[dict[str, object]] = []
     latencies: list[float] = []
     late: list[float] = []
@@ -189,6 +214,8 @@ def soak(host: NetnsHost, work: Path, options: argparse.Namespace) -> int:
         alive = ws.up_alive()
         stop.set()
         trainer.join(120)
+        if mixed is not None:
+            mixed.join()
         problems = invariants.check(converge_seconds=120)
     finally:
         stop.set()
@@ -210,11 +237,134 @@ def soak(host: NetnsHost, work: Path, options: argparse.Namespace) -> int:
         "problems": problems,
         "hiccups": hiccups,
         "latencies": [round(value, 5) for value in latencies],
+        "mixed": None if mixed is None else mixed.document(),
     }
     if options.json:
         options.json.write_text(json.dumps(document, indent=1) + "\n")
-    publish(SECTION, report(options, document), options.write)
-    return 0 if not problems and alive and not late else 1
+    publish(MIXED_SECTION if options.mixed else SECTION, report(options, document), options.write)
+    failed = bool(mixed and mixed.failures)
+    return 0 if not problems and alive and not late and not failed else 1
+
+
+def make_branches(project: Path) -> None:
+    """A git repository in the project with two branches that differ in a third of their 40 tracked files (the
+    edited files and the training's outputs stay untracked: a checkout leaves them alone)."""
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.email=soak@gpubox", "-c", "user.name=soak", *args],
+            cwd=project,
+            check=True,
+            capture_output=True,
+        )
+
+    folder = project / "branchy"
+    folder.mkdir()
+    for index in range(40):
+        (folder / f"m{index:02d}.py").write_text(f"VALUE = {index}\n")
+    git("init", "-q", "-b", "main")
+    git("add", "branchy")
+    git("commit", "-qm", "main")
+    git("checkout", "-qb", "other")
+    for index in range(0, 40, 3):
+        (folder / f"m{index:02d}.py").write_text(f"VALUE = {index} * 2  # other\n")
+    (folder / "only_other.py").write_text("OTHER = True\n")
+    git("add", "branchy")
+    git("commit", "-qm", "other")
+    git("checkout", "-q", "main")
+
+
+class Mixed(threading.Thread):
+    """What a day at the laptop does besides saving (see the module's docstring); every failure is kept."""
+
+    DROP_GRACE = 25.0
+
+    def __init__(self, ws: Workspace, seed: int, stop: threading.Event) -> None:
+        super().__init__(name="mixed", daemon=True)
+        self.ws = ws
+        self.rng = random.Random(seed)
+        self.stop = stop
+        self.counts: dict[str, int] = {}
+        self.failures: list[str] = []
+        self.pages_during_drops = 0
+        self.last_drop = -1e9
+        self.branch = "main"
+        self.url: str | None = None
+
+    def run(self) -> None:
+        actions = {
+            "branch switch": self.switch_branch,
+            "burst": self.burst,
+            "one-shot": self.one_shot,
+            "page": self.page,
+            "drop": self.drop,
+        }
+        weights = [4, 3, 5, 5, 1]
+        while not self.stop.wait(self.rng.uniform(2.0, 4.0)):
+            name = self.rng.choices(list(actions), weights)[0]
+            self.counts[name] = self.counts.get(name, 0) + 1
+            try:
+                actions[name]()
+            except Exception as exc:  # a timeout, a command that could not start: recorded like any failure
+                self.failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def switch_branch(self) -> None:
+        self.branch = "other" if self.branch == "main" else "main"
+        result = subprocess.run(
+            ["git", "checkout", "-q", self.branch], cwd=self.ws.project, capture_output=True, text=True
+        )
+        if result.returncode:
+            self.failures.append(f"git checkout {self.branch}: {result.stderr.strip()[:200]}")
+
+    def burst(self) -> None:
+        folder = self.ws.project / "generated"
+        if folder.exists():
+            shutil.rmtree(folder)
+        else:
+            folder.mkdir()
+            for index in range(100):
+                (folder / f"g{index:03d}.txt").write_text(f"{self.rng.random()}\n")
+
+    def one_shot(self) -> None:
+        command = self.rng.choice([("status", "--json"), ("runs", "--json"), ("logs",)])
+        result = self.ws.gpubox(*command, timeout=120)
+        if result.returncode or "Traceback" in result.stderr:
+            self.failures.append(
+                f"gpubox {' '.join(command)}: exit {result.returncode}: {result.stderr[-200:]}"
+            )
+
+    def page(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        if self.url is None:
+            status = json.loads(self.ws.gpubox("status", "--json", timeout=120).stdout)
+            (host,) = [h for h in status["hosts"] if h["services"]]
+            self.url = next(s["url"] for s in host["services"] if s["name"] == "files")
+        try:
+            with urllib.request.urlopen(self.url, timeout=60) as answer:
+                answer.read()
+        except (OSError, urllib.error.URLError) as exc:
+            if time.monotonic() - self.last_drop < self.DROP_GRACE:
+                self.pages_during_drops += 1
+            else:
+                self.failures.append(f"page {self.url}: {exc}")
+
+    def drop(self) -> None:
+        server = self.ws.host.server
+        if server.proc is None:
+            return
+        self.last_drop = time.monotonic()
+        for pid in children(server.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def document(self) -> dict[str, object]:
+        return {
+            "counts": self.counts,
+            "failures": self.failures,
+            "pages_failed_within_a_drop": self.pages_during_drops,
+        }
 
 
 def report(options: argparse.Namespace, document: dict[str, object]) -> list[str]:
@@ -222,12 +372,12 @@ def report(options: argparse.Namespace, document: dict[str, object]) -> list[str
     lat: dict[str, float] = document["latency_s"]  # type: ignore[assignment]
     counters: dict[str, object] = document["counters"]  # type: ignore[assignment]
     lines = [
-        SECTION,
+        MIXED_SECTION if options.mixed else SECTION,
         "",
         f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. Host: one network-namespace host (veth, real "
         "sshd) on the same machine; other work shared the 2 cores.",
         f"Command (as root): `.venv/bin/python bench/soak.py --minutes {options.minutes:g} --epochs "
-        f"{options.epochs}{' --write' if options.write else ''}`",
+        f"{options.epochs}{' --mixed' if options.mixed else ''}{' --write' if options.write else ''}`",
         "",
         f"`gpubox up --detach` held the host for {options.minutes:g} min with an edit every second "
         f"({document['edits']} edits, each a rewrite of one of {EDIT_FILES} files) and the digits training "
@@ -258,6 +408,18 @@ def report(options: argparse.Namespace, document: dict[str, object]) -> list[str
         f"Supervisor alive at the end: {'yes' if document['supervisor_alive_at_end'] else 'NO'}. "
         f"Training-loop commands that failed and were retried: {len(document['hiccups'])}.",  # type: ignore[arg-type]
     ]
+    mixed: dict[str, Any] | None = document["mixed"]  # type: ignore[assignment]
+    if mixed is not None:
+        done = ", ".join(
+            f"{count} {name}{'es' if name.endswith('h') else 's'}" for name, count in mixed["counts"].items()
+        )
+        lines += [
+            "",
+            f"Besides (`--mixed --seed {options.seed}`): {done}. Failures: "
+            f"{len(mixed['failures'])}{': ' + '; '.join(mixed['failures'][:5]) if mixed['failures'] else ''}. "
+            f"Pages that failed within {Mixed.DROP_GRACE:g} s of a drop: {mixed['pages_failed_within_a_drop']}. "
+            "The latency's tail is the drops': an edit made while the link is down lands after the reconnect.",
+        ]
     return lines
 
 
