@@ -377,7 +377,8 @@ def report(options: argparse.Namespace, document: dict[str, object]) -> list[str
         f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. Host: one network-namespace host (veth, real "
         "sshd) on the same machine; other work shared the 2 cores.",
         f"Command (as root): `.venv/bin/python bench/soak.py --minutes {options.minutes:g} --epochs "
-        f"{options.epochs}{' --mixed' if options.mixed else ''}{' --write' if options.write else ''}`",
+        f"{options.epochs}{f' --mixed --seed {options.seed}' if options.mixed else ''}"
+        f"{' --write' if options.write else ''}`",
         "",
         f"`gpubox up --detach` held the host for {options.minutes:g} min with an edit every second "
         f"({document['edits']} edits, each a rewrite of one of {EDIT_FILES} files) and the digits training "
