@@ -246,7 +246,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             line += f" · {budget['percent']:.0f} % of {whose} {format_usd(budget['budget_usd'])}"
         out(line)
         if row["up"]:
-            if row.get("link_lost_since"):
+            if row["link_lost_since"]:
                 out(
                     f"    link      lost {format_duration(now - row['link_lost_since'])} ago; reconnecting "
                     "(sync waits, tunnels hold new connections until it is back)"
@@ -279,7 +279,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 ""
                 if service["answers"]
                 else "  (link lost: waiting for it)"
-                if row.get("link_lost_since")
+                if row["link_lost_since"]
                 else "  (not answering: the supervisor starts it again)"
             )
             out(f"    {service['name']:<9} {service['url']}{shown}")

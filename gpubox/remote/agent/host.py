@@ -2248,44 +2248,59 @@ def _services_root() -> str:
 
 
 @contextlib.contextmanager
+def _flocked(path: str) -> Any:
+    """An exclusive flock(2) on *path* (made if missing) for the duration."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def _services_lock() -> Any:
     """Held while a service's port is chosen and claimed in its spec.json: two projects starting services at the
     same moment (two `gpubox up`s) must not both find one port free and both take it. The loser's server then
     fails to bind, or worse, it answers as if started while the port answers with the winner's server."""
-    import fcntl
-
     folder = os.path.join(os.path.expanduser("~"), ".gpubox")
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    with open(os.path.join(folder, "services.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    return _flocked(os.path.join(folder, "services.lock"))
+
+
+def _service_folders(key: Optional[str] = None) -> List[Tuple[str, str]]:
+    """(project key, folder) of every service of project *key*, or of every project when None, in name order."""
+    root = _services_root()
+    try:
+        keys = [key] if key is not None else sorted(os.listdir(root))
+    except OSError:
+        return []
+    found = []
+    for project in keys:
+        try:
+            names = sorted(os.listdir(os.path.join(root, project)))
+        except OSError:
+            continue
+        found += [(project, os.path.join(root, project, name)) for name in names]
+    return found
+
+
+def _read_spec(folder: str) -> Dict[str, Any]:
+    """A service's spec.json; empty when it is missing or unreadable."""
+    try:
+        with open(os.path.join(folder, "spec.json")) as handle:
+            spec = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return spec if isinstance(spec, dict) else {}
 
 
 def _claimed_ports(skip: str) -> Set[int]:
     """The ports other services on this host were started on and still hold (their process lives)."""
     claimed: Set[int] = set()
-    root = _services_root()
-    try:
-        keys = os.listdir(root)
-    except OSError:
-        return claimed
-    for key in keys:
-        try:
-            names = os.listdir(os.path.join(root, key))
-        except OSError:
-            continue
-        for name in names:
-            folder = os.path.join(root, key, name)
-            if folder == skip:
-                continue
-            try:
-                with open(os.path.join(folder, "spec.json")) as handle:
-                    spec = json.load(handle)
-            except (OSError, ValueError):
-                continue
-            port, pid = spec.get("port"), spec.get("pid")
-            if isinstance(port, int) and isinstance(pid, int) and _alive(pid):
-                claimed.add(port)
+    for _key, folder in _service_folders():
+        spec = _read_spec(folder) if folder != skip else {}
+        port, pid = spec.get("port"), spec.get("pid")
+        if isinstance(port, int) and isinstance(pid, int) and _alive(pid):
+            claimed.add(port)
     return claimed
 
 
@@ -2307,12 +2322,7 @@ def _free_port(preferred: int, claimed: Optional[Set[int]] = None) -> int:
 
 
 def _service_row(folder: str) -> Dict[str, Any]:
-    spec: Dict[str, Any] = {}
-    try:
-        with open(os.path.join(folder, "spec.json")) as handle:
-            spec = json.load(handle)
-    except (OSError, ValueError):
-        pass
+    spec = _read_spec(folder)
     pid = spec.get("pid")
     port = spec.get("port")
     alive = isinstance(pid, int) and _alive(pid)
@@ -2393,9 +2403,7 @@ def op_service_ensure(args: Dict[str, Any]) -> Dict[str, Any]:
     if row["state"] == "running" and row["command"] == command:
         row["reused"] = True
         return row
-    before: Dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, "spec.json")) as handle:
-        before = json.load(handle)
+    before = _read_spec(folder)
     _stop_group(before.get("pid"))
     os.makedirs(folder, mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
@@ -2439,22 +2447,12 @@ def op_service_list(args: Dict[str, Any]) -> Dict[str, Any]:
     key = args.get("key")
     if key is not None and (not isinstance(key, str) or not key or "/" in key or key in (".", "..")):
         raise RequestError("bad-request", "key must be a plain folder name")
-    root = _services_root()
-    try:
-        keys = [key] if key is not None else sorted(os.listdir(root))
-    except OSError:
-        keys = []
     rows = []
-    for project in keys:
-        try:
-            names = sorted(os.listdir(os.path.join(root, project)))
-        except OSError:
-            continue
-        for name in names:
-            row = _service_row(os.path.join(root, project, name))
-            row["key"] = project
-            row["rss_bytes"] = _group_rss(row["pid"]) if row["pid"] else None
-            rows.append(row)
+    for project, folder in _service_folders(key):
+        row = _service_row(folder)
+        row["key"] = project
+        row["rss_bytes"] = _group_rss(row["pid"]) if row["pid"] else None
+        rows.append(row)
     return {"services": rows}
 
 
@@ -2859,13 +2857,8 @@ def _last_decisions(folder: str, count: int) -> List[Dict[str, Any]]:
     return found
 
 
-@contextlib.contextmanager
 def _guardian_lock(folder: str) -> Any:
-    import fcntl
-
-    with open(os.path.join(folder, "lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    return _flocked(os.path.join(folder, "lock"))
 
 
 def _tell_terminals(text: str) -> None:

@@ -129,9 +129,7 @@ class LocalSshd:
                 server = LocalServer(proc.pid, port, time.time(), wanted_home)
                 with contextlib.suppress(OSError):
                     self.stopped_record.unlink()
-                tmp = self.record.with_suffix(".tmp")
-                tmp.write_text(json.dumps(server.__dict__))
-                os.replace(tmp, self.record)
+                _write_json(self.record, server.__dict__)
                 return server
             raise HostUnreachable("the local sshd found no free port on 127.0.0.1")
 
@@ -146,10 +144,7 @@ class LocalSshd:
                 return False
             self._kill(server)
             with contextlib.suppress(OSError):
-                note = {"at": time.time(), "pid": os.getpid(), "cwd": os.getcwd()}
-                tmp = self.stopped_record.with_suffix(".tmp")
-                tmp.write_text(json.dumps(note))
-                os.replace(tmp, self.stopped_record)
+                _write_json(self.stopped_record, {"at": time.time(), "pid": os.getpid(), "cwd": os.getcwd()})
             return True
 
     @property
@@ -177,6 +172,13 @@ class LocalSshd:
         if pid_alive(server.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(server.pid, signal.SIGKILL)
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    """Replace *path* in one step: a reader sees the old record or the new one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def _tail(path: Path, lines: int = 3) -> str:
